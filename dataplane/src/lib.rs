@@ -1,1 +1,15 @@
+//! edgeplane's data plane: a thread-per-core HTTP/1.1 range server for video segments.
+//!
+//! Layers, from pure to syscall:
+//! - [`config`], [`content_id`], [`http`]: pure logic, unit and property tested, no I/O.
+//! - [`catalog`]: what exists on which tier (filesystem scans, atomic swaps).
+//! - [`metrics`]: per-core counters and latency histograms, Prometheus rendering.
+//! - [`runtime`]: glommio executors, connections, `sendfile`, the admin listener.
+#![warn(missing_docs)]
 
+pub mod catalog;
+pub mod config;
+pub mod content_id;
+pub mod http;
+pub mod metrics;
+pub mod runtime;

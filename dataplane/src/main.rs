@@ -1,1 +1,74 @@
-fn main() {}
+//! The `edgeplane` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "edgeplane",
+    version,
+    about = "Video edge appliance: serves byte ranges of video segments from flash and storage tiers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the tiers named in the config until SIGTERM.
+    Serve {
+        /// The config file (TOML; see docs/config.md).
+        #[arg(long, short, default_value = "/etc/edgeplane/edgeplane.toml")]
+        config: PathBuf,
+    },
+    /// Check a config file and exit (0 when valid).
+    CheckConfig {
+        /// The config file.
+        #[arg(long, short, default_value = "/etc/edgeplane/edgeplane.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Serve { config } => {
+            let config = match edgeplane::config::Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return fail(2, &e),
+            };
+            match edgeplane::runtime::serve(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(1, &e),
+            }
+        }
+        Command::CheckConfig { config } => match edgeplane::config::Config::load(&config) {
+            Ok(_) => {
+                println!("edgeplane: {} is valid", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(2, &e),
+        },
+    }
+}
+
+/// One line on stderr, no backtrace, and a non-zero exit code.
+fn fail(code: u8, err: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("edgeplane: {err}");
+    ExitCode::from(code)
+}
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGEPLANE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

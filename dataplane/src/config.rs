@@ -1,0 +1,502 @@
+//! The appliance's one config file (TOML), its defaults and its validation.
+//!
+//! Every key and its default is documented in `docs/config.md`; keep the two in step. Validation
+//! turns every user mistake into one [`ConfigError`] that names the key, so `edgeplane serve`
+//! can exit with one line an operator can act on. This module never touches the network.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A config problem, naming the key (or file position) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key (`tier[1].path`) or `FILE:LINE` for syntax errors.
+    pub key: String,
+    /// What is wrong, in words an operator can act on.
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config error: {}: {}", self.key, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Serving executors, one pinned per CPU (`cpus` picks which; default `0..cores`).
+    #[serde(default = "default_cores")]
+    pub cores: usize,
+    /// CPUs to pin the executors to; must have `cores` entries when set.
+    #[serde(default)]
+    pub cpus: Option<Vec<usize>>,
+    /// The client-facing HTTP listener.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// The operator-facing admin listener (`/metrics`, `/healthz`, `POST /reload`).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Request and connection limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Disk I/O behaviour.
+    #[serde(default)]
+    pub io: IoConfig,
+    /// Content tiers, searched in the order given.
+    #[serde(default, rename = "tier")]
+    pub tiers: Vec<TierConfig>,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address the serving executors listen on (each with its own `SO_REUSEPORT` socket).
+    #[serde(default = "default_http_listen")]
+    pub listen: SocketAddr,
+    /// Send CORS headers (`Access-Control-Allow-Origin: *`) so browser players can fetch ranges.
+    #[serde(default = "default_true")]
+    pub cors: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_http_listen(),
+            cors: true,
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener; loopback by default because it can trigger reloads.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request head (request line + headers) in bytes; larger → 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most header lines in a request; more → 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Longest request target in bytes; longer → 414.
+    #[serde(default = "default_max_uri_bytes")]
+    pub max_uri_bytes: usize,
+    /// Time allowed to receive a whole request head once its first byte arrived (slowloris).
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Time a keep-alive connection may sit idle between requests.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Time allowed for the client to accept more body bytes before the connection is dropped.
+    #[serde(default = "default_send_timeout_ms")]
+    pub send_timeout_ms: u64,
+    /// Open client connections for the whole process; over it → 503 and close.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Open connections from one client IP address; over it → 503 and close.
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: usize,
+    /// Requests served on one connection before it is closed (0 = unlimited).
+    #[serde(default)]
+    pub max_requests_per_connection: u64,
+    /// On SIGTERM, time allowed for in-flight responses to finish.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            max_uri_bytes: default_max_uri_bytes(),
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            send_timeout_ms: default_send_timeout_ms(),
+            max_connections: default_max_connections(),
+            max_connections_per_client: default_max_connections_per_client(),
+            max_requests_per_connection: 0,
+            shutdown_grace_ms: default_shutdown_grace_ms(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// [`Self::header_read_timeout_ms`] as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+    /// [`Self::idle_timeout_ms`] as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    /// [`Self::send_timeout_ms`] as a duration.
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.send_timeout_ms)
+    }
+    /// [`Self::shutdown_grace_ms`] as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+/// `[io]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IoConfig {
+    /// Check page-cache residency (`mincore`) before `sendfile`, and read cold ranges on the
+    /// blocking pool first, so a cold disk never stalls an executor. Turn off only to measure.
+    #[serde(default = "default_true")]
+    pub residency_check: bool,
+    /// Threads per executor that read cold ranges into the page cache.
+    #[serde(default = "default_cold_read_threads")]
+    pub cold_read_threads: usize,
+    /// Locked memory (KiB) each executor registers with io_uring. `0` = fit the process's
+    /// RLIMIT_MEMLOCK (the data plane does no O_DIRECT I/O, so little is needed).
+    #[serde(default)]
+    pub io_memory_kib: usize,
+    /// Most open files (and their mappings) cached per executor.
+    #[serde(default = "default_open_file_cache")]
+    pub open_file_cache: usize,
+}
+
+impl Default for IoConfig {
+    fn default() -> Self {
+        Self {
+            residency_check: true,
+            cold_read_threads: default_cold_read_threads(),
+            io_memory_kib: 0,
+            open_file_cache: default_open_file_cache(),
+        }
+    }
+}
+
+/// The two kinds of content tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TierKind {
+    /// NVMe: the hot titles.
+    Flash,
+    /// HDD: the long tail.
+    Storage,
+}
+
+impl TierKind {
+    /// The name used in config and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TierKind::Flash => "flash",
+            TierKind::Storage => "storage",
+        }
+    }
+}
+
+/// `[[tier]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// Name used in metrics and logs (`[A-Za-z0-9_-]`, unique).
+    pub name: String,
+    /// `flash` or `storage`.
+    pub kind: TierKind,
+    /// Directory holding one file per object, named by content id.
+    pub path: PathBuf,
+}
+
+fn default_cores() -> usize {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+fn default_max_header_bytes() -> usize {
+    8192
+}
+fn default_max_headers() -> usize {
+    64
+}
+fn default_max_uri_bytes() -> usize {
+    2048
+}
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+fn default_send_timeout_ms() -> u64 {
+    60_000
+}
+fn default_max_connections() -> usize {
+    100_000
+}
+fn default_max_connections_per_client() -> usize {
+    256
+}
+fn default_shutdown_grace_ms() -> u64 {
+    10_000
+}
+fn default_cold_read_threads() -> usize {
+    4
+}
+fn default_open_file_cache() -> usize {
+    4096
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(path.display().to_string(), format!("cannot read: {e}"))
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+                .unwrap_or(0);
+            let msg = e.message().replace('\n', " ");
+            ConfigError::new(format!("{origin}:{line}"), msg)
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every constraint the types alone do not express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cores == 0 {
+            return Err(ConfigError::new("cores", "must be at least 1"));
+        }
+        let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+        match &self.cpus {
+            Some(cpus) => {
+                if cpus.len() != self.cores {
+                    return Err(ConfigError::new(
+                        "cpus",
+                        format!("has {} entries but cores = {}", cpus.len(), self.cores),
+                    ));
+                }
+                if let Some(bad) = cpus.iter().find(|&&c| c >= online) {
+                    return Err(ConfigError::new(
+                        "cpus",
+                        format!("CPU {bad} does not exist (this host has {online} CPUs)"),
+                    ));
+                }
+            }
+            None if self.cores > online => {
+                return Err(ConfigError::new(
+                    "cores",
+                    format!("is {} but this host has only {online} CPUs", self.cores),
+                ));
+            }
+            None => {}
+        }
+        let l = &self.limits;
+        if l.max_header_bytes < 256 {
+            return Err(ConfigError::new(
+                "limits.max_header_bytes",
+                "must be at least 256",
+            ));
+        }
+        if l.max_headers == 0 {
+            return Err(ConfigError::new("limits.max_headers", "must be at least 1"));
+        }
+        if l.max_uri_bytes < 16 || l.max_uri_bytes >= l.max_header_bytes {
+            return Err(ConfigError::new(
+                "limits.max_uri_bytes",
+                "must be at least 16 and below limits.max_header_bytes",
+            ));
+        }
+        for (key, v) in [
+            ("limits.header_read_timeout_ms", l.header_read_timeout_ms),
+            ("limits.idle_timeout_ms", l.idle_timeout_ms),
+            ("limits.send_timeout_ms", l.send_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::new(key, "must be above 0"));
+            }
+        }
+        if l.max_connections == 0 || l.max_connections_per_client == 0 {
+            return Err(ConfigError::new(
+                "limits.max_connections",
+                "limits must be at least 1",
+            ));
+        }
+        if self.io.cold_read_threads == 0 {
+            return Err(ConfigError::new(
+                "io.cold_read_threads",
+                "must be at least 1",
+            ));
+        }
+        if self.io.open_file_cache == 0 {
+            return Err(ConfigError::new("io.open_file_cache", "must be at least 1"));
+        }
+        if self.tiers.is_empty() {
+            return Err(ConfigError::new(
+                "tier",
+                "no [[tier]] configured: add at least one with name, kind and path",
+            ));
+        }
+        for (i, tier) in self.tiers.iter().enumerate() {
+            let valid_name = !tier.name.is_empty()
+                && tier.name.len() <= 64
+                && tier
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !valid_name {
+                return Err(ConfigError::new(
+                    format!("tier[{i}].name"),
+                    format!("{:?} must be 1-64 characters of [A-Za-z0-9_-]", tier.name),
+                ));
+            }
+            if self.tiers[..i].iter().any(|t| t.name == tier.name) {
+                return Err(ConfigError::new(
+                    format!("tier[{i}].name"),
+                    format!("{:?} is used by another tier", tier.name),
+                ));
+            }
+            check_tier_path(&tier.path)
+                .map_err(|problem| ConfigError::new(format!("tier[{i}].path"), problem))?;
+        }
+        if self.http.listen == self.admin.listen && self.http.listen.port() != 0 {
+            return Err(ConfigError::new(
+                "admin.listen",
+                "must differ from http.listen",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The CPU each executor is pinned to.
+    pub fn cpu_list(&self) -> Vec<usize> {
+        self.cpus
+            .clone()
+            .unwrap_or_else(|| (0..self.cores).collect())
+    }
+}
+
+/// Why a tier directory cannot be used, if it cannot.
+pub fn check_tier_path(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => match std::fs::read_dir(path) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("{}: cannot list directory: {e}", path.display())),
+        },
+        Ok(_) => Err(format!("{}: not a directory", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(format!("{}: does not exist", path.display()))
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_tier(extra: &str) -> String {
+        let dir = std::env::temp_dir();
+        format!(
+            "{extra}\n[[tier]]\nname = \"flash\"\nkind = \"flash\"\npath = {:?}\n",
+            dir.display().to_string()
+        )
+    }
+
+    #[test]
+    fn defaults_fill_every_section() {
+        let c = Config::parse(&with_tier(""), "t").unwrap();
+        assert_eq!(c.cores, 1);
+        assert_eq!(c.http.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.admin.listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(c.limits.max_header_bytes, 8192);
+        assert!(c.io.residency_check);
+        assert_eq!(c.tiers[0].kind, TierKind::Flash);
+    }
+
+    #[test]
+    fn unknown_key_names_the_line() {
+        let err = Config::parse(&with_tier("cores = 1\nbogus = 3"), "f.toml").unwrap_err();
+        assert_eq!(err.key, "f.toml:2");
+        assert!(err.problem.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn bad_kind_is_rejected() {
+        let text = "[[tier]]\nname = \"x\"\nkind = \"tape\"\npath = \"/tmp\"\n";
+        let err = Config::parse(text, "f").unwrap_err();
+        assert!(err.problem.contains("tape"), "{err}");
+    }
+
+    #[test]
+    fn missing_tier_path_names_the_key() {
+        let text =
+            "[[tier]]\nname = \"x\"\nkind = \"storage\"\npath = \"/nonexistent/edgeplane\"\n";
+        let err = Config::parse(text, "f").unwrap_err();
+        assert_eq!(err.key, "tier[0].path");
+        assert!(err.problem.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn no_tiers_is_an_error() {
+        let err = Config::parse("cores = 1\n", "f").unwrap_err();
+        assert_eq!(err.key, "tier");
+    }
+
+    #[test]
+    fn zero_cores_and_duplicate_names_are_errors() {
+        assert_eq!(
+            Config::parse(&with_tier("cores = 0"), "f").unwrap_err().key,
+            "cores"
+        );
+        let dir = std::env::temp_dir().display().to_string();
+        let text = format!(
+            "[[tier]]\nname=\"a\"\nkind=\"flash\"\npath={dir:?}\n[[tier]]\nname=\"a\"\nkind=\"storage\"\npath={dir:?}\n"
+        );
+        assert_eq!(Config::parse(&text, "f").unwrap_err().key, "tier[1].name");
+    }
+}

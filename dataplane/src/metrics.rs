@@ -1,0 +1,525 @@
+//! Counters and latency histograms, kept per core and summed only when scraped.
+//!
+//! Each executor writes only its own [`CoreMetrics`] (relaxed atomics on a cache line no other
+//! core writes), and records latencies into a thread-local histogram that a once-a-second task
+//! folds into the published copy ([`LocalLatency::flush`]); the request path never takes a lock.
+//! [`render`] turns everything into Prometheus text; the names are a documented contract
+//! (`docs/metrics.md`).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::catalog::Catalog;
+use crate::http::Status;
+
+/// Why a connection was refused with 503.
+#[derive(Debug, Clone, Copy)]
+pub enum Rejection {
+    /// `limits.max_connections`
+    MaxConnections,
+    /// `limits.max_connections_per_client`
+    PerClient,
+}
+
+/// Which timer closed a connection.
+#[derive(Debug, Clone, Copy)]
+pub enum Timeout {
+    /// The head did not arrive in `header_read_timeout_ms`.
+    Header,
+    /// Nothing arrived in `idle_timeout_ms`.
+    Idle,
+    /// The client did not take body bytes for `send_timeout_ms`.
+    Send,
+}
+
+/// One executor's counters.
+#[derive(Debug)]
+#[repr(align(128))]
+pub struct CoreMetrics {
+    requests: [AtomicU64; Status::ALL.len()],
+    body_bytes: Box<[AtomicU64]>,
+    cold_reads: Box<[AtomicU64]>,
+    cold_read_bytes: Box<[AtomicU64]>,
+    open_connections: AtomicI64,
+    connections: AtomicU64,
+    rejected: [AtomicU64; 2],
+    timeouts: [AtomicU64; 3],
+    client_aborts: AtomicU64,
+    io_errors: AtomicU64,
+    would_block: AtomicU64,
+    latency: Mutex<Latency>,
+}
+
+#[derive(Debug)]
+struct Latency {
+    ttfb: Histogram<u64>,
+    total: Histogram<u64>,
+}
+
+impl Latency {
+    fn new() -> Latency {
+        Latency {
+            ttfb: new_histogram(),
+            total: new_histogram(),
+        }
+    }
+}
+
+/// Microseconds from 1 µs to one hour, three significant figures.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid")
+}
+
+impl CoreMetrics {
+    fn new(tiers: usize) -> CoreMetrics {
+        let zeros = || (0..tiers).map(|_| AtomicU64::new(0)).collect::<Box<[_]>>();
+        CoreMetrics {
+            requests: Default::default(),
+            body_bytes: zeros(),
+            cold_reads: zeros(),
+            cold_read_bytes: zeros(),
+            open_connections: AtomicI64::new(0),
+            connections: AtomicU64::new(0),
+            rejected: Default::default(),
+            timeouts: Default::default(),
+            client_aborts: AtomicU64::new(0),
+            io_errors: AtomicU64::new(0),
+            would_block: AtomicU64::new(0),
+            latency: Mutex::new(Latency::new()),
+        }
+    }
+
+    /// A response with `status` was sent.
+    pub fn response(&self, status: Status) {
+        self.requests[status.index()].fetch_add(1, Relaxed);
+    }
+    /// Body bytes sent from `tier`.
+    pub fn body_bytes(&self, tier: usize, n: u64) {
+        if let Some(c) = self.body_bytes.get(tier) {
+            c.fetch_add(n, Relaxed);
+        }
+    }
+    /// A cold range of `n` bytes was read into the page cache before sending.
+    pub fn cold_read(&self, tier: usize, n: u64) {
+        if let (Some(c), Some(b)) = (self.cold_reads.get(tier), self.cold_read_bytes.get(tier)) {
+            c.fetch_add(1, Relaxed);
+            b.fetch_add(n, Relaxed);
+        }
+    }
+    /// A connection was accepted (`+1`) or closed (`-1`).
+    pub fn connection(&self, delta: i64) {
+        if delta > 0 {
+            self.connections.fetch_add(1, Relaxed);
+        }
+        self.open_connections.fetch_add(delta, Relaxed);
+    }
+    /// A connection was refused over a cap.
+    pub fn rejected(&self, why: Rejection) {
+        self.rejected[why as usize].fetch_add(1, Relaxed);
+    }
+    /// A connection was closed by a timer.
+    pub fn timeout(&self, which: Timeout) {
+        self.timeouts[which as usize].fetch_add(1, Relaxed);
+    }
+    /// The client went away mid-response.
+    pub fn client_abort(&self) {
+        self.client_aborts.fetch_add(1, Relaxed);
+    }
+    /// Reading an object failed.
+    pub fn io_error(&self) {
+        self.io_errors.fetch_add(1, Relaxed);
+    }
+    /// `sendfile` found the socket buffer full and had to wait.
+    pub fn would_block(&self) {
+        self.would_block.fetch_add(1, Relaxed);
+    }
+    /// Requests answered by this core (all statuses).
+    pub fn total_requests(&self) -> u64 {
+        self.requests.iter().map(|c| c.load(Relaxed)).sum()
+    }
+}
+
+/// A thread-local latency recorder, flushed into its core's published histograms.
+#[derive(Debug)]
+pub struct LocalLatency {
+    ttfb: Histogram<u64>,
+    total: Histogram<u64>,
+}
+
+impl Default for LocalLatency {
+    fn default() -> Self {
+        LocalLatency {
+            ttfb: new_histogram(),
+            total: new_histogram(),
+        }
+    }
+}
+
+impl LocalLatency {
+    /// Records one request's time to first byte and total time.
+    pub fn record(&mut self, ttfb: Duration, total: Duration) {
+        self.ttfb.saturating_record(micros(ttfb));
+        self.total.saturating_record(micros(total));
+    }
+
+    /// Adds what was recorded since the last flush to `core`'s published histograms.
+    pub fn flush(&mut self, core: &CoreMetrics) {
+        if self.total.is_empty() {
+            return;
+        }
+        if let Ok(mut published) = core.latency.lock() {
+            let _ = published.ttfb.add(&self.ttfb);
+            let _ = published.total.add(&self.total);
+        }
+        self.ttfb.reset();
+        self.total.reset();
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+/// All cores' metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    cores: Vec<CoreMetrics>,
+    /// Human-readable TLS mode etc. can be added as info gauges by later layers.
+    started: std::time::SystemTime,
+}
+
+impl Metrics {
+    /// Counters for `cores` executors and `tiers` tiers.
+    pub fn new(cores: usize, tiers: usize) -> Metrics {
+        Metrics {
+            cores: (0..cores).map(|_| CoreMetrics::new(tiers)).collect(),
+            started: std::time::SystemTime::now(),
+        }
+    }
+
+    /// The counters of executor `i`.
+    pub fn core(&self, i: usize) -> &CoreMetrics {
+        &self.cores[i]
+    }
+
+    /// Number of executors.
+    pub fn cores(&self) -> usize {
+        self.cores.len()
+    }
+
+    /// Open connections over all cores.
+    pub fn open_connections(&self) -> i64 {
+        self.cores
+            .iter()
+            .map(|c| c.open_connections.load(Relaxed))
+            .sum()
+    }
+}
+
+/// Renders every metric in the Prometheus text exposition format.
+pub fn render(metrics: &Metrics, catalog: &Catalog) -> String {
+    let mut out = String::with_capacity(8192);
+    let sum = |f: &dyn Fn(&CoreMetrics) -> u64| metrics.cores.iter().map(f).sum::<u64>();
+
+    header(
+        &mut out,
+        "edgeplane_requests_total",
+        "counter",
+        "Responses sent, by HTTP status.",
+    );
+    for (i, status) in Status::ALL.iter().enumerate() {
+        let n = sum(&|c| c.requests[i].load(Relaxed));
+        let _ = writeln!(
+            out,
+            "edgeplane_requests_total{{status=\"{}\"}} {n}",
+            status.code()
+        );
+    }
+    header(
+        &mut out,
+        "edgeplane_core_requests_total",
+        "counter",
+        "Responses sent, by serving executor.",
+    );
+    for (i, c) in metrics.cores.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "edgeplane_core_requests_total{{core=\"{i}\"}} {}",
+            c.total_requests()
+        );
+    }
+    let per_tier =
+        |out: &mut String, name: &str, help: &str, f: &dyn Fn(&CoreMetrics, usize) -> u64| {
+            header(out, name, "counter", help);
+            for (t, tier) in catalog.tiers.iter().enumerate() {
+                let n = sum(&|c| f(c, t));
+                let _ = writeln!(
+                    out,
+                    "{name}{{tier=\"{}\",kind=\"{}\"}} {n}",
+                    tier.name,
+                    tier.kind.as_str()
+                );
+            }
+        };
+    per_tier(
+        &mut out,
+        "edgeplane_response_bytes_total",
+        "Body bytes sent, by tier.",
+        &|c, t| c.body_bytes[t].load(Relaxed),
+    );
+    per_tier(
+        &mut out,
+        "edgeplane_cold_reads_total",
+        "Ranges that were not in the page cache and were read in off the executor first.",
+        &|c, t| c.cold_reads[t].load(Relaxed),
+    );
+    per_tier(
+        &mut out,
+        "edgeplane_cold_read_bytes_total",
+        "Bytes read in by cold reads.",
+        &|c, t| c.cold_read_bytes[t].load(Relaxed),
+    );
+
+    header(
+        &mut out,
+        "edgeplane_open_connections",
+        "gauge",
+        "Client connections open now.",
+    );
+    let _ = writeln!(
+        out,
+        "edgeplane_open_connections {}",
+        metrics.open_connections()
+    );
+    header(
+        &mut out,
+        "edgeplane_connections_total",
+        "counter",
+        "Client connections accepted.",
+    );
+    let _ = writeln!(
+        out,
+        "edgeplane_connections_total {}",
+        sum(&|c| c.connections.load(Relaxed))
+    );
+    header(
+        &mut out,
+        "edgeplane_connections_rejected_total",
+        "counter",
+        "Connections refused with 503 over a cap.",
+    );
+    for (i, reason) in ["max_connections", "max_connections_per_client"]
+        .iter()
+        .enumerate()
+    {
+        let _ = writeln!(
+            out,
+            "edgeplane_connections_rejected_total{{reason=\"{reason}\"}} {}",
+            sum(&|c| c.rejected[i].load(Relaxed))
+        );
+    }
+    header(
+        &mut out,
+        "edgeplane_timeouts_total",
+        "counter",
+        "Connections closed by a timer.",
+    );
+    for (i, kind) in ["header", "idle", "send"].iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "edgeplane_timeouts_total{{kind=\"{kind}\"}} {}",
+            sum(&|c| c.timeouts[i].load(Relaxed))
+        );
+    }
+    for (name, help, f) in [
+        (
+            "edgeplane_client_aborts_total",
+            "Responses cut short because the client went away.",
+            &(|c: &CoreMetrics| c.client_aborts.load(Relaxed)) as &dyn Fn(&CoreMetrics) -> u64,
+        ),
+        (
+            "edgeplane_io_errors_total",
+            "Errors reading objects from a tier.",
+            &|c: &CoreMetrics| c.io_errors.load(Relaxed),
+        ),
+        (
+            "edgeplane_sendfile_would_block_total",
+            "Times sendfile found the socket buffer full and waited for the client.",
+            &|c: &CoreMetrics| c.would_block.load(Relaxed),
+        ),
+    ] {
+        header(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {}", sum(f));
+    }
+
+    let mut ttfb = new_histogram();
+    let mut total = new_histogram();
+    for c in &metrics.cores {
+        if let Ok(l) = c.latency.lock() {
+            let _ = ttfb.add(&l.ttfb);
+            let _ = total.add(&l.total);
+        }
+    }
+    summary(
+        &mut out,
+        "edgeplane_ttfb_seconds",
+        "Time from a complete request head to the response head being sent.",
+        &ttfb,
+    );
+    summary(
+        &mut out,
+        "edgeplane_request_duration_seconds",
+        "Time from a complete request head to the last body byte handed to the kernel.",
+        &total,
+    );
+
+    header(
+        &mut out,
+        "edgeplane_catalog_objects",
+        "gauge",
+        "Objects in the catalog, by tier.",
+    );
+    for (t, tier) in catalog.tiers.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "edgeplane_catalog_objects{{tier=\"{}\",kind=\"{}\"}} {}",
+            tier.name,
+            tier.kind.as_str(),
+            catalog.tier_states[t].objects
+        );
+    }
+    header(
+        &mut out,
+        "edgeplane_catalog_bytes",
+        "gauge",
+        "Bytes of objects in the catalog, by tier.",
+    );
+    for (t, tier) in catalog.tiers.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "edgeplane_catalog_bytes{{tier=\"{}\",kind=\"{}\"}} {}",
+            tier.name,
+            tier.kind.as_str(),
+            catalog.tier_states[t].bytes
+        );
+    }
+    header(
+        &mut out,
+        "edgeplane_tier_up",
+        "gauge",
+        "1 when the tier could be scanned, 0 when it is out of service.",
+    );
+    for (t, tier) in catalog.tiers.iter().enumerate() {
+        let up = u8::from(catalog.tier_states[t].error.is_none());
+        let _ = writeln!(
+            out,
+            "edgeplane_tier_up{{tier=\"{}\",kind=\"{}\"}} {up}",
+            tier.name,
+            tier.kind.as_str()
+        );
+    }
+    header(
+        &mut out,
+        "edgeplane_catalog_generation",
+        "gauge",
+        "Increases with every catalog reload.",
+    );
+    let _ = writeln!(out, "edgeplane_catalog_generation {}", catalog.generation);
+    header(
+        &mut out,
+        "edgeplane_executors",
+        "gauge",
+        "Serving executors (one per pinned core).",
+    );
+    let _ = writeln!(out, "edgeplane_executors {}", metrics.cores.len());
+    header(
+        &mut out,
+        "edgeplane_start_time_seconds",
+        "gauge",
+        "Unix time the process started.",
+    );
+    let started = metrics
+        .started
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let _ = writeln!(out, "edgeplane_start_time_seconds {}", started.as_secs());
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn summary(out: &mut String, name: &str, help: &str, h: &Histogram<u64>) {
+    header(out, name, "summary", help);
+    for q in [0.5, 0.9, 0.99, 0.999] {
+        let v = if h.is_empty() {
+            0.0
+        } else {
+            h.value_at_quantile(q) as f64 / 1e6
+        };
+        let _ = writeln!(out, "{name}{{quantile=\"{q}\"}} {v}");
+    }
+    let sum_us: f64 = h
+        .iter_recorded()
+        .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
+        .sum();
+    let _ = writeln!(out, "{name}_sum {}", sum_us / 1e6);
+    let _ = writeln!(out, "{name}_count {}", h.len());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{TierConfig, TierKind};
+
+    #[test]
+    fn render_sums_cores_and_names_tiers() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::scan(
+            &[TierConfig {
+                name: "nvme0".into(),
+                kind: TierKind::Flash,
+                path: dir.path().into(),
+            }],
+            3,
+        );
+        let m = Metrics::new(2, 1);
+        m.core(0).response(Status::PartialContent);
+        m.core(1).response(Status::PartialContent);
+        m.core(1).response(Status::NotFound);
+        m.core(0).body_bytes(0, 100);
+        m.core(1).body_bytes(0, 23);
+        m.core(0).connection(1);
+        m.core(1).connection(1);
+        m.core(1).connection(-1);
+        let mut local = LocalLatency::default();
+        local.record(Duration::from_micros(100), Duration::from_millis(2));
+        local.record(Duration::from_micros(300), Duration::from_millis(4));
+        local.flush(m.core(0));
+        let text = render(&m, &cat);
+        for line in [
+            "edgeplane_requests_total{status=\"206\"} 2\n",
+            "edgeplane_requests_total{status=\"404\"} 1\n",
+            "edgeplane_core_requests_total{core=\"1\"} 2\n",
+            "edgeplane_response_bytes_total{tier=\"nvme0\",kind=\"flash\"} 123\n",
+            "edgeplane_open_connections 1\n",
+            "edgeplane_connections_total 2\n",
+            "edgeplane_request_duration_seconds_count 2\n",
+            "edgeplane_catalog_generation 3\n",
+            "edgeplane_tier_up{tier=\"nvme0\",kind=\"flash\"} 1\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        let p99 = text
+            .lines()
+            .find(|l| l.starts_with("edgeplane_request_duration_seconds{quantile=\"0.99\"}"))
+            .unwrap();
+        let v: f64 = p99.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((0.0039..0.0041).contains(&v), "{p99}");
+    }
+}

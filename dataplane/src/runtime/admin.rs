@@ -1,0 +1,126 @@
+//! The admin listener: `GET /metrics`, `GET /healthz`, `POST /reload`.
+//!
+//! One plain thread, off the serving cores, one request per connection. It reads the per-core
+//! counters (summing on scrape) and may swap the catalog; it never touches a client connection.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::core::Shared;
+use crate::metrics;
+
+/// Starts the admin thread on an already bound listener.
+pub(crate) fn start(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("edgeplane-admin".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = handle(stream, &shared);
+            }
+        })?;
+    Ok(())
+}
+
+fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0;
+    let (method, path) = loop {
+        let n = stream.read(&mut buf[len..])?;
+        if n == 0 {
+            return Ok(());
+        }
+        len += n;
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf[..len]) {
+            Ok(httparse::Status::Complete(_)) => {
+                break (
+                    req.method.unwrap_or("").to_string(),
+                    req.path.unwrap_or("").to_string(),
+                )
+            }
+            Ok(httparse::Status::Partial) if len < buf.len() => continue,
+            _ => {
+                return respond(
+                    &mut stream,
+                    "400 Bad Request",
+                    "text/plain",
+                    "bad request\n",
+                )
+            }
+        }
+    };
+    let path = path.split('?').next().unwrap_or("");
+    match (method.as_str(), path) {
+        ("GET", "/metrics") => {
+            let body = metrics::render(&shared.metrics, &shared.catalog.load());
+            respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &body)
+        }
+        ("GET", "/healthz") => {
+            let catalog = shared.catalog.load();
+            let down: Vec<&str> = catalog
+                .tiers
+                .iter()
+                .zip(&catalog.tier_states)
+                .filter(|(_, s)| s.error.is_some())
+                .map(|(t, _)| t.name.as_str())
+                .collect();
+            if shared.stop.load(Ordering::Relaxed) {
+                respond(
+                    &mut stream,
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "draining\n",
+                )
+            } else if down.len() == catalog.tiers.len() {
+                respond(
+                    &mut stream,
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "all tiers down\n",
+                )
+            } else if !down.is_empty() {
+                let body = format!("ok (degraded: tier {} down)\n", down.join(", "));
+                respond(&mut stream, "200 OK", "text/plain", &body)
+            } else {
+                respond(&mut stream, "200 OK", "text/plain", "ok\n")
+            }
+        }
+        ("POST", "/reload") => {
+            let catalog = shared.catalog.reload();
+            let body = format!(
+                "reloaded: generation {} with {} objects\n",
+                catalog.generation,
+                catalog.len()
+            );
+            respond(&mut stream, "200 OK", "text/plain", &body)
+        }
+        (_, "/metrics" | "/healthz" | "/reload") => respond(
+            &mut stream,
+            "405 Method Not Allowed",
+            "text/plain",
+            "method not allowed\n",
+        ),
+        _ => respond(&mut stream, "404 Not Found", "text/plain", "not found\n"),
+    }
+}
+
+fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    stream.flush()
+}

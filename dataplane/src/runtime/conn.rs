@@ -1,0 +1,405 @@
+//! One client connection on one executor: read heads, answer them, send bodies with `sendfile`.
+//!
+//! Must never block the executor: the socket is non-blocking, `sendfile` that finds the socket
+//! buffer full yields to glommio until the client drains it, and a range that is not in the page
+//! cache is read in on the blocking pool before `sendfile` touches it (see `docs/design.md`).
+
+use std::cell::Cell;
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use super::core::Core;
+use super::sys;
+use crate::catalog::OpenObject;
+use crate::http::request::{self, Method, Parsed, Request, Target};
+use crate::http::response::{self, HeadContext};
+use crate::http::Status;
+use crate::metrics::Timeout;
+
+/// Bytes sent per `sendfile` call and checked for residency at once. Also the unit after which a
+/// long response yields to other connections on the core.
+const CHUNK: u64 = 1 << 20;
+/// Bytes pushed through glommio's write path when the socket is full: it waits for writability
+/// (an io_uring poll) and then sends this small piece from the page-cache mapping.
+const WAIT_PIECE: u64 = 4096;
+
+/// Why a connection ended early.
+#[derive(Debug)]
+enum End {
+    /// Closed by the client, or any I/O error on the socket.
+    Client,
+    /// A timer fired.
+    Timeout(Timeout),
+    /// The object could not be read.
+    Object(io::Error),
+}
+
+/// Serves one accepted connection to completion.
+pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, peer: IpAddr) {
+    let _ = peer;
+    let fd = stream.as_raw_fd();
+    if sys::set_nonblocking(fd).is_err() {
+        return;
+    }
+    let _ = stream.set_write_timeout(Some(core.config.limits.send_timeout()));
+    let mut conn = Conn {
+        core,
+        stream,
+        fd,
+        buf: Vec::new(),
+        start: 0,
+        end: 0,
+        out: Vec::with_capacity(512),
+        served: 0,
+    };
+    let cap = conn.core.config.limits.max_header_bytes;
+    conn.buf.resize(cap, 0);
+    match conn.run().await {
+        Ok(()) | Err(End::Client) => {}
+        Err(End::Timeout(t)) => conn.core.metrics().timeout(t),
+        Err(End::Object(e)) => {
+            conn.core.metrics().io_error();
+            tracing::debug!("object read failed mid-response: {e}");
+        }
+    }
+}
+
+struct Conn {
+    core: Rc<Core>,
+    stream: TcpStream,
+    fd: std::os::fd::RawFd,
+    /// Read buffer; unconsumed bytes are `buf[start..end]`.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Response head being written.
+    out: Vec<u8>,
+    served: u64,
+}
+
+/// Marks the core busy while a response is in flight (shutdown waits for these).
+struct Busy<'a>(&'a Cell<usize>);
+
+impl<'a> Busy<'a> {
+    fn new(c: &'a Cell<usize>) -> Self {
+        c.set(c.get() + 1);
+        Busy(c)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+impl Conn {
+    async fn run(&mut self) -> Result<(), End> {
+        let limits = self.core.request_limits;
+        loop {
+            // Parse whatever is buffered; read more until a head is complete.
+            let mut first_byte_at: Option<Instant> = None;
+            loop {
+                match request::parse(&self.buf[self.start..self.end], &limits) {
+                    Parsed::Partial => {}
+                    Parsed::Complete { .. } | Parsed::Error(_) => break,
+                }
+                if self.end == self.buf.len() && self.start > 0 {
+                    self.buf.copy_within(self.start..self.end, 0);
+                    self.end -= self.start;
+                    self.start = 0;
+                }
+                let waiting_for_first = self.start == self.end;
+                if waiting_for_first {
+                    self.start = 0;
+                    self.end = 0;
+                }
+                let now = Instant::now();
+                let (deadline, which) = match (waiting_for_first, first_byte_at) {
+                    (true, _) => (now + self.core.config.limits.idle_timeout(), Timeout::Idle),
+                    (false, Some(t)) => (
+                        t + self.core.config.limits.header_read_timeout(),
+                        Timeout::Header,
+                    ),
+                    (false, None) => {
+                        first_byte_at = Some(now);
+                        (
+                            now + self.core.config.limits.header_read_timeout(),
+                            Timeout::Header,
+                        )
+                    }
+                };
+                let remaining = deadline.saturating_duration_since(now);
+                if remaining.is_zero() {
+                    return self.timed_out(which).await;
+                }
+                let _ = self.stream.set_read_timeout(Some(remaining));
+                match self.stream.read(&mut self.buf[self.end..]).await {
+                    Ok(0) => return Err(End::Client),
+                    Ok(n) => {
+                        if first_byte_at.is_none() {
+                            first_byte_at = Some(Instant::now());
+                        }
+                        self.end += n;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                        return self.timed_out(which).await;
+                    }
+                    Err(_) => return Err(End::Client),
+                }
+            }
+            let keep_alive = self.answer().await?;
+            if self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+            }
+            if !keep_alive {
+                let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
+                return Ok(());
+            }
+        }
+    }
+
+    /// 408 (only when part of a head arrived) and close.
+    async fn timed_out(&mut self, which: Timeout) -> Result<(), End> {
+        if matches!(which, Timeout::Header) {
+            let date = self.core.date();
+            let ctx = HeadContext {
+                date: &date,
+                cors: false,
+                keep_alive: false,
+                http10: false,
+            };
+            response::write_error(&mut self.out, Status::RequestTimeout, &ctx, false, b"");
+            self.core.metrics().response(Status::RequestTimeout);
+            let _ = sys::send(self.fd, &self.out, false);
+        }
+        Err(End::Timeout(which))
+    }
+
+    /// Answers the complete head (or head error) at `buf[start..]`; returns keep-alive.
+    async fn answer(&mut self) -> Result<bool, End> {
+        let limits = self.core.request_limits;
+        let received = Instant::now();
+        let core = self.core.clone();
+        let _busy = Busy::new(&core.busy);
+        let parsed = request::parse(&self.buf[self.start..self.end], &limits);
+        let (req, len) = match parsed {
+            Parsed::Complete { request, len } => (request, len),
+            Parsed::Error(status) => {
+                let date = core.date();
+                let ctx = HeadContext {
+                    date: &date,
+                    cors: false,
+                    keep_alive: false,
+                    http10: false,
+                };
+                let extra: &[u8] = if status == Status::MethodNotAllowed {
+                    b"Allow: GET, HEAD, OPTIONS\r\n"
+                } else {
+                    b""
+                };
+                response::write_error(&mut self.out, status, &ctx, false, extra);
+                core.metrics().response(status);
+                send_all(&mut self.stream, self.fd, &self.out, false).await?;
+                return Ok(false);
+            }
+            Parsed::Partial => {
+                unreachable!("answer() is only called on a complete head or an error")
+            }
+        };
+        self.served += 1;
+        let max_requests = core.config.limits.max_requests_per_connection;
+        let keep_alive = req.keep_alive
+            && !core.stopping.get()
+            && (max_requests == 0 || self.served < max_requests);
+        let date = core.date();
+        let ctx = HeadContext {
+            date: &date,
+            cors: core.config.http.cors && req.has_origin,
+            keep_alive,
+            http10: req.http10,
+        };
+        // Copy out what the body phase needs, so the borrow of the read buffer ends here.
+        let head = req.method == Method::Head;
+        let body = respond_head(&core, &mut self.out, &req, &ctx, head).await;
+        self.start += len;
+        let (status, body) = body?;
+        core.metrics().response(status);
+        let more = body.is_some();
+        send_all(&mut self.stream, self.fd, &self.out, more).await?;
+        let ttfb = received.elapsed();
+        if let Some((obj, start, n)) = body {
+            self.send_body(&obj, start, n).await?;
+            core.metrics().body_bytes(obj.tier, n);
+        }
+        core.latency.borrow_mut().record(ttfb, received.elapsed());
+        Ok(keep_alive)
+    }
+
+    /// Sends `obj[start..start+len]` with `sendfile`, never blocking the executor.
+    async fn send_body(&mut self, obj: &Rc<OpenObject>, start: u64, len: u64) -> Result<(), End> {
+        let end = start + len;
+        let mut off = start;
+        let check = self.core.config.io.residency_check;
+        let map: &[u8] = obj.map.as_deref().unwrap_or(&[]);
+        while off < end {
+            let chunk_end = end.min(off + CHUNK);
+            if check && !sys::resident(map, off, chunk_end - off).unwrap_or(false) {
+                self.core
+                    .read_in(obj, off, chunk_end - off)
+                    .await
+                    .map_err(End::Object)?;
+            }
+            while off < chunk_end {
+                let want = (chunk_end - off) as usize;
+                match sys::sendfile(self.fd, &*obj.file, &mut off, want) {
+                    Ok(0) => {
+                        return Err(End::Object(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "object shrank while serving",
+                        )))
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.core.metrics().would_block();
+                        // Let glommio wait for writability, then hand it one small piece
+                        // straight from the (resident) mapping.
+                        let piece = (chunk_end - off).min(WAIT_PIECE) as usize;
+                        let bytes = &map[off as usize..off as usize + piece];
+                        match self.stream.write(bytes).await {
+                            Ok(n) => off += n as u64,
+                            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                                return Err(End::Timeout(Timeout::Send))
+                            }
+                            Err(_) => {
+                                self.core.metrics().client_abort();
+                                return Err(End::Client);
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if is_client_gone(&e) => {
+                        self.core.metrics().client_abort();
+                        return Err(End::Client);
+                    }
+                    Err(e) => return Err(End::Object(e)),
+                }
+            }
+            glommio::yield_if_needed().await;
+        }
+        Ok(())
+    }
+}
+
+/// Renders the response head into `out`; returns the status and the body to send.
+async fn respond_head(
+    core: &Core,
+    out: &mut Vec<u8>,
+    req: &Request<'_>,
+    ctx: &HeadContext<'_>,
+    head: bool,
+) -> Result<(Status, Option<(Rc<OpenObject>, u64, u64)>), End> {
+    if req.method == Method::Options {
+        response::write_options(out, req, ctx);
+        return Ok((Status::NoContent, None));
+    }
+    if req.bad_path_range {
+        response::write_error(out, Status::BadRequest, ctx, head, b"");
+        return Ok((Status::BadRequest, None));
+    }
+    let Target::Object { id, path_range } = req.target else {
+        response::write_error(out, Status::NotFound, ctx, head, b"");
+        return Ok((Status::NotFound, None));
+    };
+    let obj = match core.open(id).await {
+        Ok(Some(obj)) => obj,
+        Ok(None) => {
+            response::write_error(out, Status::NotFound, ctx, head, b"");
+            return Ok((Status::NotFound, None));
+        }
+        Err(e) => {
+            tracing::warn!(id, "cannot open object: {e}");
+            core.metrics().io_error();
+            response::write_error(
+                out,
+                Status::ServiceUnavailable,
+                ctx,
+                head,
+                b"Retry-After: 5\r\n",
+            );
+            return Ok((Status::ServiceUnavailable, None));
+        }
+    };
+    let plan = response::plan(req, &obj.meta(), path_range);
+    response::write_object_head(out, &plan, &obj.meta(), ctx);
+    Ok((plan.status, plan.body.map(|(s, n)| (obj, s, n))))
+}
+
+fn is_client_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN | libc::ETIMEDOUT)
+    )
+}
+
+/// Writes all of `bytes`: directly with `send` (with `MSG_MORE` when a body follows, so head
+/// and body share packets), through glommio's write path when the socket is full.
+async fn send_all(
+    stream: &mut TcpStream,
+    fd: std::os::fd::RawFd,
+    bytes: &[u8],
+    more: bool,
+) -> Result<(), End> {
+    let mut sent = match sys::send(fd, bytes, more) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(_) => return Err(End::Client),
+    };
+    while sent < bytes.len() {
+        match stream.write(&bytes[sent..]).await {
+            Ok(0) | Err(_) => return Err(End::Client),
+            Ok(n) => sent += n,
+        }
+    }
+    Ok(())
+}
+
+/// Answers a connection over a cap with 503 and closes it gently (so the client reads the
+/// response instead of a reset).
+pub(crate) async fn refuse(core: Rc<Core>, mut stream: TcpStream) {
+    let fd = stream.as_raw_fd();
+    let date = core.date();
+    let ctx = HeadContext {
+        date: &date,
+        cors: false,
+        keep_alive: false,
+        http10: false,
+    };
+    let mut out = Vec::with_capacity(256);
+    response::write_error(
+        &mut out,
+        Status::ServiceUnavailable,
+        &ctx,
+        false,
+        b"Retry-After: 1\r\n",
+    );
+    core.metrics().response(Status::ServiceUnavailable);
+    if send_all(&mut stream, fd, &out, false).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut sink = [0u8; 1024];
+    while let Ok(n) = stream.read(&mut sink).await {
+        if n == 0 {
+            break;
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Per-executor state: the open-file cache, the date cache, the latency recorder and the accept
+//! loop. Nothing in [`Core`] is shared with another thread except through the process-wide
+//! [`Shared`] (atomic counters, the connection caps taken at accept, the stop flag).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use glommio::net::TcpListener;
+
+use super::conn;
+use crate::catalog::{OpenObject, SharedCatalog};
+use crate::config::{Config, TierKind};
+use crate::http::request;
+use crate::metrics::{CoreMetrics, LocalLatency, Metrics, Rejection};
+
+/// What every executor shares with the others and with the admin thread.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Arc<Config>,
+    pub(crate) catalog: Arc<SharedCatalog>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) limits: Arc<ConnLimits>,
+    /// Set once on SIGTERM/SIGINT: stop accepting, finish in-flight responses, exit.
+    pub(crate) stop: AtomicBool,
+}
+
+/// Process-wide connection caps. Taken once per accepted connection, never per request.
+#[derive(Debug)]
+pub(crate) struct ConnLimits {
+    max_total: usize,
+    max_per_client: usize,
+    total: AtomicUsize,
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl ConnLimits {
+    pub(crate) fn new(max_total: usize, max_per_client: usize) -> ConnLimits {
+        ConnLimits {
+            max_total,
+            max_per_client,
+            total: AtomicUsize::new(0),
+            per_client: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a new connection from `ip`, or says which cap it is over.
+    pub(crate) fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, Rejection> {
+        if self.total.fetch_add(1, Ordering::Relaxed) >= self.max_total {
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return Err(Rejection::MaxConnections);
+        }
+        let mut per = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let n = per.entry(ip).or_insert(0);
+        if *n >= self.max_per_client {
+            drop(per);
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return Err(Rejection::PerClient);
+        }
+        *n += 1;
+        Ok(ConnGuard {
+            limits: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// Releases a connection's place in [`ConnLimits`] when dropped.
+#[derive(Debug)]
+pub(crate) struct ConnGuard {
+    limits: Arc<ConnLimits>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.limits.total.fetch_sub(1, Ordering::Relaxed);
+        let mut per = self
+            .limits
+            .per_client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// One executor's state.
+pub(crate) struct Core {
+    pub(crate) index: usize,
+    pub(crate) config: Arc<Config>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) request_limits: request::Limits,
+    pub(crate) latency: RefCell<LocalLatency>,
+    /// Responses in flight on this core.
+    pub(crate) busy: Cell<usize>,
+    /// Set when the process is shutting down: responses say `Connection: close`.
+    pub(crate) stopping: Cell<bool>,
+    files: RefCell<FileCache>,
+    date: Cell<(u64, [u8; 29])>,
+}
+
+struct FileCache {
+    generation: u64,
+    capacity: usize,
+    map: HashMap<Box<str>, Rc<OpenObject>>,
+}
+
+impl Core {
+    fn new(index: usize, shared: Arc<Shared>) -> Core {
+        let config = shared.config.clone();
+        let l = &config.limits;
+        Core {
+            index,
+            request_limits: request::Limits {
+                max_header_bytes: l.max_header_bytes,
+                max_headers: l.max_headers,
+                max_uri_bytes: l.max_uri_bytes,
+            },
+            latency: RefCell::default(),
+            busy: Cell::new(0),
+            stopping: Cell::new(false),
+            files: RefCell::new(FileCache {
+                generation: 0,
+                capacity: config.io.open_file_cache,
+                map: HashMap::new(),
+            }),
+            date: Cell::new((0, [b' '; 29])),
+            config,
+            shared,
+        }
+    }
+
+    /// This core's counters.
+    pub(crate) fn metrics(&self) -> &CoreMetrics {
+        self.shared.metrics.core(self.index)
+    }
+
+    /// `Date` value, formatted once per second.
+    pub(crate) fn date(&self) -> [u8; 29] {
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let (cached_secs, cached) = self.date.get();
+        if cached_secs == secs {
+            return cached;
+        }
+        let mut text = [b' '; 29];
+        let formatted = httpdate::fmt_http_date(now);
+        let n = formatted.len().min(29);
+        text[..n].copy_from_slice(&formatted.as_bytes()[..n]);
+        self.date.set((secs, text));
+        text
+    }
+
+    /// The open object for `id`, from this core's cache or freshly opened. `Ok(None)` when the
+    /// catalog has no such id. Storage-tier opens (a directory lookup may seek) run on the
+    /// blocking pool.
+    pub(crate) async fn open(&self, id: &str) -> io::Result<Option<Rc<OpenObject>>> {
+        let (entry, generation, kind) = {
+            let catalog = self.shared.catalog.load();
+            let mut files = self.files.borrow_mut();
+            if files.generation != catalog.generation {
+                files.map.clear();
+                files.generation = catalog.generation;
+            }
+            if let Some(obj) = files.map.get(id) {
+                return Ok(Some(obj.clone()));
+            }
+            let Some(entry) = catalog.get(id) else {
+                return Ok(None);
+            };
+            (
+                entry.clone(),
+                catalog.generation,
+                catalog.tiers[entry.tier].kind,
+            )
+        };
+        let opened = if kind == TierKind::Storage && self.config.io.residency_check {
+            let id = id.to_owned();
+            glommio::executor()
+                .spawn_blocking(move || OpenObject::open(&id, &entry, generation))
+                .await
+        } else {
+            OpenObject::open(id, &entry, generation)
+        };
+        let obj = match opened {
+            Ok(obj) => Rc::new(obj),
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        let mut files = self.files.borrow_mut();
+        if files.generation == generation {
+            if files.map.len() >= files.capacity {
+                // Cheap bounded eviction: drop an arbitrary eighth.
+                let victims: Vec<Box<str>> = files
+                    .map
+                    .keys()
+                    .take(files.capacity / 8 + 1)
+                    .cloned()
+                    .collect();
+                for v in victims {
+                    files.map.remove(&v);
+                }
+            }
+            files.map.insert(id.into(), obj.clone());
+        }
+        Ok(Some(obj))
+    }
+
+    /// Reads `obj[start..start+len]` into the page cache on the blocking pool.
+    pub(crate) async fn read_in(&self, obj: &OpenObject, start: u64, len: u64) -> io::Result<()> {
+        let file = obj.file.clone();
+        self.metrics().cold_read(obj.tier, len);
+        glommio::executor()
+            .spawn_blocking(move || super::sys::read_into_cache(&file, start, len))
+            .await
+    }
+}
+
+/// The life of one executor: bind, report ready, accept until told to stop, drain.
+pub(crate) async fn run(
+    index: usize,
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    ready: std::sync::mpsc::Sender<super::server::Event>,
+) -> Result<(), String> {
+    let listener = match TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            let msg = format!("http.listen: cannot listen on {addr}: {e}");
+            let _ = ready.send(super::server::Event::Failed(index, msg.clone()));
+            return Err(msg);
+        }
+    };
+    let _ = ready.send(super::server::Event::Ready);
+    let core = Rc::new(Core::new(index, shared.clone()));
+
+    let flusher = core.clone();
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(Duration::from_secs(1)).await;
+            flusher.latency.borrow_mut().flush(flusher.metrics());
+        }
+    })
+    .detach();
+
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            while !shared.stop.load(Ordering::Relaxed) {
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+            None
+        })
+        .await;
+        match accepted {
+            None => break,
+            Some(Ok(stream)) => {
+                let peer = match stream.peer_addr() {
+                    Ok(a) => a.ip(),
+                    Err(_) => continue,
+                };
+                let c = core.clone();
+                match shared.limits.acquire(peer) {
+                    Ok(guard) => {
+                        glommio::spawn_local(async move {
+                            c.metrics().connection(1);
+                            conn::serve(c.clone(), stream, peer).await;
+                            c.metrics().connection(-1);
+                            drop(guard);
+                        })
+                        .detach();
+                    }
+                    Err(why) => {
+                        c.metrics().rejected(why);
+                        glommio::spawn_local(conn::refuse(c, stream)).detach();
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(core = index, "accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    core.stopping.set(true);
+    drop(listener);
+    let deadline = Instant::now() + shared.config.limits.shutdown_grace();
+    while core.busy.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    if core.busy.get() > 0 {
+        tracing::warn!(
+            core = index,
+            in_flight = core.busy.get(),
+            "shutdown grace ran out"
+        );
+    }
+    core.latency.borrow_mut().flush(core.metrics());
+    Ok(())
+}

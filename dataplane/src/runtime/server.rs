@@ -1,0 +1,294 @@
+//! Process orchestration for `edgeplane serve`: start one pinned glommio executor per core,
+//! wait until every one is listening, start the admin listener, then turn signals into actions
+//! (SIGHUP: reload; SIGTERM/SIGINT: drain and exit 0) until every executor has finished.
+//!
+//! Any executor that fails to start or dies makes the process exit non-zero: a half-started
+//! appliance must never look healthy.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+use super::core::{ConnLimits, Shared};
+use super::sys;
+use crate::catalog::SharedCatalog;
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// Why the server could not start, or stopped abnormally. Each renders as one line.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// A listener could not be opened.
+    #[error("{key}: cannot listen on {addr}: {source}")]
+    Listen {
+        /// Config key of the address.
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Not enough lockable memory for the executors' io_uring buffers.
+    #[error(
+        "RLIMIT_MEMLOCK is {limit_kib} KiB but {cores} executors need at least {need_kib} KiB \
+         ({per_core_kib} KiB each): raise it (systemd: LimitMEMLOCK=) or lower `cores`"
+    )]
+    Memlock {
+        /// Current soft limit.
+        limit_kib: u64,
+        /// Configured executors.
+        cores: usize,
+        /// Needed in total.
+        need_kib: u64,
+        /// Needed per executor.
+        per_core_kib: u64,
+    },
+    /// An executor could not be created or could not listen.
+    #[error("executor {core} (cpu {cpu}) failed to start: {reason}")]
+    ExecutorStart {
+        /// Executor index.
+        core: usize,
+        /// CPU it was to be pinned to.
+        cpu: usize,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An executor stopped while serving.
+    #[error("executor {core} stopped unexpectedly: {reason}")]
+    ExecutorDied {
+        /// Executor index.
+        core: usize,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Messages to the main thread.
+#[derive(Debug)]
+pub(crate) enum Event {
+    Ready,
+    Failed(usize, String),
+    Exited(usize, Result<(), String>),
+    Signal(i32),
+}
+
+/// Locked memory each executor needs besides its io_uring buffer (rings, bookkeeping).
+const MEMLOCK_OVERHEAD: u64 = 256 * 1024;
+/// Smallest io_uring buffer glommio accepts.
+const MIN_IO_MEMORY: u64 = 64 * 1024;
+/// Largest io_uring buffer we ask for: the data plane does no O_DIRECT I/O.
+const MAX_IO_MEMORY: u64 = 2 * 1024 * 1024;
+
+/// How much io_uring memory each executor registers, given the lockable-memory limit.
+pub fn io_memory_per_core(config: &Config, memlock: u64) -> Result<usize, ServeError> {
+    let cores = config.cores as u64;
+    let per_core_min = MIN_IO_MEMORY + MEMLOCK_OVERHEAD;
+    let wanted = if config.io.io_memory_kib > 0 {
+        (config.io.io_memory_kib as u64 * 1024).max(MIN_IO_MEMORY)
+    } else {
+        let fit = (memlock / cores).saturating_sub(MEMLOCK_OVERHEAD);
+        fit.clamp(MIN_IO_MEMORY, MAX_IO_MEMORY)
+    };
+    let need = (wanted + MEMLOCK_OVERHEAD).max(per_core_min) * cores;
+    if memlock < need {
+        return Err(ServeError::Memlock {
+            limit_kib: memlock / 1024,
+            cores: config.cores,
+            need_kib: need / 1024,
+            per_core_kib: need / cores / 1024,
+        });
+    }
+    Ok(wanted as usize)
+}
+
+/// Runs the data plane until SIGTERM/SIGINT. Returns when every executor has drained.
+pub fn serve(config: Config) -> Result<(), ServeError> {
+    let config = Arc::new(config);
+    let io_memory = io_memory_per_core(&config, sys::memlock_limit())?;
+    let catalog = Arc::new(SharedCatalog::new(config.tiers.clone()));
+    {
+        let cat = catalog.load();
+        for (tier, state) in cat.tiers.iter().zip(&cat.tier_states) {
+            tracing::info!(tier = %tier.name, kind = tier.kind.as_str(), objects = state.objects, bytes = state.bytes, "tier scanned");
+        }
+    }
+    let metrics = Arc::new(Metrics::new(config.cores, config.tiers.len()));
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        catalog: catalog.clone(),
+        metrics: metrics.clone(),
+        limits: Arc::new(ConnLimits::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_client,
+        )),
+        stop: Default::default(),
+    });
+
+    // Port 0: reserve a concrete port every executor can share through SO_REUSEPORT. The
+    // reserving socket never listens, so it never receives connections.
+    let (http_addr, reservation) = reserve_port(config.http.listen)?;
+    let admin =
+        std::net::TcpListener::bind(config.admin.listen).map_err(|source| ServeError::Listen {
+            key: "admin.listen",
+            addr: config.admin.listen,
+            source,
+        })?;
+    let admin_addr = admin.local_addr().unwrap_or(config.admin.listen);
+
+    let (tx, rx) = mpsc::channel::<Event>();
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(ServeError::Signals)?;
+    let signal_tx = tx.clone();
+    std::thread::Builder::new()
+        .name("edgeplane-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if signal_tx.send(Event::Signal(sig)).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(ServeError::Signals)?;
+
+    let cpus = config.cpu_list();
+    for (index, &cpu) in cpus.iter().enumerate() {
+        let shared = shared.clone();
+        let ready = tx.clone();
+        let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("edgeplane-{index}"))
+            .io_memory(io_memory)
+            .preempt_timer(Duration::from_millis(10))
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(config.io.cold_read_threads));
+        let handle = builder
+            .spawn(move || super::core::run(index, shared, http_addr, ready))
+            .map_err(|e| ServeError::ExecutorStart {
+                core: index,
+                cpu,
+                reason: executor_error_hint(&e.to_string()),
+            })?;
+        let exit_tx = tx.clone();
+        std::thread::Builder::new()
+            .name(format!("edgeplane-join-{index}"))
+            .spawn(move || {
+                let result = match handle.join() {
+                    Ok(r) => r,
+                    Err(e) => Err(executor_error_hint(&e.to_string())),
+                };
+                let _ = exit_tx.send(Event::Exited(index, result));
+            })
+            .map_err(ServeError::Signals)?;
+    }
+    drop(tx);
+
+    let mut ready = 0;
+    let mut exited = 0;
+    let mut stopping = false;
+    let mut reservation = Some(reservation);
+    while let Ok(event) = rx.recv() {
+        match event {
+            Event::Ready => {
+                ready += 1;
+                if ready == config.cores {
+                    reservation.take();
+                    super::admin::start(
+                        admin.try_clone().map_err(|source| ServeError::Listen {
+                            key: "admin.listen",
+                            addr: admin_addr,
+                            source,
+                        })?,
+                        shared.clone(),
+                    )
+                    .map_err(ServeError::Signals)?;
+                    eprintln!(
+                        "edgeplane: ready http={http_addr} admin={admin_addr} cores={}",
+                        config.cores
+                    );
+                }
+            }
+            Event::Failed(core, reason) => {
+                shared.stop.store(true, Ordering::Relaxed);
+                return Err(ServeError::ExecutorStart {
+                    core,
+                    cpu: cpus[core],
+                    reason,
+                });
+            }
+            Event::Exited(core, result) => {
+                if !stopping {
+                    shared.stop.store(true, Ordering::Relaxed);
+                    let reason = result
+                        .err()
+                        .unwrap_or_else(|| "exited without being asked to".into());
+                    if ready < config.cores {
+                        return Err(ServeError::ExecutorStart {
+                            core,
+                            cpu: cpus[core],
+                            reason,
+                        });
+                    }
+                    return Err(ServeError::ExecutorDied { core, reason });
+                }
+                exited += 1;
+                if exited == config.cores {
+                    break;
+                }
+            }
+            Event::Signal(SIGHUP) => {
+                catalog.reload();
+            }
+            Event::Signal(_) => {
+                if !stopping {
+                    tracing::info!(
+                        "shutting down: no new connections, finishing in-flight responses"
+                    );
+                    stopping = true;
+                    shared.stop.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn executor_error_hint(reason: &str) -> String {
+    let lower = reason.to_ascii_lowercase();
+    if lower.contains("memory") || lower.contains("enomem") || lower.contains("eperm") {
+        format!(
+            "{reason} (io_uring needs locked memory: check RLIMIT_MEMLOCK and io.io_memory_kib)"
+        )
+    } else {
+        reason.to_string()
+    }
+}
+
+fn reserve_port(addr: SocketAddr) -> Result<(SocketAddr, Option<socket2::Socket>), ServeError> {
+    let err = |source| ServeError::Listen {
+        key: "http.listen",
+        addr,
+        source,
+    };
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None).map_err(err)?;
+    sock.set_reuse_port(true).map_err(err)?;
+    sock.bind(&addr.into()).map_err(err)?;
+    if addr.port() != 0 {
+        // A fixed port: the probe proved it is free; executors bind it themselves.
+        return Ok((addr, None));
+    }
+    let bound = sock
+        .local_addr()
+        .map_err(err)?
+        .as_socket()
+        .ok_or_else(|| err(std::io::Error::other("not an inet address")))?;
+    Ok((bound, Some(sock)))
+}

@@ -1,0 +1,158 @@
+//! The syscalls the runtime makes directly: `sendfile`, `send` with flags, `mincore`, `pread`.
+//!
+//! Thin wrappers that turn return codes into `io::Result`; every `unsafe` block of the data
+//! plane's serving path lives here, each with its reason.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+/// Makes `fd` non-blocking, so `sendfile` returns `EAGAIN` instead of parking the executor.
+pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `sendfile(sock, file, &offset, len)`; advances `offset` by what was sent.
+pub(crate) fn sendfile(
+    sock: RawFd,
+    file: &impl AsRawFd,
+    offset: &mut u64,
+    len: usize,
+) -> io::Result<usize> {
+    let mut off =
+        i64::try_from(*offset).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+    // SAFETY: both descriptors are open for the duration of the call; `off` is a valid local.
+    let n = unsafe { libc::sendfile(sock, file.as_raw_fd(), &mut off, len) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    *offset = off as u64;
+    Ok(n as usize)
+}
+
+/// `send(sock, buf, MSG_DONTWAIT | MSG_NOSIGNAL | (MSG_MORE if more))`.
+pub(crate) fn send(sock: RawFd, buf: &[u8], more: bool) -> io::Result<usize> {
+    let mut flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    if more {
+        flags |= libc::MSG_MORE;
+    }
+    // SAFETY: `buf` is a valid slice for its length.
+    let n = unsafe { libc::send(sock, buf.as_ptr().cast(), buf.len(), flags) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Whether every page of `map[start..start+len]` is in the page cache.
+pub(crate) fn resident(map: &[u8], start: u64, len: u64) -> io::Result<bool> {
+    const PAGE: u64 = 4096;
+    const WINDOW_PAGES: usize = 256;
+    let end = start.saturating_add(len).min(map.len() as u64);
+    if start >= end {
+        return Ok(true);
+    }
+    let mut page = start / PAGE * PAGE;
+    let mut vec = [0u8; WINDOW_PAGES];
+    while page < end {
+        let pages = (end - page).div_ceil(PAGE).min(WINDOW_PAGES as u64) as usize;
+        let span = (pages as u64 * PAGE).min(map.len() as u64 - page) as usize;
+        // SAFETY: `page` is page-aligned (mappings start page-aligned) and `span` stays inside
+        // the mapping; `vec` has room for `pages` entries, one per page of `span`.
+        let rc = unsafe {
+            libc::mincore(
+                map.as_ptr().add(page as usize) as *mut libc::c_void,
+                span,
+                vec.as_mut_ptr(),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if vec[..pages].iter().any(|b| b & 1 == 0) {
+            return Ok(false);
+        }
+        page += pages as u64 * PAGE;
+    }
+    Ok(true)
+}
+
+/// Reads `file[start..start+len]` through the page cache, discarding the bytes: after it
+/// returns, the range is resident (until memory pressure evicts it). Blocks on the disk, so it
+/// runs on the blocking pool, never on an executor.
+pub(crate) fn read_into_cache(file: &std::fs::File, start: u64, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 256 * 1024]);
+    }
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        let mut off = start;
+        let end = start + len;
+        while off < end {
+            let want = ((end - off) as usize).min(buf.len());
+            let n = file.read_at(&mut buf[..want], off)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "object shrank while serving",
+                ));
+            }
+            off += n as u64;
+        }
+        Ok(())
+    })
+}
+
+/// The soft `RLIMIT_MEMLOCK` in bytes (`u64::MAX` when unlimited).
+pub(crate) fn memlock_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return 0;
+    }
+    if lim.rlim_cur == libc::RLIM_INFINITY {
+        u64::MAX
+    } else {
+        lim.rlim_cur
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn residency_follows_the_page_cache() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&vec![7u8; 3 * 4096 + 10]).unwrap();
+        f.flush().unwrap();
+        let file = f.as_file();
+        read_into_cache(file, 0, 3 * 4096 + 10).unwrap();
+        // SAFETY: test-only read-only mapping of a file nobody truncates.
+        let map = unsafe { memmap2::Mmap::map(file).unwrap() };
+        assert!(resident(&map, 0, map.len() as u64).unwrap());
+        assert!(resident(&map, 4097, 5).unwrap());
+        assert!(resident(&map, 10, 0).unwrap());
+        // A sparse hole that was never read is not resident.
+        let g = tempfile::NamedTempFile::new().unwrap();
+        g.as_file().set_len(64 << 20).unwrap();
+        // SAFETY: as above.
+        let hole = unsafe { memmap2::Mmap::map(g.as_file()).unwrap() };
+        assert!(!resident(&hole, 32 << 20, 65536).unwrap());
+        read_into_cache(g.as_file(), 32 << 20, 65536).unwrap();
+        assert!(resident(&hole, 32 << 20, 65536).unwrap());
+    }
+}
