@@ -297,7 +297,13 @@ impl Config {
         let config: Config = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+                .map(|s| {
+                    text.as_bytes()[..s.start.min(text.len())]
+                        .iter()
+                        .filter(|&&b| b == b'\n')
+                        .count()
+                        + 1
+                })
                 .unwrap_or(0);
             let msg = e.message().replace('\n', " ");
             ConfigError::new(format!("{origin}:{line}"), msg)

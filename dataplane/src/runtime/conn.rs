@@ -6,7 +6,6 @@
 
 use std::cell::Cell;
 use std::io;
-use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -41,43 +40,47 @@ enum End {
 }
 
 /// Serves one accepted connection to completion.
-pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, peer: IpAddr) {
-    let _ = peer;
+pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream) {
     let fd = stream.as_raw_fd();
     if sys::set_nonblocking(fd).is_err() {
         return;
     }
     let _ = stream.set_write_timeout(Some(core.config.limits.send_timeout()));
-    let mut conn = Conn {
+    let mut rx = ReadBuf {
+        buf: vec![0; core.config.limits.max_header_bytes],
+        start: 0,
+        end: 0,
+    };
+    let mut io = Io {
         core,
         stream,
         fd,
-        buf: Vec::new(),
-        start: 0,
-        end: 0,
         out: Vec::with_capacity(512),
         served: 0,
     };
-    let cap = conn.core.config.limits.max_header_bytes;
-    conn.buf.resize(cap, 0);
-    match conn.run().await {
+    match io.run(&mut rx).await {
         Ok(()) | Err(End::Client) => {}
-        Err(End::Timeout(t)) => conn.core.metrics().timeout(t),
+        Err(End::Timeout(t)) => io.core.metrics().timeout(t),
         Err(End::Object(e)) => {
-            conn.core.metrics().io_error();
+            io.core.metrics().io_error();
             tracing::debug!("object read failed mid-response: {e}");
         }
     }
 }
 
-struct Conn {
-    core: Rc<Core>,
-    stream: TcpStream,
-    fd: std::os::fd::RawFd,
-    /// Read buffer; unconsumed bytes are `buf[start..end]`.
+/// The connection's read buffer; unconsumed bytes are `buf[start..end]`. Kept apart from
+/// [`Io`] so a parsed request can borrow it while the response is written.
+struct ReadBuf {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+}
+
+/// Everything a connection writes with.
+struct Io {
+    core: Rc<Core>,
+    stream: TcpStream,
+    fd: std::os::fd::RawFd,
     /// Response head being written.
     out: Vec<u8>,
     served: u64,
@@ -99,65 +102,35 @@ impl Drop for Busy<'_> {
     }
 }
 
-impl Conn {
-    async fn run(&mut self) -> Result<(), End> {
+impl Io {
+    /// Reads and answers requests until the connection ends. Each head is parsed once: a
+    /// partial parse only leads to another read.
+    async fn run(&mut self, rx: &mut ReadBuf) -> Result<(), End> {
         let limits = self.core.request_limits;
+        let mut need_read = true;
+        let mut first_byte_at: Option<Instant> = None;
         loop {
-            // Parse whatever is buffered; read more until a head is complete.
-            let mut first_byte_at: Option<Instant> = None;
-            loop {
-                match request::parse(&self.buf[self.start..self.end], &limits) {
-                    Parsed::Partial => {}
-                    Parsed::Complete { .. } | Parsed::Error(_) => break,
-                }
-                if self.end == self.buf.len() && self.start > 0 {
-                    self.buf.copy_within(self.start..self.end, 0);
-                    self.end -= self.start;
-                    self.start = 0;
-                }
-                let waiting_for_first = self.start == self.end;
-                if waiting_for_first {
-                    self.start = 0;
-                    self.end = 0;
-                }
-                let now = Instant::now();
-                let (deadline, which) = match (waiting_for_first, first_byte_at) {
-                    (true, _) => (now + self.core.config.limits.idle_timeout(), Timeout::Idle),
-                    (false, Some(t)) => (
-                        t + self.core.config.limits.header_read_timeout(),
-                        Timeout::Header,
-                    ),
-                    (false, None) => {
-                        first_byte_at = Some(now);
-                        (
-                            now + self.core.config.limits.header_read_timeout(),
-                            Timeout::Header,
-                        )
-                    }
-                };
-                let remaining = deadline.saturating_duration_since(now);
-                if remaining.is_zero() {
-                    return self.timed_out(which).await;
-                }
-                let _ = self.stream.set_read_timeout(Some(remaining));
-                match self.stream.read(&mut self.buf[self.end..]).await {
-                    Ok(0) => return Err(End::Client),
-                    Ok(n) => {
-                        if first_byte_at.is_none() {
-                            first_byte_at = Some(Instant::now());
-                        }
-                        self.end += n;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                        return self.timed_out(which).await;
-                    }
-                    Err(_) => return Err(End::Client),
-                }
+            if need_read {
+                self.read_more(rx, &mut first_byte_at).await?;
             }
-            let keep_alive = self.answer().await?;
-            if self.start == self.end {
-                self.start = 0;
-                self.end = 0;
+            let (req, len) = match request::parse(&rx.buf[rx.start..rx.end], &limits) {
+                Parsed::Partial => {
+                    need_read = true;
+                    continue;
+                }
+                Parsed::Error(status) => {
+                    self.refuse_request(status).await?;
+                    return Ok(());
+                }
+                Parsed::Complete { request, len } => (request, len),
+            };
+            let received = first_byte_at.take().unwrap_or_else(Instant::now);
+            let keep_alive = self.answer(&req, received).await?;
+            rx.start += len;
+            need_read = rx.start == rx.end;
+            if need_read {
+                rx.start = 0;
+                rx.end = 0;
             }
             if !keep_alive {
                 let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
@@ -166,54 +139,77 @@ impl Conn {
         }
     }
 
+    /// Reads more bytes of a head, under the idle timeout (nothing buffered yet) or the
+    /// header-read timeout (counted from the head's first byte, so a byte-a-second client cannot
+    /// hold the connection open).
+    async fn read_more(
+        &mut self,
+        rx: &mut ReadBuf,
+        first_byte_at: &mut Option<Instant>,
+    ) -> Result<(), End> {
+        if rx.end == rx.buf.len() && rx.start > 0 {
+            rx.buf.copy_within(rx.start..rx.end, 0);
+            rx.end -= rx.start;
+            rx.start = 0;
+        }
+        let now = Instant::now();
+        let limits = &self.core.config.limits;
+        let (deadline, which) = if rx.start == rx.end {
+            (now + limits.idle_timeout(), Timeout::Idle)
+        } else {
+            let first = *first_byte_at.get_or_insert(now);
+            (first + limits.header_read_timeout(), Timeout::Header)
+        };
+        let remaining = deadline.saturating_duration_since(now);
+        if remaining.is_zero() {
+            return self.timed_out(which).await;
+        }
+        let _ = self.stream.set_read_timeout(Some(remaining));
+        match self.stream.read(&mut rx.buf[rx.end..]).await {
+            Ok(0) => Err(End::Client),
+            Ok(n) => {
+                first_byte_at.get_or_insert_with(Instant::now);
+                rx.end += n;
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => self.timed_out(which).await,
+            Err(_) => Err(End::Client),
+        }
+    }
+
     /// 408 (only when part of a head arrived) and close.
     async fn timed_out(&mut self, which: Timeout) -> Result<(), End> {
         if matches!(which, Timeout::Header) {
-            let date = self.core.date();
-            let ctx = HeadContext {
-                date: &date,
-                cors: false,
-                keep_alive: false,
-                http10: false,
-            };
-            response::write_error(&mut self.out, Status::RequestTimeout, &ctx, false, b"");
-            self.core.metrics().response(Status::RequestTimeout);
-            let _ = sys::send(self.fd, &self.out, false);
+            self.refuse_request(Status::RequestTimeout).await?;
         }
         Err(End::Timeout(which))
     }
 
-    /// Answers the complete head (or head error) at `buf[start..]`; returns keep-alive.
-    async fn answer(&mut self) -> Result<bool, End> {
-        let limits = self.core.request_limits;
-        let received = Instant::now();
+    /// Sends an error for a request that cannot be answered; the connection closes after it.
+    async fn refuse_request(&mut self, status: Status) -> Result<(), End> {
+        let date = self.core.date();
+        let ctx = HeadContext {
+            date: &date,
+            cors: false,
+            keep_alive: false,
+            http10: false,
+        };
+        let extra: &[u8] = if status == Status::MethodNotAllowed {
+            b"Allow: GET, HEAD, OPTIONS\r\n"
+        } else {
+            b""
+        };
+        response::write_error(&mut self.out, status, &ctx, false, extra);
+        self.core.metrics().response(status);
+        send_all(&mut self.stream, self.fd, &self.out, false).await?;
+        let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
+        Ok(())
+    }
+
+    /// Answers one request; returns whether the connection stays open.
+    async fn answer(&mut self, req: &Request<'_>, received: Instant) -> Result<bool, End> {
         let core = self.core.clone();
         let _busy = Busy::new(&core.busy);
-        let parsed = request::parse(&self.buf[self.start..self.end], &limits);
-        let (req, len) = match parsed {
-            Parsed::Complete { request, len } => (request, len),
-            Parsed::Error(status) => {
-                let date = core.date();
-                let ctx = HeadContext {
-                    date: &date,
-                    cors: false,
-                    keep_alive: false,
-                    http10: false,
-                };
-                let extra: &[u8] = if status == Status::MethodNotAllowed {
-                    b"Allow: GET, HEAD, OPTIONS\r\n"
-                } else {
-                    b""
-                };
-                response::write_error(&mut self.out, status, &ctx, false, extra);
-                core.metrics().response(status);
-                send_all(&mut self.stream, self.fd, &self.out, false).await?;
-                return Ok(false);
-            }
-            Parsed::Partial => {
-                unreachable!("answer() is only called on a complete head or an error")
-            }
-        };
         self.served += 1;
         let max_requests = core.config.limits.max_requests_per_connection;
         let keep_alive = req.keep_alive
@@ -226,14 +222,10 @@ impl Conn {
             keep_alive,
             http10: req.http10,
         };
-        // Copy out what the body phase needs, so the borrow of the read buffer ends here.
-        let head = req.method == Method::Head;
-        let body = respond_head(&core, &mut self.out, &req, &ctx, head).await;
-        self.start += len;
-        let (status, body) = body?;
+        let (status, body) =
+            respond_head(&core, &mut self.out, req, &ctx, req.method == Method::Head).await?;
         core.metrics().response(status);
-        let more = body.is_some();
-        send_all(&mut self.stream, self.fd, &self.out, more).await?;
+        send_all(&mut self.stream, self.fd, &self.out, body.is_some()).await?;
         let ttfb = received.elapsed();
         if let Some((obj, start, n)) = body {
             self.send_body(&obj, start, n).await?;

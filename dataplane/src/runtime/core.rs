@@ -277,7 +277,7 @@ pub(crate) async fn run(
                     Ok(guard) => {
                         glommio::spawn_local(async move {
                             c.metrics().connection(1);
-                            conn::serve(c.clone(), stream, peer).await;
+                            conn::serve(c.clone(), stream).await;
                             c.metrics().connection(-1);
                             drop(guard);
                         })
