@@ -208,6 +208,10 @@ pub struct OpenObject {
     pub fixed_headers: Vec<u8>,
     /// Catalog generation it was opened under.
     pub generation: u64,
+    /// Per 64 KiB block, until when (core-local milliseconds) the block is known to be in the
+    /// page cache. Owned by one core's open-file cache; empty for files over 4 GiB, whose
+    /// blocks are checked on every request.
+    pub resident_until: Box<[std::cell::Cell<u32>]>,
 }
 
 impl OpenObject {
@@ -239,7 +243,14 @@ impl OpenObject {
         } else {
             None
         };
+        let blocks = size.div_ceil(64 * 1024);
+        let resident_until = if blocks <= 65536 {
+            (0..blocks).map(|_| std::cell::Cell::new(0)).collect()
+        } else {
+            Box::default()
+        };
         Ok(OpenObject {
+            resident_until,
             file: Arc::new(file),
             map,
             tier: entry.tier,

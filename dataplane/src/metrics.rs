@@ -510,6 +510,7 @@ mod tests {
             "edgeplane_open_connections 1\n",
             "edgeplane_connections_total 2\n",
             "edgeplane_request_duration_seconds_count 2\n",
+            "edgeplane_ttfb_seconds_sum 0.0004",
             "edgeplane_catalog_generation 3\n",
             "edgeplane_tier_up{tier=\"nvme0\",kind=\"flash\"} 1\n",
         ] {

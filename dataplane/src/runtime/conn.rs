@@ -243,7 +243,7 @@ impl Io {
         let map: &[u8] = obj.map.as_deref().unwrap_or(&[]);
         while off < end {
             let chunk_end = end.min(off + CHUNK);
-            if check && !sys::resident(&*obj.file, map, off, chunk_end - off).unwrap_or(false) {
+            if check && !self.core.known_resident(obj, off, chunk_end - off) {
                 self.core
                     .read_in(obj, off, chunk_end - off)
                     .await

@@ -107,7 +107,15 @@ pub(crate) struct Core {
     pub(crate) stopping: Cell<bool>,
     files: RefCell<FileCache>,
     date: Cell<(u64, [u8; 29])>,
+    epoch: Instant,
 }
+
+/// Granularity of the per-core "recently confirmed resident" marks.
+pub(crate) const RESIDENT_BLOCK: u64 = 64 * 1024;
+/// How long a residency confirmation is trusted. A page evicted inside this window costs one
+/// blocking `sendfile` on its core; under memory pressure the kernel evicts the least recently
+/// used pages, and these were just confirmed and are about to be sent.
+pub(crate) const RESIDENT_TTL: Duration = Duration::from_millis(500);
 
 struct FileCache {
     generation: u64,
@@ -135,6 +143,7 @@ impl Core {
                 map: HashMap::new(),
             }),
             date: Cell::new((0, [b' '; 29])),
+            epoch: Instant::now(),
             config,
             shared,
         }
@@ -218,6 +227,41 @@ impl Core {
             files.map.insert(id.into(), obj.clone());
         }
         Ok(Some(obj))
+    }
+
+    /// Whether `obj[start..start+len]` is in the page cache. Asks the kernel (`cachestat`) only
+    /// for 64 KiB blocks not confirmed resident in the last [`RESIDENT_TTL`]; a confirmation
+    /// covers whole blocks, so the next requests for the same hot segment skip the syscall.
+    pub(crate) fn known_resident(&self, obj: &OpenObject, start: u64, len: u64) -> bool {
+        let now = self.clock_ms();
+        let first = start / RESIDENT_BLOCK;
+        let last = (start + len - 1) / RESIDENT_BLOCK;
+        let blocks = obj.resident_until.get(first as usize..=last as usize);
+        if let Some(blocks) = blocks {
+            if blocks.iter().all(|b| b.get() > now) {
+                return true;
+            }
+            let span_start = first * RESIDENT_BLOCK;
+            let span_end = ((last + 1) * RESIDENT_BLOCK).min(obj.size);
+            let map = obj.map.as_deref().unwrap_or(&[]);
+            if super::sys::resident(&*obj.file, map, span_start, span_end - span_start)
+                .unwrap_or(false)
+            {
+                let until = now + RESIDENT_TTL.as_millis() as u32;
+                blocks.iter().for_each(|b| b.set(until));
+                return true;
+            }
+        }
+        let map = obj.map.as_deref().unwrap_or(&[]);
+        super::sys::resident(&*obj.file, map, start, len).unwrap_or(false)
+    }
+
+    /// Milliseconds since this core started (wraps after 49 days; only compared over a TTL).
+    fn clock_ms(&self) -> u32 {
+        // Never 0, so a zeroed entry always reads as "not confirmed".
+        (self.epoch.elapsed().as_millis() as u32)
+            .wrapping_add(1)
+            .max(1)
     }
 
     /// Reads `obj[start..start+len]` into the page cache on the blocking pool.

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Install what the tests and the bench need (Debian bookworm). Idempotent and fast when
+# everything is already present: nothing is downloaded unless a command or package is missing.
+#
+#   curl                         the demo's client
+#   nginx                        the bench's baseline (we run our own instances with our own
+#                                config; the distro service is stopped and disabled)
+#   wrk                          the bench's load generator
+#   fuse3, libfuse3-dev, pkg-config   fusermount3 and the headers the `fuser` crate builds against
+set -euo pipefail
+
+export DEBIAN_FRONTEND=noninteractive
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then
+    SUDO="sudo"
+fi
+
+# command-name:package pairs; a package is needed when its command is missing.
+commands=(curl:curl nginx:nginx wrk:wrk fusermount3:fuse3 pkg-config:pkg-config taskset:util-linux)
+# packages without a command to probe.
+libraries=(libfuse3-dev)
+
+missing=()
+for pair in "${commands[@]}"; do
+    cmd=${pair%%:*}
+    pkg=${pair#*:}
+    # nginx lives in /usr/sbin, which may not be on a non-root PATH.
+    if ! command -v "$cmd" >/dev/null 2>&1 && [[ ! -x /usr/sbin/$cmd ]]; then
+        missing+=("$pkg")
+    fi
+done
+for pkg in "${libraries[@]}"; do
+    if ! dpkg -s "$pkg" >/dev/null 2>&1; then
+        missing+=("$pkg")
+    fi
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+    echo "setup: all tools present"
+else
+    echo "setup: installing ${missing[*]}"
+    # Keep package maintainer scripts from starting services (the nginx package would start
+    # a daemon on port 80). Only install our policy file if there is none, and remove it after.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+        $SUDO chmod 755 "$policy"
+        own_policy=1
+    fi
+    cleanup() {
+        if [[ $own_policy -eq 1 ]]; then
+            $SUDO rm -f "$policy"
+        fi
+    }
+    trap cleanup EXIT
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    cleanup
+    trap - EXIT
+fi
+
+# Whatever happened above (or on an earlier run), make sure the distro nginx service is not
+# running and will not start at boot: the bench runs its own nginx with its own config.
+# Disabling works without a running systemd (it edits the unit and rc.d links); only do it
+# while the service is still enabled, so repeated runs stay quiet and fast.
+if command -v systemctl >/dev/null 2>&1 && [[ -e /etc/systemd/system/multi-user.target.wants/nginx.service ]]; then
+    $SUDO systemctl disable nginx >/dev/null 2>&1 || true
+elif [[ -x /etc/init.d/nginx ]] && compgen -G '/etc/rc[2-5].d/S*nginx' >/dev/null; then
+    $SUDO update-rc.d nginx disable >/dev/null 2>&1 || true
+fi
+if [[ -d /run/systemd/system ]] && systemctl is-active --quiet nginx 2>/dev/null; then
+    $SUDO systemctl stop nginx || true
+fi
+# A daemon started with the default config writes /run/nginx.pid.
+if [[ -s /run/nginx.pid ]]; then
+    pid=$(cat /run/nginx.pid)
+    if [[ $pid =~ ^[0-9]+$ ]] && [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == nginx ]]; then
+        echo "setup: stopping system nginx (pid $pid)"
+        $SUDO kill -QUIT "$pid" || true
+        for _ in $(seq 50); do
+            [[ -e /proc/$pid ]] || break
+            sleep 0.1
+        done
+    fi
+fi
