@@ -295,18 +295,22 @@ impl Config {
     /// Parses and validates config text; `origin` names the file in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| {
-                    text.as_bytes()[..s.start.min(text.len())]
+            let msg = e.message().replace('\n', " ");
+            let key = match e.span() {
+                Some(span) => {
+                    let line = text.as_bytes()[..span.start.min(text.len())]
                         .iter()
                         .filter(|&&b| b == b'\n')
                         .count()
-                        + 1
-                })
-                .unwrap_or(0);
-            let msg = e.message().replace('\n', " ");
-            ConfigError::new(format!("{origin}:{line}"), msg)
+                        + 1;
+                    match key_at(text, span.start) {
+                        Some(key) => format!("{key} ({origin} line {line})"),
+                        None => format!("{origin}:{line}"),
+                    }
+                }
+                None => origin.to_string(),
+            };
+            ConfigError::new(key, msg)
         })?;
         config.validate()?;
         Ok(config)
@@ -426,6 +430,36 @@ impl Config {
     }
 }
 
+/// The dotted key (`tier[1].kind`, `http.listen`) whose line contains byte `pos` of `text`, for
+/// naming the key in syntax and type errors.
+fn key_at(text: &str, pos: usize) -> Option<String> {
+    let pos = pos.min(text.len());
+    let line_start = text[..pos].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"'));
+    let mut section = String::new();
+    let mut counts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for l in text[..line_start].lines() {
+        let l = l.trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
+            let name = name.trim().to_string();
+            let n = counts.entry(name.clone()).or_insert(0);
+            section = format!("{name}[{n}]");
+            *n += 1;
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            section = name.trim().to_string();
+        }
+    }
+    match (section.is_empty(), key) {
+        (_, None) if section.is_empty() => None,
+        (true, Some(k)) => Some(k.to_string()),
+        (false, Some(k)) if !k.is_empty() => Some(format!("{section}.{k}")),
+        _ => Some(section),
+    }
+}
+
 /// Why a tier directory cannot be used, if it cannot.
 pub fn check_tier_path(path: &Path) -> Result<(), String> {
     match std::fs::metadata(path) {
@@ -467,7 +501,7 @@ mod tests {
     #[test]
     fn unknown_key_names_the_line() {
         let err = Config::parse(&with_tier("cores = 1\nbogus = 3"), "f.toml").unwrap_err();
-        assert_eq!(err.key, "f.toml:2");
+        assert_eq!(err.key, "bogus (f.toml line 2)");
         assert!(err.problem.contains("bogus"), "{err}");
     }
 
@@ -476,6 +510,12 @@ mod tests {
         let text = "[[tier]]\nname = \"x\"\nkind = \"tape\"\npath = \"/tmp\"\n";
         let err = Config::parse(text, "f").unwrap_err();
         assert!(err.problem.contains("tape"), "{err}");
+        assert_eq!(err.key, "tier[0].kind (f line 3)");
+        let text = "cores = 1\n[http]\nlisten = \"nowhere\"\n";
+        let err = Config::parse(text, "f").unwrap_err();
+        assert!(err.key.starts_with("http.listen"), "{err}");
+        let err = Config::parse("[limits]\nmax_headers = -4\n", "f").unwrap_err();
+        assert!(err.key.starts_with("limits.max_headers"), "{err}");
     }
 
     #[test]
