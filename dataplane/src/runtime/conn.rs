@@ -25,7 +25,7 @@ use crate::metrics::Timeout;
 /// long response yields to other connections on the core.
 const CHUNK: u64 = 1 << 20;
 /// Bytes pushed through glommio's write path when the socket is full: it waits for writability
-/// (an io_uring poll) and then sends this small piece from the page-cache mapping.
+/// (an io_uring poll) and then sends this small piece, read from the page cache.
 const WAIT_PIECE: u64 = 4096;
 
 /// Why a connection ended early.
@@ -240,7 +240,6 @@ impl Io {
         let end = start + len;
         let mut off = start;
         let check = self.core.config.io.residency_check;
-        let map: &[u8] = obj.map.as_deref().unwrap_or(&[]);
         while off < end {
             let chunk_end = end.min(off + CHUNK);
             if check && !self.core.known_resident(obj, off, chunk_end - off) {
@@ -261,11 +260,26 @@ impl Io {
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         self.core.metrics().would_block();
-                        // Let glommio wait for writability, then hand it one small piece
-                        // straight from the (resident) mapping.
-                        let piece = (chunk_end - off).min(WAIT_PIECE) as usize;
-                        let bytes = &map[off as usize..off as usize + piece];
-                        match self.stream.write(bytes).await {
+                        // Let glommio wait for writability, then hand it one small piece of
+                        // the (resident) range. pread, not the mapping: a file truncated under
+                        // us gives a short read here instead of SIGBUS.
+                        let mut piece = [0u8; WAIT_PIECE as usize];
+                        let want = (chunk_end - off).min(WAIT_PIECE) as usize;
+                        let got = match std::os::unix::fs::FileExt::read_at(
+                            &*obj.file,
+                            &mut piece[..want],
+                            off,
+                        ) {
+                            Ok(0) => {
+                                return Err(End::Object(io::Error::new(
+                                    io::ErrorKind::UnexpectedEof,
+                                    "object shrank while serving",
+                                )))
+                            }
+                            Ok(n) => n,
+                            Err(e) => return Err(End::Object(e)),
+                        };
+                        match self.stream.write(&piece[..got]).await {
                             Ok(n) => off += n as u64,
                             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                                 return Err(End::Timeout(Timeout::Send))
