@@ -107,16 +107,15 @@ pub fn resolve(spec: RangeSpec, len: u64) -> Resolved {
     }
 }
 
-/// Decimal digits only (no sign, no spaces), at most 19 of them so the value fits.
+/// Decimal digits only (no sign, no spaces). Values past `u64::MAX` saturate: a huge last
+/// byte is clamped to the end like any other, a huge first byte is unsatisfiable.
 fn parse_u64(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    Some(
-        digits
-            .iter()
-            .fold(0u64, |acc, &d| acc * 10 + u64::from(d - b'0')),
-    )
+    Some(digits.iter().fold(0u64, |acc, &d| {
+        acc.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+    }))
 }
 
 fn trim(s: &[u8]) -> &[u8] {
@@ -175,7 +174,6 @@ mod tests {
             b"bytes=1-2-3",
             b"items=0-1",
             b"bytes=+1-2",
-            b"bytes=99999999999999999999-",
         ] {
             assert_eq!(
                 parse_header(v),
@@ -184,6 +182,28 @@ mod tests {
                 String::from_utf8_lossy(v)
             );
         }
+    }
+
+    #[test]
+    fn huge_numbers_saturate() {
+        assert_eq!(
+            parse_header(b"bytes=0-18446744073709551615"),
+            RangeHeader::Single(RangeSpec::FromTo(0, u64::MAX))
+        );
+        assert_eq!(
+            parse_header(b"bytes=0-99999999999999999999999"),
+            RangeHeader::Single(RangeSpec::FromTo(0, u64::MAX))
+        );
+        let huge_first = parse_header(b"bytes=99999999999999999999-");
+        assert_eq!(huge_first, RangeHeader::Single(RangeSpec::From(u64::MAX)));
+        assert_eq!(
+            resolve(RangeSpec::From(u64::MAX), 10),
+            Resolved::Unsatisfiable
+        );
+        assert_eq!(
+            resolve(RangeSpec::Suffix(u64::MAX), 10),
+            Resolved::Partial { start: 0, len: 10 }
+        );
     }
 
     #[test]

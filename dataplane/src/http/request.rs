@@ -229,8 +229,8 @@ fn route(target: &str) -> Route<'_> {
     if target == "*" {
         return Route::Target(Target::Asterisk);
     }
-    let Some(path) = target.strip_prefix('/') else {
-        // Absolute-form and authority-form are for proxies.
+    let Some(path) = origin_path(target) else {
+        // Authority-form (CONNECT) and anything else that is not a path.
         return Route::Invalid;
     };
     let path = path.split_once('?').map_or(path, |(p, _)| p);
@@ -255,6 +255,24 @@ fn route(target: &str) -> Route<'_> {
     }
 }
 
+/// The path of an origin-form target (`/a`), or of an absolute-form one
+/// (`http://host:port/a`), which RFC 9112 §3.2.2 says a server must accept. Without its
+/// leading `/`.
+fn origin_path(target: &str) -> Option<&str> {
+    if let Some(path) = target.strip_prefix('/') {
+        return Some(path);
+    }
+    let scheme_len = ["http://", "https://"]
+        .iter()
+        .find(|s| target.len() >= s.len() && target[..s.len()].eq_ignore_ascii_case(s))?
+        .len();
+    let rest = &target[scheme_len..];
+    match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => Some(&rest[i + 1..]),
+        _ => Some(""),
+    }
+}
+
 /// The head is over the byte limit: 414 when it is the request line that is too long.
 fn too_large(buf: &[u8], limits: &Limits) -> Status {
     if request_line_too_long(buf, limits) {
@@ -273,12 +291,16 @@ fn request_line_too_long(buf: &[u8], limits: &Limits) -> bool {
 
 /// `HTTP/2.0` and friends are well-formed but unsupported (505); anything else is a 400.
 fn version_error(buf: &[u8]) -> Status {
-    let line = buf.split(|&b| b == b'\n').next().unwrap_or(buf);
-    let version = line
-        .trim_ascii()
-        .rsplit(|&b| b == b' ')
+    let line = buf
+        .split(|&b| b == b'\n')
         .next()
-        .unwrap_or(b"");
+        .unwrap_or(buf)
+        .trim_ascii();
+    if line.split(|&b| b == b' ').count() != 3 {
+        // `GET /a b HTTP/1.1`: a space in the target, not an unknown version.
+        return Status::BadRequest;
+    }
+    let version = line.rsplit(|&b| b == b' ').next().unwrap_or(b"");
     let is_http_version = version.starts_with(b"HTTP/")
         && version[5..]
             .iter()
@@ -349,6 +371,25 @@ mod tests {
     }
 
     #[test]
+    fn absolute_form_is_accepted() {
+        let (r, _) =
+            complete(b"GET http://127.0.0.1:8080/v.mp4/range/0-9 HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(
+            r.target,
+            Target::Object {
+                id: "v.mp4",
+                path_range: Some(RangeSpec::FromTo(0, 9))
+            }
+        );
+        let (r, _) = complete(b"GET HTTPS://h?x HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.target, Target::NotFound);
+        assert_eq!(
+            error(b"GET h:80 HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Status::BadRequest
+        );
+    }
+
+    #[test]
     fn connection_semantics() {
         assert!(
             !complete(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -416,6 +457,14 @@ mod tests {
         assert_eq!(
             error(b"GET /a FOO/1.1\r\nHost: x\r\n\r\n"),
             Status::BadRequest
+        );
+        assert_eq!(
+            error(b"GET /a b.bin HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Status::BadRequest
+        );
+        assert_eq!(
+            error(b"CONNECT host:443 HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Status::MethodNotAllowed
         );
         assert_eq!(
             error(b"GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"),

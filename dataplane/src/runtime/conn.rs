@@ -119,7 +119,8 @@ impl Io {
                     continue;
                 }
                 Parsed::Error(status) => {
-                    self.refuse_request(status).await?;
+                    let head = rx.buf[rx.start..rx.end].starts_with(b"HEAD ");
+                    self.refuse_request(status, head).await?;
                     return Ok(());
                 }
                 Parsed::Complete { request, len } => (request, len),
@@ -180,13 +181,14 @@ impl Io {
     /// 408 (only when part of a head arrived) and close.
     async fn timed_out(&mut self, which: Timeout) -> Result<(), End> {
         if matches!(which, Timeout::Header) {
-            self.refuse_request(Status::RequestTimeout).await?;
+            self.refuse_request(Status::RequestTimeout, false).await?;
         }
         Err(End::Timeout(which))
     }
 
     /// Sends an error for a request that cannot be answered; the connection closes after it.
-    async fn refuse_request(&mut self, status: Status) -> Result<(), End> {
+    /// `head`: the request looked like a HEAD, so no body (RFC 9110 §9.3.2).
+    async fn refuse_request(&mut self, status: Status, head: bool) -> Result<(), End> {
         let date = self.core.date();
         let ctx = HeadContext {
             date: &date,
@@ -199,7 +201,7 @@ impl Io {
         } else {
             b""
         };
-        response::write_error(&mut self.out, status, &ctx, false, extra);
+        response::write_error(&mut self.out, status, &ctx, head, extra);
         self.core.metrics().response(status);
         send_all(&mut self.stream, self.fd, &self.out, false).await?;
         let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
