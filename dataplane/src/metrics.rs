@@ -26,7 +26,7 @@ pub enum Rejection {
 }
 
 /// Which timer closed a connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timeout {
     /// The head did not arrive in `header_read_timeout_ms`.
     Header,

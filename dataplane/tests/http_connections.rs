@@ -385,6 +385,9 @@ fn idle_keep_alive_connection_is_closed() {
     assert!(!r.says_close(), "{r:?}");
     // IO_TIMEOUT (20 s) is the guard; the server should close after about 1 s.
     c.expect_eof("idle keep-alive connection with idle_timeout_ms = 1000");
+    server.wait_metrics("an idle timeout counted", |m| {
+        m.sum("edgeplane_timeouts_total", &[("kind", "idle")]) >= 1.0
+    });
     server.assert_serving("after an idle close");
 }
 

@@ -689,6 +689,9 @@ fn slow_request_head_times_out() {
         }
         Err(e) => panic!("slow head: no 408 and no close: {e}"),
     }
+    server.wait_metrics("a header-read timeout counted", |m| {
+        m.sum("edgeplane_timeouts_total", &[("kind", "header")]) >= 1.0
+    });
     server.assert_serving("after slowloris");
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use super::core::Core;
+use super::core::{Core, DeadlineGuard};
 use super::sys;
 use crate::catalog::OpenObject;
 use crate::http::request::{self, Method, Parsed, Request, Target};
@@ -51,7 +51,9 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream) {
         start: 0,
         end: 0,
     };
+    let deadline = core.register_deadline(fd);
     let mut io = Io {
+        deadline,
         core,
         stream,
         fd,
@@ -78,6 +80,8 @@ struct ReadBuf {
 
 /// Everything a connection writes with.
 struct Io {
+    /// This connection's read deadline, watched by the core's sweeper.
+    deadline: DeadlineGuard,
     core: Rc<Core>,
     stream: TcpStream,
     fd: std::os::fd::RawFd,
@@ -161,19 +165,24 @@ impl Io {
             let first = *first_byte_at.get_or_insert(now);
             (first + limits.header_read_timeout(), Timeout::Header)
         };
-        let remaining = deadline.saturating_duration_since(now);
-        if remaining.is_zero() {
+        if deadline <= now {
             return self.timed_out(which).await;
         }
-        let _ = self.stream.set_read_timeout(Some(remaining));
-        match self.stream.read(&mut rx.buf[rx.end..]).await {
-            Ok(0) => Err(End::Client),
+        // No per-read timer: the core's sweeper shuts the read side of a connection whose
+        // deadline passed, which ends this read with EOF (see `Core::sweep_deadlines`).
+        self.deadline.arm(self.core.deadline_ms(deadline), which);
+        let read = self.stream.read(&mut rx.buf[rx.end..]).await;
+        self.deadline.disarm();
+        match read {
+            Ok(0) => match self.deadline.fired() {
+                Some(which) => self.timed_out(which).await,
+                None => Err(End::Client),
+            },
             Ok(n) => {
                 first_byte_at.get_or_insert_with(Instant::now);
                 rx.end += n;
                 Ok(())
             }
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => self.timed_out(which).await,
             Err(_) => Err(End::Client),
         }
     }

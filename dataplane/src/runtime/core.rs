@@ -17,7 +17,7 @@ use super::conn;
 use crate::catalog::{OpenObject, SharedCatalog};
 use crate::config::{Config, TierKind};
 use crate::http::request;
-use crate::metrics::{CoreMetrics, LocalLatency, Metrics, Rejection};
+use crate::metrics::{CoreMetrics, LocalLatency, Metrics, Rejection, Timeout};
 
 /// What every executor shares with the others and with the admin thread.
 #[derive(Debug)]
@@ -108,6 +108,49 @@ pub(crate) struct Core {
     files: RefCell<FileCache>,
     date: Cell<(u64, [u8; 29])>,
     epoch: Instant,
+    deadlines: RefCell<slab::Slab<Rc<Deadline>>>,
+}
+
+/// A connection's read deadline, in core-local milliseconds (0 = not reading).
+#[derive(Debug)]
+pub(crate) struct Deadline {
+    fd: std::os::fd::RawFd,
+    at_ms: Cell<u64>,
+    kind: Cell<Timeout>,
+    fired: Cell<Option<Timeout>>,
+}
+
+/// A connection's registration with the sweeper; unregisters on drop.
+pub(crate) struct DeadlineGuard {
+    deadline: Rc<Deadline>,
+    key: usize,
+    core: std::rc::Weak<Core>,
+}
+
+impl DeadlineGuard {
+    /// Expect the read in progress to finish by `at_ms`, or be ended as `kind`.
+    pub(crate) fn arm(&self, at_ms: u64, kind: Timeout) {
+        self.deadline.kind.set(kind);
+        self.deadline.at_ms.set(at_ms.max(1));
+    }
+
+    /// No read in progress.
+    pub(crate) fn disarm(&self) {
+        self.deadline.at_ms.set(0);
+    }
+
+    /// Which timeout the sweeper enforced, if it did.
+    pub(crate) fn fired(&self) -> Option<Timeout> {
+        self.deadline.fired.get()
+    }
+}
+
+impl Drop for DeadlineGuard {
+    fn drop(&mut self) {
+        if let Some(core) = self.core.upgrade() {
+            core.deadlines.borrow_mut().try_remove(self.key);
+        }
+    }
 }
 
 /// Granularity of the per-core "recently confirmed resident" marks.
@@ -144,6 +187,7 @@ impl Core {
             }),
             date: Cell::new((0, [b' '; 29])),
             epoch: Instant::now(),
+            deadlines: RefCell::new(slab::Slab::new()),
             config,
             shared,
         }
@@ -256,6 +300,50 @@ impl Core {
         super::sys::resident(&*obj.file, map, start, len).unwrap_or(false)
     }
 
+    /// Registers a connection with this core's deadline sweeper.
+    pub(crate) fn register_deadline(self: &Rc<Self>, fd: std::os::fd::RawFd) -> DeadlineGuard {
+        let deadline = Rc::new(Deadline {
+            fd,
+            at_ms: Cell::new(0),
+            kind: Cell::new(Timeout::Idle),
+            fired: Cell::new(None),
+        });
+        let key = self.deadlines.borrow_mut().insert(deadline.clone());
+        DeadlineGuard {
+            deadline,
+            key,
+            core: Rc::downgrade(self),
+        }
+    }
+
+    /// `at` as core-local milliseconds for [`DeadlineGuard::arm`].
+    pub(crate) fn deadline_ms(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64 + 1
+    }
+
+    /// Ends every read whose deadline has passed: marks it and shuts the socket's read side,
+    /// so the pending read completes with EOF and the connection answers 408 or closes. This
+    /// replaces a timer per read (measured: ~5% of CPU at 64 KiB ranges) with one task per core.
+    fn sweep_deadlines(&self) {
+        let now = self.deadline_ms(Instant::now());
+        for (_, d) in self.deadlines.borrow().iter() {
+            let at = d.at_ms.get();
+            if at != 0 && at <= now && d.fired.get().is_none() {
+                d.fired.set(Some(d.kind.get()));
+                // SAFETY: shutdown(2) on a descriptor owned by a live connection (it
+                // unregisters before closing); integer arguments only.
+                unsafe { libc::shutdown(d.fd, libc::SHUT_RD) };
+            }
+        }
+    }
+
+    /// How often the sweeper runs: a quarter of the shortest read timeout, 10 ms to 1 s.
+    fn sweep_interval(&self) -> Duration {
+        let l = &self.config.limits;
+        (l.header_read_timeout().min(l.idle_timeout()) / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+
     /// Milliseconds since this core started (wraps after 49 days; only compared over a TTL).
     fn clock_ms(&self) -> u32 {
         // Never 0, so a zeroed entry always reads as "not confirmed".
@@ -297,6 +385,18 @@ pub(crate) async fn run(
         loop {
             glommio::timer::sleep(Duration::from_secs(1)).await;
             flusher.latency.borrow_mut().flush(flusher.metrics());
+        }
+    })
+    .detach();
+    let sweeper = Rc::downgrade(&core);
+    let interval = core.sweep_interval();
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(interval).await;
+            match sweeper.upgrade() {
+                Some(core) => core.sweep_deadlines(),
+                None => break,
+            }
         }
     })
     .detach();
