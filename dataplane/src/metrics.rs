@@ -253,35 +253,38 @@ pub fn render(metrics: &Metrics, catalog: &Catalog) -> String {
         );
     }
     let per_tier =
-        |out: &mut String, name: &str, help: &str, f: &dyn Fn(&CoreMetrics, usize) -> u64| {
-            header(out, name, "counter", help);
+        |out: &mut String, name: &str, kind: &str, help: &str, value: &dyn Fn(usize) -> u64| {
+            header(out, name, kind, help);
             for (t, tier) in catalog.tiers.iter().enumerate() {
-                let n = sum(&|c| f(c, t));
                 let _ = writeln!(
                     out,
-                    "{name}{{tier=\"{}\",kind=\"{}\"}} {n}",
+                    "{name}{{tier=\"{}\",kind=\"{}\"}} {}",
                     tier.name,
-                    tier.kind.as_str()
+                    tier.kind.as_str(),
+                    value(t)
                 );
             }
         };
     per_tier(
         &mut out,
         "edgeplane_response_bytes_total",
+        "counter",
         "Body bytes sent, by tier.",
-        &|c, t| c.body_bytes[t].load(Relaxed),
+        &|t| sum(&|c| c.body_bytes[t].load(Relaxed)),
     );
     per_tier(
         &mut out,
         "edgeplane_cold_reads_total",
+        "counter",
         "Ranges that were not in the page cache and were read in off the executor first.",
-        &|c, t| c.cold_reads[t].load(Relaxed),
+        &|t| sum(&|c| c.cold_reads[t].load(Relaxed)),
     );
     per_tier(
         &mut out,
         "edgeplane_cold_read_bytes_total",
+        "counter",
         "Bytes read in by cold reads.",
-        &|c, t| c.cold_read_bytes[t].load(Relaxed),
+        &|t| sum(&|c| c.cold_read_bytes[t].load(Relaxed)),
     );
 
     header(
@@ -377,51 +380,28 @@ pub fn render(metrics: &Metrics, catalog: &Catalog) -> String {
         &total,
     );
 
-    header(
+    let states = &catalog.tier_states;
+    per_tier(
         &mut out,
         "edgeplane_catalog_objects",
         "gauge",
         "Objects in the catalog, by tier.",
+        &|t| states[t].objects,
     );
-    for (t, tier) in catalog.tiers.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "edgeplane_catalog_objects{{tier=\"{}\",kind=\"{}\"}} {}",
-            tier.name,
-            tier.kind.as_str(),
-            catalog.tier_states[t].objects
-        );
-    }
-    header(
+    per_tier(
         &mut out,
         "edgeplane_catalog_bytes",
         "gauge",
         "Bytes of objects in the catalog, by tier.",
+        &|t| states[t].bytes,
     );
-    for (t, tier) in catalog.tiers.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "edgeplane_catalog_bytes{{tier=\"{}\",kind=\"{}\"}} {}",
-            tier.name,
-            tier.kind.as_str(),
-            catalog.tier_states[t].bytes
-        );
-    }
-    header(
+    per_tier(
         &mut out,
         "edgeplane_tier_up",
         "gauge",
         "1 when the tier could be scanned, 0 when it is out of service.",
+        &|t| u64::from(states[t].error.is_none()),
     );
-    for (t, tier) in catalog.tiers.iter().enumerate() {
-        let up = u8::from(catalog.tier_states[t].error.is_none());
-        let _ = writeln!(
-            out,
-            "edgeplane_tier_up{{tier=\"{}\",kind=\"{}\"}} {up}",
-            tier.name,
-            tier.kind.as_str()
-        );
-    }
     header(
         &mut out,
         "edgeplane_catalog_generation",
