@@ -258,3 +258,42 @@ fn command_line_errors_do_not_panic() {
         assert_no_panic(&err, &context);
     }
 }
+
+/// Too little lockable memory for glommio's io_uring buffers: exit non-zero with one line that
+/// says which limit and what to change, before any executor starts (run under `prlimit`, which
+/// may lower a limit without privileges).
+#[test]
+fn too_little_locked_memory() {
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP too_little_locked_memory: prlimit (util-linux) is not installed");
+        return;
+    }
+    let dir = temp_dir();
+    let config = good_config(dir.path()).replacen("cores = 1", "cores = 2", 1);
+    let path = dir.path().join("edgeplane.toml");
+    fs::write(&path, &config).unwrap();
+    let out = std::process::Command::new("prlimit")
+        .args(["--memlock=200000:200000", BIN, "serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let context = format!("status {}, stderr {stderr:?}", out.status);
+    assert_eq!(out.status.code(), Some(1), "{context}");
+    assert_no_panic(&stderr, &context);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("edgeplane: RLIMIT_MEMLOCK"))
+        .unwrap_or_else(|| panic!("no RLIMIT_MEMLOCK line; {context}"));
+    for needle in ["195 KiB", "2 executors", "LimitMEMLOCK=", "cores"] {
+        assert!(
+            line.contains(needle),
+            "the line should say {needle:?}: {line}"
+        );
+    }
+    assert!(!stderr.contains("ready http="), "{context}");
+}
