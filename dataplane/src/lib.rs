@@ -3,11 +3,13 @@
 //! Layers, from pure to syscall:
 //! - [`config`], [`content_id`], [`http`]: pure logic, unit and property tested, no I/O.
 //! - [`catalog`]: what exists on which tier (filesystem scans, atomic swaps).
+//! - [`check`]: the host preflight (`edgeplane check`).
 //! - [`metrics`]: per-core counters and latency histograms, Prometheus rendering.
 //! - [`runtime`]: glommio executors, connections, `sendfile`, the admin listener.
 #![warn(missing_docs)]
 
 pub mod catalog;
+pub mod check;
 pub mod config;
 pub mod content_id;
 pub mod http;

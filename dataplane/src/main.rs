@@ -24,6 +24,15 @@ enum Command {
         #[arg(long, short, default_value = "/etc/edgeplane/edgeplane.toml")]
         config: PathBuf,
     },
+    /// Preflight the host for this config: one line per item, exit 0 when serving can start.
+    Check {
+        /// The config file.
+        #[arg(long, short, default_value = "/etc/edgeplane/edgeplane.toml")]
+        config: PathBuf,
+        /// Read /proc and /sys under this directory instead of / (for testing).
+        #[arg(long, default_value = "/", hide = true)]
+        root: PathBuf,
+    },
     /// Check a config file and exit (0 when valid).
     CheckConfig {
         /// The config file.
@@ -44,6 +53,31 @@ fn main() -> ExitCode {
             match edgeplane::runtime::serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(1, &e),
+            }
+        }
+        Command::Check { config, root } => {
+            let config = match edgeplane::check::load_config(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    println!("✗ config         {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let host = if root == std::path::Path::new("/") {
+                edgeplane::check::Host::real()
+            } else {
+                edgeplane::check::Host::at(root)
+            };
+            let items = edgeplane::check::run(&config, &host);
+            for item in &items {
+                println!("{item}");
+            }
+            if edgeplane::check::can_serve(&items) {
+                println!("edgeplane: serving can start");
+                ExitCode::SUCCESS
+            } else {
+                println!("edgeplane: fix the ✗ items before serving");
+                ExitCode::from(1)
             }
         }
         Command::CheckConfig { config } => match edgeplane::config::Config::load(&config) {

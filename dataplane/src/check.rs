@@ -1,0 +1,537 @@
+//! `edgeplane check`: a preflight of the host, one line per item, each failing item with what
+//! to do. The exit code says whether serving can start.
+//!
+//! Facts come from files under a root directory (`/` on a real host; a fake tree in tests):
+//! `/proc/sys/kernel/osrelease`, `/proc/self/limits`, `/proc/mounts`, `/sys/...`. The few facts
+//! only a syscall can give (binding a port, free space, clock discipline) are asked of the real
+//! host only when the root is `/`, and skipped otherwise. This module never changes the host.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+
+/// How an item came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Fine.
+    Ok,
+    /// Serving works, but something is degraded or not recommended.
+    Warn,
+    /// Serving cannot start (or must not) until this is fixed.
+    Fail,
+}
+
+/// One checked item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// Short name, e.g. `kernel`.
+    pub name: &'static str,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// What was found and, unless fine, what to do.
+    pub detail: String,
+}
+
+impl fmt::Display for Item {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mark = match self.verdict {
+            Verdict::Ok => "✓",
+            Verdict::Warn => "!",
+            Verdict::Fail => "✗",
+        };
+        write!(f, "{mark} {:<14} {}", self.name, self.detail)
+    }
+}
+
+fn item(name: &'static str, verdict: Verdict, detail: impl Into<String>) -> Item {
+    Item {
+        name,
+        verdict,
+        detail: detail.into(),
+    }
+}
+
+/// Where host facts are read from.
+#[derive(Debug, Clone)]
+pub struct Host {
+    root: PathBuf,
+}
+
+impl Host {
+    /// The real host.
+    pub fn real() -> Host {
+        Host { root: "/".into() }
+    }
+
+    /// A fake tree (tests): syscall-only checks are skipped.
+    pub fn at(root: impl Into<PathBuf>) -> Host {
+        Host { root: root.into() }
+    }
+
+    fn is_real(&self) -> bool {
+        self.root == Path::new("/")
+    }
+
+    fn read(&self, path: &str) -> Option<String> {
+        std::fs::read_to_string(self.root.join(path.trim_start_matches('/'))).ok()
+    }
+
+    fn exists(&self, path: &str) -> bool {
+        self.root.join(path.trim_start_matches('/')).exists()
+    }
+}
+
+/// Runs every check for `config` on `host`.
+pub fn run(config: &Config, host: &Host) -> Vec<Item> {
+    vec![
+        kernel(host),
+        io_uring(host),
+        kernel_tls(host),
+        bpf_fs(host),
+        memlock(config, host),
+        cpus(config, host),
+    ]
+    .into_iter()
+    .chain(tiers(config, host))
+    .chain(ports(config, host))
+    .chain(std::iter::once(clock(host)))
+    .collect()
+}
+
+/// Loads the config for a check: like [`Config::load`], except that a tier directory that is
+/// missing is left for the tier item to report (with the other items still checked).
+pub fn load_config(path: &Path) -> Result<Config, crate::config::ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| crate::config::ConfigError {
+        key: path.display().to_string(),
+        problem: format!("cannot read: {e}"),
+    })?;
+    let origin = path.display().to_string();
+    match Config::parse(&text, &origin) {
+        Ok(config) => Ok(config),
+        Err(e) if e.key.starts_with("tier[") && e.key.ends_with("].path") => {
+            toml::from_str(&text).map_err(|_| e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether serving can start: no item failed.
+pub fn can_serve(items: &[Item]) -> bool {
+    items.iter().all(|i| i.verdict != Verdict::Fail)
+}
+
+/// `(major, minor)` of a kernel release string like `6.1.0-26-amd64`.
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+fn kernel(host: &Host) -> Item {
+    let Some(release) = host.read("/proc/sys/kernel/osrelease") else {
+        return item(
+            "kernel",
+            Verdict::Fail,
+            "cannot read /proc/sys/kernel/osrelease: is /proc mounted?",
+        );
+    };
+    let release = release.trim();
+    match kernel_version(release) {
+        Some(v) if v >= (5, 15) => item("kernel", Verdict::Ok, format!("Linux {release}")),
+        Some(v) if v >= (5, 8) => item(
+            "kernel",
+            Verdict::Warn,
+            format!("Linux {release}: io_uring works, but 5.15+ is tested; upgrade when you can"),
+        ),
+        _ => item(
+            "kernel",
+            Verdict::Fail,
+            format!("Linux {release}: the data plane needs 5.8+ (io_uring); upgrade the kernel"),
+        ),
+    }
+}
+
+fn io_uring(host: &Host) -> Item {
+    // Linux 6.6+: 0 = enabled, 1 = only for the io_uring_group, 2 = disabled.
+    match host.read("/proc/sys/kernel/io_uring_disabled").map(|s| s.trim().to_owned()).as_deref() {
+        Some("2") => {
+            return item(
+                "io_uring",
+                Verdict::Fail,
+                "disabled (kernel.io_uring_disabled = 2): set it to 0 with sysctl",
+            )
+        }
+        Some("1") => {
+            return item(
+                "io_uring",
+                Verdict::Warn,
+                "restricted (kernel.io_uring_disabled = 1): run edgeplane as root or in kernel.io_uring_group",
+            )
+        }
+        _ => {}
+    }
+    if host.is_real() {
+        match probe_io_uring() {
+            Ok(()) => item("io_uring", Verdict::Ok, "available"),
+            Err(e) => item(
+                "io_uring",
+                Verdict::Fail,
+                format!("io_uring_setup failed: {e} (seccomp or container policy?)"),
+            ),
+        }
+    } else {
+        item("io_uring", Verdict::Ok, "not disabled by sysctl")
+    }
+}
+
+/// Creates and closes a tiny ring.
+fn probe_io_uring() -> std::io::Result<()> {
+    let mut params = [0u8; 120]; // struct io_uring_params
+    const SYS_IO_URING_SETUP: libc::c_long = 425;
+    // SAFETY: io_uring_setup(entries, params) writes into the zeroed 120-byte
+    // struct io_uring_params we own; the returned fd is closed right away.
+    let fd = unsafe { libc::syscall(SYS_IO_URING_SETUP, 2u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: closing the descriptor io_uring_setup just returned to us.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+fn kernel_tls(host: &Host) -> Item {
+    let ulps = host
+        .read("/proc/sys/net/ipv4/tcp_available_ulp")
+        .unwrap_or_default();
+    if ulps.split_whitespace().any(|u| u == "tls") {
+        return item(
+            "kernel TLS",
+            Verdict::Ok,
+            "tls ULP loaded: HTTPS bodies go out with sendfile",
+        );
+    }
+    let release = host.read("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let dir = format!("/lib/modules/{}/kernel/net/tls", release.trim());
+    let module = ["tls.ko", "tls.ko.xz", "tls.ko.zst", "tls.ko.gz"]
+        .iter()
+        .any(|m| host.exists(&format!("{dir}/{m}")));
+    if module {
+        item(
+            "kernel TLS",
+            Verdict::Warn,
+            "tls module not loaded: `modprobe tls` (and add `tls` to /etc/modules-load.d/) so HTTPS can use kTLS",
+        )
+    } else {
+        item(
+            "kernel TLS",
+            Verdict::Warn,
+            "no tls module in this kernel (CONFIG_TLS off): HTTPS falls back to userspace rustls, costing CPU per byte",
+        )
+    }
+}
+
+fn bpf_fs(host: &Host) -> Item {
+    let mounts = host.read("/proc/mounts").unwrap_or_default();
+    if mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        f.nth(1) == Some("/sys/fs/bpf") && f.next() == Some("bpf")
+    }) {
+        item("bpf fs", Verdict::Ok, "mounted at /sys/fs/bpf")
+    } else {
+        item(
+            "bpf fs",
+            Verdict::Warn,
+            "/sys/fs/bpf is not a bpf filesystem: `mount -t bpf bpf /sys/fs/bpf` (needed to pin XDP maps)",
+        )
+    }
+}
+
+/// Parses the soft "Max locked memory" of `/proc/self/limits` (`None` = unlimited).
+fn memlock_from_limits(limits: &str) -> Option<Option<u64>> {
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max locked memory"))?;
+    let soft = line["Max locked memory".len()..]
+        .split_whitespace()
+        .next()?;
+    if soft == "unlimited" {
+        Some(None)
+    } else {
+        soft.parse().ok().map(Some)
+    }
+}
+
+fn memlock(config: &Config, host: &Host) -> Item {
+    let Some(limits) = host.read("/proc/self/limits") else {
+        return item("memlock", Verdict::Warn, "cannot read /proc/self/limits");
+    };
+    let Some(limit) = memlock_from_limits(&limits) else {
+        return item(
+            "memlock",
+            Verdict::Warn,
+            "no \"Max locked memory\" in /proc/self/limits",
+        );
+    };
+    let bytes = limit.unwrap_or(u64::MAX);
+    match crate::runtime::io_memory_per_core(config, bytes) {
+        Ok(io) => item(
+            "memlock",
+            Verdict::Ok,
+            match limit {
+                None => format!("unlimited; {} KiB of io_uring buffers per core", io / 1024),
+                Some(b) => format!(
+                    "{} KiB; {} KiB of io_uring buffers per core",
+                    b / 1024,
+                    io / 1024
+                ),
+            },
+        ),
+        Err(e) => item("memlock", Verdict::Fail, e.to_string()),
+    }
+}
+
+/// CPUs listed in a `/sys/devices/system/cpu/online` range list like `0-3,8-11`.
+fn parse_cpu_list(text: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.parse::<usize>().ok()?..=b.parse::<usize>().ok()?),
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    Some(cpus)
+}
+
+fn cpus(config: &Config, host: &Host) -> Item {
+    let Some(online) = host
+        .read("/sys/devices/system/cpu/online")
+        .as_deref()
+        .and_then(parse_cpu_list)
+    else {
+        return item(
+            "cpus",
+            Verdict::Warn,
+            "cannot read /sys/devices/system/cpu/online",
+        );
+    };
+    let wanted = config.cpu_list();
+    if let Some(missing) = wanted.iter().find(|c| !online.contains(c)) {
+        return item(
+            "cpus",
+            Verdict::Fail,
+            format!(
+                "config pins an executor to CPU {missing}, which is not online ({} online): lower `cores` or fix `cpus`",
+                online.len()
+            ),
+        );
+    }
+    if wanted.len() == online.len() && online.len() > 1 {
+        return item(
+            "cpus",
+            Verdict::Warn,
+            format!(
+                "all {} CPUs serve: leave one or more for NIC interrupts and the agent (`cpus`)",
+                online.len()
+            ),
+        );
+    }
+    item(
+        "cpus",
+        Verdict::Ok,
+        format!(
+            "{} executors on CPUs {:?} of {} online",
+            wanted.len(),
+            wanted,
+            online.len()
+        ),
+    )
+}
+
+/// The `/proc/mounts` entry whose mount point holds `path` (longest prefix).
+fn mount_of<'a>(mounts: &'a str, path: &Path) -> Option<(&'a str, &'a str, &'a str)> {
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 4).then(|| (f[1], f[2], f[3]))
+        })
+        .filter(|(mp, _, _)| path.starts_with(mp))
+        .max_by_key(|(mp, _, _)| mp.len())
+}
+
+fn tiers(config: &Config, host: &Host) -> Vec<Item> {
+    let mounts = host.read("/proc/mounts").unwrap_or_default();
+    config
+        .tiers
+        .iter()
+        .map(|tier| {
+            let path = host
+                .root
+                .join(tier.path.strip_prefix("/").unwrap_or(&tier.path));
+            if let Err(problem) = crate::config::check_tier_path(&path) {
+                return item(
+                    "tier",
+                    Verdict::Fail,
+                    format!(
+                        "{} ({}): {problem}: create it or fix `tier.path`",
+                        tier.name,
+                        tier.kind.as_str()
+                    ),
+                );
+            }
+            let mut notes = Vec::new();
+            let mut verdict = Verdict::Ok;
+            match mount_of(&mounts, &tier.path) {
+                Some((mp, fstype, opts)) => {
+                    notes.push(format!("{fstype} at {mp}"));
+                    let opts: Vec<&str> = opts.split(',').collect();
+                    if !opts.iter().any(|o| *o == "noatime" || *o == "relatime") {
+                        verdict = Verdict::Warn;
+                        notes.push("mount with noatime: every read updates access times".into());
+                    }
+                    if matches!(fstype, "tmpfs" | "ramfs") {
+                        verdict = Verdict::Warn;
+                        notes.push(format!(
+                            "{fstype} is memory, not a {} tier",
+                            tier.kind.as_str()
+                        ));
+                    }
+                }
+                None => notes.push("mount unknown".into()),
+            }
+            if host.is_real() {
+                if let Some((free, total)) = free_space(&path) {
+                    notes.push(format!("{} GiB free of {} GiB", free >> 30, total >> 30));
+                    if total > 0 && free * 20 < total {
+                        verdict = Verdict::Warn;
+                        notes.push("under 5% free: fill will stall".into());
+                    }
+                }
+            }
+            item(
+                "tier",
+                verdict,
+                format!(
+                    "{} ({}): {}",
+                    tier.name,
+                    tier.kind.as_str(),
+                    notes.join("; ")
+                ),
+            )
+        })
+        .collect()
+}
+
+fn free_space(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we own; `c` is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let frsize = st.f_frsize as u64;
+    Some((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
+}
+
+fn ports(config: &Config, host: &Host) -> Vec<Item> {
+    if !host.is_real() {
+        return Vec::new();
+    }
+    [
+        ("http.listen", config.http.listen),
+        ("admin.listen", config.admin.listen),
+    ]
+    .into_iter()
+    .map(|(key, addr)| port_free(key, addr))
+    .collect()
+}
+
+fn port_free(key: &str, addr: SocketAddr) -> Item {
+    if addr.port() == 0 {
+        return item(
+            "port",
+            Verdict::Ok,
+            format!("{key} = {addr}: any free port"),
+        );
+    }
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => item("port", Verdict::Ok, format!("{key} = {addr} is free")),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => item(
+            "port",
+            Verdict::Fail,
+            format!(
+                "{key} = {addr} is in use: stop what holds it (`ss -ltnp 'sport = :{}'`)",
+                addr.port()
+            ),
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => item(
+            "port",
+            Verdict::Fail,
+            format!("{key} = {addr}: {e}: ports below 1024 need CAP_NET_BIND_SERVICE"),
+        ),
+        Err(e) => item("port", Verdict::Fail, format!("{key} = {addr}: {e}")),
+    }
+}
+
+fn clock(host: &Host) -> Item {
+    if !host.is_real() {
+        return if host.exists("/run/systemd/timesync/synchronized") {
+            item("clock", Verdict::Ok, "synchronized (systemd-timesyncd)")
+        } else {
+            item("clock", Verdict::Warn, "no sign of clock synchronization")
+        };
+    }
+    // SAFETY: adjtimex with modes = 0 only reads the kernel's clock state into our struct.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let state = unsafe { libc::adjtimex(&mut tx) };
+    if state == libc::TIME_ERROR || tx.status & libc::STA_UNSYNC != 0 {
+        item(
+            "clock",
+            Verdict::Warn,
+            "not synchronized: run chrony or systemd-timesyncd (signed URLs and Date headers need the right time)",
+        )
+    } else {
+        item(
+            "clock",
+            Verdict::Ok,
+            format!("synchronized (max error {} µs)", tx.maxerror),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_host_facts() {
+        assert_eq!(kernel_version("6.1.0-26-amd64"), Some((6, 1)));
+        assert_eq!(kernel_version("5.4.0"), Some((5, 4)));
+        assert_eq!(kernel_version("x"), None);
+        assert_eq!(
+            parse_cpu_list("0-3,8,10-11\n"),
+            Some(vec![0, 1, 2, 3, 8, 10, 11])
+        );
+        assert_eq!(parse_cpu_list("0\n"), Some(vec![0]));
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max locked memory         8388608              8388608              bytes\n";
+        assert_eq!(memlock_from_limits(limits), Some(Some(8_388_608)));
+        let unlimited =
+            "Max locked memory         unlimited            unlimited            bytes\n";
+        assert_eq!(memlock_from_limits(unlimited), Some(None));
+        let mounts =
+            "/dev/vda / ext4 rw,relatime 0 0\n/dev/nvme0n1 /srv/flash xfs rw,noatime 0 0\n";
+        assert_eq!(
+            mount_of(mounts, Path::new("/srv/flash/titles")),
+            Some(("/srv/flash", "xfs", "rw,noatime"))
+        );
+        assert_eq!(
+            mount_of(mounts, Path::new("/srv/hdd")).map(|m| m.0),
+            Some("/")
+        );
+    }
+}
