@@ -2,10 +2,13 @@
 # Install what the tests and the bench need (Debian bookworm). Idempotent and fast when
 # everything is already present: nothing is downloaded unless a command or package is missing.
 #
-#   curl                         the demo's client
+#   curl                         the demo's client (and the HTTPS tests')
+#   openssl                      the HTTPS tests: test certificates and `openssl s_client`
 #   nginx                        the bench's baseline (we run our own instances with our own
 #                                config; the distro service is stopped and disabled)
 #   wrk                          the bench's load generator
+#   linux-perf                   perf, for `cargo xtask flamegraph` (priority optional: not on a
+#                                fresh Debian install)
 #   fuse3, libfuse3-dev, pkg-config   fusermount3 and the headers the `fuser` crate builds against
 set -euo pipefail
 
@@ -17,7 +20,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 # command-name:package pairs; a package is needed when its command is missing.
-commands=(curl:curl nginx:nginx wrk:wrk fusermount3:fuse3 pkg-config:pkg-config taskset:util-linux)
+commands=(curl:curl openssl:openssl nginx:nginx wrk:wrk perf:linux-perf fusermount3:fuse3 pkg-config:pkg-config taskset:util-linux)
 # packages without a command to probe.
 libraries=(libfuse3-dev)
 

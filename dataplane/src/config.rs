@@ -2,7 +2,9 @@
 //!
 //! Every key and its default is documented in `docs/config.md`; keep the two in step. Validation
 //! turns every user mistake into one [`ConfigError`] that names the key, so `edgeplane serve`
-//! can exit with one line an operator can act on. This module never touches the network.
+//! can exit with one line an operator can act on. This module never touches the network; it
+//! reads tier directories and, for `[https]`, the certificate and key files (through
+//! [`crate::tls::Certificates::load`], the same loading the server does).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -21,7 +23,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             problem: problem.into(),
@@ -50,6 +52,9 @@ pub struct Config {
     /// The client-facing HTTP listener.
     #[serde(default)]
     pub http: HttpConfig,
+    /// The client-facing HTTPS listener; absent = no HTTPS.
+    #[serde(default)]
+    pub https: Option<HttpsConfig>,
     /// The operator-facing admin listener (`/metrics`, `/healthz`, `POST /reload`).
     #[serde(default)]
     pub admin: AdminConfig,
@@ -83,6 +88,36 @@ impl Default for HttpConfig {
             cors: true,
         }
     }
+}
+
+/// `[https]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpsConfig {
+    /// Address the serving executors listen on for TLS (each with its own `SO_REUSEPORT` socket).
+    #[serde(default = "default_https_listen")]
+    pub listen: SocketAddr,
+    /// PEM file with the default certificate chain (leaf first), used when the client sends no
+    /// SNI name or one no `[[https.sni]]` entry matches.
+    pub cert: PathBuf,
+    /// PEM file with the private key (RSA or ECDSA; PKCS#8, PKCS#1 or SEC1) of `cert`.
+    pub key: PathBuf,
+    /// Further certificates, chosen by the SNI name the client asks for.
+    #[serde(default)]
+    pub sni: Vec<SniConfig>,
+}
+
+/// `[[https.sni]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniConfig {
+    /// Host name this certificate answers for: exact (`cdn.example.net`) or one leading
+    /// wildcard label (`*.example.net`, which matches `a.example.net` but not `example.net`).
+    pub name: String,
+    /// PEM file with the certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// PEM file with its private key.
+    pub key: PathBuf,
 }
 
 /// `[admin]`
@@ -245,6 +280,9 @@ fn default_true() -> bool {
 }
 fn default_http_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_https_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8443))
 }
 fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9090))
@@ -419,7 +457,41 @@ impl Config {
                 "must differ from http.listen",
             ));
         }
+        if let Some(https) = &self.https {
+            self.validate_https(https)?;
+        }
         Ok(())
+    }
+
+    /// `[https]`: distinct listener, well-formed SNI names, and certificates and keys that load
+    /// and match (the same loading the server does, so `check-config` catches what `serve`
+    /// would refuse).
+    fn validate_https(&self, https: &HttpsConfig) -> Result<(), ConfigError> {
+        if https.listen.port() != 0 {
+            for (other, key) in [
+                (self.http.listen, "http.listen"),
+                (self.admin.listen, "admin.listen"),
+            ] {
+                if https.listen == other {
+                    return Err(ConfigError::new(
+                        "https.listen",
+                        format!("must differ from {key}"),
+                    ));
+                }
+            }
+        }
+        for (i, sni) in https.sni.iter().enumerate() {
+            let key = format!("https.sni[{i}].name");
+            let name = crate::tls::SniName::parse(&sni.name)
+                .map_err(|problem| ConfigError::new(key.clone(), problem))?;
+            let earlier = https.sni[..i]
+                .iter()
+                .any(|s| s.name.eq_ignore_ascii_case(&sni.name));
+            if earlier {
+                return Err(ConfigError::new(key, format!("{name} is listed twice")));
+            }
+        }
+        crate::tls::Certificates::load(https).map(drop)
     }
 
     /// The CPU each executor is pinned to.
@@ -441,7 +513,13 @@ fn key_at(text: &str, pos: usize) -> Option<String> {
         .map(|(k, _)| k.trim().trim_matches('"'));
     let mut section = String::new();
     let mut counts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for l in text[..line_start].lines() {
+    // An error on a table header (a missing field) belongs to that table.
+    let scan_to = if line.trim_start().starts_with('[') {
+        line_start + line.len()
+    } else {
+        line_start
+    };
+    for l in text[..scan_to].lines() {
         let l = l.trim();
         if let Some(name) = l.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
             let name = name.trim().to_string();
@@ -516,6 +594,13 @@ mod tests {
         assert!(err.key.starts_with("http.listen"), "{err}");
         let err = Config::parse("[limits]\nmax_headers = -4\n", "f").unwrap_err();
         assert!(err.key.starts_with("limits.max_headers"), "{err}");
+    }
+
+    #[test]
+    fn missing_field_names_its_table() {
+        let err = Config::parse(&with_tier("[https]\ncert = \"/c.pem\"\n"), "f").unwrap_err();
+        assert_eq!(err.key, "https (f line 1)");
+        assert!(err.problem.contains("missing field `key`"), "{err}");
     }
 
     #[test]

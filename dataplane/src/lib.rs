@@ -2,6 +2,7 @@
 //!
 //! Layers, from pure to syscall:
 //! - [`config`], [`content_id`], [`http`]: pure logic, unit and property tested, no I/O.
+//! - [`tls`]: certificates (PEM, SNI, reload) and the rustls server configuration.
 //! - [`catalog`]: what exists on which tier (filesystem scans, atomic swaps).
 //! - [`check`]: the host preflight (`edgeplane check`).
 //! - [`metrics`]: per-core counters and latency histograms, Prometheus rendering.
@@ -15,3 +16,4 @@ pub mod content_id;
 pub mod http;
 pub mod metrics;
 pub mod runtime;
+pub mod tls;

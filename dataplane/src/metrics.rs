@@ -7,7 +7,7 @@
 //! (`docs/metrics.md`).
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -36,6 +36,58 @@ pub enum Timeout {
     Send,
 }
 
+/// How HTTPS bodies are encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// rustls encrypts in the executor; bodies are read with `pread` and written encrypted.
+    Userspace = 0,
+    /// The kernel encrypts (`TCP_ULP "tls"`); bodies go out with `sendfile`.
+    Kernel = 1,
+}
+
+impl TlsMode {
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Userspace => "userspace",
+            TlsMode::Kernel => "ktls",
+        }
+    }
+}
+
+/// Why a TLS handshake did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// Not finished within `header_read_timeout_ms` of the accept.
+    Timeout,
+    /// The client closed or reset the connection mid-handshake.
+    Closed,
+    /// The client sent something that is not acceptable TLS (garbage, a malformed or truncated
+    /// message, no common cipher suite or protocol version, an alert).
+    Protocol,
+    /// The client spoke plain HTTP to the HTTPS port (answered with a 400).
+    PlainHttp,
+}
+
+impl HandshakeFailure {
+    const ALL: [HandshakeFailure; 4] = [
+        HandshakeFailure::Timeout,
+        HandshakeFailure::Closed,
+        HandshakeFailure::Protocol,
+        HandshakeFailure::PlainHttp,
+    ];
+
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Closed => "closed",
+            HandshakeFailure::Protocol => "protocol",
+            HandshakeFailure::PlainHttp => "plain_http",
+        }
+    }
+}
+
 /// One executor's counters.
 #[derive(Debug)]
 #[repr(align(128))]
@@ -51,6 +103,8 @@ pub struct CoreMetrics {
     client_aborts: AtomicU64,
     io_errors: AtomicU64,
     would_block: AtomicU64,
+    tls_connections: [AtomicU64; 2],
+    tls_handshake_failures: [AtomicU64; HandshakeFailure::ALL.len()],
     latency: Mutex<Latency>,
 }
 
@@ -89,6 +143,8 @@ impl CoreMetrics {
             client_aborts: AtomicU64::new(0),
             io_errors: AtomicU64::new(0),
             would_block: AtomicU64::new(0),
+            tls_connections: Default::default(),
+            tls_handshake_failures: Default::default(),
             latency: Mutex::new(Latency::new()),
         }
     }
@@ -136,6 +192,14 @@ impl CoreMetrics {
     /// `sendfile` found the socket buffer full and had to wait.
     pub fn would_block(&self) {
         self.would_block.fetch_add(1, Relaxed);
+    }
+    /// A TLS handshake completed and the connection is served in `mode`.
+    pub fn tls_connection(&self, mode: TlsMode) {
+        self.tls_connections[mode as usize].fetch_add(1, Relaxed);
+    }
+    /// A TLS handshake failed.
+    pub fn tls_handshake_failure(&self, why: HandshakeFailure) {
+        self.tls_handshake_failures[why as usize].fetch_add(1, Relaxed);
     }
     /// Requests answered by this core (all statuses).
     pub fn total_requests(&self) -> u64 {
@@ -188,8 +252,11 @@ fn micros(d: Duration) -> u64 {
 #[derive(Debug)]
 pub struct Metrics {
     cores: Vec<CoreMetrics>,
-    /// Human-readable TLS mode etc. can be added as info gauges by later layers.
     started: std::time::SystemTime,
+    /// 0: no HTTPS listener; otherwise 1 + the [`TlsMode`] new HTTPS connections get.
+    tls_mode: AtomicU8,
+    /// Certificate reloads: `[ok, failed]` (process-wide: reloads are rare and off the cores).
+    cert_reloads: [AtomicU64; 2],
 }
 
 impl Metrics {
@@ -198,7 +265,19 @@ impl Metrics {
         Metrics {
             cores: (0..cores).map(|_| CoreMetrics::new(tiers)).collect(),
             started: std::time::SystemTime::now(),
+            tls_mode: AtomicU8::new(0),
+            cert_reloads: Default::default(),
         }
+    }
+
+    /// Records how HTTPS is served (set once at start when there is an HTTPS listener).
+    pub fn set_tls_mode(&self, mode: TlsMode) {
+        self.tls_mode.store(1 + mode as u8, Relaxed);
+    }
+
+    /// A certificate reload succeeded (`true`) or kept the previous certificates (`false`).
+    pub fn cert_reload(&self, ok: bool) {
+        self.cert_reloads[usize::from(!ok)].fetch_add(1, Relaxed);
     }
 
     /// The counters of executor `i`.
@@ -359,6 +438,8 @@ pub fn render(metrics: &Metrics, catalog: &Catalog) -> String {
         let _ = writeln!(out, "{name} {}", sum(f));
     }
 
+    render_tls(&mut out, metrics);
+
     let mut ttfb = new_histogram();
     let mut total = new_histogram();
     for c in &metrics.cores {
@@ -430,6 +511,63 @@ pub fn render(metrics: &Metrics, catalog: &Catalog) -> String {
     out
 }
 
+fn render_tls(out: &mut String, metrics: &Metrics) {
+    let sum = |f: &dyn Fn(&CoreMetrics) -> u64| metrics.cores.iter().map(f).sum::<u64>();
+    header(
+        out,
+        "edgeplane_tls_mode",
+        "gauge",
+        "1 for the way HTTPS is served (ktls: kernel TLS and sendfile; userspace: rustls); \
+         all 0 without an HTTPS listener.",
+    );
+    let mode = metrics.tls_mode.load(Relaxed);
+    for m in [TlsMode::Userspace, TlsMode::Kernel] {
+        let on = u8::from(mode == 1 + m as u8);
+        let _ = writeln!(out, "edgeplane_tls_mode{{mode=\"{}\"}} {on}", m.as_str());
+    }
+    header(
+        out,
+        "edgeplane_tls_connections_total",
+        "counter",
+        "TLS handshakes completed, by how the connection is then served.",
+    );
+    for m in [TlsMode::Userspace, TlsMode::Kernel] {
+        let n = sum(&|c| c.tls_connections[m as usize].load(Relaxed));
+        let _ = writeln!(
+            out,
+            "edgeplane_tls_connections_total{{mode=\"{}\"}} {n}",
+            m.as_str()
+        );
+    }
+    header(
+        out,
+        "edgeplane_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes that did not complete, by reason.",
+    );
+    for why in HandshakeFailure::ALL {
+        let n = sum(&|c| c.tls_handshake_failures[why as usize].load(Relaxed));
+        let _ = writeln!(
+            out,
+            "edgeplane_tls_handshake_failures_total{{reason=\"{}\"}} {n}",
+            why.as_str()
+        );
+    }
+    header(
+        out,
+        "edgeplane_tls_cert_reloads_total",
+        "counter",
+        "Certificate reloads (SIGHUP, POST /reload); failed ones keep the previous certificates.",
+    );
+    for (i, result) in ["ok", "failed"].iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "edgeplane_tls_cert_reloads_total{{result=\"{result}\"}} {}",
+            metrics.cert_reloads[i].load(Relaxed)
+        );
+    }
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
@@ -481,8 +619,19 @@ mod tests {
         local.record(Duration::from_micros(100), Duration::from_millis(2));
         local.record(Duration::from_micros(300), Duration::from_millis(4));
         local.flush(m.core(0));
+        m.set_tls_mode(TlsMode::Userspace);
+        m.core(1).tls_connection(TlsMode::Userspace);
+        m.core(0).tls_handshake_failure(HandshakeFailure::PlainHttp);
+        m.cert_reload(false);
         let text = render(&m, &cat);
         for line in [
+            "edgeplane_tls_mode{mode=\"userspace\"} 1\n",
+            "edgeplane_tls_mode{mode=\"ktls\"} 0\n",
+            "edgeplane_tls_connections_total{mode=\"userspace\"} 1\n",
+            "edgeplane_tls_connections_total{mode=\"ktls\"} 0\n",
+            "edgeplane_tls_handshake_failures_total{reason=\"plain_http\"} 1\n",
+            "edgeplane_tls_handshake_failures_total{reason=\"timeout\"} 0\n",
+            "edgeplane_tls_cert_reloads_total{result=\"failed\"} 1\n",
             "edgeplane_requests_total{status=\"206\"} 2\n",
             "edgeplane_requests_total{status=\"404\"} 1\n",
             "edgeplane_core_requests_total{core=\"1\"} 2\n",

@@ -92,13 +92,30 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             }
         }
         ("POST", "/reload") => {
-            let catalog = shared.catalog.reload();
-            let body = format!(
+            let reloaded = shared.reload();
+            let mut body = format!(
                 "reloaded: generation {} with {} objects\n",
-                catalog.generation,
-                catalog.len()
+                reloaded.catalog.generation,
+                reloaded.catalog.len()
             );
-            respond(&mut stream, "200 OK", "text/plain", &body)
+            match reloaded.certificates {
+                None => respond(&mut stream, "200 OK", "text/plain", &body),
+                Some(Ok(())) => {
+                    body.push_str("certificates: reloaded\n");
+                    respond(&mut stream, "200 OK", "text/plain", &body)
+                }
+                Some(Err(e)) => {
+                    body.push_str(&format!(
+                        "certificates: NOT reloaded, the previous ones stay in use: {e}\n"
+                    ));
+                    respond(
+                        &mut stream,
+                        "500 Internal Server Error",
+                        "text/plain",
+                        &body,
+                    )
+                }
+            }
         }
         (_, "/metrics" | "/healthz" | "/reload") => respond(
             &mut stream,

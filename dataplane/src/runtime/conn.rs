@@ -1,4 +1,8 @@
-//! One client connection on one executor: read heads, answer them, send bodies with `sendfile`.
+//! One client connection on one executor: read heads, answer them, send bodies.
+//!
+//! The request loop ([`serve_transport`]) is shared by plain HTTP and HTTPS; only how bytes come
+//! in and go out differs ([`Transport`]): [`Plain`] sends bodies with `sendfile`,
+//! `runtime::tls::Tls` reads them with `pread` and encrypts them with rustls.
 //!
 //! Must never block the executor: the socket is non-blocking, `sendfile` that finds the socket
 //! buffer full yields to glommio until the client drains it, and a range that is not in the page
@@ -6,7 +10,7 @@
 
 use std::cell::Cell;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -23,14 +27,14 @@ use crate::metrics::Timeout;
 
 /// Bytes sent per `sendfile` call and checked for residency at once. Also the unit after which a
 /// long response yields to other connections on the core.
-const CHUNK: u64 = 1 << 20;
+pub(crate) const CHUNK: u64 = 1 << 20;
 /// Bytes pushed through glommio's write path when the socket is full: it waits for writability
 /// (an io_uring poll) and then sends this small piece, read from the page cache.
-const WAIT_PIECE: u64 = 4096;
+pub(crate) const WAIT_PIECE: u64 = 4096;
 
 /// Why a connection ended early.
 #[derive(Debug)]
-enum End {
+pub(crate) enum End {
     /// Closed by the client, or any I/O error on the socket.
     Client,
     /// A timer fired.
@@ -39,28 +43,70 @@ enum End {
     Object(io::Error),
 }
 
-/// Serves one accepted connection to completion.
+impl End {
+    pub(crate) fn object_shrank() -> End {
+        End::Object(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "object shrank while serving",
+        ))
+    }
+}
+
+/// What differs between plain HTTP and HTTPS: how request bytes arrive and how response bytes
+/// leave. Implementations must never block the executor.
+pub(crate) trait Transport {
+    /// Reads request bytes into `buf`; `Ok(0)` at the end of the stream, which is also how a
+    /// read ends when the core's deadline sweeper shuts the socket's read side.
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, End>;
+    /// Sends a response head (or a whole bodiless response). `more`: a body follows at once,
+    /// so the head may wait to share packets with it.
+    async fn send_head(&mut self, bytes: &[u8], more: bool) -> Result<(), End>;
+    /// Sends `obj[start..start+len]`: only resident pages are touched on the executor; cold
+    /// ranges are read in on the blocking pool first (`Core::known_resident`, `Core::read_in`).
+    async fn send_body(
+        &mut self,
+        core: &Core,
+        obj: &Rc<OpenObject>,
+        start: u64,
+        len: u64,
+    ) -> Result<(), End>;
+    /// Ends our side of the connection. `clean`: every response was complete (TLS announces
+    /// the end with close_notify; after a cut-short body it must not, so the client can tell).
+    async fn close(&mut self, clean: bool);
+}
+
+/// Serves one accepted plain-HTTP connection to completion.
 pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream) {
     let fd = stream.as_raw_fd();
     if sys::set_nonblocking(fd).is_err() {
         return;
     }
     let _ = stream.set_write_timeout(Some(core.config.limits.send_timeout()));
+    let deadline = core.register_deadline(fd);
+    serve_transport(core, Plain { stream, fd }, deadline).await;
+}
+
+/// The request loop over any transport, until the connection ends.
+pub(crate) async fn serve_transport<T: Transport>(
+    core: Rc<Core>,
+    transport: T,
+    deadline: DeadlineGuard,
+) {
     let mut rx = ReadBuf {
         buf: vec![0; core.config.limits.max_header_bytes],
         start: 0,
         end: 0,
     };
-    let deadline = core.register_deadline(fd);
     let mut io = Io {
         deadline,
         core,
-        stream,
-        fd,
+        t: transport,
         out: Vec::with_capacity(512),
         served: 0,
     };
-    match io.run(&mut rx).await {
+    let result = io.run(&mut rx).await;
+    let clean = !matches!(result, Err(End::Object(_) | End::Timeout(Timeout::Send)));
+    match result {
         Ok(()) | Err(End::Client) => {}
         Err(End::Timeout(t)) => io.core.metrics().timeout(t),
         Err(End::Object(e)) => {
@@ -68,6 +114,7 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream) {
             tracing::debug!("object read failed mid-response: {e}");
         }
     }
+    io.t.close(clean).await;
 }
 
 /// The connection's read buffer; unconsumed bytes are `buf[start..end]`. Kept apart from
@@ -79,12 +126,11 @@ struct ReadBuf {
 }
 
 /// Everything a connection writes with.
-struct Io {
+struct Io<T> {
     /// This connection's read deadline, watched by the core's sweeper.
     deadline: DeadlineGuard,
     core: Rc<Core>,
-    stream: TcpStream,
-    fd: std::os::fd::RawFd,
+    t: T,
     /// Response head being written.
     out: Vec<u8>,
     served: u64,
@@ -106,7 +152,7 @@ impl Drop for Busy<'_> {
     }
 }
 
-impl Io {
+impl<T: Transport> Io<T> {
     /// Reads and answers requests until the connection ends. Each head is parsed once: a
     /// partial parse only leads to another read.
     async fn run(&mut self, rx: &mut ReadBuf) -> Result<(), End> {
@@ -138,7 +184,6 @@ impl Io {
                 rx.end = 0;
             }
             if !keep_alive {
-                let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
                 return Ok(());
             }
         }
@@ -171,7 +216,7 @@ impl Io {
         // No per-read timer: the core's sweeper shuts the read side of a connection whose
         // deadline passed, which ends this read with EOF (see `Core::sweep_deadlines`).
         self.deadline.arm(self.core.deadline_ms(deadline), which);
-        let read = self.stream.read(&mut rx.buf[rx.end..]).await;
+        let read = self.t.read(&mut rx.buf[rx.end..]).await;
         self.deadline.disarm();
         match read {
             Ok(0) => match self.deadline.fired() {
@@ -183,7 +228,7 @@ impl Io {
                 rx.end += n;
                 Ok(())
             }
-            Err(_) => Err(End::Client),
+            Err(e) => Err(e),
         }
     }
 
@@ -212,9 +257,7 @@ impl Io {
         };
         response::write_error(&mut self.out, status, &ctx, head, extra);
         self.core.metrics().response(status);
-        send_all(&mut self.stream, self.fd, &self.out, false).await?;
-        let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
-        Ok(())
+        self.t.send_head(&self.out, false).await
     }
 
     /// Answers one request; returns whether the connection stays open.
@@ -236,41 +279,61 @@ impl Io {
         let (status, body) =
             respond_head(&core, &mut self.out, req, &ctx, req.method == Method::Head).await?;
         core.metrics().response(status);
-        send_all(&mut self.stream, self.fd, &self.out, body.is_some()).await?;
+        self.t.send_head(&self.out, body.is_some()).await?;
         let ttfb = received.elapsed();
         if let Some((obj, start, n)) = body {
-            self.send_body(&obj, start, n).await?;
+            self.t.send_body(&core, &obj, start, n).await?;
             core.metrics().body_bytes(obj.tier, n);
         }
         core.latency.borrow_mut().record(ttfb, received.elapsed());
         Ok(keep_alive)
     }
+}
+
+/// Plain HTTP: bodies go out with `sendfile`.
+pub(crate) struct Plain {
+    stream: TcpStream,
+    fd: RawFd,
+}
+
+impl Transport for Plain {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, End> {
+        self.stream.read(buf).await.map_err(|_| End::Client)
+    }
+
+    async fn send_head(&mut self, bytes: &[u8], more: bool) -> Result<(), End> {
+        send_all(&mut self.stream, self.fd, bytes, more).await
+    }
+
+    async fn close(&mut self, _clean: bool) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
+    }
 
     /// Sends `obj[start..start+len]` with `sendfile`, never blocking the executor.
-    async fn send_body(&mut self, obj: &Rc<OpenObject>, start: u64, len: u64) -> Result<(), End> {
+    async fn send_body(
+        &mut self,
+        core: &Core,
+        obj: &Rc<OpenObject>,
+        start: u64,
+        len: u64,
+    ) -> Result<(), End> {
         let end = start + len;
         let mut off = start;
-        let check = self.core.config.io.residency_check;
+        let check = core.config.io.residency_check;
         while off < end {
             let chunk_end = end.min(off + CHUNK);
-            if check && !self.core.known_resident(obj, off, chunk_end - off) {
-                self.core
-                    .read_in(obj, off, chunk_end - off)
+            if check && !core.known_resident(obj, off, chunk_end - off) {
+                core.read_in(obj, off, chunk_end - off)
                     .await
                     .map_err(End::Object)?;
             }
             while off < chunk_end {
                 let want = (chunk_end - off) as usize;
                 match sys::sendfile(self.fd, &*obj.file, &mut off, want) {
-                    Ok(0) => {
-                        return Err(End::Object(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "object shrank while serving",
-                        )))
-                    }
+                    Ok(0) => return Err(End::object_shrank()),
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.core.metrics().would_block();
+                        core.metrics().would_block();
                         // Let glommio wait for writability, then hand it one small piece of
                         // the (resident) range. pread, not the mapping: a file truncated under
                         // us gives a short read here instead of SIGBUS.
@@ -281,12 +344,7 @@ impl Io {
                             &mut piece[..want],
                             off,
                         ) {
-                            Ok(0) => {
-                                return Err(End::Object(io::Error::new(
-                                    io::ErrorKind::UnexpectedEof,
-                                    "object shrank while serving",
-                                )))
-                            }
+                            Ok(0) => return Err(End::object_shrank()),
                             Ok(n) => n,
                             Err(e) => return Err(End::Object(e)),
                         };
@@ -296,14 +354,14 @@ impl Io {
                                 return Err(End::Timeout(Timeout::Send))
                             }
                             Err(_) => {
-                                self.core.metrics().client_abort();
+                                core.metrics().client_abort();
                                 return Err(End::Client);
                             }
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) if is_client_gone(&e) => {
-                        self.core.metrics().client_abort();
+                        core.metrics().client_abort();
                         return Err(End::Client);
                     }
                     Err(e) => return Err(End::Object(e)),
@@ -359,7 +417,7 @@ async fn respond_head(
     Ok((plan.status, plan.body.map(|(s, n)| (obj, s, n))))
 }
 
-fn is_client_gone(e: &io::Error) -> bool {
+pub(crate) fn is_client_gone(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN | libc::ETIMEDOUT)
@@ -368,12 +426,7 @@ fn is_client_gone(e: &io::Error) -> bool {
 
 /// Writes all of `bytes`: directly with `send` (with `MSG_MORE` when a body follows, so head
 /// and body share packets), through glommio's write path when the socket is full.
-async fn send_all(
-    stream: &mut TcpStream,
-    fd: std::os::fd::RawFd,
-    bytes: &[u8],
-    more: bool,
-) -> Result<(), End> {
+async fn send_all(stream: &mut TcpStream, fd: RawFd, bytes: &[u8], more: bool) -> Result<(), End> {
     let mut sent = match sys::send(fd, bytes, more) {
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
@@ -412,11 +465,26 @@ pub(crate) async fn refuse(core: Rc<Core>, mut stream: TcpStream) {
         return;
     }
     let _ = stream.shutdown(std::net::Shutdown::Write).await;
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    let mut sink = [0u8; 1024];
-    while let Ok(n) = stream.read(&mut sink).await {
-        if n == 0 {
-            break;
+    drain(stream).await;
+}
+
+/// After our FIN: how long, and how many bytes, to read and discard before closing, so that
+/// unread input does not turn the close into a reset. Bounded in both, so a client that keeps
+/// sending cannot keep a refused connection alive.
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+const DRAIN_BYTES: usize = 64 * 1024;
+
+/// Reads and discards what the client still sends (at most [`DRAIN_BYTES`] for at most
+/// [`DRAIN_TIME`]), then drops the socket.
+pub(crate) async fn drain(mut stream: TcpStream) {
+    let until = Instant::now() + DRAIN_TIME;
+    let _ = stream.set_read_timeout(Some(DRAIN_TIME));
+    let mut sink = [0u8; 4096];
+    let mut total = 0;
+    while total < DRAIN_BYTES && Instant::now() < until {
+        match stream.read(&mut sink).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
         }
     }
 }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use glommio::net::TcpListener;
 
 use super::conn;
-use crate::catalog::{OpenObject, SharedCatalog};
-use crate::config::{Config, TierKind};
+use crate::catalog::{Catalog, OpenObject, SharedCatalog};
+use crate::config::{Config, ConfigError, TierKind};
 use crate::http::request;
 use crate::metrics::{CoreMetrics, LocalLatency, Metrics, Rejection, Timeout};
 
@@ -28,6 +28,48 @@ pub(crate) struct Shared {
     pub(crate) limits: Arc<ConnLimits>,
     /// Set once on SIGTERM/SIGINT: stop accepting, finish in-flight responses, exit.
     pub(crate) stop: AtomicBool,
+    /// The HTTPS listener's TLS setup, when `[https]` is configured.
+    pub(crate) https: Option<Https>,
+}
+
+/// What every executor's HTTPS listener hands its handshakes.
+#[derive(Debug)]
+pub(crate) struct Https {
+    /// One rustls configuration for the life of the process (session cache, ticket keys).
+    pub(crate) config: Arc<rustls::ServerConfig>,
+    /// Its certificates, swapped on reload.
+    pub(crate) resolver: Arc<crate::tls::CertResolver>,
+}
+
+/// What a reload did.
+pub(crate) struct Reloaded {
+    pub(crate) catalog: Arc<Catalog>,
+    /// `None` without HTTPS; `Some(Err)` when the certificates could not be read (the previous
+    /// ones stay in use).
+    pub(crate) certificates: Option<Result<(), ConfigError>>,
+}
+
+impl Shared {
+    /// SIGHUP and `POST /reload`: rescan the tiers and re-read the TLS certificates. New
+    /// handshakes use the new certificates; open connections keep what they negotiated.
+    pub(crate) fn reload(&self) -> Reloaded {
+        let catalog = self.catalog.reload();
+        let certificates = self.https.as_ref().map(|https| {
+            let result = https.resolver.reload();
+            match &result {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(e) => tracing::error!(
+                    "TLS certificates not reloaded, the previous ones stay in use: {e}"
+                ),
+            }
+            self.metrics.cert_reload(result.is_ok());
+            result
+        });
+        Reloaded {
+            catalog,
+            certificates,
+        }
+    }
 }
 
 /// Process-wide connection caps. Taken once per accepted connection, never per request.
@@ -367,15 +409,20 @@ pub(crate) async fn run(
     index: usize,
     shared: Arc<Shared>,
     addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
     ready: std::sync::mpsc::Sender<super::server::Event>,
 ) -> Result<(), String> {
-    let listener = match TcpListener::bind(addr) {
-        Ok(l) => l,
-        Err(e) => {
-            let msg = format!("http.listen: cannot listen on {addr}: {e}");
+    let bind = |addr: SocketAddr, key: &str| {
+        TcpListener::bind(addr).map_err(|e| {
+            let msg = format!("{key}: cannot listen on {addr}: {e}");
             let _ = ready.send(super::server::Event::Failed(index, msg.clone()));
-            return Err(msg);
-        }
+            msg
+        })
+    };
+    let listener = bind(addr, "http.listen")?;
+    let tls_listener = match https_addr {
+        Some(a) => Some(bind(a, "https.listen")?),
+        None => None,
     };
     let _ = ready.send(super::server::Event::Ready);
     let core = Rc::new(Core::new(index, shared.clone()));
@@ -401,47 +448,22 @@ pub(crate) async fn run(
     })
     .detach();
 
-    loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            while !shared.stop.load(Ordering::Relaxed) {
-                glommio::timer::sleep(Duration::from_millis(50)).await;
-            }
-            None
-        })
-        .await;
-        match accepted {
-            None => break,
-            Some(Ok(stream)) => {
-                let peer = match stream.peer_addr() {
-                    Ok(a) => a.ip(),
-                    Err(_) => continue,
-                };
-                let c = core.clone();
-                match shared.limits.acquire(peer) {
-                    Ok(guard) => {
-                        glommio::spawn_local(async move {
-                            c.metrics().connection(1);
-                            conn::serve(c.clone(), stream).await;
-                            c.metrics().connection(-1);
-                            drop(guard);
-                        })
-                        .detach();
-                    }
-                    Err(why) => {
-                        c.metrics().rejected(why);
-                        glommio::spawn_local(conn::refuse(c, stream)).detach();
-                    }
-                }
-            }
-            Some(Err(e)) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(core = index, "accept failed: {e}");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-            }
+    let http = accept_loop(&core, &listener, None);
+    let https = async {
+        match (&tls_listener, &shared.https) {
+            (Some(l), Some(https)) => accept_loop(&core, l, Some(https.config.clone())).await,
+            _ => std::future::pending().await,
         }
-    }
+    };
+    let stop = async {
+        while !shared.stop.load(Ordering::Relaxed) {
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    futures_lite::future::or(stop, futures_lite::future::or(http, https)).await;
     core.stopping.set(true);
     drop(listener);
+    drop(tls_listener);
     let deadline = Instant::now() + shared.config.limits.shutdown_grace();
     while core.busy.get() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
@@ -455,4 +477,51 @@ pub(crate) async fn run(
     }
     core.latency.borrow_mut().flush(core.metrics());
     Ok(())
+}
+
+/// Accepts connections until dropped. `tls`: this is the HTTPS listener.
+async fn accept_loop(
+    core: &Rc<Core>,
+    listener: &TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(core = core.index, "accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let peer = match stream.peer_addr() {
+            Ok(a) => a.ip(),
+            Err(_) => continue,
+        };
+        let c = core.clone();
+        match core.shared.limits.acquire(peer) {
+            Ok(guard) => {
+                let tls = tls.clone();
+                glommio::spawn_local(async move {
+                    c.metrics().connection(1);
+                    match tls {
+                        Some(config) => super::tls::serve(c.clone(), stream, config).await,
+                        None => conn::serve(c.clone(), stream).await,
+                    }
+                    c.metrics().connection(-1);
+                    drop(guard);
+                })
+                .detach();
+            }
+            Err(why) => {
+                c.metrics().rejected(why);
+                if tls.is_some() {
+                    glommio::spawn_local(super::tls::refuse(stream)).detach();
+                } else {
+                    glommio::spawn_local(conn::refuse(c, stream)).detach();
+                }
+            }
+        }
+    }
 }

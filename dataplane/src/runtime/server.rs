@@ -14,11 +14,11 @@ use std::time::Duration;
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use super::core::{ConnLimits, Shared};
-use super::sys;
+use super::core::{ConnLimits, Https, Shared};
+use super::{ktls, sys};
 use crate::catalog::SharedCatalog;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TlsMode};
 
 /// Why the server could not start, or stopped abnormally. Each renders as one line.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +70,12 @@ pub enum ServeError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The HTTPS certificates could not be loaded (they changed since the config was checked).
+    #[error("{0}")]
+    Certificates(crate::config::ConfigError),
+    /// rustls refused the TLS configuration.
+    #[error("cannot set up TLS: {0}")]
+    Tls(rustls::Error),
 }
 
 /// Messages to the main thread.
@@ -122,6 +128,20 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         }
     }
     let metrics = Arc::new(Metrics::new(config.cores, config.tiers.len()));
+    let https = match &config.https {
+        Some(https) => {
+            let resolver = Arc::new(
+                crate::tls::CertResolver::new(https.clone()).map_err(ServeError::Certificates)?,
+            );
+            let tls = crate::tls::server_config(resolver.clone()).map_err(ServeError::Tls)?;
+            metrics.set_tls_mode(detect_tls_mode());
+            Some(Https {
+                config: Arc::new(tls),
+                resolver,
+            })
+        }
+        None => None,
+    };
     let shared = Arc::new(Shared {
         config: config.clone(),
         catalog: catalog.clone(),
@@ -131,11 +151,19 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             config.limits.max_connections_per_client,
         )),
         stop: Default::default(),
+        https,
     });
 
     // Port 0: reserve a concrete port every executor can share through SO_REUSEPORT. The
     // reserving socket never listens, so it never receives connections.
-    let (http_addr, reservation) = reserve_port(config.http.listen)?;
+    let (http_addr, reservation) = reserve_port(config.http.listen, "http.listen")?;
+    let (https_addr, https_reservation) = match &config.https {
+        Some(https) => {
+            let (addr, r) = reserve_port(https.listen, "https.listen")?;
+            (Some(addr), r)
+        }
+        None => (None, None),
+    };
     let admin =
         std::net::TcpListener::bind(config.admin.listen).map_err(|source| ServeError::Listen {
             key: "admin.listen",
@@ -169,7 +197,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             .preempt_timer(Duration::from_millis(10))
             .blocking_thread_pool_placement(PoolPlacement::Unbound(config.io.cold_read_threads));
         let handle = builder
-            .spawn(move || super::core::run(index, shared, http_addr, ready))
+            .spawn(move || super::core::run(index, shared, http_addr, https_addr, ready))
             .map_err(|e| ServeError::ExecutorStart {
                 core: index,
                 cpu,
@@ -192,7 +220,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     let mut ready = 0;
     let mut exited = 0;
     let mut stopping = false;
-    let mut reservation = Some(reservation);
+    let mut reservation = Some((reservation, https_reservation));
     while let Ok(event) = rx.recv() {
         match event {
             Event::Ready => {
@@ -208,8 +236,11 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
                         shared.clone(),
                     )
                     .map_err(ServeError::Signals)?;
+                    let https = https_addr
+                        .map(|a| format!(" https={a}"))
+                        .unwrap_or_default();
                     eprintln!(
-                        "edgeplane: ready http={http_addr} admin={admin_addr} cores={}",
+                        "edgeplane: ready http={http_addr} admin={admin_addr} cores={}{https}",
                         config.cores
                     );
                 }
@@ -243,7 +274,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
                 }
             }
             Event::Signal(SIGHUP) => {
-                catalog.reload();
+                shared.reload();
             }
             Event::Signal(_) => {
                 if !stopping {
@@ -271,12 +302,31 @@ fn executor_error_hint(reason: &str) -> String {
     }
 }
 
-fn reserve_port(addr: SocketAddr) -> Result<(SocketAddr, Option<socket2::Socket>), ServeError> {
-    let err = |source| ServeError::Listen {
-        key: "http.listen",
-        addr,
-        source,
-    };
+/// How HTTPS will be served, decided once at start, and the one log line that says so.
+///
+/// Kernel TLS needs the `tls` module (`TCP_ULP "tls"`); where it is missing, rustls encrypts in
+/// user space. Handing connections to the kernel is not implemented yet, so even where the
+/// probe succeeds HTTPS is served in user space (and the line says so).
+fn detect_tls_mode() -> TlsMode {
+    match ktls::probe() {
+        Ok(()) => tracing::info!(
+            "kernel TLS available (TCP_ULP tls), but the kernel hand-over is not implemented \
+             yet: serving HTTPS with userspace rustls"
+        ),
+        Err(e) => {
+            tracing::info!(
+                "kernel TLS unavailable (TCP_ULP tls: {e}): serving HTTPS with userspace rustls"
+            )
+        }
+    }
+    TlsMode::Userspace
+}
+
+fn reserve_port(
+    addr: SocketAddr,
+    key: &'static str,
+) -> Result<(SocketAddr, Option<socket2::Socket>), ServeError> {
+    let err = |source| ServeError::Listen { key, addr, source };
     let domain = socket2::Domain::for_address(addr);
     let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None).map_err(err)?;
     sock.set_reuse_port(true).map_err(err)?;

@@ -1,4 +1,5 @@
-//! The syscalls the runtime makes directly: `sendfile`, `send` with flags, `mincore`, `pread`.
+//! The syscalls the runtime makes directly: `sendfile`, `send`/`sendmsg` with flags, `mincore`,
+//! `pread`. (Kernel TLS `setsockopt`s live in `runtime::ktls`.)
 //!
 //! Thin wrappers that turn return codes into `io::Result`; every `unsafe` block of the data
 //! plane's serving path lives here, each with its reason.
@@ -46,6 +47,30 @@ pub(crate) fn send(sock: RawFd, buf: &[u8], more: bool) -> io::Result<usize> {
     }
     // SAFETY: `buf` is a valid slice for its length.
     let n = unsafe { libc::send(sock, buf.as_ptr().cast(), buf.len(), flags) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// `sendmsg(sock, bufs, MSG_DONTWAIT | MSG_NOSIGNAL | (MSG_MORE if more))`: one syscall for
+/// several queued TLS records.
+pub(crate) fn send_vectored(
+    sock: RawFd,
+    bufs: &[io::IoSlice<'_>],
+    more: bool,
+) -> io::Result<usize> {
+    let mut flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    if more {
+        flags |= libc::MSG_MORE;
+    }
+    // SAFETY: an all-zero msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is ABI-compatible with iovec on Unix (documented by std); sendmsg only reads them.
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
+    // SAFETY: `msg` points at `bufs`, valid slices for the duration of the call.
+    let n = unsafe { libc::sendmsg(sock, &msg, flags) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -9,6 +9,9 @@
 //! * [`Conn`] is a raw TCP client that writes exact bytes and reads HTTP/1.1 responses one at a
 //!   time (Content-Length, chunked, or until EOF), so tests see exactly what went over the wire.
 //! * [`curl`] and [`ureq_request`] drive two real HTTP clients.
+//! * [`ServerBuilder::https`] adds the HTTPS listener with certificates from a test PKI made once
+//!   per test binary with the `openssl` CLI ([`pki`]); [`TlsConn`] is the raw client over
+//!   rustls.
 //!
 //! Each test file uses only part of this module.
 #![allow(dead_code)]
@@ -138,6 +141,8 @@ pub(crate) struct ServerBuilder {
     limits: Vec<(String, String)>,
     io: Vec<(String, String)>,
     tiers: Vec<TierSpec>,
+    /// `[https]`: the default certificate and the `[[https.sni]]` entries.
+    https: Option<(PkiCert, Vec<(String, PkiCert)>)>,
 }
 
 /// A temporary directory on the same disk as the build (not tmpfs).
@@ -163,6 +168,7 @@ impl ServerBuilder {
             limits: Vec::new(),
             io: Vec::new(),
             tiers: Vec::new(),
+            https: None,
         };
         b = b.tier("flash", "flash");
         b.file("flash", CANARY, &canary_data())
@@ -182,6 +188,22 @@ impl ServerBuilder {
     /// Sets `[io] key = value` (`value` is written verbatim, e.g. `"true"` or `"2"`).
     pub(crate) fn io(mut self, key: &str, value: &str) -> Self {
         self.io.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Adds the HTTPS listener (`127.0.0.1:0`) with the test PKI's [`PkiCert::Default`]
+    /// certificate. The PEM files are copied to `ROOT/tls/` (see [`Server::tls_path`]), so a
+    /// test can replace them and reload.
+    pub(crate) fn https(mut self) -> Self {
+        self.https.get_or_insert((PkiCert::Default, Vec::new()));
+        self
+    }
+
+    /// Adds `[[https.sni]] name = NAME` served with the test PKI's certificate `cert` (implies
+    /// [`Self::https`]).
+    pub(crate) fn https_sni(mut self, name: &str, cert: PkiCert) -> Self {
+        let https = self.https.get_or_insert((PkiCert::Default, Vec::new()));
+        https.1.push((name.to_owned(), cert));
         self
     }
 
@@ -222,6 +244,23 @@ impl ServerBuilder {
             "cores = {}\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
             self.cores
         );
+        if let Some((default, sni)) = &self.https {
+            let tls = self.dir.path().join("tls");
+            let (cert, key) = pki().write(*default, &tls, "server");
+            s.push_str(&format!(
+                "\n[https]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                cert.display(),
+                key.display()
+            ));
+            for (i, (name, which)) in sni.iter().enumerate() {
+                let (cert, key) = pki().write(*which, &tls, &format!("sni{i}"));
+                s.push_str(&format!(
+                    "\n[[https.sni]]\nname = \"{name}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                    cert.display(),
+                    key.display()
+                ));
+            }
+        }
         if !self.limits.is_empty() {
             s.push_str("\n[limits]\n");
             for (k, v) in &self.limits {
@@ -273,6 +312,8 @@ pub(crate) struct Server {
     child: Option<Child>,
     pub(crate) http: SocketAddr,
     pub(crate) admin: SocketAddr,
+    /// `https=IP:PORT` from the ready line, when the server has an HTTPS listener.
+    pub(crate) https: Option<SocketAddr>,
     /// `cores=N` from the ready line, if it was there.
     pub(crate) ready_cores: Option<u32>,
     /// The ready line as printed.
@@ -313,6 +354,7 @@ impl Server {
             child: Some(child),
             http: "0.0.0.0:0".parse().unwrap(),
             admin: "0.0.0.0:0".parse().unwrap(),
+            https: None,
             ready_cores: None,
             ready_line: String::new(),
             output,
@@ -333,6 +375,7 @@ impl Server {
                         self.http = http;
                         self.admin = admin;
                         self.ready_cores = cores;
+                        self.https = parse_ready_https(&line);
                         self.ready_line = line;
                         return;
                     }
@@ -395,6 +438,51 @@ impl Server {
 
     pub(crate) fn connect(&self) -> Conn {
         Conn::connect(self.http)
+    }
+
+    /// The HTTPS listener's address; panics when the server has none.
+    #[track_caller]
+    pub(crate) fn https_addr(&self) -> SocketAddr {
+        self.https
+            .unwrap_or_else(|| panic!("no https= in the ready line {:?}", self.ready_line))
+    }
+
+    /// `https://NAME:PORT/path` for clients that resolve `NAME` to the HTTPS address
+    /// (curl: `--resolve NAME:PORT:127.0.0.1`, see [`Server::curl_https_args`]).
+    pub(crate) fn https_url(&self, name: &str, path: &str) -> String {
+        format!("https://{name}:{}{path}", self.https_addr().port())
+    }
+
+    /// curl arguments that trust the test CA and resolve `name` to the HTTPS listener.
+    pub(crate) fn curl_https_args(&self, name: &str) -> Vec<String> {
+        let addr = self.https_addr();
+        let ca = self.root().join("tls").join("ca.pem");
+        if !ca.exists() {
+            write_file(&ca, pki().ca.as_bytes());
+        }
+        vec![
+            "--cacert".into(),
+            ca.display().to_string(),
+            "--resolve".into(),
+            format!("{name}:{}:{}", addr.port(), addr.ip()),
+        ]
+    }
+
+    /// Where the server reads `[https]` `cert` (`"server.pem"`), `key` (`"server.key"`) and the
+    /// SNI entries' files (`"sni0.pem"`, ...).
+    pub(crate) fn tls_path(&self, file: &str) -> PathBuf {
+        self.root().join("tls").join(file)
+    }
+
+    /// A TLS connection to the HTTPS listener (handshake done), asking for `server_name`.
+    #[track_caller]
+    pub(crate) fn connect_tls(
+        &self,
+        config: &Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> TlsConn {
+        TlsConn::connect(self.https_addr(), config, server_name)
+            .unwrap_or_else(|e| panic!("TLS handshake with {server_name}: {e}"))
     }
 
     pub(crate) fn connect_admin(&self) -> Conn {
@@ -571,6 +659,18 @@ pub(crate) fn parse_ready(line: &str) -> Option<(SocketAddr, SocketAddr, Option<
         }
     }
     Some((http?, admin?, cores))
+}
+
+/// `https=IP:PORT` from a ready line.
+pub(crate) fn parse_ready_https(line: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find("ready")? + "ready".len()..];
+    rest.split_whitespace()
+        .find_map(|t| t.strip_prefix("https="))
+        .and_then(|v| {
+            v.trim_matches(|c| c == '"' || c == ',' || c == ';')
+                .parse()
+                .ok()
+        })
 }
 
 pub(crate) fn strip_ansi(s: &str) -> String {
@@ -815,107 +915,7 @@ impl Conn {
 
     /// Reads one response; `Ok(None)` if the peer closed the connection before its first byte.
     pub(crate) fn try_read_response(&mut self, head: bool) -> io::Result<Option<Response>> {
-        let mut line = Vec::new();
-        let mut lines: Vec<String> = Vec::new();
-        let mut head_bytes = 0usize;
-        loop {
-            line.clear();
-            let n = self.reader.read_until(b'\n', &mut line)?;
-            if n == 0 {
-                if lines.is_empty() && head_bytes == 0 {
-                    return Ok(None);
-                }
-                return Err(bad(format!("EOF inside the response head after {lines:?}")));
-            }
-            head_bytes += n;
-            if head_bytes > 64 * 1024 {
-                return Err(bad("response head over 64 KiB".into()));
-            }
-            if !line.ends_with(b"\r\n") {
-                return Err(bad(format!(
-                    "response line not terminated by CRLF: {:?}",
-                    String::from_utf8_lossy(&line)
-                )));
-            }
-            let text = String::from_utf8(line[..line.len() - 2].to_vec())
-                .map_err(|_| bad("non-UTF-8 response head".into()))?;
-            if text.is_empty() {
-                break;
-            }
-            lines.push(text);
-        }
-        let status_line = &lines[0];
-        let mut parts = status_line.splitn(3, ' ');
-        let version = parts.next().unwrap_or_default().to_owned();
-        let status: u16 = parts
-            .next()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
-        let reason = parts.next().unwrap_or_default().to_owned();
-        if !version.starts_with("HTTP/1.") {
-            return Err(bad(format!("bad status line {status_line:?}")));
-        }
-        let mut headers = Vec::new();
-        for l in &lines[1..] {
-            let (n, v) = l
-                .split_once(':')
-                .ok_or_else(|| bad(format!("bad header line {l:?}")))?;
-            headers.push((n.to_owned(), v.trim().to_owned()));
-        }
-        let mut resp = Response {
-            version,
-            status,
-            reason,
-            headers,
-            body: Vec::new(),
-        };
-        let no_body = head || status == 204 || status == 304 || (100..200).contains(&status);
-        if no_body {
-            return Ok(Some(resp));
-        }
-        let chunked = resp
-            .header("transfer-encoding")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-        if chunked {
-            resp.body = self.read_chunked()?;
-        } else if let Some(len) = resp.content_length() {
-            let mut body = vec![0u8; usize::try_from(len).expect("body fits in memory")];
-            self.reader.read_exact(&mut body)?;
-            resp.body = body;
-        } else {
-            // No framing: the body runs to EOF.
-            self.reader.read_to_end(&mut resp.body)?;
-        }
-        Ok(Some(resp))
-    }
-
-    fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
-        let mut body = Vec::new();
-        loop {
-            let mut line = String::new();
-            self.reader.read_line(&mut line)?;
-            let size_text = line.trim().split(';').next().unwrap_or_default();
-            let size = usize::from_str_radix(size_text, 16)
-                .map_err(|_| bad(format!("bad chunk size line {line:?}")))?;
-            if size == 0 {
-                // Trailers until the blank line.
-                loop {
-                    line.clear();
-                    self.reader.read_line(&mut line)?;
-                    if line == "\r\n" || line.is_empty() {
-                        return Ok(body);
-                    }
-                }
-            }
-            let start = body.len();
-            body.resize(start + size, 0);
-            self.reader.read_exact(&mut body[start..])?;
-            let mut crlf = [0u8; 2];
-            self.reader.read_exact(&mut crlf)?;
-            if &crlf != b"\r\n" {
-                return Err(bad("chunk not followed by CRLF".into()));
-            }
-        }
+        read_http_response(&mut self.reader, head)
     }
 
     /// Reads until the peer closes; fails if any byte arrives or the read times out.
@@ -986,6 +986,115 @@ impl Conn {
 
     pub(crate) fn shutdown_write(&self) {
         let _ = self.stream().shutdown(Shutdown::Write);
+    }
+}
+
+/// Reads one HTTP/1.1 response from any byte stream (plain or TLS); `Ok(None)` if the peer
+/// closed the connection before its first byte.
+pub(crate) fn read_http_response(
+    reader: &mut impl BufRead,
+    head: bool,
+) -> io::Result<Option<Response>> {
+    let mut line = Vec::new();
+    let mut lines: Vec<String> = Vec::new();
+    let mut head_bytes = 0usize;
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 {
+            if lines.is_empty() && head_bytes == 0 {
+                return Ok(None);
+            }
+            return Err(bad(format!("EOF inside the response head after {lines:?}")));
+        }
+        head_bytes += n;
+        if head_bytes > 64 * 1024 {
+            return Err(bad("response head over 64 KiB".into()));
+        }
+        if !line.ends_with(b"\r\n") {
+            return Err(bad(format!(
+                "response line not terminated by CRLF: {:?}",
+                String::from_utf8_lossy(&line)
+            )));
+        }
+        let text = String::from_utf8(line[..line.len() - 2].to_vec())
+            .map_err(|_| bad("non-UTF-8 response head".into()))?;
+        if text.is_empty() {
+            break;
+        }
+        lines.push(text);
+    }
+    let status_line = &lines[0];
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or_default().to_owned();
+    let status: u16 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
+    let reason = parts.next().unwrap_or_default().to_owned();
+    if !version.starts_with("HTTP/1.") {
+        return Err(bad(format!("bad status line {status_line:?}")));
+    }
+    let mut headers = Vec::new();
+    for l in &lines[1..] {
+        let (n, v) = l
+            .split_once(':')
+            .ok_or_else(|| bad(format!("bad header line {l:?}")))?;
+        headers.push((n.to_owned(), v.trim().to_owned()));
+    }
+    let mut resp = Response {
+        version,
+        status,
+        reason,
+        headers,
+        body: Vec::new(),
+    };
+    let no_body = head || status == 204 || status == 304 || (100..200).contains(&status);
+    if no_body {
+        return Ok(Some(resp));
+    }
+    let chunked = resp
+        .header("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    if chunked {
+        resp.body = read_chunked(reader)?;
+    } else if let Some(len) = resp.content_length() {
+        let mut body = vec![0u8; usize::try_from(len).expect("body fits in memory")];
+        reader.read_exact(&mut body)?;
+        resp.body = body;
+    } else {
+        // No framing: the body runs to EOF.
+        reader.read_to_end(&mut resp.body)?;
+    }
+    Ok(Some(resp))
+}
+
+fn read_chunked(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let size_text = line.trim().split(';').next().unwrap_or_default();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| bad(format!("bad chunk size line {line:?}")))?;
+        if size == 0 {
+            // Trailers until the blank line.
+            loop {
+                line.clear();
+                reader.read_line(&mut line)?;
+                if line == "\r\n" || line.is_empty() {
+                    return Ok(body);
+                }
+            }
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        reader.read_exact(&mut body[start..])?;
+        let mut crlf = [0u8; 2];
+        reader.read_exact(&mut crlf)?;
+        if &crlf != b"\r\n" {
+            return Err(bad("chunk not followed by CRLF".into()));
+        }
     }
 }
 
@@ -1353,5 +1462,377 @@ pub(crate) fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
             );
         }
         thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS: a test PKI made with the openssl CLI, and a raw client over rustls
+// ---------------------------------------------------------------------------------------------
+
+/// The test PKI's server certificates, all issued by one test CA ([`Pki::ca`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum PkiCert {
+    /// ECDSA P-256 (SEC1 "EC PRIVATE KEY"): `localhost`, `edgeplane.test`, `127.0.0.1`.
+    Default,
+    /// Another ECDSA P-256 certificate (PKCS#8 key) for the same names, for reload tests.
+    Alternate,
+    /// RSA 2048 (PKCS#1 "RSA PRIVATE KEY"): `rsa.test`.
+    Rsa,
+    /// ECDSA P-384 (PKCS#8): `*.wild.test`.
+    Wildcard,
+}
+
+/// PEM texts of the test PKI (kept in memory; each server gets its own copies).
+pub(crate) struct Pki {
+    pub(crate) ca: String,
+    certs: Vec<(PkiCert, String, String)>,
+}
+
+impl Pki {
+    /// (certificate PEM, key PEM)
+    pub(crate) fn pem(&self, which: PkiCert) -> (&str, &str) {
+        let (_, cert, key) = self
+            .certs
+            .iter()
+            .find(|(w, _, _)| *w == which)
+            .expect("every PkiCert is generated");
+        (cert, key)
+    }
+
+    /// The leaf certificate as DER (what a client sees first in the server's chain).
+    pub(crate) fn der(&self, which: PkiCert) -> Vec<u8> {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(self.pem(which).0.as_bytes())
+            .expect("test certificate PEM")
+            .to_vec()
+    }
+
+    /// Writes `DIR/NAME.pem` and `DIR/NAME.key`; returns their paths.
+    pub(crate) fn write(&self, which: PkiCert, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        fs::create_dir_all(dir).expect("create tls directory");
+        let (cert, key) = self.pem(which);
+        let cert_path = dir.join(format!("{name}.pem"));
+        let key_path = dir.join(format!("{name}.key"));
+        write_file(&cert_path, cert.as_bytes());
+        write_file(&key_path, key.as_bytes());
+        (cert_path, key_path)
+    }
+}
+
+/// The test PKI, generated on first use (about a second: one RSA key).
+pub(crate) fn pki() -> &'static Pki {
+    static PKI: std::sync::OnceLock<Pki> = std::sync::OnceLock::new();
+    PKI.get_or_init(make_pki)
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run openssl ({e}); install it with scripts/setup.sh"));
+    assert!(
+        out.status.success(),
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn make_pki() -> Pki {
+    let tmp = temp_dir();
+    let dir = tmp.path();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "3",
+            "-subj",
+            "/CN=edgeplane test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    let leaves: [(PkiCert, &str, &[&str], &str); 4] = [
+        (
+            PkiCert::Default,
+            "default",
+            &[
+                "ecparam",
+                "-genkey",
+                "-name",
+                "prime256v1",
+                "-noout",
+                "-out",
+                "default.key",
+            ],
+            "DNS:localhost,DNS:edgeplane.test,IP:127.0.0.1",
+        ),
+        (
+            PkiCert::Alternate,
+            "alternate",
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                "alternate.key",
+            ],
+            "DNS:localhost,DNS:edgeplane.test,IP:127.0.0.1",
+        ),
+        (
+            PkiCert::Rsa,
+            "rsa",
+            &["genrsa", "-traditional", "-out", "rsa.key", "2048"],
+            "DNS:rsa.test",
+        ),
+        (
+            PkiCert::Wildcard,
+            "wild",
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-384",
+                "-out",
+                "wild.key",
+            ],
+            "DNS:*.wild.test",
+        ),
+    ];
+    let mut certs = Vec::new();
+    for (serial, (which, name, keygen, san)) in leaves.into_iter().enumerate() {
+        openssl(dir, keygen);
+        let ext = format!(
+            "subjectAltName={san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n\
+             keyUsage=critical,digitalSignature,keyEncipherment\n"
+        );
+        fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        openssl(
+            dir,
+            &[
+                "req",
+                "-new",
+                "-key",
+                &format!("{name}.key"),
+                "-subj",
+                &format!("/CN={name}"),
+                "-out",
+                &format!("{name}.csr"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                &(1000 + serial).to_string(),
+                "-days",
+                "3",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-out",
+                &format!("{name}.pem"),
+            ],
+        );
+        let read = |f: String| fs::read_to_string(dir.join(f)).unwrap();
+        certs.push((
+            which,
+            read(format!("{name}.pem")),
+            read(format!("{name}.key")),
+        ));
+    }
+    Pki {
+        ca: fs::read_to_string(dir.join("ca.pem")).unwrap(),
+        certs,
+    }
+}
+
+/// A rustls client configuration that trusts the test CA, for the given protocol versions and
+/// ALPN offer.
+pub(crate) fn tls_client(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(pki().ca.as_bytes()).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// A rustls client configuration that accepts any server certificate (signatures are still
+/// checked), for looking at which certificate a server picks.
+pub(crate) fn tls_client_any_cert() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A raw HTTPS client connection: rustls over a blocking `TcpStream`.
+pub(crate) struct TlsConn {
+    pub(crate) reader: BufReader<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>,
+}
+
+impl TlsConn {
+    /// Connects and completes the handshake. `server_name`: a DNS name (sent as SNI) or an IP
+    /// address (no SNI).
+    pub(crate) fn connect(
+        addr: SocketAddr,
+        config: &Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> Result<TlsConn, rustls::Error> {
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
+            .map_err(|e| rustls::Error::General(format!("bad server name: {e}")))?;
+        let mut conn = rustls::ClientConnection::new(config.clone(), name)?;
+        let mut sock = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        sock.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        sock.set_nodelay(true).unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock)
+                .map_err(|e| match e.into_inner() {
+                    Some(inner) => match inner.downcast::<rustls::Error>() {
+                        Ok(tls) => *tls,
+                        Err(other) => rustls::Error::General(other.to_string()),
+                    },
+                    None => rustls::Error::General("I/O error during the handshake".into()),
+                })?;
+        }
+        Ok(TlsConn {
+            reader: BufReader::with_capacity(64 * 1024, rustls::StreamOwned::new(conn, sock)),
+        })
+    }
+
+    /// The client side of the session (version, cipher suite, ALPN, the server's certificates).
+    pub(crate) fn tls(&self) -> &rustls::ClientConnection {
+        &self.reader.get_ref().conn
+    }
+
+    #[track_caller]
+    pub(crate) fn send(&mut self, bytes: &[u8]) {
+        let stream = self.reader.get_mut();
+        stream
+            .write_all(bytes)
+            .and_then(|()| stream.flush())
+            .unwrap_or_else(|e| panic!("writing {} bytes over TLS failed: {e}", bytes.len()));
+    }
+
+    /// Sends a request and reads its response.
+    #[track_caller]
+    pub(crate) fn request(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        self.send(request_head(method, target, headers).as_bytes());
+        self.read_response(method == "HEAD")
+    }
+
+    #[track_caller]
+    pub(crate) fn read_response(&mut self, head: bool) -> Response {
+        match read_http_response(&mut self.reader, head) {
+            Ok(Some(r)) => r,
+            Ok(None) => panic!("the TLS connection closed before a response arrived"),
+            Err(e) => panic!("reading a response over TLS failed: {e}"),
+        }
+    }
+
+    /// Reads on until the server ends the session; `Ok(true)` when it sent close_notify first.
+    pub(crate) fn read_to_close(&mut self) -> io::Result<bool> {
+        let mut rest = Vec::new();
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) if rest.is_empty() => Ok(true),
+            Ok(n) => Err(bad(format!("{n} unexpected bytes before the close"))),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }
