@@ -2,40 +2,38 @@
 //! the same load: wrk on CPU 1 requesting random range-aligned `Range: bytes=a-b` slices, each
 //! server pinned to CPU 0. Reports throughput and, above all, server CPU per request and per
 //! GiB, read from /proc before and after each run.
+//!
+//! One run per server is noisy on a small VM, so each scenario runs in rounds: after one warm-up
+//! per server, every round measures each server once, the order alternating between rounds
+//! (A B, B A, A B, ...). The report shows per-server medians over the rounds and, for the
+//! edgeplane / nginx ratios, the median of the per-round ratios with their min–max range.
 
 use std::fmt::Write as _;
-use std::fs::{self, File};
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::fs;
+use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::ValueEnum;
 use serde_json::{json, Value};
 
-use crate::catalog::ensure_object;
-use crate::demo::toml_string;
-use crate::server::{describe_status, start_edgeplane, Server, STOP_TIMEOUT};
-use crate::util::{
-    build_edgeplane, display_command, find_program, header, target_dir, utc_timestamp,
+use crate::testbed::{
+    check_cpus, log_wrk_result, nginx_version, read_stat, run_wrk, Rig, Scenario, Target,
+    WrkErrors, WrkResult, CLIENT_CPU, FILE_SIZE, SCENARIOS, SERVER_CPU,
 };
+use crate::util::{build_edgeplane, find_program, git_revision, header, kernel};
 
-const FILES: u32 = 4;
-const FILE_SIZE: u64 = 64 << 20;
-const SERVER_CPU: &str = "0";
-const CLIENT_CPU: &str = "1";
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const GIB: f64 = (1u64 << 30) as f64;
-/// Requests wrk's Lua script prepares up front and cycles through.
-const PREPARED_REQUESTS: u32 = 16_384;
 
 #[derive(clap::Args)]
 pub(crate) struct BenchArgs {
-    /// Seconds of measured load per scenario and server.
+    /// Seconds of measured load per scenario, server and round.
     #[arg(long, default_value_t = 10)]
     duration: u32,
+    /// Rounds per scenario; each measures every server once, the order alternating between
+    /// rounds. The report shows medians over the rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
     /// Concurrent connections (wrk -c).
     #[arg(long, default_value_t = 64)]
     connections: u32,
@@ -45,7 +43,7 @@ pub(crate) struct BenchArgs {
     /// Which servers to run (the ratio table needs both).
     #[arg(long, value_enum, default_value_t = ServerArg::Both)]
     server: ServerArg,
-    /// Seconds of unmeasured load before each measured run.
+    /// Seconds of unmeasured load per scenario and server, once before the first round.
     #[arg(long, default_value_t = 2)]
     warmup: u32,
     /// Cargo profile edgeplane is built with.
@@ -69,94 +67,50 @@ enum ServerArg {
     Both,
 }
 
-struct Scenario {
-    name: &'static str,
-    range: u64,
-    seed: u32,
-}
-
-const SCENARIOS: [Scenario; 2] = [
-    Scenario {
-        name: "64k",
-        range: 64 << 10,
-        seed: 64,
-    },
-    Scenario {
-        name: "1m",
-        range: 1 << 20,
-        seed: 1024,
-    },
-];
-
-/// A running server under test.
-struct Target {
-    name: &'static str,
-    server: Server,
-    addr: SocketAddr,
-}
-
-/// One measured run.
+/// One measured run: one server, one scenario, one round.
 struct Measurement {
     scenario: &'static str,
     server: &'static str,
     range: u64,
-    duration_s: f64,
-    requests: u64,
-    bytes: u64,
-    errors: WrkErrors,
+    /// 1-based.
+    round: u32,
+    wrk: WrkResult,
     cpu_s: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-#[derive(Default)]
-struct WrkErrors {
-    connect: u64,
-    read: u64,
-    write: u64,
-    timeout: u64,
-    /// Responses that were not 2xx or 3xx.
-    status: u64,
-}
-
-impl WrkErrors {
-    fn socket(&self) -> u64 {
-        self.connect + self.read + self.write + self.timeout
-    }
 }
 
 impl Measurement {
     fn req_s(&self) -> f64 {
-        self.requests as f64 / self.duration_s
+        self.wrk.req_s()
     }
     fn gb_s(&self) -> f64 {
-        self.bytes as f64 / self.duration_s / 1e9
+        self.wrk.gb_s()
     }
     fn cpu_util(&self) -> f64 {
-        self.cpu_s / self.duration_s
+        self.cpu_s / self.wrk.duration_s
     }
     fn cpu_s_per_gib(&self) -> f64 {
-        self.cpu_s / (self.bytes as f64 / GIB)
+        self.cpu_s / (self.wrk.bytes as f64 / GIB)
     }
     fn req_per_cpu_s(&self) -> f64 {
-        self.requests as f64 / self.cpu_s
+        self.wrk.requests as f64 / self.cpu_s
     }
     fn avg_response(&self) -> f64 {
-        self.bytes as f64 / self.requests.max(1) as f64
+        self.wrk.bytes as f64 / self.wrk.requests.max(1) as f64
     }
     /// Why this run does not count, if it does not.
     fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if self.requests == 0 {
+        if self.wrk.requests == 0 {
             out.push("no requests completed".to_owned());
         }
-        if self.errors.status > 0 {
-            out.push(format!("{} non-2xx/3xx responses", self.errors.status));
+        if self.wrk.errors.status > 0 {
+            out.push(format!("{} non-2xx/3xx responses", self.wrk.errors.status));
         }
         // Status line and headers are a few hundred bytes; a response far from the range
         // size means the range was not honoured (or was answered with an error body).
         let avg = self.avg_response();
-        if self.requests > 0 && !(self.range as f64..=self.range as f64 + 2048.0).contains(&avg) {
+        if self.wrk.requests > 0 && !(self.range as f64..=self.range as f64 + 2048.0).contains(&avg)
+        {
             out.push(format!(
                 "average response is {avg:.0} bytes for {} byte ranges",
                 self.range
@@ -168,40 +122,40 @@ impl Measurement {
         json!({
             "scenario": self.scenario,
             "server": self.server,
+            "round": self.round,
             "range_bytes": self.range,
-            "duration_s": self.duration_s,
-            "requests": self.requests,
-            "bytes": self.bytes,
+            "duration_s": self.wrk.duration_s,
+            "requests": self.wrk.requests,
+            "bytes": self.wrk.bytes,
             "req_per_s": self.req_s(),
             "gb_per_s": self.gb_s(),
             "server_cpu_s": self.cpu_s,
             "server_cpu_utilisation": self.cpu_util(),
             "cpu_s_per_gib": self.cpu_s_per_gib(),
             "req_per_cpu_s": self.req_per_cpu_s(),
-            "latency_p50_ms": self.p50_ms,
-            "latency_p99_ms": self.p99_ms,
-            "errors": {
-                "connect": self.errors.connect,
-                "read": self.errors.read,
-                "write": self.errors.write,
-                "timeout": self.errors.timeout,
-                "status": self.errors.status,
-            },
+            "latency_p50_ms": self.wrk.p50_ms,
+            "latency_p99_ms": self.wrk.p99_ms,
+            "errors": errors_json(&self.wrk.errors),
             "problems": self.problems(),
         })
     }
 }
 
+fn errors_json(e: &WrkErrors) -> Value {
+    json!({
+        "connect": e.connect,
+        "read": e.read,
+        "write": e.write,
+        "timeout": e.timeout,
+        "status": e.status,
+    })
+}
+
 pub(crate) fn run(args: &BenchArgs) -> Result<()> {
-    if args.duration == 0 || args.connections == 0 {
-        bail!("--duration and --connections must be at least 1");
+    if args.duration == 0 || args.connections == 0 || args.rounds == 0 {
+        bail!("--duration, --connections and --rounds must be at least 1");
     }
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cpus < 2 {
-        bail!("the bench needs 2 CPUs (server on CPU 0, wrk on CPU 1); this machine has {cpus}");
-    }
-    let wrk = find_program("wrk")?;
-    let taskset = find_program("taskset")?;
+    check_cpus()?;
     let want_edgeplane = args.server != ServerArg::Nginx;
     let want_nginx = args.server != ServerArg::Edgeplane;
     let nginx = if want_nginx {
@@ -225,121 +179,101 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         None
     };
 
-    let bench_dir = target_dir().join("bench");
-    let catalog = bench_dir.join("catalog");
-    header(&format!(
-        "bench catalog: {FILES} x {} MiB under {}",
-        FILE_SIZE >> 20,
-        catalog.display()
-    ));
-    let files = write_catalog(&catalog)?;
-    let run_dir = new_run_dir(&bench_dir)?;
-    eprintln!("run directory: {}", run_dir.display());
+    let rig = Rig::prepare("", args.connections)?;
+    let servers = u32::from(want_edgeplane) + u32::from(want_nginx);
+    let load_s = scenarios.len() as u32 * servers * (args.warmup + args.rounds * args.duration);
+    eprintln!(
+        "{} scenario(s) x {servers} server(s): {} s warm-up, then {} round(s) of {} s each; \
+         about {:.1} min of load",
+        scenarios.len(),
+        args.warmup,
+        args.rounds,
+        args.duration,
+        f64::from(load_s) / 60.0
+    );
 
     // Both servers run for the whole bench, each idle while the other is measured; dropping a
     // `Target` (also on error) stops its server.
     let mut targets = Vec::new();
     if let Some(bin) = &bin {
-        header("starting edgeplane (cores = 1, pinned to CPU 0)");
-        let config = run_dir.join("edgeplane.toml");
-        fs::write(&config, edgeplane_config(&catalog, args.connections))?;
-        let (server, ready) = start_edgeplane(
-            bin,
-            &config,
-            &run_dir.join("edgeplane.log"),
-            Some(SERVER_CPU),
-            READY_TIMEOUT,
-        )?;
-        targets.push(Target {
-            name: "edgeplane",
-            server,
-            addr: ready.http,
-        });
+        targets.push(rig.start_edgeplane(bin)?);
     }
     if let Some(nginx) = &nginx {
-        header("starting nginx (1 worker, sendfile, pinned to CPU 0)");
-        let (server, addr) = start_nginx(nginx, &taskset, &run_dir.join("nginx"), &catalog, args)?;
-        targets.push(Target {
-            name: "nginx",
-            server,
-            addr,
-        });
+        targets.push(rig.start_nginx(nginx)?);
     }
 
     let mut results = Vec::new();
     for scenario in &scenarios {
-        let script = run_dir.join(format!("wrk-{}.lua", scenario.name));
-        fs::write(&script, wrk_script(scenario, &files))?;
-        for target in &mut targets {
-            header(&format!(
-                "{}: {} ranges, wrk -t1 -c{} -d{}s",
-                target.name, scenario.name, args.connections, args.duration
-            ));
-            let m = measure(
-                &wrk, &taskset, &script, &run_dir, scenario, target, args, clk_tck,
-            )?;
-            eprintln!(
-                "{:.0} req/s, {:.2} GB/s, server CPU {:.2} s ({:.0}%), {:.3} CPU-s/GiB, \
-                 {:.0} req/CPU-s, errors: {} socket, {} status",
-                m.req_s(),
-                m.gb_s(),
-                m.cpu_s,
-                m.cpu_util() * 100.0,
-                m.cpu_s_per_gib(),
-                m.req_per_cpu_s(),
-                m.errors.socket(),
-                m.errors.status
-            );
-            results.push(m);
+        let script = rig.write_wrk_script(scenario)?;
+        if args.warmup > 0 {
+            for target in &mut targets {
+                header(&format!(
+                    "{}: {} ranges, {} s of warm-up",
+                    target.name(),
+                    scenario.name,
+                    args.warmup
+                ));
+                run_wrk(&mut rig.wrk_command(&script, target, args.warmup))?;
+                target.server.check_running()?;
+            }
+        }
+        for round in 1..=args.rounds {
+            for i in round_order(targets.len(), round) {
+                let target = &mut targets[i];
+                header(&format!(
+                    "round {round}/{}, {}: {} ranges, wrk -t1 -c{} -d{}s",
+                    args.rounds,
+                    target.name(),
+                    scenario.name,
+                    args.connections,
+                    args.duration
+                ));
+                let m = measure(&rig, &script, scenario, target, round, args, clk_tck)?;
+                eprintln!(
+                    "{:.0} req/s, {:.2} GB/s, server CPU {:.2} s ({:.0}%), {:.3} CPU-s/GiB, \
+                     {:.0} req/CPU-s, errors: {} socket, {} status",
+                    m.req_s(),
+                    m.gb_s(),
+                    m.cpu_s,
+                    m.cpu_util() * 100.0,
+                    m.cpu_s_per_gib(),
+                    m.req_per_cpu_s(),
+                    m.wrk.errors.socket(),
+                    m.wrk.errors.status
+                );
+                results.push(m);
+            }
         }
     }
 
     header("stopping servers");
     let mut shutdown_problems = Vec::new();
-    for mut target in targets {
-        // nginx: SIGQUIT is its graceful shutdown; edgeplane: SIGTERM (the contract).
-        let signal = if target.name == "nginx" {
-            libc::SIGQUIT
-        } else {
-            libc::SIGTERM
-        };
-        match target.server.stop(signal, STOP_TIMEOUT) {
-            Ok(status) if status.success() => eprintln!("{} exited with status 0", target.name),
-            Ok(status) => shutdown_problems.push(format!(
-                "{} exited with {}",
-                target.name,
-                describe_status(Some(status))
-            )),
-            Err(err) => shutdown_problems.push(format!("{err:#}")),
+    for target in targets {
+        if let Err(err) = target.shut_down() {
+            shutdown_problems.push(format!("{err:#}"));
         }
     }
 
     let context = RunContext {
         args,
-        files: files.len(),
-        timestamp: run_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        files: rig.files.len(),
+        timestamp: rig.run_name(),
         nginx_version: nginx.as_deref().map(nginx_version).unwrap_or_default(),
+        revision: git_revision(),
+        kernel: kernel(),
     };
     let markdown = report_markdown(&context, &results, &shutdown_problems);
     println!("\n{markdown}");
-    fs::write(run_dir.join("report.md"), &markdown)?;
+    fs::write(rig.run_dir.join("report.md"), &markdown)?;
     let report = report_json(&context, &results, &shutdown_problems);
     fs::write(
-        run_dir.join("report.json"),
+        rig.run_dir.join("report.json"),
         serde_json::to_string_pretty(&report)? + "\n",
     )?;
-    eprintln!("wrote {}/report.md and report.json", run_dir.display());
+    eprintln!("wrote {}/report.md and report.json", rig.run_dir.display());
 
-    let bad: Vec<String> = results
-        .iter()
-        .flat_map(|m| {
-            m.problems()
-                .into_iter()
-                .map(move |p| format!("{} {}: {p}", m.server, m.scenario))
-        })
+    let bad: Vec<String> = problems(&results)
+        .into_iter()
         .chain(shutdown_problems)
         .collect();
     if !bad.is_empty() {
@@ -348,282 +282,44 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes (or keeps) the bench files and reads them once so they start in the page cache.
-/// Returns (url path, size) per file.
-fn write_catalog(dir: &Path) -> Result<Vec<(String, u64)>> {
-    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let mut files = Vec::new();
-    let mut buf = vec![0u8; 1 << 20];
-    for i in 0..FILES {
-        let name = format!("bench-{i:02}.bin");
-        if ensure_object(dir, &name, FILE_SIZE)? {
-            eprintln!("wrote {name}");
-        }
-        let mut file = File::open(dir.join(&name))?;
-        while file.read(&mut buf)? > 0 {}
-        files.push((format!("/{name}"), FILE_SIZE));
+/// The order in which round `round` (1-based) measures `n` servers: as started in odd rounds,
+/// reversed in even ones, so neither server always goes first.
+fn round_order(n: usize, round: u32) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    if round.is_multiple_of(2) {
+        order.reverse();
     }
-    Ok(files)
+    order
 }
 
-/// `target/bench/<UTC timestamp>`, made unique.
-fn new_run_dir(bench_dir: &Path) -> Result<PathBuf> {
-    let stamp = utc_timestamp();
-    for n in 0.. {
-        let name = if n == 0 {
-            stamp.clone()
-        } else {
-            format!("{stamp}-{n}")
-        };
-        let dir = bench_dir.join(name);
-        if !dir.exists() {
-            fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-            return Ok(dir);
-        }
-    }
-    unreachable!("an unused directory name exists")
-}
-
-fn edgeplane_config(catalog: &Path, connections: u32) -> String {
-    let per_client = connections.saturating_add(64).max(256);
-    let total = per_client.saturating_mul(2).max(10_000);
-    format!(
-        "# Written by `cargo xtask bench`.\n\
-         cores = 1\n\n\
-         [http]\nlisten = \"127.0.0.1:0\"\n\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n\n\
-         [limits]\nmax_connections = {total}\nmax_connections_per_client = {per_client}\n\n\
-         [[tier]]\nname = \"flash\"\nkind = \"flash\"\npath = {}\n",
-        toml_string(catalog)
-    )
-}
-
-fn start_nginx(
-    nginx: &Path,
-    taskset: &Path,
-    prefix: &Path,
-    catalog: &Path,
-    args: &BenchArgs,
-) -> Result<(Server, SocketAddr)> {
-    fs::create_dir_all(prefix.join("tmp"))?;
-    let addr = free_port()?;
-    let conf = prefix.join("nginx.conf");
-    fs::write(&conf, nginx_config(prefix, catalog, addr, args.connections))?;
-    let error_log = prefix.join("error.log");
-    let mut cmd = Command::new(taskset);
-    cmd.arg("-c")
-        .arg(SERVER_CPU)
-        .arg(nginx)
-        .arg("-p")
-        .arg(prefix)
-        .arg("-c")
-        .arg(&conf)
-        .arg("-e")
-        .arg(&error_log);
-    let mut server = Server::spawn("nginx", cmd, &prefix.join("stderr.log"))?;
-    server
-        .wait_for_port(addr, READY_TIMEOUT)
-        .with_context(|| format!("nginx did not come up; see {}", error_log.display()))?;
-    eprintln!("nginx ready: http={addr}");
-    Ok((server, addr))
-}
-
-fn nginx_config(prefix: &Path, catalog: &Path, addr: SocketAddr, connections: u32) -> String {
-    let p = |name: &str| prefix.join(name).to_string_lossy().into_owned();
-    // Workers of a root master switch to `nobody`; keep root so the files are readable
-    // wherever the workspace lives. (Without root the directive is ignored, so leave it out.)
-    // SAFETY: geteuid(2) has no preconditions and cannot fail.
-    let user = if unsafe { libc::geteuid() } == 0 {
-        "user root;\n"
-    } else {
-        ""
-    };
-    let worker_connections = connections.saturating_mul(2).saturating_add(64).max(1024);
-    format!(
-        "# Written by `cargo xtask bench`.\n\
-         {user}\
-         worker_processes 1;\n\
-         daemon off;\n\
-         master_process on;\n\
-         pid {pid};\n\
-         error_log {error_log} warn;\n\
-         events {{\n    worker_connections {worker_connections};\n}}\n\
-         http {{\n\
-         \x20   access_log off;\n\
-         \x20   sendfile on;\n\
-         \x20   tcp_nopush on;\n\
-         \x20   tcp_nodelay on;\n\
-         \x20   open_file_cache max=1000 inactive=60s;\n\
-         \x20   open_file_cache_valid 60s;\n\
-         \x20   keepalive_timeout 65s;\n\
-         \x20   # nginx closes a connection after 1000 requests by default; edgeplane does not.\n\
-         \x20   keepalive_requests 1000000;\n\
-         \x20   server_tokens off;\n\
-         \x20   default_type application/octet-stream;\n\
-         \x20   client_body_temp_path {tmp}/client_body;\n\
-         \x20   proxy_temp_path {tmp}/proxy;\n\
-         \x20   fastcgi_temp_path {tmp}/fastcgi;\n\
-         \x20   uwsgi_temp_path {tmp}/uwsgi;\n\
-         \x20   scgi_temp_path {tmp}/scgi;\n\
-         \x20   server {{\n\
-         \x20       listen {addr};\n\
-         \x20       # /<content-id> -> <catalog>/<content-id>, the same URL edgeplane serves.\n\
-         \x20       root {root};\n\
-         \x20       location / {{\n\
-         \x20       }}\n\
-         \x20   }}\n\
-         }}\n",
-        pid = p("nginx.pid"),
-        error_log = p("error.log"),
-        tmp = p("tmp"),
-        root = catalog.to_string_lossy(),
-    )
-}
-
-/// A loopback address with a port that was free a moment ago.
-fn free_port() -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
-    Ok(listener.local_addr()?)
-}
-
-/// The wrk script: prepared GET requests with `Range: bytes=a-b` headers at random offsets
-/// aligned to the range size (fixed seed, so every server sees the same sequence), and a
-/// `done` hook that prints the summary as one JSON line.
-fn wrk_script(scenario: &Scenario, files: &[(String, u64)]) -> String {
-    let mut list = String::new();
-    for (path, size) in files {
-        let _ = writeln!(list, "    {{ path = \"{path}\", size = {size} }},");
-    }
-    format!(
-        r#"-- Written by `cargo xtask bench` ({name} ranges).
-local files = {{
-{list}}}
-local range = {range}
-local count = {count}
-local prepared = {{}}
-local next_index = 0
-
-function init(args)
-    math.randomseed({seed})
-    for i = 1, count do
-        local f = files[math.random(#files)]
-        local first = (math.random(math.floor(f.size / range)) - 1) * range
-        local spec = string.format("bytes=%d-%d", first, first + range - 1)
-        prepared[i] = wrk.format("GET", f.path, {{ ["Range"] = spec }})
-    end
-end
-
-function request()
-    next_index = next_index % count + 1
-    return prepared[next_index]
-end
-
-function done(summary, latency, requests)
-    local e = summary.errors
-    io.write(string.format(
-        'XTASK_RESULT {{"duration_us":%.0f,"requests":%.0f,"bytes":%.0f,"connect":%.0f,' ..
-        '"read":%.0f,"write":%.0f,"timeout":%.0f,"status":%.0f,"p50_us":%.0f,"p99_us":%.0f}}\n',
-        summary.duration, summary.requests, summary.bytes, e.connect, e.read, e.write,
-        e.timeout, e.status, latency:percentile(50), latency:percentile(99)))
-end
-"#,
-        name = scenario.name,
-        range = scenario.range,
-        count = PREPARED_REQUESTS,
-        seed = scenario.seed,
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
 fn measure(
-    wrk: &Path,
-    taskset: &Path,
+    rig: &Rig,
     script: &Path,
-    run_dir: &Path,
     scenario: &Scenario,
     target: &mut Target,
+    round: u32,
     args: &BenchArgs,
     clk_tck: u64,
 ) -> Result<Measurement> {
-    let url = format!("http://{}/", target.addr);
-    let wrk_cmd = |seconds: u32| {
-        let mut cmd = Command::new(taskset);
-        cmd.arg("-c")
-            .arg(CLIENT_CPU)
-            .arg(wrk)
-            .arg("-t1")
-            .arg(format!("-c{}", args.connections))
-            .arg(format!("-d{seconds}s"))
-            .arg("--timeout")
-            .arg("5s")
-            .arg("-s")
-            .arg(script)
-            .arg(&url);
-        cmd
-    };
-    if args.warmup > 0 {
-        run_wrk(&mut wrk_cmd(args.warmup))?;
-        target.server.check_running()?;
-    }
-    let pids = process_tree(target.server.pid());
+    let pids = target.pids();
     let before = cpu_ticks(&pids)?;
-    let mut cmd = wrk_cmd(args.duration);
+    let mut cmd = rig.wrk_command(script, target, args.duration);
+    let log = rig.run_dir.join(format!(
+        "wrk-{}-{}-r{round}.txt",
+        scenario.name,
+        target.name()
+    ));
     let output = run_wrk(&mut cmd)?;
     let after = cpu_ticks(&pids)?;
     target.server.check_running()?;
-    let log = run_dir.join(format!("wrk-{}-{}.txt", scenario.name, target.name));
-    fs::write(&log, format!("$ {}\n{output}", display_command(&cmd)))?;
-
-    let summary = parse_wrk_result(&output)
-        .with_context(|| format!("wrk printed no result; its output is in {}", log.display()))?;
-    let field = |name: &str| summary[name].as_f64().unwrap_or(0.0);
-    let count = |name: &str| summary[name].as_f64().unwrap_or(0.0) as u64;
     Ok(Measurement {
         scenario: scenario.name,
-        server: target.name,
+        server: target.name(),
         range: scenario.range,
-        duration_s: field("duration_us") / 1e6,
-        requests: count("requests"),
-        bytes: count("bytes"),
-        errors: WrkErrors {
-            connect: count("connect"),
-            read: count("read"),
-            write: count("write"),
-            timeout: count("timeout"),
-            status: count("status"),
-        },
+        round,
+        wrk: log_wrk_result(&cmd, &output, &log)?,
         cpu_s: after.saturating_sub(before) as f64 / clk_tck as f64,
-        p50_ms: field("p50_us") / 1e3,
-        p99_ms: field("p99_us") / 1e3,
     })
-}
-
-/// Runs wrk and returns stdout and stderr together.
-fn run_wrk(cmd: &mut Command) -> Result<String> {
-    let output = cmd
-        .output()
-        .with_context(|| format!("could not run `{}`", display_command(cmd)))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    if !output.status.success() {
-        bail!(
-            "`{}` failed ({}):\n{text}",
-            display_command(cmd),
-            output.status
-        );
-    }
-    Ok(text)
-}
-
-fn parse_wrk_result(output: &str) -> Result<Value> {
-    let line = output
-        .lines()
-        .find_map(|l| l.strip_prefix("XTASK_RESULT "))
-        .ok_or_else(|| anyhow!("no XTASK_RESULT line"))?;
-    serde_json::from_str(line).context("parse wrk's XTASK_RESULT line")
 }
 
 /// `getconf CLK_TCK`: the unit of utime/stime in /proc/PID/stat.
@@ -640,64 +336,6 @@ fn clk_tck() -> Result<u64> {
         .ok_or_else(|| anyhow!("getconf CLK_TCK printed {text:?}"))
 }
 
-/// `pid` and all its descendants (nginx: master and worker).
-fn process_tree(pid: u32) -> Vec<u32> {
-    let mut parents = Vec::new();
-    if let Ok(entries) = fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(child) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if let Ok(stat) = read_stat(child) {
-                parents.push((child, stat.ppid));
-            }
-        }
-    }
-    let mut tree = vec![pid];
-    let mut i = 0;
-    while i < tree.len() {
-        let parent = tree[i];
-        tree.extend(
-            parents
-                .iter()
-                .filter(|(_, pp)| *pp == parent)
-                .map(|(c, _)| *c),
-        );
-        i += 1;
-    }
-    tree
-}
-
-struct Stat {
-    ppid: u32,
-    /// utime + stime, in clock ticks (all threads of the process).
-    ticks: u64,
-}
-
-fn read_stat(pid: u32) -> Result<Stat> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    parse_stat(&text).ok_or_else(|| anyhow!("cannot parse /proc/{pid}/stat"))
-}
-
-/// Parses /proc/PID/stat. The command name (field 2) may contain spaces and parentheses, so
-/// fields are counted from the last ')'.
-fn parse_stat(text: &str) -> Option<Stat> {
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state): ppid is field 4, utime 14, stime 15.
-    let ppid = fields.get(1)?.parse().ok()?;
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(Stat {
-        ppid,
-        ticks: utime + stime,
-    })
-}
-
 fn cpu_ticks(pids: &[u32]) -> Result<u64> {
     let mut total = 0;
     for &pid in pids {
@@ -708,17 +346,169 @@ fn cpu_ticks(pids: &[u32]) -> Result<u64> {
     Ok(total)
 }
 
-fn nginx_version(nginx: &Path) -> String {
-    Command::new(nginx)
-        .arg("-v")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stderr)
-                .trim()
-                .trim_start_matches("nginx version: ")
-                .to_owned()
+/// The median of `values` (the mean of the middle two for an even count); NaN if empty.
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// One server in one scenario, over all rounds.
+struct ServerRounds<'a> {
+    scenario: &'static str,
+    server: &'static str,
+    rounds: Vec<&'a Measurement>,
+}
+
+impl ServerRounds<'_> {
+    fn median(&self, metric: impl Fn(&Measurement) -> f64) -> f64 {
+        let values: Vec<f64> = self.rounds.iter().map(|m| metric(m)).collect();
+        median(&values)
+    }
+
+    /// Errors summed over the rounds.
+    fn errors(&self) -> WrkErrors {
+        let mut sum = WrkErrors::default();
+        for m in &self.rounds {
+            let e = &m.wrk.errors;
+            sum.connect += e.connect;
+            sum.read += e.read;
+            sum.write += e.write;
+            sum.timeout += e.timeout;
+            sum.status += e.status;
+        }
+        sum
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "scenario": self.scenario,
+            "server": self.server,
+            "rounds": self.rounds.len(),
+            "statistic": "median over rounds (errors: sum)",
+            "req_per_s": self.median(Measurement::req_s),
+            "gb_per_s": self.median(Measurement::gb_s),
+            "server_cpu_s": self.median(|m| m.cpu_s),
+            "server_cpu_utilisation": self.median(Measurement::cpu_util),
+            "cpu_s_per_gib": self.median(Measurement::cpu_s_per_gib),
+            "req_per_cpu_s": self.median(Measurement::req_per_cpu_s),
+            "latency_p50_ms": self.median(|m| m.wrk.p50_ms),
+            "latency_p99_ms": self.median(|m| m.wrk.p99_ms),
+            "errors": errors_json(&self.errors()),
         })
-        .unwrap_or_default()
+    }
+}
+
+/// Measurements grouped by (scenario, server), in the order they first appear.
+fn by_server(results: &[Measurement]) -> Vec<ServerRounds<'_>> {
+    let mut out: Vec<ServerRounds<'_>> = Vec::new();
+    for m in results {
+        match out
+            .iter_mut()
+            .find(|g| g.scenario == m.scenario && g.server == m.server)
+        {
+            Some(group) => group.rounds.push(m),
+            None => out.push(ServerRounds {
+                scenario: m.scenario,
+                server: m.server,
+                rounds: vec![m],
+            }),
+        }
+    }
+    out
+}
+
+/// Per-round values of one ratio and their median, min and max.
+struct Spread {
+    per_round: Vec<f64>,
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(per_round: Vec<f64>) -> Spread {
+        let min = per_round.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Spread {
+            median: median(&per_round),
+            min,
+            max,
+            per_round,
+        }
+    }
+
+    /// `0.87 (0.84–0.90)`; just `0.87` for a single round.
+    fn display(&self) -> String {
+        if self.per_round.len() > 1 {
+            format!("{:.2} ({:.2}–{:.2})", self.median, self.min, self.max)
+        } else {
+            format!("{:.2}", self.median)
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "median": self.median,
+            "min": self.min,
+            "max": self.max,
+            "per_round": self.per_round,
+        })
+    }
+}
+
+/// edgeplane / nginx in one scenario, over the rounds that measured both.
+struct Ratio {
+    scenario: &'static str,
+    req_s: Spread,
+    req_per_cpu_s: Spread,
+    cpu_s_per_gib: Spread,
+}
+
+fn ratios(results: &[Measurement]) -> Vec<Ratio> {
+    let mut out = Vec::new();
+    for s in &SCENARIOS {
+        let (mut req_s, mut per_cpu, mut per_gib) = (Vec::new(), Vec::new(), Vec::new());
+        for e in results
+            .iter()
+            .filter(|m| m.scenario == s.name && m.server == "edgeplane")
+        {
+            let Some(n) = results
+                .iter()
+                .find(|m| m.scenario == s.name && m.server == "nginx" && m.round == e.round)
+            else {
+                continue;
+            };
+            req_s.push(e.req_s() / n.req_s());
+            per_cpu.push(e.req_per_cpu_s() / n.req_per_cpu_s());
+            per_gib.push(e.cpu_s_per_gib() / n.cpu_s_per_gib());
+        }
+        if !req_s.is_empty() {
+            out.push(Ratio {
+                scenario: s.name,
+                req_s: Spread::of(req_s),
+                req_per_cpu_s: Spread::of(per_cpu),
+                cpu_s_per_gib: Spread::of(per_gib),
+            });
+        }
+    }
+    out
+}
+
+/// Every measurement's problems, named by server, scenario and round.
+fn problems(results: &[Measurement]) -> Vec<String> {
+    results
+        .iter()
+        .flat_map(|m| {
+            m.problems()
+                .into_iter()
+                .map(move |p| format!("{} {} round {}: {p}", m.server, m.scenario, m.round))
+        })
+        .collect()
 }
 
 struct RunContext<'a> {
@@ -726,44 +516,8 @@ struct RunContext<'a> {
     files: usize,
     timestamp: String,
     nginx_version: String,
-}
-
-fn kernel() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
-}
-
-fn git_revision() -> String {
-    Command::new("git")
-        .args(["describe", "--always", "--dirty"])
-        .current_dir(crate::util::workspace_root())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
-}
-
-/// (scenario, req/s ratio, req per CPU-s ratio, CPU-s/GiB ratio) for each scenario with both.
-fn ratios(results: &[Measurement]) -> Vec<(&'static str, f64, f64, f64)> {
-    let mut out = Vec::new();
-    for s in &SCENARIOS {
-        let find = |server: &str| {
-            results
-                .iter()
-                .find(|m| m.scenario == s.name && m.server == server)
-        };
-        if let (Some(e), Some(n)) = (find("edgeplane"), find("nginx")) {
-            out.push((
-                s.name,
-                e.req_s() / n.req_s(),
-                e.req_per_cpu_s() / n.req_per_cpu_s(),
-                e.cpu_s_per_gib() / n.cpu_s_per_gib(),
-            ));
-        }
-    }
-    out
+    revision: String,
+    kernel: String,
 }
 
 fn report_markdown(ctx: &RunContext<'_>, results: &[Measurement], shutdown: &[String]) -> String {
@@ -771,22 +525,30 @@ fn report_markdown(ctx: &RunContext<'_>, results: &[Measurement], shutdown: &[St
     let mut s = format!("# edgeplane vs nginx: {}\n\n", ctx.timestamp);
     let _ = writeln!(
         s,
-        "- load: `wrk -t1 -c{} -d{}s` pinned to CPU {CLIENT_CPU}, after {} s of warm-up; \
-         random `Range: bytes=a-b` requests aligned to the range size over {} files of {} MiB \
-         (page cache warm)",
+        "- load: `wrk -t1 -c{} -d{}s` pinned to CPU {CLIENT_CPU}; random `Range: bytes=a-b` \
+         requests aligned to the range size over {} files of {} MiB (page cache warm)",
         a.connections,
         a.duration,
-        a.warmup,
         ctx.files,
         FILE_SIZE >> 20
+    );
+    let _ = writeln!(
+        s,
+        "- method: per scenario, each server gets {} s of unmeasured warm-up once, then {} \
+         round(s); each round measures every server once, the order alternating between rounds \
+         (edgeplane first in odd rounds, nginx first in even ones). The server table shows each \
+         metric's median over the rounds (errors: summed); the ratio table shows the median of \
+         the per-round edgeplane / nginx ratios and, in parentheses, their min–max. Per-round \
+         numbers are in report.json",
+        a.warmup, a.rounds
     );
     let _ = writeln!(
         s,
         "- servers pinned to CPU {SERVER_CPU}: edgeplane `cores = 1` (profile `{}`, {}); \
          {} with 1 worker, `sendfile on; tcp_nopush on; access_log off; open_file_cache`",
         a.profile,
-        match git_revision() {
-            r if r.is_empty() => "unknown revision".to_owned(),
+        match ctx.revision.as_str() {
+            "" => "unknown revision".to_owned(),
             r => format!("revision `{r}`"),
         },
         ctx.nginx_version
@@ -795,7 +557,7 @@ fn report_markdown(ctx: &RunContext<'_>, results: &[Measurement], shutdown: &[St
         s,
         "- server CPU = utime + stime of the server's processes from /proc/PID/stat; \
          GB = 10^9 bytes as counted by wrk (headers included); kernel {}",
-        kernel()
+        ctx.kernel
     );
     s.push_str(
         "- CPU util = server CPU-s / wall-clock s. Well below 100% means the one wrk thread was \
@@ -807,47 +569,51 @@ fn report_markdown(ctx: &RunContext<'_>, results: &[Measurement], shutdown: &[St
          | p50 ms | p99 ms | errors |\n",
     );
     s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
-    for m in results {
-        let errors = match (m.errors.socket(), m.errors.status) {
+    for g in by_server(results) {
+        let e = g.errors();
+        let errors = match (e.socket(), e.status) {
             (0, 0) => "0".to_owned(),
             (sock, status) => format!(
                 "{status} non-2xx; socket: {} connect, {} read, {} write, {} timeout ({sock})",
-                m.errors.connect, m.errors.read, m.errors.write, m.errors.timeout
+                e.connect, e.read, e.write, e.timeout
             ),
         };
         let _ = writeln!(
             s,
             "| {} | {} | {:.0} | {:.2} | {:.2} | {:.0}% | {:.3} | {:.0} | {:.2} | {:.2} | {errors} |",
-            m.scenario,
-            m.server,
-            m.req_s(),
-            m.gb_s(),
-            m.cpu_s,
-            m.cpu_util() * 100.0,
-            m.cpu_s_per_gib(),
-            m.req_per_cpu_s(),
-            m.p50_ms,
-            m.p99_ms
+            g.scenario,
+            g.server,
+            g.median(Measurement::req_s),
+            g.median(Measurement::gb_s),
+            g.median(|m| m.cpu_s),
+            g.median(Measurement::cpu_util) * 100.0,
+            g.median(Measurement::cpu_s_per_gib),
+            g.median(Measurement::req_per_cpu_s),
+            g.median(|m| m.wrk.p50_ms),
+            g.median(|m| m.wrk.p99_ms)
         );
     }
     let ratios = ratios(results);
     if !ratios.is_empty() {
-        s.push_str(
-            "\n## edgeplane / nginx\n\n\
+        let _ = write!(
+            s,
+            "\n## edgeplane / nginx (median of per-round ratios, min–max)\n\n\
              | scenario | req/s | req per CPU-s (higher is better) | CPU-s per GiB (lower is better) |\n\
              |---|---:|---:|---:|\n",
         );
-        for (name, req_s, per_cpu, per_gib) in ratios {
-            let _ = writeln!(s, "| {name} | {req_s:.2} | {per_cpu:.2} | {per_gib:.2} |");
+        for r in ratios {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                r.scenario,
+                r.req_s.display(),
+                r.req_per_cpu_s.display(),
+                r.cpu_s_per_gib.display()
+            );
         }
     }
-    let problems: Vec<String> = results
-        .iter()
-        .flat_map(|m| {
-            m.problems()
-                .into_iter()
-                .map(move |p| format!("{} {}: {p}", m.server, m.scenario))
-        })
+    let problems: Vec<String> = problems(results)
+        .into_iter()
         .chain(shutdown.iter().cloned())
         .collect();
     if !problems.is_empty() {
@@ -866,6 +632,7 @@ fn report_json(ctx: &RunContext<'_>, results: &[Measurement], shutdown: &[String
         "settings": {
             "duration_s": a.duration,
             "warmup_s": a.warmup,
+            "rounds": a.rounds,
             "connections": a.connections,
             "wrk_threads": 1,
             "server_cpu": SERVER_CPU,
@@ -873,18 +640,21 @@ fn report_json(ctx: &RunContext<'_>, results: &[Measurement], shutdown: &[String
             "files": ctx.files,
             "file_bytes": FILE_SIZE,
             "edgeplane_profile": a.profile,
-            "edgeplane_revision": git_revision(),
+            "edgeplane_revision": ctx.revision,
             "nginx_version": ctx.nginx_version,
-            "kernel": kernel(),
+            "kernel": ctx.kernel,
         },
-        "results": results.iter().map(Measurement::to_json).collect::<Vec<_>>(),
+        // Per server and scenario: the median of each metric over the rounds.
+        "results": by_server(results).iter().map(ServerRounds::to_json).collect::<Vec<_>>(),
+        // Every measured run, in the order it ran.
+        "measurements": results.iter().map(Measurement::to_json).collect::<Vec<_>>(),
         "ratios_edgeplane_over_nginx": ratios(results)
-            .into_iter()
-            .map(|(scenario, req_s, per_cpu, per_gib)| json!({
-                "scenario": scenario,
-                "req_per_s": req_s,
-                "req_per_cpu_s": per_cpu,
-                "cpu_s_per_gib": per_gib,
+            .iter()
+            .map(|r| json!({
+                "scenario": r.scenario,
+                "req_per_s": r.req_s.to_json(),
+                "req_per_cpu_s": r.req_per_cpu_s.to_json(),
+                "cpu_s_per_gib": r.cpu_s_per_gib.to_json(),
             }))
             .collect::<Vec<_>>(),
         "shutdown_problems": shutdown,
@@ -895,41 +665,121 @@ fn report_json(ctx: &RunContext<'_>, results: &[Measurement], shutdown: &[String
 mod tests {
     use super::*;
 
-    #[test]
-    fn stat_with_awkward_command_name() {
-        let line = "1234 (nginx: worker (x) ) S 1200 1234 1200 0 -1 4194560 100 0 0 0 \
-                    250 75 0 0 20 0 1 0 12345 1000000 200 18446744073709551615";
-        let stat = parse_stat(line).unwrap();
-        assert_eq!(stat.ppid, 1200);
-        assert_eq!(stat.ticks, 325);
+    /// A 10 s run: `requests` of 64 KiB, `cpu_s` of server CPU.
+    fn run_64k(server: &'static str, round: u32, requests: u64, cpu_s: f64) -> Measurement {
+        Measurement {
+            scenario: "64k",
+            server,
+            range: 64 << 10,
+            round,
+            wrk: WrkResult {
+                duration_s: 10.0,
+                requests,
+                bytes: requests * ((64 << 10) + 200),
+                errors: WrkErrors::default(),
+                p50_ms: 1.0,
+                p99_ms: 10.0,
+            },
+            cpu_s,
+        }
+    }
+
+    fn args(rounds: u32) -> BenchArgs {
+        BenchArgs {
+            duration: 10,
+            rounds,
+            connections: 64,
+            scenario: ScenarioArg::All,
+            server: ServerArg::Both,
+            warmup: 2,
+            profile: "release".to_owned(),
+        }
     }
 
     #[test]
-    fn own_stat_parses() {
-        let stat = read_stat(std::process::id()).unwrap();
-        assert!(stat.ppid > 0);
-        assert!(process_tree(std::process::id()).contains(&std::process::id()));
+    fn medians() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[7.0]), 7.0);
+        assert!(median(&[]).is_nan());
     }
 
     #[test]
-    fn wrk_result_line() {
-        let out = "Running 1s test\nXTASK_RESULT {\"duration_us\":1000000,\"requests\":10,\
-                   \"bytes\":655360,\"connect\":0,\"read\":0,\"write\":0,\"timeout\":0,\
-                   \"status\":0,\"p50_us\":100,\"p99_us\":900}\n";
-        let v = parse_wrk_result(out).unwrap();
-        assert_eq!(v["requests"].as_f64(), Some(10.0));
+    fn rounds_alternate_order() {
+        assert_eq!(round_order(2, 1), [0, 1]);
+        assert_eq!(round_order(2, 2), [1, 0]);
+        assert_eq!(round_order(2, 3), [0, 1]);
+        assert_eq!(round_order(1, 2), [0]);
     }
 
     #[test]
-    fn nginx_config_maps_ids_to_files() {
-        let conf = nginx_config(
-            Path::new("/p"),
-            Path::new("/cat"),
-            "127.0.0.1:8081".parse().unwrap(),
-            64,
+    fn ratios_are_per_round_then_median() {
+        // Per-round req/CPU-s ratios: 1.0, 0.8, 0.9 (edgeplane uses 1.25 CPU-s in round 2).
+        let results = [
+            run_64k("edgeplane", 1, 100_000, 5.0),
+            run_64k("nginx", 1, 100_000, 5.0),
+            run_64k("nginx", 2, 100_000, 5.0),
+            run_64k("edgeplane", 2, 100_000, 6.25),
+            run_64k("edgeplane", 3, 90_000, 5.0),
+            run_64k("nginx", 3, 100_000, 5.0),
+        ];
+        let r = ratios(&results);
+        assert_eq!(r.len(), 1);
+        let per_cpu = &r[0].req_per_cpu_s;
+        assert_eq!(per_cpu.per_round.len(), 3);
+        assert!((per_cpu.median - 0.9).abs() < 1e-9);
+        assert!((per_cpu.min - 0.8).abs() < 1e-9);
+        assert!((per_cpu.max - 1.0).abs() < 1e-9);
+        assert_eq!(per_cpu.display(), "0.90 (0.80–1.00)");
+
+        let groups = by_server(&results);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].server, "edgeplane");
+        assert_eq!(groups[0].rounds.len(), 3);
+        assert_eq!(groups[0].median(|m| m.cpu_s), 5.0);
+        assert_eq!(groups[0].median(Measurement::req_s), 10_000.0);
+    }
+
+    #[test]
+    fn report_shows_medians_and_ranges() {
+        let results = [
+            run_64k("edgeplane", 1, 100_000, 5.0),
+            run_64k("nginx", 1, 100_000, 5.0),
+            run_64k("nginx", 2, 100_000, 5.0),
+            run_64k("edgeplane", 2, 100_000, 6.25),
+            run_64k("edgeplane", 3, 90_000, 5.0),
+            run_64k("nginx", 3, 100_000, 5.0),
+        ];
+        let a = args(3);
+        let ctx = RunContext {
+            args: &a,
+            files: 4,
+            timestamp: "T".to_owned(),
+            nginx_version: "nginx/1.22.1".to_owned(),
+            revision: "abc".to_owned(),
+            kernel: "6.1".to_owned(),
+        };
+        let md = report_markdown(&ctx, &results, &[]);
+        assert!(md.contains("| 64k | edgeplane | 10000 |"), "{md}");
+        assert!(
+            md.contains("| 64k | 1.00 (0.90–1.00) | 0.90 (0.80–1.00) |"),
+            "{md}"
         );
-        assert!(conf.contains("listen 127.0.0.1:8081;"));
-        assert!(conf.contains("root /cat;"));
-        assert!(conf.contains("pid /p/nginx.pid;"));
+        assert!(!md.contains("## Problems"), "{md}");
+        let json = report_json(&ctx, &results, &[]);
+        assert_eq!(json["measurements"].as_array().unwrap().len(), 6);
+        assert_eq!(json["results"][1]["server"], "nginx");
+        assert_eq!(
+            json["ratios_edgeplane_over_nginx"][0]["req_per_cpu_s"]["per_round"]
+                .as_array()
+                .unwrap()
+                .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn single_round_ratio_has_no_range() {
+        assert_eq!(Spread::of(vec![0.87]).display(), "0.87");
     }
 }

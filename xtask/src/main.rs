@@ -1,10 +1,12 @@
-//! Developer tasks for edgeplane: `cargo xtask ci | demo | bench`.
+//! Developer tasks for edgeplane: `cargo xtask ci | demo | bench | flamegraph`.
 
 mod bench;
 mod catalog;
 mod ci;
 mod demo;
+mod flamegraph;
 mod server;
+mod testbed;
 mod util;
 
 use std::process::ExitCode;
@@ -26,6 +28,8 @@ enum Task {
     Demo,
     /// Compare edgeplane with nginx (sendfile) under wrk: throughput and server CPU per GiB.
     Bench(bench::BenchArgs),
+    /// Profile edgeplane (or nginx) under the bench's load with perf; writes a flame graph SVG.
+    Flamegraph(flamegraph::FlamegraphArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +38,7 @@ fn main() -> ExitCode {
         Task::Ci => ci::run(),
         Task::Demo => demo::run(),
         Task::Bench(args) => bench::run(&args),
+        Task::Flamegraph(args) => flamegraph::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -84,6 +84,25 @@ pub(crate) fn find_program(name: &str) -> Result<PathBuf> {
     bail!("`{name}` not found; run `bash scripts/setup.sh` to install the tools")
 }
 
+/// `git describe --always --dirty` of the workspace; empty if git cannot tell.
+pub(crate) fn git_revision() -> String {
+    Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .current_dir(workspace_root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The running kernel's release (`uname -r`); empty if unreadable.
+pub(crate) fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
 /// UTC wall-clock time as `YYYYmmddTHHMMSSZ`, for directory names.
 pub(crate) fn utc_timestamp() -> String {
     let secs = SystemTime::now()
