@@ -6,6 +6,7 @@
 //! - [`check`]: the host preflight (`edgeplane check`).
 //! - [`metrics`]: per-core counters and latency histograms, Prometheus rendering.
 //! - [`runtime`]: glommio executors, connections, `sendfile`, the admin listener.
+//! - [`xdp`]: the eBPF programs at the NIC (served-prefix filter, accounting, steering).
 #![warn(missing_docs)]
 
 pub mod catalog;
@@ -15,3 +16,4 @@ pub mod content_id;
 pub mod http;
 pub mod metrics;
 pub mod runtime;
+pub mod xdp;
