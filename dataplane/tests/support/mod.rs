@@ -13,6 +13,8 @@
 //! Each test file uses only part of this module.
 #![allow(dead_code)]
 
+pub(crate) mod xdp;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
