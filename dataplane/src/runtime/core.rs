@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     pub(crate) limits: Arc<ConnLimits>,
     /// Set once on SIGTERM/SIGINT: stop accepting, finish in-flight responses, exit.
     pub(crate) stop: AtomicBool,
+    /// The XDP filter, when `[xdp]` is configured (running, or why not).
+    pub(crate) xdp: Option<Arc<crate::xdp::XdpService>>,
 }
 
 /// Process-wide connection caps. Taken once per accepted connection, never per request.

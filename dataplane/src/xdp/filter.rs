@@ -12,6 +12,8 @@ use edgeplane_ebpf_types::{
     PORT_WORDS,
 };
 
+use crate::config::XdpMode as Mode;
+
 use super::tables::{nr_cpus, GlobalCounters, PrefixTable, SettingsMap};
 use super::{describe, kernel_error, object, pins, XdpError};
 
@@ -45,29 +47,6 @@ pub struct FilterSettings {
     pub steer_cpumap: bool,
     /// CPUs of the serving executors, in executor order (for steering).
     pub executor_cpus: Vec<u32>,
-}
-
-/// XDP attach mode (`xdp.mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// In the driver, before an skb exists (fastest; needs driver support).
-    Driver,
-    /// Generic XDP on the skb (any interface; slower, for testing and odd NICs).
-    Skb,
-    /// Driver, else skb with a log line.
-    Auto,
-}
-
-impl Mode {
-    /// The name used in config and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Driver => "driver",
-            Mode::Skb => "skb",
-            Mode::Auto => "auto",
-        }
-    }
 }
 
 /// One `BPF_PROG_TEST_RUN` of the XDP program.

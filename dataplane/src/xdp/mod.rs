@@ -7,24 +7,31 @@
 //!   `BPF_PROG_TEST_RUN`.
 //! - [`PrefixTable`], [`GlobalCounters`], [`SettingsMap`]: typed handles on the maps, from a
 //!   load or from their pins (what `edgeplane prefixes` uses against a running data plane).
+//! - [`XdpService`]: the filter as `edgeplane serve` runs it (start from `[xdp]`, snapshot for
+//!   `/metrics`, shutdown).
+//! - [`cli`]: `edgeplane prefixes …` against the pinned maps of a running data plane.
 //! - [`pins`]: the BPF filesystem and edgeplane's directory on it.
 //! - [`frame`]: Ethernet frames built byte by byte, for the tests and the bench.
 //!
 //! This module never changes a packet's fate on its own: what is dropped follows from the
 //! config (`[xdp]`) and the prefixes an operator or the agent wrote.
 
+pub mod cli;
 mod filter;
 pub mod frame;
 mod log;
 mod object;
 pub mod pins;
 mod prefix;
+mod service;
 mod tables;
 
+pub use crate::config::XdpMode as Mode;
 pub use edgeplane_ebpf_types::{Counter, Verdict};
-pub use filter::{Filter, FilterSettings, LoadOptions, Mode, TestRun};
+pub use filter::{Filter, FilterSettings, LoadOptions, TestRun};
 pub use object::{object, ObjectMissing};
 pub use prefix::{Prefix, PrefixError};
+pub use service::{XdpService, XdpSnapshot};
 pub use tables::{Added, GlobalCounters, PrefixEntry, PrefixStats, PrefixTable, SettingsMap};
 
 use std::path::PathBuf;

@@ -66,6 +66,15 @@ fn map_err(what: String) -> impl FnOnce(aya::maps::MapError) -> XdpError {
 
 fn open_pin(dir: &Path, name: &str) -> Result<Map, XdpError> {
     let path = dir.join(name);
+    if !path.exists() {
+        return Err(XdpError::Pins {
+            path: dir.to_path_buf(),
+            detail: format!(
+                "no pinned {name} map: has a data plane with [xdp] (and this xdp.pin_dir) run on \
+                 this host since boot?"
+            ),
+        });
+    }
     let data = MapData::from_pin(&path).map_err(|e| XdpError::Pins {
         path: path.clone(),
         detail: describe(&e),

@@ -140,6 +140,7 @@ pub(crate) struct ServerBuilder {
     limits: Vec<(String, String)>,
     io: Vec<(String, String)>,
     tiers: Vec<TierSpec>,
+    sections: Vec<String>,
 }
 
 /// A temporary directory on the same disk as the build (not tmpfs).
@@ -165,6 +166,7 @@ impl ServerBuilder {
             limits: Vec::new(),
             io: Vec::new(),
             tiers: Vec::new(),
+            sections: Vec::new(),
         };
         b = b.tier("flash", "flash");
         b.file("flash", CANARY, &canary_data())
@@ -184,6 +186,12 @@ impl ServerBuilder {
     /// Sets `[io] key = value` (`value` is written verbatim, e.g. `"true"` or `"2"`).
     pub(crate) fn io(mut self, key: &str, value: &str) -> Self {
         self.io.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Appends a TOML section verbatim after the tiers (e.g. `"[xdp]\nenforce = true\n"`).
+    pub(crate) fn section(mut self, text: &str) -> Self {
+        self.sections.push(text.to_owned());
         self
     }
 
@@ -243,6 +251,13 @@ impl ServerBuilder {
                 t.kind,
                 t.path.display()
             ));
+        }
+        for section in &self.sections {
+            s.push('\n');
+            s.push_str(section);
+            if !section.ends_with('\n') {
+                s.push('\n');
+            }
         }
         s
     }

@@ -33,3 +33,41 @@ pub(crate) fn load(test: &str, opts: &LoadOptions) -> Option<Filter> {
         Err(e) => panic!("{test}: loading the XDP filter: {e}"),
     }
 }
+
+/// A pin directory for one test, removed (with every pin in it) on drop.
+pub(crate) struct PinDir(pub(crate) std::path::PathBuf);
+
+impl PinDir {
+    pub(crate) fn new(test: &str) -> PinDir {
+        PinDir(std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/edgeplane-test-{}-{test}",
+            std::process::id()
+        )))
+    }
+
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `edgeplane prefixes --pin-dir DIR ARGS…`; returns (exit code, stdout, stderr).
+pub(crate) fn prefixes(pin_dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(super::BIN)
+        .arg("prefixes")
+        .arg("--pin-dir")
+        .arg(pin_dir)
+        .args(args)
+        .output()
+        .expect("run edgeplane prefixes");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
