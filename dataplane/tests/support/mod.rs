@@ -141,6 +141,8 @@ pub(crate) struct ServerBuilder {
     io: Vec<(String, String)>,
     tiers: Vec<TierSpec>,
     sections: Vec<String>,
+    http_listen: String,
+    wrapper: Vec<String>,
 }
 
 /// A temporary directory on the same disk as the build (not tmpfs).
@@ -167,6 +169,8 @@ impl ServerBuilder {
             io: Vec::new(),
             tiers: Vec::new(),
             sections: Vec::new(),
+            http_listen: "127.0.0.1:0".to_owned(),
+            wrapper: Vec::new(),
         };
         b = b.tier("flash", "flash");
         b.file("flash", CANARY, &canary_data())
@@ -186,6 +190,18 @@ impl ServerBuilder {
     /// Sets `[io] key = value` (`value` is written verbatim, e.g. `"true"` or `"2"`).
     pub(crate) fn io(mut self, key: &str, value: &str) -> Self {
         self.io.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Sets `http.listen` (default `127.0.0.1:0`).
+    pub(crate) fn http_listen(mut self, addr: &str) -> Self {
+        self.http_listen = addr.to_owned();
+        self
+    }
+
+    /// Runs the server under a wrapper command, e.g. `["ip", "netns", "exec", "ns1"]`.
+    pub(crate) fn wrapper(mut self, cmd: &[&str]) -> Self {
+        self.wrapper = cmd.iter().map(|s| (*s).to_owned()).collect();
         self
     }
 
@@ -229,8 +245,8 @@ impl ServerBuilder {
 
     pub(crate) fn config_text(&self) -> String {
         let mut s = format!(
-            "cores = {}\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-            self.cores
+            "cores = {}\n\n[http]\nlisten = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            self.cores, self.http_listen
         );
         if !self.limits.is_empty() {
             s.push_str("\n[limits]\n");
@@ -273,7 +289,7 @@ impl ServerBuilder {
             .iter()
             .map(|t| (t.name.clone(), t.path.clone()))
             .collect();
-        let mut server = Server::spawn(self.dir, config_path, text, tiers);
+        let mut server = Server::spawn(self.dir, config_path, text, tiers, &self.wrapper);
         server.wait_ready();
         server
     }
@@ -307,8 +323,17 @@ impl Server {
         config_path: PathBuf,
         config_text: String,
         tiers: Vec<(String, PathBuf)>,
+        wrapper: &[String],
     ) -> Server {
-        let mut child = Command::new(BIN)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = cmd
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
