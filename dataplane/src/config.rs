@@ -231,6 +231,29 @@ impl XdpMode {
     }
 }
 
+/// How flows are kept on one core (`xdp.steering`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpSteering {
+    /// The kernel's reuseport hash picks the listener; packets land where RSS puts them.
+    None,
+    /// The `SK_REUSEPORT` program picks the listener of the executor the flow hash names.
+    Reuseport,
+    /// `reuseport`, and the XDP program redirects the flow's packets to that executor's CPU.
+    Cpumap,
+}
+
+impl XdpSteering {
+    /// The name used in config and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XdpSteering::None => "none",
+            XdpSteering::Reuseport => "reuseport",
+            XdpSteering::Cpumap => "cpumap",
+        }
+    }
+}
+
 /// `[xdp]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -263,6 +286,9 @@ pub struct XdpConfig {
     /// Prefixes to serve from the start (added if absent; never removed by a restart).
     #[serde(default)]
     pub prefixes: Vec<crate::xdp::Prefix>,
+    /// Flow steering to the executor that owns a flow.
+    #[serde(default = "default_xdp_steering")]
+    pub steering: XdpSteering,
 }
 
 impl XdpConfig {
@@ -353,6 +379,9 @@ fn default_open_file_cache() -> usize {
 }
 fn default_xdp_mode() -> XdpMode {
     XdpMode::Auto
+}
+fn default_xdp_steering() -> XdpSteering {
+    XdpSteering::Reuseport
 }
 fn default_never_touch_ports() -> Vec<u16> {
     vec![22, 179]
@@ -713,6 +742,7 @@ mod tests {
         assert_eq!(x.serving_ports_for(8080), [8080]);
         assert_eq!(x.never_touch_ports, [22, 179]);
         assert_eq!(x.pin_dir, Path::new("/sys/fs/bpf/edgeplane"));
+        assert_eq!(x.steering, XdpSteering::Reuseport);
         assert!(Config::parse(&with_tier(""), "f").unwrap().xdp.is_none());
 
         let err = |extra: &str| Config::parse(&with_tier(extra), "f").unwrap_err();

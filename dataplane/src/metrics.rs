@@ -470,6 +470,20 @@ pub fn render_xdp(out: &mut String, x: &crate::xdp::XdpSnapshot) {
             mode.as_str()
         );
     }
+    if let Some(mode) = x.steering {
+        header(
+            out,
+            "edgeplane_xdp_steering",
+            "gauge",
+            "Flow steering in effect (mode label); 1 once the SK_REUSEPORT program is attached to the executors' listeners, 0 before or without it.",
+        );
+        let _ = writeln!(
+            out,
+            "edgeplane_xdp_steering{{mode=\"{}\"}} {}",
+            mode.as_str(),
+            u8::from(x.reuseport_attached)
+        );
+    }
     header(
         out,
         "edgeplane_xdp_packets_total",
@@ -608,6 +622,8 @@ mod tests {
             up: true,
             enforce: true,
             attached: vec![("eth0".into(), Mode::Driver)],
+            steering: Some(crate::config::XdpSteering::Cpumap),
+            reuseport_attached: true,
             ..XdpSnapshot::default()
         };
         snap.counters[Counter::NotServedDropped as usize] = 7;
@@ -632,6 +648,7 @@ mod tests {
             "edgeplane_xdp_packets_total{verdict=\"pass\",reason=\"not_served\"} 0\n",
             "edgeplane_xdp_packets_total{verdict=\"redirect\",reason=\"served\"} 0\n",
             "edgeplane_xdp_prefixes 1\n",
+            "edgeplane_xdp_steering{mode=\"cpumap\"} 1\n",
             "edgeplane_xdp_prefix_packets_total{prefix=\"2001:db8::/32\"} 3\n",
             "edgeplane_xdp_prefix_bytes_total{prefix=\"2001:db8::/32\"} 300\n",
             "edgeplane_xdp_prefix_drops_total{prefix=\"2001:db8::/32\"} 1\n",

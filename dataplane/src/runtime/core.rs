@@ -371,7 +371,7 @@ pub(crate) async fn run(
     addr: SocketAddr,
     ready: std::sync::mpsc::Sender<super::server::Event>,
 ) -> Result<(), String> {
-    let listener = match TcpListener::bind(addr) {
+    let socket = match super::sys::reuseport_listener(addr) {
         Ok(l) => l,
         Err(e) => {
             let msg = format!("http.listen: cannot listen on {addr}: {e}");
@@ -379,6 +379,14 @@ pub(crate) async fn run(
             return Err(msg);
         }
     };
+    if let Some(steering) = shared.xdp.as_ref().and_then(|x| x.steering()) {
+        use std::os::fd::AsFd;
+        // Never fatal: without it the kernel's reuseport hash still spreads connections.
+        if let Err(e) = steering.register(index, socket.as_fd()) {
+            tracing::warn!(core = index, "flow steering unavailable: {e}");
+        }
+    }
+    let listener: TcpListener = super::sys::into_listener(socket);
     let _ = ready.send(super::server::Event::Ready);
     let core = Rc::new(Core::new(index, shared.clone()));
 

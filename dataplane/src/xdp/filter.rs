@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aya::maps::{Array, CpuMap, MapData, MapType};
-use aya::programs::{TestRun as _, TestRunOptions, Xdp, XdpMode};
+use aya::maps::{Array, CpuMap, MapData, MapType, ReusePortSockArray};
+use aya::programs::{SkReuseport, TestRun as _, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use edgeplane_ebpf_types::{
     map, port_bit, program, FilterConfig, PrefixCounters, PrefixValue, COUNTERS, MAX_EXECUTORS,
@@ -85,6 +85,7 @@ pub struct Filter {
     ports: Array<MapData, u64>,
     executor_cpus: Array<MapData, u32>,
     cpus: CpuMap<MapData>,
+    listeners: Option<ReusePortSockArray<MapData>>,
     attached: Vec<(String, Mode, aya::programs::xdp::XdpLinkId)>,
     _log: Option<super::log::LogPump>,
 }
@@ -127,6 +128,14 @@ impl Filter {
         let xdp = xdp_mut(&mut ebpf)?;
         xdp.load()
             .map_err(|e| kernel_error("loading the XDP program", &e))?;
+        let select: &mut SkReuseport = ebpf
+            .program_mut(program::SELECT_LISTENER)
+            .ok_or_else(|| missing_program(program::SELECT_LISTENER))?
+            .try_into()
+            .map_err(|e| kernel_error("the SK_REUSEPORT program", &e))?;
+        select
+            .load()
+            .map_err(|e| kernel_error("loading the SK_REUSEPORT program", &e))?;
         let log = if level > 0 {
             super::log::LogPump::start(&mut ebpf)
         } else {
@@ -152,6 +161,7 @@ impl Filter {
         let ports = Array::try_from(take(map::PORTS)?).map_err(typed)?;
         let executor_cpus = Array::try_from(take(map::EXECUTOR_CPUS)?).map_err(typed)?;
         let cpus = CpuMap::try_from(take(map::CPUS)?).map_err(typed)?;
+        let listeners = ReusePortSockArray::try_from(take(map::LISTENERS)?).map_err(typed)?;
         Ok(Filter {
             ebpf,
             prefixes,
@@ -160,6 +170,7 @@ impl Filter {
             ports,
             executor_cpus,
             cpus,
+            listeners: Some(listeners),
             attached: Vec::new(),
             _log: log,
         })
@@ -285,6 +296,23 @@ impl Filter {
         };
         self.attached.push((iface.to_string(), used, id));
         Ok(used)
+    }
+
+    /// The handle executors register their listeners with (once: it takes the map).
+    pub fn steering(&mut self) -> Result<super::Steering, XdpError> {
+        let listeners = self.listeners.take().ok_or_else(|| XdpError::Map {
+            what: map::LISTENERS.into(),
+            detail: "already handed out".into(),
+        })?;
+        let program = self
+            .ebpf
+            .program(program::SELECT_LISTENER)
+            .ok_or_else(|| missing_program(program::SELECT_LISTENER))?
+            .fd()
+            .map_err(|e| kernel_error("the SK_REUSEPORT program", &e))?
+            .try_clone()
+            .map_err(|e| kernel_error("the SK_REUSEPORT program", &e))?;
+        Ok(super::Steering::new(listeners, program))
     }
 
     /// Interfaces the program is attached to, with the mode in effect.

@@ -9,6 +9,8 @@
 //!   load or from their pins (what `edgeplane prefixes` uses against a running data plane).
 //! - [`XdpService`]: the filter as `edgeplane serve` runs it (start from `[xdp]`, snapshot for
 //!   `/metrics`, shutdown).
+//! - [`Steering`]: executors register their listeners; the `SK_REUSEPORT` program picks one by
+//!   the flow hash ([`flow_hash_v4`], [`flow_hash_v6`], [`executor_for`]).
 //! - [`cli`]: `edgeplane prefixes …` against the pinned maps of a running data plane.
 //! - [`pins`]: the BPF filesystem and edgeplane's directory on it.
 //! - [`frame`]: Ethernet frames built byte by byte, for the tests and the bench.
@@ -24,14 +26,17 @@ mod object;
 pub mod pins;
 mod prefix;
 mod service;
+mod steering;
 mod tables;
 
 pub use crate::config::XdpMode as Mode;
+pub use edgeplane_ebpf_types::{executor_for, flow_hash_v4, flow_hash_v6};
 pub use edgeplane_ebpf_types::{Counter, Verdict};
 pub use filter::{Filter, FilterSettings, LoadOptions, TestRun};
 pub use object::{object, ObjectMissing};
 pub use prefix::{Prefix, PrefixError};
 pub use service::{XdpService, XdpSnapshot};
+pub use steering::Steering;
 pub use tables::{Added, GlobalCounters, PrefixEntry, PrefixStats, PrefixTable, SettingsMap};
 
 use std::path::PathBuf;

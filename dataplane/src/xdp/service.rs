@@ -4,17 +4,19 @@
 //! When it cannot start and `xdp.required = false`, the data plane serves without it and the
 //! reason stays visible (`edgeplane_xdp_up 0`); it never retries behind the operator's back.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use edgeplane_ebpf_types::{FilterConfig, COUNTERS};
 
-use super::{pins, Filter, FilterSettings, LoadOptions, Mode, PrefixStats, XdpError};
-use crate::config::XdpConfig;
+use super::{pins, Filter, FilterSettings, LoadOptions, Mode, PrefixStats, Steering, XdpError};
+use crate::config::{XdpConfig, XdpSteering};
 
 /// The running filter, or why there is none.
 #[derive(Debug)]
 pub struct XdpService {
     filter: Mutex<Option<Filter>>,
+    steering: Option<Arc<Steering>>,
+    mode: XdpSteering,
     enforce: bool,
     error: Option<String>,
 }
@@ -34,6 +36,10 @@ pub struct XdpSnapshot {
     pub counters: [u64; COUNTERS as usize],
     /// Every served prefix with its counters.
     pub prefixes: Vec<PrefixStats>,
+    /// `xdp.steering`.
+    pub steering: Option<XdpSteering>,
+    /// The `SK_REUSEPORT` program is attached to the executors' listeners.
+    pub reuseport_attached: bool,
 }
 
 impl XdpService {
@@ -51,9 +57,13 @@ impl XdpService {
         filter.configure(&FilterSettings {
             enforce: config.enforce,
             serving_ports: config.serving_ports_for(http_port),
-            steer_cpumap: false,
+            steer_cpumap: config.steering == XdpSteering::Cpumap,
             executor_cpus: executor_cpus.iter().map(|&c| c as u32).collect(),
         })?;
+        let steering = match config.steering {
+            XdpSteering::None => None,
+            XdpSteering::Reuseport | XdpSteering::Cpumap => Some(Arc::new(filter.steering()?)),
+        };
         if !config.prefixes.is_empty() {
             let _lock = pins::Lock::take(&config.pin_dir)?;
             let added = filter.prefixes().add_many(&config.prefixes)?;
@@ -70,12 +80,15 @@ impl XdpService {
         let served = filter.prefixes().list().map(|l| l.len()).unwrap_or(0);
         tracing::info!(
             enforce = config.enforce,
+            steering = config.steering.as_str(),
             prefixes = served,
             pin_dir = %config.pin_dir.display(),
             "XDP filter running"
         );
         Ok(XdpService {
             filter: Mutex::new(Some(filter)),
+            steering,
+            mode: config.steering,
             enforce: config.enforce,
             error: None,
         })
@@ -85,9 +98,16 @@ impl XdpService {
     pub fn unavailable(err: &XdpError) -> XdpService {
         XdpService {
             filter: Mutex::new(None),
+            steering: None,
+            mode: XdpSteering::None,
             enforce: false,
             error: Some(err.to_string()),
         }
+    }
+
+    /// Where executors register their listeners, when `xdp.steering` is not `none`.
+    pub fn steering(&self) -> Option<&Steering> {
+        self.steering.as_deref()
     }
 
     /// Why the filter is not running, if it is not.
@@ -106,6 +126,8 @@ impl XdpService {
             up: true,
             enforce: self.enforce,
             attached: filter.attached().map(|(i, m)| (i.to_string(), m)).collect(),
+            steering: Some(self.mode),
+            reuseport_attached: self.steering.as_ref().is_some_and(|s| s.attached()),
             ..XdpSnapshot::default()
         };
         match filter.counters().read() {

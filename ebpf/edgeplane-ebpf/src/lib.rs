@@ -3,6 +3,8 @@
 //! - [`filter`]: the XDP program. Served-prefix filter for TCP to the serving ports, per-prefix
 //!   and global counters, drain, optional CPUMAP steering. Everything that is not TCP to a
 //!   serving port passes untouched.
+//! - [`select`]: the `SK_REUSEPORT` program. Picks the listener of the executor the flow hash
+//!   names, the same hash the XDP program steers by.
 //!
 //! The maps are declared here, named as in `edgeplane_ebpf_types::map`. Their sizes are
 //! defaults; the loader sets the real ones (`xdp.max_prefixes`, the CPU count) before loading.
@@ -10,6 +12,7 @@
 
 mod filter;
 mod parse;
+mod select;
 
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, CpuMap, LpmTrie, PerCpuArray};
