@@ -10,7 +10,11 @@
 #   linux-perf                   perf, for `cargo xtask flamegraph` (priority optional: not on a
 #                                fresh Debian install)
 #   fuse3, libfuse3-dev, pkg-config   fusermount3 and the headers the `fuser` crate builds against
+#   iproute2 (ip), ethtool       the XDP network-namespace tests and the veth drop bench
+#   nftables (nft)               the bench's baseline for the XDP drop rate
+# and, through rustup, the pinned nightly that builds the eBPF programs (see the end).
 set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export DEBIAN_FRONTEND=noninteractive
 
@@ -20,7 +24,8 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 # command-name:package pairs; a package is needed when its command is missing.
-commands=(curl:curl openssl:openssl nginx:nginx wrk:wrk perf:linux-perf fusermount3:fuse3 pkg-config:pkg-config taskset:util-linux)
+commands=(curl:curl openssl:openssl nginx:nginx wrk:wrk perf:linux-perf fusermount3:fuse3 pkg-config:pkg-config taskset:util-linux
+    ip:iproute2 nft:nftables ethtool:ethtool)
 # packages without a command to probe.
 libraries=(libfuse3-dev)
 
@@ -29,7 +34,7 @@ for pair in "${commands[@]}"; do
     cmd=${pair%%:*}
     pkg=${pair#*:}
     # nginx lives in /usr/sbin, which may not be on a non-root PATH.
-    if ! command -v "$cmd" >/dev/null 2>&1 && [[ ! -x /usr/sbin/$cmd ]]; then
+    if ! command -v "$cmd" >/dev/null 2>&1 && [[ ! -x /usr/sbin/$cmd ]] && [[ ! -x /sbin/$cmd ]]; then
         missing+=("$pkg")
     fi
 done
@@ -87,4 +92,32 @@ if [[ -s /run/nginx.pid ]]; then
             sleep 0.1
         done
     fi
+fi
+
+# The eBPF programs (ebpf/edgeplane-ebpf) build with the nightly pinned in its
+# rust-toolchain.toml, with rust-src (for -Z build-std=core) and llvm-tools (llc lowers the
+# LTO'd bitcode to a BPF object). Nothing else: no bpf-linker, no system LLVM (docs/xdp.md,
+# "Build", says why). Installed only when the toolchain or a component is missing.
+toolchain_file=ebpf/edgeplane-ebpf/rust-toolchain.toml
+toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$toolchain_file")
+if [[ -z $toolchain ]]; then
+    echo "setup: no channel in $toolchain_file" >&2
+    exit 1
+fi
+if ! command -v rustup >/dev/null 2>&1; then
+    echo "setup: rustup is needed to install the eBPF toolchain $toolchain (https://rustup.rs)" >&2
+    exit 1
+fi
+host=$(rustc -vV | sed -n 's/^host: //p')
+components=(rust-src llvm-tools clippy)
+sysroot=$(RUSTUP_AUTO_INSTALL=0 rustup run "$toolchain" rustc --print sysroot 2>/dev/null || true)
+if [[ -z $sysroot ]]; then
+    echo "setup: installing eBPF toolchain $toolchain (${components[*]})"
+    rustup toolchain install "$toolchain" --profile minimal --component "$(IFS=,; echo "${components[*]}")"
+elif [[ ! -d $sysroot/lib/rustlib/src/rust/library/core || ! -x $sysroot/lib/rustlib/$host/bin/llc
+        || ! -x $sysroot/bin/cargo-clippy ]]; then
+    echo "setup: adding ${components[*]} to $toolchain"
+    rustup component add --toolchain "$toolchain" "${components[@]}"
+else
+    echo "setup: eBPF toolchain $toolchain present"
 fi

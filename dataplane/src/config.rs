@@ -67,6 +67,9 @@ pub struct Config {
     /// Content tiers, searched in the order given.
     #[serde(default, rename = "tier")]
     pub tiers: Vec<TierConfig>,
+    /// The XDP served-prefix filter and flow steering; absent: no eBPF at all.
+    #[serde(default)]
+    pub xdp: Option<XdpConfig>,
 }
 
 /// `[http]`
@@ -240,6 +243,98 @@ impl Default for IoConfig {
     }
 }
 
+/// How the XDP program is attached (`xdp.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// In the driver, before the kernel allocates anything (needs driver support).
+    Driver,
+    /// Generic XDP, after the skb exists: any interface, slower.
+    Skb,
+    /// Driver mode, else skb mode with a log line.
+    Auto,
+}
+
+impl XdpMode {
+    /// The name used in config, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XdpMode::Driver => "driver",
+            XdpMode::Skb => "skb",
+            XdpMode::Auto => "auto",
+        }
+    }
+}
+
+/// How flows are kept on one core (`xdp.steering`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpSteering {
+    /// The kernel's reuseport hash picks the listener; packets land where RSS puts them.
+    None,
+    /// The `SK_REUSEPORT` program picks the listener of the executor the flow hash names.
+    Reuseport,
+    /// `reuseport`, and the XDP program redirects the flow's packets to that executor's CPU.
+    Cpumap,
+}
+
+impl XdpSteering {
+    /// The name used in config and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XdpSteering::None => "none",
+            XdpSteering::Reuseport => "reuseport",
+            XdpSteering::Cpumap => "cpumap",
+        }
+    }
+}
+
+/// `[xdp]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdpConfig {
+    /// Interfaces to attach the filter to (none: load it for steering and accounting only).
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    /// Attach mode.
+    #[serde(default = "default_xdp_mode")]
+    pub mode: XdpMode,
+    /// Drop TCP to the serving ports from outside the served prefixes (else monitor: count, pass).
+    #[serde(default)]
+    pub enforce: bool,
+    /// Refuse to serve without XDP (else one error line and serve without it).
+    #[serde(default)]
+    pub required: bool,
+    /// TCP ports the filter judges; default: the port of `http.listen`.
+    #[serde(default)]
+    pub serving_ports: Option<Vec<u16>>,
+    /// Ports that must never be filtered (checked against `serving_ports`); the admin port is
+    /// always added.
+    #[serde(default = "default_never_touch_ports")]
+    pub never_touch_ports: Vec<u16>,
+    /// Capacity of the prefix maps (IPv4 and IPv6 together).
+    #[serde(default = "default_max_prefixes")]
+    pub max_prefixes: u32,
+    /// Where the prefix and counter maps are pinned, on a BPF filesystem.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// Prefixes to serve from the start (added if absent; never removed by a restart).
+    #[serde(default)]
+    pub prefixes: Vec<crate::xdp::Prefix>,
+    /// Flow steering to the executor that owns a flow.
+    #[serde(default = "default_xdp_steering")]
+    pub steering: XdpSteering,
+}
+
+impl XdpConfig {
+    /// The serving ports given the bound HTTP port.
+    pub fn serving_ports_for(&self, http_port: u16) -> Vec<u16> {
+        self.serving_ports
+            .clone()
+            .unwrap_or_else(|| vec![http_port])
+    }
+}
+
 /// The two kinds of content tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -320,6 +415,24 @@ fn default_cold_read_threads() -> usize {
 fn default_open_file_cache() -> usize {
     4096
 }
+fn default_xdp_mode() -> XdpMode {
+    XdpMode::Auto
+}
+fn default_xdp_steering() -> XdpSteering {
+    XdpSteering::Reuseport
+}
+fn default_never_touch_ports() -> Vec<u16> {
+    vec![22, 179]
+}
+fn default_max_prefixes() -> u32 {
+    16384
+}
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from(crate::xdp::pins::DEFAULT_PIN_DIR)
+}
+
+/// Most prefixes `xdp.max_prefixes` may ask for (the per-prefix counters are preallocated per CPU).
+pub const MAX_PREFIXES_LIMIT: u32 = 1 << 24;
 
 impl Config {
     /// Reads, parses and validates a config file.
@@ -459,6 +572,93 @@ impl Config {
         }
         if let Some(https) = &self.https {
             self.validate_https(https)?;
+        }
+        if let Some(xdp) = &self.xdp {
+            self.validate_xdp(xdp)?;
+        }
+        Ok(())
+    }
+
+    fn validate_xdp(&self, xdp: &XdpConfig) -> Result<(), ConfigError> {
+        for (i, name) in xdp.interfaces.iter().enumerate() {
+            let valid = !name.is_empty()
+                && name.len() < 16
+                && !name.contains(['/', ':'])
+                && !name.chars().any(char::is_whitespace)
+                && name != "."
+                && name != "..";
+            if !valid {
+                return Err(ConfigError::new(
+                    format!("xdp.interfaces[{i}]"),
+                    format!("{name:?} is not an interface name (1-15 characters, no '/', ':' or spaces)"),
+                ));
+            }
+            if xdp.interfaces[..i].contains(name) {
+                return Err(ConfigError::new(
+                    format!("xdp.interfaces[{i}]"),
+                    format!("{name:?} is listed twice"),
+                ));
+            }
+        }
+        if xdp.max_prefixes == 0 || xdp.max_prefixes > MAX_PREFIXES_LIMIT {
+            return Err(ConfigError::new(
+                "xdp.max_prefixes",
+                format!("must be 1-{MAX_PREFIXES_LIMIT}"),
+            ));
+        }
+        if xdp.prefixes.len() > xdp.max_prefixes as usize {
+            return Err(ConfigError::new(
+                "xdp.prefixes",
+                format!(
+                    "{} prefixes but xdp.max_prefixes is {}",
+                    xdp.prefixes.len(),
+                    xdp.max_prefixes
+                ),
+            ));
+        }
+        if !xdp.pin_dir.is_absolute() || xdp.pin_dir.parent().is_none_or(|p| p == Path::new("/")) {
+            return Err(ConfigError::new(
+                "xdp.pin_dir",
+                format!(
+                    "{}: must be a directory inside a BPF filesystem, e.g. /sys/fs/bpf/edgeplane",
+                    xdp.pin_dir.display()
+                ),
+            ));
+        }
+        if let Some(ports) = &xdp.serving_ports {
+            if ports.is_empty() {
+                return Err(ConfigError::new(
+                    "xdp.serving_ports",
+                    "must list at least one port (leave it out for the port of http.listen)",
+                ));
+            }
+        }
+        let serving = xdp.serving_ports_for(self.http.listen.port());
+        let key = if xdp.serving_ports.is_some() {
+            "xdp.serving_ports"
+        } else {
+            "http.listen"
+        };
+        if serving.contains(&0) {
+            // Port 0 in http.listen: the real port is known only once bound, and that is what
+            // the filter will judge; an explicit 0 is a mistake.
+            if xdp.serving_ports.is_some() {
+                return Err(ConfigError::new(key, "port 0 cannot be served"));
+            }
+        }
+        let admin = self.admin.listen.port();
+        for &port in &serving {
+            if port != 0 && (xdp.never_touch_ports.contains(&port) || port == admin) {
+                let why = if port == admin {
+                    "the admin port"
+                } else {
+                    "in xdp.never_touch_ports"
+                };
+                return Err(ConfigError::new(
+                    key,
+                    format!("serving port {port} is {why}: the filter must never judge it"),
+                ));
+            }
         }
         Ok(())
     }
@@ -616,6 +816,42 @@ mod tests {
     fn no_tiers_is_an_error() {
         let err = Config::parse("cores = 1\n", "f").unwrap_err();
         assert_eq!(err.key, "tier");
+    }
+
+    #[test]
+    fn xdp_defaults_and_errors() {
+        let c = Config::parse(&with_tier("[xdp]\ninterfaces = [\"eth0\"]"), "f").unwrap();
+        let x = c.xdp.unwrap();
+        assert_eq!(x.mode, XdpMode::Auto);
+        assert!(!x.enforce && !x.required);
+        assert_eq!(x.serving_ports_for(8080), [8080]);
+        assert_eq!(x.never_touch_ports, [22, 179]);
+        assert_eq!(x.pin_dir, Path::new("/sys/fs/bpf/edgeplane"));
+        assert_eq!(x.steering, XdpSteering::Reuseport);
+        assert!(Config::parse(&with_tier(""), "f").unwrap().xdp.is_none());
+
+        let err = |extra: &str| Config::parse(&with_tier(extra), "f").unwrap_err();
+        assert_eq!(err("[xdp]\nserving_ports = [22]").key, "xdp.serving_ports");
+        assert_eq!(
+            err("[xdp]\nserving_ports = [9090]").key,
+            "xdp.serving_ports"
+        );
+        assert_eq!(err("[xdp]\nserving_ports = []").key, "xdp.serving_ports");
+        assert_eq!(
+            err("[http]\nlisten = \"0.0.0.0:179\"\n[xdp]").key,
+            "http.listen"
+        );
+        assert_eq!(
+            err("[xdp]\ninterfaces = [\"a/b\"]").key,
+            "xdp.interfaces[0]"
+        );
+        assert_eq!(err("[xdp]\nmax_prefixes = 0").key, "xdp.max_prefixes");
+        assert_eq!(err("[xdp]\npin_dir = \"relative\"").key, "xdp.pin_dir");
+        let e = err("[xdp]\nprefixes = [\"10.0.0.1/8\"]");
+        assert!(e.key.starts_with("xdp.prefixes"), "{e}");
+        assert!(e.problem.contains("did you mean 10.0.0.0/8"), "{e}");
+        let e = err("[xdp]\nmode = \"native\"");
+        assert!(e.key.starts_with("xdp.mode"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`check`]: the host preflight (`edgeplane check`).
 //! - [`metrics`]: per-core counters and latency histograms, Prometheus rendering.
 //! - [`runtime`]: glommio executors, connections, `sendfile`, the admin listener.
+//! - [`xdp`]: the eBPF programs at the NIC (served-prefix filter, accounting, steering).
 #![warn(missing_docs)]
 
 pub mod catalog;
@@ -17,3 +18,4 @@ pub mod http;
 pub mod metrics;
 pub mod runtime;
 pub mod tls;
+pub mod xdp;

@@ -33,6 +33,15 @@ enum Command {
         #[arg(long, default_value = "/", hide = true)]
         root: PathBuf,
     },
+    /// Change or show the served prefixes of a running data plane (its pinned XDP maps):
+    /// add, remove, list, stats, drain.
+    Prefixes {
+        /// Where the data plane pinned its maps (xdp.pin_dir).
+        #[arg(long, default_value = edgeplane::xdp::pins::DEFAULT_PIN_DIR, global = true)]
+        pin_dir: PathBuf,
+        #[command(subcommand)]
+        command: edgeplane::xdp::cli::PrefixCommand,
+    },
     /// Check a config file and exit (0 when valid).
     CheckConfig {
         /// The config file.
@@ -78,6 +87,15 @@ fn main() -> ExitCode {
             } else {
                 println!("edgeplane: fix the ✗ items before serving");
                 ExitCode::from(1)
+            }
+        }
+        Command::Prefixes { pin_dir, command } => {
+            match edgeplane::xdp::cli::run(&pin_dir, &command) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, &e),
             }
         }
         Command::CheckConfig { config } => match edgeplane::config::Config::load(&config) {

@@ -568,6 +568,112 @@ fn render_tls(out: &mut String, metrics: &Metrics) {
     }
 }
 
+/// Appends the XDP filter's state and counters (global and per prefix) to `out`.
+pub fn render_xdp(out: &mut String, x: &crate::xdp::XdpSnapshot) {
+    header(
+        out,
+        "edgeplane_xdp_up",
+        "gauge",
+        "1 when the XDP filter is loaded and attached as configured, 0 when it failed and the data plane serves without it.",
+    );
+    let _ = writeln!(out, "edgeplane_xdp_up {}", u8::from(x.up));
+    if !x.up {
+        return;
+    }
+    for (name, help, v) in [
+        (
+            "edgeplane_xdp_enforce",
+            "1 in enforce mode (unserved sources dropped), 0 in monitor mode.",
+            x.enforce,
+        ),
+        (
+            "edgeplane_xdp_drain",
+            "1 while the global drain drops new connections to the serving ports.",
+            x.drain,
+        ),
+    ] {
+        header(out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {}", u8::from(v));
+    }
+    header(
+        out,
+        "edgeplane_xdp_attached",
+        "gauge",
+        "Interfaces the XDP filter is attached to, with the mode in effect.",
+    );
+    for (iface, mode) in &x.attached {
+        let _ = writeln!(
+            out,
+            "edgeplane_xdp_attached{{interface=\"{iface}\",mode=\"{}\"}} 1",
+            mode.as_str()
+        );
+    }
+    if let Some(mode) = x.steering {
+        header(
+            out,
+            "edgeplane_xdp_steering",
+            "gauge",
+            "Flow steering in effect (mode label); 1 once the SK_REUSEPORT program is attached to the executors' listeners, 0 before or without it.",
+        );
+        let _ = writeln!(
+            out,
+            "edgeplane_xdp_steering{{mode=\"{}\"}} {}",
+            mode.as_str(),
+            u8::from(x.reuseport_attached)
+        );
+    }
+    header(
+        out,
+        "edgeplane_xdp_packets_total",
+        "counter",
+        "Frames seen by the XDP filter, by verdict and reason.",
+    );
+    for c in crate::xdp::Counter::ALL {
+        let _ = writeln!(
+            out,
+            "edgeplane_xdp_packets_total{{verdict=\"{}\",reason=\"{}\"}} {}",
+            c.verdict().as_str(),
+            c.reason(),
+            x.counters[c as usize]
+        );
+    }
+    header(out, "edgeplane_xdp_prefixes", "gauge", "Served prefixes.");
+    let _ = writeln!(out, "edgeplane_xdp_prefixes {}", x.prefixes.len());
+    type Field = fn(&crate::xdp::PrefixStats) -> u64;
+    let fields: [(&str, &str, &str, Field); 4] = [
+        (
+            "edgeplane_xdp_prefix_packets_total",
+            "counter",
+            "Packets to the serving ports from the prefix, passed or steered.",
+            |s| s.packets,
+        ),
+        (
+            "edgeplane_xdp_prefix_bytes_total",
+            "counter",
+            "Bytes (whole frames) of those packets.",
+            |s| s.bytes,
+        ),
+        (
+            "edgeplane_xdp_prefix_drops_total",
+            "counter",
+            "Packets to the serving ports from the prefix that were dropped (new connections under drain).",
+            |s| s.drops,
+        ),
+        (
+            "edgeplane_xdp_prefix_draining",
+            "gauge",
+            "1 while new connections from the prefix are dropped.",
+            |s| u64::from(s.entry.drain),
+        ),
+    ];
+    for (name, kind, help, field) in fields {
+        header(out, name, kind, help);
+        for s in &x.prefixes {
+            let _ = writeln!(out, "{name}{{prefix=\"{}\"}} {}", s.entry.prefix, field(s));
+        }
+    }
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
@@ -651,5 +757,53 @@ mod tests {
             .unwrap();
         let v: f64 = p99.rsplit(' ').next().unwrap().parse().unwrap();
         assert!((0.0039..0.0041).contains(&v), "{p99}");
+    }
+
+    #[test]
+    fn render_xdp_lists_counters_and_prefixes() {
+        use crate::xdp::{Counter, Mode, PrefixEntry, PrefixStats, XdpSnapshot};
+        let mut down = String::new();
+        render_xdp(&mut down, &XdpSnapshot::default());
+        assert!(down.contains("edgeplane_xdp_up 0\n"), "{down}");
+        assert!(!down.contains("edgeplane_xdp_packets_total"), "{down}");
+
+        let mut snap = XdpSnapshot {
+            up: true,
+            enforce: true,
+            attached: vec![("eth0".into(), Mode::Driver)],
+            steering: Some(crate::config::XdpSteering::Cpumap),
+            reuseport_attached: true,
+            ..XdpSnapshot::default()
+        };
+        snap.counters[Counter::NotServedDropped as usize] = 7;
+        snap.prefixes.push(PrefixStats {
+            entry: PrefixEntry {
+                prefix: "2001:db8::/32".parse().unwrap(),
+                id: 0,
+                drain: true,
+            },
+            packets: 3,
+            bytes: 300,
+            drops: 1,
+        });
+        let mut text = String::new();
+        render_xdp(&mut text, &snap);
+        for line in [
+            "edgeplane_xdp_up 1\n",
+            "edgeplane_xdp_enforce 1\n",
+            "edgeplane_xdp_drain 0\n",
+            "edgeplane_xdp_attached{interface=\"eth0\",mode=\"driver\"} 1\n",
+            "edgeplane_xdp_packets_total{verdict=\"drop\",reason=\"not_served\"} 7\n",
+            "edgeplane_xdp_packets_total{verdict=\"pass\",reason=\"not_served\"} 0\n",
+            "edgeplane_xdp_packets_total{verdict=\"redirect\",reason=\"served\"} 0\n",
+            "edgeplane_xdp_prefixes 1\n",
+            "edgeplane_xdp_steering{mode=\"cpumap\"} 1\n",
+            "edgeplane_xdp_prefix_packets_total{prefix=\"2001:db8::/32\"} 3\n",
+            "edgeplane_xdp_prefix_bytes_total{prefix=\"2001:db8::/32\"} 300\n",
+            "edgeplane_xdp_prefix_drops_total{prefix=\"2001:db8::/32\"} 1\n",
+            "edgeplane_xdp_prefix_draining{prefix=\"2001:db8::/32\"} 1\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
     }
 }

@@ -32,6 +32,19 @@ pub(crate) fn cargo() -> Command {
     cmd
 }
 
+/// The nightly pinned in `ebpf/edgeplane-ebpf/rust-toolchain.toml`.
+pub(crate) fn ebpf_toolchain() -> Result<String> {
+    let file = workspace_root().join("ebpf/edgeplane-ebpf/rust-toolchain.toml");
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("channel"))
+        .filter_map(|rest| rest.trim().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .next()
+        .with_context(|| format!("{}: no channel", file.display()))
+}
+
 /// Prints a step header.
 pub(crate) fn header(text: &str) {
     eprintln!("\n==> {text}");

@@ -58,7 +58,10 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let path = path.split('?').next().unwrap_or("");
     match (method.as_str(), path) {
         ("GET", "/metrics") => {
-            let body = metrics::render(&shared.metrics, &shared.catalog.load());
+            let mut body = metrics::render(&shared.metrics, &shared.catalog.load());
+            if let Some(xdp) = &shared.xdp {
+                metrics::render_xdp(&mut body, &xdp.snapshot());
+            }
             respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &body)
         }
         ("GET", "/healthz") => {

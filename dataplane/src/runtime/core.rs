@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     pub(crate) stop: AtomicBool,
     /// The HTTPS listener's TLS setup, when `[https]` is configured.
     pub(crate) https: Option<Https>,
+    /// The XDP filter, when `[xdp]` is configured (running, or why not).
+    pub(crate) xdp: Option<Arc<crate::xdp::XdpService>>,
 }
 
 /// What every executor's HTTPS listener hands its handshakes.
@@ -413,17 +415,27 @@ pub(crate) async fn run(
     ready: std::sync::mpsc::Sender<super::server::Event>,
 ) -> Result<(), String> {
     let bind = |addr: SocketAddr, key: &str| {
-        TcpListener::bind(addr).map_err(|e| {
+        super::sys::reuseport_listener(addr).map_err(|e| {
             let msg = format!("{key}: cannot listen on {addr}: {e}");
             let _ = ready.send(super::server::Event::Failed(index, msg.clone()));
             msg
         })
     };
-    let listener = bind(addr, "http.listen")?;
-    let tls_listener = match https_addr {
+    let socket = bind(addr, "http.listen")?;
+    let tls_socket = match https_addr {
         Some(a) => Some(bind(a, "https.listen")?),
         None => None,
     };
+    // Flow steering covers the HTTP listeners; HTTPS connections use the kernel's hash.
+    if let Some(steering) = shared.xdp.as_ref().and_then(|x| x.steering()) {
+        use std::os::fd::AsFd;
+        // Never fatal: without it the kernel's reuseport hash still spreads connections.
+        if let Err(e) = steering.register(index, socket.as_fd()) {
+            tracing::warn!(core = index, "flow steering unavailable: {e}");
+        }
+    }
+    let listener: TcpListener = super::sys::into_listener(socket);
+    let tls_listener: Option<TcpListener> = tls_socket.map(super::sys::into_listener);
     let _ = ready.send(super::server::Event::Ready);
     let core = Rc::new(Core::new(index, shared.clone()));
 

@@ -76,6 +76,9 @@ pub enum ServeError {
     /// rustls refused the TLS configuration.
     #[error("cannot set up TLS: {0}")]
     Tls(rustls::Error),
+    /// The XDP filter could not start and `xdp.required = true`.
+    #[error("xdp: {0} (xdp.required = true)")]
+    Xdp(crate::xdp::XdpError),
 }
 
 /// Messages to the main thread.
@@ -142,17 +145,6 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         }
         None => None,
     };
-    let shared = Arc::new(Shared {
-        config: config.clone(),
-        catalog: catalog.clone(),
-        metrics: metrics.clone(),
-        limits: Arc::new(ConnLimits::new(
-            config.limits.max_connections,
-            config.limits.max_connections_per_client,
-        )),
-        stop: Default::default(),
-        https,
-    });
 
     // Port 0: reserve a concrete port every executor can share through SO_REUSEPORT. The
     // reserving socket never listens, so it never receives connections.
@@ -164,6 +156,27 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         }
         None => (None, None),
     };
+    let cpus = config.cpu_list();
+    // XDP before the executors: the filter judges the port they are about to listen on.
+    let xdp = match &config.xdp {
+        None => None,
+        Some(x) => Some(Arc::new(start_xdp(x, http_addr.port(), &cpus)?)),
+    };
+    // Detaches on every way out of this function, the error paths included.
+    let _xdp_guard = XdpGuard(xdp.clone());
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        catalog: catalog.clone(),
+        metrics: metrics.clone(),
+        limits: Arc::new(ConnLimits::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_client,
+        )),
+        stop: Default::default(),
+        https,
+        xdp,
+    });
+
     let admin =
         std::net::TcpListener::bind(config.admin.listen).map_err(|source| ServeError::Listen {
             key: "admin.listen",
@@ -187,7 +200,6 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         })
         .map_err(ServeError::Signals)?;
 
-    let cpus = config.cpu_list();
     for (index, &cpu) in cpus.iter().enumerate() {
         let shared = shared.clone();
         let ready = tx.clone();
@@ -289,6 +301,34 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the XDP filter; without `xdp.required`, a failure is one error line and serving goes
+/// on without it.
+fn start_xdp(
+    x: &crate::config::XdpConfig,
+    http_port: u16,
+    cpus: &[usize],
+) -> Result<crate::xdp::XdpService, ServeError> {
+    match crate::xdp::XdpService::start(x, http_port, cpus) {
+        Ok(s) => Ok(s),
+        Err(e) if x.required => Err(ServeError::Xdp(e)),
+        Err(e) => {
+            tracing::error!("xdp: {e}; serving without XDP (xdp.required = false)");
+            Ok(crate::xdp::XdpService::unavailable(&e))
+        }
+    }
+}
+
+/// Detaches the XDP filter when `serve` returns.
+struct XdpGuard(Option<Arc<crate::xdp::XdpService>>);
+
+impl Drop for XdpGuard {
+    fn drop(&mut self) {
+        if let Some(x) = &self.0 {
+            x.shutdown();
+        }
+    }
 }
 
 fn executor_error_hint(reason: &str) -> String {

@@ -217,6 +217,29 @@ pub(crate) fn memlock_limit() -> u64 {
     }
 }
 
+/// A listening `SO_REUSEPORT` socket on `addr`, as glommio's `TcpListener::bind` makes it, but
+/// built here so its descriptor can be handed to XDP steering (glommio's listener does not
+/// expose it) before it becomes the executor's listener with [`into_listener`].
+pub(crate) fn reuseport_listener(addr: std::net::SocketAddr) -> io::Result<socket2::Socket> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    Ok(sock)
+}
+
+/// Hands a listening socket to the current glommio executor.
+pub(crate) fn into_listener(sock: socket2::Socket) -> glommio::net::TcpListener {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: `into_raw_fd` gives up ownership of a bound, listening TCP socket, which is what
+    // `from_raw_fd` requires; we are on a glommio executor thread (the caller is `core::run`).
+    unsafe { glommio::net::TcpListener::from_raw_fd(sock.into_raw_fd()) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,8 @@
 //! Each test file uses only part of this module.
 #![allow(dead_code)]
 
+pub(crate) mod xdp;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
@@ -143,6 +145,9 @@ pub(crate) struct ServerBuilder {
     tiers: Vec<TierSpec>,
     /// `[https]`: the default certificate and the `[[https.sni]]` entries.
     https: Option<(PkiCert, Vec<(String, PkiCert)>)>,
+    sections: Vec<String>,
+    http_listen: String,
+    wrapper: Vec<String>,
 }
 
 /// A temporary directory on the same disk as the build (not tmpfs).
@@ -169,6 +174,9 @@ impl ServerBuilder {
             io: Vec::new(),
             tiers: Vec::new(),
             https: None,
+            sections: Vec::new(),
+            http_listen: "127.0.0.1:0".to_owned(),
+            wrapper: Vec::new(),
         };
         b = b.tier("flash", "flash");
         b.file("flash", CANARY, &canary_data())
@@ -207,6 +215,24 @@ impl ServerBuilder {
         self
     }
 
+    /// Sets `http.listen` (default `127.0.0.1:0`).
+    pub(crate) fn http_listen(mut self, addr: &str) -> Self {
+        self.http_listen = addr.to_owned();
+        self
+    }
+
+    /// Runs the server under a wrapper command, e.g. `["ip", "netns", "exec", "ns1"]`.
+    pub(crate) fn wrapper(mut self, cmd: &[&str]) -> Self {
+        self.wrapper = cmd.iter().map(|s| (*s).to_owned()).collect();
+        self
+    }
+
+    /// Appends a TOML section verbatim after the tiers (e.g. `"[xdp]\nenforce = true\n"`).
+    pub(crate) fn section(mut self, text: &str) -> Self {
+        self.sections.push(text.to_owned());
+        self
+    }
+
     /// Adds a tier with its own (new, empty) directory.
     pub(crate) fn tier(mut self, name: &str, kind: &str) -> Self {
         let path = self.dir.path().join(format!("tier-{name}"));
@@ -241,8 +267,8 @@ impl ServerBuilder {
 
     pub(crate) fn config_text(&self) -> String {
         let mut s = format!(
-            "cores = {}\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-            self.cores
+            "cores = {}\n\n[http]\nlisten = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            self.cores, self.http_listen
         );
         if let Some((default, sni)) = &self.https {
             let tls = self.dir.path().join("tls");
@@ -281,6 +307,13 @@ impl ServerBuilder {
                 t.path.display()
             ));
         }
+        for section in &self.sections {
+            s.push('\n');
+            s.push_str(section);
+            if !section.ends_with('\n') {
+                s.push('\n');
+            }
+        }
         s
     }
 
@@ -295,7 +328,7 @@ impl ServerBuilder {
             .iter()
             .map(|t| (t.name.clone(), t.path.clone()))
             .collect();
-        let mut server = Server::spawn(self.dir, config_path, text, tiers);
+        let mut server = Server::spawn(self.dir, config_path, text, tiers, &self.wrapper);
         server.wait_ready();
         server
     }
@@ -331,8 +364,17 @@ impl Server {
         config_path: PathBuf,
         config_text: String,
         tiers: Vec<(String, PathBuf)>,
+        wrapper: &[String],
     ) -> Server {
-        let mut child = Command::new(BIN)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = cmd
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
