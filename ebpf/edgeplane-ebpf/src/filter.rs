@@ -17,12 +17,14 @@ use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::debug;
 use edgeplane_ebpf_types::{
-    executor_for, flow_hash_v4, flow_hash_v6, port_bit, Counter, FilterConfig, PrefixValue, Verdict,
+    cache_slot_v4, cache_slot_v6, executor_for, flow_hash_v4, flow_hash_v6, port_bit, CachedSource,
+    Counter, FilterConfig, PrefixValue, Verdict,
 };
 
 use crate::parse::{bytes, parse, Skip, Tcp};
 use crate::{
-    CONFIG, COUNTERS, CPUS, EXECUTOR_CPUS, PORTS, PREFIXES_V4, PREFIXES_V6, PREFIX_COUNTERS,
+    CONFIG, COUNTERS, CPUS, EXECUTOR_CPUS, GENERATION, PORTS, PREFIXES_V4, PREFIXES_V6,
+    PREFIX_COUNTERS, SOURCE_CACHE,
 };
 
 #[xdp]
@@ -86,18 +88,24 @@ fn malformed_verdict() -> u32 {
 /// The served-prefix decision for TCP to a serving port.
 #[inline(always)]
 fn judge(start: usize, end: usize, tcp: &Tcp) -> u32 {
+    let cfg = config();
+    // Generation 0: userspace has not set up the cache (or turned it off).
+    let generation = if cfg.flags & FilterConfig::NO_SOURCE_CACHE == 0 {
+        GENERATION.get(0).copied().unwrap_or(0)
+    } else {
+        0
+    };
     let prefix = if tcp.v6 {
         match bytes::<16>(start, end, tcp.l3 + 8) {
-            Some(src) => PREFIXES_V6.get(Key::new(128, src)).copied(),
+            Some(src) => source_v6(src, generation),
             None => return malformed_verdict(),
         }
     } else {
         match bytes::<4>(start, end, tcp.l3 + 12) {
-            Some(src) => PREFIXES_V4.get(Key::new(32, src)).copied(),
+            Some(src) => source_v4(src, generation),
             None => return malformed_verdict(),
         }
     };
-    let cfg = config();
     let drain_all = cfg.flags & FilterConfig::DRAIN != 0;
     let Some(prefix) = prefix else {
         return if cfg.flags & FilterConfig::ENFORCE != 0 {
@@ -129,6 +137,84 @@ fn judge(start: usize, end: usize, tcp: &Tcp) -> u32 {
         }
     }
     verdict(Counter::Allowed)
+}
+
+/// The served prefix of an IPv4 source: from this CPU's source cache when the slot holds this
+/// address at the current generation, else from the LPM trie (and the slot is refilled).
+#[inline(always)]
+fn source_v4(src: [u8; 4], generation: u32) -> Option<PrefixValue> {
+    let lookup = || PREFIXES_V4.get(Key::new(32, src)).copied();
+    if generation == 0 {
+        return lookup();
+    }
+    let Some(slot) = SOURCE_CACHE.get_ptr_mut(cache_slot_v4(src)) else {
+        return lookup();
+    };
+    // SAFETY: this CPU's copy of the slot; XDP runs with preemption off, so nothing else
+    // touches it while we read and write it.
+    let slot = unsafe { &mut *slot };
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&src);
+    if slot.generation == generation && slot.family == 4 && same(&slot.addr, &addr) {
+        return cached(slot);
+    }
+    let answer = lookup();
+    fill(slot, addr, 4, generation, answer);
+    answer
+}
+
+/// [`source_v4`] for IPv6.
+#[inline(always)]
+fn source_v6(src: [u8; 16], generation: u32) -> Option<PrefixValue> {
+    let lookup = || PREFIXES_V6.get(Key::new(128, src)).copied();
+    if generation == 0 {
+        return lookup();
+    }
+    let Some(slot) = SOURCE_CACHE.get_ptr_mut(cache_slot_v6(src)) else {
+        return lookup();
+    };
+    // SAFETY: as in `source_v4`.
+    let slot = unsafe { &mut *slot };
+    if slot.generation == generation && slot.family == 6 && same(&slot.addr, &src) {
+        return cached(slot);
+    }
+    let answer = lookup();
+    fill(slot, src, 6, generation, answer);
+    answer
+}
+
+/// Address equality as two 64-bit compares (no `memcmp` in BPF).
+#[inline(always)]
+fn same(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let (a, b) = (u128::from_ne_bytes(*a), u128::from_ne_bytes(*b));
+    a as u64 == b as u64 && (a >> 64) as u64 == (b >> 64) as u64
+}
+
+#[inline(always)]
+fn cached(slot: &CachedSource) -> Option<PrefixValue> {
+    (slot.found != 0).then_some(PrefixValue {
+        id: slot.id,
+        flags: slot.flags,
+    })
+}
+
+#[inline(always)]
+fn fill(
+    slot: &mut CachedSource,
+    addr: [u8; 16],
+    family: u32,
+    generation: u32,
+    answer: Option<PrefixValue>,
+) {
+    let value = answer.unwrap_or_default();
+    *slot = CachedSource {
+        addr,
+        generation,
+        family,
+        found: u32::from(answer.is_some()),
+        id: value.id,
+        flags: value.flags,
+    };
 }
 
 /// Redirects the frame to the CPU of the executor the flow hash names; `None` (pass it here)

@@ -17,7 +17,8 @@ mod select;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, CpuMap, LpmTrie, PerCpuArray};
 use edgeplane_ebpf_types::{
-    FilterConfig, PrefixCounters, PrefixValue, COUNTERS as COUNTER_LEN, MAX_EXECUTORS, PORT_WORDS,
+    CachedSource, FilterConfig, PrefixCounters, PrefixValue, COUNTERS as COUNTER_LEN,
+    MAX_EXECUTORS, PORT_WORDS, SOURCE_CACHE_SLOTS,
 };
 
 /// Default capacity of the prefix maps; the loader overrides it with `xdp.max_prefixes`.
@@ -47,6 +48,13 @@ static EXECUTOR_CPUS: Array<u32> = Array::with_max_entries(MAX_EXECUTORS, 0);
 
 #[map]
 static CPUS: CpuMap = CpuMap::with_max_entries(64, 0);
+
+#[map]
+static GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map]
+static SOURCE_CACHE: PerCpuArray<CachedSource> =
+    PerCpuArray::with_max_entries(SOURCE_CACHE_SLOTS, 0);
 
 #[cfg(not(test))]
 #[panic_handler]
