@@ -9,6 +9,8 @@
 //! The maps are declared here, named as in `edgeplane_ebpf_types::map`. Their sizes are
 //! defaults; the loader sets the real ones (`xdp.max_prefixes`, the CPU count) before loading.
 #![no_std]
+// One-instruction misaligned packet loads (`parse::load_u64`) are inline asm, unstable on BPF.
+#![feature(asm_experimental_arch)]
 
 mod filter;
 mod parse;
