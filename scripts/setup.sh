@@ -113,7 +113,8 @@ components=(rust-src llvm-tools clippy)
 sysroot=$(RUSTUP_AUTO_INSTALL=0 rustup run "$toolchain" rustc --print sysroot 2>/dev/null || true)
 if [[ -z $sysroot ]]; then
     echo "setup: installing eBPF toolchain $toolchain (${components[*]})"
-    rustup toolchain install "$toolchain" --profile minimal --component "$(IFS=,; echo "${components[*]}")"
+    rustup toolchain install "$toolchain" --profile minimal --no-self-update \
+        --component "$(IFS=,; echo "${components[*]}")"
 elif [[ ! -d $sysroot/lib/rustlib/src/rust/library/core || ! -x $sysroot/lib/rustlib/$host/bin/llc
         || ! -x $sysroot/bin/cargo-clippy ]]; then
     echo "setup: adding ${components[*]} to $toolchain"

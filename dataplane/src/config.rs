@@ -324,6 +324,9 @@ pub struct XdpConfig {
     /// Flow steering to the executor that owns a flow.
     #[serde(default = "default_xdp_steering")]
     pub steering: XdpSteering,
+    /// Answer repeated sources from a per-CPU cache in front of the LPM tries.
+    #[serde(default = "default_true")]
+    pub source_cache: bool,
 }
 
 impl XdpConfig {

@@ -773,6 +773,7 @@ fn cpumap_steering_redirects_allowed_flows() {
             serving_ports: SERVING.to_vec(),
             steer_cpumap: true,
             executor_cpus: vec![0],
+            ..FilterSettings::default()
         })
         .unwrap();
     let f = data(V4_IN, 80).build();
@@ -789,4 +790,87 @@ fn cpumap_steering_redirects_allowed_flows() {
         &data(V4_OUT, 80).build(),
         Counter::NotServedDropped,
     );
+}
+
+#[test]
+fn source_cache_forgets_on_every_prefix_change() {
+    let Some(mut rig) = Rig::new("source_cache_forgets_on_every_prefix_change", true) else {
+        return;
+    };
+    let src = "192.0.2.200";
+    let f = data(src, 80).build();
+    // Cached as "not served" by the first packet, answered from the cache by the second.
+    rig.expect("first", &f, Counter::NotServedDropped);
+    rig.expect("cached", &f, Counter::NotServedDropped);
+    rig.filter
+        .prefixes()
+        .add(prefix("192.0.2.128/25"), false)
+        .unwrap();
+    rig.expect("after add", &f, Counter::Allowed);
+    rig.expect("cached as served", &f, Counter::Allowed);
+    rig.filter
+        .prefixes()
+        .set_drain(prefix("192.0.2.128/25"), true)
+        .unwrap();
+    rig.expect(
+        "SYN after the prefix drains",
+        &syn(src, 80).build(),
+        Counter::DrainDropped,
+    );
+    rig.filter
+        .prefixes()
+        .remove(prefix("192.0.2.128/25"))
+        .unwrap();
+    rig.expect("after remove", &f, Counter::NotServedDropped);
+    // Sources that share a cache slot evict each other but never borrow each other's answer.
+    let mut other = None;
+    for i in 0..=255u8 {
+        for j in 0..=255u8 {
+            let a = [198, 51, i, j];
+            let b = [192, 0, 2, 200];
+            if edgeplane_ebpf_types::cache_slot_v4(a) == edgeplane_ebpf_types::cache_slot_v4(b) {
+                other = Some(std::net::Ipv4Addr::from(a).to_string());
+            }
+        }
+    }
+    if let Some(other) = other {
+        // 198.51.0.0/16 covers it only when it is in V4_NET's /24.
+        let want = if other.starts_with("198.51.100.") {
+            Counter::Allowed
+        } else {
+            Counter::NotServedDropped
+        };
+        rig.expect("colliding source", &data(&other, 80).build(), want);
+        rig.expect("first source again", &f, Counter::NotServedDropped);
+    }
+}
+
+#[test]
+fn trie_walk_without_the_cache_gives_the_same_verdicts() {
+    let Some(mut rig) = Rig::new("trie_walk_without_the_cache_gives_the_same_verdicts", true)
+    else {
+        return;
+    };
+    rig.filter
+        .configure(&FilterSettings {
+            enforce: true,
+            serving_ports: SERVING.to_vec(),
+            no_source_cache: true,
+            ..FilterSettings::default()
+        })
+        .unwrap();
+    for _ in 0..2 {
+        rig.expect("served v4", &syn(V4_IN, 80).build(), Counter::Allowed);
+        rig.expect("served v6", &data(V6_IN, 443).build(), Counter::Allowed);
+        rig.expect(
+            "outside v4",
+            &syn(V4_OUT, 80).build(),
+            Counter::NotServedDropped,
+        );
+        rig.expect(
+            "outside v6",
+            &data(V6_OUT, 443).build(),
+            Counter::NotServedDropped,
+        );
+    }
 }

@@ -47,6 +47,9 @@ pub struct FilterSettings {
     pub steer_cpumap: bool,
     /// CPUs of the serving executors, in executor order (for steering).
     pub executor_cpus: Vec<u32>,
+    /// Walk the LPM trie for every packet instead of answering repeated sources from the
+    /// per-CPU source cache (`xdp.source_cache = false`; the bench measures both).
+    pub no_source_cache: bool,
 }
 
 /// One `BPF_PROG_TEST_RUN` of the XDP program.
@@ -60,7 +63,7 @@ pub struct TestRun {
 
 /// The maps pinned under the pin directory, with what a compatible pin must look like:
 /// (name, type, key size, value size, max entries — 0 = `max_prefixes`).
-const PINNED: [(&str, MapType, u32, u32, u32); 5] = [
+const PINNED: [(&str, MapType, u32, u32, u32); 6] = [
     (map::PREFIXES_V4, MapType::LpmTrie, 8, VALUE, 0),
     (map::PREFIXES_V6, MapType::LpmTrie, 20, VALUE, 0),
     (
@@ -72,6 +75,7 @@ const PINNED: [(&str, MapType, u32, u32, u32); 5] = [
     ),
     (map::COUNTERS, MapType::PerCpuArray, 4, 8, COUNTERS),
     (map::CONFIG, MapType::Array, 4, 8, 1),
+    (map::GENERATION, MapType::Array, 4, 4, 1),
 ];
 const VALUE: u32 = size_of::<PrefixValue>() as u32;
 const COUNTER_SIZE: u32 = size_of::<PrefixCounters>() as u32;
@@ -147,11 +151,14 @@ impl Filter {
                 detail: "not in the eBPF object".into(),
             })
         };
-        let prefixes = PrefixTable::from_maps(
+        let mut prefixes = PrefixTable::from_maps(
             take(map::PREFIXES_V4)?,
             take(map::PREFIXES_V6)?,
             take(map::PREFIX_COUNTERS)?,
+            take(map::GENERATION)?,
         )?;
+        // A fresh (or reused) table: make sure no cache answer from before counts.
+        prefixes.bump_generation()?;
         let counters = GlobalCounters::from_map(take(map::COUNTERS)?)?;
         let settings = SettingsMap::from_map(take(map::CONFIG)?)?;
         let typed = |e: aya::maps::MapError| XdpError::Map {
@@ -219,6 +226,9 @@ impl Filter {
         }
         if s.steer_cpumap {
             flags |= FilterConfig::STEER_CPUMAP;
+        }
+        if s.no_source_cache {
+            flags |= FilterConfig::NO_SOURCE_CACHE;
         }
         self.settings.set(FilterConfig { flags, executors })
     }

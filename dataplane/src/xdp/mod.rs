@@ -113,12 +113,13 @@ pub(crate) fn describe(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// Whether EPERM or EACCES is anywhere in the chain.
+/// Whether EPERM is anywhere in the chain. (Not EACCES: that is how `BPF_PROG_LOAD` reports a
+/// program the verifier rejected, which must never pass for a missing privilege.)
 fn denied(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
+            if io.raw_os_error() == Some(libc::EPERM) {
                 return true;
             }
         }
@@ -127,7 +128,7 @@ fn denied(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// `Permission` when the kernel said EPERM/EACCES, else `Kernel`.
+/// `Permission` when the kernel said EPERM, else `Kernel`.
 pub(crate) fn kernel_error(
     action: impl Into<String>,
     err: &(dyn std::error::Error + 'static),

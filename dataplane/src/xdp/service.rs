@@ -59,6 +59,7 @@ impl XdpService {
             serving_ports: config.serving_ports_for(http_port),
             steer_cpumap: config.steering == XdpSteering::Cpumap,
             executor_cpus: executor_cpus.iter().map(|&c| c as u32).collect(),
+            no_source_cache: !config.source_cache,
         })?;
         let steering = match config.steering {
             XdpSteering::None => None,

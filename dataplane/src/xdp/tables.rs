@@ -54,6 +54,7 @@ pub struct PrefixTable {
     v4: LpmTrie<MapData, [u8; 4], PrefixValue>,
     v6: LpmTrie<MapData, [u8; 16], PrefixValue>,
     counters: PerCpuArray<MapData, PrefixCounters>,
+    generation: Array<MapData, u32>,
     cpus: usize,
 }
 
@@ -91,12 +92,18 @@ pub(crate) fn nr_cpus() -> Result<usize, XdpError> {
 
 impl PrefixTable {
     /// From maps taken out of a freshly loaded object.
-    pub(crate) fn from_maps(v4: Map, v6: Map, counters: Map) -> Result<PrefixTable, XdpError> {
+    pub(crate) fn from_maps(
+        v4: Map,
+        v6: Map,
+        counters: Map,
+        generation: Map,
+    ) -> Result<PrefixTable, XdpError> {
         Ok(PrefixTable {
             v4: LpmTrie::try_from(v4).map_err(map_err(map::PREFIXES_V4.into()))?,
             v6: LpmTrie::try_from(v6).map_err(map_err(map::PREFIXES_V6.into()))?,
             counters: PerCpuArray::try_from(counters)
                 .map_err(map_err(map::PREFIX_COUNTERS.into()))?,
+            generation: Array::try_from(generation).map_err(map_err(map::GENERATION.into()))?,
             cpus: nr_cpus()?,
         })
     }
@@ -107,7 +114,22 @@ impl PrefixTable {
             open_pin(dir, map::PREFIXES_V4)?,
             open_pin(dir, map::PREFIXES_V6)?,
             open_pin(dir, map::PREFIX_COUNTERS)?,
+            open_pin(dir, map::GENERATION)?,
         )
+    }
+
+    /// Invalidates every CPU's source cache: the next packet from each source walks the trie
+    /// again. Called after every change to the tries.
+    pub(crate) fn bump_generation(&mut self) -> Result<(), XdpError> {
+        let current = self
+            .generation
+            .get(&0, 0)
+            .map_err(map_err(map::GENERATION.into()))?;
+        // Never 0: the program reads generation 0 as "no cache".
+        let next = current.wrapping_add(1).max(1);
+        self.generation
+            .set(0, next, 0)
+            .map_err(map_err(map::GENERATION.into()))
     }
 
     /// Most prefixes (both families together).
@@ -139,6 +161,7 @@ impl PrefixTable {
         if let Some(found) = existing.iter().find(|e| e.prefix == prefix) {
             let entry = PrefixEntry { drain, ..*found };
             self.write(entry, 0)?;
+            self.bump_generation()?;
             return Ok(Added::Existing(entry));
         }
         let used: HashSet<u32> = existing.iter().map(|e| e.id).collect();
@@ -150,6 +173,7 @@ impl PrefixTable {
         let entry = PrefixEntry { prefix, id, drain };
         self.reset_counters(id)?;
         self.write(entry, 0)?;
+        self.bump_generation()?;
         Ok(Added::New(entry))
     }
 
@@ -193,7 +217,10 @@ impl PrefixTable {
                 .remove(&Key::new(u32::from(prefix.prefix_len()), a.octets())),
         };
         match result {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.bump_generation()?;
+                Ok(true)
+            }
             Err(aya::maps::MapError::KeyNotFound) => Ok(false),
             Err(aya::maps::MapError::SyscallError(e))
                 if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
@@ -215,6 +242,7 @@ impl PrefixTable {
         };
         let entry = PrefixEntry { drain, ..found };
         self.write(entry, 0)?;
+        self.bump_generation()?;
         Ok(Some(entry))
     }
 

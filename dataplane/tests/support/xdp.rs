@@ -14,13 +14,14 @@ pub(crate) fn skip(test: &str, why: &str) {
     eprintln!("SKIPPED {test}: {why}");
 }
 
-/// Loads the filter, or prints why `test` is skipped and returns `None`. A binary without the
-/// eBPF object only skips when the build was allowed to leave it out (`EDGEPLANE_REQUIRE_EBPF`
-/// unset); any other failure fails the test.
+/// Loads the filter, or prints why `test` is skipped and returns `None`. Only a missing
+/// privilege as non-root skips (as root it is a failure), and a binary without the eBPF object
+/// only skips when the build was allowed to leave it out (`EDGEPLANE_REQUIRE_EBPF` unset); any
+/// other failure — a verifier rejection above all — fails the test.
 pub(crate) fn load(test: &str, opts: &LoadOptions) -> Option<Filter> {
     match Filter::load(opts) {
         Ok(f) => Some(f),
-        Err(e @ XdpError::Permission { .. }) => {
+        Err(e @ XdpError::Permission { .. }) if !is_root() => {
             skip(test, &format!("{e}"));
             None
         }

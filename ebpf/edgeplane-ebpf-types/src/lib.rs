@@ -32,6 +32,12 @@ pub mod map {
     pub const CPUS: &str = "CPUS";
     /// REUSEPORT_SOCKARRAY: executor index → that executor's listening socket.
     pub const LISTENERS: &str = "LISTENERS";
+    /// Array with one `u32` at index 0: bumped by userspace after every change to the prefix
+    /// tries; [`CachedSource`](crate::CachedSource) entries of another generation are stale.
+    pub const GENERATION: &str = "GENERATION";
+    /// Per-CPU array of [`SOURCE_CACHE_SLOTS`](crate::SOURCE_CACHE_SLOTS)
+    /// [`CachedSource`](crate::CachedSource): the last LPM answer per source address slot.
+    pub const SOURCE_CACHE: &str = "SOURCE_CACHE";
 }
 
 /// Names of the programs in the object.
@@ -68,6 +74,55 @@ impl PrefixValue {
     pub const DRAIN: u32 = 1;
 }
 
+/// Slots in the per-CPU source cache (direct-mapped by [`cache_slot_v4`] / [`cache_slot_v6`]).
+pub const SOURCE_CACHE_SLOTS: u32 = 1 << 16;
+
+/// One slot of the source cache: the LPM answer for one source address, valid while
+/// `generation` equals the current [`map::GENERATION`]. A source that is not served is cached
+/// too (`found = 0`), so a flood from one unserved address costs no trie walk either.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedSource {
+    /// The source address (IPv4 in the first 4 bytes, the rest zero).
+    pub addr: [u8; 16],
+    /// The prefix-table generation the answer belongs to (0: empty slot).
+    pub generation: u32,
+    /// 4 or 6.
+    pub family: u32,
+    /// 1 when the source is in a served prefix.
+    pub found: u32,
+    /// That prefix's [`PrefixValue::id`].
+    pub id: u32,
+    /// That prefix's [`PrefixValue::flags`].
+    pub flags: u32,
+}
+
+/// The source-cache slot of an IPv4 address.
+#[inline(always)]
+pub const fn cache_slot_v4(addr: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(addr).wrapping_mul(0x9e37_79b1) >> 16
+}
+
+/// The source-cache slot of an IPv6 address.
+#[inline(always)]
+pub const fn cache_slot_v6(addr: [u8; 16]) -> u32 {
+    let hi = u64::from_ne_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let lo = u64::from_ne_bytes([
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]);
+    cache_slot_v6_words(hi, lo)
+}
+
+/// [`cache_slot_v6`] of the address read as two native-endian 64-bit words (how the XDP
+/// program loads it: two loads instead of sixteen).
+#[inline(always)]
+pub const fn cache_slot_v6_words(hi: u64, lo: u64) -> u32 {
+    let x = hi ^ lo.rotate_left(29);
+    ((x ^ (x >> 32)) as u32).wrapping_mul(0x9e37_79b1) >> 16
+}
+
 /// Per-prefix counters (one copy per CPU; userspace sums them).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -99,6 +154,9 @@ impl FilterConfig {
     pub const DRAIN: u32 = 2;
     /// Redirect allowed packets to the CPU of the executor the flow hash names (CPUMAP).
     pub const STEER_CPUMAP: u32 = 4;
+    /// Walk the LPM trie for every packet instead of consulting the source cache first
+    /// (`xdp.source_cache = false`; the bench uses it to measure the trie).
+    pub const NO_SOURCE_CACHE: u32 = 8;
 }
 
 /// What the XDP program did with a packet, and why: the index into [`map::COUNTERS`].
@@ -275,6 +333,8 @@ mod pod {
     unsafe impl aya::Pod for super::PrefixCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FilterConfig {}
+    // SAFETY: as above (a 16-byte array and five u32s: 36 bytes, no padding).
+    unsafe impl aya::Pod for super::CachedSource {}
 }
 
 #[cfg(test)]
@@ -314,6 +374,19 @@ mod tests {
         let mut b = a;
         b[15] = 2;
         assert_ne!(flow_hash_v6(a, b, 1, 2), flow_hash_v6(b, a, 1, 2));
+    }
+
+    #[test]
+    fn cache_slots_stay_in_range() {
+        assert_eq!(size_of::<CachedSource>(), 36);
+        let mut used = [false; 256];
+        for i in 0..10_000u32 {
+            let s4 = cache_slot_v4(i.to_be_bytes());
+            let s6 = cache_slot_v6((u128::from(i) << 64).to_be_bytes());
+            assert!(s4 < SOURCE_CACHE_SLOTS && s6 < SOURCE_CACHE_SLOTS);
+            used[(s4 >> 8) as usize] = true;
+        }
+        assert!(used.iter().filter(|&&u| u).count() > 200, "slots spread");
     }
 
     #[test]

@@ -17,12 +17,14 @@ use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::debug;
 use edgeplane_ebpf_types::{
-    executor_for, flow_hash_v4, flow_hash_v6, port_bit, Counter, FilterConfig, PrefixValue, Verdict,
+    cache_slot_v6_words, executor_for, flow_hash_v4, flow_hash_v6, port_bit, CachedSource, Counter,
+    FilterConfig, PrefixValue, Verdict,
 };
 
-use crate::parse::{bytes, parse, Skip, Tcp};
+use crate::parse::{bytes, load_u32, load_u64, parse, Skip, Tcp};
 use crate::{
-    CONFIG, COUNTERS, CPUS, EXECUTOR_CPUS, PORTS, PREFIXES_V4, PREFIXES_V6, PREFIX_COUNTERS,
+    CONFIG, COUNTERS, CPUS, EXECUTOR_CPUS, GENERATION, PORTS, PREFIXES_V4, PREFIXES_V6,
+    PREFIX_COUNTERS, SOURCE_CACHE,
 };
 
 #[xdp]
@@ -86,20 +88,29 @@ fn malformed_verdict() -> u32 {
 /// The served-prefix decision for TCP to a serving port.
 #[inline(always)]
 fn judge(start: usize, end: usize, tcp: &Tcp) -> u32 {
+    let cfg = config();
+    // Generation 0: userspace has not set up the cache (or turned it off).
+    let generation = if cfg.flags & FilterConfig::NO_SOURCE_CACHE == 0 {
+        GENERATION.get(0).copied().unwrap_or(0)
+    } else {
+        0
+    };
     let prefix = if tcp.v6 {
-        match bytes::<16>(start, end, tcp.l3 + 8) {
-            Some(src) => PREFIXES_V6.get(Key::new(128, src)).copied(),
-            None => return malformed_verdict(),
+        match (
+            load_u64(start, end, tcp.l3 + 8),
+            load_u64(start, end, tcp.l3 + 16),
+        ) {
+            (Some(hi), Some(lo)) => source_v6(hi, lo, generation),
+            _ => return malformed_verdict(),
         }
     } else {
-        match bytes::<4>(start, end, tcp.l3 + 12) {
-            Some(src) => PREFIXES_V4.get(Key::new(32, src)).copied(),
+        match load_u32(start, end, tcp.l3 + 12) {
+            Some(src) => source_v4(src, generation),
             None => return malformed_verdict(),
         }
     };
-    let cfg = config();
     let drain_all = cfg.flags & FilterConfig::DRAIN != 0;
-    let Some(prefix) = prefix else {
+    if prefix.found == 0 {
         return if cfg.flags & FilterConfig::ENFORCE != 0 {
             verdict(Counter::NotServedDropped)
         } else if tcp.syn_only && drain_all {
@@ -107,7 +118,7 @@ fn judge(start: usize, end: usize, tcp: &Tcp) -> u32 {
         } else {
             verdict(Counter::NotServedPassed)
         };
-    };
+    }
     let counters = PREFIX_COUNTERS.get_ptr_mut(prefix.id);
     if tcp.syn_only && (drain_all || prefix.flags & PrefixValue::DRAIN != 0) {
         if let Some(c) = counters {
@@ -129,6 +140,122 @@ fn judge(start: usize, end: usize, tcp: &Tcp) -> u32 {
         }
     }
     verdict(Counter::Allowed)
+}
+
+/// The LPM answer for a source. Plain integers, never an `Option<PrefixValue>`: LLVM lowers
+/// the uninitialized payload of a `None` into a read of a register the helper call just
+/// clobbered, which the verifier rejects (`R1 !read_ok`).
+#[derive(Clone, Copy)]
+struct Source {
+    /// 1 when the source is in a served prefix.
+    found: u32,
+    id: u32,
+    flags: u32,
+}
+
+impl Source {
+    #[inline(always)]
+    fn from(entry: Option<&PrefixValue>) -> Source {
+        match entry {
+            Some(p) => Source {
+                found: 1,
+                id: p.id,
+                flags: p.flags,
+            },
+            None => Source {
+                found: 0,
+                id: 0,
+                flags: 0,
+            },
+        }
+    }
+}
+
+/// The served prefix of an IPv4 source (its wire bytes as a native-endian `u32`): from this
+/// CPU's source cache when the slot holds this address at the current generation, else from the
+/// LPM trie (and the slot is refilled).
+#[inline(always)]
+fn source_v4(src: u32, generation: u32) -> Source {
+    let lookup = || Source::from(PREFIXES_V4.get(Key::new(32, src.to_ne_bytes())));
+    if generation == 0 {
+        return lookup();
+    }
+    // The same slot `cache_slot_v4` gives for the address bytes.
+    let Some(slot) = SOURCE_CACHE.get_ptr_mut(src.wrapping_mul(0x9e37_79b1) >> 16) else {
+        return lookup();
+    };
+    // SAFETY: this CPU's copy of the slot; XDP runs with preemption off, so nothing else
+    // touches it while we read and write it.
+    let slot = unsafe { &mut *slot };
+    let hi = u64::from(src);
+    if slot.generation == generation && slot.family == 4 && words(&slot.addr) == (hi, 0) {
+        return cached(slot);
+    }
+    let answer = lookup();
+    fill(slot, hi, 0, 4, generation, answer);
+    answer
+}
+
+/// [`source_v4`] for IPv6 (the address as two native-endian `u64` words).
+#[inline(always)]
+fn source_v6(hi: u64, lo: u64, generation: u32) -> Source {
+    let lookup = || {
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&hi.to_ne_bytes());
+        key[8..].copy_from_slice(&lo.to_ne_bytes());
+        Source::from(PREFIXES_V6.get(Key::new(128, key)))
+    };
+    if generation == 0 {
+        return lookup();
+    }
+    let Some(slot) = SOURCE_CACHE.get_ptr_mut(cache_slot_v6_words(hi, lo)) else {
+        return lookup();
+    };
+    // SAFETY: as in `source_v4`.
+    let slot = unsafe { &mut *slot };
+    if slot.generation == generation && slot.family == 6 && words(&slot.addr) == (hi, lo) {
+        return cached(slot);
+    }
+    let answer = lookup();
+    fill(slot, hi, lo, 6, generation, answer);
+    answer
+}
+
+/// A cached address as two native-endian words (two loads, no `memcmp`).
+#[inline(always)]
+fn words(addr: &[u8; 16]) -> (u64, u64) {
+    let p = addr.as_ptr().cast::<u64>();
+    // SAFETY: both 8-byte reads are inside the 16-byte array.
+    unsafe {
+        (
+            core::ptr::read_unaligned(p),
+            core::ptr::read_unaligned(p.add(1)),
+        )
+    }
+}
+
+#[inline(always)]
+fn cached(slot: &CachedSource) -> Source {
+    Source {
+        found: slot.found,
+        id: slot.id,
+        flags: slot.flags,
+    }
+}
+
+#[inline(always)]
+fn fill(slot: &mut CachedSource, hi: u64, lo: u64, family: u32, generation: u32, answer: Source) {
+    let p = slot.addr.as_mut_ptr().cast::<u64>();
+    // SAFETY: both 8-byte writes are inside the 16-byte array.
+    unsafe {
+        core::ptr::write_unaligned(p, hi);
+        core::ptr::write_unaligned(p.add(1), lo);
+    }
+    slot.generation = generation;
+    slot.family = family;
+    slot.found = answer.found;
+    slot.id = answer.id;
+    slot.flags = answer.flags;
 }
 
 /// Redirects the frame to the CPU of the executor the flow hash names; `None` (pass it here)

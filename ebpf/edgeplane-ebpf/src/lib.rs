@@ -9,6 +9,8 @@
 //! The maps are declared here, named as in `edgeplane_ebpf_types::map`. Their sizes are
 //! defaults; the loader sets the real ones (`xdp.max_prefixes`, the CPU count) before loading.
 #![no_std]
+// One-instruction misaligned packet loads (`parse::load_u64`) are inline asm, unstable on BPF.
+#![feature(asm_experimental_arch)]
 
 mod filter;
 mod parse;
@@ -17,7 +19,8 @@ mod select;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, CpuMap, LpmTrie, PerCpuArray};
 use edgeplane_ebpf_types::{
-    FilterConfig, PrefixCounters, PrefixValue, COUNTERS as COUNTER_LEN, MAX_EXECUTORS, PORT_WORDS,
+    CachedSource, FilterConfig, PrefixCounters, PrefixValue, COUNTERS as COUNTER_LEN,
+    MAX_EXECUTORS, PORT_WORDS, SOURCE_CACHE_SLOTS,
 };
 
 /// Default capacity of the prefix maps; the loader overrides it with `xdp.max_prefixes`.
@@ -47,6 +50,13 @@ static EXECUTOR_CPUS: Array<u32> = Array::with_max_entries(MAX_EXECUTORS, 0);
 
 #[map]
 static CPUS: CpuMap = CpuMap::with_max_entries(64, 0);
+
+#[map]
+static GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map]
+static SOURCE_CACHE: PerCpuArray<CachedSource> =
+    PerCpuArray::with_max_entries(SOURCE_CACHE_SLOTS, 0);
 
 #[cfg(not(test))]
 #[panic_handler]

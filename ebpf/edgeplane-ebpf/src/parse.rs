@@ -73,21 +73,101 @@ pub(crate) fn bytes<const N: usize>(start: usize, end: usize, off: usize) -> Opt
     Some(unsafe { core::ptr::read_unaligned(p as *const [u8; N]) })
 }
 
+/// `p`, hidden from the optimizer. The verifier only trusts a bounds check made on the very
+/// register a packet load then uses; without this, LLVM folds a load's own check into an earlier,
+/// wider one and recomputes the pointer for the asm load, which the verifier then refuses.
 #[inline(always)]
-fn be16(b: [u8; 2]) -> u16 {
-    u16::from_be_bytes(b)
+fn opaque(mut p: usize) -> usize {
+    // SAFETY: an empty asm block; it only stops the compiler from seeing through `p`.
+    unsafe {
+        core::arch::asm!("/* {0} */", inout(reg) p, options(pure, nomem, nostack, preserves_flags));
+    }
+    p
+}
+
+/// A native-endian `u64` at `off`, or `None` when the frame ends first.
+///
+/// One load instruction even where `off` is not 8-aligned: the kernel allows misaligned packet
+/// access (architectures with efficient unaligned loads: x86-64, arm64), but LLVM's BPF backend,
+/// asked for an unaligned `u64`, emits eight byte loads and the shifts to assemble them. Its
+/// `allows-misaligned-mem-access` feature is no way out: it also misaligns stack stores, which
+/// the verifier always rejects. Hence one instruction of asm.
+#[inline(always)]
+pub(crate) fn load_u64(start: usize, end: usize, off: usize) -> Option<u64> {
+    let p = opaque(start + off);
+    if p + 8 > end {
+        return None;
+    }
+    let v: u64;
+    // SAFETY: `p..p + 8` lies inside the frame (checked above; the verifier checks the same
+    // bound again and refuses the program otherwise). The asm only loads.
+    unsafe {
+        core::arch::asm!(
+            "{v} = *(u64 *)({p} + 0)",
+            v = out(reg) v,
+            p = in(reg) p,
+            options(readonly, nostack, preserves_flags)
+        );
+    }
+    Some(v)
+}
+
+/// A native-endian `u16` at `off`, like [`load_u64`].
+#[inline(always)]
+pub(crate) fn load_u16(start: usize, end: usize, off: usize) -> Option<u16> {
+    let p = opaque(start + off);
+    if p + 2 > end {
+        return None;
+    }
+    let v: u64;
+    // SAFETY: as in `load_u64`.
+    unsafe {
+        core::arch::asm!(
+            "{v} = *(u16 *)({p} + 0)",
+            v = out(reg) v,
+            p = in(reg) p,
+            options(readonly, nostack, preserves_flags)
+        );
+    }
+    Some(v as u16)
+}
+
+/// A native-endian `u32` at `off`, like [`load_u64`].
+#[inline(always)]
+pub(crate) fn load_u32(start: usize, end: usize, off: usize) -> Option<u32> {
+    let p = opaque(start + off);
+    if p + 4 > end {
+        return None;
+    }
+    let v: u64;
+    // SAFETY: as in `load_u64`.
+    unsafe {
+        core::arch::asm!(
+            "{v} = *(u32 *)({p} + 0)",
+            v = out(reg) v,
+            p = in(reg) p,
+            options(readonly, nostack, preserves_flags)
+        );
+    }
+    Some(v as u32)
+}
+
+/// Whether the frame is at least `len` bytes long (a bounds check without a load).
+#[inline(always)]
+pub(crate) fn within(start: usize, end: usize, len: usize) -> bool {
+    start + len <= end
 }
 
 /// Classifies the frame `start..end`.
 #[inline(always)]
 pub(crate) fn parse(start: usize, end: usize) -> Result<Tcp, Skip> {
-    let mut proto = be16(bytes(start, end, 12).ok_or(Skip::Malformed)?);
+    let mut proto = be(load_u16(start, end, 12).ok_or(Skip::Malformed)?);
     let mut off = ETH_HLEN;
     // Up to two tags: 802.1Q, or 802.1ad (QinQ outer) followed by 802.1Q. Each is 2 bytes of
     // TCI, then the next ethertype.
     for _ in 0..2 {
         if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-            proto = be16(bytes(start, end, off + 2).ok_or(Skip::Malformed)?);
+            proto = be(load_u16(start, end, off + 2).ok_or(Skip::Malformed)?);
             off += 4;
         }
     }
@@ -98,20 +178,40 @@ pub(crate) fn parse(start: usize, end: usize) -> Result<Tcp, Skip> {
     }
 }
 
+/// Byte `k` of a word loaded from the packet (the target is little-endian: byte 0 is the
+/// lowest).
+#[inline(always)]
+fn byte(word: u64, k: u32) -> u8 {
+    (word >> (8 * k)) as u8
+}
+
+/// A big-endian 16-bit field from its two bytes as loaded.
+#[inline(always)]
+fn be(loaded: u16) -> u16 {
+    u16::from_be(loaded)
+}
+
 #[inline(always)]
 fn ipv4(start: usize, end: usize, l3: usize) -> Result<Tcp, Skip> {
-    let h: [u8; 20] = bytes(start, end, l3).ok_or(Skip::Malformed)?;
-    if h[9] != IPPROTO_TCP {
-        return Err(Skip::NotTcp);
-    }
-    let ihl = usize::from(h[0] & 0x0f) * 4;
-    if h[0] >> 4 != 4 || ihl < 20 {
+    if !within(start, end, l3 + 20) {
         return Err(Skip::Malformed);
     }
-    if be16([h[6], h[7]]) & 0x1fff != 0 {
+    // Bytes 0-7: version/IHL, TOS, total length, id, flags/fragment offset; 8-11: TTL,
+    // protocol, checksum.
+    let a = load_u64(start, end, l3).ok_or(Skip::Malformed)?;
+    let b = load_u32(start, end, l3 + 8).ok_or(Skip::Malformed)?;
+    if byte(u64::from(b), 1) != IPPROTO_TCP {
+        return Err(Skip::NotTcp);
+    }
+    let ver_ihl = byte(a, 0);
+    let ihl = usize::from(ver_ihl & 0x0f) * 4;
+    if ver_ihl >> 4 != 4 || ihl < 20 {
+        return Err(Skip::Malformed);
+    }
+    if be((a >> 48) as u16) & 0x1fff != 0 {
         return Err(Skip::Fragment);
     }
-    let total = usize::from(be16([h[2], h[3]]));
+    let total = usize::from(be((a >> 16) as u16));
     // The TCP header must lie inside the datagram (a first fragment too short to hold it is
     // the RFC 1858 "tiny fragment") and inside the frame.
     if total < ihl + 20 {
@@ -122,37 +222,40 @@ fn ipv4(start: usize, end: usize, l3: usize) -> Result<Tcp, Skip> {
 
 #[inline(always)]
 fn ipv6(start: usize, end: usize, l3: usize) -> Result<Tcp, Skip> {
-    let h: [u8; 8] = bytes(start, end, l3).ok_or(Skip::Malformed)?;
     // The whole fixed header: the addresses are read later.
-    bytes::<32>(start, end, l3 + 8).ok_or(Skip::Malformed)?;
-    let limit = l3 + 40 + usize::from(be16([h[4], h[5]]));
-    let mut next = h[6];
+    if !within(start, end, l3 + 40) {
+        return Err(Skip::Malformed);
+    }
+    // Bytes 0-7: version/class/flow, payload length, next header, hop limit.
+    let h = load_u64(start, end, l3).ok_or(Skip::Malformed)?;
+    let limit = l3 + 40 + usize::from(be((h >> 32) as u16));
+    let mut next = byte(h, 6);
     let mut off = l3 + 40;
     // One more round than extension headers, for the TCP header that follows the last one.
     for _ in 0..=MAX_V6_EXT {
         match next {
             IPPROTO_TCP => {
-                if h[0] >> 4 != 6 || off + 20 > limit {
+                if byte(h, 0) >> 4 != 6 || off + 20 > limit {
                     return Err(Skip::Malformed);
                 }
                 return tcp(start, end, l3, off, limit, true);
             }
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
-                let e: [u8; 2] = bytes(start, end, off).ok_or(Skip::Malformed)?;
-                next = e[0];
-                off += (usize::from(e[1]) + 1) * 8;
+                let e = u64::from(load_u16(start, end, off).ok_or(Skip::Malformed)?);
+                next = byte(e, 0);
+                off += (usize::from(byte(e, 1)) + 1) * 8;
             }
             IPV6_AH => {
-                let e: [u8; 2] = bytes(start, end, off).ok_or(Skip::Malformed)?;
-                next = e[0];
-                off += (usize::from(e[1]) + 2) * 4;
+                let e = u64::from(load_u16(start, end, off).ok_or(Skip::Malformed)?);
+                next = byte(e, 0);
+                off += (usize::from(byte(e, 1)) + 2) * 4;
             }
             IPV6_FRAGMENT => {
-                let e: [u8; 8] = bytes(start, end, off).ok_or(Skip::Malformed)?;
-                if be16([e[2], e[3]]) & 0xfff8 != 0 {
+                let e = load_u64(start, end, off).ok_or(Skip::Malformed)?;
+                if be((e >> 16) as u16) & 0xfff8 != 0 {
                     return Err(Skip::Fragment);
                 }
-                next = e[0];
+                next = byte(e, 0);
                 off += 8;
             }
             // ICMPv6 (neighbour discovery), UDP, ESP, "no next header", anything else.
@@ -172,17 +275,21 @@ fn tcp(
     ip_end: usize,
     v6: bool,
 ) -> Result<Tcp, Skip> {
-    let th: [u8; 20] = bytes(start, end, l4).ok_or(Skip::Malformed)?;
-    let doff = usize::from(th[12] >> 4) * 4;
+    if !within(start, end, l4 + 20) {
+        return Err(Skip::Malformed);
+    }
+    let ports = load_u32(start, end, l4).ok_or(Skip::Malformed)?;
+    let off_flags = u64::from(load_u16(start, end, l4 + 12).ok_or(Skip::Malformed)?);
+    let doff = usize::from(byte(off_flags, 0) >> 4) * 4;
     if doff < 20 {
         return Err(Skip::Malformed);
     }
-    let flags = th[13];
+    let flags = byte(off_flags, 1);
     Ok(Tcp {
         l3,
         v6,
-        sport: be16([th[0], th[1]]),
-        dport: be16([th[2], th[3]]),
+        sport: be(ports as u16),
+        dport: be((ports >> 16) as u16),
         syn_only: flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
         consistent: l4 + doff <= ip_end && start + ip_end <= end,
     })
