@@ -1,6 +1,7 @@
-//! Developer tasks for edgeplane: `cargo xtask ci | demo | bench`.
+//! Developer tasks for edgeplane: `cargo xtask ci | demo | bench | bench-xdp`.
 
 mod bench;
+mod bench_xdp;
 mod catalog;
 mod ci;
 mod demo;
@@ -26,6 +27,8 @@ enum Task {
     Demo,
     /// Compare edgeplane with nginx (sendfile) under wrk: throughput and server CPU per GiB.
     Bench(bench::BenchArgs),
+    /// XDP filter: ns per packet by prefix count, veth drop rate against nftables (root).
+    BenchXdp(bench_xdp::BenchXdpArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
         Task::Ci => ci::run(),
         Task::Demo => demo::run(),
         Task::Bench(args) => bench::run(&args),
+        Task::BenchXdp(args) => bench_xdp::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
