@@ -1,6 +1,7 @@
-//! Developer tasks for edgeplane: `cargo xtask ci | demo | bench | flamegraph`.
+//! Developer tasks for edgeplane: `cargo xtask ci | demo | bench | bench-xdp | flamegraph`.
 
 mod bench;
+mod bench_xdp;
 mod catalog;
 mod ci;
 mod demo;
@@ -30,6 +31,8 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Profile edgeplane (or nginx) under the bench's load with perf; writes a flame graph SVG.
     Flamegraph(flamegraph::FlamegraphArgs),
+    /// XDP filter: ns per packet by prefix count, veth drop rate against nftables (root).
+    BenchXdp(bench_xdp::BenchXdpArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Task::Demo => demo::run(),
         Task::Bench(args) => bench::run(&args),
         Task::Flamegraph(args) => flamegraph::run(&args),
+        Task::BenchXdp(args) => bench_xdp::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

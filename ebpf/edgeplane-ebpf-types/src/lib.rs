@@ -83,8 +83,10 @@ pub const SOURCE_CACHE_SLOTS: u32 = 1 << 16;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CachedSource {
-    /// The source address (IPv4 in the first 4 bytes, the rest zero).
-    pub addr: [u8; 16],
+    /// The source address as two native-endian words of its wire bytes (IPv4: the first word
+    /// holds its 4 bytes, the rest is zero). Words, not bytes, so the program compares them with
+    /// two aligned loads.
+    pub addr: [u64; 2],
     /// The prefix-table generation the answer belongs to (0: empty slot).
     pub generation: u32,
     /// 4 or 6.
@@ -95,6 +97,8 @@ pub struct CachedSource {
     pub id: u32,
     /// That prefix's [`PrefixValue::flags`].
     pub flags: u32,
+    /// Keeps the size a multiple of 8 with no implicit padding.
+    pub reserved: u32,
 }
 
 /// The source-cache slot of an IPv4 address.
@@ -333,7 +337,7 @@ mod pod {
     unsafe impl aya::Pod for super::PrefixCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FilterConfig {}
-    // SAFETY: as above (a 16-byte array and five u32s: 36 bytes, no padding).
+    // SAFETY: as above (two u64s and six u32s: 40 bytes, no padding).
     unsafe impl aya::Pod for super::CachedSource {}
 }
 
@@ -378,7 +382,7 @@ mod tests {
 
     #[test]
     fn cache_slots_stay_in_range() {
-        assert_eq!(size_of::<CachedSource>(), 36);
+        assert_eq!(size_of::<CachedSource>(), 40);
         let mut used = [false; 256];
         for i in 0..10_000u32 {
             let s4 = cache_slot_v4(i.to_be_bytes());

@@ -188,7 +188,8 @@ fn source_v4(src: u32, generation: u32) -> Source {
     // touches it while we read and write it.
     let slot = unsafe { &mut *slot };
     let hi = u64::from(src);
-    if slot.generation == generation && slot.family == 4 && words(&slot.addr) == (hi, 0) {
+    if slot.generation == generation && slot.family == 4 && slot.addr[0] == hi && slot.addr[1] == 0
+    {
         return cached(slot);
     }
     let answer = lookup();
@@ -213,25 +214,13 @@ fn source_v6(hi: u64, lo: u64, generation: u32) -> Source {
     };
     // SAFETY: as in `source_v4`.
     let slot = unsafe { &mut *slot };
-    if slot.generation == generation && slot.family == 6 && words(&slot.addr) == (hi, lo) {
+    if slot.generation == generation && slot.family == 6 && slot.addr[0] == hi && slot.addr[1] == lo
+    {
         return cached(slot);
     }
     let answer = lookup();
     fill(slot, hi, lo, 6, generation, answer);
     answer
-}
-
-/// A cached address as two native-endian words (two loads, no `memcmp`).
-#[inline(always)]
-fn words(addr: &[u8; 16]) -> (u64, u64) {
-    let p = addr.as_ptr().cast::<u64>();
-    // SAFETY: both 8-byte reads are inside the 16-byte array.
-    unsafe {
-        (
-            core::ptr::read_unaligned(p),
-            core::ptr::read_unaligned(p.add(1)),
-        )
-    }
 }
 
 #[inline(always)]
@@ -245,12 +234,7 @@ fn cached(slot: &CachedSource) -> Source {
 
 #[inline(always)]
 fn fill(slot: &mut CachedSource, hi: u64, lo: u64, family: u32, generation: u32, answer: Source) {
-    let p = slot.addr.as_mut_ptr().cast::<u64>();
-    // SAFETY: both 8-byte writes are inside the 16-byte array.
-    unsafe {
-        core::ptr::write_unaligned(p, hi);
-        core::ptr::write_unaligned(p.add(1), lo);
-    }
+    slot.addr = [hi, lo];
     slot.generation = generation;
     slot.family = family;
     slot.found = answer.found;
