@@ -62,7 +62,7 @@ pub(crate) trait Transport {
     /// so the head may wait to share packets with it.
     async fn send_head(&mut self, bytes: &[u8], more: bool) -> Result<(), End>;
     /// Sends `obj[start..start+len]`: only resident pages are touched on the executor; cold
-    /// ranges are read in on the blocking pool first (`Core::known_resident`, `Core::read_in`).
+    /// ranges are read in on the blocking pool first (`Core::ensure_resident`).
     async fn send_body(
         &mut self,
         core: &Core,
@@ -319,14 +319,11 @@ impl Transport for Plain {
     ) -> Result<(), End> {
         let end = start + len;
         let mut off = start;
-        let check = core.config.io.residency_check;
         while off < end {
             let chunk_end = end.min(off + CHUNK);
-            if check && !core.known_resident(obj, off, chunk_end - off) {
-                core.read_in(obj, off, chunk_end - off)
-                    .await
-                    .map_err(End::Object)?;
-            }
+            core.ensure_resident(obj, off, chunk_end - off)
+                .await
+                .map_err(End::Object)?;
             while off < chunk_end {
                 let want = (chunk_end - off) as usize;
                 match sys::sendfile(self.fd, &*obj.file, &mut off, want) {

@@ -396,6 +396,21 @@ impl Core {
             .max(1)
     }
 
+    /// The residency rule every transport applies before touching a body chunk: unless
+    /// `io.residency_check` is off, a range not known to be in the page cache is read in on the
+    /// blocking pool first, so the executor never waits on a disk.
+    pub(crate) async fn ensure_resident(
+        &self,
+        obj: &OpenObject,
+        start: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        if self.config.io.residency_check && !self.known_resident(obj, start, len) {
+            self.read_in(obj, start, len).await?;
+        }
+        Ok(())
+    }
+
     /// Reads `obj[start..start+len]` into the page cache on the blocking pool.
     pub(crate) async fn read_in(&self, obj: &OpenObject, start: u64, len: u64) -> io::Result<()> {
         let file = obj.file.clone();

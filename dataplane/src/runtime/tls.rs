@@ -318,14 +318,11 @@ impl Transport for Tls {
     ) -> Result<(), End> {
         let end = start + len;
         let mut off = start;
-        let check = core.config.io.residency_check;
         while off < end {
             let chunk_end = end.min(off + CHUNK);
-            if check && !core.known_resident(obj, off, chunk_end - off) {
-                core.read_in(obj, off, chunk_end - off)
-                    .await
-                    .map_err(End::Object)?;
-            }
+            core.ensure_resident(obj, off, chunk_end - off)
+                .await
+                .map_err(End::Object)?;
             while off < chunk_end {
                 let want = (chunk_end - off).min(BODY_BATCH as u64) as usize;
                 // pread (not the mapping: a file truncated under us gives a short read, not
