@@ -1,0 +1,496 @@
+//! Signed URLs: the steering service signs `(object, expiry, client prefix)` with a key the
+//! appliance shares; the data plane checks the signature before it touches the disk.
+//!
+//! A signed URL is the object's URL with four query parameters, in this order:
+//!
+//! ```text
+//! /<object>?exp=<unix seconds>&pfx=<client prefix>&kid=<key id>&sig=<base64url HMAC-SHA256>
+//! /<object>/range/<first>-<last>?exp=…&pfx=…&kid=…&sig=…
+//! ```
+//!
+//! The MAC is HMAC-SHA256 under the key named by `kid` over
+//! `"edgeplane-url-v1\n<object>\n<exp>\n<pfx>"`. The range is not signed: one URL per object lets
+//! a player fetch any range of it. The prefix is the client's network as the steering service
+//! saw it (by default its /24 or /48), so a URL handed to one network is refused from another.
+//!
+//! Verification ([`KeySet::verify`]) is pure: parse, look up the key, check expiry and prefix,
+//! then compare the MAC in constant time (`hmac`'s `verify_slice`). The early refusals reveal
+//! only what the URL itself says (its expiry and prefix), never anything about the key.
+//!
+//! **Rotation.** A [`KeySet`] holds every key that may still verify; each key has a `not_after`
+//! after which it no longer verifies. The signer always uses the newest key
+//! ([`KeySet::signing_key`]) and keeps the previous one for at least the URL lifetime, so URLs
+//! signed just before a rotation stay valid until they expire.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{KeyInit, Mac};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// Domain separation for the MAC input; bump with any change to the format.
+const CONTEXT: &str = "edgeplane-url-v1";
+
+/// Longest accepted key id.
+pub const MAX_KEY_ID: usize = 64;
+
+/// One shared signing key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKey {
+    /// Key id, carried in URLs as `kid` (`[A-Za-z0-9._-]{1,64}`).
+    pub id: String,
+    /// The secret: 32 random bytes, base64url (no padding) in JSON.
+    #[serde(with = "secret_b64")]
+    pub secret: [u8; 32],
+    /// Unix seconds after which URLs under this key are refused (rotation overlap ends).
+    pub not_after: u64,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .field("not_after", &self.not_after)
+            .finish()
+    }
+}
+
+mod secret_b64 {
+    use super::*;
+
+    pub(super) fn serialize<S: serde::Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&URL_SAFE_NO_PAD.encode(v))
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<[u8; 32], D::Error> {
+        let text = String::deserialize(d)?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(text.trim_end_matches('='))
+            .map_err(serde::de::Error::custom)?;
+        bytes
+            .try_into()
+            .map_err(|_| serde::de::Error::custom("a signing secret is 32 bytes"))
+    }
+}
+
+/// The keys an appliance accepts (and the signer signs with), as stored in the keys file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySet {
+    /// All keys that may still verify, any order.
+    pub keys: Vec<SigningKey>,
+}
+
+/// Why a URL was refused. The data plane answers every one of these with 403.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Reject {
+    /// No `exp`/`pfx`/`kid`/`sig` parameters at all.
+    #[error("the URL is not signed")]
+    Unsigned,
+    /// Parameters present but not in the signed form.
+    #[error("malformed signature parameters")]
+    Malformed,
+    /// `kid` names no key we hold.
+    #[error("unknown signing key")]
+    UnknownKey,
+    /// Past `exp`, or the key is past its `not_after`.
+    #[error("the URL has expired")]
+    Expired,
+    /// The client's address is outside the signed prefix.
+    #[error("the client is outside the signed prefix")]
+    WrongPrefix,
+    /// The MAC does not match.
+    #[error("bad signature")]
+    BadSignature,
+}
+
+impl Reject {
+    /// A short label for metrics (`reason="…"`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Reject::Unsigned => "unsigned",
+            Reject::Malformed => "malformed",
+            Reject::UnknownKey => "unknown_key",
+            Reject::Expired => "expired",
+            Reject::WrongPrefix => "wrong_prefix",
+            Reject::BadSignature => "bad_signature",
+        }
+    }
+
+    /// Every reason, for pre-registering metric series.
+    pub const ALL: [Reject; 6] = [
+        Reject::Unsigned,
+        Reject::Malformed,
+        Reject::UnknownKey,
+        Reject::Expired,
+        Reject::WrongPrefix,
+        Reject::BadSignature,
+    ];
+}
+
+/// The signature parameters of a URL, borrowed from its query string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Token<'a> {
+    /// Expiry, unix seconds.
+    pub exp: u64,
+    /// The signed client prefix, exactly as written in the URL (it is part of the MAC input).
+    pub prefix_text: &'a str,
+    /// The prefix, parsed.
+    pub prefix: IpNet,
+    /// Key id.
+    pub kid: &'a str,
+    /// The MAC.
+    pub sig: [u8; 32],
+}
+
+impl<'a> Token<'a> {
+    /// Parses `exp=…&pfx=…&kid=…&sig=…` (the order is fixed; no other parameters).
+    pub fn parse(query: &'a str) -> Result<Token<'a>, Reject> {
+        if query.is_empty() {
+            return Err(Reject::Unsigned);
+        }
+        let mut parts = query.split('&');
+        let mut field = |name: &str| -> Result<&'a str, Reject> {
+            let part = parts.next().ok_or(Reject::Malformed)?;
+            let (k, v) = part.split_once('=').ok_or(Reject::Malformed)?;
+            if k != name || v.is_empty() {
+                return Err(Reject::Malformed);
+            }
+            Ok(v)
+        };
+        let exp = field("exp")?;
+        let pfx = field("pfx")?;
+        let kid = field("kid")?;
+        let sig = field("sig")?;
+        if parts.next().is_some() {
+            return Err(Reject::Malformed);
+        }
+        if exp.len() > 20 || !exp.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Reject::Malformed);
+        }
+        let exp: u64 = exp.parse().map_err(|_| Reject::Malformed)?;
+        let prefix: IpNet = pfx.parse().map_err(|_| Reject::Malformed)?;
+        // Only the canonical network form (no host bits), so one prefix has one spelling.
+        if prefix.trunc() != prefix {
+            return Err(Reject::Malformed);
+        }
+        if !valid_key_id(kid) {
+            return Err(Reject::Malformed);
+        }
+        if sig.len() != 43 {
+            return Err(Reject::Malformed);
+        }
+        let mut mac = [0u8; 32];
+        let n = URL_SAFE_NO_PAD
+            .decode_slice(sig, &mut mac)
+            .map_err(|_| Reject::Malformed)?;
+        if n != 32 {
+            return Err(Reject::Malformed);
+        }
+        Ok(Token {
+            exp,
+            prefix_text: pfx,
+            prefix,
+            kid,
+            sig: mac,
+        })
+    }
+}
+
+/// Whether `id` is a usable key id.
+pub fn valid_key_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_KEY_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn mac(key: &SigningKey, object: &str, exp: u64, prefix_text: &str) -> HmacSha256 {
+    // Infallible: HMAC takes keys of any length.
+    let mut m = <HmacSha256 as KeyInit>::new_from_slice(&key.secret).expect("HMAC key");
+    m.update(CONTEXT.as_bytes());
+    m.update(b"\n");
+    m.update(object.as_bytes());
+    m.update(b"\n");
+    m.update(exp.to_string().as_bytes());
+    m.update(b"\n");
+    m.update(prefix_text.as_bytes());
+    m
+}
+
+/// The query string (without `?`) that signs `object` for clients in `prefix` until `exp`.
+pub fn sign(key: &SigningKey, object: &str, exp: u64, prefix: IpNet) -> String {
+    let prefix = prefix.trunc();
+    let text = prefix.to_string();
+    let tag = mac(key, object, exp, &text).finalize().into_bytes();
+    format!(
+        "exp={exp}&pfx={text}&kid={}&sig={}",
+        key.id,
+        URL_SAFE_NO_PAD.encode(tag)
+    )
+}
+
+/// The network a client address signs into: its /`v4_len` or /`v6_len`.
+pub fn client_prefix(client: IpAddr, v4_len: u8, v6_len: u8) -> IpNet {
+    let len = match client {
+        IpAddr::V4(_) => v4_len.min(32),
+        IpAddr::V6(_) => v6_len.min(128),
+    };
+    // In range by the min above.
+    IpNet::new(client, len).expect("prefix length").trunc()
+}
+
+/// Unmaps `::ffff:a.b.c.d` so IPv4 clients on dual-stack sockets match IPv4 prefixes.
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl KeySet {
+    /// The key to sign new URLs with: the one valid longest (ties: the greatest id).
+    pub fn signing_key(&self, now: u64) -> Option<&SigningKey> {
+        self.keys
+            .iter()
+            .filter(|k| k.not_after > now)
+            .max_by(|a, b| a.not_after.cmp(&b.not_after).then(a.id.cmp(&b.id)))
+    }
+
+    /// Drops keys past their `not_after`.
+    pub fn prune(&mut self, now: u64) {
+        self.keys.retain(|k| k.not_after > now);
+    }
+
+    /// Checks the signature of a request for `object` from `client` at `now` (unix seconds).
+    /// `query` is the URL's query string without `?` (`None` when the URL has none).
+    pub fn verify(
+        &self,
+        object: &str,
+        query: Option<&str>,
+        client: IpAddr,
+        now: u64,
+    ) -> Result<(), Reject> {
+        let token = Token::parse(query.unwrap_or(""))?;
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.id == token.kid)
+            .ok_or(Reject::UnknownKey)?;
+        if now > token.exp || now > key.not_after {
+            return Err(Reject::Expired);
+        }
+        if !token.prefix.contains(&canonical(client)) {
+            return Err(Reject::WrongPrefix);
+        }
+        mac(key, object, token.exp, token.prefix_text)
+            .verify_slice(&token.sig)
+            .map_err(|_| Reject::BadSignature)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(id: &str, byte: u8, not_after: u64) -> SigningKey {
+        SigningKey {
+            id: id.into(),
+            secret: [byte; 32],
+            not_after,
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    const NOW: u64 = 1_800_000_000;
+
+    #[test]
+    fn round_trip_v4_and_v6() {
+        let keys = KeySet {
+            keys: vec![key("k1", 7, NOW + 3600)],
+        };
+        let k = &keys.keys[0];
+        let q = sign(
+            k,
+            "t1-720p-0001.m4s",
+            NOW + 60,
+            "203.0.113.0/24".parse().unwrap(),
+        );
+        assert!(
+            q.starts_with("exp=1800000060&pfx=203.0.113.0/24&kid=k1&sig="),
+            "{q}"
+        );
+        assert_eq!(
+            keys.verify("t1-720p-0001.m4s", Some(&q), ip("203.0.113.77"), NOW),
+            Ok(())
+        );
+        // An IPv4 client on a dual-stack socket.
+        assert_eq!(
+            keys.verify("t1-720p-0001.m4s", Some(&q), ip("::ffff:203.0.113.9"), NOW),
+            Ok(())
+        );
+        let q6 = sign(k, "x", NOW + 60, "2001:db8:5::/48".parse().unwrap());
+        assert_eq!(
+            keys.verify("x", Some(&q6), ip("2001:db8:5::1"), NOW),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn every_refusal() {
+        let keys = KeySet {
+            keys: vec![key("old", 1, NOW + 10), key("new", 2, NOW + 3600)],
+        };
+        let new = &keys.keys[1];
+        let pfx: IpNet = "198.51.100.0/24".parse().unwrap();
+        let good = sign(new, "obj", NOW + 60, pfx);
+        let c = ip("198.51.100.5");
+        assert_eq!(keys.verify("obj", None, c, NOW), Err(Reject::Unsigned));
+        assert_eq!(keys.verify("obj", Some(""), c, NOW), Err(Reject::Unsigned));
+        assert_eq!(
+            keys.verify("obj", Some("a=b"), c, NOW),
+            Err(Reject::Malformed)
+        );
+        // Another object, another client network, later than exp.
+        assert_eq!(
+            keys.verify("obj2", Some(&good), c, NOW),
+            Err(Reject::BadSignature)
+        );
+        assert_eq!(
+            keys.verify("obj", Some(&good), ip("198.51.101.5"), NOW),
+            Err(Reject::WrongPrefix)
+        );
+        assert_eq!(
+            keys.verify("obj", Some(&good), c, NOW + 61),
+            Err(Reject::Expired)
+        );
+        // Tampered expiry, prefix, key id.
+        let t = good.replace("exp=1800000060", "exp=1800000999");
+        assert_eq!(
+            keys.verify("obj", Some(&t), c, NOW),
+            Err(Reject::BadSignature)
+        );
+        let t = good.replace("pfx=198.51.100.0/24", "pfx=198.51.0.0/16");
+        assert_eq!(
+            keys.verify("obj", Some(&t), c, NOW),
+            Err(Reject::BadSignature)
+        );
+        let t = good.replace("kid=new", "kid=old");
+        assert_eq!(
+            keys.verify("obj", Some(&t), c, NOW),
+            Err(Reject::BadSignature)
+        );
+        let t = good.replace("kid=new", "kid=gone");
+        assert_eq!(
+            keys.verify("obj", Some(&t), c, NOW),
+            Err(Reject::UnknownKey)
+        );
+        // Host bits in the prefix, extra parameters, reordered parameters.
+        let t = good.replace("pfx=198.51.100.0/24", "pfx=198.51.100.1/24");
+        assert_eq!(keys.verify("obj", Some(&t), c, NOW), Err(Reject::Malformed));
+        assert_eq!(
+            keys.verify("obj", Some(&format!("{good}&x=1")), c, NOW),
+            Err(Reject::Malformed)
+        );
+        let mut parts: Vec<&str> = good.split('&').collect();
+        parts.swap(0, 1);
+        assert_eq!(
+            keys.verify("obj", Some(&parts.join("&")), c, NOW),
+            Err(Reject::Malformed)
+        );
+        // A flipped signature character.
+        let mut t = good.clone().into_bytes();
+        let last = t.len() - 2;
+        t[last] = if t[last] == b'A' { b'B' } else { b'A' };
+        let t = String::from_utf8(t).unwrap();
+        assert_eq!(
+            keys.verify("obj", Some(&t), c, NOW),
+            Err(Reject::BadSignature)
+        );
+    }
+
+    #[test]
+    fn rotation_overlap() {
+        let mut keys = KeySet {
+            keys: vec![key("k1", 1, NOW + 100)],
+        };
+        let pfx: IpNet = "10.0.0.0/8".parse().unwrap();
+        let old_url = sign(keys.signing_key(NOW).unwrap(), "o", NOW + 90, pfx);
+        keys.keys.push(key("k2", 2, NOW + 1000));
+        assert_eq!(keys.signing_key(NOW).unwrap().id, "k2");
+        let c = ip("10.1.2.3");
+        // Old URLs keep working during the overlap, and stop with the old key.
+        assert_eq!(keys.verify("o", Some(&old_url), c, NOW + 50), Ok(()));
+        let late = sign(&keys.keys[0], "o", NOW + 500, pfx);
+        assert_eq!(
+            keys.verify("o", Some(&late), c, NOW + 101),
+            Err(Reject::Expired)
+        );
+        keys.prune(NOW + 101);
+        assert_eq!(keys.keys.len(), 1);
+        assert_eq!(
+            keys.verify("o", Some(&old_url), c, NOW + 50),
+            Err(Reject::UnknownKey)
+        );
+    }
+
+    #[test]
+    fn keys_file_json_and_redacted_debug() {
+        let set = KeySet {
+            keys: vec![key("k1", 9, 5)],
+        };
+        let json = serde_json::to_string(&set).unwrap();
+        assert_eq!(serde_json::from_str::<KeySet>(&json).unwrap(), set);
+        assert!(!format!("{:?}", set).contains("9, 9"));
+        assert!(serde_json::from_str::<KeySet>(
+            r#"{"keys":[{"id":"a","secret":"AAAA","not_after":1}]}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn client_prefixes() {
+        assert_eq!(
+            client_prefix(ip("203.0.113.77"), 24, 48).to_string(),
+            "203.0.113.0/24"
+        );
+        assert_eq!(
+            client_prefix(ip("2001:db8:1:2::9"), 24, 48).to_string(),
+            "2001:db8:1::/48"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn no_panic_on_any_query(q in ".{0,200}", obj in "[a-z0-9.-]{1,20}") {
+            let keys = KeySet { keys: vec![key("k", 3, u64::MAX)] };
+            let _ = keys.verify(&obj, Some(&q), ip("192.0.2.1"), NOW);
+        }
+
+        #[test]
+        fn signed_verifies_and_other_objects_do_not(obj in "[a-zA-Z0-9._-]{1,40}", other in "[a-zA-Z0-9._-]{1,40}", exp in NOW..NOW + 100_000, host in any::<u32>()) {
+            let keys = KeySet { keys: vec![key("k", 3, u64::MAX)] };
+            let client = IpAddr::V4(host.into());
+            let q = sign(&keys.keys[0], &obj, exp, client_prefix(client, 24, 48));
+            prop_assert_eq!(keys.verify(&obj, Some(&q), client, NOW), Ok(()));
+            if other != obj {
+                prop_assert_eq!(keys.verify(&other, Some(&q), client, NOW), Err(Reject::BadSignature));
+            }
+        }
+    }
+}

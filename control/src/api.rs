@@ -1,0 +1,301 @@
+//! The control API's wire types: what an appliance's agent and the control service (the
+//! simulated AWS side, `edgeplane cloud`) send each other as JSON over HTTP, and what a player
+//! gets from steering. docs/control-api.md describes the endpoints.
+//!
+//! | method and path                          | body → response                          | auth |
+//! |------------------------------------------|------------------------------------------|------|
+//! | `POST /v1/appliances/{id}/register`      | [`Registration`] → [`RegistrationAck`]   | appliance |
+//! | `POST /v1/appliances/{id}/health`        | [`HealthReport`] → [`HealthAck`]         | appliance |
+//! | `GET  /v1/appliances/{id}/manifest`      | → [`FillManifest`]                       | appliance |
+//! | `GET  /v1/steering?client=IP&title=T`    | → [`Steering`]                           | none (players) |
+//! | `GET  /v1/fleet`                         | → [`Fleet`]                              | admin |
+//! | `PUT  /v1/catalog`                       | [`Catalog`] → 204                        | admin |
+//! | `GET  /v1/catalog`                       | → [`Catalog`]                            | none |
+//! | `POST /v1/keys/rotate`                   | → [`edgeplane_signing::KeySet`] (public part: ids and not_after only) | admin |
+//!
+//! Appliance auth is `Authorization: Bearer <secret>`, the per-appliance secret the control
+//! service was provisioned with; admin auth is the same header with the admin token.
+//! Errors are a status code and an [`ApiError`] body.
+
+use std::net::IpAddr;
+
+use edgeplane_signing::SigningKey;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// What kind of appliance: embedded in an ISP's network, or at an internet exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Inside one ISP; serves only the prefixes that ISP gives it.
+    Embedded,
+    /// At an internet exchange; serves anyone steering sends to it.
+    Ix,
+}
+
+/// The kind of a storage tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TierKind {
+    /// NVMe: the most popular objects.
+    Flash,
+    /// HDD: the long tail.
+    Storage,
+}
+
+/// A tier's size, as registered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierCapacity {
+    /// The tier's name in the appliance's config (`tier[].name`).
+    pub name: String,
+    /// Flash or storage.
+    pub kind: TierKind,
+    /// Bytes the fill may use on it.
+    pub capacity_bytes: u64,
+}
+
+/// An appliance introducing itself (at start and whenever its registration data changes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    /// Embedded or IX.
+    pub role: Role,
+    /// Site name (e.g. `isp1-fra`).
+    pub site: String,
+    /// Base URLs players use, e.g. `http://192.0.2.10:8080` (no trailing slash); the first is
+    /// preferred. An `https://` URL is used for players that ask for HTTPS.
+    pub urls: Vec<String>,
+    /// Client prefixes this appliance serves (embedded: from config and BGP; IX: may be empty).
+    pub prefixes: Vec<IpNet>,
+    /// Its tiers.
+    pub tiers: Vec<TierCapacity>,
+    /// Most bits per second steering may send to it (its load cap).
+    pub max_bps: u64,
+    /// Software version.
+    pub version: String,
+}
+
+/// The control service's answer to a registration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationAck {
+    /// How often to report health, seconds.
+    pub health_interval_secs: u64,
+    /// The signing keys the data plane must accept (secrets included: this is the appliance's
+    /// own authenticated channel).
+    pub signing_keys: Vec<SigningKey>,
+}
+
+/// One tier in a health report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierHealth {
+    /// Tier name.
+    pub name: String,
+    /// Whether the data plane serves from it (false after a disk failure).
+    pub up: bool,
+    /// Capacity the fill may use, bytes.
+    pub capacity_bytes: u64,
+    /// Bytes held.
+    pub used_bytes: u64,
+    /// Objects held.
+    pub objects: u64,
+    /// I/O errors seen since start.
+    pub disk_errors: u64,
+}
+
+/// Fill progress in a health report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FillStatus {
+    /// `idle` (outside the window or nothing to do), `filling`, `blocked` (origin breaker open).
+    pub state: String,
+    /// Manifest generation being filled.
+    pub generation: u64,
+    /// Objects in the manifest / held and verified.
+    pub objects_wanted: u64,
+    /// Objects present and verified.
+    pub objects_present: u64,
+    /// Bytes still to download.
+    pub bytes_missing: u64,
+    /// Objects rejected on checksum since start.
+    pub checksum_failures: u64,
+}
+
+/// What an appliance reports every health interval.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HealthReport {
+    /// Whether the appliance wants clients: false when draining or when no tier is up.
+    pub healthy: bool,
+    /// Why not healthy, for the fleet view.
+    pub reason: Option<String>,
+    /// Serving throughput over the last interval, bits per second.
+    pub serving_bps: u64,
+    /// Open client connections.
+    pub connections: u64,
+    /// CPU use of the host over the last interval, 0–1 per core summed (2.0 = two cores busy).
+    pub cpu: f64,
+    /// Per tier.
+    pub tiers: Vec<TierHealth>,
+    /// Fill progress.
+    pub fill: FillStatus,
+    /// `ktls`, `userspace` or `off`.
+    pub tls_mode: String,
+    /// Software version.
+    pub version: String,
+    /// Object ids held and served right now (so steering only sends players for what is here).
+    pub objects: Vec<String>,
+    /// Client prefixes served right now (configured ∪ BGP), so steering and the XDP filter agree.
+    pub prefixes: Vec<IpNet>,
+}
+
+/// The control service's answer to a health report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthAck {
+    /// The current signing keys (rotation arrives here).
+    pub signing_keys: Vec<SigningKey>,
+    /// The newest manifest generation: fetch it when it differs from the one being filled.
+    pub manifest_generation: u64,
+}
+
+/// One object of the catalog: a segment (or playlist) of one rendition of a title.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectInfo {
+    /// Content id: the file name on the appliance and the key at the origin.
+    pub id: String,
+    /// Bytes.
+    pub size: u64,
+    /// SHA-256 of the content, lowercase hex.
+    pub sha256: String,
+}
+
+/// A rendition: one bitrate of a title, as an ordered list of segments.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rendition {
+    /// Name, e.g. `720p`.
+    pub name: String,
+    /// Bits per second.
+    pub bitrate: u64,
+    /// Segments in play order.
+    pub objects: Vec<ObjectInfo>,
+}
+
+/// A title.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Title {
+    /// Title id, e.g. `t0042`.
+    pub id: String,
+    /// Its renditions.
+    pub renditions: Vec<Rendition>,
+}
+
+/// The whole catalog.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Catalog {
+    /// Titles, any order.
+    pub titles: Vec<Title>,
+}
+
+/// One object an appliance should hold, in rank order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    /// The object.
+    #[serde(flatten)]
+    pub object: ObjectInfo,
+    /// The tier (by name) it belongs on given the appliance's capacities.
+    pub tier: String,
+    /// 0 = most popular.
+    pub rank: u64,
+    /// Base URL of a peer appliance to fill from first (tiered fill), if any.
+    pub peer: Option<String>,
+}
+
+/// What an appliance should hold: the fill plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FillManifest {
+    /// Increases whenever the plan changes.
+    pub generation: u64,
+    /// Objects, most popular first.
+    pub objects: Vec<ManifestEntry>,
+}
+
+/// Where a player may fetch from, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LocationKind {
+    /// An embedded appliance serving the client's prefix.
+    Embedded,
+    /// An IX appliance.
+    Ix,
+    /// The origin (a presigned S3 URL).
+    Origin,
+}
+
+/// One place to fetch a title from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    /// Embedded, IX or origin.
+    pub kind: LocationKind,
+    /// The appliance, when not the origin.
+    pub appliance: Option<String>,
+}
+
+/// One object of the steered title with its signed URLs, one per location, in location order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SteeredObject {
+    /// The object.
+    #[serde(flatten)]
+    pub object: ObjectInfo,
+    /// Its rendition.
+    pub rendition: String,
+    /// Signed URLs, `urls[i]` at `locations[i]`.
+    pub urls: Vec<String>,
+}
+
+/// Steering's answer for (client, title).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Steering {
+    /// The title.
+    pub title: String,
+    /// The client address as seen.
+    pub client: IpAddr,
+    /// Where to fetch from, best first.
+    pub locations: Vec<Location>,
+    /// Unix seconds at which the URLs expire.
+    pub expires: u64,
+    /// Every object of the title.
+    pub objects: Vec<SteeredObject>,
+}
+
+/// One appliance in the fleet view.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApplianceView {
+    /// Id.
+    pub id: String,
+    /// Its registration, if it registered.
+    pub registration: Option<Registration>,
+    /// Its last health report.
+    pub last_health: Option<HealthReport>,
+    /// Seconds since the last report.
+    pub silent_secs: Option<u64>,
+    /// Whether steering uses it now.
+    pub in_steering: bool,
+    /// Why not, when not.
+    pub out_reason: Option<String>,
+}
+
+/// The fleet view.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Fleet {
+    /// Every provisioned appliance.
+    pub appliances: Vec<ApplianceView>,
+}
+
+/// An error body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// What went wrong, for a human.
+    pub error: String,
+}
