@@ -12,6 +12,9 @@
 #   fuse3, libfuse3-dev, pkg-config   fusermount3 and the headers the `fuser` crate builds against
 #   iproute2 (ip), ethtool       the XDP network-namespace tests and the veth drop bench
 #   nftables (nft)               the bench's baseline for the XDP drop rate
+#   bird2 (bird, birdc)          the ISP router the BGP tests peer with (in a network namespace)
+#   gobgpd (gobgpd, gobgp)       a second BGP implementation the BGP tests peer with
+#   python3-venv                 a virtualenv for moto (below), when moto_server is missing
 # and, through rustup, the pinned nightly that builds the eBPF programs (see the end).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -25,7 +28,7 @@ fi
 
 # command-name:package pairs; a package is needed when its command is missing.
 commands=(curl:curl openssl:openssl nginx:nginx wrk:wrk perf:linux-perf fusermount3:fuse3 pkg-config:pkg-config taskset:util-linux
-    ip:iproute2 nft:nftables ethtool:ethtool)
+    ip:iproute2 nft:nftables ethtool:ethtool bird:bird2 gobgpd:gobgpd)
 # packages without a command to probe.
 libraries=(libfuse3-dev)
 
@@ -121,4 +124,20 @@ elif [[ ! -d $sysroot/lib/rustlib/src/rust/library/core || ! -x $sysroot/lib/rus
     rustup component add --toolchain "$toolchain" "${components[@]}"
 else
     echo "setup: eBPF toolchain $toolchain present"
+fi
+
+# The S3 origin of the control tests: moto's server (what AWS users run to simulate S3), from
+# PyPI into a virtualenv of its own, linked onto PATH. Skipped when moto_server is already there.
+if command -v moto_server >/dev/null 2>&1; then
+    echo "setup: moto_server present"
+else
+    venv=/opt/edgeplane-moto
+    echo "setup: installing moto[server] into $venv"
+    if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        $SUDO apt-get update -qq
+        $SUDO apt-get install -y -qq --no-install-recommends python3-venv
+    fi
+    $SUDO python3 -m venv "$venv"
+    $SUDO "$venv/bin/pip" install -q 'moto[server]'
+    $SUDO ln -sf "$venv/bin/moto_server" /usr/local/bin/moto_server
 fi

@@ -4,4 +4,5 @@
 //!
 //! The two talk JSON over HTTP; [`api`] has every type on the wire.
 
+pub mod agent;
 pub mod api;

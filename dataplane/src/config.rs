@@ -70,6 +70,10 @@ pub struct Config {
     /// The XDP served-prefix filter and flow steering; absent: no eBPF at all.
     #[serde(default)]
     pub xdp: Option<XdpConfig>,
+    /// The agent beside the data plane (`edgeplane agent`: fill, health, prefixes, keys);
+    /// `edgeplane serve` ignores it. See docs/agent.md.
+    #[serde(default)]
+    pub agent: Option<edgeplane_control::agent::AgentConfig>,
 }
 
 /// `[http]`
@@ -472,6 +476,11 @@ impl Config {
 
     /// Checks every constraint the types alone do not express.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(agent) = &self.agent {
+            agent
+                .validate()
+                .map_err(|(key, problem)| ConfigError::new(key, problem))?;
+        }
         if self.cores == 0 {
             return Err(ConfigError::new("cores", "must be at least 1"));
         }

@@ -42,6 +42,13 @@ enum Command {
         #[command(subcommand)]
         command: edgeplane::xdp::cli::PrefixCommand,
     },
+    /// Run the agent beside the data plane (the config's `[agent]`): fill, health reports,
+    /// served prefixes and signing keys, until SIGTERM.
+    Agent {
+        /// The config file (the same one `serve` reads).
+        #[arg(long, short, default_value = "/etc/edgeplane/edgeplane.toml")]
+        config: PathBuf,
+    },
     /// Check a config file and exit (0 when valid).
     CheckConfig {
         /// The config file.
@@ -98,6 +105,16 @@ fn main() -> ExitCode {
                 Err(e) => fail(1, &e),
             }
         }
+        Command::Agent { config } => {
+            let config = match edgeplane::config::Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return fail(2, &e),
+            };
+            match run_agent(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(1, &e),
+            }
+        }
         Command::CheckConfig { config } => match edgeplane::config::Config::load(&config) {
             Ok(_) => {
                 println!("edgeplane: {} is valid", config.display());
@@ -106,6 +123,35 @@ fn main() -> ExitCode {
             Err(e) => fail(2, &e),
         },
     }
+}
+
+/// `edgeplane agent`: the data plane's side of the config, handed to the agent.
+fn run_agent(config: edgeplane::config::Config) -> Result<(), String> {
+    use edgeplane_control::agent::{Dataplane, TierSpec};
+    use edgeplane_control::api::TierKind;
+    let Some(agent) = config.agent.clone() else {
+        return Err("the config has no [agent] section".into());
+    };
+    let tiers = config
+        .tiers
+        .iter()
+        .map(|t| TierSpec {
+            name: t.name.clone(),
+            kind: match t.kind {
+                edgeplane::config::TierKind::Flash => TierKind::Flash,
+                edgeplane::config::TierKind::Storage => TierKind::Storage,
+            },
+            path: t.path.clone(),
+        })
+        .collect();
+    let dp = Dataplane {
+        admin: config.admin.listen,
+        tiers,
+        keys_file: None,
+        prefixes_file: None,
+        xdp: None,
+    };
+    edgeplane_control::agent::run(agent, dp)
 }
 
 /// One line on stderr, no backtrace, and a non-zero exit code.

@@ -1,0 +1,244 @@
+//! `[agent]`: the agent's part of the appliance's one config file (`edgeplane.toml`).
+//!
+//! The data plane's own sections (tiers, admin listener, signing keys file, access prefixes
+//! file, XDP pin directory) are read from the same file by the `edgeplane` binary and handed to
+//! the agent as a [`super::Dataplane`]; this section holds only what the agent adds.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::api::Role;
+
+/// `[agent]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This appliance's id at the control service.
+    pub id: String,
+    /// The per-appliance secret (or `secret_file`).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// A file holding the secret (first line), readable by the agent only.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Base URL of the control service, e.g. `https://control.example.net`.
+    pub control_url: String,
+    /// `embedded` or `ix`.
+    #[serde(default = "default_role")]
+    pub role: Role,
+    /// Site name.
+    #[serde(default = "default_site")]
+    pub site: String,
+    /// Base URLs players reach this appliance at (first preferred).
+    pub urls: Vec<String>,
+    /// Client prefixes served regardless of BGP (the union with BGP's is served).
+    #[serde(default)]
+    pub prefixes: Vec<IpNet>,
+    /// The agent's own state (manifest cache).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// The agent's `/metrics` and `/status` listener.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Load cap registered with steering, bits per second.
+    #[serde(default = "default_max_bps")]
+    pub max_bps: u64,
+    /// Bytes the fill may use per tier name (default: 95% of the tier's filesystem).
+    #[serde(default)]
+    pub tier_capacity: BTreeMap<String, u64>,
+    /// Health report interval, overriding the control service's (seconds).
+    #[serde(default)]
+    pub health_interval_secs: Option<u64>,
+    /// Fill behaviour.
+    #[serde(default)]
+    pub fill: FillConfig,
+    /// The S3 origin.
+    pub origin: OriginConfig,
+    /// BGP sessions with the ISP's routers (receive-only).
+    #[serde(default)]
+    pub bgp: Option<toml::Value>, // BGP-WIRE
+}
+
+/// `[agent.fill]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FillConfig {
+    /// `"always"`, or `"HH:MM-HH:MM"` in local time (may wrap midnight: `"22:00-06:00"`).
+    #[serde(default = "default_window")]
+    pub window: String,
+    /// Download rate cap in megabits per second for the whole fill (0: no cap).
+    #[serde(default = "default_rate_mbps")]
+    pub rate_mbps: u64,
+    /// Objects downloaded at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Run the agent's I/O at idle priority (`ioprio` class idle), so fill writes never compete
+    /// with serving reads.
+    #[serde(default = "default_true")]
+    pub idle_io: bool,
+    /// First retry delay after a failed download, milliseconds (doubles up to `retry_max_ms`).
+    #[serde(default = "default_retry_base_ms")]
+    pub retry_base_ms: u64,
+    /// Longest retry delay, milliseconds.
+    #[serde(default = "default_retry_max_ms")]
+    pub retry_max_ms: u64,
+    /// Consecutive origin failures that open the circuit breaker.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before one probe, seconds (doubles while failing, up to 16×).
+    #[serde(default = "default_breaker_open_secs")]
+    pub breaker_open_secs: u64,
+    /// Remove objects that left the manifest.
+    #[serde(default = "default_true")]
+    pub evict: bool,
+}
+
+impl Default for FillConfig {
+    fn default() -> Self {
+        // The serde defaults, in one place.
+        toml::from_str("").expect("defaults")
+    }
+}
+
+/// `[agent.origin]`: any S3-compatible store. Real AWS S3 is `endpoint` unset and credentials
+/// from the environment (`AWS_ACCESS_KEY_ID`, …) or here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginConfig {
+    /// Endpoint URL for S3-compatible stores (e.g. `http://127.0.0.1:5000`); unset: AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Bucket.
+    pub bucket: String,
+    /// Region.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Access key id (else from the environment).
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// Secret access key (else from the environment).
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Allow `http://` endpoints (test origins).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Key prefix inside the bucket (`videos/` → object `a` is at `videos/a`).
+    #[serde(default)]
+    pub key_prefix: String,
+}
+
+fn default_role() -> Role {
+    Role::Embedded
+}
+fn default_site() -> String {
+    "default".into()
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/edgeplane/agent")
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9091))
+}
+fn default_max_bps() -> u64 {
+    100_000_000_000
+}
+fn default_window() -> String {
+    "always".into()
+}
+fn default_rate_mbps() -> u64 {
+    1000
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_true() -> bool {
+    true
+}
+fn default_retry_base_ms() -> u64 {
+    500
+}
+fn default_retry_max_ms() -> u64 {
+    60_000
+}
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_open_secs() -> u64 {
+    10
+}
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+impl AgentConfig {
+    /// Checks what serde cannot; the error names the key.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, p: String| Err((format!("agent.{k}"), p));
+        if self.id.is_empty()
+            || !self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return bad("id", "must be [A-Za-z0-9._-]+".into());
+        }
+        if self.secret.is_none() == self.secret_file.is_none() {
+            return bad(
+                "secret",
+                "set exactly one of `secret` and `secret_file`".into(),
+            );
+        }
+        if !(self.control_url.starts_with("http://") || self.control_url.starts_with("https://")) {
+            return bad(
+                "control_url",
+                format!("{:?} is not an http(s) URL", self.control_url),
+            );
+        }
+        if self.urls.is_empty() {
+            return bad("urls", "at least one base URL players can reach".into());
+        }
+        for u in &self.urls {
+            if !(u.starts_with("http://") || u.starts_with("https://")) || u.ends_with('/') {
+                return bad(
+                    "urls",
+                    format!("{u:?}: want http(s)://host:port without a trailing slash"),
+                );
+            }
+        }
+        if let Err(e) = super::fill::Window::parse(&self.fill.window) {
+            return bad("fill.window", e);
+        }
+        if self.fill.concurrency == 0 || self.fill.concurrency > 256 {
+            return bad("fill.concurrency", "must be 1-256".into());
+        }
+        if self.fill.breaker_failures == 0 {
+            return bad("fill.breaker_failures", "must be at least 1".into());
+        }
+        if self.origin.bucket.is_empty() {
+            return bad("origin.bucket", "must not be empty".into());
+        }
+        if self.health_interval_secs == Some(0) {
+            return bad("health_interval_secs", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The secret, from `secret` or the first line of `secret_file`.
+    pub fn load_secret(&self) -> Result<String, String> {
+        if let Some(s) = &self.secret {
+            return Ok(s.clone());
+        }
+        let path = self.secret_file.as_ref().ok_or("no secret configured")?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("agent.secret_file {}: {e}", path.display()))?;
+        let line = text.lines().next().unwrap_or("").trim().to_string();
+        if line.is_empty() {
+            return Err(format!("agent.secret_file {} is empty", path.display()));
+        }
+        Ok(line)
+    }
+}

@@ -1,0 +1,222 @@
+//! The agent's view of its data plane: the admin listener's `/metrics`, `/catalog` and
+//! `/reload`, and the files the data plane reads on reload (signing keys, served prefixes).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::api::TierKind;
+
+/// Turns a set of prefixes into the pinned XDP maps of the data plane (provided by the
+/// `edgeplane` binary, which owns the XDP code). Returns a one-line summary.
+pub type PrefixSink = Box<dyn Fn(&[IpNet]) -> Result<String, String> + Send + Sync>;
+
+/// A tier as the data plane's config names it.
+#[derive(Debug, Clone)]
+pub struct TierSpec {
+    /// Name.
+    pub name: String,
+    /// Flash or storage.
+    pub kind: TierKind,
+    /// Directory.
+    pub path: PathBuf,
+}
+
+/// What the agent needs to know about its data plane (from the same config file).
+pub struct Dataplane {
+    /// The admin listener.
+    pub admin: SocketAddr,
+    /// The tiers.
+    pub tiers: Vec<TierSpec>,
+    /// `signing.keys_file`, when signing is on.
+    pub keys_file: Option<PathBuf>,
+    /// `access.prefixes_file`, when set.
+    pub prefixes_file: Option<PathBuf>,
+    /// Pushes prefixes into the XDP maps, when the data plane runs XDP.
+    pub xdp: Option<PrefixSink>,
+}
+
+/// One tier in the data plane's `GET /catalog`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CatalogTier {
+    /// Name.
+    pub name: String,
+    /// Serving from it.
+    pub up: bool,
+    /// Objects.
+    pub objects: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Object ids.
+    #[serde(default)]
+    pub ids: Vec<String>,
+}
+
+/// The data plane's `GET /catalog`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CatalogView {
+    /// Tiers.
+    pub tiers: Vec<CatalogTier>,
+}
+
+/// The numbers the agent reads from `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scrape {
+    /// Sum of `edgeplane_response_bytes_total`.
+    pub response_bytes: f64,
+    /// `edgeplane_open_connections`.
+    pub connections: f64,
+    /// `edgeplane_tls_mode{mode}` that is 1, if any.
+    pub tls_mode: Option<String>,
+    /// Per tier: sum of `edgeplane_tier_io_errors_total{tier}`.
+    pub disk_errors: BTreeMap<String, f64>,
+}
+
+/// Reads the series the agent needs out of Prometheus text.
+pub fn parse_metrics(text: &str) -> Scrape {
+    let mut s = Scrape::default();
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = value.parse::<f64>() else {
+            continue;
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, l.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let label = |key: &str| -> Option<&str> {
+            labels.split(',').find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                (k == key).then(|| v.trim_matches('"'))
+            })
+        };
+        match name {
+            "edgeplane_response_bytes_total" => s.response_bytes += v,
+            "edgeplane_open_connections" => s.connections = v,
+            "edgeplane_tls_mode" if v >= 1.0 => s.tls_mode = label("mode").map(str::to_string),
+            "edgeplane_tier_io_errors_total" => {
+                if let Some(t) = label("tier") {
+                    *s.disk_errors.entry(t.to_string()).or_default() += v;
+                }
+            }
+            _ => {}
+        }
+    }
+    s
+}
+
+/// Writes `contents` to `path` atomically: temporary in the same directory, fsync, rename,
+/// fsync the directory.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// HTTP calls to the data plane's admin listener.
+#[derive(Clone)]
+pub struct AdminClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl AdminClient {
+    /// For the admin listener at `addr`.
+    pub fn new(http: reqwest::Client, addr: SocketAddr) -> AdminClient {
+        AdminClient {
+            http,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    /// `POST /reload`: rescans tiers and rereads the keys and prefixes files.
+    pub async fn reload(&self) -> Result<(), String> {
+        let r = self
+            .http
+            .post(format!("{}/reload", self.base))
+            .send()
+            .await
+            .map_err(|e| format!("data plane reload: {e}"))?;
+        if !r.status().is_success() {
+            return Err(format!("data plane reload: HTTP {}", r.status()));
+        }
+        Ok(())
+    }
+
+    /// `GET /metrics`, parsed.
+    pub async fn scrape(&self) -> Result<Scrape, String> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| format!("data plane metrics: {e}"))?
+            .text()
+            .await
+            .map_err(|e| format!("data plane metrics: {e}"))?;
+        Ok(parse_metrics(&text))
+    }
+
+    /// `GET /catalog`.
+    pub async fn catalog(&self) -> Result<CatalogView, String> {
+        self.http
+            .get(format!("{}/catalog", self.base))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| format!("data plane catalog: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("data plane catalog: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrape_reads_the_series_it_needs() {
+        let text = "# HELP x\n\
+            edgeplane_response_bytes_total{tier=\"flash\"} 1000\n\
+            edgeplane_response_bytes_total{tier=\"hdd\"} 24\n\
+            edgeplane_open_connections 7\n\
+            edgeplane_tls_mode{mode=\"ktls\"} 0\n\
+            edgeplane_tls_mode{mode=\"userspace\"} 1\n\
+            edgeplane_tier_io_errors_total{tier=\"hdd\",kind=\"read\"} 2\n\
+            edgeplane_tier_io_errors_total{tier=\"hdd\",kind=\"open\"} 1\n\
+            garbage line\n";
+        let s = parse_metrics(text);
+        assert_eq!(s.response_bytes, 1024.0);
+        assert_eq!(s.connections, 7.0);
+        assert_eq!(s.tls_mode.as_deref(), Some("userspace"));
+        assert_eq!(s.disk_errors.get("hdd"), Some(&3.0));
+    }
+
+    #[test]
+    fn atomic_write_replaces_whole_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/keys.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
+    }
+}

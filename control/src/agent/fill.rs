@@ -1,0 +1,412 @@
+//! Fill planning, pure: the window, what to download and evict, backoff and the origin's
+//! circuit breaker. The I/O that carries a plan out is in [`super::store`] and [`super::run`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use crate::api::{FillManifest, ManifestEntry};
+
+/// The fill window in local time: always open, or `[start, end)` minutes after midnight
+/// (wrapping past midnight when `end <= start`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// Fill at any time.
+    Always,
+    /// Fill from `start` to `end`, minutes after local midnight.
+    Daily {
+        /// Opens, minutes after midnight.
+        start: u16,
+        /// Closes, minutes after midnight.
+        end: u16,
+    },
+}
+
+impl Window {
+    /// Parses `always` or `HH:MM-HH:MM`.
+    pub fn parse(text: &str) -> Result<Window, String> {
+        if text == "always" {
+            return Ok(Window::Always);
+        }
+        let hhmm = |s: &str| -> Option<u16> {
+            let (h, m) = s.split_once(':')?;
+            if h.len() != 2 || m.len() != 2 {
+                return None;
+            }
+            let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+            (h < 24 && m < 60).then_some(h * 60 + m)
+        };
+        let err = || {
+            format!(
+                "{text:?}: want \"always\" or \"HH:MM-HH:MM\" (local time), e.g. \"02:00-06:00\""
+            )
+        };
+        let (a, b) = text.split_once('-').ok_or_else(err)?;
+        let (start, end) = (hhmm(a).ok_or_else(err)?, hhmm(b).ok_or_else(err)?);
+        if start == end {
+            return Err(format!(
+                "{text:?}: an empty window; use \"always\" for no limit"
+            ));
+        }
+        Ok(Window::Daily { start, end })
+    }
+
+    /// Whether the window is open at `minute` minutes after local midnight.
+    pub fn is_open(self, minute: u16) -> bool {
+        match self {
+            Window::Always => true,
+            Window::Daily { start, end } if start < end => minute >= start && minute < end,
+            Window::Daily { start, end } => minute >= start || minute < end,
+        }
+    }
+}
+
+/// Minutes after local midnight now (localtime_r: honours TZ and /etc/localtime).
+pub fn local_minute_now() -> u16 {
+    let now = unsafe_free_localtime();
+    now.0 * 60 + now.1
+}
+
+fn unsafe_free_localtime() -> (u16, u16) {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as libc::time_t);
+    let mut tm = std::mem::MaybeUninit::<libc::tm>::zeroed();
+    // SAFETY: `t` and `tm` are valid for the call; localtime_r is the thread-safe variant and
+    // writes `tm` fully when it returns non-null, which we check before reading.
+    let ok = unsafe { !libc::localtime_r(&t, tm.as_mut_ptr()).is_null() };
+    if !ok {
+        return (0, 0);
+    }
+    // SAFETY: initialised by the successful localtime_r above (and zeroed before anyway).
+    let tm = unsafe { tm.assume_init() };
+    (tm.tm_hour as u16, tm.tm_min as u16)
+}
+
+/// An object a tier holds: its size (files are only ever renamed into place after their
+/// checksum was verified, so size is what the store checks on a restart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// Bytes.
+    pub size: u64,
+}
+
+/// What to do in one fill pass.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// `(tier, id)` to remove: held but not in the manifest, or the wrong size.
+    pub evict: Vec<(String, String)>,
+    /// Entries to download, in rank order, each onto `entry.tier`.
+    pub download: Vec<ManifestEntry>,
+    /// Entries that do not fit in their tier's capacity even after eviction.
+    pub no_room: Vec<String>,
+    /// Objects of the manifest already held.
+    pub present: u64,
+    /// Bytes the downloads add.
+    pub bytes_missing: u64,
+}
+
+/// Plans a pass: `held` maps tier name → id → held object; `capacity` tier name → bytes.
+/// An object held on any tier counts as present (it is served from there); the manifest's tier
+/// only decides where a missing one goes.
+pub fn plan(
+    manifest: &FillManifest,
+    held: &BTreeMap<String, HashMap<String, Held>>,
+    capacity: &BTreeMap<String, u64>,
+    evict: bool,
+) -> Plan {
+    let mut out = Plan::default();
+    let wanted: HashMap<&str, &ManifestEntry> = manifest
+        .objects
+        .iter()
+        .map(|e| (e.object.id.as_str(), e))
+        .collect();
+    let mut used: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut present: HashSet<&str> = HashSet::new();
+    for (tier, objects) in held {
+        let mut tier_used = 0;
+        let mut ids: Vec<(&String, &Held)> = objects.iter().collect();
+        ids.sort_by(|a, b| a.0.cmp(b.0));
+        for (id, h) in ids {
+            match wanted.get(id.as_str()) {
+                Some(e) if e.object.size == h.size && !present.contains(id.as_str()) => {
+                    present.insert(id.as_str());
+                    tier_used += h.size;
+                }
+                // Unwanted, a wrong size (cannot be what the manifest means), or a second copy.
+                _ if evict || wanted.contains_key(id.as_str()) => {
+                    out.evict.push((tier.clone(), id.clone()));
+                }
+                _ => tier_used += h.size,
+            }
+        }
+        used.insert(tier.as_str(), tier_used);
+    }
+    out.present = present.len() as u64;
+    let mut entries: Vec<&ManifestEntry> = manifest.objects.iter().collect();
+    entries.sort_by_key(|e| e.rank);
+    for e in entries {
+        if present.contains(e.object.id.as_str()) {
+            continue;
+        }
+        let cap = capacity.get(&e.tier).copied().unwrap_or(0);
+        let u = used.entry(e.tier.as_str()).or_insert(0);
+        if *u + e.object.size > cap {
+            out.no_room.push(e.object.id.clone());
+            continue;
+        }
+        *u += e.object.size;
+        out.bytes_missing += e.object.size;
+        out.download.push(e.clone());
+    }
+    out
+}
+
+/// Exponential backoff: `base`, `2·base`, … up to `max`.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// First delay.
+    pub base: Duration,
+    /// Longest delay.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The delay after `failures` consecutive failures (≥ 1).
+    pub fn delay(self, failures: u32) -> Duration {
+        let shift = failures.saturating_sub(1).min(20);
+        self.base.saturating_mul(1 << shift).min(self.max)
+    }
+}
+
+/// The origin's circuit breaker: `threshold` consecutive failures open it for `open_for`
+/// (doubling while probes keep failing, up to 16×); when that has passed one probe may go
+/// (half open); a success closes it.
+#[derive(Debug, Clone)]
+pub struct Breaker {
+    threshold: u32,
+    open_for: Duration,
+    failures: u32,
+    trips: u32,
+    open_until: Option<Instant>,
+    probing: bool,
+}
+
+/// The breaker's state, for metrics and health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Requests flow.
+    Closed,
+    /// Requests are refused until the deadline.
+    Open,
+    /// One probe is allowed.
+    HalfOpen,
+}
+
+impl Breaker {
+    /// A closed breaker.
+    pub fn new(threshold: u32, open_for: Duration) -> Breaker {
+        Breaker {
+            threshold: threshold.max(1),
+            open_for,
+            failures: 0,
+            trips: 0,
+            open_until: None,
+            probing: false,
+        }
+    }
+
+    /// The state at `now`.
+    pub fn state(&self, now: Instant) -> BreakerState {
+        match self.open_until {
+            None => BreakerState::Closed,
+            Some(t) if now < t => BreakerState::Open,
+            Some(_) => BreakerState::HalfOpen,
+        }
+    }
+
+    /// Whether a request may go now; in half-open, only the first caller gets to probe.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        match self.state(now) {
+            BreakerState::Closed => true,
+            BreakerState::Open => false,
+            BreakerState::HalfOpen if self.probing => false,
+            BreakerState::HalfOpen => {
+                self.probing = true;
+                true
+            }
+        }
+    }
+
+    /// When an open breaker lets the next probe through.
+    pub fn open_until(&self) -> Option<Instant> {
+        self.open_until
+    }
+
+    /// Records a success: closes.
+    pub fn success(&mut self) {
+        self.failures = 0;
+        self.trips = 0;
+        self.open_until = None;
+        self.probing = false;
+    }
+
+    /// Records a failure at `now`: may open (or re-open, longer).
+    pub fn failure(&mut self, now: Instant) {
+        self.failures += 1;
+        let was_probe = self.probing;
+        self.probing = false;
+        if was_probe || self.failures >= self.threshold {
+            self.trips = (self.trips + 1).min(5);
+            self.open_until = Some(now + self.open_for * (1 << (self.trips - 1)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ObjectInfo;
+
+    #[test]
+    fn windows() {
+        assert_eq!(Window::parse("always"), Ok(Window::Always));
+        let w = Window::parse("02:00-06:30").unwrap();
+        assert!(!w.is_open(119) && w.is_open(120) && w.is_open(389) && !w.is_open(390));
+        let wrap = Window::parse("22:00-06:00").unwrap();
+        assert!(wrap.is_open(23 * 60) && wrap.is_open(0) && wrap.is_open(359));
+        assert!(!wrap.is_open(360) && !wrap.is_open(12 * 60));
+        for bad in [
+            "",
+            "2:00-06:00",
+            "02:00",
+            "25:00-01:00",
+            "02:00-02:00",
+            "02:60-03:00",
+        ] {
+            assert!(Window::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn entry(id: &str, size: u64, tier: &str, rank: u64) -> ManifestEntry {
+        ManifestEntry {
+            object: ObjectInfo {
+                id: id.into(),
+                size,
+                sha256: "00".repeat(32),
+            },
+            tier: tier.into(),
+            rank,
+            peer: None,
+        }
+    }
+
+    #[test]
+    fn plan_downloads_missing_in_rank_order_and_evicts_the_rest() {
+        let m = FillManifest {
+            generation: 1,
+            objects: vec![
+                entry("c", 30, "flash", 2),
+                entry("a", 10, "flash", 0),
+                entry("b", 20, "hdd", 1),
+                entry("d", 40, "hdd", 3),
+            ],
+        };
+        let mut held = BTreeMap::new();
+        held.insert(
+            "flash".to_string(),
+            HashMap::from([
+                ("a".to_string(), Held { size: 10 }),
+                ("old".to_string(), Held { size: 5 }),
+            ]),
+        );
+        held.insert(
+            "hdd".to_string(),
+            // Wrong size: evicted and fetched again.
+            HashMap::from([("d".to_string(), Held { size: 39 })]),
+        );
+        let cap = BTreeMap::from([("flash".to_string(), 40), ("hdd".to_string(), 60)]);
+        let p = plan(&m, &held, &cap, true);
+        let ids: Vec<&str> = p.download.iter().map(|e| e.object.id.as_str()).collect();
+        assert_eq!(ids, ["b", "c", "d"]);
+        assert_eq!(p.present, 1);
+        assert_eq!(p.bytes_missing, 90);
+        let mut ev = p.evict.clone();
+        ev.sort();
+        assert_eq!(
+            ev,
+            [("flash".into(), "old".into()), ("hdd".into(), "d".into())]
+        );
+        assert!(p.no_room.is_empty());
+    }
+
+    #[test]
+    fn plan_respects_capacity_and_keeps_unwanted_without_evict() {
+        let m = FillManifest {
+            generation: 1,
+            objects: vec![entry("a", 10, "flash", 0), entry("b", 10, "flash", 1)],
+        };
+        let held = BTreeMap::from([(
+            "flash".to_string(),
+            HashMap::from([("x".to_string(), Held { size: 5 })]),
+        )]);
+        let cap = BTreeMap::from([("flash".to_string(), 14)]);
+        let p = plan(&m, &held, &cap, false);
+        assert!(p.evict.is_empty());
+        assert!(p.download.is_empty(), "x keeps 5 of 14 bytes: {p:?}");
+        assert_eq!(p.no_room, ["a", "b"]);
+        let p = plan(&m, &held, &cap, true);
+        assert_eq!(p.download.len(), 1);
+        assert_eq!(p.no_room, ["b"]);
+    }
+
+    #[test]
+    fn an_object_held_on_another_tier_is_present() {
+        let m = FillManifest {
+            generation: 1,
+            objects: vec![entry("a", 10, "flash", 0)],
+        };
+        let held = BTreeMap::from([(
+            "hdd".to_string(),
+            HashMap::from([("a".to_string(), Held { size: 10 })]),
+        )]);
+        let p = plan(&m, &held, &BTreeMap::new(), true);
+        assert_eq!((p.present, p.download.len(), p.evict.len()), (1, 0, 0));
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_cap() {
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        let d: Vec<u128> = (1..=6).map(|n| b.delay(n).as_millis()).collect();
+        assert_eq!(d, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(b.delay(1000).as_millis(), 1000);
+    }
+
+    #[test]
+    fn breaker_opens_probes_and_closes() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut b = Breaker::new(3, s);
+        for _ in 0..2 {
+            assert!(b.allow(t0));
+            b.failure(t0);
+        }
+        assert_eq!(b.state(t0), BreakerState::Closed);
+        b.failure(t0);
+        assert_eq!(b.state(t0), BreakerState::Open);
+        assert!(!b.allow(t0 + s / 2));
+        // Half open: one probe only.
+        assert!(b.allow(t0 + s));
+        assert!(!b.allow(t0 + s));
+        // The probe fails: open again, twice as long.
+        b.failure(t0 + s);
+        assert_eq!(b.state(t0 + s + s), BreakerState::Open);
+        assert_eq!(b.state(t0 + s * 3), BreakerState::HalfOpen);
+        assert!(b.allow(t0 + s * 3));
+        b.success();
+        assert_eq!(b.state(t0 + s * 3), BreakerState::Closed);
+        assert!(b.allow(t0 + s * 3));
+    }
+}

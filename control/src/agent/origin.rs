@@ -1,0 +1,133 @@
+//! Where fill bytes come from: the S3 origin (object_store's S3 client, so real AWS is a config
+//! change) or a peer appliance (tiered fill: plain HTTP GET of a URL the agent signs itself).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::{ClientOptions, ObjectStoreExt, RetryConfig};
+
+use super::config::OriginConfig;
+
+/// A byte stream of one object.
+pub type ByteStream = BoxStream<'static, Result<Bytes, String>>;
+
+/// The S3 origin.
+#[derive(Clone)]
+pub struct Origin {
+    store: Arc<AmazonS3>,
+    key_prefix: String,
+}
+
+impl Origin {
+    /// From `[agent.origin]`. Credentials not in the config come from the environment
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, instance metadata).
+    pub fn new(cfg: &OriginConfig) -> Result<Origin, String> {
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(&cfg.bucket)
+            .with_region(&cfg.region)
+            .with_allow_http(cfg.allow_http)
+            // The agent's own breaker and backoff decide about retries; one quick retry here
+            // covers a dropped connection.
+            .with_retry(RetryConfig {
+                max_retries: 1,
+                retry_timeout: Duration::from_secs(10),
+                ..RetryConfig::default()
+            })
+            .with_client_options(
+                ClientOptions::new()
+                    .with_allow_http(cfg.allow_http)
+                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_timeout(Duration::from_secs(300)),
+            );
+        if let Some(e) = &cfg.endpoint {
+            b = b.with_endpoint(e).with_virtual_hosted_style_request(false);
+        }
+        if let Some(k) = &cfg.access_key_id {
+            b = b.with_access_key_id(k);
+        }
+        if let Some(s) = &cfg.secret_access_key {
+            b = b.with_secret_access_key(s);
+        }
+        let store = b.build().map_err(|e| format!("agent.origin: {e}"))?;
+        Ok(Origin {
+            store: Arc::new(store),
+            key_prefix: cfg.key_prefix.clone(),
+        })
+    }
+
+    /// Streams object `id`.
+    pub async fn get(&self, id: &str) -> Result<ByteStream, String> {
+        let path = object_store::path::Path::from(format!("{}{id}", self.key_prefix));
+        let r = self
+            .store
+            .get(&path)
+            .await
+            .map_err(|e| format!("origin GET {path}: {e}"))?;
+        Ok(r.into_stream()
+            .map(|c| c.map_err(|e| e.to_string()))
+            .boxed())
+    }
+}
+
+/// Streams `url` from a peer appliance.
+pub async fn peer_get(http: &reqwest::Client, url: &str) -> Result<ByteStream, String> {
+    let r = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("peer GET {}: {e}", redact(url)))?;
+    if !r.status().is_success() {
+        return Err(format!("peer GET {}: HTTP {}", redact(url), r.status()));
+    }
+    Ok(r.bytes_stream()
+        .map(|c| c.map_err(|e| e.to_string()))
+        .boxed())
+}
+
+fn redact(url: &str) -> &str {
+    url.split_once('?').map_or(url, |(u, _)| u)
+}
+
+/// The local address this host uses to reach `base` (an `http://host:port` URL): the client
+/// address a peer will see, which the agent signs its peer-fill URLs for.
+pub fn local_addr_towards(base: &str) -> Option<IpAddr> {
+    let rest = base.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let peer: SocketAddr = authority.parse().ok().or_else(|| {
+        use std::net::ToSocketAddrs;
+        let with_port = if authority.contains(':') {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
+        with_port.to_socket_addrs().ok()?.next()
+    })?;
+    let bind: SocketAddr = if peer.is_ipv4() {
+        "0.0.0.0:0".parse().ok()?
+    } else {
+        "[::]:0".parse().ok()?
+    };
+    let s = std::net::UdpSocket::bind(bind).ok()?;
+    s.connect(peer).ok()?;
+    Some(s.local_addr().ok()?.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_address_towards_loopback() {
+        assert_eq!(
+            local_addr_towards("http://127.0.0.1:8080"),
+            Some("127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(local_addr_towards("nonsense"), None);
+        assert_eq!(redact("http://a/b?sig=x"), "http://a/b");
+    }
+}

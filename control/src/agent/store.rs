@@ -1,0 +1,213 @@
+//! The tiers' directories as the fill sees them: what is held, crash-safe writes, eviction.
+//!
+//! A download goes to `<tier>/.tmp-<id>` (hidden: the data plane's catalog skips dotfiles and
+//! invalid ids), is fsynced, its sha256 compared with the manifest's, then renamed to
+//! `<tier>/<id>` and the directory fsynced. A crash at any point leaves either no object or the
+//! whole verified one; leftover temporaries are removed at start.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::fill::Held;
+
+/// Prefix of in-progress downloads.
+pub const TMP_PREFIX: &str = ".tmp-";
+
+/// Whether `id` is a valid content id (the data plane's rule: `[A-Za-z0-9._-]{1,200}`, no
+/// leading dot).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 200
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Lists a tier's objects (regular files with valid ids) and removes leftover temporaries.
+pub fn scan(dir: &Path) -> io::Result<HashMap<String, Held>> {
+    let mut out = HashMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let ft = entry.file_type()?;
+        if name.starts_with(TMP_PREFIX) && ft.is_file() {
+            let _ = std::fs::remove_file(entry.path());
+            continue;
+        }
+        if !ft.is_file() || !valid_id(name) {
+            continue;
+        }
+        out.insert(
+            name.to_string(),
+            Held {
+                size: entry.metadata()?.len(),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Removes an object; a missing one is fine.
+pub fn evict(dir: &Path, id: &str) -> io::Result<()> {
+    match std::fs::remove_file(dir.join(id)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Bytes the filesystem holding `dir` has in all (for the default capacity).
+pub fn filesystem_bytes(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c` is a valid C string and `st` a valid out pointer for the call.
+    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs succeeded and filled `st`.
+    let st = unsafe { st.assume_init() };
+    Ok(st.f_blocks * st.f_frsize)
+}
+
+/// An object being written: bytes go to a temporary file and into the hash.
+pub struct Incoming {
+    tmp: PathBuf,
+    dest: PathBuf,
+    dir: PathBuf,
+    file: tokio::fs::File,
+    hash: Sha256,
+    len: u64,
+}
+
+/// Why a finished download was not installed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// Size or sha256 differ from the manifest: the object at the source is not the one
+    /// the manifest names.
+    #[error("checksum mismatch: got {got_len} bytes sha256 {got}, manifest says {want_len} bytes {want}")]
+    Mismatch {
+        /// Received sha256.
+        got: String,
+        /// Received length.
+        got_len: u64,
+        /// Manifest sha256.
+        want: String,
+        /// Manifest length.
+        want_len: u64,
+    },
+    /// Writing, syncing or renaming failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl Incoming {
+    /// Starts `<dir>/.tmp-<id>` (truncating a leftover).
+    pub async fn create(dir: &Path, id: &str) -> io::Result<Incoming> {
+        let tmp = dir.join(format!("{TMP_PREFIX}{id}"));
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .await?;
+        Ok(Incoming {
+            dest: dir.join(id),
+            dir: dir.to_path_buf(),
+            tmp,
+            file,
+            hash: Sha256::new(),
+            len: 0,
+        })
+    }
+
+    /// Appends bytes.
+    pub async fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
+        self.hash.update(chunk);
+        self.len += chunk.len() as u64;
+        self.file.write_all(chunk).await
+    }
+
+    /// Bytes so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// fsync, verify against the manifest, rename into place, fsync the directory.
+    /// On a mismatch the temporary is removed and nothing is installed.
+    pub async fn install(mut self, want_sha256: &str, want_len: u64) -> Result<(), InstallError> {
+        self.file.flush().await?;
+        self.file.sync_all().await?;
+        let got = hex::encode(self.hash.finalize_reset());
+        if self.len != want_len || !got.eq_ignore_ascii_case(want_sha256) {
+            let _ = tokio::fs::remove_file(&self.tmp).await;
+            return Err(InstallError::Mismatch {
+                got,
+                got_len: self.len,
+                want: want_sha256.to_string(),
+                want_len,
+            });
+        }
+        drop(self.file);
+        tokio::fs::rename(&self.tmp, &self.dest).await?;
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
+            .await
+            .map_err(io::Error::other)??;
+        Ok(())
+    }
+
+    /// Removes the temporary (a failed download).
+    pub async fn abandon(self) {
+        drop(self.file);
+        let _ = tokio::fs::remove_file(&self.tmp).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn install_verifies_and_scan_skips_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = b"segment bytes".repeat(1000);
+        let sha = hex::encode(Sha256::digest(&body));
+        let mut w = Incoming::create(dir.path(), "a.m4s").await.unwrap();
+        w.write(&body[..100]).await.unwrap();
+        // Mid-download: only a hidden temporary exists, and a scan removes it.
+        assert!(dir.path().join(".tmp-a.m4s").exists());
+        assert!(!dir.path().join("a.m4s").exists());
+        w.write(&body[100..]).await.unwrap();
+        w.install(&sha, body.len() as u64).await.unwrap();
+        assert_eq!(std::fs::read(dir.path().join("a.m4s")).unwrap(), body);
+
+        let mut bad = Incoming::create(dir.path(), "b.m4s").await.unwrap();
+        bad.write(b"corrupt").await.unwrap();
+        let err = bad.install(&sha, 7).await.unwrap_err();
+        assert!(matches!(err, InstallError::Mismatch { .. }), "{err}");
+        assert!(!dir.path().join("b.m4s").exists());
+        assert!(!dir.path().join(".tmp-b.m4s").exists());
+
+        std::fs::write(dir.path().join(".tmp-c"), b"partial").unwrap();
+        std::fs::write(dir.path().join("not valid"), b"x").unwrap();
+        let held = scan(dir.path()).unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held["a.m4s"].size, body.len() as u64);
+        assert!(!dir.path().join(".tmp-c").exists());
+        evict(dir.path(), "a.m4s").unwrap();
+        evict(dir.path(), "a.m4s").unwrap();
+        assert!(scan(dir.path()).unwrap().is_empty());
+    }
+}
