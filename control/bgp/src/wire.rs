@@ -433,11 +433,11 @@ fn check_update_structure(body: &[u8], four_octet_as: bool) -> Result<(), Notify
             (3, attrs[2] as usize)
         };
         if attrs.len() < hlen + vlen {
-            return Err(update_err(
-                subcode::ATTRIBUTE_LENGTH,
-                format!("attribute {ty} length {vlen} runs past the attribute list"),
-            )
-            .with_data(attrs.to_vec()));
+            // Framing error: the attribute list cannot be parsed (RFC 7606 §4 calls this a
+            // malformed attribute list; BIRD answers the same).
+            return Err(malformed(&format!(
+                "attribute {ty} length {vlen} runs past the attribute list"
+            )));
         }
         let whole = &attrs[..hlen + vlen];
         let value = &attrs[hlen..hlen + vlen];
@@ -1057,7 +1057,7 @@ mod tests {
         // Attribute length running past the list.
         let mut bad = good.clone();
         bad.extend_from_slice(&[0xc0, 8, 200, 0, 0]);
-        assert_eq!(err_of(&build::update(&[], &bad, &nlri)), (3, 5));
+        assert_eq!(err_of(&build::update(&[], &bad, &nlri)), (3, 1));
         // Total attribute length larger than the message.
         let mut m = build::update(&[], &good, &[]);
         let at = HEADER_LEN + 2;
