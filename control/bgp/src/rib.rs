@@ -97,8 +97,11 @@ impl PeerRib {
         let accepted = std::mem::take(&mut self.accepted);
         match until {
             Some(t) if t > now => {
-                self.grace.extend(accepted);
-                if !self.grace.is_empty() {
+                // A session that ends before announcing anything must not extend the grace of
+                // an earlier loss (a peer failing in OpenSent over and over would keep stale
+                // prefixes forever).
+                if !accepted.is_empty() {
+                    self.grace.extend(accepted);
                     self.grace_until = Some(t);
                 }
             }
@@ -242,6 +245,22 @@ mod tests {
         assert!(a.expire(t0 + Duration::from_secs(5)));
         assert!(union([&a, &b]).is_empty());
         assert_eq!(a.grace_until(), None);
+    }
+
+    #[test]
+    fn empty_sessions_do_not_extend_grace() {
+        let t0 = Instant::now();
+        let mut a = PeerRib::default();
+        a.apply(&ann(&["10.0.0.0/8"]), &ImportPolicy::default())
+            .unwrap();
+        let until = t0 + Duration::from_secs(5);
+        a.session_down(Some(until), t0);
+        a.session_down(
+            Some(until + Duration::from_secs(3)),
+            t0 + Duration::from_secs(3),
+        );
+        assert_eq!(a.grace_until(), Some(until));
+        assert!(a.expire(until));
     }
 
     #[test]

@@ -489,6 +489,8 @@ async fn run_session(
                     if let Some(err) = shared.apply(idx, &u) {
                         tracing::warn!("bgp: {}: {err}", cfg.name);
                         max_prefix = true;
+                        // Messages decoded after the one that hit the limit are not applied.
+                        pending.clear();
                         pending.extend(session.notify(err));
                     }
                 }

@@ -35,11 +35,14 @@ async fn bird_announce_and_withdraw_v4_and_v6() {
     let v4 = ["198.51.100.0/24", "203.0.113.0/24", "203.0.113.128/25"];
     let v6 = ["2001:db8:100::/48", "2001:db8:200::/48"];
     // BIRD waits for us to dial (we are the active side).
+    // Our AS does not fit in 16 bits: AS_TRANS in the OPEN, the real one in the capability.
+    let local_as = 4_200_000_001;
     let bird = Bird::start(
         &ns,
-        &bird_conf(&ns, 65002, LOCAL_AS, &v4, &v6, "passive on;"),
+        &bird_conf(&ns, 65002, local_as, &v4, &v6, "passive on;"),
     );
     let mut p = peer(&ns, "bird", 65002);
+    p.local_as = local_as;
     p.policy = ImportPolicy {
         v4_len: 8..=24,
         ..Default::default()
@@ -78,7 +81,7 @@ async fn bird_announce_and_withdraw_v4_and_v6() {
         bird.reconfigure(&bird_conf(
             &ns,
             65002,
-            LOCAL_AS,
+            local_as,
             &["198.51.100.0/24", "203.0.113.128/25"],
             &["2001:db8:100::/48"],
             "passive on;",
