@@ -322,6 +322,18 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_toml_example_parses_and_validates() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("```toml").unwrap() + "```toml".len();
+        let end = start + readme[start..].find("```").unwrap();
+        let c: SpeakerConfig = toml::from_str(&readme[start..end]).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.peers[0].local_as, 4_200_000_001);
+        assert_eq!(c.peers[0].policy.v6_len, 19..=48);
+        assert_eq!(c.peers[0].policy.communities, Some(vec![(64500, 100)]));
+    }
+
+    #[test]
     fn serde_roundtrip_and_defaults() {
         let json = r#"{"peers":[{"name":"r1","address":"10.0.0.2","peer_as":65002,"local_as":65001,
             "router_id":"10.0.0.1","policy":{"max_prefixes":1000,"v4_len":{"start":8,"end":24}}}]}"#;
