@@ -1096,6 +1096,32 @@ mod tests {
             let _ = frame_len(&body);
         }
 
+        /// Well-framed UPDATEs with random attributes: gets past the framing checks into
+        /// the parser crate's attribute decoders.
+        #[test]
+        fn random_attributes_never_panic(
+            attrs in proptest::collection::vec(
+                (proptest::prelude::any::<u8>(), 0u8..=40, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)),
+                0..6,
+            ),
+            nlri in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20),
+            four in proptest::prelude::any::<bool>(),
+        ) {
+            let bytes: Vec<u8> = attrs
+                .iter()
+                .flat_map(|(flags, ty, v)| build::attr(flags & !0x10, *ty, v))
+                .collect();
+            let _ = decode(&build::update(&[], &bytes, &nlri), four);
+            // And as the value of MP_REACH / MP_UNREACH with a plausible AFI/SAFI prefix.
+            for ty in [14u8, 15] {
+                for (_, _, v) in &attrs {
+                    let mut value = vec![0, 1 + (v.len() % 2) as u8, 1];
+                    value.extend_from_slice(v);
+                    let _ = decode(&build::update(&[], &build::attr(0x80, ty, &value), &[]), four);
+                }
+            }
+        }
+
         #[test]
         fn mutated_updates_never_panic(pos in 19usize..80, byte in proptest::prelude::any::<u8>(), four in proptest::prelude::any::<bool>()) {
             let mut m = build::announce_v4(&["198.51.100.0/24".parse().unwrap()], 65002, [10, 0, 0, 2], &[(1, 2)]);
