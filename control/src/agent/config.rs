@@ -60,7 +60,7 @@ pub struct AgentConfig {
     pub origin: OriginConfig,
     /// BGP sessions with the ISP's routers (receive-only).
     #[serde(default)]
-    pub bgp: Option<toml::Value>, // BGP-WIRE
+    pub bgp: Option<edgeplane_bgp::SpeakerConfig>,
 }
 
 /// `[agent.fill]`
@@ -220,6 +220,11 @@ impl AgentConfig {
         }
         if self.origin.bucket.is_empty() {
             return bad("origin.bucket", "must not be empty".into());
+        }
+        if let Some(bgp) = &self.bgp {
+            if let Err(e) = bgp.validate() {
+                return Err((format!("agent.bgp.{}", e.field), e.message.clone()));
+            }
         }
         if self.health_interval_secs == Some(0) {
             return bad("health_interval_secs", "must be at least 1".into());

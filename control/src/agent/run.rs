@@ -528,9 +528,46 @@ async fn prefix_loop(agent: Arc<Agent>) {
     }
 }
 
-async fn bgp_loop(_agent: Arc<Agent>, _cfg: toml::Value) {
-    // Wired to edgeplane-bgp when it lands.
-    std::future::pending::<()>().await;
+/// The BGP speaker: its served set joins the configured prefixes; its status is published for
+/// `edgeplane bgp status` (through `/status`).
+async fn bgp_loop(agent: Arc<Agent>, cfg: edgeplane_bgp::SpeakerConfig) {
+    let speaker = match edgeplane_bgp::spawn(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            // Serving continues on the configured prefixes; the operator sees why in the log
+            // and in `edgeplane bgp status`.
+            tracing::error!("agent.bgp: {e}");
+            agent.lock().bgp_status = Some(serde_json::json!({ "error": e.to_string() }));
+            return std::future::pending().await;
+        }
+    };
+    let mut served = speaker.served();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let set = served.borrow_and_update().clone();
+        {
+            let mut s = agent.lock();
+            if s.bgp != set {
+                s.bgp = set.clone();
+                let mut all: BTreeSet<IpNet> =
+                    agent.cfg.prefixes.iter().map(|p| p.trunc()).collect();
+                all.extend(set.iter().copied());
+                s.served = all;
+                drop(s);
+                agent.prefixes_changed.send_replace(());
+            }
+        }
+        agent.lock().bgp_status = serde_json::to_value(speaker.status()).ok();
+        tokio::select! {
+            r = served.changed() => {
+                if r.is_err() {
+                    tracing::error!("agent.bgp: the speaker stopped");
+                    return std::future::pending().await;
+                }
+            }
+            _ = tick.tick() => {}
+        }
+    }
 }
 
 /// Per-object retry bookkeeping.
