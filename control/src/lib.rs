@@ -5,3 +5,4 @@
 //! The two talk JSON over HTTP; [`api`] has every type on the wire.
 
 pub mod api;
+pub mod cloud;
