@@ -7,10 +7,14 @@
 //! to S3 through `object_store`; [`generate`] makes and uploads a synthetic catalog; [`cli`] is
 //! the `edgeplane cloud` command.
 
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod fleet;
+pub mod generate;
+pub mod origin;
 pub mod placement;
 pub mod popularity;
+pub mod server;
 pub mod state;
 pub mod steering;
