@@ -108,25 +108,21 @@ pub fn main(args: CloudArgs) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
     let cfg = CloudConfig::load(&args.config).map_err(|e| e.to_string())?;
+    // Handlers first, so a signal right after the ready line is not missed.
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
     let running = server::start(cfg, Arc::new(SystemClock))
         .await
         .map_err(|e| e.to_string())?;
     eprintln!("edgeplane-cloud: ready api={}", running.addr);
-    wait_for_signal().await?;
-    eprintln!("edgeplane-cloud: shutting down");
-    running.shutdown().await.map_err(|e| format!("server: {e}"))
-}
-
-async fn wait_for_signal() -> Result<(), String> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    Ok(())
+    eprintln!("edgeplane-cloud: shutting down");
+    running.shutdown().await.map_err(|e| format!("server: {e}"))
 }
 
 /// The spec from the command line.
