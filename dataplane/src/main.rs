@@ -49,11 +49,32 @@ enum Command {
         #[arg(long, short, default_value = "/etc/edgeplane/edgeplane.toml")]
         config: PathBuf,
     },
+    /// The simulated AWS side: the control service (fleet, manifests, steering, signed URLs)
+    /// and the catalog generator. See docs/control-api.md.
+    Cloud(edgeplane_control::cloud::cli::CloudArgs),
+    /// BGP sessions of the running agent.
+    Bgp {
+        #[command(subcommand)]
+        command: BgpCommand,
+    },
     /// Check a config file and exit (0 when valid).
     CheckConfig {
         /// The config file.
         #[arg(long, short, default_value = "/etc/edgeplane/edgeplane.toml")]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BgpCommand {
+    /// Sessions, state, uptime, prefixes received and accepted (asks the agent's `/status`).
+    Status {
+        /// The config file (its `agent.listen` is where the agent answers).
+        #[arg(long, short, default_value = "/etc/edgeplane/edgeplane.toml")]
+        config: PathBuf,
+        /// The agent's status URL, instead of `agent.listen` from the config.
+        #[arg(long)]
+        agent: Option<String>,
     },
 }
 
@@ -115,6 +136,16 @@ fn main() -> ExitCode {
                 Err(e) => fail(1, &e),
             }
         }
+        Command::Cloud(args) => edgeplane_control::cloud::cli::main(args),
+        Command::Bgp {
+            command: BgpCommand::Status { config, agent },
+        } => match bgp_status(&config, agent) {
+            Ok(table) => {
+                print!("{table}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(1, &e),
+        },
         Command::CheckConfig { config } => match edgeplane::config::Config::load(&config) {
             Ok(_) => {
                 println!("edgeplane: {} is valid", config.display());
@@ -152,6 +183,38 @@ fn run_agent(config: edgeplane::config::Config) -> Result<(), String> {
         xdp: None,
     };
     edgeplane_control::agent::run(agent, dp)
+}
+
+/// `edgeplane bgp status`: the agent's BGP sessions as a table.
+fn bgp_status(config: &std::path::Path, agent: Option<String>) -> Result<String, String> {
+    let base = match agent {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None => {
+            let config = edgeplane::config::Config::load(config).map_err(|e| e.to_string())?;
+            let agent = config
+                .agent
+                .ok_or("the config has no [agent] section (BGP runs in the agent)")?;
+            format!("http://{}", agent.listen)
+        }
+    };
+    let url = format!("{base}/status");
+    let status: serde_json::Value = ureq::get(&url)
+        .timeout(std::time::Duration::from_secs(5))
+        .call()
+        .map_err(|e| format!("asking the agent at {url}: {e} (is `edgeplane agent` running?)"))?
+        .into_json()
+        .map_err(|e| format!("{url}: {e}"))?;
+    match status.get("bgp") {
+        None | Some(serde_json::Value::Null) => {
+            Ok("BGP is not configured in this agent ([agent.bgp]).\n".to_string())
+        }
+        Some(v) if v.get("error").is_some() => Err(format!("agent.bgp: {}", v["error"])),
+        Some(v) => {
+            let peers: Vec<edgeplane_bgp::PeerStatus> =
+                serde_json::from_value(v.clone()).map_err(|e| format!("{url}: {e}"))?;
+            Ok(edgeplane_bgp::render_status(&peers))
+        }
+    }
 }
 
 /// One line on stderr, no backtrace, and a non-zero exit code.

@@ -1,0 +1,299 @@
+//! `edgeplane cloud …`: the command line of the simulated AWS side.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+
+use crate::cloud::clock::SystemClock;
+use crate::cloud::config::CloudConfig;
+use crate::cloud::generate::{catalog_of, parse_rendition, upload_catalog, CatalogSpec};
+use crate::cloud::{origin, server};
+
+/// `edgeplane cloud`.
+#[derive(clap::Args, Debug)]
+pub struct CloudArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CloudCommand,
+}
+
+/// The subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum CloudCommand {
+    /// Run the control service (fleet, manifests, steering) until SIGTERM or SIGINT.
+    Serve(ServeArgs),
+    /// Generate a synthetic catalog; optionally upload it to the origin and register it.
+    GenCatalog(GenCatalogArgs),
+}
+
+/// `edgeplane cloud serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// The configuration file (TOML; docs/control-api.md).
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+/// `edgeplane cloud gen-catalog`.
+#[derive(clap::Args, Debug)]
+pub struct GenCatalogArgs {
+    /// The configuration file: the origin to upload to and the admin token to register with.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Number of titles.
+    #[arg(long, default_value_t = 20)]
+    pub titles: usize,
+    /// The bitrate ladder: `name[:bits_per_second]`, comma-separated (a bare name must be one
+    /// of 240p, 480p, 720p, 1080p).
+    #[arg(long, value_delimiter = ',', default_value = "240p,480p,720p,1080p")]
+    pub renditions: Vec<String>,
+    /// Segments per rendition.
+    #[arg(long, default_value_t = 10)]
+    pub segments: usize,
+    /// Seconds per segment.
+    #[arg(long, default_value_t = 4.0)]
+    pub segment_secs: f64,
+    /// Multiplies every object size (0.001 makes a tiny catalog).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Content seed (same seed, same bytes and SHA-256s).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Upload the objects to the origin of --config.
+    #[arg(long)]
+    pub upload: bool,
+    /// Create the origin bucket first (local S3-compatible servers only).
+    #[arg(long)]
+    pub create_bucket: bool,
+    /// Parallel uploads.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Write the catalog JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Base URL of a running control service to `PUT /v1/catalog` to (with the admin token of
+    /// --config), e.g. `http://127.0.0.1:8700`.
+    #[arg(long)]
+    pub register: Option<String>,
+}
+
+/// Runs `edgeplane cloud …` on its own tokio runtime.
+pub fn main(args: CloudArgs) -> ExitCode {
+    origin::install_crypto_provider();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("edgeplane-cloud: error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match args.command {
+            CloudCommand::Serve(a) => serve(a).await,
+            CloudCommand::GenCatalog(a) => gen_catalog(a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgeplane-cloud: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let cfg = CloudConfig::load(&args.config).map_err(|e| e.to_string())?;
+    // Handlers first, so a signal right after the ready line is not missed.
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+    let running = server::start(cfg, Arc::new(SystemClock))
+        .await
+        .map_err(|e| e.to_string())?;
+    eprintln!("edgeplane-cloud: ready api={}", running.addr);
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    eprintln!("edgeplane-cloud: shutting down");
+    running.shutdown().await.map_err(|e| format!("server: {e}"))
+}
+
+/// The spec from the command line.
+pub fn spec_of(args: &GenCatalogArgs) -> Result<CatalogSpec, String> {
+    let renditions = args
+        .renditions
+        .iter()
+        .map(|r| parse_rendition(r.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let spec = CatalogSpec {
+        titles: args.titles,
+        renditions,
+        segments: args.segments,
+        segment_secs: args.segment_secs,
+        scale: args.scale,
+        seed: args.seed,
+    };
+    spec.validate()?;
+    Ok(spec)
+}
+
+async fn gen_catalog(args: GenCatalogArgs) -> Result<(), String> {
+    let spec = spec_of(&args)?;
+    let cfg = match &args.config {
+        Some(p) => Some(CloudConfig::load(p).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    if (args.upload || args.register.is_some() || args.create_bucket) && cfg.is_none() {
+        return Err("--upload, --create-bucket and --register need --config".into());
+    }
+    let catalog = catalog_of(&spec);
+    let objects: usize = catalog
+        .titles
+        .iter()
+        .flat_map(|t| t.renditions.iter())
+        .map(|r| r.objects.len())
+        .sum();
+    let bytes: u64 = catalog
+        .titles
+        .iter()
+        .flat_map(|t| t.renditions.iter().flat_map(|r| r.objects.iter()))
+        .map(|o| o.size)
+        .sum();
+    eprintln!(
+        "edgeplane-cloud: catalog: {} titles, {objects} objects, {bytes} bytes",
+        catalog.titles.len()
+    );
+    if let Some(out) = &args.out {
+        let json = serde_json::to_vec_pretty(&catalog).map_err(|e| e.to_string())?;
+        std::fs::write(out, json).map_err(|e| format!("writing {}: {e}", out.display()))?;
+    }
+    if let Some(cfg) = &cfg {
+        if args.create_bucket {
+            origin::create_bucket(&cfg.origin).await?;
+        }
+        if args.upload {
+            let store: Arc<dyn ObjectStore> =
+                Arc::new(origin::build_store(&cfg.origin).map_err(|e| format!("origin: {e}"))?);
+            let n = upload_catalog(store, &catalog, spec.seed, args.concurrency)
+                .await
+                .map_err(|e| format!("uploading to the origin: {e}"))?;
+            eprintln!(
+                "edgeplane-cloud: uploaded {n} objects to bucket {}",
+                cfg.origin.bucket
+            );
+        }
+        if let Some(base) = &args.register {
+            register_catalog(base, &cfg.admin_token, &catalog).await?;
+            eprintln!("edgeplane-cloud: catalog registered at {base}");
+        }
+    }
+    Ok(())
+}
+
+/// `PUT <base>/v1/catalog` with the admin token.
+pub async fn register_catalog(
+    base: &str,
+    admin_token: &str,
+    catalog: &crate::api::Catalog,
+) -> Result<(), String> {
+    origin::install_crypto_provider();
+    let url = format!("{}/v1/catalog", base.trim_end_matches('/'));
+    let resp = reqwest::Client::new()
+        .put(&url)
+        .bearer_auth(admin_token)
+        .json(catalog)
+        .send()
+        .await
+        .map_err(|e| format!("PUT {url}: {e}"))?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        let status = resp.status();
+        Err(format!(
+            "PUT {url}: {status}: {}",
+            resp.text().await.unwrap_or_default()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        cloud: CloudArgs,
+    }
+
+    #[test]
+    fn parses() {
+        let c = Cli::try_parse_from(["x", "serve", "--config", "c.toml"]).unwrap();
+        assert!(
+            matches!(c.cloud.command, CloudCommand::Serve(ref s) if s.config.as_os_str() == "c.toml")
+        );
+        let c = Cli::try_parse_from([
+            "x",
+            "gen-catalog",
+            "--titles",
+            "3",
+            "--renditions",
+            "240p,4k:16000000",
+            "--segments",
+            "2",
+            "--scale",
+            "0.01",
+            "--seed",
+            "9",
+            "--upload",
+            "--out",
+            "cat.json",
+        ])
+        .unwrap();
+        let CloudCommand::GenCatalog(g) = c.cloud.command else {
+            panic!()
+        };
+        let spec = spec_of(&g).unwrap();
+        assert_eq!(spec.titles, 3);
+        assert_eq!(spec.renditions.len(), 2);
+        assert_eq!(spec.renditions[1].bitrate, 16_000_000);
+        assert!(g.upload);
+        assert!(Cli::try_parse_from(["x", "serve"]).is_err());
+    }
+
+    #[test]
+    fn gen_catalog_writes_json_and_needs_config_for_upload() {
+        let dir = std::env::temp_dir().join(format!("edgeplane-cloud-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("catalog.json");
+        let parse = |extra: &[&str]| {
+            let mut argv = vec![
+                "x",
+                "gen-catalog",
+                "--titles",
+                "2",
+                "--segments",
+                "1",
+                "--scale",
+                "0.0001",
+            ];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).unwrap().cloud
+        };
+        let out_s = out.to_str().unwrap().to_owned();
+        assert_eq!(main(parse(&["--out", &out_s])), ExitCode::SUCCESS);
+        let cat: crate::api::Catalog =
+            serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        assert_eq!(cat.titles.len(), 2);
+        assert_eq!(main(parse(&["--upload"])), ExitCode::FAILURE);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,20 @@
+//! The simulated AWS side (`edgeplane cloud`): fleet registry with health intake, catalog and
+//! fill manifests from a popularity model, steering with signed URLs, and an S3 origin.
+//! docs/control-api.md describes the HTTP API and the configuration.
+//!
+//! The logic lives in pure modules ([`popularity`], [`placement`], [`steering`], [`state`]);
+//! [`server`] is a thin axum layer over [`state::CloudState`] behind a mutex; [`origin`] talks
+//! to S3 through `object_store`; [`generate`] makes and uploads a synthetic catalog; [`cli`] is
+//! the `edgeplane cloud` command.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod fleet;
+pub mod generate;
+pub mod origin;
+pub mod placement;
+pub mod popularity;
+pub mod server;
+pub mod state;
+pub mod steering;

@@ -1,0 +1,384 @@
+//! The HTTP API: a thin axum layer over [`CloudState`]. Routes as in the table in
+//! [`crate::api`]; errors are a status code and an [`ApiError`] body.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use bytes::Bytes;
+use object_store::aws::AmazonS3;
+use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::api::{ApiError, Catalog, HealthReport, Registration};
+use crate::cloud::clock::Clock;
+use crate::cloud::config::CloudConfig;
+use crate::cloud::origin;
+use crate::cloud::state::{CloudState, StateError};
+
+/// Largest request body (a catalog or a health report listing many objects).
+pub const MAX_BODY: usize = 64 << 20;
+
+/// What the handlers share.
+pub struct App {
+    state: Mutex<CloudState>,
+    origin: Arc<AmazonS3>,
+    url_ttl: Duration,
+}
+
+impl App {
+    /// The state with the S3 origin client built from `cfg.origin`.
+    pub fn new(cfg: CloudConfig, clock: Arc<dyn Clock>) -> Result<App, object_store::Error> {
+        let origin = Arc::new(origin::build_store(&cfg.origin)?);
+        let url_ttl = Duration::from_secs(cfg.signing.url_ttl_secs);
+        Ok(App {
+            state: Mutex::new(CloudState::new(cfg, clock)),
+            origin,
+            url_ttl,
+        })
+    }
+
+    /// The state, locked. A panic while it was held leaves it usable (every operation leaves it
+    /// consistent before it can panic).
+    pub fn state(&self) -> MutexGuard<'_, CloudState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The origin client.
+    pub fn origin(&self) -> &Arc<AmazonS3> {
+        &self.origin
+    }
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub struct Fail(pub StatusCode, pub String);
+
+impl IntoResponse for Fail {
+    fn into_response(self) -> Response {
+        (self.0, Json(ApiError { error: self.1 })).into_response()
+    }
+}
+
+impl From<StateError> for Fail {
+    fn from(e: StateError) -> Fail {
+        let code = match &e {
+            StateError::NotFound(_) => StatusCode::NOT_FOUND,
+            StateError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            StateError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            StateError::Conflict(_) => StatusCode::CONFLICT,
+            StateError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Fail(code, e.to_string())
+    }
+}
+
+fn bad(msg: impl Into<String>) -> Fail {
+    Fail(StatusCode::BAD_REQUEST, msg.into())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, Fail> {
+    serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON body: {e}")))
+}
+
+/// The router over `app`.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/appliances/{id}/register", post(register))
+        .route("/v1/appliances/{id}/health", post(health))
+        .route("/v1/appliances/{id}/manifest", get(manifest))
+        .route("/v1/steering", get(steering))
+        .route("/v1/fleet", get(fleet))
+        .route("/v1/catalog", put(put_catalog).get(get_catalog))
+        .route("/v1/keys/rotate", post(rotate))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async { Fail(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async {
+            Fail(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint".into(),
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(app)
+}
+
+async fn register(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, Fail> {
+    let mut st = app.state();
+    st.authenticate(&id, bearer(&headers))?;
+    let reg: Registration = json_body(&body)?;
+    Ok(Json(st.register(&id, reg)?))
+}
+
+async fn health(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, Fail> {
+    let mut st = app.state();
+    st.authenticate(&id, bearer(&headers))?;
+    let report: HealthReport = json_body(&body)?;
+    Ok(Json(st.health(&id, report)?))
+}
+
+async fn manifest(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, Fail> {
+    let mut st = app.state();
+    st.authenticate(&id, bearer(&headers))?;
+    Ok(Json(st.manifest(&id)?))
+}
+
+/// `client` and `title` from the query string; `client` defaults to the peer address.
+fn steering_params(query: Option<&str>, peer: IpAddr) -> Result<(IpAddr, String), Fail> {
+    let mut client = None;
+    let mut title = None;
+    for (k, v) in form_pairs(query.unwrap_or("")) {
+        match k.as_str() {
+            "client" => {
+                let ip: IpAddr = v.parse().map_err(|_| {
+                    bad(format!("query parameter client={v:?} is not an IP address"))
+                })?;
+                client = Some(ip);
+            }
+            "title" => title = Some(v),
+            other => return Err(bad(format!("unknown query parameter {other:?}"))),
+        }
+    }
+    let title = title
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| bad("missing query parameter title"))?;
+    Ok((client.unwrap_or(peer), title))
+}
+
+/// Splits `a=b&c=d`, percent-decoding (`+` is a space).
+fn form_pairs(query: &str) -> Vec<(String, String)> {
+    fn decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => {
+                    let hex = |c: u8| (c as char).to_digit(16);
+                    match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                        (Some(h), Some(l)) => {
+                            out.push((h * 16 + l) as u8);
+                            i += 2;
+                        }
+                        _ => out.push(b'%'),
+                    }
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+async fn steering(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+) -> Result<impl IntoResponse, Fail> {
+    let (client, title) = match steering_params(query.as_deref(), peer.ip()) {
+        Ok(p) => p,
+        Err(e) => {
+            app.state().count_steering("bad_request");
+            return Err(e);
+        }
+    };
+    let ids = app.state().title_objects(&title);
+    let origin_urls = match ids {
+        Some(ids) => origin::presign(&app.origin, &ids, app.url_ttl)
+            .await
+            .map_err(|e| {
+                app.state().count_steering("error");
+                Fail(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("presigning origin URLs: {e}"),
+                )
+            })?,
+        // Unknown: steer() says so and counts it.
+        None => HashMap::new(),
+    };
+    let answer = app.state().steer(client, &title, &origin_urls)?;
+    Ok(Json(answer))
+}
+
+async fn fleet(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<impl IntoResponse, Fail> {
+    let mut st = app.state();
+    st.authenticate_admin(bearer(&headers))?;
+    Ok(Json(st.fleet()))
+}
+
+async fn put_catalog(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, Fail> {
+    let mut st = app.state();
+    st.authenticate_admin(bearer(&headers))?;
+    let catalog: Catalog = json_body(&body)?;
+    st.set_catalog(catalog)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_catalog(State(app): State<Arc<App>>) -> impl IntoResponse {
+    Json(app.state().catalog().clone())
+}
+
+async fn rotate(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, Fail> {
+    let mut st = app.state();
+    st.authenticate_admin(bearer(&headers))?;
+    Ok(Json(st.rotate_keys()))
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.state().metrics_text(),
+    )
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The origin client could not be built.
+    #[error("origin: {0}")]
+    Origin(#[from] object_store::Error),
+    /// The listen address could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// A running service.
+pub struct Running {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    /// The shared state (tests may inspect it).
+    pub app: Arc<App>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish, and waits for the server to end.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match (&mut self.task).await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+}
+
+/// Starts the service on `cfg.listen` with `clock`, on the current tokio runtime.
+pub async fn start(cfg: CloudConfig, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
+    let addr = cfg.listen;
+    let app = Arc::new(App::new(cfg, clock)?);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let service = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, service)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
+    });
+    Ok(Running {
+        addr: bound,
+        app,
+        shutdown: Some(tx),
+        task,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steering_query() {
+        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        let (c, t) = steering_params(Some("client=10.0.0.1&title=t0001"), peer).unwrap();
+        assert_eq!((c.to_string().as_str(), t.as_str()), ("10.0.0.1", "t0001"));
+        let (c, _) = steering_params(Some("title=t%30001"), peer).unwrap();
+        assert_eq!(c, peer);
+        let (c, _) = steering_params(Some("client=2001%3Adb8%3A%3A1&title=x"), peer).unwrap();
+        assert_eq!(c.to_string(), "2001:db8::1");
+        let e = steering_params(Some("client=nope&title=x"), peer).unwrap_err();
+        assert!(e.1.contains("client"), "{}", e.1);
+        let e = steering_params(Some("client=10.0.0.1"), peer).unwrap_err();
+        assert!(e.1.contains("title"), "{}", e.1);
+        assert!(steering_params(None, peer).is_err());
+        assert!(steering_params(Some("title=x&foo=1"), peer)
+            .unwrap_err()
+            .1
+            .contains("foo"));
+        // A stray percent sign is kept.
+        assert_eq!(form_pairs("a=%zz&b=%4")[0].1, "%zz");
+        assert_eq!(form_pairs("a=%zz&b=%4")[1].1, "%4");
+    }
+
+    #[test]
+    fn bearer_header() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+}

@@ -1,0 +1,846 @@
+//! The service's state: fleet registry, catalog, fill manifests, signing keys, counters. Every
+//! operation is synchronous and takes its time from the injected [`Clock`]; the server holds
+//! the state behind a mutex.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use edgeplane_signing::{valid_key_id, KeySet, SigningKey};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{
+    Catalog, FillManifest, Fleet, HealthAck, HealthReport, LocationKind, ManifestEntry,
+    Registration, RegistrationAck, Role, Steering,
+};
+use crate::cloud::clock::Clock;
+use crate::cloud::config::CloudConfig;
+use crate::cloud::fleet::ApplianceRecord;
+use crate::cloud::placement::place;
+use crate::cloud::popularity::{day_of, Popularity, RankedObject};
+use crate::cloud::steering::{steer, SteerError, SteerParams};
+
+/// An API-level failure; the server maps each to a status code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// 401.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// 500.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A signing key without its secret: what `POST /v1/keys/rotate` answers with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicKey {
+    /// Key id.
+    pub id: String,
+    /// Unix seconds after which URLs under it are refused.
+    pub not_after: u64,
+}
+
+/// The public part of the key set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicKeySet {
+    /// Every key that may still verify; the signing key is the one with the greatest
+    /// `not_after`.
+    pub keys: Vec<PublicKey>,
+}
+
+/// Counters for `GET /metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    /// Accepted registrations.
+    pub registrations: u64,
+    /// Accepted health reports.
+    pub health_reports: u64,
+    /// Requests refused for a wrong or missing secret or token.
+    pub auth_failures: u64,
+    /// Steering answers by their first location (`embedded`, `ix`, `origin`) or failure
+    /// (`unknown_title`, `bad_request`, `error`).
+    pub steering: HashMap<&'static str, u64>,
+    /// Key rotations (scheduled and forced).
+    pub rotations: u64,
+    /// Manifests served.
+    pub manifests: u64,
+}
+
+/// The ranking for (catalog version, day).
+type CachedRanking = ((u64, u64), Arc<Vec<RankedObject>>);
+
+struct ManifestCache {
+    entries: Vec<ManifestEntry>,
+    generation: u64,
+}
+
+/// The whole state.
+pub struct CloudState {
+    cfg: CloudConfig,
+    clock: Arc<dyn Clock>,
+    popularity: Popularity,
+    fleet: Vec<ApplianceRecord>,
+    catalog: Catalog,
+    catalog_version: u64,
+    /// The ranking for (catalog version, day), computed once.
+    ranking: Option<CachedRanking>,
+    manifests: HashMap<String, ManifestCache>,
+    keys: KeySet,
+    next_rotation: u64,
+    key_seq: u64,
+    /// Counters.
+    pub counters: Counters,
+}
+
+/// Checks a catalog before it replaces the current one.
+pub fn validate_catalog(catalog: &Catalog) -> Result<(), String> {
+    let mut titles = HashSet::new();
+    let mut objects = HashSet::new();
+    for t in &catalog.titles {
+        if t.id.is_empty() || t.id.len() > 200 {
+            return Err(format!("title id {:?} must be 1 to 200 bytes", t.id));
+        }
+        if !titles.insert(t.id.as_str()) {
+            return Err(format!("title {:?} appears twice", t.id));
+        }
+        for r in &t.renditions {
+            if r.name.is_empty() {
+                return Err(format!("title {:?} has a rendition without a name", t.id));
+            }
+            for o in &r.objects {
+                if !valid_object_id(&o.id) {
+                    return Err(format!(
+                        "object id {:?} (title {:?}) must match [A-Za-z0-9._-]{{1,200}} and not start with '.'",
+                        o.id, t.id
+                    ));
+                }
+                if o.sha256.len() != 64
+                    || !o
+                        .sha256
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                {
+                    return Err(format!(
+                        "object {:?}: sha256 must be 64 lowercase hex digits",
+                        o.id
+                    ));
+                }
+                if !objects.insert(o.id.as_str()) {
+                    return Err(format!("object id {:?} appears twice", o.id));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `id` is a valid content id: `[A-Za-z0-9._-]{1,200}`, not starting with `.`.
+pub fn valid_object_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 200
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn validate_registration(r: &Registration) -> Result<(), String> {
+    if r.urls.is_empty() {
+        return Err("urls must list at least one base URL".into());
+    }
+    for u in &r.urls {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(format!("url {u:?} must start with http:// or https://"));
+        }
+    }
+    let mut names = HashSet::new();
+    for t in &r.tiers {
+        if !names.insert(t.name.as_str()) {
+            return Err(format!("tier {:?} appears twice", t.name));
+        }
+    }
+    Ok(())
+}
+
+fn random_secret() -> [u8; 32] {
+    let mut secret = [0u8; 32];
+    rand::fill(&mut secret);
+    secret
+}
+
+impl CloudState {
+    /// A fresh state for `cfg`: provisioned appliances, an empty catalog, and the configured
+    /// keys (or one new key).
+    pub fn new(cfg: CloudConfig, clock: Arc<dyn Clock>) -> CloudState {
+        let now = clock.now();
+        let mut keys = KeySet {
+            keys: cfg.signing.keys.clone(),
+        };
+        keys.prune(now);
+        let mut state = CloudState {
+            popularity: Popularity::from(&cfg.popularity),
+            fleet: cfg
+                .appliances
+                .iter()
+                .map(ApplianceRecord::provisioned)
+                .collect(),
+            catalog: Catalog::default(),
+            catalog_version: 0,
+            ranking: None,
+            manifests: HashMap::new(),
+            keys,
+            next_rotation: now + cfg.signing.rotate_secs,
+            key_seq: 0,
+            counters: Counters::default(),
+            cfg,
+            clock,
+        };
+        if state.keys.signing_key(now).is_none() {
+            state.rotate_keys();
+            state.counters.rotations = 0;
+        }
+        state
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CloudConfig {
+        &self.cfg
+    }
+
+    /// Now, from the clock.
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// Rotates the keys if a rotation is due.
+    pub fn tick(&mut self) {
+        let now = self.now();
+        if now >= self.next_rotation {
+            self.rotate_keys();
+        }
+        self.keys.prune(now);
+    }
+
+    /// Starts a new signing key now. Older keys stay valid until `now + url_ttl` at most (URLs
+    /// signed before the rotation stay valid until they expire); the new one signs for
+    /// `rotate_secs` and verifies for `url_ttl` longer.
+    pub fn rotate_keys(&mut self) -> PublicKeySet {
+        let now = self.now();
+        let ttl = self.cfg.signing.url_ttl_secs;
+        for k in &mut self.keys.keys {
+            k.not_after = k.not_after.min(now + ttl);
+        }
+        self.key_seq += 1;
+        let mut id = format!("k{now}-{}", self.key_seq);
+        while self.keys.keys.iter().any(|k| k.id == id) {
+            self.key_seq += 1;
+            id = format!("k{now}-{}", self.key_seq);
+        }
+        debug_assert!(valid_key_id(&id));
+        self.keys.keys.push(SigningKey {
+            id,
+            secret: random_secret(),
+            not_after: now + self.cfg.signing.rotate_secs + ttl,
+        });
+        self.keys.prune(now);
+        self.next_rotation = now + self.cfg.signing.rotate_secs;
+        self.counters.rotations += 1;
+        self.public_keys()
+    }
+
+    /// Every key that may still verify, secrets included (for appliances).
+    pub fn keys(&self) -> &KeySet {
+        &self.keys
+    }
+
+    /// The key ids and expiries.
+    pub fn public_keys(&self) -> PublicKeySet {
+        PublicKeySet {
+            keys: self
+                .keys
+                .keys
+                .iter()
+                .map(|k| PublicKey {
+                    id: k.id.clone(),
+                    not_after: k.not_after,
+                })
+                .collect(),
+        }
+    }
+
+    fn record(&self, id: &str) -> Result<&ApplianceRecord, StateError> {
+        self.fleet
+            .iter()
+            .find(|a| a.id == id)
+            .ok_or_else(|| StateError::NotFound(format!("unknown appliance {id:?}")))
+    }
+
+    fn record_mut(&mut self, id: &str) -> Result<&mut ApplianceRecord, StateError> {
+        self.fleet
+            .iter_mut()
+            .find(|a| a.id == id)
+            .ok_or_else(|| StateError::NotFound(format!("unknown appliance {id:?}")))
+    }
+
+    /// Checks an appliance's bearer secret: 404 for an unknown id, 401 for a wrong or missing
+    /// secret. Constant-time in the secret.
+    pub fn authenticate(&mut self, id: &str, bearer: Option<&str>) -> Result<(), StateError> {
+        let ok = {
+            let rec = self.record(id)?;
+            bearer.is_some_and(|b| ct_eq(b.as_bytes(), rec.secret.as_bytes()))
+        };
+        if ok {
+            Ok(())
+        } else {
+            self.counters.auth_failures += 1;
+            Err(StateError::Unauthorized(format!(
+                "wrong or missing bearer secret for appliance {id:?}"
+            )))
+        }
+    }
+
+    /// Checks the admin token.
+    pub fn authenticate_admin(&mut self, bearer: Option<&str>) -> Result<(), StateError> {
+        if bearer.is_some_and(|b| ct_eq(b.as_bytes(), self.cfg.admin_token.as_bytes())) {
+            Ok(())
+        } else {
+            self.counters.auth_failures += 1;
+            Err(StateError::Unauthorized(
+                "wrong or missing admin bearer token".into(),
+            ))
+        }
+    }
+
+    /// Records a registration (authenticated already).
+    pub fn register(&mut self, id: &str, reg: Registration) -> Result<RegistrationAck, StateError> {
+        validate_registration(&reg).map_err(StateError::BadRequest)?;
+        self.tick();
+        self.record_mut(id)?.registration = Some(reg);
+        self.counters.registrations += 1;
+        Ok(RegistrationAck {
+            health_interval_secs: self.cfg.health.interval_secs,
+            signing_keys: self.keys.keys.clone(),
+        })
+    }
+
+    /// Records a health report (authenticated already). The appliance must have registered.
+    pub fn health(&mut self, id: &str, report: HealthReport) -> Result<HealthAck, StateError> {
+        self.tick();
+        let now = self.now();
+        let rec = self.record_mut(id)?;
+        if rec.registration.is_none() {
+            return Err(StateError::Conflict(format!(
+                "appliance {id:?} must register before reporting health"
+            )));
+        }
+        rec.set_health(report, now);
+        self.counters.health_reports += 1;
+        let manifest = self.manifest_inner(id)?;
+        Ok(HealthAck {
+            signing_keys: self.keys.keys.clone(),
+            manifest_generation: manifest.generation,
+        })
+    }
+
+    /// The fill manifest of an appliance (authenticated already). The appliance must have
+    /// registered (its tiers size the plan).
+    pub fn manifest(&mut self, id: &str) -> Result<FillManifest, StateError> {
+        if self.record(id)?.registration.is_none() {
+            return Err(StateError::Conflict(format!(
+                "appliance {id:?} must register before asking for a manifest"
+            )));
+        }
+        self.counters.manifests += 1;
+        self.manifest_inner(id)
+    }
+
+    fn ranking(&mut self) -> Arc<Vec<RankedObject>> {
+        let key = (self.catalog_version, day_of(self.now()));
+        match &self.ranking {
+            Some((k, r)) if *k == key => r.clone(),
+            _ => {
+                let r = Arc::new(self.popularity.rank_objects(&self.catalog, key.1));
+                self.ranking = Some((key, r.clone()));
+                r
+            }
+        }
+    }
+
+    /// The peer base URL for `id`'s tiered fill: its configured peer's first URL when that peer
+    /// is registered and in steering.
+    fn peer_url(&self, id: &str) -> Option<String> {
+        let now = self.now();
+        let rec = self.record(id).ok()?;
+        let peer = self.record(rec.peer.as_deref()?).ok()?;
+        if !peer.in_steering(now, &self.cfg.health) {
+            return None;
+        }
+        peer.base_url().map(str::to_owned)
+    }
+
+    fn manifest_inner(&mut self, id: &str) -> Result<FillManifest, StateError> {
+        let ranking = self.ranking();
+        let peer = self.peer_url(id);
+        let tiers = self
+            .record(id)?
+            .registration
+            .as_ref()
+            .map(|r| r.tiers.clone())
+            .unwrap_or_default();
+        let entries = place(&ranking, &tiers, peer.as_deref());
+        let cache = self
+            .manifests
+            .entry(id.to_owned())
+            .or_insert(ManifestCache {
+                entries: Vec::new(),
+                generation: 0,
+            });
+        if cache.generation == 0 || cache.entries != entries {
+            cache.generation += 1;
+            cache.entries = entries;
+        }
+        Ok(FillManifest {
+            generation: cache.generation,
+            objects: cache.entries.clone(),
+        })
+    }
+
+    /// Replaces the catalog (admin).
+    pub fn set_catalog(&mut self, catalog: Catalog) -> Result<(), StateError> {
+        validate_catalog(&catalog).map_err(StateError::BadRequest)?;
+        self.catalog = catalog;
+        self.catalog_version += 1;
+        Ok(())
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The object ids of a title, or `None` when the catalog has no such title.
+    pub fn title_objects(&self, title: &str) -> Option<Vec<String>> {
+        self.catalog.titles.iter().find(|t| t.id == title).map(|t| {
+            t.renditions
+                .iter()
+                .flat_map(|r| r.objects.iter().map(|o| o.id.clone()))
+                .collect()
+        })
+    }
+
+    /// The fleet view.
+    pub fn fleet(&self) -> Fleet {
+        let now = self.now();
+        Fleet {
+            appliances: self
+                .fleet
+                .iter()
+                .map(|a| a.view(now, &self.cfg.health))
+                .collect(),
+        }
+    }
+
+    /// The appliance records, in config order.
+    pub fn records(&self) -> &[ApplianceRecord] {
+        &self.fleet
+    }
+
+    /// Appliances in steering now, by role.
+    pub fn in_steering_by_role(&self) -> [(Role, usize); 2] {
+        let now = self.now();
+        let count = |role: Role| {
+            self.fleet
+                .iter()
+                .filter(|a| {
+                    a.registration.as_ref().is_some_and(|r| r.role == role)
+                        && a.in_steering(now, &self.cfg.health)
+                })
+                .count()
+        };
+        [
+            (Role::Embedded, count(Role::Embedded)),
+            (Role::Ix, count(Role::Ix)),
+        ]
+    }
+
+    /// Counts a steering outcome.
+    pub fn count_steering(&mut self, outcome: &'static str) {
+        *self.counters.steering.entry(outcome).or_default() += 1;
+    }
+
+    /// Steers `client` to `title`; `origin_urls` maps object ids to presigned origin URLs.
+    pub fn steer(
+        &mut self,
+        client: IpAddr,
+        title: &str,
+        origin_urls: &HashMap<String, String>,
+    ) -> Result<Steering, StateError> {
+        self.tick();
+        let now = self.now();
+        let params = SteerParams {
+            health: &self.cfg.health,
+            signing: &self.cfg.signing,
+            max_locations: self.cfg.steering.max_locations,
+        };
+        let result = steer(
+            &self.fleet,
+            &self.catalog,
+            &self.keys,
+            &params,
+            client,
+            title,
+            now,
+            &|id| origin_urls.get(id).cloned().unwrap_or_default(),
+        );
+        match result {
+            Ok(s) => {
+                let outcome = match s.locations.first().map(|l| l.kind) {
+                    Some(LocationKind::Embedded) => "embedded",
+                    Some(LocationKind::Ix) => "ix",
+                    _ => "origin",
+                };
+                self.count_steering(outcome);
+                Ok(s)
+            }
+            Err(e @ SteerError::UnknownTitle(_)) => {
+                self.count_steering("unknown_title");
+                Err(StateError::NotFound(e.to_string()))
+            }
+            Err(e @ SteerError::NoKey) => {
+                self.count_steering("error");
+                Err(StateError::Internal(e.to_string()))
+            }
+        }
+    }
+
+    /// Prometheus text exposition of the counters and gauges.
+    pub fn metrics_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let c = &self.counters;
+        let _ = writeln!(s, "# HELP edgeplane_cloud_appliances_provisioned Appliances in the config.\n# TYPE edgeplane_cloud_appliances_provisioned gauge\nedgeplane_cloud_appliances_provisioned {}", self.fleet.len());
+        let registered = self
+            .fleet
+            .iter()
+            .filter(|a| a.registration.is_some())
+            .count();
+        let _ = writeln!(s, "# HELP edgeplane_cloud_appliances_registered Appliances that registered.\n# TYPE edgeplane_cloud_appliances_registered gauge\nedgeplane_cloud_appliances_registered {registered}");
+        let _ = writeln!(s, "# HELP edgeplane_cloud_appliances_in_steering Appliances steering uses now.\n# TYPE edgeplane_cloud_appliances_in_steering gauge");
+        for (role, n) in self.in_steering_by_role() {
+            let role = match role {
+                Role::Embedded => "embedded",
+                Role::Ix => "ix",
+            };
+            let _ = writeln!(
+                s,
+                "edgeplane_cloud_appliances_in_steering{{role=\"{role}\"}} {n}"
+            );
+        }
+        let _ = writeln!(s, "# HELP edgeplane_cloud_registrations_total Accepted registrations.\n# TYPE edgeplane_cloud_registrations_total counter\nedgeplane_cloud_registrations_total {}", c.registrations);
+        let _ = writeln!(s, "# HELP edgeplane_cloud_health_reports_total Accepted health reports.\n# TYPE edgeplane_cloud_health_reports_total counter\nedgeplane_cloud_health_reports_total {}", c.health_reports);
+        let _ = writeln!(s, "# HELP edgeplane_cloud_auth_failures_total Requests refused for a wrong or missing secret.\n# TYPE edgeplane_cloud_auth_failures_total counter\nedgeplane_cloud_auth_failures_total {}", c.auth_failures);
+        let _ = writeln!(s, "# HELP edgeplane_cloud_manifests_total Fill manifests served.\n# TYPE edgeplane_cloud_manifests_total counter\nedgeplane_cloud_manifests_total {}", c.manifests);
+        let _ = writeln!(s, "# HELP edgeplane_cloud_key_rotations_total Signing key rotations.\n# TYPE edgeplane_cloud_key_rotations_total counter\nedgeplane_cloud_key_rotations_total {}", c.rotations);
+        let _ = writeln!(s, "# HELP edgeplane_cloud_signing_keys Signing keys that still verify.\n# TYPE edgeplane_cloud_signing_keys gauge\nedgeplane_cloud_signing_keys {}", self.keys.keys.len());
+        let titles = self.catalog.titles.len();
+        let _ = writeln!(s, "# HELP edgeplane_cloud_catalog_titles Titles in the catalog.\n# TYPE edgeplane_cloud_catalog_titles gauge\nedgeplane_cloud_catalog_titles {titles}");
+        let _ = writeln!(s, "# HELP edgeplane_cloud_steering_requests_total Steering requests by outcome (first location, or failure).\n# TYPE edgeplane_cloud_steering_requests_total counter");
+        for outcome in [
+            "embedded",
+            "ix",
+            "origin",
+            "unknown_title",
+            "bad_request",
+            "error",
+        ] {
+            let n = c.steering.get(outcome).copied().unwrap_or(0);
+            let _ = writeln!(
+                s,
+                "edgeplane_cloud_steering_requests_total{{outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        s
+    }
+}
+
+/// Constant-time equality (the length is not secret).
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ObjectInfo, Rendition, TierCapacity, TierKind, Title};
+    use crate::cloud::clock::ManualClock;
+    use edgeplane_signing::{client_prefix, sign};
+
+    const T0: u64 = 1_800_000_000;
+
+    fn config() -> CloudConfig {
+        CloudConfig::from_toml(
+            r#"
+listen = "127.0.0.1:0"
+admin_token = "adm"
+[origin]
+bucket = "b"
+[[appliance]]
+id = "emb"
+secret = "s-emb"
+peer = "ix"
+[[appliance]]
+id = "ix"
+secret = "s-ix"
+[health]
+interval_secs = 1
+missed_limit = 3
+[signing]
+url_ttl_secs = 100
+rotate_secs = 1000
+"#,
+        )
+        .unwrap()
+    }
+
+    fn state() -> (CloudState, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::new(T0));
+        (CloudState::new(config(), clock.clone()), clock)
+    }
+
+    fn reg(role: Role, flash: u64, storage: u64) -> Registration {
+        Registration {
+            role,
+            site: "s".into(),
+            urls: vec!["http://a:1".into()],
+            prefixes: vec![],
+            tiers: vec![
+                TierCapacity {
+                    name: "hdd".into(),
+                    kind: TierKind::Storage,
+                    capacity_bytes: storage,
+                },
+                TierCapacity {
+                    name: "nvme".into(),
+                    kind: TierKind::Flash,
+                    capacity_bytes: flash,
+                },
+            ],
+            max_bps: 1_000,
+            version: "0".into(),
+        }
+    }
+
+    fn catalog(titles: usize) -> Catalog {
+        Catalog {
+            titles: (0..titles)
+                .map(|t| Title {
+                    id: format!("t{t}"),
+                    renditions: vec![Rendition {
+                        name: "r".into(),
+                        bitrate: 1,
+                        objects: (0..2)
+                            .map(|s| ObjectInfo {
+                                id: format!("t{t}-{s}"),
+                                size: 10,
+                                sha256: "a".repeat(64),
+                            })
+                            .collect(),
+                    }],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn auth() {
+        let (mut s, _) = state();
+        assert!(s.authenticate("emb", Some("s-emb")).is_ok());
+        assert!(matches!(
+            s.authenticate("emb", Some("s-ix")),
+            Err(StateError::Unauthorized(_))
+        ));
+        assert!(matches!(
+            s.authenticate("emb", None),
+            Err(StateError::Unauthorized(_))
+        ));
+        assert!(matches!(
+            s.authenticate("nope", Some("s-emb")),
+            Err(StateError::NotFound(_))
+        ));
+        assert!(s.authenticate_admin(Some("adm")).is_ok());
+        assert!(s.authenticate_admin(Some("ad")).is_err());
+        assert_eq!(s.counters.auth_failures, 3);
+    }
+
+    #[test]
+    fn rotation_keeps_old_urls_valid_for_their_lifetime() {
+        let (mut s, clock) = state();
+        assert_eq!(s.keys().keys.len(), 1);
+        let k1 = s.keys().signing_key(T0).unwrap().clone();
+        assert_eq!(k1.not_after, T0 + 1000 + 100);
+        let pfx = client_prefix("10.0.0.1".parse().unwrap(), 24, 48);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        clock.set(T0 + 10);
+        let url = sign(&k1, "o", T0 + 10 + 100, pfx);
+
+        // Forced rotation: new key signs, the old one verifies until now + ttl.
+        let public = s.rotate_keys();
+        assert_eq!(public.keys.len(), 2);
+        let k2 = s.keys().signing_key(T0 + 10).unwrap().clone();
+        assert_ne!(k2.id, k1.id);
+        let old = s.keys().keys.iter().find(|k| k.id == k1.id).unwrap();
+        assert_eq!(old.not_after, T0 + 10 + 100);
+        assert_eq!(s.keys().verify("o", Some(&url), ip, T0 + 50), Ok(()));
+        assert_eq!(s.keys().verify("o", Some(&url), ip, T0 + 110), Ok(()));
+
+        // Scheduled rotation after rotate_secs, and the first key pruned once past not_after.
+        clock.set(T0 + 10 + 1000);
+        s.tick();
+        let k3 = s.keys().signing_key(T0 + 1010).unwrap().clone();
+        assert_ne!(k3.id, k2.id);
+        assert!(s.keys().keys.iter().all(|k| k.id != k1.id));
+        assert_eq!(s.keys().keys.len(), 2);
+        assert_eq!(s.counters.rotations, 2);
+        // No rotation before it is due.
+        clock.set(T0 + 1500);
+        s.tick();
+        assert_eq!(s.keys().signing_key(T0 + 1500).unwrap().id, k3.id);
+    }
+
+    #[test]
+    fn configured_keys_are_used() {
+        let mut cfg = config();
+        cfg.signing.keys = vec![SigningKey {
+            id: "given".into(),
+            secret: [1; 32],
+            not_after: T0 + 50_000,
+        }];
+        let s = CloudState::new(cfg, Arc::new(ManualClock::new(T0)));
+        assert_eq!(s.keys().signing_key(T0).unwrap().id, "given");
+        assert_eq!(s.counters.rotations, 0);
+    }
+
+    #[test]
+    fn register_health_manifest_generation_and_peer() {
+        let (mut s, clock) = state();
+        assert!(matches!(
+            s.health("emb", HealthReport::default()),
+            Err(StateError::Conflict(_))
+        ));
+        assert!(matches!(s.manifest("emb"), Err(StateError::Conflict(_))));
+        let mut bad = reg(Role::Embedded, 0, 0);
+        bad.urls.clear();
+        assert!(matches!(
+            s.register("emb", bad),
+            Err(StateError::BadRequest(_))
+        ));
+        let ack = s.register("emb", reg(Role::Embedded, 20, 20)).unwrap();
+        assert_eq!(ack.health_interval_secs, 1);
+        assert_eq!(ack.signing_keys, s.keys().keys);
+        // Empty catalog: empty plan, generation 1.
+        let m = s.manifest("emb").unwrap();
+        assert_eq!((m.generation, m.objects.len()), (1, 0));
+        s.set_catalog(catalog(5)).unwrap();
+        let m = s.manifest("emb").unwrap();
+        assert_eq!(m.generation, 2);
+        assert_eq!(m.objects.len(), 4);
+        assert_eq!(
+            m.objects
+                .iter()
+                .map(|e| e.tier.as_str())
+                .collect::<Vec<_>>(),
+            ["nvme", "nvme", "hdd", "hdd"]
+        );
+        assert!(m.objects.iter().all(|e| e.peer.is_none()));
+        // Same plan, same generation.
+        assert_eq!(s.manifest("emb").unwrap().generation, 2);
+        // The peer comes into steering: entries name it, generation bumps.
+        s.register("ix", reg(Role::Ix, 100, 0)).unwrap();
+        let ack = s
+            .health(
+                "ix",
+                HealthReport {
+                    healthy: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(ack.manifest_generation, 1);
+        let m = s.manifest("emb").unwrap();
+        assert_eq!(m.generation, 3);
+        assert!(m
+            .objects
+            .iter()
+            .all(|e| e.peer.as_deref() == Some("http://a:1")));
+        // The peer goes silent: the plan drops it again.
+        clock.advance(4);
+        let m = s.manifest("emb").unwrap();
+        assert_eq!(m.generation, 4);
+        assert!(m.objects.iter().all(|e| e.peer.is_none()));
+        // Invalid catalogs are refused, naming the problem.
+        let mut c = catalog(1);
+        c.titles[0].renditions[0].objects[0].id = ".hidden".into();
+        let e = s.set_catalog(c).unwrap_err().to_string();
+        assert!(e.contains(".hidden"), "{e}");
+        let mut c = catalog(2);
+        c.titles[1].renditions[0].objects[0].id = "t0-0".into();
+        assert!(s.set_catalog(c).unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn fleet_view_and_metrics() {
+        let (mut s, clock) = state();
+        s.register("emb", reg(Role::Embedded, 1, 1)).unwrap();
+        s.health(
+            "emb",
+            HealthReport {
+                healthy: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let f = s.fleet();
+        assert!(f.appliances[0].in_steering);
+        assert_eq!(f.appliances[0].silent_secs, Some(0));
+        assert_eq!(
+            f.appliances[1].out_reason.as_deref(),
+            Some("not registered")
+        );
+        clock.advance(5);
+        let f = s.fleet();
+        assert!(!f.appliances[0].in_steering);
+        assert!(f.appliances[0]
+            .out_reason
+            .as_deref()
+            .unwrap()
+            .starts_with("silent for 5 s"));
+        let m = s.metrics_text();
+        assert!(m.contains("edgeplane_cloud_registrations_total 1"), "{m}");
+        assert!(m.contains("edgeplane_cloud_appliances_in_steering{role=\"embedded\"} 0"));
+        assert!(m.contains("edgeplane_cloud_steering_requests_total{outcome=\"origin\"} 0"));
+    }
+
+    #[test]
+    fn ct_eq_works() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"ab"));
+        assert!(valid_object_id("t0007-720p-0003.m4s"));
+        assert!(!valid_object_id(".x"));
+        assert!(!valid_object_id("a/b"));
+        assert!(!valid_object_id(""));
+    }
+}
