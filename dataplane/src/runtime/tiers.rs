@@ -11,9 +11,10 @@
 //! The checks may block on a dying disk; only this thread waits.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
+use std::time::Duration;
 
 use super::core::Shared;
 
@@ -21,16 +22,24 @@ use super::core::Shared;
 #[derive(Debug, Default)]
 pub(crate) struct TierWatch {
     thread: OnceLock<Thread>,
+    /// A check was asked for and has not started: further pokes cost one atomic swap.
+    pending: AtomicBool,
 }
 
 impl TierWatch {
     /// Asks for a check now (cheap; repeated pokes before the check coalesce).
     pub(crate) fn poke(&self) {
-        if let Some(t) = self.thread.get() {
-            t.unpark();
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            if let Some(t) = self.thread.get() {
+                t.unpark();
+            }
         }
     }
 }
+
+/// Least time between two checks, so a burst of errors (a 404 storm for evicted objects)
+/// costs a few checks a second, not one per request.
+const MIN_GAP: Duration = Duration::from_millis(20);
 
 /// Why a tier directory cannot serve, if it cannot: exists, is a directory, can be opened and
 /// its first entry read.
@@ -52,8 +61,10 @@ pub(crate) fn start(shared: Arc<Shared>) -> std::io::Result<()> {
         .spawn(move || {
             let _ = shared.tier_watch.thread.set(std::thread::current());
             while !shared.stop.load(Ordering::Relaxed) {
+                shared.tier_watch.pending.store(false, Ordering::Release);
                 check_all(&shared);
                 std::thread::park_timeout(interval);
+                std::thread::sleep(MIN_GAP.min(interval));
             }
         })?;
     Ok(())
