@@ -100,6 +100,19 @@ impl Catalog {
         self.objects.get(id)
     }
 
+    /// The ids served from tier `tier` (index into [`Catalog::tiers`]), sorted. An id held by
+    /// several tiers is listed under the one it is served from (the first in config order).
+    pub fn ids(&self, tier: usize) -> Vec<&str> {
+        let mut ids: Vec<&str> = self
+            .objects
+            .iter()
+            .filter(|(_, e)| e.tier == tier)
+            .map(|(id, _)| &**id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Number of objects in all tiers.
     pub fn len(&self) -> usize {
         self.objects.len()

@@ -96,7 +96,8 @@ pub fn run(config: &Config, host: &Host) -> Vec<Item> {
     .into_iter()
     .chain(tiers(config, host))
     .chain(ports(config, host))
-    .chain(std::iter::once(clock(host)))
+    .chain([clock(host), signing(config, host)])
+    .chain(access(config, host))
     .collect()
 }
 
@@ -421,6 +422,83 @@ fn tiers(config: &Config, host: &Host) -> Vec<Item> {
             )
         })
         .collect()
+}
+
+/// `[signing]`: with signing on, a keys file that loads and holds a key still valid; without
+/// one every object request will be refused (403), which serving survives, hence a warning.
+fn signing(config: &Config, host: &Host) -> Item {
+    if !config.signing.enabled {
+        return item(
+            "signing",
+            Verdict::Warn,
+            "off (signing.enabled = false): URLs are not checked, any client that can connect \
+             may fetch any object",
+        );
+    }
+    let path = host.root.join(
+        config
+            .signing
+            .keys_file
+            .strip_prefix("/")
+            .unwrap_or(&config.signing.keys_file),
+    );
+    let shown = config.signing.keys_file.display();
+    let keys = match crate::access::load_keys_file(&path) {
+        Ok(keys) => keys,
+        Err(e) => {
+            let e = e.replace(&path.display().to_string(), &shown.to_string());
+            return item(
+                "signing",
+                Verdict::Warn,
+                format!("{e}: every object request will get 403 until the agent writes it"),
+            );
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let valid = keys.keys.iter().filter(|k| k.not_after > now).count();
+    if valid == 0 {
+        return item(
+            "signing",
+            Verdict::Warn,
+            format!(
+                "{shown}: {} keys, none still valid: every object request will get 403",
+                keys.keys.len()
+            ),
+        );
+    }
+    item(
+        "signing",
+        Verdict::Ok,
+        format!("{shown}: {valid} valid keys of {}", keys.keys.len()),
+    )
+}
+
+/// `[access] prefixes_file`: when set, it must load, or no client may connect.
+fn access(config: &Config, host: &Host) -> Option<Item> {
+    let file = config.access.prefixes_file.as_ref()?;
+    let path = host.root.join(file.strip_prefix("/").unwrap_or(file));
+    Some(match crate::access::load_prefixes_file(&path) {
+        Ok(list) if list.is_empty() => item(
+            "access",
+            Verdict::Warn,
+            format!("{}: no prefixes: no client may connect", file.display()),
+        ),
+        Ok(list) => item(
+            "access",
+            Verdict::Ok,
+            format!("{}: {} served prefixes", file.display(), list.len()),
+        ),
+        Err(e) => item(
+            "access",
+            Verdict::Warn,
+            format!(
+                "{}: no client may connect until the agent writes it",
+                e.replace(&path.display().to_string(), &file.display().to_string())
+            ),
+        ),
+    })
 }
 
 fn free_space(path: &Path) -> Option<(u64, u64)> {

@@ -70,10 +70,50 @@ pub struct Config {
     /// The XDP served-prefix filter and flow steering; absent: no eBPF at all.
     #[serde(default)]
     pub xdp: Option<XdpConfig>,
+    /// Signed URLs (on by default: unsigned requests are refused).
+    #[serde(default)]
+    pub signing: SigningConfig,
+    /// Which clients may connect at all, without XDP.
+    #[serde(default)]
+    pub access: AccessConfig,
     /// The agent beside the data plane (`edgeplane agent`: fill, health, prefixes, keys);
     /// `edgeplane serve` ignores it. See docs/agent.md.
     #[serde(default)]
     pub agent: Option<edgeplane_control::agent::AgentConfig>,
+}
+
+/// `[signing]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningConfig {
+    /// Check the signature of every object request (GET, HEAD) and answer 403 without a valid
+    /// one. On by default: an appliance must not serve to whoever finds it.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// JSON keys file (`{"keys": [{"id", "secret", "not_after"}]}`), written by the agent and
+    /// re-read on reload. Missing or invalid with signing on: every object request gets 403.
+    #[serde(default = "default_keys_file")]
+    pub keys_file: PathBuf,
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            keys_file: default_keys_file(),
+        }
+    }
+}
+
+/// `[access]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    /// JSON file (`{"prefixes": ["203.0.113.0/24", ...]}`) of the client networks that may
+    /// connect; connections from elsewhere are closed right after accept. Absent: everyone may
+    /// connect. Set but missing or invalid: no one may (fail closed).
+    #[serde(default)]
+    pub prefixes_file: Option<PathBuf>,
 }
 
 /// `[http]`
@@ -234,6 +274,18 @@ pub struct IoConfig {
     /// Most open files (and their mappings) cached per executor.
     #[serde(default = "default_open_file_cache")]
     pub open_file_cache: usize,
+    /// How often (ms) each tier directory is checked (exists, is a directory, can be listed);
+    /// an I/O error while serving triggers a check at once. A tier that fails is taken out of
+    /// the catalog until it passes again.
+    #[serde(default = "default_tier_check_interval_ms")]
+    pub tier_check_interval_ms: u64,
+}
+
+impl IoConfig {
+    /// [`Self::tier_check_interval_ms`] as a duration.
+    pub fn tier_check_interval(&self) -> Duration {
+        Duration::from_millis(self.tier_check_interval_ms)
+    }
 }
 
 impl Default for IoConfig {
@@ -243,6 +295,7 @@ impl Default for IoConfig {
             cold_read_threads: default_cold_read_threads(),
             io_memory_kib: 0,
             open_file_cache: default_open_file_cache(),
+            tier_check_interval_ms: default_tier_check_interval_ms(),
         }
     }
 }
@@ -422,6 +475,12 @@ fn default_cold_read_threads() -> usize {
 fn default_open_file_cache() -> usize {
     4096
 }
+fn default_tier_check_interval_ms() -> u64 {
+    1000
+}
+fn default_keys_file() -> PathBuf {
+    PathBuf::from("/var/lib/edgeplane/signing-keys.json")
+}
 fn default_xdp_mode() -> XdpMode {
     XdpMode::Auto
 }
@@ -547,6 +606,26 @@ impl Config {
         }
         if self.io.open_file_cache == 0 {
             return Err(ConfigError::new("io.open_file_cache", "must be at least 1"));
+        }
+        if self.io.tier_check_interval_ms == 0 {
+            return Err(ConfigError::new(
+                "io.tier_check_interval_ms",
+                "must be above 0",
+            ));
+        }
+        if self.signing.enabled && self.signing.keys_file.as_os_str().is_empty() {
+            return Err(ConfigError::new(
+                "signing.keys_file",
+                "must name a file (or set signing.enabled = false)",
+            ));
+        }
+        if let Some(p) = &self.access.prefixes_file {
+            if p.as_os_str().is_empty() {
+                return Err(ConfigError::new(
+                    "access.prefixes_file",
+                    "must name a file (leave it out to let every client connect)",
+                ));
+            }
         }
         if self.tiers.is_empty() {
             return Err(ConfigError::new(
@@ -785,7 +864,26 @@ mod tests {
         assert_eq!(c.admin.listen, "127.0.0.1:9090".parse().unwrap());
         assert_eq!(c.limits.max_header_bytes, 8192);
         assert!(c.io.residency_check);
+        assert_eq!(c.io.tier_check_interval_ms, 1000);
         assert_eq!(c.tiers[0].kind, TierKind::Flash);
+        assert!(c.signing.enabled, "signed URLs are on unless turned off");
+        assert_eq!(
+            c.signing.keys_file,
+            Path::new("/var/lib/edgeplane/signing-keys.json")
+        );
+        assert!(c.access.prefixes_file.is_none());
+        let c = Config::parse(
+            &with_tier("[signing]\nenabled = false\n[access]\nprefixes_file = \"/p.json\""),
+            "t",
+        )
+        .unwrap();
+        assert!(!c.signing.enabled);
+        assert_eq!(
+            c.access.prefixes_file.as_deref(),
+            Some(Path::new("/p.json"))
+        );
+        let err = Config::parse(&with_tier("[io]\ntier_check_interval_ms = 0"), "t").unwrap_err();
+        assert_eq!(err.key, "io.tier_check_interval_ms");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Layers, from pure to syscall:
 //! - [`config`], [`content_id`], [`http`]: pure logic, unit and property tested, no I/O.
 //! - [`tls`]: certificates (PEM, SNI, reload) and the rustls server configuration.
+//! - [`access`]: who may be served (signed URLs, served prefixes without XDP).
 //! - [`catalog`]: what exists on which tier (filesystem scans, atomic swaps).
 //! - [`check`]: the host preflight (`edgeplane check`).
 //! - [`metrics`]: per-core counters and latency histograms, Prometheus rendering.
@@ -10,6 +11,7 @@
 //! - [`xdp`]: the eBPF programs at the NIC (served-prefix filter, accounting, steering).
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod catalog;
 pub mod check;
 pub mod config;

@@ -175,12 +175,36 @@ fn run_agent(config: edgeplane::config::Config) -> Result<(), String> {
             path: t.path.clone(),
         })
         .collect();
+    // With XDP configured, the agent makes the pinned maps serve exactly its prefixes.
+    let xdp: Option<edgeplane_control::agent::PrefixSink> = config.xdp.as_ref().map(|x| {
+        let pin_dir = x.pin_dir.clone();
+        Box::new(move |set: &[ipnet::IpNet]| {
+            let mut want = Vec::with_capacity(set.len());
+            for p in set {
+                want.push(
+                    p.to_string()
+                        .parse::<edgeplane::xdp::Prefix>()
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            let r = edgeplane::xdp::sync_prefixes(&pin_dir, &want).map_err(|e| e.to_string())?;
+            Ok(format!(
+                "{} served, {} added, {} removed",
+                want.len(),
+                r.added.len(),
+                r.removed.len()
+            ))
+        }) as edgeplane_control::agent::PrefixSink
+    });
     let dp = Dataplane {
         admin: config.admin.listen,
         tiers,
-        keys_file: None,
-        prefixes_file: None,
-        xdp: None,
+        keys_file: config
+            .signing
+            .enabled
+            .then(|| config.signing.keys_file.clone()),
+        prefixes_file: config.access.prefixes_file.clone(),
+        xdp,
     };
     edgeplane_control::agent::run(agent, dp)
 }

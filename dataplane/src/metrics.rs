@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use edgeplane_signing::Reject;
+
 use crate::catalog::Catalog;
 use crate::http::Status;
 
@@ -23,6 +25,69 @@ pub enum Rejection {
     MaxConnections,
     /// `limits.max_connections_per_client`
     PerClient,
+    /// From outside every prefix in `access.prefixes_file` (closed without a response).
+    Prefix,
+}
+
+impl Rejection {
+    const ALL: [Rejection; 3] = [
+        Rejection::MaxConnections,
+        Rejection::PerClient,
+        Rejection::Prefix,
+    ];
+
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::MaxConnections => "max_connections",
+            Rejection::PerClient => "max_connections_per_client",
+            Rejection::Prefix => "prefix",
+        }
+    }
+}
+
+/// What kind of I/O error a tier gave while serving (`edgeplane_tier_io_errors_total{kind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TierIoError {
+    /// `EIO`: the device failed.
+    Eio,
+    /// `ENXIO` / `ENODEV`: the device is gone.
+    Enxio,
+    /// `ENOENT`: a cataloged file (or the tier directory) disappeared.
+    Enoent,
+    /// Anything else (a file that shrank, `ESTALE`, ...).
+    Other,
+}
+
+impl TierIoError {
+    /// Every kind, in the order counters are kept.
+    pub const ALL: [TierIoError; 4] = [
+        TierIoError::Eio,
+        TierIoError::Enxio,
+        TierIoError::Enoent,
+        TierIoError::Other,
+    ];
+
+    /// Classifies an error.
+    pub fn of(e: &std::io::Error) -> TierIoError {
+        match e.raw_os_error() {
+            Some(libc::EIO) => TierIoError::Eio,
+            Some(libc::ENXIO | libc::ENODEV) => TierIoError::Enxio,
+            Some(libc::ENOENT) => TierIoError::Enoent,
+            None if e.kind() == std::io::ErrorKind::NotFound => TierIoError::Enoent,
+            _ => TierIoError::Other,
+        }
+    }
+
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TierIoError::Eio => "eio",
+            TierIoError::Enxio => "enxio",
+            TierIoError::Enoent => "enoent",
+            TierIoError::Other => "other",
+        }
+    }
 }
 
 /// Which timer closed a connection.
@@ -98,7 +163,10 @@ pub struct CoreMetrics {
     cold_read_bytes: Box<[AtomicU64]>,
     open_connections: AtomicI64,
     connections: AtomicU64,
-    rejected: [AtomicU64; 2],
+    rejected: [AtomicU64; Rejection::ALL.len()],
+    signed_url_rejects: [AtomicU64; Reject::ALL.len()],
+    /// Per tier, per [`TierIoError`] kind.
+    tier_io_errors: Box<[AtomicU64]>,
     timeouts: [AtomicU64; 3],
     client_aborts: AtomicU64,
     io_errors: AtomicU64,
@@ -139,6 +207,10 @@ impl CoreMetrics {
             open_connections: AtomicI64::new(0),
             connections: AtomicU64::new(0),
             rejected: Default::default(),
+            signed_url_rejects: Default::default(),
+            tier_io_errors: (0..tiers * TierIoError::ALL.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             timeouts: Default::default(),
             client_aborts: AtomicU64::new(0),
             io_errors: AtomicU64::new(0),
@@ -176,6 +248,19 @@ impl CoreMetrics {
     /// A connection was refused over a cap.
     pub fn rejected(&self, why: Rejection) {
         self.rejected[why as usize].fetch_add(1, Relaxed);
+    }
+    /// A request was refused with 403 for its signature.
+    pub fn signed_url_reject(&self, why: Reject) {
+        if let Some(i) = Reject::ALL.iter().position(|r| *r == why) {
+            self.signed_url_rejects[i].fetch_add(1, Relaxed);
+        }
+    }
+    /// Serving an object from `tier` failed with an I/O error of `kind`.
+    pub fn tier_io_error(&self, tier: usize, kind: TierIoError) {
+        let i = tier * TierIoError::ALL.len() + kind as usize;
+        if let Some(c) = self.tier_io_errors.get(i) {
+            c.fetch_add(1, Relaxed);
+        }
     }
     /// A connection was closed by a timer.
     pub fn timeout(&self, which: Timeout) {
@@ -392,16 +477,28 @@ pub fn render(metrics: &Metrics, catalog: &Catalog) -> String {
         &mut out,
         "edgeplane_connections_rejected_total",
         "counter",
-        "Connections refused with 503 over a cap.",
+        "Connections refused: with 503 over a cap, or closed unanswered from outside the served prefixes.",
     );
-    for (i, reason) in ["max_connections", "max_connections_per_client"]
-        .iter()
-        .enumerate()
-    {
+    for (i, reason) in Rejection::ALL.iter().enumerate() {
         let _ = writeln!(
             out,
-            "edgeplane_connections_rejected_total{{reason=\"{reason}\"}} {}",
+            "edgeplane_connections_rejected_total{{reason=\"{}\"}} {}",
+            reason.as_str(),
             sum(&|c| c.rejected[i].load(Relaxed))
+        );
+    }
+    header(
+        &mut out,
+        "edgeplane_signed_url_rejects_total",
+        "counter",
+        "Object requests refused with 403 because of their signed URL, by reason.",
+    );
+    for (i, reason) in Reject::ALL.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "edgeplane_signed_url_rejects_total{{reason=\"{}\"}} {}",
+            reason.label(),
+            sum(&|c| c.signed_url_rejects[i].load(Relaxed))
         );
     }
     header(
@@ -436,6 +533,25 @@ pub fn render(metrics: &Metrics, catalog: &Catalog) -> String {
     ] {
         header(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name} {}", sum(f));
+    }
+
+    header(
+        &mut out,
+        "edgeplane_tier_io_errors_total",
+        "counter",
+        "I/O errors serving objects, by tier and kind; each one triggers a check of the tier.",
+    );
+    for (t, tier) in catalog.tiers.iter().enumerate() {
+        for kind in TierIoError::ALL {
+            let i = t * TierIoError::ALL.len() + kind as usize;
+            let _ = writeln!(
+                out,
+                "edgeplane_tier_io_errors_total{{tier=\"{}\",kind=\"{}\"}} {}",
+                tier.name,
+                kind.as_str(),
+                sum(&|c| c.tier_io_errors.get(i).map_or(0, |n| n.load(Relaxed)))
+            );
+        }
     }
 
     render_tls(&mut out, metrics);
@@ -565,6 +681,37 @@ fn render_tls(out: &mut String, metrics: &Metrics) {
             "edgeplane_tls_cert_reloads_total{{result=\"{result}\"}} {}",
             metrics.cert_reloads[i].load(Relaxed)
         );
+    }
+}
+
+/// Appends the signing and served-prefix state to `out`.
+pub fn render_access(out: &mut String, access: &crate::access::Access) {
+    header(
+        out,
+        "edgeplane_signing_enabled",
+        "gauge",
+        "1 when object requests must carry a valid signed URL.",
+    );
+    let _ = writeln!(
+        out,
+        "edgeplane_signing_enabled {}",
+        u8::from(access.signing())
+    );
+    header(
+        out,
+        "edgeplane_signing_keys",
+        "gauge",
+        "Signing keys loaded from signing.keys_file (0 with signing on: every object request is refused).",
+    );
+    let _ = writeln!(out, "edgeplane_signing_keys {}", access.keys_loaded());
+    if let Some(n) = access.prefixes_loaded() {
+        header(
+            out,
+            "edgeplane_access_prefixes",
+            "gauge",
+            "Prefixes loaded from access.prefixes_file (0: no client may connect).",
+        );
+        let _ = writeln!(out, "edgeplane_access_prefixes {n}");
     }
 }
 

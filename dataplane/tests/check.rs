@@ -156,6 +156,70 @@ fn each_broken_fact_fails_its_item() {
     }
 }
 
+/// `[signing]`: a keys file with a valid key is ✓; missing, expired or signing off is a
+/// warning (serving starts, and refuses or does not check); `[access] prefixes_file` likewise.
+#[test]
+fn signing_and_access_items() {
+    let dir = tempfile::tempdir().unwrap();
+    healthy_host(dir.path());
+    let r = dir.path();
+    let config = r.join("edgeplane.toml");
+    let base = fs::read_to_string(&config).unwrap();
+    // Default: signing on, keys at /var/lib/edgeplane/signing-keys.json (under the fake root).
+    let (code, out) = check(r);
+    assert_eq!(code, 0, "{out}");
+    let l = line(&out, "signing");
+    assert!(
+        l.starts_with('!')
+            && l.contains("/var/lib/edgeplane/signing-keys.json")
+            && l.contains("403"),
+        "{out}"
+    );
+    let keys = r.join("var/lib/edgeplane/signing-keys.json");
+    fs::create_dir_all(keys.parent().unwrap()).unwrap();
+    let secret = "A".repeat(43);
+    fs::write(
+        &keys,
+        format!(r#"{{"keys": [{{"id": "k1", "secret": "{secret}", "not_after": 4102444800}}]}}"#),
+    )
+    .unwrap();
+    let (_, out) = check(r);
+    assert!(line(&out, "signing").starts_with('✓'), "{out}");
+    fs::write(
+        &keys,
+        format!(r#"{{"keys": [{{"id": "k1", "secret": "{secret}", "not_after": 1000}}]}}"#),
+    )
+    .unwrap();
+    let (code, out) = check(r);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        line(&out, "signing").starts_with('!') && out.contains("none still valid"),
+        "{out}"
+    );
+    fs::write(
+        &config,
+        format!("{base}\n[signing]\nenabled = false\n[access]\nprefixes_file = \"/etc/p.json\"\n"),
+    )
+    .unwrap();
+    let (code, out) = check(r);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        line(&out, "signing").starts_with('!') && out.contains("URLs are not checked"),
+        "{out}"
+    );
+    assert!(
+        line(&out, "access").starts_with('!') && out.contains("no client may connect"),
+        "{out}"
+    );
+    fs::create_dir_all(r.join("etc")).unwrap();
+    fs::write(r.join("etc/p.json"), r#"{"prefixes": ["203.0.113.0/24"]}"#).unwrap();
+    let (_, out) = check(r);
+    assert!(
+        line(&out, "access").starts_with('✓') && out.contains("1 served prefixes"),
+        "{out}"
+    );
+}
+
 /// Degraded but servable: warnings, exit 0.
 #[test]
 fn warnings_do_not_stop_serving() {

@@ -221,6 +221,8 @@ fn write_config(dir: &Path, residency_check: bool, flash: &Path, storage: &Path)
 listen = "127.0.0.1:0"
 [admin]
 listen = "127.0.0.1:0"
+[signing]
+enabled = false
 [io]
 residency_check = {residency_check}
 cold_read_threads = 4

@@ -15,6 +15,7 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
 fn good_config(tier_path: &Path) -> String {
     format!(
         "cores = 1\n[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [signing]\nenabled = false\n\
          [[tier]]\nname = \"flash\"\nkind = \"flash\"\npath = \"{}\"\n",
         tier_path.display()
     )

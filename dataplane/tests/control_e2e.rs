@@ -44,7 +44,10 @@ fn hex_lower(b: &[u8]) -> String {
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, or panics naming `what` after `limit`.
@@ -54,7 +57,10 @@ fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) ->
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         thread::sleep(Duration::from_millis(100));
     }
 }
@@ -177,7 +183,9 @@ fn get(url: &str) -> (u16, Vec<u8>) {
 
 fn get_json(url: &str) -> Option<serde_json::Value> {
     let (status, body) = get(url);
-    (status == 200).then(|| serde_json::from_slice(&body).ok()).flatten()
+    (status == 200)
+        .then(|| serde_json::from_slice(&body).ok())
+        .flatten()
 }
 
 /// curl, as a player would: the body and the status.
@@ -188,7 +196,10 @@ fn curl(url: &str) -> (u16, Vec<u8>) {
         .expect("run curl");
     let mut body = out.stdout;
     let nl = body.iter().rposition(|&b| b == b'\n').unwrap_or(0);
-    let code = String::from_utf8_lossy(&body[nl + 1..]).trim().parse().unwrap_or(0);
+    let code = String::from_utf8_lossy(&body[nl + 1..])
+        .trim()
+        .parse()
+        .unwrap_or(0);
     body.truncate(nl);
     (code, body)
 }
@@ -336,7 +347,16 @@ struct Appliance {
 }
 
 impl Appliance {
-    fn new(root: &Path, id: &str, secret: &str, role: &str, prefixes: &[&str], moto: &Moto, cloud: &Cloud, rate_mbps: u64) -> Appliance {
+    fn new(
+        root: &Path,
+        id: &str,
+        secret: &str,
+        role: &str,
+        prefixes: &[&str],
+        moto: &Moto,
+        cloud: &Cloud,
+        rate_mbps: u64,
+    ) -> Appliance {
         let dir = root.join(id);
         for d in ["flash", "storage", "state"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
@@ -344,7 +364,10 @@ impl Appliance {
         let http = free_port();
         let admin = free_port();
         let access = if role == "embedded" {
-            format!("[access]\nprefixes_file = \"{}\"\n", dir.join("state/prefixes.json").display())
+            format!(
+                "[access]\nprefixes_file = \"{}\"\n",
+                dir.join("state/prefixes.json").display()
+            )
         } else {
             String::new()
         };
@@ -547,44 +570,81 @@ fn fill_steer_play_fail_over() {
     moto.put(&bad_id, &corrupt);
 
     // The embedded appliance serves 127.0.0.0/8 (the test's players).
-    let mut emb = Appliance::new(root.path(), "emb", "emb-secret", "embedded", &["127.0.0.0/8"], &moto, &cloud, 0);
+    let mut emb = Appliance::new(
+        root.path(),
+        "emb",
+        "emb-secret",
+        "embedded",
+        &["127.0.0.0/8"],
+        &moto,
+        &cloud,
+        0,
+    );
     emb.start_dataplane();
     emb.start_agent();
-    wait_for("every object but the corrupt one", Duration::from_secs(60), || {
-        let (p, w) = emb.fill_progress()?;
-        (w == objects.len() as u64 && p == w - 1).then_some(())
-    });
-    wait_for("the checksum failure to be counted", Duration::from_secs(20), || {
-        (emb.agent_metric("edgeplane_agent_fill_checksum_failures_total") >= 1.0).then_some(())
-    });
+    wait_for(
+        "every object but the corrupt one",
+        Duration::from_secs(60),
+        || {
+            let (p, w) = emb.fill_progress()?;
+            (w == objects.len() as u64 && p == w - 1).then_some(())
+        },
+    );
+    wait_for(
+        "the checksum failure to be counted",
+        Duration::from_secs(20),
+        || (emb.agent_metric("edgeplane_agent_fill_checksum_failures_total") >= 1.0).then_some(()),
+    );
     // Never on disk under its name, never served.
-    assert!(!emb.files().contains_key(&bad_id), "the corrupt object was installed");
+    assert!(
+        !emb.files().contains_key(&bad_id),
+        "the corrupt object was installed"
+    );
     let keys = emb.keys();
-    let key = keys.signing_key(now_unix()).expect("a signing key reached the data plane");
+    let key = keys
+        .signing_key(now_unix())
+        .expect("a signing key reached the data plane");
     let lo: IpAddr = "127.0.0.1".parse().unwrap();
     let signed = |id: &str, exp: u64, pfx: &str| {
-        format!("{}/{id}?{}", emb.base(), sign(key, id, exp, pfx.parse().unwrap()))
+        format!(
+            "{}/{id}?{}",
+            emb.base(),
+            sign(key, id, exp, pfx.parse().unwrap())
+        )
     };
     let (s, _) = curl(&signed(&bad_id, now_unix() + 60, "127.0.0.0/24"));
     assert_eq!(s, 404, "the corrupt object must not be served");
     // Reported to the control service.
-    wait_for("the failure in the fleet view", Duration::from_secs(20), || {
-        let fleet = get_json(&format!("{}/v1/fleet", cloud.api)).or_else(|| {
-            let r = ureq::get(&format!("{}/v1/fleet", cloud.api))
-                .set("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
-                .call()
-                .ok()?;
-            r.into_json().ok()
-        })?;
-        let a = fleet["appliances"].as_array()?.iter().find(|a| a["id"] == "emb")?.clone();
-        (a["last_health"]["fill"]["checksum_failures"].as_u64()? >= 1).then_some(())
-    });
+    wait_for(
+        "the failure in the fleet view",
+        Duration::from_secs(20),
+        || {
+            let fleet = get_json(&format!("{}/v1/fleet", cloud.api)).or_else(|| {
+                let r = ureq::get(&format!("{}/v1/fleet", cloud.api))
+                    .set("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+                    .call()
+                    .ok()?;
+                r.into_json().ok()
+            })?;
+            let a = fleet["appliances"]
+                .as_array()?
+                .iter()
+                .find(|a| a["id"] == "emb")?
+                .clone();
+            (a["last_health"]["fill"]["checksum_failures"].as_u64()? >= 1).then_some(())
+        },
+    );
 
     // The origin goes down: the breaker opens, serving goes on.
     moto.stop();
-    wait_for("the origin breaker to open", Duration::from_secs(30), || {
-        (emb.agent_metric("edgeplane_agent_origin_breaker{state=\"open\"}") == 1.0).then_some(())
-    });
+    wait_for(
+        "the origin breaker to open",
+        Duration::from_secs(30),
+        || {
+            (emb.agent_metric("edgeplane_agent_origin_breaker{state=\"open\"}") == 1.0)
+                .then_some(())
+        },
+    );
     let (some_id, (some_size, some_sha)) = objects.iter().find(|(id, _)| **id != bad_id).unwrap();
     let (s, body) = curl(&signed(some_id, now_unix() + 60, "127.0.0.0/24"));
     assert_eq!((s, body.len() as u64), (200, *some_size));
@@ -595,7 +655,20 @@ fn fill_steer_play_fail_over() {
     let status = Command::new(BIN)
         .args(["cloud", "gen-catalog", "--config"])
         .arg(&cloud.config)
-        .args(["--titles", "3", "--renditions", "240p,480p", "--segments", "4", "--scale", "0.1", "--seed", "7", "--upload", "--create-bucket"])
+        .args([
+            "--titles",
+            "3",
+            "--renditions",
+            "240p,480p",
+            "--segments",
+            "4",
+            "--scale",
+            "0.1",
+            "--seed",
+            "7",
+            "--upload",
+            "--create-bucket",
+        ])
         .status()
         .unwrap();
     assert!(status.success());
@@ -606,10 +679,14 @@ fn fill_steer_play_fail_over() {
 
     // A player inside the embedded prefix is steered to it and plays a title byte-exact.
     let title = &catalog.titles[0].id;
-    let st = wait_for("steering to the embedded appliance", Duration::from_secs(20), || {
-        let st = steer(&cloud, "127.0.0.1", title);
-        (st.locations.first()?.kind == LocationKind::Embedded).then_some(st)
-    });
+    let st = wait_for(
+        "steering to the embedded appliance",
+        Duration::from_secs(20),
+        || {
+            let st = steer(&cloud, "127.0.0.1", title);
+            (st.locations.first()?.kind == LocationKind::Embedded).then_some(st)
+        },
+    );
     assert_eq!(st.locations.last().unwrap().kind, LocationKind::Origin);
     play(&st, 0);
     // The origin URL works too (a presigned S3 GET).
@@ -679,7 +756,11 @@ fn fill_steer_play_fail_over() {
             assert_eq!(&sha256_hex(&bytes), sha, "{id} corrupt after SIGKILL");
         }
         for id in objects.keys().take(6) {
-            let u = format!("{}/{id}?{}", ix.base(), sign(key, id, now_unix() + 60, "127.0.0.0/24".parse().unwrap()));
+            let u = format!(
+                "{}/{id}?{}",
+                ix.base(),
+                sign(key, id, now_unix() + 60, "127.0.0.0/24".parse().unwrap())
+            );
             let (s, body) = curl(&u);
             match s {
                 200 => assert_eq!(&sha256_hex(&body), &objects[id].1, "{id} served corrupt"),
@@ -689,7 +770,10 @@ fn fill_steer_play_fail_over() {
             }
         }
     }
-    assert!(killed_mid_fill >= 5, "only {killed_mid_fill} of 20 kills landed mid-fill");
+    assert!(
+        killed_mid_fill >= 5,
+        "only {killed_mid_fill} of 20 kills landed mid-fill"
+    );
     ix.start_agent();
     ix.wait_filled(Duration::from_secs(90));
     assert!(
@@ -700,10 +784,14 @@ fn fill_steer_play_fail_over() {
     // The embedded appliance stops: within the health timeout the player goes to IX.
     emb.agent.take().unwrap().terminate();
     emb.dataplane.take().unwrap().terminate();
-    let st = wait_for("steering to fail over to IX", Duration::from_secs(30), || {
-        let st = steer(&cloud, "127.0.0.1", title);
-        (st.locations.first()?.kind == LocationKind::Ix).then_some(st)
-    });
+    let st = wait_for(
+        "steering to fail over to IX",
+        Duration::from_secs(30),
+        || {
+            let st = steer(&cloud, "127.0.0.1", title);
+            (st.locations.first()?.kind == LocationKind::Ix).then_some(st)
+        },
+    );
     play(&st, 0);
     moto.stop();
     drop(cloud.proc);

@@ -200,6 +200,8 @@ fn config_text(flash: &Path, storage: &Path) -> String {
          cores = 2\n\n\
          [http]\nlisten = \"127.0.0.1:0\"\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         # The demo player fetches plain URLs: no signatures.\n\
+         [signing]\nenabled = false\n\n\
          [[tier]]\nname = \"flash\"\nkind = \"flash\"\npath = {}\n\n\
          [[tier]]\nname = \"storage\"\nkind = \"storage\"\npath = {}\n",
         toml_string(flash),

@@ -303,6 +303,8 @@ fn edgeplane_config(catalog: &Path, connections: u32) -> String {
          [http]\nlisten = \"127.0.0.1:0\"\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\n\
          [limits]\nmax_connections = {total}\nmax_connections_per_client = {per_client}\n\n\
+         # The load generators fetch plain URLs: no signatures.\n\
+         [signing]\nenabled = false\n\n\
          [[tier]]\nname = \"flash\"\nkind = \"flash\"\npath = {}\n",
         toml_string(catalog)
     )

@@ -27,6 +27,9 @@ pub enum Target<'a> {
         id: &'a str,
         /// The range from the path form, if used.
         path_range: Option<RangeSpec>,
+        /// The query string after `?` (without it), as sent; `None` without `?`. Carries the
+        /// signed-URL parameters (`exp`, `pfx`, `kid`, `sig`).
+        query: Option<&'a str>,
     },
     /// `*` (only meaningful for OPTIONS).
     Asterisk,
@@ -233,7 +236,10 @@ fn route(target: &str) -> Route<'_> {
         // Authority-form (CONNECT) and anything else that is not a path.
         return Route::Invalid;
     };
-    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
     let mut parts = path.split('/');
     let id = parts.next().unwrap_or("");
     if !crate::content_id::is_valid(id) {
@@ -243,11 +249,13 @@ fn route(target: &str) -> Route<'_> {
         (None, _, _) => Route::Target(Target::Object {
             id,
             path_range: None,
+            query,
         }),
         (Some("range"), Some(r), None) => match range::parse_path_range(r) {
             Some(spec) => Route::Target(Target::Object {
                 id,
                 path_range: Some(spec),
+                query,
             }),
             None => Route::BadRange,
         },
@@ -348,7 +356,8 @@ mod tests {
             r.target,
             Target::Object {
                 id: "a.m4s",
-                path_range: None
+                path_range: None,
+                query: None,
             }
         );
         assert_eq!(r.range, Some(&b"bytes=0-9"[..]));
@@ -363,7 +372,17 @@ mod tests {
             r.target,
             Target::Object {
                 id: "v1.mp4",
-                path_range: Some(RangeSpec::FromTo(10, 19))
+                path_range: Some(RangeSpec::FromTo(10, 19)),
+                query: Some("token=abc"),
+            }
+        );
+        let (r, _) = complete(b"GET /v.mp4? HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(
+            r.target,
+            Target::Object {
+                id: "v.mp4",
+                path_range: None,
+                query: Some(""),
             }
         );
         let (r, _) = complete(b"GET /v1.mp4/range/19-10 HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -378,7 +397,8 @@ mod tests {
             r.target,
             Target::Object {
                 id: "v.mp4",
-                path_range: Some(RangeSpec::FromTo(0, 9))
+                path_range: Some(RangeSpec::FromTo(0, 9)),
+                query: None,
             }
         );
         let (r, _) = complete(b"GET HTTPS://h?x HTTP/1.1\r\nHost: x\r\n\r\n");

@@ -1,4 +1,4 @@
-//! The admin listener: `GET /metrics`, `GET /healthz`, `POST /reload`.
+//! The admin listener: `GET /metrics`, `GET /healthz`, `GET /catalog`, `POST /reload`.
 //!
 //! One plain thread, off the serving cores, one request per connection. It reads the per-core
 //! counters (summing on scrape) and may swap the catalog; it never touches a client connection.
@@ -59,6 +59,7 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     match (method.as_str(), path) {
         ("GET", "/metrics") => {
             let mut body = metrics::render(&shared.metrics, &shared.catalog.load());
+            metrics::render_access(&mut body, &shared.access);
             if let Some(xdp) = &shared.xdp {
                 metrics::render_xdp(&mut body, &xdp.snapshot());
             }
@@ -94,6 +95,10 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 respond(&mut stream, "200 OK", "text/plain", "ok\n")
             }
         }
+        ("GET", "/catalog") => {
+            let body = catalog_json(&shared.catalog.load());
+            respond(&mut stream, "200 OK", "application/json", &body)
+        }
         ("POST", "/reload") => {
             let reloaded = shared.reload();
             let mut body = format!(
@@ -101,26 +106,39 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 reloaded.catalog.generation,
                 reloaded.catalog.len()
             );
+            let mut ok = reloaded.access.ok();
+            match &reloaded.access.keys {
+                None => {}
+                Some(Ok(n)) => body.push_str(&format!("signing keys: {n} loaded\n")),
+                Some(Err(e)) => body.push_str(&format!(
+                    "signing keys: NOT loaded, every object request is refused: {e}\n"
+                )),
+            }
+            match &reloaded.access.prefixes {
+                None => {}
+                Some(Ok(n)) => body.push_str(&format!("prefixes: {n} loaded\n")),
+                Some(Err(e)) => body.push_str(&format!(
+                    "prefixes: NOT loaded, no client may connect: {e}\n"
+                )),
+            }
             match reloaded.certificates {
-                None => respond(&mut stream, "200 OK", "text/plain", &body),
-                Some(Ok(())) => {
-                    body.push_str("certificates: reloaded\n");
-                    respond(&mut stream, "200 OK", "text/plain", &body)
-                }
+                None => {}
+                Some(Ok(())) => body.push_str("certificates: reloaded\n"),
                 Some(Err(e)) => {
+                    ok = false;
                     body.push_str(&format!(
                         "certificates: NOT reloaded, the previous ones stay in use: {e}\n"
                     ));
-                    respond(
-                        &mut stream,
-                        "500 Internal Server Error",
-                        "text/plain",
-                        &body,
-                    )
                 }
             }
+            let status = if ok {
+                "200 OK"
+            } else {
+                "500 Internal Server Error"
+            };
+            respond(&mut stream, status, "text/plain", &body)
         }
-        (_, "/metrics" | "/healthz" | "/reload") => respond(
+        (_, "/metrics" | "/healthz" | "/reload" | "/catalog") => respond(
             &mut stream,
             "405 Method Not Allowed",
             "text/plain",
@@ -128,6 +146,44 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         ),
         _ => respond(&mut stream, "404 Not Found", "text/plain", "not found\n"),
     }
+}
+
+/// `GET /catalog`: what each tier serves, for the agent.
+fn catalog_json(catalog: &crate::catalog::Catalog) -> String {
+    #[derive(serde::Serialize)]
+    struct Tier<'a> {
+        name: &'a str,
+        kind: &'a str,
+        up: bool,
+        objects: u64,
+        bytes: u64,
+        ids: Vec<&'a str>,
+    }
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        generation: u64,
+        tiers: Vec<Tier<'a>>,
+    }
+    let body = Body {
+        generation: catalog.generation,
+        tiers: catalog
+            .tiers
+            .iter()
+            .zip(&catalog.tier_states)
+            .enumerate()
+            .map(|(i, (t, s))| Tier {
+                name: &t.name,
+                kind: t.kind.as_str(),
+                up: s.error.is_none(),
+                objects: s.objects,
+                bytes: s.bytes,
+                ids: catalog.ids(i),
+            })
+            .collect(),
+    };
+    let mut text = serde_json::to_string(&body).unwrap_or_else(|_| "{}".into());
+    text.push('\n');
+    text
 }
 
 fn respond(

@@ -10,6 +10,7 @@
 
 use std::cell::Cell;
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -76,21 +77,23 @@ pub(crate) trait Transport {
 }
 
 /// Serves one accepted plain-HTTP connection to completion.
-pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream) {
+pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, peer: IpAddr) {
     let fd = stream.as_raw_fd();
     if sys::set_nonblocking(fd).is_err() {
         return;
     }
     let _ = stream.set_write_timeout(Some(core.config.limits.send_timeout()));
     let deadline = core.register_deadline(fd);
-    serve_transport(core, Plain { stream, fd }, deadline).await;
+    serve_transport(core, Plain { stream, fd }, deadline, peer).await;
 }
 
-/// The request loop over any transport, until the connection ends.
+/// The request loop over any transport, until the connection ends. `peer`: the client's
+/// address, which signed URLs are checked against.
 pub(crate) async fn serve_transport<T: Transport>(
     core: Rc<Core>,
     transport: T,
     deadline: DeadlineGuard,
+    peer: IpAddr,
 ) {
     let mut rx = ReadBuf {
         buf: vec![0; core.config.limits.max_header_bytes],
@@ -103,6 +106,7 @@ pub(crate) async fn serve_transport<T: Transport>(
         t: transport,
         out: Vec::with_capacity(512),
         served: 0,
+        peer,
     };
     let result = io.run(&mut rx).await;
     let clean = !matches!(result, Err(End::Object(_) | End::Timeout(Timeout::Send)));
@@ -134,6 +138,8 @@ struct Io<T> {
     /// Response head being written.
     out: Vec<u8>,
     served: u64,
+    /// The client's address.
+    peer: IpAddr,
 }
 
 /// Marks the core busy while a response is in flight (shutdown waits for these).
@@ -276,13 +282,24 @@ impl<T: Transport> Io<T> {
             keep_alive,
             http10: req.http10,
         };
-        let (status, body) =
-            respond_head(&core, &mut self.out, req, &ctx, req.method == Method::Head).await?;
+        let (status, body) = respond_head(
+            &core,
+            &mut self.out,
+            req,
+            &ctx,
+            req.method == Method::Head,
+            self.peer,
+        )
+        .await?;
         core.metrics().response(status);
         self.t.send_head(&self.out, body.is_some()).await?;
         let ttfb = received.elapsed();
         if let Some((obj, start, n)) = body {
-            self.t.send_body(&core, &obj, start, n).await?;
+            let sent = self.t.send_body(&core, &obj, start, n).await;
+            if let Err(End::Object(e)) = &sent {
+                core.tier_io_error(obj.tier, e);
+            }
+            sent?;
             core.metrics().body_bytes(obj.tier, n);
         }
         core.latency.borrow_mut().record(ttfb, received.elapsed());
@@ -377,6 +394,7 @@ async fn respond_head(
     req: &Request<'_>,
     ctx: &HeadContext<'_>,
     head: bool,
+    peer: IpAddr,
 ) -> Result<(Status, Option<(Rc<OpenObject>, u64, u64)>), End> {
     if req.method == Method::Options {
         response::write_options(out, req, ctx);
@@ -386,10 +404,22 @@ async fn respond_head(
         response::write_error(out, Status::BadRequest, ctx, head, b"");
         return Ok((Status::BadRequest, None));
     }
-    let Target::Object { id, path_range } = req.target else {
+    let Target::Object {
+        id,
+        path_range,
+        query,
+    } = req.target
+    else {
         response::write_error(out, Status::NotFound, ctx, head, b"");
         return Ok((Status::NotFound, None));
     };
+    // The signature first: a refused request never reaches the catalog or a disk, so an
+    // unsigned client cannot even learn whether an object exists (403, never 404).
+    if let Err(why) = core.shared.access.verify(id, query, peer, core.unix_now()) {
+        core.metrics().signed_url_reject(why);
+        response::write_error(out, Status::Forbidden, ctx, head, b"");
+        return Ok((Status::Forbidden, None));
+    }
     let obj = match core.open(id).await {
         Ok(Some(obj)) => obj,
         Ok(None) => {

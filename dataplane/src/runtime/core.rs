@@ -32,6 +32,10 @@ pub(crate) struct Shared {
     pub(crate) https: Option<Https>,
     /// The XDP filter, when `[xdp]` is configured (running, or why not).
     pub(crate) xdp: Option<Arc<crate::xdp::XdpService>>,
+    /// Signing keys and served prefixes, swapped on reload.
+    pub(crate) access: Arc<crate::access::Access>,
+    /// Wakes the tier watcher when serving hits an I/O error.
+    pub(crate) tier_watch: super::tiers::TierWatch,
 }
 
 /// What every executor's HTTPS listener hands its handshakes.
@@ -46,6 +50,8 @@ pub(crate) struct Https {
 /// What a reload did.
 pub(crate) struct Reloaded {
     pub(crate) catalog: Arc<Catalog>,
+    /// Signing keys and served prefixes.
+    pub(crate) access: crate::access::AccessReload,
     /// `None` without HTTPS; `Some(Err)` when the certificates could not be read (the previous
     /// ones stay in use).
     pub(crate) certificates: Option<Result<(), ConfigError>>,
@@ -55,6 +61,7 @@ impl Shared {
     /// SIGHUP and `POST /reload`: rescan the tiers and re-read the TLS certificates. New
     /// handshakes use the new certificates; open connections keep what they negotiated.
     pub(crate) fn reload(&self) -> Reloaded {
+        let access = self.access.reload();
         let catalog = self.catalog.reload();
         let certificates = self.https.as_ref().map(|https| {
             let result = https.resolver.reload();
@@ -69,6 +76,7 @@ impl Shared {
         });
         Reloaded {
             catalog,
+            access,
             certificates,
         }
     }
@@ -258,11 +266,30 @@ impl Core {
         text
     }
 
+    /// Unix seconds as of the last [`Core::date`] (called once per request before it is
+    /// answered), so signature expiry is checked without another clock read.
+    pub(crate) fn unix_now(&self) -> u64 {
+        match self.date.get().0 {
+            0 => {
+                self.date();
+                self.date.get().0
+            }
+            secs => secs,
+        }
+    }
+
+    /// Counts an I/O error serving from `tier` and asks the tier watcher to check the tiers now.
+    pub(crate) fn tier_io_error(&self, tier: usize, e: &io::Error) {
+        self.metrics()
+            .tier_io_error(tier, crate::metrics::TierIoError::of(e));
+        self.shared.tier_watch.poke();
+    }
+
     /// The open object for `id`, from this core's cache or freshly opened. `Ok(None)` when the
     /// catalog has no such id. Storage-tier opens (a directory lookup may seek) run on the
     /// blocking pool.
     pub(crate) async fn open(&self, id: &str) -> io::Result<Option<Rc<OpenObject>>> {
-        let (entry, generation, kind) = {
+        let (entry, generation, kind, tier) = {
             let catalog = self.shared.catalog.load();
             let mut files = self.files.borrow_mut();
             if files.generation != catalog.generation {
@@ -279,6 +306,7 @@ impl Core {
                 entry.clone(),
                 catalog.generation,
                 catalog.tiers[entry.tier].kind,
+                entry.tier,
             )
         };
         let opened = if kind == TierKind::Storage && self.config.io.residency_check {
@@ -291,12 +319,17 @@ impl Core {
         };
         let obj = match opened {
             Ok(obj) => Rc::new(obj),
-            Err(e)
-                if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP) =>
-            {
-                return Ok(None)
+            // A symlink swapped in after the scan: not an object, not a disk problem.
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Gone since the scan: evicted (the next reload drops it) or the tier vanished.
+                self.tier_io_error(tier, &e);
+                return Ok(None);
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                self.tier_io_error(tier, &e);
+                return Err(e);
+            }
         };
         let mut files = self.files.borrow_mut();
         if files.generation == generation {
@@ -526,6 +559,12 @@ async fn accept_loop(
             Ok(a) => a.ip(),
             Err(_) => continue,
         };
+        if !core.shared.access.allows(peer) {
+            // Outside the served prefixes: closed before anything is read or sent.
+            core.metrics().rejected(Rejection::Prefix);
+            drop(stream);
+            continue;
+        }
         let c = core.clone();
         match core.shared.limits.acquire(peer) {
             Ok(guard) => {
@@ -533,8 +572,8 @@ async fn accept_loop(
                 glommio::spawn_local(async move {
                     c.metrics().connection(1);
                     match tls {
-                        Some(config) => super::tls::serve(c.clone(), stream, config).await,
-                        None => conn::serve(c.clone(), stream).await,
+                        Some(config) => super::tls::serve(c.clone(), stream, config, peer).await,
+                        None => conn::serve(c.clone(), stream, peer).await,
                     }
                     c.metrics().connection(-1);
                     drop(guard);

@@ -13,6 +13,7 @@ mod core;
 mod ktls;
 mod server;
 mod sys;
+mod tiers;
 mod tls;
 
 pub use server::{io_memory_per_core, serve, ServeError};

@@ -175,7 +175,10 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         stop: Default::default(),
         https,
         xdp,
+        access: Arc::new(crate::access::Access::new(&config)),
+        tier_watch: Default::default(),
     });
+    super::tiers::start(shared.clone()).map_err(ServeError::Signals)?;
 
     let admin =
         std::net::TcpListener::bind(config.admin.listen).map_err(|source| ServeError::Listen {

@@ -39,7 +39,12 @@ thread_local! {
 }
 
 /// Serves one accepted HTTPS connection: handshake, then requests until it ends.
-pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, config: Arc<ServerConfig>) {
+pub(crate) async fn serve(
+    core: Rc<Core>,
+    stream: TcpStream,
+    config: Arc<ServerConfig>,
+    peer: std::net::IpAddr,
+) {
     let fd = stream.as_raw_fd();
     if sys::set_nonblocking(fd).is_err() {
         return;
@@ -67,7 +72,7 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, config: Arc<ServerC
             core.metrics().tls_connection(TlsMode::Userspace);
             // Body writes are flushed after every batch, so rustls never holds more than one.
             tls.conn.set_buffer_limit(None);
-            conn::serve_transport(core, tls, deadline).await;
+            conn::serve_transport(core, tls, deadline, peer).await;
         }
         Err(why) => {
             core.metrics().tls_handshake_failure(why);

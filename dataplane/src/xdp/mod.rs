@@ -34,6 +34,7 @@ pub use edgeplane_ebpf_types::{executor_for, flow_hash_v4, flow_hash_v6};
 pub use edgeplane_ebpf_types::{Counter, Verdict};
 pub use filter::{Filter, FilterSettings, LoadOptions, TestRun};
 pub use object::{object, ObjectMissing};
+pub use pins::{sync_prefixes, SyncReport};
 pub use prefix::{Prefix, PrefixError};
 pub use service::{XdpService, XdpSnapshot};
 pub use steering::Steering;

@@ -127,3 +127,56 @@ pub fn remove_dir(dir: &Path) -> io::Result<()> {
 pub fn pin_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
+
+/// What [`sync_prefixes`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Prefixes that were not served and now are, in address order.
+    pub added: Vec<super::Prefix>,
+    /// Prefixes that were served and no longer are, in address order.
+    pub removed: Vec<super::Prefix>,
+}
+
+/// Makes the served prefixes of the running data plane whose maps are pinned in `pin_dir`
+/// exactly `desired` (duplicates ignored): adds the missing ones, removes the extra ones, and
+/// leaves the others (their counters and drain flags) as they are. For the agent, which keeps
+/// the XDP filter in step with the prefixes steering hands out.
+///
+/// Takes the pin directory's lock (like `edgeplane prefixes add|remove`) for the whole change.
+/// Adds go in before removals, so a prefix being replaced by a covering one is never briefly
+/// unserved, unless the maps lack room for both, in which case removals go first. On an error
+/// part of the change may have been made; calling it again finishes it.
+pub fn sync_prefixes(pin_dir: &Path, desired: &[super::Prefix]) -> Result<SyncReport, XdpError> {
+    use std::collections::BTreeSet;
+    let _lock = Lock::take(pin_dir)?;
+    let mut table = super::PrefixTable::open_pinned(pin_dir)?;
+    let current: BTreeSet<super::Prefix> = table.list()?.into_iter().map(|e| e.prefix).collect();
+    let want: BTreeSet<super::Prefix> = desired.iter().copied().collect();
+    let report = SyncReport {
+        added: want.difference(&current).copied().collect(),
+        removed: current.difference(&want).copied().collect(),
+    };
+    if want.len() > table.capacity() as usize {
+        return Err(XdpError::Full {
+            capacity: table.capacity(),
+        });
+    }
+    let add = |table: &mut super::PrefixTable| -> Result<(), XdpError> {
+        if !report.added.is_empty() {
+            table.add_many(&report.added)?;
+            table.bump_generation()?;
+        }
+        Ok(())
+    };
+    let room = current.len() + report.added.len() <= table.capacity() as usize;
+    if room {
+        add(&mut table)?;
+    }
+    for &p in &report.removed {
+        table.remove(p)?;
+    }
+    if !room {
+        add(&mut table)?;
+    }
+    Ok(report)
+}

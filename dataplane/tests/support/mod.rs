@@ -148,6 +148,10 @@ pub(crate) struct ServerBuilder {
     sections: Vec<String>,
     http_listen: String,
     wrapper: Vec<String>,
+    /// `[signing]`: `None` writes `enabled = false`; `Some(keys_file)` turns signing on.
+    signing_keys: Option<PathBuf>,
+    /// `[access] prefixes_file`.
+    prefixes_file: Option<PathBuf>,
 }
 
 /// A temporary directory on the same disk as the build (not tmpfs).
@@ -177,6 +181,8 @@ impl ServerBuilder {
             sections: Vec::new(),
             http_listen: "127.0.0.1:0".to_owned(),
             wrapper: Vec::new(),
+            signing_keys: None,
+            prefixes_file: None,
         };
         b = b.tier("flash", "flash");
         b.file("flash", CANARY, &canary_data())
@@ -212,6 +218,19 @@ impl ServerBuilder {
     pub(crate) fn https_sni(mut self, name: &str, cert: PkiCert) -> Self {
         let https = self.https.get_or_insert((PkiCert::Default, Vec::new()));
         https.1.push((name.to_owned(), cert));
+        self
+    }
+
+    /// Turns signed URLs on with `keys_file` (by default the harness writes
+    /// `[signing] enabled = false`, so plain URLs are served).
+    pub(crate) fn signing_keys(mut self, keys_file: &Path) -> Self {
+        self.signing_keys = Some(keys_file.to_path_buf());
+        self
+    }
+
+    /// Sets `[access] prefixes_file`.
+    pub(crate) fn prefixes_file(mut self, path: &Path) -> Self {
+        self.prefixes_file = Some(path.to_path_buf());
         self
     }
 
@@ -286,6 +305,19 @@ impl ServerBuilder {
                     key.display()
                 ));
             }
+        }
+        match &self.signing_keys {
+            None => s.push_str("\n[signing]\nenabled = false\n"),
+            Some(path) => s.push_str(&format!(
+                "\n[signing]\nenabled = true\nkeys_file = \"{}\"\n",
+                path.display()
+            )),
+        }
+        if let Some(path) = &self.prefixes_file {
+            s.push_str(&format!(
+                "\n[access]\nprefixes_file = \"{}\"\n",
+                path.display()
+            ));
         }
         if !self.limits.is_empty() {
             s.push_str("\n[limits]\n");

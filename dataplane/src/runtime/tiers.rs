@@ -1,0 +1,94 @@
+//! The tier watcher: a disk that fails takes its tier out of service, and a tier that comes
+//! back returns, without a restart or an operator.
+//!
+//! One plain thread, off the serving cores. Every `io.tier_check_interval_ms`, and at once when
+//! an executor reports an I/O error serving from a tier ([`TierWatch::poke`]), it checks each
+//! tier directory: it still exists, is a directory, and can be opened and read. When a tier's
+//! verdict differs from the current catalog's, the catalog is rescanned: a tier that fails is
+//! left out (its objects are served from another tier that holds them, else 404), and
+//! `edgeplane_tier_up{tier}` reads 0 until it passes again.
+//!
+//! The checks may block on a dying disk; only this thread waits.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
+use std::time::Duration;
+
+use super::core::Shared;
+
+/// The handle executors use to wake the watcher.
+#[derive(Debug, Default)]
+pub(crate) struct TierWatch {
+    thread: OnceLock<Thread>,
+    /// A check was asked for and has not started: further pokes cost one atomic swap.
+    pending: AtomicBool,
+}
+
+impl TierWatch {
+    /// Asks for a check now (cheap; repeated pokes before the check coalesce).
+    pub(crate) fn poke(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            if let Some(t) = self.thread.get() {
+                t.unpark();
+            }
+        }
+    }
+}
+
+/// Least time between two checks, so a burst of errors (a 404 storm for evicted objects)
+/// costs a few checks a second, not one per request.
+const MIN_GAP: Duration = Duration::from_millis(20);
+
+/// Why a tier directory cannot serve, if it cannot: exists, is a directory, can be opened and
+/// its first entry read.
+pub(crate) fn check_tier(path: &Path) -> Result<(), String> {
+    crate::config::check_tier_path(path)?;
+    let mut dir =
+        std::fs::read_dir(path).map_err(|e| format!("{}: cannot list: {e}", path.display()))?;
+    match dir.next() {
+        Some(Err(e)) => Err(format!("{}: cannot list: {e}", path.display())),
+        _ => Ok(()),
+    }
+}
+
+/// Starts the watcher thread.
+pub(crate) fn start(shared: Arc<Shared>) -> std::io::Result<()> {
+    let interval = shared.config.io.tier_check_interval();
+    std::thread::Builder::new()
+        .name("edgeplane-tiers".into())
+        .spawn(move || {
+            let _ = shared.tier_watch.thread.set(std::thread::current());
+            while !shared.stop.load(Ordering::Relaxed) {
+                shared.tier_watch.pending.store(false, Ordering::Release);
+                check_all(&shared);
+                std::thread::park_timeout(interval);
+                std::thread::sleep(MIN_GAP.min(interval));
+            }
+        })?;
+    Ok(())
+}
+
+/// Checks every tier; rescans the catalog when one changed state.
+fn check_all(shared: &Shared) {
+    let catalog = shared.catalog.snapshot();
+    let mut changed = false;
+    for (tier, state) in catalog.tiers.iter().zip(&catalog.tier_states) {
+        let verdict = check_tier(&tier.path);
+        match (&verdict, &state.error) {
+            (Err(why), None) => {
+                tracing::error!(tier = %tier.name, "tier out of service: {why}");
+                changed = true;
+            }
+            (Ok(()), Some(_)) => {
+                tracing::info!(tier = %tier.name, path = %tier.path.display(), "tier back in service");
+                changed = true;
+            }
+            _ => {}
+        }
+    }
+    if changed {
+        shared.catalog.reload();
+    }
+}
