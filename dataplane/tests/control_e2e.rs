@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
@@ -21,12 +21,14 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use edgeplane_control::api::{Catalog, LocationKind, Steering};
-use edgeplane_signing::{client_prefix, sign, KeySet};
+use edgeplane_signing::{sign, KeySet};
 use sha2::{Digest, Sha256};
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgeplane");
 const ADMIN_TOKEN: &str = "admin-token-e2e";
 const BUCKET: &str = "origin";
+const MOTO_AUTH: &str = "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, \
+    SignedHeaders=host, Signature=0000";
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -244,13 +246,25 @@ impl Moto {
         }
     }
 
-    /// Replaces an object at the origin (moto accepts any credentials).
+    /// Replaces an object at the origin (moto takes any credentials and, by default, does not
+    /// check SigV4 signatures, so a well-formed header is enough).
     fn put(&self, key: &str, body: &[u8]) {
         let url = format!("{}/{BUCKET}/{key}", self.url());
         let r = ureq::put(&url)
-            .set("Authorization", "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0")
+            .set("Authorization", MOTO_AUTH)
             .send_bytes(body);
         assert!(r.is_ok(), "PUT {url}: {r:?}");
+    }
+
+    fn get(&self, key: &str) -> Vec<u8> {
+        let url = format!("{}/{BUCKET}/{key}", self.url());
+        let r = ureq::get(&url)
+            .set("Authorization", MOTO_AUTH)
+            .call()
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut r.into_reader(), &mut body).unwrap();
+        body
     }
 }
 
@@ -350,7 +364,6 @@ impl Appliance {
     fn new(
         root: &Path,
         id: &str,
-        secret: &str,
         role: &str,
         prefixes: &[&str],
         moto: &Moto,
@@ -401,7 +414,7 @@ path = "{storage}"
 
 [agent]
 id = "{id}"
-secret = "{secret}"
+secret = "{id}-secret"
 control_url = "{control}"
 role = "{role}"
 site = "e2e"
@@ -559,11 +572,7 @@ fn fill_steer_play_fail_over() {
     // A corrupt object at the origin (same size, one byte flipped).
     let (bad_id, (bad_size, _)) = objects.iter().min_by_key(|(id, _)| (*id).clone()).unwrap();
     let bad_id = bad_id.clone();
-    let good_bytes = {
-        let (s, b) = get(&format!("{}/{BUCKET}/{bad_id}", moto.url()));
-        assert_eq!(s, 200);
-        b
-    };
+    let good_bytes = moto.get(&bad_id);
     assert_eq!(good_bytes.len() as u64, *bad_size);
     let mut corrupt = good_bytes.clone();
     corrupt[0] ^= 0xff;
@@ -573,7 +582,6 @@ fn fill_steer_play_fail_over() {
     let mut emb = Appliance::new(
         root.path(),
         "emb",
-        "emb-secret",
         "embedded",
         &["127.0.0.0/8"],
         &moto,
@@ -604,7 +612,6 @@ fn fill_steer_play_fail_over() {
     let key = keys
         .signing_key(now_unix())
         .expect("a signing key reached the data plane");
-    let lo: IpAddr = "127.0.0.1".parse().unwrap();
     let signed = |id: &str, exp: u64, pfx: &str| {
         format!(
             "{}/{id}?{}",
@@ -730,11 +737,10 @@ fn fill_steer_play_fail_over() {
     {
         assert_eq!(curl(&from_steering_elsewhere.objects[0].urls[i]).0, 403);
     }
-    let _ = client_prefix(lo, 24, 48);
 
     // The IX appliance fills from its peer (the embedded one) while its agent is killed with
     // SIGKILL 20 times at random points. No partial or corrupt object is ever served.
-    let mut ix = Appliance::new(root.path(), "ix", "ix-secret", "ix", &[], &moto, &cloud, 1);
+    let mut ix = Appliance::new(root.path(), "ix", "ix", &[], &moto, &cloud, 1);
     ix.start_dataplane();
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut killed_mid_fill = 0;
