@@ -84,6 +84,10 @@ pub struct RegistrationAck {
     /// The signing keys the data plane must accept (secrets included: this is the appliance's
     /// own authenticated channel).
     pub signing_keys: Vec<SigningKey>,
+    /// Client prefixes the control service assigns to this appliance; served together with
+    /// the appliance's configured and BGP-learned prefixes.
+    #[serde(default)]
+    pub prefixes: Vec<IpNet>,
 }
 
 /// One tier in a health report.
@@ -154,6 +158,9 @@ pub struct HealthAck {
     pub signing_keys: Vec<SigningKey>,
     /// The newest manifest generation: fetch it when it differs from the one being filled.
     pub manifest_generation: u64,
+    /// Client prefixes the control service assigns (as in [`RegistrationAck::prefixes`]).
+    #[serde(default)]
+    pub prefixes: Vec<IpNet>,
 }
 
 /// One object of the catalog: a segment (or playlist) of one rendition of a title.

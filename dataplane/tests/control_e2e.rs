@@ -298,6 +298,7 @@ secret = "emb-secret"
 id = "ix"
 secret = "ix-secret"
 peer = "emb"
+prefixes = ["192.0.2.0/24"]
 
 [health]
 interval_secs = 1
@@ -785,6 +786,17 @@ fn fill_steer_play_fail_over() {
     assert!(
         ix.agent_metric("edgeplane_agent_fill_objects_total{source=\"peer\"}") > 0.0,
         "the IX appliance never filled from its peer"
+    );
+
+    // Prefixes assigned by the control service are served (and reported back).
+    wait_for(
+        "the assigned prefix to be served",
+        Duration::from_secs(20),
+        || {
+            let s = ix.status()?;
+            let served = s["served_prefixes"].as_array()?;
+            served.iter().any(|p| p == "192.0.2.0/24").then_some(())
+        },
     );
 
     // The embedded appliance stops: within the health timeout the player goes to IX.

@@ -37,6 +37,8 @@ struct Shared {
     rate_bps: f64,
     served: BTreeSet<IpNet>,
     bgp: BTreeSet<IpNet>,
+    /// Prefixes the control service assigns.
+    assigned: BTreeSet<IpNet>,
     health_ok: u64,
     health_err: u64,
     last_error: Option<String>,
@@ -201,6 +203,29 @@ async fn run_async(cfg: AgentConfig, secret: String, dp: Dataplane) -> Result<()
 }
 
 impl Agent {
+    /// Served = configured ∪ assigned by the control service ∪ BGP; wakes the prefix task
+    /// when that changes.
+    fn set_prefix_sources(&self, assigned: Option<BTreeSet<IpNet>>, bgp: Option<BTreeSet<IpNet>>) {
+        let changed = {
+            let mut s = self.lock();
+            if let Some(a) = assigned {
+                s.assigned = a;
+            }
+            if let Some(b) = bgp {
+                s.bgp = b;
+            }
+            let mut all: BTreeSet<IpNet> = self.cfg.prefixes.iter().map(|p| p.trunc()).collect();
+            all.extend(s.assigned.iter().copied());
+            all.extend(s.bgp.iter().copied());
+            let changed = all != s.served;
+            s.served = all;
+            changed
+        };
+        if changed {
+            self.prefixes_changed.send_replace(());
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -324,6 +349,7 @@ async fn control_loop(agent: Arc<Agent>) {
                         interval = Duration::from_secs(ack.health_interval_secs.max(1));
                     }
                     tracing::info!("agent: registered as {}", agent.cfg.id);
+                    agent.set_prefix_sources(Some(ack.prefixes.into_iter().collect()), None);
                     agent
                         .set_keys(KeySet {
                             keys: ack.signing_keys,
@@ -346,6 +372,7 @@ async fn control_loop(agent: Arc<Agent>) {
         match r {
             Ok(ack) => {
                 agent.lock().health_ok += 1;
+                agent.set_prefix_sources(Some(ack.prefixes.into_iter().collect()), None);
                 agent
                     .set_keys(KeySet {
                         keys: ack.signing_keys,
@@ -545,18 +572,7 @@ async fn bgp_loop(agent: Arc<Agent>, cfg: edgeplane_bgp::SpeakerConfig) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let set = served.borrow_and_update().clone();
-        {
-            let mut s = agent.lock();
-            if s.bgp != set {
-                s.bgp = set.clone();
-                let mut all: BTreeSet<IpNet> =
-                    agent.cfg.prefixes.iter().map(|p| p.trunc()).collect();
-                all.extend(set.iter().copied());
-                s.served = all;
-                drop(s);
-                agent.prefixes_changed.send_replace(());
-            }
-        }
+        agent.set_prefix_sources(None, Some(set));
         agent.lock().bgp_status = serde_json::to_value(speaker.status()).ok();
         tokio::select! {
             r = served.changed() => {
@@ -1028,6 +1044,7 @@ fn status_json(agent: &Agent) -> serde_json::Value {
         "signing_keys": s.keys.keys.iter().map(|k| &k.id).collect::<Vec<_>>(),
         "served_prefixes": s.served,
         "bgp_prefixes": s.bgp,
+        "assigned_prefixes": s.assigned,
         "bgp": s.bgp_status,
         "last_error": s.last_error,
     })

@@ -91,6 +91,9 @@ pub struct ApplianceConfig {
     /// Id of the appliance it fills from before the origin (tiered fill).
     #[serde(default)]
     pub peer: Option<String>,
+    /// Client prefixes assigned to it from here (it serves them besides its own and BGP's).
+    #[serde(default)]
+    pub prefixes: Vec<ipnet::IpNet>,
 }
 
 /// `[health]`.

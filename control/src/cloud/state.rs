@@ -320,6 +320,16 @@ impl CloudState {
         }
     }
 
+    /// The prefixes `[[appliance]] prefixes` assigns to `id`.
+    fn assigned_prefixes(&self, id: &str) -> Vec<ipnet::IpNet> {
+        self.cfg
+            .appliances
+            .iter()
+            .find(|a| a.id == id)
+            .map(|a| a.prefixes.iter().map(|p| p.trunc()).collect())
+            .unwrap_or_default()
+    }
+
     /// Records a registration (authenticated already).
     pub fn register(&mut self, id: &str, reg: Registration) -> Result<RegistrationAck, StateError> {
         validate_registration(&reg).map_err(StateError::BadRequest)?;
@@ -329,6 +339,7 @@ impl CloudState {
         Ok(RegistrationAck {
             health_interval_secs: self.cfg.health.interval_secs,
             signing_keys: self.keys.keys.clone(),
+            prefixes: self.assigned_prefixes(id),
         })
     }
 
@@ -348,6 +359,7 @@ impl CloudState {
         Ok(HealthAck {
             signing_keys: self.keys.keys.clone(),
             manifest_generation: manifest.generation,
+            prefixes: self.assigned_prefixes(id),
         })
     }
 
