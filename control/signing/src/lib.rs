@@ -223,7 +223,19 @@ fn mac(key: &SigningKey, object: &str, exp: u64, prefix_text: &str) -> HmacSha25
     m.update(b"\n");
     m.update(object.as_bytes());
     m.update(b"\n");
-    m.update(exp.to_string().as_bytes());
+    // Decimal digits without allocating (this runs per request in the data plane).
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut v = exp;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    m.update(&digits[i..]);
     m.update(b"\n");
     m.update(prefix_text.as_bytes());
     m
