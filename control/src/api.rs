@@ -306,3 +306,15 @@ pub struct ApiError {
     /// What went wrong, for a human.
     pub error: String,
 }
+
+/// Whether `id` is a valid content id: `[A-Za-z0-9._-]{1,200}`, not starting with `.` (the
+/// data plane's rule: a file name in a tier that can never be a path, a dotfile or a fill
+/// temporary).
+pub fn valid_content_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 200
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}

@@ -7,3 +7,4 @@
 pub mod agent;
 pub mod api;
 pub mod cloud;
+pub mod s3;

@@ -321,10 +321,11 @@ url_ttl_secs = 600
     Cloud { proc, api, config }
 }
 
-/// Generates the catalog, uploads it to the origin and registers it with the control service.
-fn publish_catalog(cloud: &Cloud, out: &Path) -> Catalog {
-    let status = Command::new(BIN)
-        .args(["cloud", "gen-catalog", "--config"])
+/// Generates the catalog (always the same bytes) and uploads it to the origin; with `register`,
+/// also registers it with the control service and returns it.
+fn publish_catalog(cloud: &Cloud, out: &Path, register: bool) -> Catalog {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["cloud", "gen-catalog", "--config"])
         .arg(&cloud.config)
         .args([
             "--titles",
@@ -333,19 +334,21 @@ fn publish_catalog(cloud: &Cloud, out: &Path) -> Catalog {
             "240p,480p",
             "--segments",
             "4",
+        ])
+        .args([
             "--scale",
             "0.1",
             "--seed",
             "7",
             "--upload",
             "--create-bucket",
-            "--register",
-            &cloud.api,
             "--out",
         ])
-        .arg(out)
-        .status()
-        .expect("run gen-catalog");
+        .arg(out);
+    if register {
+        cmd.args(["--register", &cloud.api]);
+    }
+    let status = cmd.status().expect("run gen-catalog");
     assert!(status.success(), "gen-catalog failed");
     serde_json::from_slice(&std::fs::read(out).unwrap()).expect("catalog JSON")
 }
@@ -561,7 +564,7 @@ fn fill_steer_play_fail_over() {
     let moto_port = free_port();
     let mut moto = Moto::start(moto_port);
     let cloud = start_cloud(root.path(), &moto);
-    let catalog = publish_catalog(&cloud, &root.path().join("catalog.json"));
+    let catalog = publish_catalog(&cloud, &root.path().join("catalog.json"), true);
     let objects: HashMap<String, (u64, String)> = catalog
         .titles
         .iter()
@@ -660,26 +663,7 @@ fn fill_steer_play_fail_over() {
 
     // It comes back with the right bytes: the fill completes.
     let mut moto = Moto::start(moto_port);
-    let status = Command::new(BIN)
-        .args(["cloud", "gen-catalog", "--config"])
-        .arg(&cloud.config)
-        .args([
-            "--titles",
-            "3",
-            "--renditions",
-            "240p,480p",
-            "--segments",
-            "4",
-            "--scale",
-            "0.1",
-            "--seed",
-            "7",
-            "--upload",
-            "--create-bucket",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    publish_catalog(&cloud, &root.path().join("catalog-again.json"), false);
     emb.wait_filled(Duration::from_secs(60));
     let (s, body) = curl(&signed(&bad_id, now_unix() + 60, "127.0.0.0/24"));
     assert_eq!(s, 200);

@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::api::Role;
+pub use crate::s3::OriginConfig;
 
 /// `[agent]`
 #[derive(Debug, Clone, Deserialize)]
@@ -56,7 +57,7 @@ pub struct AgentConfig {
     /// Fill behaviour.
     #[serde(default)]
     pub fill: FillConfig,
-    /// The S3 origin.
+    /// The S3 origin (the same table as the control service's `[origin]`).
     pub origin: OriginConfig,
     /// BGP sessions with the ISP's routers (receive-only).
     #[serde(default)]
@@ -104,33 +105,6 @@ impl Default for FillConfig {
     }
 }
 
-/// `[agent.origin]`: any S3-compatible store. Real AWS S3 is `endpoint` unset and credentials
-/// from the environment (`AWS_ACCESS_KEY_ID`, …) or here.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OriginConfig {
-    /// Endpoint URL for S3-compatible stores (e.g. `http://127.0.0.1:5000`); unset: AWS.
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    /// Bucket.
-    pub bucket: String,
-    /// Region.
-    #[serde(default = "default_region")]
-    pub region: String,
-    /// Access key id (else from the environment).
-    #[serde(default)]
-    pub access_key_id: Option<String>,
-    /// Secret access key (else from the environment).
-    #[serde(default)]
-    pub secret_access_key: Option<String>,
-    /// Allow `http://` endpoints (test origins).
-    #[serde(default)]
-    pub allow_http: bool,
-    /// Key prefix inside the bucket (`videos/` → object `a` is at `videos/a`).
-    #[serde(default)]
-    pub key_prefix: String,
-}
-
 fn default_role() -> Role {
     Role::Embedded
 }
@@ -169,9 +143,6 @@ fn default_breaker_failures() -> u32 {
 }
 fn default_breaker_open_secs() -> u64 {
     10
-}
-fn default_region() -> String {
-    "us-east-1".into()
 }
 
 impl AgentConfig {

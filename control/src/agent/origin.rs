@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::AmazonS3;
 use object_store::{ClientOptions, ObjectStoreExt, RetryConfig};
 
 use super::config::OriginConfig;
@@ -20,17 +20,13 @@ pub type ByteStream = BoxStream<'static, Result<Bytes, String>>;
 #[derive(Clone)]
 pub struct Origin {
     store: Arc<AmazonS3>,
-    key_prefix: String,
 }
 
 impl Origin {
     /// From `[agent.origin]`. Credentials not in the config come from the environment
     /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, instance metadata).
     pub fn new(cfg: &OriginConfig) -> Result<Origin, String> {
-        let mut b = AmazonS3Builder::from_env()
-            .with_bucket_name(&cfg.bucket)
-            .with_region(&cfg.region)
-            .with_allow_http(cfg.allow_http)
+        let store = crate::s3::builder(cfg)
             // The agent's own breaker and backoff decide about retries; one quick retry here
             // covers a dropped connection.
             .with_retry(RetryConfig {
@@ -43,26 +39,17 @@ impl Origin {
                     .with_allow_http(cfg.allow_http)
                     .with_connect_timeout(Duration::from_secs(5))
                     .with_timeout(Duration::from_secs(300)),
-            );
-        if let Some(e) = &cfg.endpoint {
-            b = b.with_endpoint(e).with_virtual_hosted_style_request(false);
-        }
-        if let Some(k) = &cfg.access_key_id {
-            b = b.with_access_key_id(k);
-        }
-        if let Some(s) = &cfg.secret_access_key {
-            b = b.with_secret_access_key(s);
-        }
-        let store = b.build().map_err(|e| format!("agent.origin: {e}"))?;
+            )
+            .build()
+            .map_err(|e| format!("agent.origin: {e}"))?;
         Ok(Origin {
             store: Arc::new(store),
-            key_prefix: cfg.key_prefix.clone(),
         })
     }
 
     /// Streams object `id`.
     pub async fn get(&self, id: &str) -> Result<ByteStream, String> {
-        let path = object_store::path::Path::from(format!("{}{id}", self.key_prefix));
+        let path = object_store::path::Path::from(id);
         let r = self
             .store
             .get(&path)

@@ -100,7 +100,7 @@ pub fn run(cfg: AgentConfig, dp: Dataplane) -> Result<(), String> {
             );
         }
     }
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::s3::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -17,16 +17,7 @@ use super::fill::Held;
 /// Prefix of in-progress downloads.
 pub const TMP_PREFIX: &str = ".tmp-";
 
-/// Whether `id` is a valid content id (the data plane's rule: `[A-Za-z0-9._-]{1,200}`, no
-/// leading dot).
-pub fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 200
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
+pub use crate::api::valid_content_id as valid_id;
 
 /// Lists a tier's objects (regular files with valid ids) and removes leftover temporaries.
 pub fn scan(dir: &Path) -> io::Result<HashMap<String, Held>> {

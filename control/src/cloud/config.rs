@@ -7,6 +7,8 @@ use std::path::Path;
 use edgeplane_signing::{valid_key_id, SigningKey};
 use serde::Deserialize;
 
+pub use crate::s3::OriginConfig;
+
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -51,33 +53,6 @@ pub struct CloudConfig {
     /// Steering answers.
     #[serde(default)]
     pub steering: SteeringConfig,
-}
-
-/// `[origin]`: where the objects live. With no `endpoint` this is real AWS S3.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OriginConfig {
-    /// S3-compatible endpoint, e.g. `http://127.0.0.1:5000`; absent = AWS S3 for `region`.
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    /// Bucket name.
-    pub bucket: String,
-    /// Region (default `us-east-1`).
-    #[serde(default = "default_region")]
-    pub region: String,
-    /// Access key id; absent = from the environment (`AWS_ACCESS_KEY_ID`, profiles, instance role).
-    #[serde(default)]
-    pub access_key_id: Option<String>,
-    /// Secret access key; absent = from the environment.
-    #[serde(default)]
-    pub secret_access_key: Option<String>,
-    /// Allow a plain `http://` endpoint (local S3-compatible servers).
-    #[serde(default)]
-    pub allow_http: bool,
-}
-
-fn default_region() -> String {
-    "us-east-1".into()
 }
 
 /// One `[[appliance]]`: an appliance the service will accept.

@@ -143,15 +143,7 @@ pub fn validate_catalog(catalog: &Catalog) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `id` is a valid content id: `[A-Za-z0-9._-]{1,200}`, not starting with `.`.
-pub fn valid_object_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 200
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
+pub use crate::api::valid_content_id as valid_object_id;
 
 fn validate_registration(r: &Registration) -> Result<(), String> {
     if r.urls.is_empty() {
