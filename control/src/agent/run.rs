@@ -1105,29 +1105,28 @@ fn render_metrics(agent: &Agent) -> String {
             u8::from(s.breaker == st)
         );
     }
-    let _ = writeln!(o, "# HELP edgeplane_agent_fill_bytes_total Bytes downloaded by source.\n# TYPE edgeplane_agent_fill_bytes_total counter");
-    for src in ["origin", "peer"] {
-        let _ = writeln!(
-            o,
-            "edgeplane_agent_fill_bytes_total{{source=\"{src}\"}} {}",
-            s.downloaded_bytes.get(src).unwrap_or(&0)
-        );
-    }
-    let _ = writeln!(o, "# HELP edgeplane_agent_fill_objects_total Objects installed by source.\n# TYPE edgeplane_agent_fill_objects_total counter");
-    for src in ["origin", "peer"] {
-        let _ = writeln!(
-            o,
-            "edgeplane_agent_fill_objects_total{{source=\"{src}\"}} {}",
-            s.downloaded_objects.get(src).unwrap_or(&0)
-        );
-    }
-    let _ = writeln!(o, "# HELP edgeplane_agent_fill_failures_total Failed downloads by source.\n# TYPE edgeplane_agent_fill_failures_total counter");
-    for src in ["origin", "peer"] {
-        let _ = writeln!(
-            o,
-            "edgeplane_agent_fill_failures_total{{source=\"{src}\"}} {}",
-            s.failures.get(src).unwrap_or(&0)
-        );
+    for (name, help, by_source) in [
+        (
+            "edgeplane_agent_fill_bytes_total",
+            "Bytes downloaded by source.",
+            &s.downloaded_bytes,
+        ),
+        (
+            "edgeplane_agent_fill_objects_total",
+            "Objects installed by source.",
+            &s.downloaded_objects,
+        ),
+        (
+            "edgeplane_agent_fill_failures_total",
+            "Failed downloads by source.",
+            &s.failures,
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+        for src in ["origin", "peer"] {
+            let v = by_source.get(src).unwrap_or(&0);
+            let _ = writeln!(o, "{name}{{source=\"{src}\"}} {v}");
+        }
     }
     let _ = writeln!(o, "# HELP edgeplane_agent_fill_checksum_failures_total Downloads rejected on size or sha256.\n# TYPE edgeplane_agent_fill_checksum_failures_total counter\nedgeplane_agent_fill_checksum_failures_total {}", s.fill.checksum_failures);
     let _ = writeln!(o, "# HELP edgeplane_agent_fill_evicted_total Objects removed because they left the manifest.\n# TYPE edgeplane_agent_fill_evicted_total counter\nedgeplane_agent_fill_evicted_total {}", s.evicted);
