@@ -188,12 +188,14 @@ fn run_agent(config: edgeplane::config::Config) -> Result<(), String> {
                 );
             }
             let r = edgeplane::xdp::sync_prefixes(&pin_dir, &want).map_err(|e| e.to_string())?;
-            Ok(format!(
-                "{} served, {} added, {} removed",
-                want.len(),
-                r.added.len(),
-                r.removed.len()
-            ))
+            Ok((!r.added.is_empty() || !r.removed.is_empty()).then(|| {
+                format!(
+                    "{} served, {} added, {} removed",
+                    want.len(),
+                    r.added.len(),
+                    r.removed.len()
+                )
+            }))
         }) as edgeplane_control::agent::PrefixSink
     });
     let dp = Dataplane {

@@ -10,9 +10,10 @@ use serde::Deserialize;
 
 use crate::api::TierKind;
 
-/// Turns a set of prefixes into the pinned XDP maps of the data plane (provided by the
-/// `edgeplane` binary, which owns the XDP code). Returns a one-line summary.
-pub type PrefixSink = Box<dyn Fn(&[IpNet]) -> Result<String, String> + Send + Sync>;
+/// Makes the pinned XDP maps of the data plane serve exactly a set of prefixes (provided by the
+/// `edgeplane` binary, which owns the XDP code). Returns a one-line summary when it changed
+/// anything, `None` when the maps already held the set.
+pub type PrefixSink = Box<dyn Fn(&[IpNet]) -> Result<Option<String>, String> + Send + Sync>;
 
 /// A tier as the data plane's config names it.
 #[derive(Debug, Clone)]

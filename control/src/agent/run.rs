@@ -512,47 +512,84 @@ fn read_proc_stat() -> Option<(u64, u64)> {
 /// Served prefixes → the data plane's prefixes file (its own check) and XDP maps.
 async fn prefix_loop(agent: Arc<Agent>) {
     let mut rx = agent.prefixes_changed.subscribe();
-    let mut applied: Option<BTreeSet<IpNet>> = None;
+    // What the prefixes file holds, as far as we know, so a failing XDP sync does not rewrite
+    // the file and rescan the catalog on every retry. The XDP sync is a diff: always run.
+    let mut in_file: Option<BTreeSet<IpNet>> = None;
+    let mut last_error: Option<String> = None;
+    let mut failures = 0u32;
+    let retry = Backoff {
+        base: Duration::from_secs(2),
+        max: Duration::from_secs(60),
+    };
     loop {
         let want = agent.lock().served.clone();
-        if applied.as_ref() != Some(&want) {
-            let list: Vec<IpNet> = want.iter().copied().collect();
-            let mut ok = true;
+        let list: Vec<IpNet> = want.iter().copied().collect();
+        let mut error = None;
+        // Check the targets again rather than trust memory: a restarted data plane may have
+        // recreated its maps, or someone may have edited the file. Both checks are cheap (a
+        // diff of the maps; a read of the file); only a difference writes anything.
+        if in_file.as_ref() == Some(&want) {
             if let Some(path) = &agent.dp.prefixes_file {
-                let json = serde_json::json!({ "prefixes": list });
-                match write_atomic(path, json.to_string().as_bytes()) {
-                    Ok(()) => {
-                        if let Err(e) = agent.admin.reload().await {
-                            tracing::warn!("agent: {e}");
-                            ok = false;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!("agent: writing {}: {e}", path.display());
-                        ok = false;
-                    }
+                if prefixes_in_file(path).as_ref() != Some(&want) {
+                    in_file = None;
                 }
-            }
-            if let Some(sink) = &agent.dp.xdp {
-                match sink(&list) {
-                    Ok(summary) => tracing::info!("agent: XDP prefixes: {summary}"),
-                    Err(e) => {
-                        tracing::warn!("agent: XDP prefixes: {e}");
-                        ok = false;
-                    }
-                }
-            }
-            if ok {
-                tracing::info!("agent: serving {} prefixes", list.len());
-                applied = Some(want);
             }
         }
+        if let Some(path) = &agent.dp.prefixes_file {
+            if in_file.as_ref() != Some(&want) {
+                let json = serde_json::json!({ "prefixes": list });
+                match write_atomic(path, json.to_string().as_bytes()) {
+                    Ok(()) => match agent.admin.reload().await {
+                        Ok(()) => in_file = Some(want.clone()),
+                        Err(e) => error = Some(e),
+                    },
+                    Err(e) => error = Some(format!("writing {}: {e}", path.display())),
+                }
+            }
+        }
+        if let Some(sink) = &agent.dp.xdp {
+            match sink(&list) {
+                Ok(Some(summary)) => tracing::info!("agent: XDP prefixes: {summary}"),
+                Ok(None) => {}
+                Err(e) => error = Some(format!("XDP prefixes: {e}")),
+            }
+        }
+        let wait = match error {
+            None => {
+                if failures > 0 || last_error.is_some() {
+                    tracing::info!("agent: served prefixes applied again");
+                }
+                failures = 0;
+                last_error = None;
+                tracing::debug!("agent: serving {} prefixes", list.len());
+                Duration::from_secs(30)
+            }
+            Some(e) => {
+                failures += 1;
+                // One line per distinct problem, not one per retry.
+                if last_error.as_ref() != Some(&e) {
+                    tracing::warn!("agent: {e} (retrying)");
+                    last_error = Some(e);
+                }
+                retry.delay(failures)
+            }
+        };
         tokio::select! {
             _ = rx.changed() => {}
             // Retry a failed apply (the data plane may have been restarting).
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// The prefixes in a data plane prefixes file, if it parses.
+fn prefixes_in_file(path: &std::path::Path) -> Option<BTreeSet<IpNet>> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        prefixes: Vec<IpNet>,
+    }
+    let f: File = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    Some(f.prefixes.into_iter().collect())
 }
 
 /// The BGP speaker: its served set joins the configured prefixes; its status is published for
