@@ -121,6 +121,9 @@ struct RunArgs {
     sni: Option<String>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Stop after this many requests (range workloads; --duration still bounds the run).
+    #[arg(long)]
+    requests: Option<u64>,
     /// Write the JSON report here instead of stdout.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -221,6 +224,7 @@ fn run_load(a: RunArgs) -> Result<bool> {
         ca: a.ca,
         sni: a.sni,
         seed: a.seed,
+        max_requests: a.requests,
     };
     let report = run(&cfg, Arc::new(Live::default()))?;
     let json = serde_json::to_string_pretty(&report)? + "\n";

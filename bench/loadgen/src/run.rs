@@ -138,6 +138,9 @@ pub struct Config {
     /// TLS server name; default: the URL's host.
     pub sni: Option<String>,
     pub seed: u64,
+    /// Range workloads: stop after this many requests in total (the duration still bounds the
+    /// run). For repeatable instruction counts.
+    pub max_requests: Option<u64>,
 }
 
 /// Counters the caller may watch while the load runs (for a progress bar).
@@ -146,6 +149,8 @@ pub struct Live {
     pub requests: AtomicU64,
     pub bytes: AtomicU64,
     pub errors: AtomicU64,
+    /// Requests started (for [`Config::max_requests`]).
+    pub issued: AtomicU64,
 }
 
 type Tls = tokio_rustls::TlsConnector;
@@ -528,6 +533,13 @@ async fn range_task(ctx: &Ctx, classes: &[RangeClass], conn: u64, conns: u64) ->
             break;
         }
         sleep_until(intended).await;
+        if ctx
+            .cfg
+            .max_requests
+            .is_some_and(|max| ctx.live.issued.fetch_add(1, Ordering::Relaxed) >= max)
+        {
+            break;
+        }
         let (class, object, first, len) = pick(&mut rng, classes, &zipfs, weights);
         let sent = Instant::now();
         if let Some(done) = client.fetch(ctx, object, first, len).await {

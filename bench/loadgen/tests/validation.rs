@@ -101,6 +101,7 @@ fn config(addr: SocketAddr, validation: Validation) -> Config {
         ca: None,
         sni: None,
         seed: 3,
+        max_requests: None,
     }
 }
 
