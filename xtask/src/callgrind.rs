@@ -99,7 +99,10 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     };
     header(&format!("{WARMUP_REQUESTS} warm-up requests"));
     load(WARMUP_REQUESTS)?;
-    callgrind_control(&control, &["--zero"], pid)?;
+    // A dump resets the counters: dump 1 is start-up and warm-up, dump 2 the counted requests.
+    // (`--zero` instead leaves every cost of the interval attributed to `clone`, the thread's
+    // entry, in valgrind 3.19's dumps.)
+    callgrind_control(&control, &["--dump"], pid)?;
     let n = args.callgrind_requests;
     header(&format!(
         "{n} counted requests (64 KiB ranges, {CONNECTIONS} connections)"
@@ -107,23 +110,23 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     load(n)?;
     callgrind_control(&control, &["--dump"], pid)?;
     server.stop_expect_success()?;
-    let dump = rig.run_dir.join("callgrind.out.1");
+    let dump = rig.run_dir.join("callgrind.out.2");
     let text = fs::read_to_string(&dump).with_context(|| format!("read {}", dump.display()))?;
     let total = total_ir(&text).context("no summary: line in the callgrind dump")?;
     let top = Command::new(&annotate)
-        .arg("--inclusive=no")
         .arg(&dump)
         .output()
         .context("run callgrind_annotate")?;
-    let annotated = String::from_utf8_lossy(&top.stdout).into_owned();
-    fs::write(rig.run_dir.join("callgrind-annotate.txt"), &annotated)?;
-    let functions = top_functions(&annotated, 20);
+    fs::write(rig.run_dir.join("callgrind-annotate.txt"), &top.stdout)?;
+    // callgrind_annotate 3.19 shows mid-run dumps' costs inclusively (every function under
+    // `clone` at 100 %), so self costs are summed from the dump itself.
+    let functions = self_costs(&text, 20);
     let per_request = total as f64 / n as f64;
     let mut md = format!(
         "# edgeplane instructions per request (callgrind): {}\n\n\
          - {n} requests of 64 KiB ranges over {CONNECTIONS} keep-alive connections, closed \
-         loop, after {WARMUP_REQUESTS} warm-up requests; counters zeroed before and dumped after \
-         (idle event-loop turns in between are included)\n\
+         loop, after {WARMUP_REQUESTS} warm-up requests; counters dumped (and so reset) before \
+         and after (idle event-loop turns in between are included)\n\
          - edgeplane `cores = 1`, profile `{}`, revision `{}`\n\n\
          **{per_request:.0} instructions per request** ({total} Ir in total)\n\n\
          | Ir | share | Ir/request | function |\n|---:|---:|---:|---|\n",
@@ -184,24 +187,51 @@ fn total_ir(dump: &str) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
-/// The first `n` function lines of callgrind_annotate: (Ir, `file:function [object]`).
-fn top_functions(annotated: &str, n: usize) -> Vec<(u64, String)> {
-    annotated
-        .lines()
-        .filter(|l| !l.contains("PROGRAM TOTALS"))
-        .filter_map(|l| {
-            let l = l.trim();
-            let (num, rest) = l.split_once(' ')?;
-            let ir: u64 = num.replace(',', "").parse().ok()?;
-            let rest = rest.trim_start();
-            // "(12.34%)  file:function [object]"
-            let rest = rest.strip_prefix('(').map_or(rest, |r| {
-                r.split_once(')').map_or(r, |(_, after)| after.trim_start())
-            });
-            (!rest.is_empty()).then(|| (ir, rest.to_owned()))
-        })
-        .take(n)
-        .collect()
+/// Self Ir per function from a callgrind dump (events: Ir only), the `n` largest. In the
+/// format, `fn=(id) name` starts a function (later just `fn=(id)`); cost lines are
+/// `position Ir`; the cost line right after a `calls=` line is the callee's inclusive cost and
+/// not the caller's own.
+fn self_costs(dump: &str, n: usize) -> Vec<(u64, String)> {
+    use std::collections::HashMap;
+    let mut names: HashMap<String, String> = HashMap::new();
+    let mut costs: HashMap<String, u64> = HashMap::new();
+    let (mut current, mut after_calls) = (None::<String>, false);
+    for line in dump.lines() {
+        if let Some(rest) = line.strip_prefix("fn=") {
+            let (id, name) = match rest.split_once(' ') {
+                Some((id, name)) => (id.to_owned(), Some(name.to_owned())),
+                None => (rest.to_owned(), None),
+            };
+            if let Some(name) = name {
+                names.insert(id.clone(), name);
+            }
+            current = Some(names.get(&id).cloned().unwrap_or(id));
+            after_calls = false;
+        } else if line.starts_with("calls=") {
+            after_calls = true;
+        } else if line.starts_with(|c: char| c.is_ascii_digit() || "+-*".contains(c)) {
+            if after_calls {
+                after_calls = false;
+                continue;
+            }
+            let ir = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok());
+            if let (Some(f), Some(ir)) = (&current, ir) {
+                *costs.entry(f.clone()).or_default() += ir;
+            }
+        } else if let Some(rest) = line.strip_prefix("cfn=") {
+            // Define compressed names that appear first as callees.
+            if let Some((id, name)) = rest.split_once(' ') {
+                names.insert(id.to_owned(), name.to_owned());
+            }
+        }
+    }
+    let mut out: Vec<(u64, String)> = costs.into_iter().map(|(f, c)| (c, f)).collect();
+    out.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    out.truncate(n);
+    out
 }
 
 #[cfg(test)]
@@ -212,12 +242,16 @@ mod tests {
     fn parses_dump_and_annotation() {
         assert_eq!(total_ir("events: Ir\nsummary: 7655902\n"), Some(7_655_902));
         assert_eq!(total_ir("totals: 12\n"), Some(12));
-        let ann = "--------\nIr\n--------\n80,616,845 (100.0%)  PROGRAM TOTALS\n\n\
-                   3,506,891 ( 4.35%)  ./string/memmove.S:__memcpy_avx [/usr/lib/libc.so.6]\n\
-                   1,657,920 ( 2.06%)  cell.rs:core::cell::RefCell<T>::borrow_mut [/e]\n";
-        let top = top_functions(ann, 5);
-        assert_eq!(top.len(), 2);
-        assert_eq!(top[0].0, 3_506_891);
-        assert_eq!(top[1].1, "cell.rs:core::cell::RefCell<T>::borrow_mut [/e]");
+        let dump = "events: Ir\nfn=(1) main\n10 5\ncfn=(2) work\ncalls=3 20\n11 100\n+1 2\n\
+                    fn=(2)\n20 60\n+2 40\nfn=(3) idle\n* 7\n";
+        let top = self_costs(dump, 5);
+        assert_eq!(
+            top,
+            [
+                (100, "work".to_owned()),
+                (7, "idle".to_owned()),
+                (7, "main".to_owned())
+            ]
+        );
     }
 }
