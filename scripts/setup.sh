@@ -27,7 +27,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 # command-name:package pairs; a package is needed when its command is missing.
-commands=(curl:curl openssl:openssl nginx:nginx wrk:wrk perf:linux-perf fusermount3:fuse3 pkg-config:pkg-config taskset:util-linux
+commands=(curl:curl openssl:openssl nginx:nginx wrk:wrk valgrind:valgrind perf:linux-perf fusermount3:fuse3 pkg-config:pkg-config taskset:util-linux
     ip:iproute2 nft:nftables ethtool:ethtool bird:bird2 gobgpd:gobgpd)
 # packages without a command to probe.
 libraries=(libfuse3-dev)

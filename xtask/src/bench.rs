@@ -1,120 +1,260 @@
 //! `cargo xtask bench`: edgeplane against nginx (sendfile) on the same files, the same URLs and
-//! the same load: wrk on CPU 1 requesting random range-aligned `Range: bytes=a-b` slices, each
-//! server pinned to CPU 0. Reports throughput and, above all, server CPU per request and per
-//! GiB, read from /proc before and after each run.
+//! the same load, from `edgeplane-load` (bench/loadgen, run in process on CPU 1) with each
+//! server pinned to CPU 0. Scenarios: hot 64 KiB ranges, 1 MiB ranges, 1–4 MiB video
+//! segments, the player model, mixed hot + cold (slowfs storage tier), and HTTPS. Reports
+//! throughput, latency percentiles and, above all, server CPU per request and per GiB, read
+//! from /proc before and after each run; every body is validated.
 //!
 //! One run per server is noisy on a small VM, so each scenario runs in rounds: after one warm-up
 //! per server, every round measures each server once, the order alternating between rounds
 //! (A B, B A, A B, ...). The report shows per-server medians over the rounds and, for the
 //! edgeplane / nginx ratios, the median of the per-round ratios with their min–max range.
+//!
+//! `--target URL --no-peer` drives a remote server instead (no local servers, no CPU columns);
+//! `--callgrind` counts edgeplane's instructions per request under valgrind (see
+//! [`crate::callgrind`]).
 
 use std::fmt::Write as _;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::ValueEnum;
+use edgeplane_load::player::DEFAULT_LADDER_KBPS;
+use edgeplane_load::{
+    Config as LoadConfig, Live, Object, PlayerConfig, RangeClass, Report, Target as LoadTarget,
+    Validation, Workload,
+};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
+use crate::svg;
 use crate::testbed::{
-    check_cpus, log_wrk_result, nginx_version, read_stat, run_wrk, Rig, Scenario, Target,
-    WrkErrors, WrkResult, CLIENT_CPU, FILE_SIZE, SCENARIOS, SERVER_CPU,
+    check_cpus, nginx_version, read_stat, write_catalog, CatalogSpec, HttpsFiles, Rig, Target,
+    CLIENT_CPU, SERVER_CPU,
 };
-use crate::util::{build_edgeplane, find_program, git_revision, header, kernel};
+use crate::util::{build_edgeplane, find_program, git_revision, header, kernel, run_checked};
 
 const GIB: f64 = (1u64 << 30) as f64;
+/// slowfs's delay per read that reaches it: a disk seek.
+const COLD_DELAY: Duration = Duration::from_millis(5);
+const COLD_FILES: u32 = 4;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub(crate) struct BenchArgs {
     /// Seconds of measured load per scenario, server and round.
     #[arg(long, default_value_t = 10)]
-    duration: u32,
+    pub(crate) duration: u32,
     /// Rounds per scenario; each measures every server once, the order alternating between
     /// rounds. The report shows medians over the rounds.
     #[arg(long, default_value_t = 3)]
-    rounds: u32,
-    /// Concurrent connections (wrk -c).
+    pub(crate) rounds: u32,
+    /// Concurrent connections (range scenarios).
     #[arg(long, default_value_t = 64)]
-    connections: u32,
-    /// Which range size to run.
-    #[arg(long, value_enum, default_value_t = ScenarioArg::All)]
-    scenario: ScenarioArg,
-    /// Which servers to run (the ratio table needs both).
+    pub(crate) connections: u32,
+    /// Which scenarios to run (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+    pub(crate) scenario: Vec<ScenarioArg>,
+    /// Which servers to run (the ratio columns need both).
     #[arg(long, value_enum, default_value_t = ServerArg::Both)]
-    server: ServerArg,
+    pub(crate) server: ServerArg,
     /// Seconds of unmeasured load per scenario and server, once before the first round.
     #[arg(long, default_value_t = 2)]
-    warmup: u32,
+    pub(crate) warmup: u32,
     /// Cargo profile edgeplane is built with.
     #[arg(long, default_value = "release")]
-    profile: String,
+    pub(crate) profile: String,
+    /// Open loop at this many requests/s (range scenarios; latency corrected for coordinated
+    /// omission). Default: closed loop.
+    #[arg(long)]
+    pub(crate) rate: Option<f64>,
+    /// Viewers in the player scenario.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) viewers: u64,
+    /// Load generator threads (default: 1 pinned to CPU 1 locally; all CPUs with --target).
+    #[arg(long)]
+    pub(crate) load_threads: Option<usize>,
+    /// Compare with an earlier run: its directory (with report.json).
+    #[arg(long)]
+    pub(crate) baseline: Option<PathBuf>,
+    /// Drive this server instead of local ones: http://host:port (https scenario: give
+    /// --https-url too). Needs --no-peer.
+    #[arg(long, requires = "no_peer")]
+    pub(crate) target: Option<String>,
+    /// With --target: start no local servers, no comparison peer.
+    #[arg(long)]
+    pub(crate) no_peer: bool,
+    /// With --target: the HTTPS URL for the https scenario.
+    #[arg(long)]
+    pub(crate) https_url: Option<String>,
+    /// With --target: PEM certificate(s) to trust for HTTPS.
+    #[arg(long)]
+    pub(crate) ca: Option<PathBuf>,
+    /// Instead of the bench: instructions per request of edgeplane under callgrind.
+    #[arg(long)]
+    pub(crate) callgrind: bool,
+    /// Requests (64 KiB ranges) counted under --callgrind.
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) callgrind_requests: u64,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum ScenarioArg {
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+pub(crate) enum ScenarioArg {
     #[value(name = "64k")]
     K64,
     #[value(name = "1m")]
     M1,
+    Segments,
+    Player,
+    Mixed,
+    Https,
     All,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum ServerArg {
+pub(crate) enum ServerArg {
     Edgeplane,
     Nginx,
     Both,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// Range requests of `min..=max` bytes at multiples of `align`, uniform over the files.
+    Ranges { min: u64, max: u64, align: u64 },
+    /// 90 % hot 64 KiB ranges from the flash tier, 10 % cold 256 KiB ranges through slowfs.
+    Mixed,
+    /// Viewers, Zipf over the files as titles, ladder and ABR.
+    Player,
+}
+
+pub(crate) struct Scenario {
+    name: &'static str,
+    arg: ScenarioArg,
+    kind: Kind,
+    tls: bool,
+    what: &'static str,
+}
+
+const SCENARIOS: [Scenario; 6] = [
+    Scenario {
+        name: "64k",
+        arg: ScenarioArg::K64,
+        kind: Kind::Ranges {
+            min: 64 << 10,
+            max: 64 << 10,
+            align: 64 << 10,
+        },
+        tls: false,
+        what: "hot 64 KiB ranges (per-request cost)",
+    },
+    Scenario {
+        name: "1m",
+        arg: ScenarioArg::M1,
+        kind: Kind::Ranges {
+            min: 1 << 20,
+            max: 1 << 20,
+            align: 1 << 20,
+        },
+        tls: false,
+        what: "hot 1 MiB ranges (per-byte cost)",
+    },
+    Scenario {
+        name: "segments",
+        arg: ScenarioArg::Segments,
+        kind: Kind::Ranges {
+            min: 1 << 20,
+            max: 4 << 20,
+            align: 1 << 20,
+        },
+        tls: false,
+        what: "video segments: 1, 2, 3 or 4 MiB ranges",
+    },
+    Scenario {
+        name: "player",
+        arg: ScenarioArg::Player,
+        kind: Kind::Player,
+        tls: false,
+        what: "player model: viewers, Zipf titles, 235 kbps–16 Mbps ladder, 4 s segments, ABR",
+    },
+    Scenario {
+        name: "mixed",
+        arg: ScenarioArg::Mixed,
+        kind: Kind::Mixed,
+        tls: false,
+        what: "90% hot 64 KiB ranges + 10% cold 256 KiB ranges from a slow tier (slowfs, 5 ms per read)",
+    },
+    Scenario {
+        name: "https",
+        arg: ScenarioArg::Https,
+        kind: Kind::Ranges {
+            min: 1 << 20,
+            max: 1 << 20,
+            align: 1 << 20,
+        },
+        tls: true,
+        what: "1 MiB ranges over HTTPS (TLS in user space: rustls / OpenSSL)",
+    },
+];
+
 /// One measured run: one server, one scenario, one round.
-struct Measurement {
+pub(crate) struct Measurement {
     scenario: &'static str,
-    server: &'static str,
-    range: u64,
+    server: String,
     /// 1-based.
     round: u32,
-    wrk: WrkResult,
-    cpu_s: f64,
+    report: Report,
+    /// Server CPU seconds; None for a remote target.
+    cpu_s: Option<f64>,
 }
 
 impl Measurement {
     fn req_s(&self) -> f64 {
-        self.wrk.req_s()
+        self.report.req_per_s
     }
-    fn gb_s(&self) -> f64 {
-        self.wrk.gb_s()
+    fn gbps(&self) -> f64 {
+        self.report.gbps
+    }
+    fn p50(&self) -> f64 {
+        self.report.latency.p50_ms
+    }
+    fn p99(&self) -> f64 {
+        self.report.latency.p99_ms
+    }
+    fn p999(&self) -> f64 {
+        self.report.latency.p999_ms
+    }
+    fn cpu(&self) -> f64 {
+        self.cpu_s.unwrap_or(f64::NAN)
     }
     fn cpu_util(&self) -> f64 {
-        self.cpu_s / self.wrk.duration_s
+        self.cpu() / self.report.duration_s
     }
     fn cpu_s_per_gib(&self) -> f64 {
-        self.cpu_s / (self.wrk.bytes as f64 / GIB)
+        self.cpu() / (self.report.bytes as f64 / GIB)
     }
     fn req_per_cpu_s(&self) -> f64 {
-        self.wrk.requests as f64 / self.cpu_s
-    }
-    fn avg_response(&self) -> f64 {
-        self.wrk.bytes as f64 / self.wrk.requests.max(1) as f64
+        self.report.requests as f64 / self.cpu()
     }
     /// Why this run does not count, if it does not.
     fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if self.wrk.requests == 0 {
+        if self.report.requests == 0 {
             out.push("no requests completed".to_owned());
         }
-        if self.wrk.errors.status > 0 {
-            out.push(format!("{} non-2xx/3xx responses", self.wrk.errors.status));
-        }
-        // Status line and headers are a few hundred bytes; a response far from the range
-        // size means the range was not honoured (or was answered with an error body).
-        let avg = self.avg_response();
-        if self.wrk.requests > 0 && !(self.range as f64..=self.range as f64 + 2048.0).contains(&avg)
-        {
-            out.push(format!(
-                "average response is {avg:.0} bytes for {} byte ranges",
-                self.range
-            ));
+        if self.report.errors_total > 0 {
+            let kinds: Vec<String> = self
+                .report
+                .errors
+                .iter()
+                .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+                .map(|(k, v)| format!("{v} {k}"))
+                .collect();
+            out.push(format!("errors: {}", kinds.join(", ")));
         }
         out
     }
@@ -123,65 +263,168 @@ impl Measurement {
             "scenario": self.scenario,
             "server": self.server,
             "round": self.round,
-            "range_bytes": self.range,
-            "duration_s": self.wrk.duration_s,
-            "requests": self.wrk.requests,
-            "bytes": self.wrk.bytes,
-            "req_per_s": self.req_s(),
-            "gb_per_s": self.gb_s(),
             "server_cpu_s": self.cpu_s,
-            "server_cpu_utilisation": self.cpu_util(),
-            "cpu_s_per_gib": self.cpu_s_per_gib(),
-            "req_per_cpu_s": self.req_per_cpu_s(),
-            "latency_p50_ms": self.wrk.p50_ms,
-            "latency_p99_ms": self.wrk.p99_ms,
-            "errors": errors_json(&self.wrk.errors),
+            "cpu_s_per_gib": finite(self.cpu_s_per_gib()),
+            "req_per_cpu_s": finite(self.req_per_cpu_s()),
             "problems": self.problems(),
+            "load": self.report,
         })
     }
 }
 
-fn errors_json(e: &WrkErrors) -> Value {
-    json!({
-        "connect": e.connect,
-        "read": e.read,
-        "write": e.write,
-        "timeout": e.timeout,
-        "status": e.status,
-    })
+fn finite(v: f64) -> Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        Value::Null
+    }
+}
+
+/// A server the bench measures: local (with its process) or remote (a URL).
+struct Endpoint {
+    name: String,
+    http: String,
+    https: Option<String>,
+    local: Option<Target>,
+}
+
+/// Paths and binaries a run uses; the smoke test substitutes small ones.
+pub(crate) struct Setup {
+    pub(crate) catalog: CatalogSpec,
+    /// Use this edgeplane binary instead of building one.
+    pub(crate) edgeplane: Option<PathBuf>,
 }
 
 pub(crate) fn run(args: &BenchArgs) -> Result<()> {
-    if args.duration == 0 || args.connections == 0 || args.rounds == 0 {
-        bail!("--duration, --connections and --rounds must be at least 1");
+    if args.callgrind {
+        return crate::callgrind::run(args);
     }
-    check_cpus()?;
-    let want_edgeplane = args.server != ServerArg::Nginx;
-    let want_nginx = args.server != ServerArg::Edgeplane;
+    let setup = Setup {
+        catalog: CatalogSpec::standard(false),
+        edgeplane: None,
+    };
+    let outcome = run_with(args, &setup)?;
+    if !outcome.problems.is_empty() {
+        bail!(
+            "bench finished with problems:\n  {}",
+            outcome.problems.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+pub(crate) struct Outcome {
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) run_dir: PathBuf,
+    pub(crate) problems: Vec<String>,
+}
+
+fn selected(args: &BenchArgs) -> Vec<&'static Scenario> {
+    SCENARIOS
+        .iter()
+        .filter(|s| {
+            args.scenario
+                .iter()
+                .any(|&a| a == ScenarioArg::All || a == s.arg)
+        })
+        .collect()
+}
+
+pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
+    if args.duration == 0 || args.connections == 0 || args.rounds == 0 || args.viewers == 0 {
+        bail!("--duration, --connections, --rounds and --viewers must be at least 1");
+    }
+    let remote = args.target.is_some();
+    let mut scenarios = selected(args);
+    let mut skipped: Vec<String> = Vec::new();
+    if remote && args.https_url.is_none() {
+        scenarios.retain(|s| {
+            if s.tls {
+                skipped.push(format!("{}: no --https-url given", s.name));
+            }
+            !s.tls
+        });
+    }
+    if !remote {
+        check_cpus()?;
+        if scenarios.iter().any(|s| s.kind == Kind::Mixed) {
+            if let Some(why) = slowfs::mount_unavailable_reason() {
+                eprintln!("skipping the mixed scenario: {why}");
+                skipped.push(format!("mixed: {why}"));
+                scenarios.retain(|s| s.kind != Kind::Mixed);
+            }
+        }
+    }
+    if scenarios.is_empty() {
+        bail!("no scenario left to run ({})", skipped.join("; "));
+    }
+    let want_edgeplane = !remote && args.server != ServerArg::Nginx;
+    let want_nginx = !remote && args.server != ServerArg::Edgeplane;
     let nginx = if want_nginx {
         Some(find_program("nginx")?)
     } else {
         None
     };
-    let scenarios: Vec<&Scenario> = SCENARIOS
-        .iter()
-        .filter(|s| match args.scenario {
-            ScenarioArg::All => true,
-            ScenarioArg::K64 => s.name == "64k",
-            ScenarioArg::M1 => s.name == "1m",
-        })
-        .collect();
+    let bin = match (&setup.edgeplane, want_edgeplane) {
+        (Some(bin), true) => Some(bin.clone()),
+        (None, true) => Some(build_edgeplane(&args.profile)?),
+        _ => None,
+    };
     let clk_tck = clk_tck()?;
 
-    let bin = if want_edgeplane {
-        Some(build_edgeplane(&args.profile)?)
-    } else {
-        None
-    };
+    let mut rig = Rig::prepare_with(&setup.catalog, "", args.connections)?;
+    let hot: Vec<Object> = rig
+        .files
+        .iter()
+        .map(|(path, size)| Object {
+            name: path.trim_start_matches('/').to_owned(),
+            size: *size,
+        })
+        .collect();
+    let mut cold: Vec<Object> = Vec::new();
+    let mut mount = None;
+    if scenarios.iter().any(|s| s.kind == Kind::Mixed) {
+        let names: Vec<String> = (0..COLD_FILES)
+            .map(|i| format!("cold-{i:02}.bin"))
+            .collect();
+        cold = names
+            .iter()
+            .map(|n| Object {
+                name: n.clone(),
+                size: setup.catalog.file_size,
+            })
+            .collect();
+        if !remote {
+            let src = setup.catalog.bench_dir.join("cold-src");
+            write_catalog(&src, "cold-", COLD_FILES, setup.catalog.file_size)?;
+            let mnt = rig.run_dir.join("cold");
+            fs::create_dir_all(&mnt)?;
+            header(&format!(
+                "mounting slowfs ({} ms per read) at {}",
+                COLD_DELAY.as_millis(),
+                mnt.display()
+            ));
+            let m = slowfs::mount(&src, &mnt, COLD_DELAY)
+                .map_err(|e| anyhow!("mount slowfs at {}: {e}", mnt.display()))?;
+            rig.cold = Some(m.mountpoint().to_owned());
+            mount = Some(m);
+        }
+    }
+    let mut ca = args.ca.clone();
+    if !remote && scenarios.iter().any(|s| s.tls) {
+        let files = self_signed_cert(&rig.run_dir)?;
+        ca = Some(files.cert.clone());
+        rig.https = Some(files);
+    }
 
-    let rig = Rig::prepare("", args.connections)?;
-    let servers = u32::from(want_edgeplane) + u32::from(want_nginx);
-    let load_s = scenarios.len() as u32 * servers * (args.warmup + args.rounds * args.duration);
+    let servers = if remote {
+        1
+    } else {
+        u32::from(want_edgeplane) + u32::from(want_nginx)
+    };
+    let load_s = scenarios.len() as u64
+        * u64::from(servers)
+        * u64::from(args.warmup + args.rounds * args.duration);
     eprintln!(
         "{} scenario(s) x {servers} server(s): {} s warm-up, then {} round(s) of {} s each; \
          about {:.1} min of load",
@@ -189,97 +432,330 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         args.warmup,
         args.rounds,
         args.duration,
-        f64::from(load_s) / 60.0
+        load_s as f64 / 60.0
     );
 
     // Both servers run for the whole bench, each idle while the other is measured; dropping a
     // `Target` (also on error) stops its server.
-    let mut targets = Vec::new();
+    let mut endpoints: Vec<Endpoint> = Vec::new();
+    if let Some(url) = &args.target {
+        endpoints.push(Endpoint {
+            name: "target".to_owned(),
+            http: url.trim_end_matches('/').to_owned(),
+            https: args.https_url.clone(),
+            local: None,
+        });
+    }
     if let Some(bin) = &bin {
-        targets.push(rig.start_edgeplane(bin)?);
+        endpoints.push(local_endpoint(rig.start_edgeplane(bin)?));
     }
     if let Some(nginx) = &nginx {
-        targets.push(rig.start_nginx(nginx)?);
+        endpoints.push(local_endpoint(rig.start_nginx(nginx)?));
     }
 
+    let threads = args
+        .load_threads
+        .unwrap_or(if remote {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            1
+        })
+        .max(1);
+    let cpus: Vec<usize> = if remote {
+        Vec::new()
+    } else {
+        vec![CLIENT_CPU.parse().expect("a CPU number")]
+    };
+
+    let bar = ProgressBar::new(load_s * 10);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {percent:>3}% {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
     let mut results = Vec::new();
+    let mut done_s = 0u64;
     for scenario in &scenarios {
-        let script = rig.write_wrk_script(scenario)?;
+        let make = |e: &Endpoint, seconds: u32| -> Result<LoadConfig> {
+            let url = if scenario.tls {
+                e.https
+                    .clone()
+                    .ok_or_else(|| anyhow!("{} has no HTTPS URL", e.name))?
+            } else {
+                e.http.clone()
+            };
+            load_config(
+                scenario,
+                &url,
+                args,
+                seconds,
+                threads,
+                &cpus,
+                ca.clone(),
+                &hot,
+                &cold,
+            )
+        };
         if args.warmup > 0 {
-            for target in &mut targets {
-                header(&format!(
-                    "{}: {} ranges, {} s of warm-up",
-                    target.name(),
-                    scenario.name,
-                    args.warmup
-                ));
-                run_wrk(&mut rig.wrk_command(&script, target, args.warmup))?;
-                target.server.check_running()?;
+            for e in &mut endpoints {
+                bar.set_message(format!("{} {}: warm-up", scenario.name, e.name));
+                evict_cold(scenario, &rig, &cold);
+                drive(&make(e, args.warmup)?, &bar, done_s)?;
+                done_s += u64::from(args.warmup);
+                if let Some(t) = &mut e.local {
+                    t.server.check_running()?;
+                }
             }
         }
         for round in 1..=args.rounds {
-            for i in round_order(targets.len(), round) {
-                let target = &mut targets[i];
-                header(&format!(
-                    "round {round}/{}, {}: {} ranges, wrk -t1 -c{} -d{}s",
-                    args.rounds,
-                    target.name(),
-                    scenario.name,
-                    args.connections,
-                    args.duration
+            for i in round_order(endpoints.len(), round) {
+                let e = &mut endpoints[i];
+                bar.set_message(format!(
+                    "{} {}: round {round}/{}",
+                    scenario.name, e.name, args.rounds
                 ));
-                let m = measure(&rig, &script, scenario, target, round, args, clk_tck)?;
-                eprintln!(
-                    "{:.0} req/s, {:.2} GB/s, server CPU {:.2} s ({:.0}%), {:.3} CPU-s/GiB, \
-                     {:.0} req/CPU-s, errors: {} socket, {} status",
-                    m.req_s(),
-                    m.gb_s(),
-                    m.cpu_s,
-                    m.cpu_util() * 100.0,
-                    m.cpu_s_per_gib(),
-                    m.req_per_cpu_s(),
-                    m.wrk.errors.socket(),
-                    m.wrk.errors.status
-                );
+                evict_cold(scenario, &rig, &cold);
+                let pids = e.local.as_ref().map(Target::pids);
+                let before = pids.as_deref().map(cpu_ticks).transpose()?;
+                let report = drive(&make(e, args.duration)?, &bar, done_s)?;
+                let after = pids.as_deref().map(cpu_ticks).transpose()?;
+                done_s += u64::from(args.duration);
+                if let Some(t) = &mut e.local {
+                    t.server.check_running()?;
+                }
+                let cpu_s = before
+                    .zip(after)
+                    .map(|(b, a)| a.saturating_sub(b) as f64 / clk_tck as f64);
+                let m = Measurement {
+                    scenario: scenario.name,
+                    server: e.name.clone(),
+                    round,
+                    report,
+                    cpu_s,
+                };
+                bar.println(format!(
+                    "{} {} round {round}: {}{}",
+                    scenario.name,
+                    e.name,
+                    m.report.summary(),
+                    match m.cpu_s {
+                        Some(c) => format!("; server CPU {c:.2} s"),
+                        None => String::new(),
+                    }
+                ));
                 results.push(m);
             }
         }
     }
+    bar.finish_and_clear();
 
     header("stopping servers");
     let mut shutdown_problems = Vec::new();
-    for target in targets {
-        if let Err(err) = target.shut_down() {
-            shutdown_problems.push(format!("{err:#}"));
+    for e in endpoints {
+        if let Some(t) = e.local {
+            if let Err(err) = t.shut_down() {
+                shutdown_problems.push(format!("{err:#}"));
+            }
+        }
+    }
+    if let Some(m) = mount {
+        if let Err(err) = m.unmount() {
+            shutdown_problems.push(format!("unmount slowfs: {err}"));
         }
     }
 
+    let baseline = match &args.baseline {
+        Some(dir) => Some(Baseline::load(dir)?),
+        None => None,
+    };
     let context = RunContext {
         args,
         files: rig.files.len(),
+        file_size: setup.catalog.file_size,
         timestamp: rig.run_name(),
         nginx_version: nginx.as_deref().map(nginx_version).unwrap_or_default(),
         revision: git_revision(),
         kernel: kernel(),
+        threads,
+        skipped,
     };
-    let markdown = report_markdown(&context, &results, &shutdown_problems);
+    let plots = write_plots(&rig.run_dir, &results)?;
+    let markdown = report_markdown(
+        &context,
+        &results,
+        &shutdown_problems,
+        baseline.as_ref(),
+        &plots,
+    );
     println!("\n{markdown}");
     fs::write(rig.run_dir.join("report.md"), &markdown)?;
-    let report = report_json(&context, &results, &shutdown_problems);
+    let report = report_json(&context, &results, &shutdown_problems, baseline.as_ref());
     fs::write(
         rig.run_dir.join("report.json"),
         serde_json::to_string_pretty(&report)? + "\n",
     )?;
-    eprintln!("wrote {}/report.md and report.json", rig.run_dir.display());
-
-    let bad: Vec<String> = problems(&results)
+    eprintln!(
+        "wrote {}/report.md, report.json and the plots",
+        rig.run_dir.display()
+    );
+    let problems = problems(&results)
         .into_iter()
         .chain(shutdown_problems)
         .collect();
-    if !bad.is_empty() {
-        bail!("bench finished with problems:\n  {}", bad.join("\n  "));
+    Ok(Outcome {
+        run_dir: rig.run_dir.clone(),
+        problems,
+    })
+}
+
+fn local_endpoint(t: Target) -> Endpoint {
+    Endpoint {
+        name: t.name().to_owned(),
+        http: format!("http://{}", t.addr),
+        https: t.https_addr.map(|a| format!("https://{a}")),
+        local: Some(t),
     }
-    Ok(())
+}
+
+/// Before each mixed run: drop the cold files from the page cache, so every run starts cold.
+fn evict_cold(scenario: &Scenario, rig: &Rig, cold: &[Object]) {
+    if scenario.kind != Kind::Mixed {
+        return;
+    }
+    if let Some(dir) = &rig.cold {
+        for o in cold {
+            let _ = slowfs::evict(&dir.join(&o.name));
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn load_config(
+    scenario: &Scenario,
+    url: &str,
+    args: &BenchArgs,
+    seconds: u32,
+    threads: usize,
+    cpus: &[usize],
+    ca: Option<PathBuf>,
+    hot: &[Object],
+    cold: &[Object],
+) -> Result<LoadConfig> {
+    let class = |name: &str, weight, objects: &[Object], min, max, align| RangeClass {
+        name: name.to_owned(),
+        weight,
+        objects: objects.to_vec(),
+        zipf_s: 0.0,
+        min_len: min,
+        max_len: max,
+        align,
+    };
+    let workload = match scenario.kind {
+        Kind::Ranges { min, max, align } => {
+            Workload::Ranges(vec![class("hot", 1.0, hot, min, max, align)])
+        }
+        Kind::Mixed => Workload::Ranges(vec![
+            class("hot", 0.9, hot, 64 << 10, 64 << 10, 64 << 10),
+            class("cold", 0.1, cold, 256 << 10, 256 << 10, 256 << 10),
+        ]),
+        Kind::Player => Workload::Player(PlayerConfig {
+            viewers: args.viewers,
+            titles: hot.to_vec(),
+            zipf_s: 1.0,
+            ladder_kbps: DEFAULT_LADDER_KBPS.to_vec(),
+            segment_s: 4.0,
+            buffer_target_s: 12.0,
+            startup_s: 4.0,
+            ramp_s: f64::from(seconds).min(2.0) / 2.0,
+        }),
+    };
+    Ok(LoadConfig {
+        target: LoadTarget::parse(url)?,
+        threads,
+        cpus: cpus.to_vec(),
+        connections: u64::from(args.connections),
+        duration: Duration::from_secs(u64::from(seconds)),
+        rate: match scenario.kind {
+            Kind::Player => None,
+            _ => args.rate,
+        },
+        request_timeout: Duration::from_secs(10),
+        workload,
+        validation: Validation::Full,
+        ca,
+        sni: None,
+        seed: 1,
+        max_requests: None,
+    })
+}
+
+/// Runs the load on a thread while the progress bar follows its counters.
+fn drive(cfg: &LoadConfig, bar: &ProgressBar, done_s: u64) -> Result<Report> {
+    let live = Arc::new(Live::default());
+    let started = Instant::now();
+    let base = bar.message();
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(|| edgeplane_load::run(cfg, Arc::clone(&live)));
+        let mut last = (Instant::now(), 0u64);
+        while !handle.is_finished() {
+            std::thread::sleep(Duration::from_millis(100));
+            let elapsed = started.elapsed();
+            let bytes = live.bytes.load(Ordering::Relaxed);
+            let dt = last.0.elapsed().as_secs_f64();
+            if dt >= 1.0 {
+                let gbps = (bytes - last.1) as f64 * 8.0 / dt / 1e9;
+                bar.set_message(format!(
+                    "{base} | {} req, {gbps:.2} Gbps, {} errors",
+                    live.requests.load(Ordering::Relaxed),
+                    live.errors.load(Ordering::Relaxed)
+                ));
+                last = (Instant::now(), bytes);
+            }
+            let pos = done_s * 10 + (elapsed.as_millis() / 100) as u64;
+            bar.set_position(pos.min(done_s * 10 + cfg.duration.as_secs() * 10));
+        }
+        handle
+            .join()
+            .map_err(|_| anyhow!("the load generator panicked"))?
+    })
+}
+
+/// A self-signed ECDSA P-256 certificate for 127.0.0.1 and localhost (openssl CLI).
+fn self_signed_cert(dir: &Path) -> Result<HttpsFiles> {
+    let files = HttpsFiles {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    header("self-signed certificate for the https scenario (openssl)");
+    let openssl = find_program("openssl")?;
+    let mut cmd = Command::new(openssl);
+    cmd.args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        // openssl's default for -x509 is a CA certificate, which WebPKI (rustls) refuses as a
+        // server's own certificate.
+        "-addext",
+        "basicConstraints=critical,CA:FALSE",
+        "-keyout",
+    ])
+    .arg(&files.key)
+    .arg("-out")
+    .arg(&files.cert)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    run_checked(&mut cmd)?;
+    Ok(files)
 }
 
 /// The order in which round `round` (1-based) measures `n` servers: as started in odd rounds,
@@ -290,36 +766,6 @@ fn round_order(n: usize, round: u32) -> Vec<usize> {
         order.reverse();
     }
     order
-}
-
-fn measure(
-    rig: &Rig,
-    script: &Path,
-    scenario: &Scenario,
-    target: &mut Target,
-    round: u32,
-    args: &BenchArgs,
-    clk_tck: u64,
-) -> Result<Measurement> {
-    let pids = target.pids();
-    let before = cpu_ticks(&pids)?;
-    let mut cmd = rig.wrk_command(script, target, args.duration);
-    let log = rig.run_dir.join(format!(
-        "wrk-{}-{}-r{round}.txt",
-        scenario.name,
-        target.name()
-    ));
-    let output = run_wrk(&mut cmd)?;
-    let after = cpu_ticks(&pids)?;
-    target.server.check_running()?;
-    Ok(Measurement {
-        scenario: scenario.name,
-        server: target.name(),
-        range: scenario.range,
-        round,
-        wrk: log_wrk_result(&cmd, &output, &log)?,
-        cpu_s: after.saturating_sub(before) as f64 / clk_tck as f64,
-    })
 }
 
 /// `getconf CLK_TCK`: the unit of utime/stime in /proc/PID/stat.
@@ -360,7 +806,7 @@ fn median(values: &[f64]) -> f64 {
 /// One server in one scenario, over all rounds.
 struct ServerRounds<'a> {
     scenario: &'static str,
-    server: &'static str,
+    server: &'a str,
     rounds: Vec<&'a Measurement>,
 }
 
@@ -370,36 +816,61 @@ impl ServerRounds<'_> {
         median(&values)
     }
 
-    /// Errors summed over the rounds.
-    fn errors(&self) -> WrkErrors {
-        let mut sum = WrkErrors::default();
+    fn errors(&self) -> u64 {
+        self.rounds.iter().map(|m| m.report.errors_total).sum()
+    }
+
+    /// Error counts by kind, summed over the rounds.
+    fn errors_by_kind(&self) -> serde_json::Map<String, Value> {
+        let mut out = serde_json::Map::new();
         for m in &self.rounds {
-            let e = &m.wrk.errors;
-            sum.connect += e.connect;
-            sum.read += e.read;
-            sum.write += e.write;
-            sum.timeout += e.timeout;
-            sum.status += e.status;
+            for (k, v) in &m.report.errors {
+                let sum = out.get(k).and_then(Value::as_u64).unwrap_or(0) + v.as_u64().unwrap_or(0);
+                out.insert(k.clone(), sum.into());
+            }
         }
-        sum
+        out
+    }
+
+    /// The metrics of the table and of `--baseline`, by name.
+    fn metrics(&self) -> Vec<(&'static str, f64)> {
+        vec![
+            ("gbps", self.median(Measurement::gbps)),
+            ("req_per_s", self.median(Measurement::req_s)),
+            ("latency_p50_ms", self.median(Measurement::p50)),
+            ("latency_p99_ms", self.median(Measurement::p99)),
+            ("latency_p999_ms", self.median(Measurement::p999)),
+            ("server_cpu_s", self.median(Measurement::cpu)),
+            ("server_cpu_utilisation", self.median(Measurement::cpu_util)),
+            ("cpu_s_per_gib", self.median(Measurement::cpu_s_per_gib)),
+            ("req_per_cpu_s", self.median(Measurement::req_per_cpu_s)),
+        ]
     }
 
     fn to_json(&self) -> Value {
-        json!({
-            "scenario": self.scenario,
-            "server": self.server,
-            "rounds": self.rounds.len(),
-            "statistic": "median over rounds (errors: sum)",
-            "req_per_s": self.median(Measurement::req_s),
-            "gb_per_s": self.median(Measurement::gb_s),
-            "server_cpu_s": self.median(|m| m.cpu_s),
-            "server_cpu_utilisation": self.median(Measurement::cpu_util),
-            "cpu_s_per_gib": self.median(Measurement::cpu_s_per_gib),
-            "req_per_cpu_s": self.median(Measurement::req_per_cpu_s),
-            "latency_p50_ms": self.median(|m| m.wrk.p50_ms),
-            "latency_p99_ms": self.median(|m| m.wrk.p99_ms),
-            "errors": errors_json(&self.errors()),
-        })
+        let mut obj = serde_json::Map::new();
+        obj.insert("scenario".into(), self.scenario.into());
+        obj.insert("server".into(), self.server.into());
+        obj.insert("rounds".into(), self.rounds.len().into());
+        obj.insert(
+            "statistic".into(),
+            "median over rounds (errors: sum)".into(),
+        );
+        for (k, v) in self.metrics() {
+            obj.insert(k.into(), finite(v));
+        }
+        obj.insert("errors".into(), self.errors().into());
+        obj.insert(
+            "errors_by_kind".into(),
+            Value::Object(self.errors_by_kind()),
+        );
+        if let Some(p) = self.rounds.last().and_then(|m| m.report.player.as_ref()) {
+            obj.insert(
+                "player_last_round".into(),
+                serde_json::to_value(p).unwrap_or(Value::Null),
+            );
+        }
+        Value::Object(obj)
     }
 }
 
@@ -414,7 +885,7 @@ fn by_server(results: &[Measurement]) -> Vec<ServerRounds<'_>> {
             Some(group) => group.rounds.push(m),
             None => out.push(ServerRounds {
                 scenario: m.scenario,
-                server: m.server,
+                server: &m.server,
                 rounds: vec![m],
             }),
         }
@@ -453,10 +924,10 @@ impl Spread {
 
     fn to_json(&self) -> Value {
         json!({
-            "median": self.median,
-            "min": self.min,
-            "max": self.max,
-            "per_round": self.per_round,
+            "median": finite(self.median),
+            "min": finite(self.min),
+            "max": finite(self.max),
+            "per_round": self.per_round.iter().map(|v| finite(*v)).collect::<Vec<_>>(),
         })
     }
 }
@@ -464,7 +935,9 @@ impl Spread {
 /// edgeplane / nginx in one scenario, over the rounds that measured both.
 struct Ratio {
     scenario: &'static str,
+    gbps: Spread,
     req_s: Spread,
+    p99: Spread,
     req_per_cpu_s: Spread,
     cpu_s_per_gib: Spread,
 }
@@ -472,7 +945,7 @@ struct Ratio {
 fn ratios(results: &[Measurement]) -> Vec<Ratio> {
     let mut out = Vec::new();
     for s in &SCENARIOS {
-        let (mut req_s, mut per_cpu, mut per_gib) = (Vec::new(), Vec::new(), Vec::new());
+        let mut v: [Vec<f64>; 5] = Default::default();
         for e in results
             .iter()
             .filter(|m| m.scenario == s.name && m.server == "edgeplane")
@@ -483,16 +956,21 @@ fn ratios(results: &[Measurement]) -> Vec<Ratio> {
             else {
                 continue;
             };
-            req_s.push(e.req_s() / n.req_s());
-            per_cpu.push(e.req_per_cpu_s() / n.req_per_cpu_s());
-            per_gib.push(e.cpu_s_per_gib() / n.cpu_s_per_gib());
+            v[0].push(e.gbps() / n.gbps());
+            v[1].push(e.req_s() / n.req_s());
+            v[2].push(e.p99() / n.p99());
+            v[3].push(e.req_per_cpu_s() / n.req_per_cpu_s());
+            v[4].push(e.cpu_s_per_gib() / n.cpu_s_per_gib());
         }
-        if !req_s.is_empty() {
+        if !v[0].is_empty() {
+            let [a, b, c, d, e] = v;
             out.push(Ratio {
                 scenario: s.name,
-                req_s: Spread::of(req_s),
-                req_per_cpu_s: Spread::of(per_cpu),
-                cpu_s_per_gib: Spread::of(per_gib),
+                gbps: Spread::of(a),
+                req_s: Spread::of(b),
+                p99: Spread::of(c),
+                req_per_cpu_s: Spread::of(d),
+                cpu_s_per_gib: Spread::of(e),
             });
         }
     }
@@ -511,105 +989,286 @@ fn problems(results: &[Measurement]) -> Vec<String> {
         .collect()
 }
 
-struct RunContext<'a> {
+/// An earlier run's `results`, for `--baseline`.
+pub(crate) struct Baseline {
+    dir: PathBuf,
+    results: Vec<Value>,
+}
+
+impl Baseline {
+    fn load(dir: &Path) -> Result<Baseline> {
+        let path = dir.join("report.json");
+        let text = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        let json: Value =
+            serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+        Ok(Baseline {
+            dir: dir.to_owned(),
+            results: json["results"].as_array().cloned().unwrap_or_default(),
+        })
+    }
+
+    /// (new / old − 1) for `metric` of (scenario, server), if the baseline has it.
+    fn delta(&self, scenario: &str, server: &str, metric: &str, new: f64) -> Option<f64> {
+        let old = self
+            .results
+            .iter()
+            .find(|r| r["scenario"] == scenario && r["server"] == server)?[metric]
+            .as_f64()?;
+        (old != 0.0 && new.is_finite()).then(|| new / old - 1.0)
+    }
+}
+
+const DELTA_METRICS: [(&str, &str); 4] = [
+    ("gbps", "Gbps"),
+    ("latency_p99_ms", "p99"),
+    ("cpu_s_per_gib", "CPU-s/GiB"),
+    ("req_per_cpu_s", "req/CPU-s"),
+];
+
+fn deltas_text(b: &Baseline, g: &ServerRounds<'_>) -> String {
+    let metrics = g.metrics();
+    let parts: Vec<String> = DELTA_METRICS
+        .iter()
+        .filter_map(|(key, label)| {
+            let new = metrics.iter().find(|(k, _)| k == key)?.1;
+            b.delta(g.scenario, g.server, key, new)
+                .map(|d| format!("{label} {:+.1}%", d * 100.0))
+        })
+        .collect();
+    if parts.is_empty() {
+        "–".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+pub(crate) struct RunContext<'a> {
     args: &'a BenchArgs,
     files: usize,
+    file_size: u64,
     timestamp: String,
     nginx_version: String,
     revision: String,
     kernel: String,
+    threads: usize,
+    skipped: Vec<String>,
 }
 
-fn report_markdown(ctx: &RunContext<'_>, results: &[Measurement], shutdown: &[String]) -> String {
+fn num(v: f64, decimals: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.decimals$}")
+    } else {
+        "–".to_owned()
+    }
+}
+
+fn report_markdown(
+    ctx: &RunContext<'_>,
+    results: &[Measurement],
+    shutdown: &[String],
+    baseline: Option<&Baseline>,
+    plots: &[(String, String)],
+) -> String {
     let a = ctx.args;
-    let mut s = format!("# edgeplane vs nginx: {}\n\n", ctx.timestamp);
+    let mut s = match &a.target {
+        Some(t) => format!("# edgeplane bench against {t}: {}\n\n", ctx.timestamp),
+        None => format!("# edgeplane vs nginx: {}\n\n", ctx.timestamp),
+    };
     let _ = writeln!(
         s,
-        "- load: `wrk -t1 -c{} -d{}s` pinned to CPU {CLIENT_CPU}; random `Range: bytes=a-b` \
-         requests aligned to the range size over {} files of {} MiB (page cache warm)",
+        "- load: `edgeplane-load` ({} thread(s){}), {}, {} connections (player: {} viewers, one \
+         connection each); {} files of {} MiB (page cache warm); every response checked: \
+         status 206, Content-Length, Content-Range and every body byte",
+        ctx.threads,
+        if a.target.is_some() {
+            String::new()
+        } else {
+            format!(" pinned to CPU {CLIENT_CPU}")
+        },
+        match a.rate {
+            Some(r) =>
+                format!("open loop at {r:.0} req/s (latency corrected for coordinated omission)"),
+            None => "closed loop".to_owned(),
+        },
         a.connections,
-        a.duration,
+        a.viewers,
         ctx.files,
-        FILE_SIZE >> 20
+        ctx.file_size >> 20
     );
     let _ = writeln!(
         s,
         "- method: per scenario, each server gets {} s of unmeasured warm-up once, then {} \
-         round(s); each round measures every server once, the order alternating between rounds \
-         (edgeplane first in odd rounds, nginx first in even ones). The server table shows each \
-         metric's median over the rounds (errors: summed); the ratio table shows the median of \
-         the per-round edgeplane / nginx ratios and, in parentheses, their min–max. Per-round \
-         numbers are in report.json",
-        a.warmup, a.rounds
+         round(s) of {} s; each round measures every server once, the order alternating between \
+         rounds. The table shows each metric's median over the rounds (errors: summed); ratios \
+         are the median of the per-round edgeplane / nginx ratios with their min–max. \
+         Per-round numbers are in report.json",
+        a.warmup, a.rounds, a.duration
     );
-    let _ = writeln!(
-        s,
-        "- servers pinned to CPU {SERVER_CPU}: edgeplane `cores = 1` (profile `{}`, {}); \
-         {} with 1 worker, `sendfile on; tcp_nopush on; access_log off; open_file_cache`",
-        a.profile,
-        match ctx.revision.as_str() {
-            "" => "unknown revision".to_owned(),
-            r => format!("revision `{r}`"),
-        },
-        ctx.nginx_version
-    );
-    let _ = writeln!(
-        s,
-        "- server CPU = utime + stime of the server's processes from /proc/PID/stat; \
-         GB = 10^9 bytes as counted by wrk (headers included); kernel {}",
-        ctx.kernel
-    );
-    s.push_str(
-        "- CPU util = server CPU-s / wall-clock s. Well below 100% means the one wrk thread was \
-         the bottleneck: then req/s compares the client, while req/CPU-s and CPU-s/GiB still \
-         compare the servers.\n\n",
-    );
-    s.push_str(
-        "| scenario | server | req/s | GB/s | server CPU-s | CPU util | CPU-s/GiB | req/CPU-s \
-         | p50 ms | p99 ms | errors |\n",
-    );
-    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
-    for g in by_server(results) {
-        let e = g.errors();
-        let errors = match (e.socket(), e.status) {
-            (0, 0) => "0".to_owned(),
-            (sock, status) => format!(
-                "{status} non-2xx; socket: {} connect, {} read, {} write, {} timeout ({sock})",
-                e.connect, e.read, e.write, e.timeout
-            ),
-        };
+    if a.target.is_none() {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.0}% | {:.3} | {:.0} | {:.2} | {:.2} | {errors} |",
-            g.scenario,
-            g.server,
-            g.median(Measurement::req_s),
-            g.median(Measurement::gb_s),
-            g.median(|m| m.cpu_s),
-            g.median(Measurement::cpu_util) * 100.0,
-            g.median(Measurement::cpu_s_per_gib),
-            g.median(Measurement::req_per_cpu_s),
-            g.median(|m| m.wrk.p50_ms),
-            g.median(|m| m.wrk.p99_ms)
+            "- servers pinned to CPU {SERVER_CPU}: edgeplane `cores = 1` (profile `{}`, {}); \
+             {} with 1 worker, `sendfile on; tcp_nopush on; access_log off; open_file_cache`",
+            a.profile,
+            match ctx.revision.as_str() {
+                "" => "unknown revision".to_owned(),
+                r => format!("revision `{r}`"),
+            },
+            ctx.nginx_version
+        );
+        s.push_str(
+            "- server CPU = utime + stime of the server's processes from /proc/PID/stat; \
+             CPU util = server CPU-s / wall-clock s (well below 100%: the one load thread was \
+             the bottleneck, so compare req/CPU-s and CPU-s/GiB)\n",
         );
     }
+    let _ = writeln!(
+        s,
+        "- Gbps = 10^9 bits/s received by the generator (headers included); kernel {}",
+        ctx.kernel
+    );
+    s.push_str("\nScenarios:\n\n");
+    for sc in SCENARIOS
+        .iter()
+        .filter(|sc| results.iter().any(|m| m.scenario == sc.name))
+    {
+        let _ = writeln!(s, "- `{}`: {}", sc.name, sc.what);
+    }
+    for skip in &ctx.skipped {
+        let _ = writeln!(s, "- skipped {skip}");
+    }
     let ratios = ratios(results);
-    if !ratios.is_empty() {
+    s.push_str(
+        "\n| scenario | server | Gbps | req/s | p50 ms | p99 ms | p99.9 ms | CPU-s/GiB | \
+         req/CPU-s | CPU util | errors | edgeplane / nginx |",
+    );
+    if baseline.is_some() {
+        s.push_str(" Δ vs baseline |");
+    }
+    s.push_str("\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    if baseline.is_some() {
+        s.push_str("---|");
+    }
+    s.push('\n');
+    for g in by_server(results) {
+        let ratio = match ratios.iter().find(|r| r.scenario == g.scenario) {
+            Some(r) if g.server == "edgeplane" => format!(
+                "Gbps {}; CPU-s/GiB {}",
+                r.gbps.display(),
+                r.cpu_s_per_gib.display()
+            ),
+            _ => String::new(),
+        };
         let _ = write!(
             s,
-            "\n## edgeplane / nginx (median of per-round ratios, min–max)\n\n\
-             | scenario | req/s | req per CPU-s (higher is better) | CPU-s per GiB (lower is better) |\n\
-             |---|---:|---:|---:|\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {ratio} |",
+            g.scenario,
+            g.server,
+            num(g.median(Measurement::gbps), 2),
+            num(g.median(Measurement::req_s), 0),
+            num(g.median(Measurement::p50), 2),
+            num(g.median(Measurement::p99), 2),
+            num(g.median(Measurement::p999), 2),
+            num(g.median(Measurement::cpu_s_per_gib), 3),
+            num(g.median(Measurement::req_per_cpu_s), 0),
+            match g.median(Measurement::cpu_util) {
+                u if u.is_finite() => format!("{:.0}%", u * 100.0),
+                _ => "–".to_owned(),
+            },
+            g.errors()
         );
-        for r in ratios {
+        if let Some(b) = baseline {
+            let _ = write!(s, " {} |", deltas_text(b, &g));
+        }
+        s.push('\n');
+    }
+    if !ratios.is_empty() {
+        s.push_str(
+            "\n## edgeplane / nginx (median of per-round ratios, min–max)\n\n\
+             | scenario | Gbps | req/s | p99 latency (lower is better) | req per CPU-s (higher is \
+             better) | CPU-s per GiB (lower is better) |\n|---|---:|---:|---:|---:|---:|\n",
+        );
+        for r in &ratios {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} |",
                 r.scenario,
+                r.gbps.display(),
                 r.req_s.display(),
+                r.p99.display(),
                 r.req_per_cpu_s.display(),
                 r.cpu_s_per_gib.display()
             );
+        }
+    }
+    let players: Vec<&Measurement> = results
+        .iter()
+        .filter(|m| m.report.player.is_some())
+        .collect();
+    if !players.is_empty() {
+        s.push_str(
+            "\n## Player model (per round)\n\n| server | round | viewers | started | startup p50 s \
+             | startup p90 s | rebuffer | stalls | delivered kbps | switches | segments |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for m in players {
+            let p = m.report.player.as_ref().expect("filtered");
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.3} | {:.3} | {:.2}% | {} | {:.0} | {} | {} |",
+                m.server,
+                m.round,
+                p.viewers,
+                p.started,
+                p.startup_p50_s,
+                p.startup_p90_s,
+                p.rebuffer_ratio * 100.0,
+                p.stalls,
+                p.delivered_kbps_mean,
+                p.switches,
+                p.segments
+            );
+        }
+    }
+    let mixed: Vec<&Measurement> = results
+        .iter()
+        .filter(|m| m.report.classes.len() > 1)
+        .collect();
+    if !mixed.is_empty() {
+        s.push_str(
+            "\n## Hot and cold requests (per round)\n\n| scenario | server | round | hot req | hot p50 ms \
+             | hot p99 ms | cold req | cold p50 ms | cold p99 ms |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for m in mixed {
+            let (h, c) = (&m.report.classes[0], &m.report.classes[1]);
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} |",
+                m.scenario,
+                m.server,
+                m.round,
+                h.requests,
+                h.latency.p50_ms,
+                h.latency.p99_ms,
+                c.requests,
+                c.latency.p50_ms,
+                c.latency.p99_ms
+            );
+        }
+    }
+    if let Some(b) = baseline {
+        let _ = writeln!(
+            s,
+            "\nΔ vs baseline: this run's medians against those of `{}` (relative change; for \
+             p99 and CPU-s/GiB lower is better). Compare the change with the spread between \
+             rounds in report.json before reading anything into it.",
+            b.dir.display()
+        );
+    }
+    if !plots.is_empty() {
+        s.push_str("\n## Plots\n\n");
+        for (title, file) in plots {
+            let _ = writeln!(s, "![{title}]({file})");
         }
     }
     let problems: Vec<String> = problems(results)
@@ -625,7 +1284,12 @@ fn report_markdown(ctx: &RunContext<'_>, results: &[Measurement], shutdown: &[St
     s
 }
 
-fn report_json(ctx: &RunContext<'_>, results: &[Measurement], shutdown: &[String]) -> Value {
+fn report_json(
+    ctx: &RunContext<'_>,
+    results: &[Measurement],
+    shutdown: &[String],
+    baseline: Option<&Baseline>,
+) -> Value {
     let a = ctx.args;
     json!({
         "timestamp": ctx.timestamp,
@@ -634,53 +1298,133 @@ fn report_json(ctx: &RunContext<'_>, results: &[Measurement], shutdown: &[String
             "warmup_s": a.warmup,
             "rounds": a.rounds,
             "connections": a.connections,
-            "wrk_threads": 1,
+            "viewers": a.viewers,
+            "rate_per_s": a.rate,
+            "load_generator": "edgeplane-load",
+            "load_threads": ctx.threads,
+            "target": a.target,
             "server_cpu": SERVER_CPU,
             "client_cpu": CLIENT_CPU,
             "files": ctx.files,
-            "file_bytes": FILE_SIZE,
+            "file_bytes": ctx.file_size,
             "edgeplane_profile": a.profile,
             "edgeplane_revision": ctx.revision,
             "nginx_version": ctx.nginx_version,
             "kernel": ctx.kernel,
+            "skipped": ctx.skipped,
         },
         // Per server and scenario: the median of each metric over the rounds.
-        "results": by_server(results).iter().map(ServerRounds::to_json).collect::<Vec<_>>(),
-        // Every measured run, in the order it ran.
+        "results": by_server(results).iter().map(|g| {
+            let mut v = g.to_json();
+            if let Some(b) = baseline {
+                let metrics = g.metrics();
+                let deltas: serde_json::Map<String, Value> = DELTA_METRICS
+                    .iter()
+                    .filter_map(|(k, _)| {
+                        let new = metrics.iter().find(|(m, _)| m == k)?.1;
+                        Some(((*k).to_owned(), finite(b.delta(g.scenario, g.server, k, new)?)))
+                    })
+                    .collect();
+                v["delta_vs_baseline"] = Value::Object(deltas);
+            }
+            v
+        }).collect::<Vec<_>>(),
+        // Every measured run, in the order it ran, with the generator's whole report.
         "measurements": results.iter().map(Measurement::to_json).collect::<Vec<_>>(),
         "ratios_edgeplane_over_nginx": ratios(results)
             .iter()
             .map(|r| json!({
                 "scenario": r.scenario,
+                "gbps": r.gbps.to_json(),
                 "req_per_s": r.req_s.to_json(),
+                "latency_p99": r.p99.to_json(),
                 "req_per_cpu_s": r.req_per_cpu_s.to_json(),
                 "cpu_s_per_gib": r.cpu_s_per_gib.to_json(),
             }))
             .collect::<Vec<_>>(),
+        "baseline": baseline.map(|b| b.dir.display().to_string()),
         "shutdown_problems": shutdown,
     })
+}
+
+/// Per scenario: the latency CDF and the throughput over time of each server's last round, as
+/// SVG files in the run directory. Returns (title, file name) per plot.
+fn write_plots(dir: &Path, results: &[Measurement]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for sc in &SCENARIOS {
+        let last: Vec<&Measurement> = by_server(results)
+            .iter()
+            .filter(|g| g.scenario == sc.name)
+            .filter_map(|g| g.rounds.last().copied())
+            .collect();
+        if last.is_empty() {
+            continue;
+        }
+        let cdf: Vec<svg::Series> = last
+            .iter()
+            .map(|m| svg::Series {
+                name: m.server.clone(),
+                points: m.report.latency_cdf.clone(),
+            })
+            .collect();
+        let title = format!("{}: latency CDF (last round)", sc.name);
+        let file = format!("latency-{}.svg", sc.name);
+        fs::write(dir.join(&file), svg::latency_cdf(&title, &cdf))?;
+        out.push((title, file));
+        let tput: Vec<svg::Series> = last
+            .iter()
+            .map(|m| svg::Series {
+                name: m.server.clone(),
+                points: m
+                    .report
+                    .timeseries
+                    .iter()
+                    .map(|p| (p.t_s as f64 + 0.5, p.gbps))
+                    .collect(),
+            })
+            .collect();
+        let title = format!("{}: throughput per second (last round)", sc.name);
+        let file = format!("throughput-{}.svg", sc.name);
+        fs::write(dir.join(&file), svg::time_series(&title, "Gbps", &tput))?;
+        out.push((title, file));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edgeplane_load::stats::{histogram, ReportInput, Stats};
 
     /// A 10 s run: `requests` of 64 KiB, `cpu_s` of server CPU.
-    fn run_64k(server: &'static str, round: u32, requests: u64, cpu_s: f64) -> Measurement {
+    fn run_64k(server: &str, round: u32, requests: u64, cpu_s: f64) -> Measurement {
+        let mut stats = Stats::new(1);
+        for i in 0..requests {
+            stats.add_bytes(i as f64 * 10.0 / requests as f64, (64 << 10) + 200);
+            stats.success(i as f64 * 10.0 / requests as f64, 0, 1000, 64 << 10);
+        }
+        stats.latency = histogram();
+        stats.latency.record(1000).unwrap();
+        let report = Report::build(
+            &ReportInput {
+                target: "http://x",
+                mode: "closed",
+                threads: 1,
+                connections: 64,
+                target_rate_per_s: None,
+                duration_s: 10.0,
+                class_names: &["hot".to_owned()],
+                player: false,
+                validation: "full",
+            },
+            &stats,
+        );
         Measurement {
             scenario: "64k",
-            server,
-            range: 64 << 10,
+            server: server.to_owned(),
             round,
-            wrk: WrkResult {
-                duration_s: 10.0,
-                requests,
-                bytes: requests * ((64 << 10) + 200),
-                errors: WrkErrors::default(),
-                p50_ms: 1.0,
-                p99_ms: 10.0,
-            },
-            cpu_s,
+            report,
+            cpu_s: Some(cpu_s),
         }
     }
 
@@ -689,10 +1433,45 @@ mod tests {
             duration: 10,
             rounds,
             connections: 64,
-            scenario: ScenarioArg::All,
+            scenario: vec![ScenarioArg::All],
             server: ServerArg::Both,
             warmup: 2,
             profile: "release".to_owned(),
+            rate: None,
+            viewers: 10,
+            load_threads: None,
+            baseline: None,
+            target: None,
+            no_peer: false,
+            https_url: None,
+            ca: None,
+            callgrind: false,
+            callgrind_requests: 10,
+        }
+    }
+
+    fn six() -> Vec<Measurement> {
+        vec![
+            run_64k("edgeplane", 1, 10_000, 5.0),
+            run_64k("nginx", 1, 10_000, 5.0),
+            run_64k("nginx", 2, 10_000, 5.0),
+            run_64k("edgeplane", 2, 10_000, 6.25),
+            run_64k("edgeplane", 3, 9_000, 5.0),
+            run_64k("nginx", 3, 10_000, 5.0),
+        ]
+    }
+
+    fn ctx(a: &BenchArgs) -> RunContext<'_> {
+        RunContext {
+            args: a,
+            files: 4,
+            file_size: 64 << 20,
+            timestamp: "T".to_owned(),
+            nginx_version: "nginx/1.22.1".to_owned(),
+            revision: "abc".to_owned(),
+            kernel: "6.1".to_owned(),
+            threads: 1,
+            skipped: vec![],
         }
     }
 
@@ -715,14 +1494,7 @@ mod tests {
     #[test]
     fn ratios_are_per_round_then_median() {
         // Per-round req/CPU-s ratios: 1.0, 0.8, 0.9 (edgeplane uses 1.25 CPU-s in round 2).
-        let results = [
-            run_64k("edgeplane", 1, 100_000, 5.0),
-            run_64k("nginx", 1, 100_000, 5.0),
-            run_64k("nginx", 2, 100_000, 5.0),
-            run_64k("edgeplane", 2, 100_000, 6.25),
-            run_64k("edgeplane", 3, 90_000, 5.0),
-            run_64k("nginx", 3, 100_000, 5.0),
-        ];
+        let results = six();
         let r = ratios(&results);
         assert_eq!(r.len(), 1);
         let per_cpu = &r[0].req_per_cpu_s;
@@ -736,37 +1508,19 @@ mod tests {
         assert_eq!(groups.len(), 2);
         assert_eq!(groups[0].server, "edgeplane");
         assert_eq!(groups[0].rounds.len(), 3);
-        assert_eq!(groups[0].median(|m| m.cpu_s), 5.0);
-        assert_eq!(groups[0].median(Measurement::req_s), 10_000.0);
+        assert_eq!(groups[0].median(Measurement::cpu), 5.0);
+        assert_eq!(groups[0].median(Measurement::req_s), 1_000.0);
     }
 
     #[test]
-    fn report_shows_medians_and_ranges() {
-        let results = [
-            run_64k("edgeplane", 1, 100_000, 5.0),
-            run_64k("nginx", 1, 100_000, 5.0),
-            run_64k("nginx", 2, 100_000, 5.0),
-            run_64k("edgeplane", 2, 100_000, 6.25),
-            run_64k("edgeplane", 3, 90_000, 5.0),
-            run_64k("nginx", 3, 100_000, 5.0),
-        ];
+    fn report_table_ratios_and_baseline() {
+        let results = six();
         let a = args(3);
-        let ctx = RunContext {
-            args: &a,
-            files: 4,
-            timestamp: "T".to_owned(),
-            nginx_version: "nginx/1.22.1".to_owned(),
-            revision: "abc".to_owned(),
-            kernel: "6.1".to_owned(),
-        };
-        let md = report_markdown(&ctx, &results, &[]);
-        assert!(md.contains("| 64k | edgeplane | 10000 |"), "{md}");
-        assert!(
-            md.contains("| 64k | 1.00 (0.90–1.00) | 0.90 (0.80–1.00) |"),
-            "{md}"
-        );
+        let md = report_markdown(&ctx(&a), &results, &[], None, &[]);
+        assert!(md.contains("| 64k | edgeplane | 0.53 | 1000 |"), "{md}");
+        assert!(md.contains("Gbps 1.00 (0.90–1.00)"), "{md}");
         assert!(!md.contains("## Problems"), "{md}");
-        let json = report_json(&ctx, &results, &[]);
+        let json = report_json(&ctx(&a), &results, &[], None);
         assert_eq!(json["measurements"].as_array().unwrap().len(), 6);
         assert_eq!(json["results"][1]["server"], "nginx");
         assert_eq!(
@@ -776,6 +1530,122 @@ mod tests {
                 .len(),
             3
         );
+        // The same run as its own baseline: no change; a slower server: −50 % Gbps.
+        let baseline = Baseline {
+            dir: "B".into(),
+            results: json["results"].as_array().unwrap().clone(),
+        };
+        let g = &by_server(&results)[0];
+        assert_eq!(
+            deltas_text(&baseline, g),
+            "Gbps +0.0%, p99 +0.0%, CPU-s/GiB +0.0%, req/CPU-s +0.0%"
+        );
+        let d = baseline
+            .delta(
+                "64k",
+                "edgeplane",
+                "gbps",
+                g.median(Measurement::gbps) / 2.0,
+            )
+            .unwrap();
+        assert!((d + 0.5).abs() < 1e-9);
+        assert!(baseline.delta("1m", "edgeplane", "gbps", 1.0).is_none());
+        let md = report_markdown(&ctx(&a), &results, &[], Some(&baseline), &[]);
+        assert!(md.contains("Δ vs baseline |"), "{md}");
+    }
+
+    #[test]
+    fn errors_are_problems() {
+        let mut m = run_64k("edgeplane", 1, 100, 1.0);
+        m.report.errors_total = 3;
+        m.report.errors.insert("content".into(), 3.into());
+        assert_eq!(problems(&[m]), ["edgeplane 64k round 1: errors: 3 content"]);
+    }
+
+    /// The debug edgeplane next to this test binary (target/debug/deps/xtask-… →
+    /// target/debug/edgeplane), built first if `cargo test --workspace` did not.
+    fn debug_edgeplane() -> PathBuf {
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe.parent().unwrap().parent().unwrap().join("edgeplane");
+        if !bin.is_file() {
+            crate::util::run_checked(crate::util::cargo().args(["build", "-p", "edgeplane"]))
+                .unwrap();
+        }
+        assert!(bin.is_file(), "no {}", bin.display());
+        bin
+    }
+
+    /// End to end, 2 s per server: the 64k and https scenarios against edgeplane and nginx (if
+    /// installed), small files in a temporary directory; checks the report's shape, not numbers.
+    #[test]
+    fn smoke_two_seconds_end_to_end() {
+        if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+            eprintln!("skipping: the bench rig needs 2 CPUs");
+            return;
+        }
+        let with_nginx = find_program("nginx").is_ok();
+        if !with_nginx {
+            eprintln!("nginx not installed: edgeplane only");
+        }
+        let dir = std::env::temp_dir().join(format!("xtask-bench-smoke-{}", std::process::id()));
+        let setup = Setup {
+            catalog: CatalogSpec {
+                catalog: dir.join("catalog"),
+                bench_dir: dir.clone(),
+                files: 2,
+                file_size: 8 << 20,
+                wrk: false,
+            },
+            edgeplane: Some(debug_edgeplane()),
+        };
+        let mut a = args(1);
+        a.duration = 2;
+        a.warmup = 0;
+        a.connections = 8;
+        a.scenario = vec![ScenarioArg::K64, ScenarioArg::Https];
+        a.server = if with_nginx {
+            ServerArg::Both
+        } else {
+            ServerArg::Edgeplane
+        };
+        let outcome = run_with(&a, &setup).unwrap();
+        assert!(outcome.problems.is_empty(), "{:?}", outcome.problems);
+        let report: Value =
+            serde_json::from_str(&fs::read_to_string(outcome.run_dir.join("report.json")).unwrap())
+                .unwrap();
+        let servers = if with_nginx { 2 } else { 1 };
+        let results = report["results"].as_array().unwrap();
+        assert_eq!(results.len(), 2 * servers, "{report:#}");
+        for r in results {
+            assert!(r["gbps"].as_f64().unwrap() > 0.0, "{r}");
+            assert!(r["latency_p99_ms"].as_f64().unwrap() > 0.0, "{r}");
+            assert!(r["req_per_s"].as_f64().unwrap() > 0.0, "{r}");
+            assert_eq!(r["errors"], 0, "{r}");
+            assert!(r.get("cpu_s_per_gib").is_some(), "{r}");
+        }
+        let m = &report["measurements"][0];
+        assert_eq!(
+            m["load"]["validation"].as_str().unwrap().split(':').next(),
+            Some("full")
+        );
+        assert!(m["load"]["latency_cdf"].as_array().unwrap().len() > 10);
+        assert!(!m["load"]["timeseries"].as_array().unwrap().is_empty());
+        if with_nginx {
+            assert_eq!(
+                report["ratios_edgeplane_over_nginx"]
+                    .as_array()
+                    .unwrap()
+                    .len(),
+                2
+            );
+        }
+        let md = fs::read_to_string(outcome.run_dir.join("report.md")).unwrap();
+        assert!(md.contains("| 64k | edgeplane |"), "{md}");
+        for svg in ["latency-64k.svg", "throughput-64k.svg", "latency-https.svg"] {
+            let text = fs::read_to_string(outcome.run_dir.join(svg)).unwrap();
+            assert!(text.starts_with("<svg"), "{svg}");
+        }
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

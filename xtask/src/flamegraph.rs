@@ -109,10 +109,13 @@ pub(crate) fn run(args: &FlamegraphArgs) -> Result<()> {
     }
     let load = log_wrk_result(&wrk_cmd, &wrk_output, &wrk_log)?;
     eprintln!(
-        "wrk: {:.0} req/s, {:.2} GB/s over its {wrk_seconds} s, {} s of them recorded (perf \
-         costs CPU; use `cargo xtask bench` for numbers); errors: {} socket, {} status",
+        "wrk: {:.0} req/s, {:.2} GB/s, p50 {:.2} ms, p99 {:.2} ms over its {wrk_seconds} s, {} s \
+         of them recorded (perf costs CPU; use `cargo xtask bench` for numbers); errors: {} \
+         socket, {} status",
         load.req_s(),
         load.gb_s(),
+        load.p50_ms,
+        load.p99_ms,
         args.duration,
         load.errors.socket(),
         load.errors.status

@@ -2,11 +2,13 @@
 
 mod bench;
 mod bench_xdp;
+mod callgrind;
 mod catalog;
 mod ci;
 mod demo;
 mod flamegraph;
 mod server;
+mod svg;
 mod testbed;
 mod util;
 
@@ -27,7 +29,8 @@ enum Task {
     Ci,
     /// Build edgeplane, serve a small demo catalog and fetch from it with curl.
     Demo,
-    /// Compare edgeplane with nginx (sendfile) under wrk: throughput and server CPU per GiB.
+    /// Compare edgeplane with nginx under edgeplane-load: throughput, latency, server CPU per
+    /// GiB; or drive a remote appliance (--target); or count instructions (--callgrind).
     Bench(bench::BenchArgs),
     /// Profile edgeplane (or nginx) under the bench's load with perf; writes a flame graph SVG.
     Flamegraph(flamegraph::FlamegraphArgs),

@@ -103,23 +103,70 @@ pub(crate) struct Rig {
     pub(crate) run_dir: PathBuf,
     /// wrk -c, and what the server configs are sized for.
     pub(crate) connections: u32,
+    /// Servers also listen for HTTPS with this certificate (PEM files).
+    pub(crate) https: Option<HttpsFiles>,
+    /// A second, slow directory (the slowfs mount): edgeplane's `storage` tier, nginx's
+    /// fallback location.
+    pub(crate) cold: Option<PathBuf>,
+}
+
+#[derive(Clone)]
+pub(crate) struct HttpsFiles {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+}
+
+/// Where the catalog lives and what it holds.
+pub(crate) struct CatalogSpec {
+    pub(crate) bench_dir: PathBuf,
+    pub(crate) catalog: PathBuf,
+    pub(crate) files: u32,
+    pub(crate) file_size: u64,
+    /// Look for wrk (the flame graph drives the load with it; the bench does not).
+    pub(crate) wrk: bool,
+}
+
+impl CatalogSpec {
+    /// `target/bench/catalog`, 4 x 64 MiB.
+    pub(crate) fn standard(wrk: bool) -> CatalogSpec {
+        let bench_dir = target_dir().join("bench");
+        CatalogSpec {
+            catalog: bench_dir.join("catalog"),
+            bench_dir,
+            files: FILES,
+            file_size: FILE_SIZE,
+            wrk,
+        }
+    }
 }
 
 impl Rig {
     /// Finds wrk and taskset, writes (or keeps) the catalog under `target/bench/catalog` and
     /// warms it into the page cache, and makes `target/bench/<run_prefix><UTC timestamp>`.
     pub(crate) fn prepare(run_prefix: &str, connections: u32) -> Result<Rig> {
-        let wrk = find_program("wrk")?;
+        Rig::prepare_with(&CatalogSpec::standard(true), run_prefix, connections)
+    }
+
+    pub(crate) fn prepare_with(
+        spec: &CatalogSpec,
+        run_prefix: &str,
+        connections: u32,
+    ) -> Result<Rig> {
+        let wrk = if spec.wrk {
+            find_program("wrk")?
+        } else {
+            PathBuf::from("wrk")
+        };
         let taskset = find_program("taskset")?;
-        let bench_dir = target_dir().join("bench");
-        let catalog = bench_dir.join("catalog");
+        let catalog = spec.catalog.clone();
         header(&format!(
-            "bench catalog: {FILES} x {} MiB under {}",
-            FILE_SIZE >> 20,
+            "bench catalog: {} x {} MiB under {}",
+            spec.files,
+            spec.file_size >> 20,
             catalog.display()
         ));
-        let files = write_catalog(&catalog)?;
-        let run_dir = new_run_dir(&bench_dir, run_prefix)?;
+        let files = write_catalog(&catalog, "bench-", spec.files, spec.file_size)?;
+        let run_dir = new_run_dir(&spec.bench_dir, run_prefix)?;
         eprintln!("run directory: {}", run_dir.display());
         Ok(Rig {
             wrk,
@@ -128,6 +175,8 @@ impl Rig {
             files,
             run_dir,
             connections,
+            https: None,
+            cold: None,
         })
     }
 
@@ -145,7 +194,15 @@ impl Rig {
             "starting edgeplane (cores = 1, pinned to CPU {SERVER_CPU})"
         ));
         let config = self.run_dir.join("edgeplane.toml");
-        fs::write(&config, edgeplane_config(&self.catalog, self.connections))?;
+        let https_addr = match &self.https {
+            Some(_) => Some(free_port()?),
+            None => None,
+        };
+        let https = self.https.as_ref().zip(https_addr);
+        fs::write(
+            &config,
+            edgeplane_config(&self.catalog, self.connections, https, self.cold.as_deref()),
+        )?;
         let (server, ready) = start_edgeplane(
             bin,
             &config,
@@ -157,6 +214,7 @@ impl Rig {
             kind: ServerKind::Edgeplane,
             server,
             addr: ready.http,
+            https_addr,
         })
     }
 
@@ -168,11 +226,19 @@ impl Rig {
         let prefix = self.run_dir.join("nginx");
         fs::create_dir_all(prefix.join("tmp"))?;
         let addr = free_port()?;
+        let https_addr = match &self.https {
+            Some(_) => Some(free_port()?),
+            None => None,
+        };
         let conf = prefix.join("nginx.conf");
-        fs::write(
-            &conf,
-            nginx_config(&prefix, &self.catalog, addr, self.connections),
-        )?;
+        let mut text = nginx_config(&prefix, &self.catalog, addr, self.connections);
+        if let (Some(files), Some(tls_addr)) = (&self.https, https_addr) {
+            text = with_nginx_https(&text, files, tls_addr);
+        }
+        if let Some(cold) = &self.cold {
+            text = with_nginx_cold(&text, cold);
+        }
+        fs::write(&conf, text)?;
         let error_log = prefix.join("error.log");
         let mut cmd = Command::new(&self.taskset);
         cmd.arg("-c")
@@ -189,10 +255,14 @@ impl Rig {
             .wait_for_port(addr, READY_TIMEOUT)
             .with_context(|| format!("nginx did not come up; see {}", error_log.display()))?;
         eprintln!("nginx ready: http={addr}");
+        if let Some(tls_addr) = https_addr {
+            server.wait_for_port(tls_addr, READY_TIMEOUT)?;
+        }
         Ok(Target {
             kind: ServerKind::Nginx,
             server,
             addr,
+            https_addr,
         })
     }
 
@@ -226,6 +296,8 @@ pub(crate) struct Target {
     pub(crate) kind: ServerKind,
     pub(crate) server: Server,
     pub(crate) addr: SocketAddr,
+    /// The HTTPS listener, when the rig has a certificate.
+    pub(crate) https_addr: Option<SocketAddr>,
 }
 
 impl Target {
@@ -260,18 +332,23 @@ impl Target {
 
 /// Writes (or keeps) the bench files and reads them once so they start in the page cache.
 /// Returns (url path, size) per file.
-fn write_catalog(dir: &Path) -> Result<Vec<(String, u64)>> {
+pub(crate) fn write_catalog(
+    dir: &Path,
+    prefix: &str,
+    count: u32,
+    size: u64,
+) -> Result<Vec<(String, u64)>> {
     fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let mut files = Vec::new();
     let mut buf = vec![0u8; 1 << 20];
-    for i in 0..FILES {
-        let name = format!("bench-{i:02}.bin");
-        if ensure_object(dir, &name, FILE_SIZE)? {
+    for i in 0..count {
+        let name = format!("{prefix}{i:02}.bin");
+        if ensure_object(dir, &name, size)? {
             eprintln!("wrote {name}");
         }
         let mut file = File::open(dir.join(&name))?;
         while file.read(&mut buf)? > 0 {}
-        files.push((format!("/{name}"), FILE_SIZE));
+        files.push((format!("/{name}"), size));
     }
     Ok(files)
 }
@@ -294,10 +371,31 @@ fn new_run_dir(bench_dir: &Path, prefix: &str) -> Result<PathBuf> {
     unreachable!("an unused directory name exists")
 }
 
-fn edgeplane_config(catalog: &Path, connections: u32) -> String {
+pub(crate) fn edgeplane_config(
+    catalog: &Path,
+    connections: u32,
+    https: Option<(&HttpsFiles, SocketAddr)>,
+    cold: Option<&Path>,
+) -> String {
     let per_client = connections.saturating_add(64).max(256);
     let total = per_client.saturating_mul(2).max(10_000);
-    format!(
+    let mut extra = String::new();
+    if let Some((files, addr)) = https {
+        let _ = write!(
+            extra,
+            "\n[https]\nlisten = \"{addr}\"\ncert = {}\nkey = {}\n",
+            toml_string(&files.cert),
+            toml_string(&files.key)
+        );
+    }
+    if let Some(cold) = cold {
+        let _ = write!(
+            extra,
+            "\n[[tier]]\nname = \"slow\"\nkind = \"storage\"\npath = {}\n",
+            toml_string(cold)
+        );
+    }
+    let base = format!(
         "# Written by `cargo xtask bench`.\n\
          cores = 1\n\n\
          [http]\nlisten = \"127.0.0.1:0\"\n\n\
@@ -307,7 +405,48 @@ fn edgeplane_config(catalog: &Path, connections: u32) -> String {
          [signing]\nenabled = false\n\n\
          [[tier]]\nname = \"flash\"\nkind = \"flash\"\npath = {}\n",
         toml_string(catalog)
+    );
+    base + &extra
+}
+
+/// Adds an HTTPS server block (OpenSSL, same files) to an nginx config from [`nginx_config`].
+fn with_nginx_https(conf: &str, files: &HttpsFiles, addr: SocketAddr) -> String {
+    let block = format!(
+        "    server {{\n\
+         \x20       listen {addr} ssl;\n\
+         \x20       ssl_certificate {};\n\
+         \x20       ssl_certificate_key {};\n\
+         \x20       ssl_protocols TLSv1.2 TLSv1.3;\n\
+         \x20       ssl_session_cache shared:SSL:1m;\n\
+         \x20       root {};\n\
+         \x20       location / {{\n\
+         \x20       }}\n\
+         \x20   }}\n}}\n",
+        files.cert.display(),
+        files.key.display(),
+        root_of(conf),
+    );
+    let end = conf.trim_end().rfind('}').expect("http block");
+    format!("{}{block}", &conf[..end])
+}
+
+/// Makes every server block fall back to `cold` for files the catalog does not have.
+fn with_nginx_cold(conf: &str, cold: &Path) -> String {
+    conf.replace(
+        "        location / {\n        }\n",
+        &format!(
+            "        location / {{\n            try_files $uri @cold;\n        }}\n\
+             \x20       location @cold {{\n            root {};\n        }}\n",
+            cold.display()
+        ),
     )
+}
+
+fn root_of(conf: &str) -> String {
+    conf.lines()
+        .find_map(|l| l.trim().strip_prefix("root "))
+        .map(|r| r.trim_end_matches(';').to_owned())
+        .unwrap_or_default()
 }
 
 fn nginx_config(prefix: &Path, catalog: &Path, addr: SocketAddr, connections: u32) -> String {
@@ -477,26 +616,6 @@ impl WrkResult {
     }
 }
 
-/// Runs wrk and returns stdout and stderr together.
-pub(crate) fn run_wrk(cmd: &mut Command) -> Result<String> {
-    let output = cmd
-        .output()
-        .with_context(|| format!("could not run `{}`", display_command(cmd)))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    if !output.status.success() {
-        bail!(
-            "`{}` failed ({}):\n{text}",
-            display_command(cmd),
-            output.status
-        );
-    }
-    Ok(text)
-}
-
 /// Saves wrk's command line and output to `log` and parses its result.
 pub(crate) fn log_wrk_result(cmd: &Command, output: &str, log: &Path) -> Result<WrkResult> {
     fs::write(log, format!("$ {}\n{output}", display_command(cmd)))?;
@@ -607,6 +726,41 @@ mod tests {
         assert_eq!(r.duration_s, 1.0);
         assert_eq!(r.p99_ms, 0.9);
         assert!(WrkResult::parse("Running 1s test\n").is_err());
+    }
+
+    #[test]
+    fn nginx_https_and_cold() {
+        let conf = nginx_config(
+            Path::new("/p"),
+            Path::new("/cat"),
+            "127.0.0.1:8081".parse().unwrap(),
+            64,
+        );
+        let files = HttpsFiles {
+            cert: "/c.pem".into(),
+            key: "/k.pem".into(),
+        };
+        let conf = with_nginx_https(&conf, &files, "127.0.0.1:8443".parse().unwrap());
+        let conf = with_nginx_cold(&conf, Path::new("/slow"));
+        assert!(conf.contains("listen 127.0.0.1:8443 ssl;"), "{conf}");
+        assert!(conf.contains("ssl_certificate_key /k.pem;"), "{conf}");
+        assert_eq!(conf.matches("try_files $uri @cold;").count(), 2, "{conf}");
+        assert_eq!(conf.matches("root /cat;").count(), 2, "{conf}");
+        assert!(conf.trim_end().ends_with('}'));
+        assert_eq!(
+            conf.matches('{').count(),
+            conf.matches('}').count(),
+            "{conf}"
+        );
+        let ep = edgeplane_config(
+            Path::new("/cat"),
+            64,
+            Some((&files, "127.0.0.1:8443".parse().unwrap())),
+            Some(Path::new("/slow")),
+        );
+        assert!(ep.contains("[https]\nlisten = \"127.0.0.1:8443\""), "{ep}");
+        assert!(ep.contains("kind = \"storage\""), "{ep}");
+        assert!(ep.contains("[signing]\nenabled = false"), "{ep}");
     }
 
     #[test]

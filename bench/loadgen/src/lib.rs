@@ -1,0 +1,21 @@
+//! `edgeplane-load`: an HTTP/1.1 and HTTPS load generator for video edge servers.
+//!
+//! - closed loop (N connections, back-to-back requests) and open loop at a target rate, with
+//!   latency measured from each request's intended start (coordinated-omission corrected);
+//! - a video player model: viewers pick titles by Zipf popularity, fetch segments as byte
+//!   ranges, switch bitrate from measured throughput and their buffer;
+//! - every response checked: status, Content-Length, Content-Range and every body byte against
+//!   the catalog's content, a function of (object name, offset) ([`pattern`]).
+//!
+//! The pure parts (sampling, ABR, buffer, latency math, report math) are in their own modules
+//! with unit tests; [`run`] drives the sockets.
+
+pub mod http;
+pub mod pattern;
+pub mod player;
+pub mod run;
+pub mod stats;
+pub mod zipf;
+
+pub use run::{run, Config, Live, Object, PlayerConfig, RangeClass, Target, Validation, Workload};
+pub use stats::Report;
