@@ -6,7 +6,8 @@
 #   openssl                      the HTTPS tests: test certificates and `openssl s_client`
 #   nginx                        the bench's baseline (we run our own instances with our own
 #                                config; the distro service is stopped and disabled)
-#   wrk                          the bench's load generator
+#   wrk                          `cargo xtask flamegraph`'s load (the bench uses edgeplane-load)
+#   valgrind                     `cargo xtask bench --callgrind`: instructions per request
 #   linux-perf                   perf, for `cargo xtask flamegraph` (priority optional: not on a
 #                                fresh Debian install)
 #   fuse3, libfuse3-dev, pkg-config   fusermount3 and the headers the `fuser` crate builds against
@@ -15,6 +16,10 @@
 #   bird2 (bird, birdc)          the ISP router the BGP tests peer with (in a network namespace)
 #   gobgpd (gobgpd, gobgp)       a second BGP implementation the BGP tests peer with
 #   python3-venv                 a virtualenv for moto (below), when moto_server is missing
+#   tmux                         tests/top.rs drives `edgeplane top` in a tmux pane
+#   systemd (systemd-analyze), passwd (useradd)   tests/package.rs: the .deb
+#                                installed into a scratch root, its units verified
+#   cargo-deb (cargo install)    builds the .deb (`cargo xtask deb`, tests/package.rs); at the end
 # and, through rustup, the pinned nightly that builds the eBPF programs (see the end).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -28,7 +33,8 @@ fi
 
 # command-name:package pairs; a package is needed when its command is missing.
 commands=(curl:curl openssl:openssl nginx:nginx wrk:wrk valgrind:valgrind perf:linux-perf fusermount3:fuse3 pkg-config:pkg-config taskset:util-linux
-    ip:iproute2 nft:nftables ethtool:ethtool bird:bird2 gobgpd:gobgpd)
+    ip:iproute2 nft:nftables ethtool:ethtool bird:bird2 gobgpd:gobgpd
+    tmux:tmux systemd-analyze:systemd useradd:passwd)
 # packages without a command to probe.
 libraries=(libfuse3-dev)
 
@@ -140,4 +146,13 @@ else
     $SUDO python3 -m venv "$venv"
     $SUDO "$venv/bin/pip" install -q 'moto[server]'
     $SUDO ln -sf "$venv/bin/moto_server" /usr/local/bin/moto_server
+fi
+
+# The .deb (tests/package.rs, `cargo xtask deb`): cargo-deb, from crates.io, only when missing
+# (about 2 minutes to build on 2 cores).
+if cargo deb --version >/dev/null 2>&1; then
+    echo "setup: cargo-deb present"
+else
+    echo "setup: installing cargo-deb"
+    cargo install cargo-deb --locked --quiet
 fi

@@ -12,6 +12,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -167,10 +168,12 @@ impl AccessReload {
 /// whole on reload.
 #[derive(Debug)]
 pub struct Access {
-    signing: bool,
-    keys_file: PathBuf,
+    signing: AtomicBool,
+    keys_file: ArcSwap<PathBuf>,
     keys: ArcSwap<KeySet>,
-    prefixes_file: Option<PathBuf>,
+    /// Whether `prefixes_file` is set (checked on every accept, without a lock).
+    filtering: AtomicBool,
+    prefixes_file: ArcSwap<Option<PathBuf>>,
     prefixes: ArcSwap<PrefixSet>,
 }
 
@@ -178,13 +181,14 @@ impl Access {
     /// Loads the files `config` names (logging, never failing: see the module docs).
     pub fn new(config: &Config) -> Access {
         let access = Access {
-            signing: config.signing.enabled,
-            keys_file: config.signing.keys_file.clone(),
+            signing: AtomicBool::new(config.signing.enabled),
+            keys_file: ArcSwap::from_pointee(config.signing.keys_file.clone()),
             keys: ArcSwap::from_pointee(KeySet::default()),
-            prefixes_file: config.access.prefixes_file.clone(),
+            filtering: AtomicBool::new(config.access.prefixes_file.is_some()),
+            prefixes_file: ArcSwap::from_pointee(config.access.prefixes_file.clone()),
             prefixes: ArcSwap::from_pointee(PrefixSet::default()),
         };
-        if !access.signing {
+        if !access.signing() {
             tracing::warn!(
                 "signed URLs are off (signing.enabled = false): any client that can connect may fetch any object"
             );
@@ -193,16 +197,37 @@ impl Access {
         access
     }
 
+    /// Takes the signing switch, keys file and prefixes file from a reloaded config; the
+    /// caller then calls [`Access::reload`] to read the files.
+    pub fn reconfigure(&self, config: &Config) {
+        let was = self.signing();
+        self.signing
+            .store(config.signing.enabled, Ordering::Relaxed);
+        if was && !config.signing.enabled {
+            tracing::warn!(
+                "signed URLs turned off by reload (signing.enabled = false): any client that can connect may fetch any object"
+            );
+        }
+        self.keys_file
+            .store(Arc::new(config.signing.keys_file.clone()));
+        self.prefixes_file
+            .store(Arc::new(config.access.prefixes_file.clone()));
+        self.filtering
+            .store(config.access.prefixes_file.is_some(), Ordering::Relaxed);
+    }
+
     /// Re-reads the keys and prefixes files. A file that cannot be used leaves an empty set in
     /// place (everything refused), with an error line naming it.
     pub fn reload(&self) -> AccessReload {
-        let keys = self.signing.then(|| match load_keys_file(&self.keys_file) {
+        let keys_file = self.keys_file.load_full();
+        let keys_file = &*keys_file;
+        let keys = self.signing().then(|| match load_keys_file(keys_file) {
             Ok(set) => {
                 let n = set.keys.len();
                 if n == 0 {
-                    tracing::warn!(path = %self.keys_file.display(), "signing keys file holds no keys: every object request is refused with 403");
+                    tracing::warn!(path = %keys_file.display(), "signing keys file holds no keys: every object request is refused with 403");
                 } else {
-                    tracing::info!(path = %self.keys_file.display(), keys = n, "signing keys loaded");
+                    tracing::info!(path = %keys_file.display(), keys = n, "signing keys loaded");
                 }
                 self.keys.store(Arc::new(set));
                 Ok(n)
@@ -213,7 +238,8 @@ impl Access {
                 Err(e)
             }
         });
-        let prefixes = self.prefixes_file.as_ref().map(|path| match load_prefixes_file(path) {
+        let prefixes_file = self.prefixes_file.load_full();
+        let prefixes = prefixes_file.as_ref().as_ref().map(|path| match load_prefixes_file(path) {
             Ok(list) => {
                 let set = PrefixSet::new(&list);
                 tracing::info!(path = %path.display(), prefixes = set.len(), "served prefixes loaded");
@@ -231,7 +257,7 @@ impl Access {
 
     /// Whether a connection from `peer` may be served.
     pub fn allows(&self, peer: IpAddr) -> bool {
-        self.prefixes_file.is_none() || self.prefixes.load().contains(peer)
+        !self.filtering.load(Ordering::Relaxed) || self.prefixes.load().contains(peer)
     }
 
     /// Checks a request's signature (`Ok` when signing is off).
@@ -242,7 +268,7 @@ impl Access {
         peer: IpAddr,
         now: u64,
     ) -> Result<(), Reject> {
-        if !self.signing {
+        if !self.signing() {
             return Ok(());
         }
         self.keys.load().verify(object, query, peer, now)
@@ -250,7 +276,7 @@ impl Access {
 
     /// Whether signed URLs are checked.
     pub fn signing(&self) -> bool {
-        self.signing
+        self.signing.load(Ordering::Relaxed)
     }
 
     /// Signing keys loaded now.
@@ -260,9 +286,9 @@ impl Access {
 
     /// Served prefixes loaded now; `None` without `access.prefixes_file`.
     pub fn prefixes_loaded(&self) -> Option<usize> {
-        self.prefixes_file
-            .as_ref()
-            .map(|_| self.prefixes.load().len())
+        self.filtering
+            .load(Ordering::Relaxed)
+            .then(|| self.prefixes.load().len())
     }
 }
 

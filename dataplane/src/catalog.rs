@@ -166,7 +166,7 @@ fn scan_tier(
 #[derive(Debug)]
 pub struct SharedCatalog {
     current: ArcSwap<Catalog>,
-    tiers: Vec<TierConfig>,
+    tiers: ArcSwap<Vec<TierConfig>>,
     next_generation: AtomicU64,
 }
 
@@ -176,7 +176,7 @@ impl SharedCatalog {
         let first = Catalog::scan(&tiers, 1);
         SharedCatalog {
             current: ArcSwap::from_pointee(first),
-            tiers,
+            tiers: ArcSwap::from_pointee(tiers),
             next_generation: AtomicU64::new(2),
         }
     }
@@ -191,10 +191,15 @@ impl SharedCatalog {
         self.current.load_full()
     }
 
+    /// Replaces the tier list (a reloaded config); the next [`SharedCatalog::reload`] scans it.
+    pub fn set_tiers(&self, tiers: Vec<TierConfig>) {
+        self.tiers.store(Arc::new(tiers));
+    }
+
     /// Rescans every tier and swaps the result in. In-flight responses keep their open files.
     pub fn reload(&self) -> Arc<Catalog> {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let next = Arc::new(Catalog::scan(&self.tiers, generation));
+        let next = Arc::new(Catalog::scan(&self.tiers.load(), generation));
         self.current.store(next.clone());
         tracing::info!(generation, objects = next.len(), "catalog reloaded");
         next

@@ -80,6 +80,21 @@ pub struct Config {
     /// `edgeplane serve` ignores it. See docs/agent.md.
     #[serde(default)]
     pub agent: Option<edgeplane_control::agent::AgentConfig>,
+    /// Who `edgeplane serve` runs as once it has bound its sockets and loaded its programs.
+    #[serde(default)]
+    pub process: ProcessConfig,
+}
+
+/// `[process]`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessConfig {
+    /// User to switch to after start-up (when started as root); absent: stay as started.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Group to switch to; absent: the user's primary group.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 /// `[signing]`
@@ -626,6 +641,31 @@ impl Config {
                     "must name a file (leave it out to let every client connect)",
                 ));
             }
+        }
+        for (key, name) in [
+            ("process.user", &self.process.user),
+            ("process.group", &self.process.group),
+        ] {
+            if let Some(name) = name {
+                let valid = !name.is_empty()
+                    && name.len() <= 32
+                    && !name.starts_with('-')
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+                if !valid {
+                    return Err(ConfigError::new(
+                        key,
+                        format!("{name:?} is not a user or group name"),
+                    ));
+                }
+            }
+        }
+        if self.process.group.is_some() && self.process.user.is_none() {
+            return Err(ConfigError::new(
+                "process.group",
+                "needs process.user (the process switches user and group together)",
+            ));
         }
         if self.tiers.is_empty() {
             return Err(ConfigError::new(

@@ -20,4 +20,5 @@ pub mod http;
 pub mod metrics;
 pub mod runtime;
 pub mod tls;
+pub mod top;
 pub mod xdp;

@@ -57,6 +57,22 @@ enum Command {
         #[command(subcommand)]
         command: BgpCommand,
     },
+    /// Drain a running data plane for maintenance: it stops accepting, finishes in-flight
+    /// responses within limits.shutdown_grace_ms and exits 0. Waits until it has exited.
+    Drain {
+        /// The config file (its `admin.listen` is where the data plane answers).
+        #[arg(long, short, default_value = "/etc/edgeplane/edgeplane.toml")]
+        config: PathBuf,
+        /// The admin address (HOST:PORT), instead of `admin.listen` from the config.
+        #[arg(long)]
+        admin: Option<String>,
+        /// Return once the drain has started instead of waiting for the exit.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// A live view of this appliance for an operator on the box: traffic, connections, tiers,
+    /// prefixes, errors, fill. `q` quits.
+    Top(edgeplane::top::TopArgs),
     /// Check a config file and exit (0 when valid).
     CheckConfig {
         /// The config file.
@@ -82,12 +98,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Command::Serve { config } => {
-            let config = match edgeplane::config::Config::load(&config) {
+        Command::Serve { config: path } => {
+            let config = match edgeplane::config::Config::load(&path) {
                 Ok(c) => c,
                 Err(e) => return fail(2, &e),
             };
-            match edgeplane::runtime::serve(config) {
+            let path = std::path::absolute(&path).unwrap_or(path);
+            match edgeplane::runtime::serve(config, Some(path)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(1, &e),
             }
@@ -144,6 +161,18 @@ fn main() -> ExitCode {
                 print!("{table}");
                 ExitCode::SUCCESS
             }
+            Err(e) => fail(1, &e),
+        },
+        Command::Drain {
+            config,
+            admin,
+            no_wait,
+        } => match drain(&config, admin, no_wait) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(1, &e),
+        },
+        Command::Top(args) => match edgeplane::top::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(1, &e),
         },
         Command::CheckConfig { config } => match edgeplane::config::Config::load(&config) {
@@ -241,6 +270,52 @@ fn bgp_status(config: &std::path::Path, agent: Option<String>) -> Result<String,
             Ok(edgeplane_bgp::render_status(&peers))
         }
     }
+}
+
+/// `edgeplane drain`: `POST /drain` on the admin listener, then wait for the process to go.
+fn drain(config: &std::path::Path, admin: Option<String>, no_wait: bool) -> Result<(), String> {
+    let (admin, grace_ms) = match admin {
+        Some(a) => (a, None),
+        None => {
+            let c = edgeplane::config::Config::load(config).map_err(|e| e.to_string())?;
+            (c.admin.listen.to_string(), Some(c.limits.shutdown_grace_ms))
+        }
+    };
+    let url = format!("http://{admin}/drain");
+    let answer = ureq::post(&url)
+        .timeout(std::time::Duration::from_secs(5))
+        .call()
+        .map_err(|e| {
+            format!("asking the data plane at {url}: {e} (is `edgeplane serve` running?)")
+        })?
+        .into_string()
+        .map_err(|e| format!("{url}: {e}"))?;
+    print!("{answer}");
+    if no_wait {
+        return Ok(());
+    }
+    // The admin listener answers until the process exits.
+    let limit = std::time::Duration::from_millis(grace_ms.unwrap_or(10_000) + 30_000);
+    let start = std::time::Instant::now();
+    let addr: std::net::SocketAddr = admin
+        .parse()
+        .map_err(|e| format!("{admin}: not an address: {e}"))?;
+    while start.elapsed() < limit {
+        if std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500))
+            .is_err()
+        {
+            println!(
+                "edgeplane: drained: the data plane at {admin} has exited ({:.1} s)",
+                start.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Err(format!(
+        "the data plane at {admin} is still running {} s after the drain began",
+        limit.as_secs()
+    ))
 }
 
 /// One line on stderr, no backtrace, and a non-zero exit code.

@@ -342,6 +342,8 @@ pub struct Metrics {
     tls_mode: AtomicU8,
     /// Certificate reloads: `[ok, failed]` (process-wide: reloads are rare and off the cores).
     cert_reloads: [AtomicU64; 2],
+    config_reloads: [AtomicU64; 2],
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Metrics {
@@ -352,6 +354,8 @@ impl Metrics {
             started: std::time::SystemTime::now(),
             tls_mode: AtomicU8::new(0),
             cert_reloads: Default::default(),
+            config_reloads: Default::default(),
+            draining: Default::default(),
         }
     }
 
@@ -363,6 +367,16 @@ impl Metrics {
     /// A certificate reload succeeded (`true`) or kept the previous certificates (`false`).
     pub fn cert_reload(&self, ok: bool) {
         self.cert_reloads[usize::from(!ok)].fetch_add(1, Relaxed);
+    }
+
+    /// A config file reload was applied (`true`) or refused, keeping the running config.
+    pub fn config_reload(&self, ok: bool) {
+        self.config_reloads[usize::from(!ok)].fetch_add(1, Relaxed);
+    }
+
+    /// The process stopped accepting and is finishing in-flight responses before it exits.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Relaxed);
     }
 
     /// The counters of executor `i`.
@@ -682,6 +696,34 @@ fn render_tls(out: &mut String, metrics: &Metrics) {
             metrics.cert_reloads[i].load(Relaxed)
         );
     }
+}
+
+/// Appends the process's life-cycle state (config reloads, drain) to `out`.
+pub fn render_lifecycle(out: &mut String, metrics: &Metrics) {
+    header(
+        out,
+        "edgeplane_config_reloads_total",
+        "counter",
+        "Config file reloads (SIGHUP, POST /reload); failed ones keep the running config.",
+    );
+    for (i, result) in ["ok", "failed"].iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "edgeplane_config_reloads_total{{result=\"{result}\"}} {}",
+            metrics.config_reloads[i].load(Relaxed)
+        );
+    }
+    header(
+        out,
+        "edgeplane_draining",
+        "gauge",
+        "1 while the process drains (SIGTERM, edgeplane drain): no new connections, in-flight responses finishing.",
+    );
+    let _ = writeln!(
+        out,
+        "edgeplane_draining {}",
+        u8::from(metrics.draining.load(Relaxed))
+    );
 }
 
 /// Appends the signing and served-prefix state to `out`.

@@ -237,7 +237,7 @@ fn read_pem_file(path: &Path) -> Result<Vec<u8>, String> {
 /// files without touching connections already established (they keep what they negotiated).
 #[derive(Debug)]
 pub struct CertResolver {
-    config: HttpsConfig,
+    config: ArcSwap<HttpsConfig>,
     current: ArcSwap<Certificates>,
 }
 
@@ -246,16 +246,22 @@ impl CertResolver {
     pub fn new(config: HttpsConfig) -> Result<CertResolver, ConfigError> {
         let certs = Certificates::load(&config)?;
         Ok(CertResolver {
-            config,
+            config: ArcSwap::from_pointee(config),
             current: ArcSwap::from_pointee(certs),
         })
     }
 
     /// Re-reads every certificate and key. On any error the previous ones stay in use.
     pub fn reload(&self) -> Result<(), ConfigError> {
-        let certs = Certificates::load(&self.config)?;
+        let certs = Certificates::load(&self.config.load())?;
         self.current.store(Arc::new(certs));
         Ok(())
+    }
+
+    /// Takes the certificate paths and SNI entries of a reloaded config; the next
+    /// [`CertResolver::reload`] reads them.
+    pub fn reconfigure(&self, config: HttpsConfig) {
+        self.config.store(Arc::new(config));
     }
 }
 

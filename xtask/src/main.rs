@@ -1,10 +1,11 @@
-//! Developer tasks for edgeplane: `cargo xtask ci | demo | bench | bench-xdp | flamegraph`.
+//! Developer tasks for edgeplane: `cargo xtask ci | demo | deb | bench | bench-xdp | flamegraph`.
 
 mod bench;
 mod bench_xdp;
 mod callgrind;
 mod catalog;
 mod ci;
+mod deb;
 mod demo;
 mod flamegraph;
 mod server;
@@ -34,6 +35,8 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Profile edgeplane (or nginx) under the bench's load with perf; writes a flame graph SVG.
     Flamegraph(flamegraph::FlamegraphArgs),
+    /// Build the Debian package (release build, cargo-deb) into target/debian/.
+    Deb,
     /// XDP filter: ns per packet by prefix count, veth drop rate against nftables (root).
     BenchXdp(bench_xdp::BenchXdpArgs),
 }
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Ci => ci::run(),
         Task::Demo => demo::run(),
+        Task::Deb => deb::run(),
         Task::Bench(args) => bench::run(&args),
         Task::Flamegraph(args) => flamegraph::run(&args),
         Task::BenchXdp(args) => bench_xdp::run(&args),

@@ -1,4 +1,5 @@
-//! The admin listener: `GET /metrics`, `GET /healthz`, `GET /catalog`, `POST /reload`.
+//! The admin listener: `GET /metrics`, `GET /healthz`, `GET /catalog`, `POST /reload`,
+//! `POST /drain`.
 //!
 //! One plain thread, off the serving cores, one request per connection. It reads the per-core
 //! counters (summing on scrape) and may swap the catalog; it never touches a client connection.
@@ -60,6 +61,7 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         ("GET", "/metrics") => {
             let mut body = metrics::render(&shared.metrics, &shared.catalog.load());
             metrics::render_access(&mut body, &shared.access);
+            metrics::render_lifecycle(&mut body, &shared.metrics);
             if let Some(xdp) = &shared.xdp {
                 metrics::render_xdp(&mut body, &xdp.snapshot());
             }
@@ -101,12 +103,28 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         }
         ("POST", "/reload") => {
             let reloaded = shared.reload();
-            let mut body = format!(
+            let mut body = String::new();
+            let mut ok = reloaded.access.ok();
+            match &reloaded.config {
+                None => {}
+                Some(Ok(restart)) => {
+                    body.push_str("config: reloaded\n");
+                    for line in restart {
+                        body.push_str(&format!("config: {line}\n"));
+                    }
+                }
+                Some(Err(e)) => {
+                    ok = false;
+                    body.push_str(&format!(
+                        "config: NOT reloaded, the running config stays in effect: {e}\n"
+                    ));
+                }
+            }
+            body.push_str(&format!(
                 "reloaded: generation {} with {} objects\n",
                 reloaded.catalog.generation,
                 reloaded.catalog.len()
-            );
-            let mut ok = reloaded.access.ok();
+            ));
             match &reloaded.access.keys {
                 None => {}
                 Some(Ok(n)) => body.push_str(&format!("signing keys: {n} loaded\n")),
@@ -138,7 +156,20 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             };
             respond(&mut stream, status, "text/plain", &body)
         }
-        (_, "/metrics" | "/healthz" | "/reload" | "/catalog") => respond(
+        ("POST", "/drain") => {
+            let grace = shared.config.load().limits.shutdown_grace_ms;
+            let body = format!(
+                "draining: no new connections; in-flight responses have up to {grace} ms \
+                 (limits.shutdown_grace_ms), then the process exits\n"
+            );
+            let sent = respond(&mut stream, "202 Accepted", "text/plain", &body);
+            tracing::info!("drain asked for on the admin listener");
+            // The same path as SIGTERM: the main thread drains and exits 0.
+            // SAFETY: kill(2) on our own pid with a signal the process handles.
+            unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+            sent
+        }
+        (_, "/metrics" | "/healthz" | "/reload" | "/catalog" | "/drain") => respond(
             &mut stream,
             "405 Method Not Allowed",
             "text/plain",

@@ -82,7 +82,7 @@ pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, peer: IpAddr) {
     if sys::set_nonblocking(fd).is_err() {
         return;
     }
-    let _ = stream.set_write_timeout(Some(core.config.limits.send_timeout()));
+    let _ = stream.set_write_timeout(Some(core.config().limits.send_timeout()));
     let deadline = core.register_deadline(fd);
     serve_transport(core, Plain { stream, fd }, deadline, peer).await;
 }
@@ -96,7 +96,7 @@ pub(crate) async fn serve_transport<T: Transport>(
     peer: IpAddr,
 ) {
     let mut rx = ReadBuf {
-        buf: vec![0; core.config.limits.max_header_bytes],
+        buf: vec![0; core.config().limits.max_header_bytes],
         start: 0,
         end: 0,
     };
@@ -162,7 +162,7 @@ impl<T: Transport> Io<T> {
     /// Reads and answers requests until the connection ends. Each head is parsed once: a
     /// partial parse only leads to another read.
     async fn run(&mut self, rx: &mut ReadBuf) -> Result<(), End> {
-        let limits = self.core.request_limits;
+        let limits = self.core.request_limits();
         let mut need_read = true;
         let mut first_byte_at: Option<Instant> = None;
         loop {
@@ -209,12 +209,18 @@ impl<T: Transport> Io<T> {
             rx.start = 0;
         }
         let now = Instant::now();
-        let limits = &self.core.config.limits;
+        let (idle_timeout, header_read_timeout) = {
+            let config = self.core.config();
+            (
+                config.limits.idle_timeout(),
+                config.limits.header_read_timeout(),
+            )
+        };
         let (deadline, which) = if rx.start == rx.end {
-            (now + limits.idle_timeout(), Timeout::Idle)
+            (now + idle_timeout, Timeout::Idle)
         } else {
             let first = *first_byte_at.get_or_insert(now);
-            (first + limits.header_read_timeout(), Timeout::Header)
+            (first + header_read_timeout, Timeout::Header)
         };
         if deadline <= now {
             return self.timed_out(which).await;
@@ -271,14 +277,14 @@ impl<T: Transport> Io<T> {
         let core = self.core.clone();
         let _busy = Busy::new(&core.busy);
         self.served += 1;
-        let max_requests = core.config.limits.max_requests_per_connection;
+        let max_requests = core.config().limits.max_requests_per_connection;
         let keep_alive = req.keep_alive
             && !core.stopping.get()
             && (max_requests == 0 || self.served < max_requests);
         let date = core.date();
         let ctx = HeadContext {
             date: &date,
-            cors: core.config.http.cors && req.has_origin,
+            cors: core.config().http.cors && req.has_origin,
             keep_alive,
             http10: req.http10,
         };

@@ -22,11 +22,17 @@ use crate::metrics::{CoreMetrics, LocalLatency, Metrics, Rejection, Timeout};
 /// What every executor shares with the others and with the admin thread.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) config: Arc<Config>,
+    /// The config in effect; SIGHUP and `POST /reload` swap in the live part of a new file.
+    pub(crate) config: arc_swap::ArcSwap<Config>,
+    /// The file it came from (`None`: nothing to re-read).
+    pub(crate) config_path: Option<std::path::PathBuf>,
+    /// Per-tier counters have room for this many tiers (tiers added by a reload must fit).
+    pub(crate) tier_capacity: usize,
     pub(crate) catalog: Arc<SharedCatalog>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) limits: Arc<ConnLimits>,
-    /// Set once on SIGTERM/SIGINT: stop accepting, finish in-flight responses, exit.
+    /// Set once on SIGTERM/SIGINT (and `POST /drain`): stop accepting, finish in-flight
+    /// responses, exit.
     pub(crate) stop: AtomicBool,
     /// The HTTPS listener's TLS setup, when `[https]` is configured.
     pub(crate) https: Option<Https>,
@@ -36,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) access: Arc<crate::access::Access>,
     /// Wakes the tier watcher when serving hits an I/O error.
     pub(crate) tier_watch: super::tiers::TierWatch,
+    /// SIGHUP and `POST /reload` may race; reloads run one at a time.
+    pub(crate) reload_lock: Mutex<()>,
 }
 
 /// What every executor's HTTPS listener hands its handshakes.
@@ -49,6 +57,9 @@ pub(crate) struct Https {
 
 /// What a reload did.
 pub(crate) struct Reloaded {
+    /// `None` without a config file; else the keys waiting for a restart, or why the new file
+    /// was not applied (the running config stays).
+    pub(crate) config: Option<Result<Vec<String>, ConfigError>>,
     pub(crate) catalog: Arc<Catalog>,
     /// Signing keys and served prefixes.
     pub(crate) access: crate::access::AccessReload,
@@ -58,9 +69,15 @@ pub(crate) struct Reloaded {
 }
 
 impl Shared {
-    /// SIGHUP and `POST /reload`: rescan the tiers and re-read the TLS certificates. New
-    /// handshakes use the new certificates; open connections keep what they negotiated.
+    /// SIGHUP and `POST /reload`: re-read the config file (applying what can change live),
+    /// the signing keys and prefixes files, rescan the tiers and re-read the TLS certificates.
+    /// New handshakes use the new certificates; open connections keep what they negotiated.
     pub(crate) fn reload(&self) -> Reloaded {
+        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let config = self
+            .config_path
+            .as_ref()
+            .map(|path| self.reload_config(path));
         let access = self.access.reload();
         let catalog = self.catalog.reload();
         let certificates = self.https.as_ref().map(|https| {
@@ -75,10 +92,39 @@ impl Shared {
             result
         });
         Reloaded {
+            config,
             catalog,
             access,
             certificates,
         }
+    }
+
+    /// Loads the config file and swaps in its live part; the caller rescans and re-reads the
+    /// files it names.
+    fn reload_config(&self, path: &std::path::Path) -> Result<Vec<String>, ConfigError> {
+        let new = match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("config not reloaded, the running config stays in effect: {e}");
+                self.metrics.config_reload(false);
+                return Err(e);
+            }
+        };
+        let old = self.config.load_full();
+        let plan = super::reload::plan(&old, new, self.tier_capacity);
+        for line in &plan.restart {
+            tracing::warn!("{line}");
+        }
+        let new = plan.config;
+        if let (Some(https), Some(h)) = (&self.https, &new.https) {
+            https.resolver.reconfigure(h.clone());
+        }
+        self.access.reconfigure(&new);
+        self.catalog.set_tiers(new.tiers.clone());
+        self.config.store(Arc::new(new));
+        self.metrics.config_reload(true);
+        tracing::info!(path = %path.display(), "config reloaded");
+        Ok(plan.restart)
     }
 }
 
@@ -149,9 +195,7 @@ impl Drop for ConnGuard {
 /// One executor's state.
 pub(crate) struct Core {
     pub(crate) index: usize,
-    pub(crate) config: Arc<Config>,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) request_limits: request::Limits,
     pub(crate) latency: RefCell<LocalLatency>,
     /// Responses in flight on this core.
     pub(crate) busy: Cell<usize>,
@@ -220,15 +264,9 @@ struct FileCache {
 
 impl Core {
     fn new(index: usize, shared: Arc<Shared>) -> Core {
-        let config = shared.config.clone();
-        let l = &config.limits;
+        let config = shared.config.load_full();
         Core {
             index,
-            request_limits: request::Limits {
-                max_header_bytes: l.max_header_bytes,
-                max_headers: l.max_headers,
-                max_uri_bytes: l.max_uri_bytes,
-            },
             latency: RefCell::default(),
             busy: Cell::new(0),
             stopping: Cell::new(false),
@@ -240,8 +278,22 @@ impl Core {
             date: Cell::new((0, [b' '; 29])),
             epoch: Instant::now(),
             deadlines: RefCell::new(slab::Slab::new()),
-            config,
             shared,
+        }
+    }
+
+    /// The config in effect (a reload may swap it between two calls).
+    pub(crate) fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.shared.config.load()
+    }
+
+    /// Request-head limits from the config in effect.
+    pub(crate) fn request_limits(&self) -> request::Limits {
+        let l = &self.config().limits;
+        request::Limits {
+            max_header_bytes: l.max_header_bytes,
+            max_headers: l.max_headers,
+            max_uri_bytes: l.max_uri_bytes,
         }
     }
 
@@ -309,7 +361,7 @@ impl Core {
                 entry.tier,
             )
         };
-        let opened = if kind == TierKind::Storage && self.config.io.residency_check {
+        let opened = if kind == TierKind::Storage && self.config().io.residency_check {
             let id = id.to_owned();
             glommio::executor()
                 .spawn_blocking(move || OpenObject::open(&id, &entry, generation))
@@ -416,7 +468,8 @@ impl Core {
 
     /// How often the sweeper runs: a quarter of the shortest read timeout, 10 ms to 1 s.
     fn sweep_interval(&self) -> Duration {
-        let l = &self.config.limits;
+        let config = self.config();
+        let l = &config.limits;
         (l.header_read_timeout().min(l.idle_timeout()) / 4)
             .clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
@@ -438,7 +491,7 @@ impl Core {
         start: u64,
         len: u64,
     ) -> io::Result<()> {
-        if self.config.io.residency_check && !self.known_resident(obj, start, len) {
+        if self.config().io.residency_check && !self.known_resident(obj, start, len) {
             self.read_in(obj, start, len).await?;
         }
         Ok(())
@@ -524,7 +577,7 @@ pub(crate) async fn run(
     core.stopping.set(true);
     drop(listener);
     drop(tls_listener);
-    let deadline = Instant::now() + shared.config.limits.shutdown_grace();
+    let deadline = Instant::now() + shared.config.load().limits.shutdown_grace();
     while core.busy.get() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }

@@ -11,6 +11,8 @@ mod core;
 // with the `tls` module to be tested on (see the module docs).
 #[allow(dead_code)]
 mod ktls;
+mod privileges;
+mod reload;
 mod server;
 mod sys;
 mod tiers;

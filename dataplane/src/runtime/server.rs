@@ -76,6 +76,9 @@ pub enum ServeError {
     /// rustls refused the TLS configuration.
     #[error("cannot set up TLS: {0}")]
     Tls(rustls::Error),
+    /// `[process] user`/`group` could not be resolved or switched to.
+    #[error("{0}")]
+    Process(String),
     /// The XDP filter could not start and `xdp.required = true`.
     #[error("xdp: {0} (xdp.required = true)")]
     Xdp(crate::xdp::XdpError),
@@ -119,9 +122,12 @@ pub fn io_memory_per_core(config: &Config, memlock: u64) -> Result<usize, ServeE
     Ok(wanted as usize)
 }
 
-/// Runs the data plane until SIGTERM/SIGINT. Returns when every executor has drained.
-pub fn serve(config: Config) -> Result<(), ServeError> {
+/// Runs the data plane until SIGTERM/SIGINT (or `POST /drain`). Returns when every executor
+/// has drained. `config_path`: the file SIGHUP and `POST /reload` re-read.
+pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> Result<(), ServeError> {
     let config = Arc::new(config);
+    let drop_to = super::privileges::resolve(&config.process)
+        .map_err(|e| ServeError::Process(e.to_string()))?;
     let io_memory = io_memory_per_core(&config, sys::memlock_limit())?;
     let catalog = Arc::new(SharedCatalog::new(config.tiers.clone()));
     {
@@ -130,7 +136,9 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             tracing::info!(tier = %tier.name, kind = tier.kind.as_str(), objects = state.objects, bytes = state.bytes, "tier scanned");
         }
     }
-    let metrics = Arc::new(Metrics::new(config.cores, config.tiers.len()));
+    // Room for tiers a reload adds.
+    let tier_capacity = config.tiers.len().max(16);
+    let metrics = Arc::new(Metrics::new(config.cores, tier_capacity));
     let https = match &config.https {
         Some(https) => {
             let resolver = Arc::new(
@@ -165,7 +173,9 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     // Detaches on every way out of this function, the error paths included.
     let _xdp_guard = XdpGuard(xdp.clone());
     let shared = Arc::new(Shared {
-        config: config.clone(),
+        config: arc_swap::ArcSwap::new(config.clone()),
+        config_path,
+        tier_capacity,
         catalog: catalog.clone(),
         metrics: metrics.clone(),
         limits: Arc::new(ConnLimits::new(
@@ -177,6 +187,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         xdp,
         access: Arc::new(crate::access::Access::new(&config)),
         tier_watch: Default::default(),
+        reload_lock: Default::default(),
     });
     super::tiers::start(shared.clone()).map_err(ServeError::Signals)?;
 
@@ -236,6 +247,8 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     let mut exited = 0;
     let mut stopping = false;
     let mut reservation = Some((reservation, https_reservation));
+    // Set when this process turned the XDP drain switch on, so it turns it off at exit.
+    let mut xdp_drain_set = false;
     while let Ok(event) = rx.recv() {
         match event {
             Event::Ready => {
@@ -251,6 +264,12 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
                         shared.clone(),
                     )
                     .map_err(ServeError::Signals)?;
+                    if let Some(target) = drop_to {
+                        if let Err(e) = drop_privileges(&config, target, shared.xdp.is_some()) {
+                            shared.stop.store(true, Ordering::Relaxed);
+                            return Err(e);
+                        }
+                    }
                     let https = https_addr
                         .map(|a| format!(" https={a}"))
                         .unwrap_or_default();
@@ -294,16 +313,52 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             Event::Signal(_) => {
                 if !stopping {
                     tracing::info!(
+                        grace_ms = shared.config.load().limits.shutdown_grace_ms,
                         "shutting down: no new connections, finishing in-flight responses"
                     );
                     stopping = true;
+                    shared.metrics.set_draining();
                     shared.stop.store(true, Ordering::Relaxed);
+                    if let Some(x) = &shared.xdp {
+                        match x.set_drain(true) {
+                            Ok(was_on) => xdp_drain_set = !was_on,
+                            Err(e) => tracing::warn!("xdp: cannot set the drain switch: {e}"),
+                        }
+                    }
                 }
+            }
+        }
+    }
+    if xdp_drain_set {
+        if let Some(x) = &shared.xdp {
+            // The pinned switch outlives this process: leave it as it was found.
+            if let Err(e) = x.set_drain(false) {
+                tracing::warn!("xdp: cannot clear the drain switch: {e}");
             }
         }
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `[process] user`: hand the XDP pins to the user, then switch to it.
+fn drop_privileges(
+    config: &Config,
+    target: super::privileges::Target,
+    xdp: bool,
+) -> Result<(), ServeError> {
+    if let Some(x) = &config.xdp {
+        if x.pin_dir.is_dir() {
+            super::privileges::chown_tree(&x.pin_dir, target).map_err(|e| {
+                ServeError::Process(format!(
+                    "xdp.pin_dir: cannot give {} to process.user: {e}",
+                    x.pin_dir.display()
+                ))
+            })?;
+        }
+    }
+    super::privileges::drop_to(target, xdp)
+        .map_err(|e| ServeError::Process(format!("process.user: cannot switch user: {e}")))
 }
 
 /// Starts the XDP filter; without `xdp.required`, a failure is one error line and serving goes

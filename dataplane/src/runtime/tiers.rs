@@ -55,7 +55,6 @@ pub(crate) fn check_tier(path: &Path) -> Result<(), String> {
 
 /// Starts the watcher thread.
 pub(crate) fn start(shared: Arc<Shared>) -> std::io::Result<()> {
-    let interval = shared.config.io.tier_check_interval();
     std::thread::Builder::new()
         .name("edgeplane-tiers".into())
         .spawn(move || {
@@ -63,6 +62,7 @@ pub(crate) fn start(shared: Arc<Shared>) -> std::io::Result<()> {
             while !shared.stop.load(Ordering::Relaxed) {
                 shared.tier_watch.pending.store(false, Ordering::Release);
                 check_all(&shared);
+                let interval = shared.config.load().io.tier_check_interval();
                 std::thread::park_timeout(interval);
                 std::thread::sleep(MIN_GAP.min(interval));
             }

@@ -49,7 +49,7 @@ pub(crate) async fn serve(
     if sys::set_nonblocking(fd).is_err() {
         return;
     }
-    let _ = stream.set_write_timeout(Some(core.config.limits.send_timeout()));
+    let _ = stream.set_write_timeout(Some(core.config().limits.send_timeout()));
     let deadline = core.register_deadline(fd);
     let conn = match ServerConnection::new(config) {
         Ok(c) => c,
@@ -123,7 +123,7 @@ impl Tls {
         core: &Core,
         deadline: &DeadlineGuard,
     ) -> Result<(), HandshakeFailure> {
-        let at = Instant::now() + core.config.limits.header_read_timeout();
+        let at = Instant::now() + core.config().limits.header_read_timeout();
         deadline.arm(core.deadline_ms(at), Timeout::Header);
         let result = self.handshake_steps(deadline).await;
         deadline.disarm();

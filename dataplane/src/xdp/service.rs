@@ -146,6 +146,18 @@ impl XdpService {
         snap
     }
 
+    /// Turns the global drain switch on or off (new connections dropped at the NIC); returns
+    /// whether it was on. Without a running filter: `Ok(false)`, nothing to do.
+    pub fn set_drain(&self, on: bool) -> Result<bool, XdpError> {
+        let mut guard = self.filter.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(filter) = guard.as_mut() else {
+            return Ok(false);
+        };
+        let was = filter.settings().get()?.flags & FilterConfig::DRAIN != 0;
+        filter.settings().set_drain(on)?;
+        Ok(was)
+    }
+
     /// Detaches from every interface and unloads. The pinned maps (prefixes, counters) stay.
     pub fn shutdown(&self) {
         let filter = self.filter.lock().unwrap_or_else(|p| p.into_inner()).take();
