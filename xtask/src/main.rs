@@ -1,4 +1,4 @@
-//! Developer tasks for edgeplane: `cargo xtask ci | demo | bench | bench-xdp | flamegraph`.
+//! Developer tasks for edgeplane: `cargo xtask ci | demo | bench | bench-xdp | flamegraph | vmtest | testssl`.
 
 mod bench;
 mod bench_xdp;
@@ -8,7 +8,9 @@ mod demo;
 mod flamegraph;
 mod server;
 mod testbed;
+mod testssl;
 mod util;
+mod vmtest;
 
 use std::process::ExitCode;
 
@@ -23,7 +25,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// fmt --check, clippy -D warnings and the workspace tests, in that order.
+    /// fmt --check, clippy -D warnings, the workspace tests, vmtest and testssl, in that order.
     Ci,
     /// Build edgeplane, serve a small demo catalog and fetch from it with curl.
     Demo,
@@ -33,6 +35,11 @@ enum Task {
     Flamegraph(flamegraph::FlamegraphArgs),
     /// XDP filter: ns per packet by prefix count, veth drop rate against nftables (root).
     BenchXdp(bench_xdp::BenchXdpArgs),
+    /// HTTPS over kernel TLS in a qemu VM (Debian kernel with the tls module): real clients,
+    /// byte-exact ranges, resumption, KeyUpdate, and /metrics proving kTLS was used.
+    Vmtest(vmtest::VmtestArgs),
+    /// testssl.sh scan of the HTTPS listener on loopback: fails on findings of MEDIUM or above.
+    Testssl,
 }
 
 fn main() -> ExitCode {
@@ -43,6 +50,8 @@ fn main() -> ExitCode {
         Task::Bench(args) => bench::run(&args),
         Task::Flamegraph(args) => flamegraph::run(&args),
         Task::BenchXdp(args) => bench_xdp::run(&args),
+        Task::Vmtest(args) => vmtest::run(&args),
+        Task::Testssl => testssl::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
