@@ -1,6 +1,7 @@
-//! Developer tasks for edgeplane: `cargo xtask ci | demo | bench | bench-xdp | flamegraph | vmtest | testssl`.
+//! Developer tasks for edgeplane: `cargo xtask ci | demo | bench | bench-xdp | flamegraph | vmtest | testssl | bench-tls`.
 
 mod bench;
+mod bench_tls;
 mod bench_xdp;
 mod catalog;
 mod ci;
@@ -38,6 +39,8 @@ enum Task {
     /// HTTPS over kernel TLS in a qemu VM (Debian kernel with the tls module): real clients,
     /// byte-exact ranges, resumption, KeyUpdate, and /metrics proving kTLS was used.
     Vmtest(vmtest::VmtestArgs),
+    /// HTTPS bench: edgeplane vs nginx + OpenSSL here, or (--vm) kernel TLS vs user space.
+    BenchTls(bench_tls::BenchTlsArgs),
     /// testssl.sh scan of the HTTPS listener on loopback: fails on findings of MEDIUM or above.
     Testssl,
 }
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Task::BenchXdp(args) => bench_xdp::run(&args),
         Task::Vmtest(args) => vmtest::run(&args),
         Task::Testssl => testssl::run(),
+        Task::BenchTls(args) => bench_tls::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -64,7 +64,6 @@ pub(crate) struct VmtestArgs {
 pub(crate) fn run(args: &VmtestArgs) -> Result<()> {
     let started = Instant::now();
     let (kernel, modules) = kernel_and_modules(args)?;
-    let qemu = find_program("qemu-system-x86_64")?;
     let binary = match &args.binary {
         Some(b) => b.clone(),
         None => {
@@ -83,18 +82,35 @@ pub(crate) fn run(args: &VmtestArgs) -> Result<()> {
         kernel.display(),
         modules.display()
     ));
-    let guest = Guest::build(&dir, &binary, &modules)?;
+    let guest = Guest::build(&dir, &binary, &modules, GuestKind::Test, &[])?;
     let ports = Ports::pick()?;
     let console = dir.join("console.log");
+    let vm = start_vm(&kernel, &guest.initrd, &ports, &console)?;
+    let result = checks(&guest, &ports, &console, Instant::now());
+    let stopped = stop_guest(vm, &ports, &console);
+    eprintln!("vmtest: guest console: {}", console.display());
+    result?;
+    stopped?;
+    header(&format!(
+        "vmtest: all checks passed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// Boots `kernel` with `initrd` under qemu (TCG), the guest's ports forwarded to `ports` on the
+/// host's loopback, the serial console written to `console`.
+pub(crate) fn start_vm(kernel: &Path, initrd: &Path, ports: &Ports, console: &Path) -> Result<Vm> {
+    let qemu = find_program("qemu-system-x86_64")?;
     let mut cmd = Command::new(&qemu);
     cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "1024M", "-smp", "2"])
         .args(["-display", "none", "-monitor", "none", "-no-reboot"])
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
         .arg("-kernel")
-        .arg(&kernel)
+        .arg(kernel)
         .arg("-initrd")
-        .arg(&guest.initrd)
+        .arg(initrd)
         .args([
             "-append",
             "console=ttyS0 quiet panic=-1 net.ifnames=0",
@@ -108,23 +124,29 @@ pub(crate) fn run(args: &VmtestArgs) -> Result<()> {
         .args(["-device", "virtio-net-pci,netdev=n0"])
         .stdin(Stdio::null());
     header(&format!("vmtest: {}", display_command(&cmd)));
-    let vm = Vm {
+    Ok(Vm {
         child: cmd.spawn().context("start qemu")?,
-    };
-    let result = checks(&guest, &ports, &console, Instant::now());
-    let stopped = stop_guest(vm, &ports, &console);
-    eprintln!("vmtest: guest console: {}", console.display());
-    result?;
-    stopped?;
-    header(&format!(
-        "vmtest: all checks passed in {:.1} s",
-        started.elapsed().as_secs_f64()
-    ));
+    })
+}
+
+/// Waits until the guest's admin listener answers `/healthz`.
+pub(crate) fn wait_for_guest(ports: &Ports, console: &Path) -> Result<()> {
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while http_get_timeout(ports.admin, "/healthz", 2).is_err() {
+        if Instant::now() > deadline {
+            bail!(
+                "the guest's edgeplane did not answer /healthz within {} s; console:\n{}",
+                BOOT_TIMEOUT.as_secs(),
+                fs::read_to_string(console).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
     Ok(())
 }
 
 /// The kernel image and its module directory.
-fn kernel_and_modules(args: &VmtestArgs) -> Result<(PathBuf, PathBuf)> {
+pub(crate) fn kernel_and_modules(args: &VmtestArgs) -> Result<(PathBuf, PathBuf)> {
     let kernel = match &args.kernel {
         Some(k) => k.clone(),
         None => {
@@ -190,14 +212,14 @@ fn version_key(s: &str) -> Vec<(u64, String)> {
     out
 }
 
-struct Ports {
-    https: u16,
-    admin: u16,
-    control: u16,
+pub(crate) struct Ports {
+    pub(crate) https: u16,
+    pub(crate) admin: u16,
+    pub(crate) control: u16,
 }
 
 impl Ports {
-    fn pick() -> Result<Ports> {
+    pub(crate) fn pick() -> Result<Ports> {
         // Bound together so they differ; released just before qemu binds them.
         let l: Vec<TcpListener> = (0..3)
             .map(|_| TcpListener::bind("127.0.0.1:0"))
@@ -211,9 +233,19 @@ impl Ports {
     }
 }
 
+/// Which guest to build.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GuestKind {
+    /// `cargo xtask vmtest`: edgeplane (`ktls = "auto"`) and the test files.
+    Test,
+    /// `cargo xtask bench-tls --vm`: bench files made in the guest; edgeplane started and
+    /// stopped through the control port (`/cgi-bin/start_auto`, `start_off`, `stop`, `cpu`).
+    Bench,
+}
+
 /// What the host knows about the guest it built.
-struct Guest {
-    initrd: PathBuf,
+pub(crate) struct Guest {
+    pub(crate) initrd: PathBuf,
     /// The CA (self-signed certificate) clients trust.
     cert: PathBuf,
     big: Vec<u8>,
@@ -222,7 +254,14 @@ struct Guest {
 }
 
 impl Guest {
-    fn build(dir: &Path, binary: &Path, modules: &Path) -> Result<Guest> {
+    /// `extra`: more files for the guest, as (path under the root, contents).
+    pub(crate) fn build(
+        dir: &Path,
+        binary: &Path,
+        modules: &Path,
+        kind: GuestKind,
+        extra: &[(String, String)],
+    ) -> Result<Guest> {
         let root = dir.join("root");
         for d in [
             "bin",
@@ -277,18 +316,43 @@ impl Guest {
                 .stderr(Stdio::null()),
         )?;
         fs::copy(&cert, root.join("etc/edgeplane/cert.pem"))?;
-        let big = pattern(BIG_LEN, 0x9e37_79b9_7f4a_7c15);
-        let small = pattern(SMALL_LEN, 0x2545_f491_4f6c_dd1d);
-        fs::write(root.join("srv/flash/big.bin"), &big)?;
-        fs::write(root.join("srv/flash/small.bin"), &small)?;
-        fs::write(
-            root.join("etc/edgeplane/edgeplane.toml"),
-            guest_config("auto"),
-        )?;
-        write_exec(&root.join("init"), INIT)?;
         write_exec(&root.join("www/cgi-bin/tls_stat"), CGI_TLS_STAT)?;
-        write_exec(&root.join("www/cgi-bin/stop"), CGI_STOP)?;
+        let (big, small) = match kind {
+            GuestKind::Test => {
+                let big = pattern(BIG_LEN, 0x9e37_79b9_7f4a_7c15);
+                let small = pattern(SMALL_LEN, 0x2545_f491_4f6c_dd1d);
+                fs::write(root.join("srv/flash/big.bin"), &big)?;
+                fs::write(root.join("srv/flash/small.bin"), &small)?;
+                fs::write(
+                    root.join("etc/edgeplane/edgeplane.toml"),
+                    guest_config("auto"),
+                )?;
+                write_exec(&root.join("init"), INIT)?;
+                write_exec(&root.join("www/cgi-bin/stop"), CGI_STOP)?;
+                (big, small)
+            }
+            GuestKind::Bench => {
+                for mode in ["auto", "off"] {
+                    fs::write(
+                        root.join(format!("etc/edgeplane/bench-{mode}.toml")),
+                        guest_config(mode).replace("cores = 2", "cores = 1"),
+                    )?;
+                }
+                copy_with_libraries(&find_program("wrk")?, &root, "bin/wrk")?;
+                for applet in ["taskset", "wget", "tr", "dd"] {
+                    std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+                }
+                write_exec(&root.join("init"), INIT_BENCH)?;
+                write_exec(&root.join("www/cgi-bin/bench"), CGI_BENCH)?;
+                (Vec::new(), Vec::new())
+            }
+        };
 
+        for (path, text) in extra {
+            let to = root.join(path);
+            fs::create_dir_all(to.parent().unwrap_or(&root))?;
+            fs::write(to, text)?;
+        }
         let initrd = dir.join("initrd.cpio");
         let out = fs::File::create(&initrd)?;
         run_checked(
@@ -325,7 +389,9 @@ const INIT: &str = r#"#!/bin/sh
 export PATH=/bin:/sbin NO_COLOR=1
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmp /tmp
 echo "== vmtest: kernel $(uname -r), init at $(cut -d' ' -f1 /proc/uptime) s"
-for m in tls virtio_pci virtio_net; do modprobe $m || echo "== vmtest: modprobe $m failed"; done
+# The accelerated crypto drivers first, as udev would load them on a real host (by CPU
+# feature): otherwise gcm(aes) is built from the generic C AES already in the kernel.
+for m in aesni_intel ghash_clmulni_intel chacha_x86_64 poly1305_x86_64 tls virtio_pci virtio_net; do modprobe $m || echo "== vmtest: modprobe $m failed"; done
 ip link set lo up
 ip addr add 10.0.2.15/24 dev eth0; ip link set eth0 up; ip route add default via 10.0.2.2
 httpd -p 7000 -h /www
@@ -336,6 +402,51 @@ wait $pid
 echo "== vmtest: edgeplane exited rc=$? at $(cut -d' ' -f1 /proc/uptime) s"
 echo "== vmtest: /proc/net/tls_stat"; cat /proc/net/tls_stat
 poweroff -f
+"#;
+
+/// Bench guest: bench files (2 x 64 MiB, the names `cargo xtask bench-tls --vm` asks for), then
+/// only the control port, where `/cgi-bin/bench?MODE-SCENARIO-SECONDS` runs one measurement.
+const INIT_BENCH: &str = r#"#!/bin/sh
+export PATH=/bin:/sbin NO_COLOR=1
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmp /tmp
+# The accelerated crypto drivers first, as udev would load them on a real host (by CPU
+# feature): otherwise gcm(aes) is built from the generic C AES already in the kernel.
+for m in aesni_intel ghash_clmulni_intel chacha_x86_64 poly1305_x86_64 tls virtio_pci virtio_net; do modprobe $m || echo "== vmtest: modprobe $m failed"; done
+ip link set lo up
+ip addr add 10.0.2.15/24 dev eth0; ip link set eth0 up; ip route add default via 10.0.2.2
+for i in 0 1; do dd if=/dev/urandom of=/srv/flash/bench-$i.bin bs=1M count=64 2>/dev/null; done
+echo "== vmtest: bench guest up at $(cut -d' ' -f1 /proc/uptime) s"
+httpd -f -p 7000 -h /www
+"#;
+
+/// One measurement in the guest: edgeplane (`cores = 1`, CPU 0) with `https.ktls = MODE`,
+/// 2 s of wrk warm-up, then wrk (CPU 1) for SECONDS on loopback; prints wrk's result, the
+/// server's utime + stime in clock ticks (USER_HZ = 100) over the measured run, and its TLS
+/// connection counters.
+const CGI_BENCH: &str = r#"#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+set -- $(echo "$QUERY_STRING" | tr '-' ' ')
+mode=$1 scen=$2 secs=$3
+ticks() { cut -d')' -f2 /proc/$1/stat | { read -r _ _ _ _ _ _ _ _ _ _ _ u s _; echo $((u + s)); }; }
+/bin/edgeplane serve --config /etc/edgeplane/bench-$mode.toml </dev/null >/tmp/ep.log 2>&1 &
+pid=$!
+i=0
+until grep -q 'ready http=' /tmp/ep.log; do
+  sleep 0.2; i=$((i + 1))
+  if [ $i -gt 300 ]; then echo "edgeplane did not start"; cat /tmp/ep.log; kill $pid; exit 0; fi
+done
+grep -o 'kernel TLS [a-z]*' /tmp/ep.log
+wrk="taskset -c 1 /bin/wrk -t1 -c16 --timeout 20s -s /etc/bench/wrk-$scen.lua https://127.0.0.1:8443/"
+$wrk -d2s >/dev/null 2>&1
+t0=$(ticks $pid)
+$wrk -d${secs}s 2>&1
+t1=$(ticks $pid)
+echo "XTASK_CPU_TICKS $((t1 - t0))"
+wget -q -O - http://127.0.0.1:9090/metrics | grep '^edgeplane_tls_connections_total'
+kill -TERM $pid; wait $pid
+echo "XTASK_EXIT $?"
+echo "kernel AEAD drivers: $(grep -A2 -E '^name +: (gcm|rfc7539)' /proc/crypto | grep driver | tr -s ' ' | tr '\n' ';')"
+echo "guest CPU flags: $(grep -m1 flags /proc/cpuinfo | tr ' ' '\n' | grep -E '^(aes|pclmulqdq|avx|avx2|vaes|vpclmulqdq|avx512f)$' | tr '\n' ' ')"
 "#;
 
 const CGI_TLS_STAT: &str =
@@ -452,7 +563,7 @@ fn copy_modules(modules: &Path, root: &Path) -> Result<()> {
     Ok(())
 }
 
-struct Vm {
+pub(crate) struct Vm {
     child: Child,
 }
 
@@ -467,7 +578,7 @@ impl Drop for Vm {
 
 /// SIGTERM to edgeplane through the guest's control port, then wait for the guest to power
 /// off; edgeplane must have exited 0.
-fn stop_guest(mut vm: Vm, ports: &Ports, console: &Path) -> Result<()> {
+pub(crate) fn stop_guest(mut vm: Vm, ports: &Ports, console: &Path) -> Result<()> {
     let _ = http_get(ports.control, "/cgi-bin/stop");
     let deadline = Instant::now() + Duration::from_secs(60);
     while vm.child.try_wait()?.is_none() {
@@ -486,9 +597,13 @@ fn stop_guest(mut vm: Vm, ports: &Ports, console: &Path) -> Result<()> {
 }
 
 /// A plain HTTP GET to a forwarded port on the host's loopback; the body.
-fn http_get(port: u16, path: &str) -> Result<String> {
+pub(crate) fn http_get(port: u16, path: &str) -> Result<String> {
+    http_get_timeout(port, path, 20)
+}
+
+fn http_get_timeout(port: u16, path: &str, seconds: u32) -> Result<String> {
     let out = Command::new("curl")
-        .args(["-sS", "--fail", "--max-time", "20"])
+        .args(["-sS", "--fail", "--max-time", &seconds.to_string()])
         .arg(format!("http://127.0.0.1:{port}{path}"))
         .output()
         .context("run curl")?;
@@ -501,7 +616,7 @@ fn http_get(port: u16, path: &str) -> Result<String> {
 }
 
 /// The value of one metrics line (`name{labels}`).
-fn metric(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| {
         let rest = l.strip_prefix(series)?;
         rest.starts_with([' ', '\t'])
@@ -510,21 +625,7 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 }
 
 fn checks(guest: &Guest, ports: &Ports, console: &Path, started: Instant) -> Result<()> {
-    // Boot: wait for the admin listener.
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    loop {
-        if http_get(ports.admin, "/healthz").is_ok() {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the guest's edgeplane did not answer /healthz within {} s; console:\n{}",
-                BOOT_TIMEOUT.as_secs(),
-                fs::read_to_string(console).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_for_guest(ports, console)?;
     eprintln!(
         "vmtest: guest serving {:.1} s after qemu started",
         started.elapsed().as_secs_f64()
