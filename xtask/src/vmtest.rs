@@ -10,8 +10,9 @@
 //! certificate, test files and an init script. qemu's user-mode network forwards host ports to
 //! the guest's HTTPS and admin listeners, and real clients on the host (curl over TLS 1.2 and
 //! 1.3 with every suite the server offers, `openssl s_client`) check byte-exact ranges, 1000
-//! keep-alive requests on one connection, session resumption, and that a client KeyUpdate
-//! closes the connection cleanly and is counted. The guest's `/metrics` must show
+//! keep-alive requests on one connection, session resumption, that a client KeyUpdate
+//! closes the connection cleanly and is counted, and (with a rustls client) that a request
+//! record cut in two around the end of the handshake keeps the connection in user space. The guest's `/metrics` must show
 //! `edgeplane_tls_mode{mode="ktls"} 1` and every connection counted as `ktls`, and
 //! `/proc/net/tls_stat` must show the kernel's TLS sessions: proof kernel TLS was used.
 //!
