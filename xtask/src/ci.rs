@@ -31,10 +31,21 @@ pub(crate) fn run() -> Result<()> {
     }
     // After the tests: HTTPS over kernel TLS in a VM (about a minute), and the testssl.sh scan
     // of the HTTPS listener (about a minute).
+    // The binary the tests used (same profile and environment, so nothing is rebuilt).
+    header("cargo build -p edgeplane");
+    run_checked(
+        cargo()
+            .args(["build", "-p", "edgeplane"])
+            .env("EDGEPLANE_REQUIRE_EBPF", "1"),
+    )?;
+    let bin = crate::util::target_dir().join("debug/edgeplane");
     header("cargo xtask vmtest");
-    crate::vmtest::run(&crate::vmtest::VmtestArgs::default())?;
+    crate::vmtest::run(&crate::vmtest::VmtestArgs {
+        binary: Some(bin.clone()),
+        ..Default::default()
+    })?;
     header("cargo xtask testssl");
-    crate::testssl::run()?;
+    crate::testssl::run(Some(&bin))?;
     header("ci: all steps passed");
     Ok(())
 }

@@ -54,7 +54,7 @@ fn main() -> ExitCode {
         Task::Flamegraph(args) => flamegraph::run(&args),
         Task::BenchXdp(args) => bench_xdp::run(&args),
         Task::Vmtest(args) => vmtest::run(&args),
-        Task::Testssl => testssl::run(),
+        Task::Testssl => testssl::run(None),
         Task::BenchTls(args) => bench_tls::run(&args),
     };
     match result {

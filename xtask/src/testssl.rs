@@ -36,12 +36,18 @@ pub(crate) const ACCEPTED: &[(&str, &str)] = &[
 
 const SEVERE: &[&str] = &["MEDIUM", "HIGH", "CRITICAL"];
 
-pub(crate) fn run() -> Result<()> {
+/// `binary`: the edgeplane to scan (default: `cargo build -p edgeplane`, debug).
+pub(crate) fn run(binary: Option<&std::path::Path>) -> Result<()> {
     let started = Instant::now();
     let testssl = find_program("testssl").context("install testssl.sh (scripts/setup.sh)")?;
-    header("cargo build -p edgeplane");
-    run_checked(cargo().args(["build", "-p", "edgeplane"]))?;
-    let bin = target_dir().join("debug/edgeplane");
+    let bin = match binary {
+        Some(b) => b.to_path_buf(),
+        None => {
+            header("cargo build -p edgeplane");
+            run_checked(cargo().args(["build", "-p", "edgeplane"]))?;
+            target_dir().join("debug/edgeplane")
+        }
+    };
     let dir = target_dir().join("testssl");
     if dir.exists() {
         fs::remove_dir_all(&dir)?;

@@ -53,13 +53,13 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 pub(crate) struct VmtestArgs {
     /// Kernel image to boot (default: the newest /boot/vmlinuz-*).
     #[arg(long)]
-    kernel: Option<PathBuf>,
+    pub(crate) kernel: Option<PathBuf>,
     /// That kernel's module directory (default: /lib/modules/<version from the image name>).
     #[arg(long)]
-    modules: Option<PathBuf>,
+    pub(crate) modules: Option<PathBuf>,
     /// The edgeplane binary to run in the guest (default: `cargo build -p edgeplane`, debug).
     #[arg(long)]
-    binary: Option<PathBuf>,
+    pub(crate) binary: Option<PathBuf>,
 }
 
 pub(crate) fn run(args: &VmtestArgs) -> Result<()> {
