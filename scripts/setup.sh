@@ -20,6 +20,12 @@
 #   systemd (systemd-analyze), passwd (useradd)   tests/package.rs: the .deb
 #                                installed into a scratch root, its units verified
 #   cargo-deb (cargo install)    builds the .deb (`cargo xtask deb`, tests/package.rs); at the end
+#   qemu-system-x86, busybox-static, cpio, kmod, linux-image-amd64
+#                                `cargo xtask vmtest`: a Debian 6.1 kernel with the tls module,
+#                                booted under qemu (TCG) from an initramfs the harness builds
+#                                (installing the kernel package only adds files to /boot and
+#                                /lib/modules; the running kernel is not changed)
+#   testssl.sh (testssl)         `cargo xtask testssl`: a scan of the HTTPS listener
 # and, through rustup, the pinned nightly that builds the eBPF programs (see the end).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -34,7 +40,8 @@ fi
 # command-name:package pairs; a package is needed when its command is missing.
 commands=(curl:curl openssl:openssl nginx:nginx wrk:wrk valgrind:valgrind perf:linux-perf fusermount3:fuse3 pkg-config:pkg-config taskset:util-linux
     ip:iproute2 nft:nftables ethtool:ethtool bird:bird2 gobgpd:gobgpd
-    tmux:tmux systemd-analyze:systemd useradd:passwd)
+    tmux:tmux systemd-analyze:systemd useradd:passwd
+    qemu-system-x86_64:qemu-system-x86 busybox:busybox-static cpio:cpio kmod:kmod testssl:testssl.sh)
 # packages without a command to probe.
 libraries=(libfuse3-dev)
 
@@ -52,6 +59,10 @@ for pkg in "${libraries[@]}"; do
         missing+=("$pkg")
     fi
 done
+# A kernel for the VM test (any /boot/vmlinuz-* with modules will do).
+if ! compgen -G '/boot/vmlinuz-*' >/dev/null; then
+    missing+=(linux-image-amd64)
+fi
 
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "setup: all tools present"

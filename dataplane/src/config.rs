@@ -167,6 +167,21 @@ pub struct HttpsConfig {
     /// Further certificates, chosen by the SNI name the client asks for.
     #[serde(default)]
     pub sni: Vec<SniConfig>,
+    /// Whether connections are handed to kernel TLS after the handshake.
+    #[serde(default)]
+    pub ktls: KtlsSetting,
+}
+
+/// `https.ktls`: hand connections to kernel TLS where the kernel can take them (`auto`), or
+/// always encrypt in user space (`off`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KtlsSetting {
+    /// Kernel TLS when the `tls` module is there, else user space.
+    #[default]
+    Auto,
+    /// Always user space (rustls).
+    Off,
 }
 
 /// `[[https.sni]]`

@@ -120,6 +120,71 @@ impl TlsMode {
     }
 }
 
+/// Why a connection stayed in user space although kernel TLS is in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KtlsFallback {
+    /// After the handshake the client had already sent part of a record (or something rustls
+    /// had to answer): the kernel cannot take over mid-record, so rustls keeps the connection.
+    PendingData,
+    /// `setsockopt(TCP_ULP, "tls")` failed on this connection (nothing was installed).
+    Ulp,
+}
+
+impl KtlsFallback {
+    const ALL: [KtlsFallback; 2] = [KtlsFallback::PendingData, KtlsFallback::Ulp];
+
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KtlsFallback::PendingData => "pending_data",
+            KtlsFallback::Ulp => "ulp_failed",
+        }
+    }
+}
+
+/// How a connection served with kernel TLS ended, when the kernel's record layer ended it (a
+/// connection that just closes, or times out, is not counted here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KtlsClose {
+    /// The client sent close_notify.
+    CloseNotify,
+    /// The client sent another alert.
+    Alert,
+    /// The client sent a TLS 1.3 KeyUpdate: the kernel cannot take new keys, so the connection
+    /// is closed (cleanly: close_notify, FIN).
+    KeyUpdate,
+    /// The client sent another post-handshake message.
+    Handshake,
+    /// A record the kernel could not decrypt or parse (`EBADMSG`, `EMSGSIZE`, `EIO`).
+    BadRecord,
+    /// Installing the keys failed after the switch began (`TLS_TX` or `TLS_RX` refused): the
+    /// connection can go back neither to rustls nor on, so it is closed.
+    InstallFailed,
+}
+
+impl KtlsClose {
+    const ALL: [KtlsClose; 6] = [
+        KtlsClose::CloseNotify,
+        KtlsClose::Alert,
+        KtlsClose::KeyUpdate,
+        KtlsClose::Handshake,
+        KtlsClose::BadRecord,
+        KtlsClose::InstallFailed,
+    ];
+
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KtlsClose::CloseNotify => "close_notify",
+            KtlsClose::Alert => "alert",
+            KtlsClose::KeyUpdate => "key_update",
+            KtlsClose::Handshake => "handshake_message",
+            KtlsClose::BadRecord => "bad_record",
+            KtlsClose::InstallFailed => "install_failed",
+        }
+    }
+}
+
 /// Why a TLS handshake did not complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandshakeFailure {
@@ -173,6 +238,8 @@ pub struct CoreMetrics {
     would_block: AtomicU64,
     tls_connections: [AtomicU64; 2],
     tls_handshake_failures: [AtomicU64; HandshakeFailure::ALL.len()],
+    ktls_fallbacks: [AtomicU64; KtlsFallback::ALL.len()],
+    ktls_closed: [AtomicU64; KtlsClose::ALL.len()],
     latency: Mutex<Latency>,
 }
 
@@ -217,6 +284,8 @@ impl CoreMetrics {
             would_block: AtomicU64::new(0),
             tls_connections: Default::default(),
             tls_handshake_failures: Default::default(),
+            ktls_fallbacks: Default::default(),
+            ktls_closed: Default::default(),
             latency: Mutex::new(Latency::new()),
         }
     }
@@ -285,6 +354,14 @@ impl CoreMetrics {
     /// A TLS handshake failed.
     pub fn tls_handshake_failure(&self, why: HandshakeFailure) {
         self.tls_handshake_failures[why as usize].fetch_add(1, Relaxed);
+    }
+    /// A connection stayed in user space although kernel TLS is in use.
+    pub fn ktls_fallback(&self, why: KtlsFallback) {
+        self.ktls_fallbacks[why as usize].fetch_add(1, Relaxed);
+    }
+    /// The kernel's record layer ended a kernel-TLS connection.
+    pub fn ktls_closed(&self, why: KtlsClose) {
+        self.ktls_closed[why as usize].fetch_add(1, Relaxed);
     }
     /// Requests answered by this core (all statuses).
     pub fn total_requests(&self) -> u64 {
@@ -685,6 +762,34 @@ fn render_tls(out: &mut String, metrics: &Metrics) {
     }
     header(
         out,
+        "edgeplane_tls_ktls_fallbacks_total",
+        "counter",
+        "Connections kept in user space although kernel TLS is in use, by reason.",
+    );
+    for why in KtlsFallback::ALL {
+        let n = sum(&|c| c.ktls_fallbacks[why as usize].load(Relaxed));
+        let _ = writeln!(
+            out,
+            "edgeplane_tls_ktls_fallbacks_total{{reason=\"{}\"}} {n}",
+            why.as_str()
+        );
+    }
+    header(
+        out,
+        "edgeplane_tls_ktls_closed_total",
+        "counter",
+        "Kernel-TLS connections ended by a non-data record or a failed key installation, by reason.",
+    );
+    for why in KtlsClose::ALL {
+        let n = sum(&|c| c.ktls_closed[why as usize].load(Relaxed));
+        let _ = writeln!(
+            out,
+            "edgeplane_tls_ktls_closed_total{{reason=\"{}\"}} {n}",
+            why.as_str()
+        );
+    }
+    header(
+        out,
         "edgeplane_tls_cert_reloads_total",
         "counter",
         "Certificate reloads (SIGHUP, POST /reload); failed ones keep the previous certificates.",
@@ -917,6 +1022,8 @@ mod tests {
         m.set_tls_mode(TlsMode::Userspace);
         m.core(1).tls_connection(TlsMode::Userspace);
         m.core(0).tls_handshake_failure(HandshakeFailure::PlainHttp);
+        m.core(0).ktls_closed(KtlsClose::KeyUpdate);
+        m.core(1).ktls_fallback(KtlsFallback::PendingData);
         m.cert_reload(false);
         let text = render(&m, &cat);
         for line in [
@@ -927,6 +1034,10 @@ mod tests {
             "edgeplane_tls_handshake_failures_total{reason=\"plain_http\"} 1\n",
             "edgeplane_tls_handshake_failures_total{reason=\"timeout\"} 0\n",
             "edgeplane_tls_cert_reloads_total{result=\"failed\"} 1\n",
+            "edgeplane_tls_ktls_closed_total{reason=\"key_update\"} 1\n",
+            "edgeplane_tls_ktls_closed_total{reason=\"install_failed\"} 0\n",
+            "edgeplane_tls_ktls_fallbacks_total{reason=\"pending_data\"} 1\n",
+            "edgeplane_tls_ktls_fallbacks_total{reason=\"ulp_failed\"} 0\n",
             "edgeplane_requests_total{status=\"206\"} 2\n",
             "edgeplane_requests_total{status=\"404\"} 1\n",
             "edgeplane_core_requests_total{core=\"1\"} 2\n",

@@ -3,8 +3,9 @@
 //! session resumption, SNI, ALPN, handshakes that must fail cleanly, certificate reload, the
 //! `[https]` config errors and what `/metrics` and the log say about the TLS mode.
 //!
-//! Kernel TLS is not exercised: the development kernel has no `tls` module, and the server
-//! serves HTTPS in user space either way for now (checked below through the log and /metrics).
+//! Kernel TLS is exercised only where the kernel has the `tls` module (the development
+//! kernel has none: these tests then cover the userspace path, and `https.ktls = "off"`);
+//! `cargo xtask vmtest` runs real clients against kernel TLS in a VM.
 //! Certificates come from a test PKI made with the `openssl` CLI (`support::pki`).
 
 mod support;
@@ -612,33 +613,81 @@ fn reload_swaps_certificates_and_keeps_them_when_the_new_ones_are_bad() {
 
 #[test]
 fn log_and_metrics_say_how_https_is_served() {
+    // `auto`: kernel TLS where the kernel has the `tls` module (the development kernel has
+    // none; `cargo xtask vmtest` covers a kernel that has it), user space otherwise; either way
+    // the log line and the metrics agree, and every connection is counted under the mode.
     let server = ServerBuilder::new().https().start();
     let out = server.output();
+    let kernel = out.contains("kernel TLS available (TCP_ULP tls)");
     assert!(
-        out.contains("serving HTTPS with userspace rustls"),
-        "no TLS mode line in:\n{out}"
-    );
-    assert!(
-        out.contains("kernel TLS unavailable (TCP_ULP tls: ")
-            || out.contains("kernel TLS available"),
+        kernel || out.contains("kernel TLS unavailable (TCP_ULP tls: "),
         "the start-up line does not say what the kernel can do:\n{out}"
     );
+    if !kernel {
+        assert!(
+            out.contains("serving HTTPS with userspace rustls"),
+            "no TLS mode line in:\n{out}"
+        );
+    }
+    let (mode, other) = if kernel {
+        ("ktls", "userspace")
+    } else {
+        ("userspace", "ktls")
+    };
+    let tls = client(&[&TLS13]);
+    let canary = format!("/{CANARY}");
+    for _ in 0..2 {
+        let mut c = server.connect_tls(&tls, "edgeplane.test");
+        assert_full(&c.request("GET", &canary, &[]), &canary_data(), mode);
+    }
     let m = server.metrics();
     assert_eq!(
-        m.sum("edgeplane_tls_mode", &[("mode", "userspace")]),
+        m.sum("edgeplane_tls_mode", &[("mode", mode)]),
         1.0,
         "{}",
         m.text
     );
     assert_eq!(
-        m.sum("edgeplane_tls_mode", &[("mode", "ktls")]),
+        m.sum("edgeplane_tls_mode", &[("mode", other)]),
         0.0,
         "{}",
         m.text
     );
     assert_eq!(
-        m.sum("edgeplane_tls_connections_total", &[("mode", "ktls")]),
-        0.0
+        m.sum("edgeplane_tls_connections_total", &[("mode", mode)]),
+        2.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.sum("edgeplane_tls_connections_total", &[("mode", other)]),
+        0.0,
+        "{}",
+        m.text
+    );
+    for series in [
+        "edgeplane_tls_ktls_fallbacks_total",
+        "edgeplane_tls_ktls_closed_total",
+    ] {
+        assert!(m.has(series), "{series} missing:\n{}", m.text);
+    }
+
+    // `off`: user space whatever the kernel can do, and the log says why.
+    let off = ServerBuilder::new().https_ktls("off").start();
+    let out = off.output();
+    assert!(
+        out.contains("kernel TLS off (https.ktls = \"off\"): serving HTTPS with userspace rustls"),
+        "{out}"
+    );
+    let mut c = off.connect_tls(&tls, "edgeplane.test");
+    assert_full(&c.request("GET", &canary, &[]), &canary_data(), "off");
+    let m = off.metrics();
+    assert_eq!(m.sum("edgeplane_tls_mode", &[("mode", "userspace")]), 1.0);
+    assert_eq!(
+        m.sum("edgeplane_tls_connections_total", &[("mode", "userspace")]),
+        1.0,
+        "{}",
+        m.text
     );
 
     // Without [https]: no listener, no mode.

@@ -1,4 +1,5 @@
-//! `cargo xtask ci`: the checks CI runs, in order; stops at the first failure.
+//! `cargo xtask ci`: the checks CI runs, in order; stops at the first failure: fmt, clippy, the
+//! workspace tests, then `vmtest` (HTTPS over kernel TLS in a qemu VM) and `testssl`.
 //!
 //! Every cargo step runs with `EDGEPLANE_REQUIRE_EBPF=1`: `dataplane/build.rs` then fails
 //! instead of building without the eBPF programs, so the XDP tests can never pass by skipping
@@ -28,6 +29,23 @@ pub(crate) fn run() -> Result<()> {
             ebpf_checks()?;
         }
     }
+    // After the tests: HTTPS over kernel TLS in a VM (about a minute), and the testssl.sh scan
+    // of the HTTPS listener (about a minute).
+    // The binary the tests used (same profile and environment, so nothing is rebuilt).
+    header("cargo build -p edgeplane");
+    run_checked(
+        cargo()
+            .args(["build", "-p", "edgeplane"])
+            .env("EDGEPLANE_REQUIRE_EBPF", "1"),
+    )?;
+    let bin = crate::util::target_dir().join("debug/edgeplane");
+    header("cargo xtask vmtest");
+    crate::vmtest::run(&crate::vmtest::VmtestArgs {
+        binary: Some(bin.clone()),
+        ..Default::default()
+    })?;
+    header("cargo xtask testssl");
+    crate::testssl::run(Some(&bin))?;
     header("ci: all steps passed");
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! Developer tasks for edgeplane: `cargo xtask ci | demo | deb | bench | bench-xdp | flamegraph`.
+//! Developer tasks for edgeplane: `cargo xtask ci | demo | deb | bench | bench-tls | bench-xdp | flamegraph | vmtest | testssl`.
 
 mod bench;
+mod bench_tls;
 mod bench_xdp;
 mod callgrind;
 mod catalog;
@@ -11,7 +12,9 @@ mod flamegraph;
 mod server;
 mod svg;
 mod testbed;
+mod testssl;
 mod util;
+mod vmtest;
 
 use std::process::ExitCode;
 
@@ -26,7 +29,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// fmt --check, clippy -D warnings and the workspace tests, in that order.
+    /// fmt --check, clippy -D warnings, the workspace tests, vmtest and testssl, in that order.
     Ci,
     /// Build edgeplane, serve a small demo catalog and fetch from it with curl.
     Demo,
@@ -39,6 +42,13 @@ enum Task {
     Deb,
     /// XDP filter: ns per packet by prefix count, veth drop rate against nftables (root).
     BenchXdp(bench_xdp::BenchXdpArgs),
+    /// HTTPS over kernel TLS in a qemu VM (Debian kernel with the tls module): real clients,
+    /// byte-exact ranges, resumption, KeyUpdate, and /metrics proving kTLS was used.
+    Vmtest(vmtest::VmtestArgs),
+    /// HTTPS bench: edgeplane vs nginx + OpenSSL here, or (--vm) kernel TLS vs user space.
+    BenchTls(bench_tls::BenchTlsArgs),
+    /// testssl.sh scan of the HTTPS listener on loopback: fails on findings of MEDIUM or above.
+    Testssl,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +60,9 @@ fn main() -> ExitCode {
         Task::Bench(args) => bench::run(&args),
         Task::Flamegraph(args) => flamegraph::run(&args),
         Task::BenchXdp(args) => bench_xdp::run(&args),
+        Task::Vmtest(args) => vmtest::run(&args),
+        Task::Testssl => testssl::run(None),
+        Task::BenchTls(args) => bench_tls::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -24,7 +24,7 @@ pub(crate) const FILES: u32 = 4;
 pub(crate) const FILE_SIZE: u64 = 64 << 20;
 pub(crate) const SERVER_CPU: &str = "0";
 pub(crate) const CLIENT_CPU: &str = "1";
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests wrk's Lua script prepares up front and cycles through.
 const PREPARED_REQUESTS: u32 = 16_384;
 
@@ -449,7 +449,12 @@ fn root_of(conf: &str) -> String {
         .unwrap_or_default()
 }
 
-fn nginx_config(prefix: &Path, catalog: &Path, addr: SocketAddr, connections: u32) -> String {
+pub(crate) fn nginx_config(
+    prefix: &Path,
+    catalog: &Path,
+    addr: SocketAddr,
+    connections: u32,
+) -> String {
     let p = |name: &str| prefix.join(name).to_string_lossy().into_owned();
     // Workers of a root master switch to `nobody`; keep root so the files are readable
     // wherever the workspace lives. (Without root the directive is ignored, so leave it out.)
@@ -502,7 +507,7 @@ fn nginx_config(prefix: &Path, catalog: &Path, addr: SocketAddr, connections: u3
 }
 
 /// A loopback address with a port that was free a moment ago.
-fn free_port() -> Result<SocketAddr> {
+pub(crate) fn free_port() -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
     Ok(listener.local_addr()?)
 }
@@ -510,7 +515,7 @@ fn free_port() -> Result<SocketAddr> {
 /// The wrk script: prepared GET requests with `Range: bytes=a-b` headers at random offsets
 /// aligned to the range size (fixed seed, so every server sees the same sequence), and a
 /// `done` hook that prints the summary as one JSON line.
-fn wrk_script(scenario: &Scenario, files: &[(String, u64)]) -> String {
+pub(crate) fn wrk_script(scenario: &Scenario, files: &[(String, u64)]) -> String {
     let mut list = String::new();
     for (path, size) in files {
         let _ = writeln!(list, "    {{ path = \"{path}\", size = {size} }},");
@@ -614,6 +619,26 @@ impl WrkResult {
     pub(crate) fn gb_s(&self) -> f64 {
         self.bytes as f64 / self.duration_s / 1e9
     }
+}
+
+/// Runs wrk to completion and returns its output (stdout and stderr); fails when wrk does.
+pub(crate) fn run_wrk(cmd: &mut Command) -> Result<String> {
+    let output = cmd
+        .output()
+        .with_context(|| format!("could not run `{}`", display_command(cmd)))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if !output.status.success() {
+        bail!(
+            "`{}` failed ({}):\n{text}",
+            display_command(cmd),
+            output.status
+        );
+    }
+    Ok(text)
 }
 
 /// Saves wrk's command line and output to `log` and parses its result.

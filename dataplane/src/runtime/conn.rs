@@ -332,7 +332,6 @@ impl Transport for Plain {
         let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
     }
 
-    /// Sends `obj[start..start+len]` with `sendfile`, never blocking the executor.
     async fn send_body(
         &mut self,
         core: &Core,
@@ -340,57 +339,70 @@ impl Transport for Plain {
         start: u64,
         len: u64,
     ) -> Result<(), End> {
-        let end = start + len;
-        let mut off = start;
-        while off < end {
-            let chunk_end = end.min(off + CHUNK);
-            core.ensure_resident(obj, off, chunk_end - off)
-                .await
-                .map_err(End::Object)?;
-            while off < chunk_end {
-                let want = (chunk_end - off) as usize;
-                match sys::sendfile(self.fd, &*obj.file, &mut off, want) {
-                    Ok(0) => return Err(End::object_shrank()),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        core.metrics().would_block();
-                        // Let glommio wait for writability, then hand it one small piece of
-                        // the (resident) range. pread, not the mapping: a file truncated under
-                        // us gives a short read here instead of SIGBUS.
-                        let mut piece = [0u8; WAIT_PIECE as usize];
-                        let want = (chunk_end - off).min(WAIT_PIECE) as usize;
-                        let got = match std::os::unix::fs::FileExt::read_at(
-                            &*obj.file,
-                            &mut piece[..want],
-                            off,
-                        ) {
-                            Ok(0) => return Err(End::object_shrank()),
-                            Ok(n) => n,
-                            Err(e) => return Err(End::Object(e)),
-                        };
-                        match self.stream.write(&piece[..got]).await {
-                            Ok(n) => off += n as u64,
-                            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                                return Err(End::Timeout(Timeout::Send))
-                            }
-                            Err(_) => {
-                                core.metrics().client_abort();
-                                return Err(End::Client);
-                            }
+        sendfile_body(&mut self.stream, self.fd, core, obj, start, len).await
+    }
+}
+
+/// Sends `obj[start..start+len]` with `sendfile`, never blocking the executor: plain HTTP, and
+/// HTTPS once the kernel encrypts (kernel TLS).
+pub(crate) async fn sendfile_body(
+    stream: &mut TcpStream,
+    fd: RawFd,
+    core: &Core,
+    obj: &Rc<OpenObject>,
+    start: u64,
+    len: u64,
+) -> Result<(), End> {
+    let end = start + len;
+    let mut off = start;
+    while off < end {
+        let chunk_end = end.min(off + CHUNK);
+        core.ensure_resident(obj, off, chunk_end - off)
+            .await
+            .map_err(End::Object)?;
+        while off < chunk_end {
+            let want = (chunk_end - off) as usize;
+            match sys::sendfile(fd, &*obj.file, &mut off, want) {
+                Ok(0) => return Err(End::object_shrank()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    core.metrics().would_block();
+                    // Let glommio wait for writability, then hand it one small piece of
+                    // the (resident) range. pread, not the mapping: a file truncated under
+                    // us gives a short read here instead of SIGBUS.
+                    let mut piece = [0u8; WAIT_PIECE as usize];
+                    let want = (chunk_end - off).min(WAIT_PIECE) as usize;
+                    let got = match std::os::unix::fs::FileExt::read_at(
+                        &*obj.file,
+                        &mut piece[..want],
+                        off,
+                    ) {
+                        Ok(0) => return Err(End::object_shrank()),
+                        Ok(n) => n,
+                        Err(e) => return Err(End::Object(e)),
+                    };
+                    match stream.write(&piece[..got]).await {
+                        Ok(n) => off += n as u64,
+                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                            return Err(End::Timeout(Timeout::Send))
+                        }
+                        Err(_) => {
+                            core.metrics().client_abort();
+                            return Err(End::Client);
                         }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if is_client_gone(&e) => {
-                        core.metrics().client_abort();
-                        return Err(End::Client);
-                    }
-                    Err(e) => return Err(End::Object(e)),
                 }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_client_gone(&e) => {
+                    core.metrics().client_abort();
+                    return Err(End::Client);
+                }
+                Err(e) => return Err(End::Object(e)),
             }
-            glommio::yield_if_needed().await;
         }
-        Ok(())
+        glommio::yield_if_needed().await;
     }
+    Ok(())
 }
 
 /// Renders the response head into `out`; returns the status and the body to send.
@@ -459,7 +471,12 @@ pub(crate) fn is_client_gone(e: &io::Error) -> bool {
 
 /// Writes all of `bytes`: directly with `send` (with `MSG_MORE` when a body follows, so head
 /// and body share packets), through glommio's write path when the socket is full.
-async fn send_all(stream: &mut TcpStream, fd: RawFd, bytes: &[u8], more: bool) -> Result<(), End> {
+pub(crate) async fn send_all(
+    stream: &mut TcpStream,
+    fd: RawFd,
+    bytes: &[u8],
+    more: bool,
+) -> Result<(), End> {
     let mut sent = match sys::send(fd, bytes, more) {
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,

@@ -53,6 +53,8 @@ pub(crate) struct Https {
     pub(crate) config: Arc<rustls::ServerConfig>,
     /// Its certificates, swapped on reload.
     pub(crate) resolver: Arc<crate::tls::CertResolver>,
+    /// Hand connections to kernel TLS after the handshake (decided once at start).
+    pub(crate) kernel: bool,
 }
 
 /// What a reload did.

@@ -1,12 +1,13 @@
 //! Kernel TLS: whether this kernel can take over a connection's record layer
-//! (`setsockopt(TCP_ULP, "tls")`), and the `TLS_TX` / `TLS_RX` crypto state built from the
-//! secrets rustls extracts after a handshake, so that HTTPS bodies can go out with `sendfile`.
+//! (`setsockopt(TCP_ULP, "tls")`), the `TLS_TX` / `TLS_RX` crypto state built from the
+//! secrets rustls extracts after a handshake, and the two calls a kernel-TLS connection needs
+//! besides `read`/`sendfile`: [`recv_record`] (`recvmsg` with a control buffer, which tells
+//! application data from alerts and post-handshake messages) and [`send_close_notify`].
 //!
-//! Today only [`probe`] runs in the server: HTTPS connections are served by rustls in user space
-//! (`runtime::tls`), and the hand-over of a connection to the kernel is left for when it can be
-//! tested on a kernel with the `tls` module (the development machine has none). The crypto
-//! state building is pure and unit-tested here, including the TLS 1.2 AES-GCM nonce rule below,
-//! which is easy to get wrong.
+//! The hand-over itself (when it is safe, what is counted) is `runtime::tls::Tls::into_kernel`.
+//! The crypto state building is pure and unit-tested here, including the TLS 1.2 AES-GCM nonce
+//! rule below, which is easy to get wrong; the syscalls are exercised by `cargo xtask vmtest`
+//! (a kernel with the `tls` module under qemu).
 //!
 //! Kernel conventions (`include/uapi/linux/tls.h`, `net/tls/`): the 12-byte AEAD nonce of
 //! AES-GCM is `salt (4) || iv (8)`; ChaCha20-Poly1305 has no salt and a 12-byte `iv`;
@@ -50,6 +51,94 @@ pub(crate) fn enable_ulp(fd: RawFd) -> io::Result<()> {
         )
     };
     if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `TLS_SET_RECORD_TYPE` / `TLS_GET_RECORD_TYPE` control messages (`include/uapi/linux/tls.h`).
+const TLS_SET_RECORD_TYPE: libc::c_int = 1;
+const TLS_GET_RECORD_TYPE: libc::c_int = 2;
+/// TLS record content types.
+pub(crate) const CONTENT_ALERT: u8 = 21;
+pub(crate) const CONTENT_HANDSHAKE: u8 = 22;
+pub(crate) const CONTENT_APPLICATION_DATA: u8 = 23;
+
+/// What one [`recv_record`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Received {
+    /// `n` bytes of application data (0: end of stream).
+    Data(usize),
+    /// A record of another content type, with `n` bytes of its plaintext in the buffer.
+    Control(u8, usize),
+}
+
+/// Reads from a kernel-TLS socket without blocking (`EAGAIN` when nothing is there). Uses
+/// `recvmsg` with room for a `TLS_GET_RECORD_TYPE` control message: a plain `read` fails with
+/// `EIO` when the next record is not application data, and leaves it unread.
+pub(crate) fn recv_record(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // u64s: aligned for `cmsghdr`; 32 bytes hold CMSG_SPACE(1) (24 on 64-bit).
+    let mut control = [0u64; 4];
+    // SAFETY: a zeroed msghdr is a valid empty one; the fields set point at live locals that
+    // outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of_val(&control) as _;
+    // SAFETY: `msg` describes `buf` and `control`, both writable for the lengths given.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, within
+    // `msg_controllen`; CMSG_DATA of a TLS_GET_RECORD_TYPE message holds one byte.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == SOL_TLS && (*cmsg).cmsg_type == TLS_GET_RECORD_TYPE {
+                let kind = *libc::CMSG_DATA(cmsg);
+                if kind != CONTENT_APPLICATION_DATA {
+                    return Ok(Received::Control(kind, n));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(Received::Data(n))
+}
+
+/// Sends a close_notify alert on a kernel-TLS socket, if the socket takes it now (it never
+/// waits: a client that does not read must not hold the connection open).
+pub(crate) fn send_close_notify(fd: RawFd) -> io::Result<()> {
+    // level warning (1), description close_notify (0)
+    let payload = [1u8, 0];
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
+    let mut control = [0u64; 4];
+    // SAFETY: as in `recv_record`; the one control message is written inside `control`
+    // (CMSG_SPACE(1) <= 32 bytes) before the call, and the kernel only reads `payload`.
+    let rc = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(1) as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = SOL_TLS;
+        (*cmsg).cmsg_type = TLS_SET_RECORD_TYPE;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(1) as _;
+        *libc::CMSG_DATA(cmsg) = CONTENT_ALERT;
+        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    };
+    if rc < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -708,8 +797,9 @@ mod tests {
     /// On a kernel with the `tls` module: a rustls handshake over loopback TCP, then the
     /// server's side handed to the kernel; a rustls client must read what the server writes
     /// in plain text and with `sendfile`, and the kernel must decrypt what the client writes.
-    /// Skips (with a message) where the kernel has no TLS, as on the development machine, so
-    /// it has not run there; it is meant for the VM harness.
+    /// Skips (with a message) where the kernel has no TLS, as on the development machine; for
+    /// developers on a kernel with the module. `cargo xtask vmtest` covers the same six suites
+    /// end to end with the server itself, on Debian's 6.1 kernel.
     #[test]
     fn kernel_takes_over_a_rustls_session_where_available() {
         if let Err(e) = probe() {

@@ -145,10 +145,12 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> Result<
                 crate::tls::CertResolver::new(https.clone()).map_err(ServeError::Certificates)?,
             );
             let tls = crate::tls::server_config(resolver.clone()).map_err(ServeError::Tls)?;
-            metrics.set_tls_mode(detect_tls_mode());
+            let mode = detect_tls_mode(https.ktls);
+            metrics.set_tls_mode(mode);
             Some(Https {
                 config: Arc::new(tls),
                 resolver,
+                kernel: mode == TlsMode::Kernel,
             })
         }
         None => None,
@@ -402,22 +404,30 @@ fn executor_error_hint(reason: &str) -> String {
 
 /// How HTTPS will be served, decided once at start, and the one log line that says so.
 ///
-/// Kernel TLS needs the `tls` module (`TCP_ULP "tls"`); where it is missing, rustls encrypts in
-/// user space. Handing connections to the kernel is not implemented yet, so even where the
-/// probe succeeds HTTPS is served in user space (and the line says so).
-fn detect_tls_mode() -> TlsMode {
+/// Kernel TLS needs the `tls` module (`TCP_ULP "tls"`); where it is missing, or `https.ktls`
+/// is `off`, rustls encrypts in user space.
+fn detect_tls_mode(setting: crate::config::KtlsSetting) -> TlsMode {
+    if setting == crate::config::KtlsSetting::Off {
+        tracing::info!(
+            "kernel TLS off (https.ktls = \"off\"): serving HTTPS with userspace rustls"
+        );
+        return TlsMode::Userspace;
+    }
     match ktls::probe() {
-        Ok(()) => tracing::info!(
-            "kernel TLS available (TCP_ULP tls), but the kernel hand-over is not implemented \
-             yet: serving HTTPS with userspace rustls"
-        ),
+        Ok(()) => {
+            tracing::info!(
+                "kernel TLS available (TCP_ULP tls): HTTPS connections are handed to the kernel \
+                 after the handshake and served with sendfile"
+            );
+            TlsMode::Kernel
+        }
         Err(e) => {
             tracing::info!(
                 "kernel TLS unavailable (TCP_ULP tls: {e}): serving HTTPS with userspace rustls"
-            )
+            );
+            TlsMode::Userspace
         }
     }
-    TlsMode::Userspace
 }
 
 fn reserve_port(

@@ -23,12 +23,14 @@ use rustls::{ServerConfig, ServerConnection};
 
 use super::conn::{self, End, Transport, CHUNK, WAIT_PIECE};
 use super::core::{Core, DeadlineGuard};
-use super::sys;
+use super::{ktls, sys};
 use crate::catalog::OpenObject;
-use crate::metrics::{HandshakeFailure, Timeout, TlsMode};
+use crate::metrics::{HandshakeFailure, KtlsClose, KtlsFallback, Metrics, Timeout, TlsMode};
 
-/// Ciphertext read from the socket at once. Requests are small; rustls keeps partial records.
-const READ_BUF: usize = 8 * 1024;
+/// Ciphertext buffered from the socket: room for one whole record of the largest size a peer
+/// may send (16 KiB of plaintext + 2 KiB of expansion + the header), since handshake records
+/// are handed to rustls whole.
+const READ_BUF: usize = 16_384 + 2048 + 5;
 /// Plaintext read from a file and encrypted per round (four full 16 KiB records), then flushed.
 const BODY_BATCH: usize = 64 * 1024;
 
@@ -69,6 +71,26 @@ pub(crate) async fn serve(
     };
     match tls.handshake(&core, &deadline).await {
         Ok(()) => {
+            let kernel = core.shared.https.as_ref().is_some_and(|h| h.kernel);
+            if kernel {
+                tls = match tls.into_kernel(&core) {
+                    Handoff::Kernel(k) => {
+                        core.metrics().tls_connection(TlsMode::Kernel);
+                        conn::serve_transport(core, k, deadline, peer).await;
+                        return;
+                    }
+                    Handoff::Userspace(tls, why) => {
+                        core.metrics().ktls_fallback(why);
+                        *tls
+                    }
+                    Handoff::Failed(stream) => {
+                        core.metrics().ktls_closed(KtlsClose::InstallFailed);
+                        drop(deadline);
+                        let _ = stream.shutdown(std::net::Shutdown::Both).await;
+                        return;
+                    }
+                };
+            }
             core.metrics().tls_connection(TlsMode::Userspace);
             // Body writes are flushed after every batch, so rustls never holds more than one.
             tls.conn.set_buffer_limit(None);
@@ -162,12 +184,35 @@ impl Tls {
         Ok(())
     }
 
-    /// Reads ciphertext (unless some is still waiting) and lets rustls process it.
+    /// Reads ciphertext (unless some is still waiting) and lets rustls process it. While the
+    /// handshake runs, rustls gets one whole record at a time and nothing after the record that
+    /// completes it: what the client sent after its Finished stays in `rx`, where the hand-over
+    /// to the kernel can see it (rustls's own buffer cannot be inspected).
     async fn fill(&mut self) -> Result<Fill, FillError> {
-        if self.rx_start == self.rx_end {
+        loop {
+            let pending = &self.rx[self.rx_start..self.rx_end];
+            let feed = if self.conn.is_handshaking() && plausible_record(pending) {
+                match record_len(pending) {
+                    Some(n) if n <= pending.len() => n,
+                    // Larger than any valid record: let rustls refuse it.
+                    Some(n) if n > self.rx.len() => pending.len(),
+                    _ => 0,
+                }
+            } else {
+                pending.len()
+            };
+            if feed > 0 {
+                return self.feed(feed).map(|()| Fill::Data);
+            }
+            // Not a whole record buffered: read more, after what is there.
+            if self.rx_start > 0 {
+                self.rx.copy_within(self.rx_start..self.rx_end, 0);
+                self.rx_end -= self.rx_start;
+                self.rx_start = 0;
+            }
             let n = self
                 .stream
-                .read(&mut self.rx)
+                .read(&mut self.rx[self.rx_end..])
                 .await
                 .map_err(|_| FillError::Socket)?;
             if n == 0 {
@@ -177,10 +222,13 @@ impl Tls {
                 return Ok(Fill::PlainHttp);
             }
             self.received += n as u64;
-            self.rx_start = 0;
-            self.rx_end = n;
+            self.rx_end += n;
         }
-        let mut pending = &self.rx[self.rx_start..self.rx_end];
+    }
+
+    /// Hands the next `len` buffered bytes (or what rustls takes of them) to rustls.
+    fn feed(&mut self, len: usize) -> Result<(), FillError> {
+        let mut pending = &self.rx[self.rx_start..self.rx_start + len];
         let taken = self
             .conn
             .read_tls(&mut pending)
@@ -191,7 +239,75 @@ impl Tls {
             self.flush_now();
             return Err(FillError::Tls(e.to_string()));
         }
-        Ok(Fill::Data)
+        Ok(())
+    }
+
+    /// After the handshake (flushed): moves the connection to kernel TLS. Whole records the
+    /// client already sent go through rustls first and their plaintext is kept for the request
+    /// loop; a partial record, or one rustls must answer (a KeyUpdate, close_notify), keeps the
+    /// connection in user space. Once keys are extracted there is no way back: a failure to
+    /// install them closes the connection.
+    fn into_kernel(mut self, core: &Core) -> Handoff {
+        while self.rx_start < self.rx_end {
+            let pending = &self.rx[self.rx_start..self.rx_end];
+            match record_len(pending) {
+                Some(n) if n <= pending.len() => {
+                    if self.feed(n).is_err() {
+                        return Handoff::Userspace(Box::new(self), KtlsFallback::PendingData);
+                    }
+                }
+                _ => return Handoff::Userspace(Box::new(self), KtlsFallback::PendingData),
+            }
+        }
+        let closed = self
+            .conn
+            .process_new_packets()
+            .map(|state| state.peer_has_closed())
+            .unwrap_or(true);
+        if self.conn.wants_write() || closed {
+            return Handoff::Userspace(Box::new(self), KtlsFallback::PendingData);
+        }
+        let Some(version) = self.conn.protocol_version() else {
+            return Handoff::Userspace(Box::new(self), KtlsFallback::PendingData);
+        };
+        if let Err(e) = ktls::enable_ulp(self.fd) {
+            // Nothing is installed: the socket is still plain TCP, rustls carries on.
+            tracing::debug!("TCP_ULP tls failed on a connection: {e}");
+            return Handoff::Userspace(Box::new(self), KtlsFallback::Ulp);
+        }
+        let mut early = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = self.conn.reader().read(&mut buf) {
+            early.extend_from_slice(&buf[..n]);
+        }
+        let installed = self
+            .conn
+            .dangerous_extract_secrets()
+            .map_err(|e| e.to_string())
+            .and_then(|secrets| {
+                let tx = ktls::CryptoInfo::from_rustls(version, &secrets.tx)
+                    .map_err(|e| e.to_string())?;
+                let rx = ktls::CryptoInfo::from_rustls(version, &secrets.rx)
+                    .map_err(|e| e.to_string())?;
+                ktls::set_crypto(self.fd, ktls::Direction::Tx, &tx)
+                    .map_err(|e| format!("TLS_TX: {e}"))?;
+                ktls::set_crypto(self.fd, ktls::Direction::Rx, &rx)
+                    .map_err(|e| format!("TLS_RX: {e}"))
+            });
+        match installed {
+            Ok(()) => Handoff::Kernel(KernelTls {
+                stream: self.stream,
+                fd: self.fd,
+                early,
+                early_at: 0,
+                metrics: core.shared.metrics.clone(),
+                core: core.index,
+            }),
+            Err(e) => {
+                tracing::warn!("cannot hand a TLS connection to the kernel, closing it: {e}");
+                Handoff::Failed(self.stream)
+            }
+        }
     }
 
     /// Sends everything rustls has queued, waiting for the socket when it is full.
@@ -260,6 +376,27 @@ impl Tls {
         let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
         conn::drain(self.stream).await;
     }
+}
+
+/// What [`Tls::into_kernel`] did.
+enum Handoff {
+    /// The kernel encrypts and decrypts from now on.
+    Kernel(KernelTls),
+    /// The connection stays with rustls, for this reason.
+    Userspace(Box<Tls>, KtlsFallback),
+    /// Keys were extracted but could not be installed: the connection must be closed.
+    Failed(TcpStream),
+}
+
+/// The length of the TLS record starting `buf` (header included), once its header is there.
+fn record_len(buf: &[u8]) -> Option<usize> {
+    (buf.len() >= 5).then(|| 5 + usize::from(u16::from_be_bytes([buf[3], buf[4]])))
+}
+
+/// Whether `buf` may start a TLS record (content type 20–23, protocol major version 3). What
+/// cannot is handed to rustls at once, to be refused without waiting for more.
+fn plausible_record(buf: &[u8]) -> bool {
+    buf.first().is_some_and(|t| (20..=23).contains(t)) && buf.get(1).is_none_or(|&v| v == 3)
 }
 
 enum FillError {
@@ -367,6 +504,102 @@ impl Transport for Tls {
     }
 }
 
+/// An HTTPS connection after the hand-over: the kernel encrypts and decrypts, so bodies go out
+/// with the same `sendfile` path as plain HTTP. Reads use `recvmsg` to see each record's type:
+/// close_notify or any alert ends the connection, and so does a post-handshake message (a
+/// TLS 1.3 KeyUpdate: the kernel cannot take new keys, so the connection closes cleanly and the
+/// client reconnects), each counted in `edgeplane_tls_ktls_closed_total`.
+pub(crate) struct KernelTls {
+    stream: TcpStream,
+    fd: RawFd,
+    /// Plaintext rustls decrypted before the hand-over (a request sent right after Finished).
+    early: Vec<u8>,
+    early_at: usize,
+    metrics: Arc<Metrics>,
+    core: usize,
+}
+
+impl Transport for KernelTls {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, End> {
+        if self.early_at < self.early.len() {
+            let n = buf.len().min(self.early.len() - self.early_at);
+            buf[..n].copy_from_slice(&self.early[self.early_at..self.early_at + n]);
+            self.early_at += n;
+            if self.early_at == self.early.len() {
+                self.early = Vec::new();
+                self.early_at = 0;
+            }
+            return Ok(n);
+        }
+        loop {
+            let why = match ktls::recv_record(self.fd, buf) {
+                Ok(ktls::Received::Data(n)) => return Ok(n),
+                Ok(ktls::Received::Control(ktls::CONTENT_ALERT, n)) => {
+                    if n >= 2 && buf[1] == 0 {
+                        KtlsClose::CloseNotify
+                    } else {
+                        KtlsClose::Alert
+                    }
+                }
+                Ok(ktls::Received::Control(ktls::CONTENT_HANDSHAKE, n)) => {
+                    // Handshake message type 24: KeyUpdate.
+                    if n >= 1 && buf[0] == 24 {
+                        KtlsClose::KeyUpdate
+                    } else {
+                        KtlsClose::Handshake
+                    }
+                }
+                Ok(ktls::Received::Control(..)) => KtlsClose::BadRecord,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Wait until something is readable (a peek through glommio's reactor; it
+                    // fails with EIO when the next record is not data, which is readable too).
+                    match self.stream.peek(&mut [0u8; 1]).await {
+                        Ok(0) => return Ok(0),
+                        Ok(_) => continue,
+                        Err(e) if e.raw_os_error() == Some(libc::EIO) => continue,
+                        Err(_) => return Err(End::Client),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EBADMSG | libc::EMSGSIZE | libc::EIO | libc::EINVAL) => {
+                        KtlsClose::BadRecord
+                    }
+                    _ => return Err(End::Client),
+                },
+            };
+            self.metrics.core(self.core).ktls_closed(why);
+            tracing::debug!(
+                "kernel TLS connection ended by the client: {}",
+                why.as_str()
+            );
+            // The end of the request stream: the loop closes (close_notify, FIN).
+            return Ok(0);
+        }
+    }
+
+    async fn send_head(&mut self, bytes: &[u8], more: bool) -> Result<(), End> {
+        conn::send_all(&mut self.stream, self.fd, bytes, more).await
+    }
+
+    async fn send_body(
+        &mut self,
+        core: &Core,
+        obj: &Rc<OpenObject>,
+        start: u64,
+        len: u64,
+    ) -> Result<(), End> {
+        conn::sendfile_body(&mut self.stream, self.fd, core, obj, start, len).await
+    }
+
+    async fn close(&mut self, clean: bool) {
+        if clean {
+            let _ = ktls::send_close_notify(self.fd);
+        }
+        let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
+    }
+}
+
 /// Hands queued records straight to the socket without waiting (`sendmsg`, `MSG_DONTWAIT`).
 struct SocketWriter {
     fd: RawFd,
@@ -408,7 +641,18 @@ impl io::Write for PieceWriter {
 
 #[cfg(test)]
 mod tests {
-    use super::looks_like_http;
+    use super::{looks_like_http, plausible_record, record_len};
+
+    #[test]
+    fn record_framing() {
+        assert_eq!(record_len(&[0x16, 3, 1, 0x02, 0x00]), Some(5 + 512));
+        assert_eq!(record_len(&[0x17, 3, 3, 0x40]), None);
+        assert!(plausible_record(&[0x16]));
+        assert!(plausible_record(&[0x17, 3, 3]));
+        assert!(!plausible_record(&[0x16, 2]));
+        assert!(!plausible_record(b"\x00\x01\x02\x03"));
+        assert!(!plausible_record(&[]));
+    }
 
     #[test]
     fn plain_http_is_told_apart_from_tls() {

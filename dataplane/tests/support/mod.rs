@@ -145,6 +145,8 @@ pub(crate) struct ServerBuilder {
     tiers: Vec<TierSpec>,
     /// `[https]`: the default certificate and the `[[https.sni]]` entries.
     https: Option<(PkiCert, Vec<(String, PkiCert)>)>,
+    /// `https.ktls`, when set.
+    https_ktls: Option<String>,
     sections: Vec<String>,
     http_listen: String,
     wrapper: Vec<String>,
@@ -178,6 +180,7 @@ impl ServerBuilder {
             io: Vec::new(),
             tiers: Vec::new(),
             https: None,
+            https_ktls: None,
             sections: Vec::new(),
             http_listen: "127.0.0.1:0".to_owned(),
             wrapper: Vec::new(),
@@ -211,6 +214,12 @@ impl ServerBuilder {
     pub(crate) fn https(mut self) -> Self {
         self.https.get_or_insert((PkiCert::Default, Vec::new()));
         self
+    }
+
+    /// Sets `https.ktls` (`"auto"` or `"off"`; implies [`Self::https`]).
+    pub(crate) fn https_ktls(mut self, value: &str) -> Self {
+        self.https_ktls = Some(value.to_owned());
+        self.https()
     }
 
     /// Adds `[[https.sni]] name = NAME` served with the test PKI's certificate `cert` (implies
@@ -297,6 +306,9 @@ impl ServerBuilder {
                 cert.display(),
                 key.display()
             ));
+            if let Some(ktls) = &self.https_ktls {
+                s.push_str(&format!("ktls = \"{ktls}\"\n"));
+            }
             for (i, (name, which)) in sni.iter().enumerate() {
                 let (cert, key) = pki().write(*which, &tls, &format!("sni{i}"));
                 s.push_str(&format!(
