@@ -85,20 +85,15 @@ impl Host {
 
 /// Runs every check for `config` on `host`.
 pub fn run(config: &Config, host: &Host) -> Vec<Item> {
-    vec![
-        kernel(host),
-        io_uring(host),
-        kernel_tls(host),
-        bpf_fs(host),
-        memlock(config, host),
-        cpus(config, host),
-    ]
-    .into_iter()
-    .chain(tiers(config, host))
-    .chain(ports(config, host))
-    .chain([clock(host), signing(config, host)])
-    .chain(access(config, host))
-    .collect()
+    vec![kernel(host), io_uring(host), kernel_tls(host), bpf_fs(host)]
+        .into_iter()
+        .chain(xdp(config, host))
+        .chain([memlock(config, host), cpus(config, host)])
+        .chain(tiers(config, host))
+        .chain(ports(config, host))
+        .chain([clock(host), signing(config, host)])
+        .chain(access(config, host))
+        .collect()
 }
 
 /// Loads the config for a check: like [`Config::load`], except that a tier directory that is
@@ -246,6 +241,161 @@ fn bpf_fs(host: &Host) -> Item {
             "/sys/fs/bpf is not a bpf filesystem: `mount -t bpf bpf /sys/fs/bpf` (needed to pin XDP maps)",
         )
     }
+}
+
+/// Drivers with native (driver-mode) XDP in mainline Linux 6.x. An interface on another driver
+/// only takes generic (skb) XDP, which works everywhere but runs after the kernel has built an
+/// skb for every packet.
+const NATIVE_XDP_DRIVERS: &[&str] = &[
+    "mlx5_core",
+    "mlx4_en",
+    "mlx4_core",
+    "i40e",
+    "ice",
+    "idpf",
+    "ixgbe",
+    "ixgbevf",
+    "igb",
+    "igc",
+    "bnxt_en",
+    "nfp",
+    "qede",
+    "sfc",
+    "sfc_siena",
+    "ena",
+    "gve",
+    "ionic",
+    "mana",
+    "funeth",
+    "hv_netvsc",
+    "virtio_net",
+    "veth",
+    "tun",
+    "bonding",
+    "netdevsim",
+    "nicvf",
+    "mvneta",
+    "mvpp2",
+    "stmmaceth",
+    "fsl_enetc",
+    "fsl_dpaa2_eth",
+    "fsl_dpaa_eth",
+    "fec",
+    "tsnep",
+    "cpsw",
+    "am65-cpsw-nuss",
+    "mtk_soc_eth",
+    "rvu_nicpf",
+    "lan966x-switch",
+    "atlantic",
+    "ixgbe_vf",
+];
+
+/// The driver of a network interface: the `device/driver` link in sysfs; for virtual devices
+/// (veth, tun, bonds), which have no `device`, the ethtool driver-info ioctl (real host only).
+fn interface_driver(host: &Host, ifname: &str) -> Option<String> {
+    let link = host
+        .root
+        .join(format!("sys/class/net/{ifname}/device/driver"));
+    if let Ok(target) = std::fs::read_link(&link) {
+        return target.file_name().map(|n| n.to_string_lossy().into_owned());
+    }
+    if host.is_real() {
+        return ethtool_driver(ifname);
+    }
+    None
+}
+
+/// `ETHTOOL_GDRVINFO`: the driver name, as `ethtool -i` prints it.
+fn ethtool_driver(ifname: &str) -> Option<String> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    // struct ethtool_drvinfo: cmd, driver[32], version[32], fw_version[32], bus_info[32],
+    // erom_version[32], reserved2[12], then five u32 counts: 196 bytes.
+    let mut info = [0u8; 196];
+    info[..4].copy_from_slice(&ETHTOOL_GDRVINFO.to_ne_bytes());
+    let name = ifname.as_bytes();
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: an all-zero ifreq is valid; we fill the name and point ifru_data at `info`,
+    // which outlives the ioctl.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = info.as_mut_ptr().cast();
+    // SAFETY: a datagram socket for the ioctl, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: SIOCETHTOOL with an ifreq whose data points at a buffer large enough for
+    // ETHTOOL_GDRVINFO's struct ethtool_drvinfo.
+    let r = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut ifr) };
+    // SAFETY: closing the socket we opened.
+    unsafe { libc::close(fd) };
+    if r != 0 {
+        return None;
+    }
+    let driver = &info[4..36];
+    let len = driver.iter().position(|&b| b == 0).unwrap_or(driver.len());
+    Some(String::from_utf8_lossy(&driver[..len]).into_owned())
+}
+
+/// `[xdp]`: each configured interface exists and its driver can run the program in the
+/// configured mode.
+fn xdp(config: &Config, host: &Host) -> Vec<Item> {
+    use crate::config::XdpMode;
+    let Some(xdp) = &config.xdp else {
+        return Vec::new();
+    };
+    if xdp.interfaces.is_empty() {
+        return vec![item(
+            "xdp",
+            Verdict::Ok,
+            "no xdp.interfaces: maps, accounting and steering only, no filter at a NIC",
+        )];
+    }
+    xdp.interfaces
+        .iter()
+        .map(|ifname| {
+            if !host.exists(&format!("/sys/class/net/{ifname}")) {
+                return item(
+                    "xdp",
+                    Verdict::Fail,
+                    format!("{ifname}: no such interface (xdp.interfaces); `ip link` lists them"),
+                );
+            }
+            let driver = interface_driver(host, ifname);
+            let native = driver
+                .as_deref()
+                .is_some_and(|d| NATIVE_XDP_DRIVERS.contains(&d));
+            let named = driver.as_deref().unwrap_or("unknown driver");
+            match (native, xdp.mode) {
+                (true, XdpMode::Skb) => item(
+                    "xdp",
+                    Verdict::Warn,
+                    format!("{ifname}: {named} has native XDP, but xdp.mode = \"skb\" runs the slower generic hook: use \"driver\""),
+                ),
+                (true, _) => item(
+                    "xdp",
+                    Verdict::Ok,
+                    format!("{ifname}: {named}, native (driver-mode) XDP"),
+                ),
+                (false, XdpMode::Driver) => item(
+                    "xdp",
+                    Verdict::Fail,
+                    format!("{ifname}: {named} has no native XDP: xdp.mode = \"driver\" cannot attach; use \"auto\" or \"skb\" (generic XDP, slower)"),
+                ),
+                (false, _) => item(
+                    "xdp",
+                    Verdict::Warn,
+                    format!("{ifname}: {named} has no native XDP: generic (skb) XDP, which works but costs more per packet"),
+                ),
+            }
+        })
+        .collect()
 }
 
 /// Parses the soft "Max locked memory" of `/proc/self/limits` (`None` = unlimited).
@@ -584,6 +734,50 @@ fn clock(host: &Host) -> Item {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xdp_driver_support_per_interface() {
+        let root = tempfile::tempdir().unwrap();
+        let net = root.path().join("sys/class/net");
+        let drivers = root.path().join("sys/bus/pci/drivers");
+        for (ifname, driver) in [
+            ("eth0", Some("mlx5_core")),
+            ("eth1", Some("r8169")),
+            ("veth0", None),
+        ] {
+            std::fs::create_dir_all(net.join(ifname)).unwrap();
+            if let Some(d) = driver {
+                std::fs::create_dir_all(drivers.join(d)).unwrap();
+                std::fs::create_dir_all(net.join(ifname).join("device")).unwrap();
+                std::os::unix::fs::symlink(drivers.join(d), net.join(ifname).join("device/driver"))
+                    .unwrap();
+            }
+        }
+        let host = Host::at(root.path());
+        let check = |ifs: &str, mode: &str| {
+            let text = format!(
+                "[[tier]]\nname = \"t\"\nkind = \"flash\"\npath = \"/\"\n[xdp]\ninterfaces = [{ifs}]\nmode = \"{mode}\"\n"
+            );
+            let config = Config::parse(&text, "t.toml").unwrap();
+            xdp(&config, &host)
+                .into_iter()
+                .map(|i| (i.verdict, i.detail))
+                .collect::<Vec<_>>()
+        };
+        let r = check("\"eth0\", \"eth1\", \"nosuch9\"", "driver");
+        assert_eq!(r[0].0, Verdict::Ok, "{r:?}");
+        assert!(r[0].1.contains("mlx5_core"), "{r:?}");
+        assert_eq!(r[1].0, Verdict::Fail, "{r:?}");
+        assert!(r[1].1.contains("r8169 has no native XDP"), "{r:?}");
+        assert_eq!(r[2].0, Verdict::Fail, "{r:?}");
+        assert!(r[2].1.contains("no such interface"), "{r:?}");
+        let r = check("\"eth1\", \"veth0\"", "auto");
+        assert_eq!((r[0].0, r[1].0), (Verdict::Warn, Verdict::Warn), "{r:?}");
+        assert!(r[1].1.contains("unknown driver"), "{r:?}");
+        let r = check("\"eth0\"", "skb");
+        assert_eq!(r[0].0, Verdict::Warn, "{r:?}");
+        assert!(check("", "auto")[0].1.contains("no xdp.interfaces"));
+    }
 
     #[test]
     fn parses_host_facts() {
