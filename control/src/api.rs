@@ -307,12 +307,16 @@ pub struct ApiError {
     pub error: String,
 }
 
+/// Longest content id, in bytes.
+pub const MAX_CONTENT_ID_LEN: usize = 200;
+
 /// Whether `id` is a valid content id: `[A-Za-z0-9._-]{1,200}`, not starting with `.` (the
 /// data plane's rule: a file name in a tier that can never be a path, a dotfile or a fill
 /// temporary).
+#[inline]
 pub fn valid_content_id(id: &str) -> bool {
     !id.is_empty()
-        && id.len() <= 200
+        && id.len() <= MAX_CONTENT_ID_LEN
         && !id.starts_with('.')
         && id
             .bytes()

@@ -5,17 +5,11 @@
 //! path is only ever looked up in the catalog as an id, never joined onto a directory unchecked.
 
 /// Longest accepted content id, in bytes.
-pub const MAX_LEN: usize = 200;
+pub use edgeplane_control::api::MAX_CONTENT_ID_LEN as MAX_LEN;
 
-/// Whether `id` is a valid content id.
-pub fn is_valid(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_LEN
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
+/// Whether `id` is a valid content id. The rule is part of the control API (the agent and the
+/// control service check ids with the same function), so it lives there.
+pub use edgeplane_control::api::valid_content_id as is_valid;
 
 #[cfg(test)]
 mod tests {

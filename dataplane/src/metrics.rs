@@ -480,33 +480,29 @@ pub fn render(metrics: &Metrics, catalog: &Catalog) -> String {
     let mut out = String::with_capacity(8192);
     let sum = |f: &dyn Fn(&CoreMetrics) -> u64| metrics.cores.iter().map(f).sum::<u64>();
 
-    header(
+    labeled(
         &mut out,
         "edgeplane_requests_total",
         "counter",
         "Responses sent, by HTTP status.",
+        "status",
+        Status::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, status)| (status.code(), sum(&|c| c.requests[i].load(Relaxed)))),
     );
-    for (i, status) in Status::ALL.iter().enumerate() {
-        let n = sum(&|c| c.requests[i].load(Relaxed));
-        let _ = writeln!(
-            out,
-            "edgeplane_requests_total{{status=\"{}\"}} {n}",
-            status.code()
-        );
-    }
-    header(
+    labeled(
         &mut out,
         "edgeplane_core_requests_total",
         "counter",
         "Responses sent, by serving executor.",
+        "core",
+        metrics
+            .cores
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i, c.total_requests())),
     );
-    for (i, c) in metrics.cores.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "edgeplane_core_requests_total{{core=\"{i}\"}} {}",
-            c.total_requests()
-        );
-    }
     let per_tier =
         |out: &mut String, name: &str, kind: &str, help: &str, value: &dyn Fn(usize) -> u64| {
             header(out, name, kind, help);
@@ -564,47 +560,38 @@ pub fn render(metrics: &Metrics, catalog: &Catalog) -> String {
         "edgeplane_connections_total {}",
         sum(&|c| c.connections.load(Relaxed))
     );
-    header(
+    labeled(
         &mut out,
         "edgeplane_connections_rejected_total",
         "counter",
         "Connections refused: with 503 over a cap, or closed unanswered from outside the served prefixes.",
+        "reason",
+        Rejection::ALL.iter().enumerate().map(|(i, reason)| (reason.as_str(), sum(&|c| c.rejected[i].load(Relaxed)))),
     );
-    for (i, reason) in Rejection::ALL.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "edgeplane_connections_rejected_total{{reason=\"{}\"}} {}",
-            reason.as_str(),
-            sum(&|c| c.rejected[i].load(Relaxed))
-        );
-    }
-    header(
+    labeled(
         &mut out,
         "edgeplane_signed_url_rejects_total",
         "counter",
         "Object requests refused with 403 because of their signed URL, by reason.",
+        "reason",
+        Reject::ALL.iter().enumerate().map(|(i, reason)| {
+            (
+                reason.label(),
+                sum(&|c| c.signed_url_rejects[i].load(Relaxed)),
+            )
+        }),
     );
-    for (i, reason) in Reject::ALL.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "edgeplane_signed_url_rejects_total{{reason=\"{}\"}} {}",
-            reason.label(),
-            sum(&|c| c.signed_url_rejects[i].load(Relaxed))
-        );
-    }
-    header(
+    labeled(
         &mut out,
         "edgeplane_timeouts_total",
         "counter",
         "Connections closed by a timer.",
+        "kind",
+        ["header", "idle", "send"]
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| (kind, sum(&|c| c.timeouts[i].load(Relaxed)))),
     );
-    for (i, kind) in ["header", "idle", "send"].iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "edgeplane_timeouts_total{{kind=\"{kind}\"}} {}",
-            sum(&|c| c.timeouts[i].load(Relaxed))
-        );
-    }
     for (name, help, f) in [
         (
             "edgeplane_client_aborts_total",
@@ -732,92 +719,79 @@ fn render_tls(out: &mut String, metrics: &Metrics) {
         let on = u8::from(mode == 1 + m as u8);
         let _ = writeln!(out, "edgeplane_tls_mode{{mode=\"{}\"}} {on}", m.as_str());
     }
-    header(
+    labeled(
         out,
         "edgeplane_tls_connections_total",
         "counter",
         "TLS handshakes completed, by how the connection is then served.",
+        "mode",
+        [TlsMode::Userspace, TlsMode::Kernel].into_iter().map(|m| {
+            (
+                m.as_str(),
+                sum(&|c| c.tls_connections[m as usize].load(Relaxed)),
+            )
+        }),
     );
-    for m in [TlsMode::Userspace, TlsMode::Kernel] {
-        let n = sum(&|c| c.tls_connections[m as usize].load(Relaxed));
-        let _ = writeln!(
-            out,
-            "edgeplane_tls_connections_total{{mode=\"{}\"}} {n}",
-            m.as_str()
-        );
-    }
-    header(
+    labeled(
         out,
         "edgeplane_tls_handshake_failures_total",
         "counter",
         "TLS handshakes that did not complete, by reason.",
+        "reason",
+        HandshakeFailure::ALL.into_iter().map(|why| {
+            (
+                why.as_str(),
+                sum(&|c| c.tls_handshake_failures[why as usize].load(Relaxed)),
+            )
+        }),
     );
-    for why in HandshakeFailure::ALL {
-        let n = sum(&|c| c.tls_handshake_failures[why as usize].load(Relaxed));
-        let _ = writeln!(
-            out,
-            "edgeplane_tls_handshake_failures_total{{reason=\"{}\"}} {n}",
-            why.as_str()
-        );
-    }
-    header(
+    labeled(
         out,
         "edgeplane_tls_ktls_fallbacks_total",
         "counter",
         "Connections kept in user space although kernel TLS is in use, by reason.",
+        "reason",
+        KtlsFallback::ALL.into_iter().map(|why| {
+            (
+                why.as_str(),
+                sum(&|c| c.ktls_fallbacks[why as usize].load(Relaxed)),
+            )
+        }),
     );
-    for why in KtlsFallback::ALL {
-        let n = sum(&|c| c.ktls_fallbacks[why as usize].load(Relaxed));
-        let _ = writeln!(
-            out,
-            "edgeplane_tls_ktls_fallbacks_total{{reason=\"{}\"}} {n}",
-            why.as_str()
-        );
-    }
-    header(
+    labeled(
         out,
         "edgeplane_tls_ktls_closed_total",
         "counter",
         "Kernel-TLS connections ended by a non-data record or a failed key installation, by reason.",
+        "reason",
+        KtlsClose::ALL.into_iter().map(|why| (why.as_str(), sum(&|c| c.ktls_closed[why as usize].load(Relaxed)))),
     );
-    for why in KtlsClose::ALL {
-        let n = sum(&|c| c.ktls_closed[why as usize].load(Relaxed));
-        let _ = writeln!(
-            out,
-            "edgeplane_tls_ktls_closed_total{{reason=\"{}\"}} {n}",
-            why.as_str()
-        );
-    }
-    header(
+    labeled(
         out,
         "edgeplane_tls_cert_reloads_total",
         "counter",
         "Certificate reloads (SIGHUP, POST /reload); failed ones keep the previous certificates.",
+        "result",
+        ["ok", "failed"]
+            .iter()
+            .enumerate()
+            .map(|(i, result)| (result, metrics.cert_reloads[i].load(Relaxed))),
     );
-    for (i, result) in ["ok", "failed"].iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "edgeplane_tls_cert_reloads_total{{result=\"{result}\"}} {}",
-            metrics.cert_reloads[i].load(Relaxed)
-        );
-    }
 }
 
 /// Appends the process's life-cycle state (config reloads, drain) to `out`.
 pub fn render_lifecycle(out: &mut String, metrics: &Metrics) {
-    header(
+    labeled(
         out,
         "edgeplane_config_reloads_total",
         "counter",
         "Config file reloads (SIGHUP, POST /reload); failed ones keep the running config.",
+        "result",
+        ["ok", "failed"]
+            .iter()
+            .enumerate()
+            .map(|(i, result)| (result, metrics.config_reloads[i].load(Relaxed))),
     );
-    for (i, result) in ["ok", "failed"].iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "edgeplane_config_reloads_total{{result=\"{result}\"}} {}",
-            metrics.config_reloads[i].load(Relaxed)
-        );
-    }
     header(
         out,
         "edgeplane_draining",
@@ -965,6 +939,21 @@ pub fn render_xdp(out: &mut String, x: &crate::xdp::XdpSnapshot) {
         for s in &x.prefixes {
             let _ = writeln!(out, "{name}{{prefix=\"{}\"}} {}", s.entry.prefix, field(s));
         }
+    }
+}
+
+/// A metric with one label: its header, then `name{label="value"} n` per row.
+fn labeled<V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    label: &str,
+    rows: impl Iterator<Item = (V, u64)>,
+) {
+    header(out, name, kind, help);
+    for (value, n) in rows {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
     }
 }
 

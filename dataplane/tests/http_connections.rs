@@ -261,16 +261,7 @@ fn slow_reader_gets_exact_bytes_and_does_not_block_others() {
     );
 
     // Read only the head and a little body, then stall: the server's socket buffer fills up.
-    let mut line = String::new();
-    let mut head = String::new();
-    loop {
-        line.clear();
-        std::io::BufRead::read_line(&mut conn.reader, &mut line).unwrap();
-        head.push_str(&line);
-        if line == "\r\n" {
-            break;
-        }
-    }
+    let head = conn.read_head();
     assert!(
         head.starts_with("HTTP/1.1 206"),
         "slow reader head: {head:?}"

@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::io::{BufRead, Read};
+use std::io::Read;
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -72,15 +72,7 @@ fn sigterm_finishes_in_flight_responses() {
         .start();
     let mut conn = server.connect();
     conn.send(request_head("GET", "/inflight.mp4", &[]).as_bytes());
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        conn.reader.read_line(&mut line).unwrap();
-        head.push_str(&line);
-        if line == "\r\n" {
-            break;
-        }
-    }
+    let head = conn.read_head();
     assert!(head.starts_with("HTTP/1.1 200"), "{head:?}");
     let mut body = vec![0u8; 4096];
     conn.reader.read_exact(&mut body).unwrap();

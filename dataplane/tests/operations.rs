@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::io::{BufRead, Read};
+use std::io::Read;
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -152,15 +152,7 @@ fn drain_finishes_in_flight_responses_and_exits_zero() {
         .start();
     let mut conn = server.connect();
     conn.send(request_head("GET", "/drain.mp4", &[]).as_bytes());
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        conn.reader.read_line(&mut line).unwrap();
-        head.push_str(&line);
-        if line == "\r\n" {
-            break;
-        }
-    }
+    let head = conn.read_head();
     assert!(head.starts_with("HTTP/1.1 200"), "{head:?}");
     let mut body = vec![0u8; 4096];
     conn.reader.read_exact(&mut body).unwrap();

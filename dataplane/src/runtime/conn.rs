@@ -277,14 +277,18 @@ impl<T: Transport> Io<T> {
         let core = self.core.clone();
         let _busy = Busy::new(&core.busy);
         self.served += 1;
-        let max_requests = core.config().limits.max_requests_per_connection;
+        // One look at the config in effect per request (a reload may swap it at any await).
+        let (max_requests, cors) = {
+            let config = core.config();
+            (config.limits.max_requests_per_connection, config.http.cors)
+        };
         let keep_alive = req.keep_alive
             && !core.stopping.get()
             && (max_requests == 0 || self.served < max_requests);
         let date = core.date();
         let ctx = HeadContext {
             date: &date,
-            cors: core.config().http.cors && req.has_origin,
+            cors: cors && req.has_origin,
             keep_alive,
             http10: req.http10,
         };

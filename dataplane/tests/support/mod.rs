@@ -963,6 +963,22 @@ impl Conn {
         }
     }
 
+    /// Reads a response head up to and including its blank line, leaving the body unread
+    /// (for tests that then read slowly, or not at all).
+    #[track_caller]
+    pub(crate) fn read_head(&mut self) -> String {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            let n = io::BufRead::read_line(&mut self.reader, &mut line).expect("read a head line");
+            assert!(n > 0, "connection closed inside the head: {head:?}");
+            head.push_str(&line);
+            if line == "\r\n" {
+                return head;
+            }
+        }
+    }
+
     pub(crate) fn try_send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.reader.get_mut().write_all(bytes)
     }
