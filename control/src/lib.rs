@@ -2,9 +2,8 @@
 //! keys; `edgeplane agent`) and the simulated AWS side that drives a fleet of appliances (fleet
 //! registry, catalog and fill manifests, steering with signed URLs; `edgeplane cloud`).
 //!
-//! The two talk JSON over HTTP; [`api`] has every type on the wire.
+//! The two talk JSON over HTTP; `edgeplane_api` has every type on the wire.
 
 pub mod agent;
-pub mod api;
 pub mod cloud;
 pub mod s3;

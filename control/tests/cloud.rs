@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgeplane_control::api::{
+use edgeplane_api::{
     Catalog, FillManifest, Fleet, HealthAck, HealthReport, LocationKind, Registration,
     RegistrationAck, Role, Steering, TierCapacity, TierKind,
 };

@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use edgeplane_signing::{KeySet, Reject};
 
 use crate::config::Config;
-use crate::xdp::Prefix;
+use edgeplane_xdp::Prefix;
 
 /// The prefixes file: `{"prefixes": ["203.0.113.0/24", "2001:db8::/32"]}`.
 #[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]

@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// `[xdp]` is the XDP crate's section; the data plane validates it against its listeners.
+pub use edgeplane_xdp::config::{XdpConfig, XdpMode, XdpSteering, MAX_PREFIXES_LIMIT};
+
 /// A config problem, naming the key (or file position) and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -23,11 +26,35 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub(crate) fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+    /// A problem with `key`.
+    pub fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             problem: problem.into(),
         }
+    }
+}
+
+impl ConfigError {
+    /// A TOML syntax or type error in `text` (from the file `origin`), naming the dotted key
+    /// and the line it is on. Other sections of the same file (the agent's) use it too.
+    pub fn from_toml(e: &toml::de::Error, text: &str, origin: &str) -> ConfigError {
+        let msg = e.message().replace('\n', " ");
+        let key = match e.span() {
+            Some(span) => {
+                let line = text.as_bytes()[..span.start.min(text.len())]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+                    + 1;
+                match key_at(text, span.start) {
+                    Some(key) => format!("{key} ({origin} line {line})"),
+                    None => format!("{origin}:{line}"),
+                }
+            }
+            None => origin.to_string(),
+        };
+        ConfigError::new(key, msg)
     }
 }
 
@@ -76,10 +103,11 @@ pub struct Config {
     /// Which clients may connect at all, without XDP.
     #[serde(default)]
     pub access: AccessConfig,
-    /// The agent beside the data plane (`edgeplane agent`: fill, health, prefixes, keys);
-    /// `edgeplane serve` ignores it. See docs/agent.md.
-    #[serde(default)]
-    pub agent: Option<edgeplane_control::agent::AgentConfig>,
+    /// `[agent]`: the agent's section of the same file (`edgeplane agent`: fill, health,
+    /// prefixes, keys; docs/agent.md). The agent parses and validates it; the data plane only
+    /// lets it stand.
+    #[serde(default, rename = "agent")]
+    _agent: Option<serde::de::IgnoredAny>,
     /// Who `edgeplane serve` runs as once it has bound its sockets and loaded its programs.
     #[serde(default)]
     pub process: ProcessConfig,
@@ -330,101 +358,6 @@ impl Default for IoConfig {
     }
 }
 
-/// How the XDP program is attached (`xdp.mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpMode {
-    /// In the driver, before the kernel allocates anything (needs driver support).
-    Driver,
-    /// Generic XDP, after the skb exists: any interface, slower.
-    Skb,
-    /// Driver mode, else skb mode with a log line.
-    Auto,
-}
-
-impl XdpMode {
-    /// The name used in config, logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            XdpMode::Driver => "driver",
-            XdpMode::Skb => "skb",
-            XdpMode::Auto => "auto",
-        }
-    }
-}
-
-/// How flows are kept on one core (`xdp.steering`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpSteering {
-    /// The kernel's reuseport hash picks the listener; packets land where RSS puts them.
-    None,
-    /// The `SK_REUSEPORT` program picks the listener of the executor the flow hash names.
-    Reuseport,
-    /// `reuseport`, and the XDP program redirects the flow's packets to that executor's CPU.
-    Cpumap,
-}
-
-impl XdpSteering {
-    /// The name used in config and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            XdpSteering::None => "none",
-            XdpSteering::Reuseport => "reuseport",
-            XdpSteering::Cpumap => "cpumap",
-        }
-    }
-}
-
-/// `[xdp]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct XdpConfig {
-    /// Interfaces to attach the filter to (none: load it for steering and accounting only).
-    #[serde(default)]
-    pub interfaces: Vec<String>,
-    /// Attach mode.
-    #[serde(default = "default_xdp_mode")]
-    pub mode: XdpMode,
-    /// Drop TCP to the serving ports from outside the served prefixes (else monitor: count, pass).
-    #[serde(default)]
-    pub enforce: bool,
-    /// Refuse to serve without XDP (else one error line and serve without it).
-    #[serde(default)]
-    pub required: bool,
-    /// TCP ports the filter judges; default: the port of `http.listen`.
-    #[serde(default)]
-    pub serving_ports: Option<Vec<u16>>,
-    /// Ports that must never be filtered (checked against `serving_ports`); the admin port is
-    /// always added.
-    #[serde(default = "default_never_touch_ports")]
-    pub never_touch_ports: Vec<u16>,
-    /// Capacity of the prefix maps (IPv4 and IPv6 together).
-    #[serde(default = "default_max_prefixes")]
-    pub max_prefixes: u32,
-    /// Where the prefix and counter maps are pinned, on a BPF filesystem.
-    #[serde(default = "default_pin_dir")]
-    pub pin_dir: PathBuf,
-    /// Prefixes to serve from the start (added if absent; never removed by a restart).
-    #[serde(default)]
-    pub prefixes: Vec<crate::xdp::Prefix>,
-    /// Flow steering to the executor that owns a flow.
-    #[serde(default = "default_xdp_steering")]
-    pub steering: XdpSteering,
-    /// Answer repeated sources from a per-CPU cache in front of the LPM tries.
-    #[serde(default = "default_true")]
-    pub source_cache: bool,
-}
-
-impl XdpConfig {
-    /// The serving ports given the bound HTTP port.
-    pub fn serving_ports_for(&self, http_port: u16) -> Vec<u16> {
-        self.serving_ports
-            .clone()
-            .unwrap_or_else(|| vec![http_port])
-    }
-}
-
 /// The two kinds of content tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -511,24 +444,6 @@ fn default_tier_check_interval_ms() -> u64 {
 fn default_keys_file() -> PathBuf {
     PathBuf::from("/var/lib/edgeplane/signing-keys.json")
 }
-fn default_xdp_mode() -> XdpMode {
-    XdpMode::Auto
-}
-fn default_xdp_steering() -> XdpSteering {
-    XdpSteering::Reuseport
-}
-fn default_never_touch_ports() -> Vec<u16> {
-    vec![22, 179]
-}
-fn default_max_prefixes() -> u32 {
-    16384
-}
-fn default_pin_dir() -> PathBuf {
-    PathBuf::from(crate::xdp::pins::DEFAULT_PIN_DIR)
-}
-
-/// Most prefixes `xdp.max_prefixes` may ask for (the per-prefix counters are preallocated per CPU).
-pub const MAX_PREFIXES_LIMIT: u32 = 1 << 24;
 
 impl Config {
     /// Reads, parses and validates a config file.
@@ -541,35 +456,14 @@ impl Config {
 
     /// Parses and validates config text; `origin` names the file in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let msg = e.message().replace('\n', " ");
-            let key = match e.span() {
-                Some(span) => {
-                    let line = text.as_bytes()[..span.start.min(text.len())]
-                        .iter()
-                        .filter(|&&b| b == b'\n')
-                        .count()
-                        + 1;
-                    match key_at(text, span.start) {
-                        Some(key) => format!("{key} ({origin} line {line})"),
-                        None => format!("{origin}:{line}"),
-                    }
-                }
-                None => origin.to_string(),
-            };
-            ConfigError::new(key, msg)
-        })?;
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::from_toml(&e, text, origin))?;
         config.validate()?;
         Ok(config)
     }
 
     /// Checks every constraint the types alone do not express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(agent) = &self.agent {
-            agent
-                .validate()
-                .map_err(|(key, problem)| ConfigError::new(key, problem))?;
-        }
         if self.cores == 0 {
             return Err(ConfigError::new("cores", "must be at least 1"));
         }

@@ -5,11 +5,11 @@
 //! path is only ever looked up in the catalog as an id, never joined onto a directory unchecked.
 
 /// Longest accepted content id, in bytes.
-pub use edgeplane_control::api::MAX_CONTENT_ID_LEN as MAX_LEN;
+pub use edgeplane_api::MAX_CONTENT_ID_LEN as MAX_LEN;
 
 /// Whether `id` is a valid content id. The rule is part of the control API (the agent and the
-/// control service check ids with the same function), so it lives there.
-pub use edgeplane_control::api::valid_content_id as is_valid;
+/// control service check ids with the same function), so it lives in `edgeplane-api`.
+pub use edgeplane_api::valid_content_id as is_valid;
 
 #[cfg(test)]
 mod tests {

@@ -5,20 +5,18 @@
 //! - [`tls`]: certificates (PEM, SNI, reload) and the rustls server configuration.
 //! - [`access`]: who may be served (signed URLs, served prefixes without XDP).
 //! - [`catalog`]: what exists on which tier (filesystem scans, atomic swaps).
-//! - [`check`]: the host preflight (`edgeplane check`).
 //! - [`metrics`]: per-core counters and latency histograms, Prometheus rendering.
 //! - [`runtime`]: glommio executors, connections, `sendfile`, the admin listener.
-//! - [`xdp`]: the eBPF programs at the NIC (served-prefix filter, accounting, steering).
+//!
+//! The XDP userspace (`edgeplane-xdp`) is a crate of its own; the CLI, the host preflight and the
+//! terminal view live in the `edgeplane` binary. This library links no control crate.
 #![warn(missing_docs)]
 
 pub mod access;
 pub mod catalog;
-pub mod check;
 pub mod config;
 pub mod content_id;
 pub mod http;
 pub mod metrics;
 pub mod runtime;
 pub mod tls;
-pub mod top;
-pub mod xdp;

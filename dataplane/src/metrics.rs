@@ -837,7 +837,7 @@ pub fn render_access(out: &mut String, access: &crate::access::Access) {
 }
 
 /// Appends the XDP filter's state and counters (global and per prefix) to `out`.
-pub fn render_xdp(out: &mut String, x: &crate::xdp::XdpSnapshot) {
+pub fn render_xdp(out: &mut String, x: &edgeplane_xdp::XdpSnapshot) {
     header(
         out,
         "edgeplane_xdp_up",
@@ -896,7 +896,7 @@ pub fn render_xdp(out: &mut String, x: &crate::xdp::XdpSnapshot) {
         "counter",
         "Frames seen by the XDP filter, by verdict and reason.",
     );
-    for c in crate::xdp::Counter::ALL {
+    for c in edgeplane_xdp::Counter::ALL {
         let _ = writeln!(
             out,
             "edgeplane_xdp_packets_total{{verdict=\"{}\",reason=\"{}\"}} {}",
@@ -907,7 +907,7 @@ pub fn render_xdp(out: &mut String, x: &crate::xdp::XdpSnapshot) {
     }
     header(out, "edgeplane_xdp_prefixes", "gauge", "Served prefixes.");
     let _ = writeln!(out, "edgeplane_xdp_prefixes {}", x.prefixes.len());
-    type Field = fn(&crate::xdp::PrefixStats) -> u64;
+    type Field = fn(&edgeplane_xdp::PrefixStats) -> u64;
     let fields: [(&str, &str, &str, Field); 4] = [
         (
             "edgeplane_xdp_prefix_packets_total",
@@ -1050,7 +1050,7 @@ mod tests {
 
     #[test]
     fn render_xdp_lists_counters_and_prefixes() {
-        use crate::xdp::{Counter, Mode, PrefixEntry, PrefixStats, XdpSnapshot};
+        use edgeplane_xdp::{Counter, Mode, PrefixEntry, PrefixStats, XdpSnapshot};
         let mut down = String::new();
         render_xdp(&mut down, &XdpSnapshot::default());
         assert!(down.contains("edgeplane_xdp_up 0\n"), "{down}");

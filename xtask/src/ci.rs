@@ -1,7 +1,10 @@
-//! `cargo xtask ci`: the checks CI runs, in order; stops at the first failure: fmt, clippy, the
-//! workspace tests, then `vmtest` (HTTPS over kernel TLS in a qemu VM) and `testssl`.
+//! `cargo xtask ci`: the checks CI runs, in order; stops at the first failure: the setup of
+//! what the tests need (`scripts/setup.sh`: idempotent, a quick no-op when everything is
+//! present), fmt, clippy, the workspace tests, then `vmtest` (HTTPS over kernel TLS in a qemu
+//! VM) and `testssl`. It is the README's test command and all that `.ci/run` does, so it must
+//! pass on a fresh machine with nothing run before it.
 //!
-//! Every cargo step runs with `EDGEPLANE_REQUIRE_EBPF=1`: `dataplane/build.rs` then fails
+//! Every cargo step runs with `EDGEPLANE_REQUIRE_EBPF=1`: `xdp/build.rs` then fails
 //! instead of building without the eBPF programs, so the XDP tests can never pass by skipping
 //! for want of a toolchain.
 
@@ -10,6 +13,10 @@ use anyhow::Result;
 use crate::util::{cargo, ebpf_toolchain, header, run_checked, workspace_root};
 
 pub(crate) fn run() -> Result<()> {
+    header("scripts/setup.sh");
+    let mut setup = std::process::Command::new("bash");
+    setup.arg(workspace_root().join("scripts/setup.sh"));
+    run_checked(&mut setup)?;
     let steps: [&[&str]; 3] = [
         &["fmt", "--all", "--", "--check"],
         &[

@@ -21,8 +21,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use edgeplane::xdp::frame::{tcp_flags, Frame};
-use edgeplane::xdp::{Filter, FilterSettings, LoadOptions, Prefix};
+use edgeplane_xdp::frame::{tcp_flags, Frame};
+use edgeplane_xdp::{Filter, FilterSettings, LoadOptions, Prefix};
 
 #[derive(Parser)]
 #[command(name = "xdpbench", about = "XDP filter benchmarks (root)")]

@@ -14,8 +14,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use edgeplane::xdp::frame::{tcp_flags, Frame};
-use edgeplane::xdp::{Counter, Filter, FilterSettings, LoadOptions, Mode, Prefix};
+use edgeplane_xdp::frame::{tcp_flags, Frame};
+use edgeplane_xdp::{Counter, Filter, FilterSettings, LoadOptions, Mode, Prefix};
 
 use crate::{median, prefixes, rawbpf, Args};
 

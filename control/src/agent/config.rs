@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::api::Role;
 pub use crate::s3::OriginConfig;
+use edgeplane_api::Role;
 
 /// `[agent]`
 #[derive(Debug, Clone, Deserialize)]

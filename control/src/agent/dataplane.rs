@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::api::TierKind;
+use edgeplane_api::TierKind;
 
 /// Makes the pinned XDP maps of the data plane serve exactly a set of prefixes (provided by the
 /// `edgeplane` binary, which owns the XDP code). Returns a one-line summary when it changed

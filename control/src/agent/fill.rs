@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use crate::api::{FillManifest, ManifestEntry};
+use edgeplane_api::{FillManifest, ManifestEntry};
 
 /// The fill window in local time: always open, or `[start, end)` minutes after midnight
 /// (wrapping past midnight when `end <= start`).
@@ -265,7 +265,7 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::ObjectInfo;
+    use edgeplane_api::ObjectInfo;
 
     #[test]
     fn windows() {

@@ -15,7 +15,7 @@ use super::dataplane::{write_atomic, AdminClient, Dataplane};
 use super::fill::{self, Backoff, Breaker, BreakerState, Window};
 use super::origin::{local_addr_towards, peer_get, ByteStream, Origin};
 use super::store::{self, Incoming, InstallError};
-use crate::api::{
+use edgeplane_api::{
     FillManifest, FillStatus, HealthAck, HealthReport, ManifestEntry, Registration,
     RegistrationAck, TierCapacity, TierHealth,
 };

@@ -17,7 +17,7 @@ use super::fill::Held;
 /// Prefix of in-progress downloads.
 pub const TMP_PREFIX: &str = ".tmp-";
 
-pub use crate::api::valid_content_id as valid_id;
+pub use edgeplane_api::valid_content_id as valid_id;
 
 /// Lists a tier's objects (regular files with valid ids) and removes leftover temporaries.
 pub fn scan(dir: &Path) -> io::Result<HashMap<String, Held>> {

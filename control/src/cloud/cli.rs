@@ -201,7 +201,7 @@ async fn gen_catalog(args: GenCatalogArgs) -> Result<(), String> {
 pub async fn register_catalog(
     base: &str,
     admin_token: &str,
-    catalog: &crate::api::Catalog,
+    catalog: &edgeplane_api::Catalog,
 ) -> Result<(), String> {
     origin::install_crypto_provider();
     let url = format!("{}/v1/catalog", base.trim_end_matches('/'));
@@ -290,7 +290,7 @@ mod tests {
         };
         let out_s = out.to_str().unwrap().to_owned();
         assert_eq!(main(parse(&["--out", &out_s])), ExitCode::SUCCESS);
-        let cat: crate::api::Catalog =
+        let cat: edgeplane_api::Catalog =
             serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
         assert_eq!(cat.titles.len(), 2);
         assert_eq!(main(parse(&["--upload"])), ExitCode::FAILURE);

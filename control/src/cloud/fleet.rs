@@ -4,8 +4,8 @@ use std::collections::HashSet;
 
 use ipnet::IpNet;
 
-use crate::api::{ApplianceView, HealthReport, Registration};
 use crate::cloud::config::{ApplianceConfig, HealthConfig};
+use edgeplane_api::{ApplianceView, HealthReport, Registration};
 
 /// What the service knows about one provisioned appliance.
 #[derive(Clone, Debug)]

@@ -14,7 +14,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 
-use crate::api::{Catalog, ObjectInfo, Rendition, Title};
+use edgeplane_api::{Catalog, ObjectInfo, Rendition, Title};
 
 /// One rendition of the ladder.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,8 +7,8 @@
 //! left, the walk stops. So the manifest is always a prefix of the ranking, and a more popular
 //! object is never on a slower tier than a less popular one.
 
-use crate::api::{ManifestEntry, TierCapacity};
 use crate::cloud::popularity::RankedObject;
+use edgeplane_api::{ManifestEntry, TierCapacity};
 
 /// The tiers in fill order: flash, then storage, each kind in the order given.
 pub fn fill_order(tiers: &[TierCapacity]) -> Vec<&TierCapacity> {
@@ -50,7 +50,7 @@ pub fn place(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ObjectInfo, TierKind};
+    use edgeplane_api::{ObjectInfo, TierKind};
 
     fn ranked(sizes: &[u64]) -> Vec<RankedObject> {
         sizes

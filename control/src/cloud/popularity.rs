@@ -14,8 +14,8 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::api::{Catalog, ObjectInfo};
 use crate::cloud::config::PopularityConfig;
+use edgeplane_api::{Catalog, ObjectInfo};
 
 /// Seconds in a day: the unit of the daily shift.
 pub const DAY_SECS: u64 = 86_400;
@@ -137,7 +137,7 @@ impl Popularity {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{Rendition, Title};
+    use edgeplane_api::{Rendition, Title};
 
     fn pop(skew: f64, shift: u64) -> Popularity {
         Popularity {

@@ -1,5 +1,5 @@
 //! The HTTP API: a thin axum layer over [`CloudState`]. Routes as in the table in
-//! [`crate::api`]; errors are a status code and an [`ApiError`] body.
+//! [`edgeplane_api`]; errors are a status code and an [`ApiError`] body.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -17,11 +17,11 @@ use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::{ApiError, Catalog, HealthReport, Registration};
 use crate::cloud::clock::Clock;
 use crate::cloud::config::CloudConfig;
 use crate::cloud::origin;
 use crate::cloud::state::{CloudState, StateError};
+use edgeplane_api::{ApiError, Catalog, HealthReport, Registration};
 
 /// Largest request body (a catalog or a health report listing many objects).
 pub const MAX_BODY: usize = 64 << 20;

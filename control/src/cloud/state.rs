@@ -9,16 +9,16 @@ use std::sync::Arc;
 use edgeplane_signing::{valid_key_id, KeySet, SigningKey};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{
-    Catalog, FillManifest, Fleet, HealthAck, HealthReport, LocationKind, ManifestEntry,
-    Registration, RegistrationAck, Role, Steering,
-};
 use crate::cloud::clock::Clock;
 use crate::cloud::config::CloudConfig;
 use crate::cloud::fleet::ApplianceRecord;
 use crate::cloud::placement::place;
 use crate::cloud::popularity::{day_of, Popularity, RankedObject};
 use crate::cloud::steering::{steer, SteerError, SteerParams};
+use edgeplane_api::{
+    Catalog, FillManifest, Fleet, HealthAck, HealthReport, LocationKind, ManifestEntry,
+    Registration, RegistrationAck, Role, Steering,
+};
 
 /// An API-level failure; the server maps each to a status code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -143,7 +143,7 @@ pub fn validate_catalog(catalog: &Catalog) -> Result<(), String> {
     Ok(())
 }
 
-pub use crate::api::valid_content_id as valid_object_id;
+pub use edgeplane_api::valid_content_id as valid_object_id;
 
 fn validate_registration(r: &Registration) -> Result<(), String> {
     if r.urls.is_empty() {
@@ -588,8 +588,8 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ObjectInfo, Rendition, TierCapacity, TierKind, Title};
     use crate::cloud::clock::ManualClock;
+    use edgeplane_api::{ObjectInfo, Rendition, TierCapacity, TierKind, Title};
     use edgeplane_signing::{client_prefix, sign};
 
     const T0: u64 = 1_800_000_000;

@@ -18,9 +18,9 @@ use std::net::IpAddr;
 
 use edgeplane_signing::{client_prefix, sign, KeySet};
 
-use crate::api::{Catalog, Location, LocationKind, Role, SteeredObject, Steering, Title};
 use crate::cloud::config::{HealthConfig, SigningConfig};
 use crate::cloud::fleet::ApplianceRecord;
+use edgeplane_api::{Catalog, Location, LocationKind, Role, SteeredObject, Steering, Title};
 
 /// The knobs steering needs.
 #[derive(Clone, Debug)]
@@ -188,7 +188,7 @@ pub fn steer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{HealthReport, ObjectInfo, Registration, Rendition};
+    use edgeplane_api::{HealthReport, ObjectInfo, Registration, Rendition};
     use edgeplane_signing::SigningKey;
 
     const NOW: u64 = 1_800_000_000;

@@ -37,7 +37,7 @@ pub(crate) struct Shared {
     /// The HTTPS listener's TLS setup, when `[https]` is configured.
     pub(crate) https: Option<Https>,
     /// The XDP filter, when `[xdp]` is configured (running, or why not).
-    pub(crate) xdp: Option<Arc<crate::xdp::XdpService>>,
+    pub(crate) xdp: Option<Arc<edgeplane_xdp::XdpService>>,
     /// Signing keys and served prefixes, swapped on reload.
     pub(crate) access: Arc<crate::access::Access>,
     /// Wakes the tier watcher when serving hits an I/O error.

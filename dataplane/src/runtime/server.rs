@@ -81,7 +81,7 @@ pub enum ServeError {
     Process(String),
     /// The XDP filter could not start and `xdp.required = true`.
     #[error("xdp: {0} (xdp.required = true)")]
-    Xdp(crate::xdp::XdpError),
+    Xdp(edgeplane_xdp::XdpError),
 }
 
 /// Messages to the main thread.
@@ -369,19 +369,19 @@ fn start_xdp(
     x: &crate::config::XdpConfig,
     http_port: u16,
     cpus: &[usize],
-) -> Result<crate::xdp::XdpService, ServeError> {
-    match crate::xdp::XdpService::start(x, http_port, cpus) {
+) -> Result<edgeplane_xdp::XdpService, ServeError> {
+    match edgeplane_xdp::XdpService::start(x, http_port, cpus) {
         Ok(s) => Ok(s),
         Err(e) if x.required => Err(ServeError::Xdp(e)),
         Err(e) => {
             tracing::error!("xdp: {e}; serving without XDP (xdp.required = false)");
-            Ok(crate::xdp::XdpService::unavailable(&e))
+            Ok(edgeplane_xdp::XdpService::unavailable(&e))
         }
     }
 }
 
 /// Detaches the XDP filter when `serve` returns.
-struct XdpGuard(Option<Arc<crate::xdp::XdpService>>);
+struct XdpGuard(Option<Arc<edgeplane_xdp::XdpService>>);
 
 impl Drop for XdpGuard {
     fn drop(&mut self) {

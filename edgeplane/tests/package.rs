@@ -192,11 +192,18 @@ fn deb_installs_into_a_scratch_root_with_user_units_and_config() {
         "check-config on the packaged config",
     );
     assert!(ok.contains("is valid"), "{ok}");
-    let parsed = edgeplane::config::Config::load(&moved_path).unwrap();
+    let parsed = edgeplane_dataplane::config::Config::load(&moved_path).unwrap();
     assert!(parsed.signing.enabled, "signing on by default");
     assert_eq!(parsed.admin.listen.to_string(), "127.0.0.1:9090");
     assert_eq!(parsed.process.user.as_deref(), Some("edgeplane"));
-    assert!(parsed.agent.is_none());
+    let table: toml::Table = std::fs::read_to_string(&moved_path)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        !table.contains_key("agent"),
+        "no [agent] in the packaged config"
+    );
     let tiers: Vec<(String, &str)> = parsed
         .tiers
         .iter()

@@ -89,7 +89,7 @@ fn dashboard_uses_only_real_metric_names() {
         })
         .collect();
     let agent = metric_names(AGENT_METRICS);
-    let source = metric_names(include_str!("../src/metrics.rs"));
+    let source = metric_names(include_str!("../../dataplane/src/metrics.rs"));
 
     let mut missing = Vec::new();
     for name in &used {

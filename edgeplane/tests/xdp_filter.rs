@@ -16,8 +16,8 @@ mod support;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use edgeplane::xdp::frame::{tcp_flags, Ext, Frame, TPID_8021AD, TPID_8021Q};
-use edgeplane::xdp::{Counter, Filter, FilterSettings, LoadOptions, Prefix, Verdict, XdpError};
+use edgeplane_xdp::frame::{tcp_flags, Ext, Frame, TPID_8021AD, TPID_8021Q};
+use edgeplane_xdp::{Counter, Filter, FilterSettings, LoadOptions, Prefix, Verdict, XdpError};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use edgeplane_control::api::{Catalog, LocationKind, Steering};
+use edgeplane_api::{Catalog, LocationKind, Steering};
 use edgeplane_signing::{sign, KeySet};
 use sha2::{Digest, Sha256};
 

@@ -11,15 +11,18 @@
 //!   `/metrics`, shutdown).
 //! - [`Steering`]: executors register their listeners; the `SK_REUSEPORT` program picks one by
 //!   the flow hash ([`flow_hash_v4`], [`flow_hash_v6`], [`executor_for`]).
-//! - [`cli`]: `edgeplane prefixes …` against the pinned maps of a running data plane.
+//! - [`config`]: the `[xdp]` section of the config file.
 //! - [`pins`]: the BPF filesystem and edgeplane's directory on it.
-//! - [`frame`]: Ethernet frames built byte by byte, for the tests and the bench.
+//! - `frame` (feature `test-support`): Ethernet frames built byte by byte, for the tests and
+//!   the bench.
 //!
 //! This module never changes a packet's fate on its own: what is dropped follows from the
 //! config (`[xdp]`) and the prefixes an operator or the agent wrote.
+#![warn(missing_docs)]
 
-pub mod cli;
+pub mod config;
 mod filter;
+#[cfg(any(test, feature = "test-support"))]
 pub mod frame;
 mod log;
 mod object;
@@ -29,7 +32,8 @@ mod service;
 mod steering;
 mod tables;
 
-pub use crate::config::XdpMode as Mode;
+pub use config::XdpMode as Mode;
+pub use config::{XdpConfig, XdpMode, XdpSteering, MAX_PREFIXES_LIMIT};
 pub use edgeplane_ebpf_types::{executor_for, flow_hash_v4, flow_hash_v6};
 pub use edgeplane_ebpf_types::{Counter, Verdict};
 pub use filter::{Filter, FilterSettings, LoadOptions, TestRun};

@@ -10,8 +10,8 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edgeplane::xdp::frame::{tcp_flags, Frame};
-use edgeplane::xdp::{Counter, FilterSettings, LoadOptions};
+use edgeplane_xdp::frame::{tcp_flags, Frame};
+use edgeplane_xdp::{Counter, FilterSettings, LoadOptions};
 use tracing_subscriber::layer::SubscriberExt as _;
 
 struct Capture(Arc<Mutex<Vec<String>>>);

@@ -390,14 +390,14 @@ fn cpumap_steering_keeps_downloads_exact() {
     rig.assert_refused(CLIENT_V4[1], "outside the prefixes, with steering on");
 }
 
-/// `edgeplane::xdp::sync_prefixes`, the agent's way in: the served set becomes exactly the one
+/// `edgeplane_xdp::sync_prefixes`, the agent's way in: the served set becomes exactly the one
 /// asked for, and the NIC follows at once.
 #[test]
 fn sync_prefixes_makes_the_served_set_exact() {
     let Some(rig) = start("sync_prefixes_makes_the_served_set_exact", "sync") else {
         return;
     };
-    let p = |s: &str| -> edgeplane::xdp::Prefix { s.parse().unwrap() };
+    let p = |s: &str| -> edgeplane_xdp::Prefix { s.parse().unwrap() };
     rig.assert_fetch(CLIENT_V4[0], 0, 999, "configured /32");
     rig.assert_refused(CLIENT_V4[1], "not yet served");
 
@@ -407,7 +407,7 @@ fn sync_prefixes_makes_the_served_set_exact() {
         p("10.201.0.3/32"),
         p("198.51.100.0/24"),
     ];
-    let report = edgeplane::xdp::sync_prefixes(rig.pins.path(), &desired)
+    let report = edgeplane_xdp::sync_prefixes(rig.pins.path(), &desired)
         .unwrap_or_else(|e| panic!("sync: {e}\n{}", rig.server.output()));
     assert_eq!(
         report.added,
@@ -427,19 +427,19 @@ fn sync_prefixes_makes_the_served_set_exact() {
     assert_eq!(rig.metrics().sum("edgeplane_xdp_prefixes", &[]), 3.0);
 
     // Already in step: nothing changes.
-    let again = edgeplane::xdp::sync_prefixes(rig.pins.path(), &desired).unwrap();
-    assert_eq!(again, edgeplane::xdp::SyncReport::default());
+    let again = edgeplane_xdp::sync_prefixes(rig.pins.path(), &desired).unwrap();
+    assert_eq!(again, edgeplane_xdp::SyncReport::default());
     // Down to nothing: no one is served.
-    let all_gone = edgeplane::xdp::sync_prefixes(rig.pins.path(), &[]).unwrap();
+    let all_gone = edgeplane_xdp::sync_prefixes(rig.pins.path(), &[]).unwrap();
     assert_eq!(all_gone.removed.len(), 3);
     rig.assert_refused(CLIENT_V4[1], "empty set");
     // Back to one.
-    edgeplane::xdp::sync_prefixes(rig.pins.path(), &[p("10.201.0.0/30")]).unwrap();
+    edgeplane_xdp::sync_prefixes(rig.pins.path(), &[p("10.201.0.0/30")]).unwrap();
     rig.assert_fetch(CLIENT_V4[0], 0, 9, "10.201.0.0/30 after sync");
     rig.assert_fetch(CLIENT_V4[1], 0, 9, "10.201.0.0/30 after sync");
 
     // Without a running data plane: an error, not a panic.
-    let e = edgeplane::xdp::sync_prefixes(std::path::Path::new("/run/edgeplane-nonexistent"), &[])
+    let e = edgeplane_xdp::sync_prefixes(std::path::Path::new("/run/edgeplane-nonexistent"), &[])
         .unwrap_err();
     assert!(e.to_string().contains("is the data plane running"), "{e}");
 }

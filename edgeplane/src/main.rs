@@ -1,5 +1,12 @@
 //! The `edgeplane` command.
 
+mod appliance;
+mod check;
+mod prefixes;
+mod top;
+
+use appliance::ApplianceConfig;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -37,10 +44,10 @@ enum Command {
     /// add, remove, list, stats, drain.
     Prefixes {
         /// Where the data plane pinned its maps (xdp.pin_dir).
-        #[arg(long, default_value = edgeplane::xdp::pins::DEFAULT_PIN_DIR, global = true)]
+        #[arg(long, default_value = edgeplane_xdp::pins::DEFAULT_PIN_DIR, global = true)]
         pin_dir: PathBuf,
         #[command(subcommand)]
-        command: edgeplane::xdp::cli::PrefixCommand,
+        command: prefixes::PrefixCommand,
     },
     /// Run the agent beside the data plane (the config's `[agent]`): fill, health reports,
     /// served prefixes and signing keys, until SIGTERM.
@@ -72,7 +79,7 @@ enum Command {
     },
     /// A live view of this appliance for an operator on the box: traffic, connections, tiers,
     /// prefixes, errors, fill. `q` quits.
-    Top(edgeplane::top::TopArgs),
+    Top(top::TopArgs),
     /// Check a config file and exit (0 when valid).
     CheckConfig {
         /// The config file.
@@ -99,18 +106,18 @@ fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Command::Serve { config: path } => {
-            let config = match edgeplane::config::Config::load(&path) {
-                Ok(c) => c,
+            let config = match ApplianceConfig::load(&path) {
+                Ok(c) => c.dataplane,
                 Err(e) => return fail(2, &e),
             };
             let path = std::path::absolute(&path).unwrap_or(path);
-            match edgeplane::runtime::serve(config, Some(path)) {
+            match edgeplane_dataplane::runtime::serve(config, Some(path)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(1, &e),
             }
         }
         Command::Check { config, root } => {
-            let config = match edgeplane::check::load_config(&config) {
+            let config = match check::load_config(&config) {
                 Ok(c) => c,
                 Err(e) => {
                     println!("✗ config         {e}");
@@ -118,15 +125,15 @@ fn main() -> ExitCode {
                 }
             };
             let host = if root == std::path::Path::new("/") {
-                edgeplane::check::Host::real()
+                check::Host::real()
             } else {
-                edgeplane::check::Host::at(root)
+                check::Host::at(root)
             };
-            let items = edgeplane::check::run(&config, &host);
+            let items = check::run(&config, &host);
             for item in &items {
                 println!("{item}");
             }
-            if edgeplane::check::can_serve(&items) {
+            if check::can_serve(&items) {
                 println!("edgeplane: serving can start");
                 ExitCode::SUCCESS
             } else {
@@ -134,17 +141,15 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
-        Command::Prefixes { pin_dir, command } => {
-            match edgeplane::xdp::cli::run(&pin_dir, &command) {
-                Ok(out) => {
-                    print!("{out}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(1, &e),
+        Command::Prefixes { pin_dir, command } => match prefixes::run(&pin_dir, &command) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => fail(1, &e),
+        },
         Command::Agent { config } => {
-            let config = match edgeplane::config::Config::load(&config) {
+            let config = match ApplianceConfig::load(&config) {
                 Ok(c) => c,
                 Err(e) => return fail(2, &e),
             };
@@ -171,11 +176,11 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(1, &e),
         },
-        Command::Top(args) => match edgeplane::top::run(&args) {
+        Command::Top(args) => match top::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(1, &e),
         },
-        Command::CheckConfig { config } => match edgeplane::config::Config::load(&config) {
+        Command::CheckConfig { config } => match ApplianceConfig::load(&config) {
             Ok(_) => {
                 println!("edgeplane: {} is valid", config.display());
                 ExitCode::SUCCESS
@@ -186,20 +191,21 @@ fn main() -> ExitCode {
 }
 
 /// `edgeplane agent`: the data plane's side of the config, handed to the agent.
-fn run_agent(config: edgeplane::config::Config) -> Result<(), String> {
+fn run_agent(config: ApplianceConfig) -> Result<(), String> {
+    use edgeplane_api::TierKind;
     use edgeplane_control::agent::{Dataplane, TierSpec};
-    use edgeplane_control::api::TierKind;
-    let Some(agent) = config.agent.clone() else {
+    let Some(agent) = config.agent else {
         return Err("the config has no [agent] section".into());
     };
+    let config = config.dataplane;
     let tiers = config
         .tiers
         .iter()
         .map(|t| TierSpec {
             name: t.name.clone(),
             kind: match t.kind {
-                edgeplane::config::TierKind::Flash => TierKind::Flash,
-                edgeplane::config::TierKind::Storage => TierKind::Storage,
+                edgeplane_dataplane::config::TierKind::Flash => TierKind::Flash,
+                edgeplane_dataplane::config::TierKind::Storage => TierKind::Storage,
             },
             path: t.path.clone(),
         })
@@ -212,11 +218,11 @@ fn run_agent(config: edgeplane::config::Config) -> Result<(), String> {
             for p in set {
                 want.push(
                     p.to_string()
-                        .parse::<edgeplane::xdp::Prefix>()
+                        .parse::<edgeplane_xdp::Prefix>()
                         .map_err(|e| e.to_string())?,
                 );
             }
-            let r = edgeplane::xdp::sync_prefixes(&pin_dir, &want).map_err(|e| e.to_string())?;
+            let r = edgeplane_xdp::sync_prefixes(&pin_dir, &want).map_err(|e| e.to_string())?;
             Ok((!r.added.is_empty() || !r.removed.is_empty()).then(|| {
                 format!(
                     "{} served, {} added, {} removed",
@@ -245,7 +251,7 @@ fn bgp_status(config: &std::path::Path, agent: Option<String>) -> Result<String,
     let base = match agent {
         Some(url) => url.trim_end_matches('/').to_string(),
         None => {
-            let config = edgeplane::config::Config::load(config).map_err(|e| e.to_string())?;
+            let config = ApplianceConfig::load(config).map_err(|e| e.to_string())?;
             let agent = config
                 .agent
                 .ok_or("the config has no [agent] section (BGP runs in the agent)")?;
@@ -277,7 +283,9 @@ fn drain(config: &std::path::Path, admin: Option<String>, no_wait: bool) -> Resu
     let (admin, grace_ms) = match admin {
         Some(a) => (a, None),
         None => {
-            let c = edgeplane::config::Config::load(config).map_err(|e| e.to_string())?;
+            let c = ApplianceConfig::load(config)
+                .map_err(|e| e.to_string())?
+                .dataplane;
             (c.admin.listen.to_string(), Some(c.limits.shutdown_grace_ms))
         }
     };

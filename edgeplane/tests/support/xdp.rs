@@ -1,7 +1,7 @@
 //! Shared by the XDP tests: loading the filter, or skipping with the reason printed when this
 //! machine cannot (no root / CAP_BPF, or a binary built without the eBPF toolchain).
 
-use edgeplane::xdp::{Filter, LoadOptions, XdpError};
+use edgeplane_xdp::{Filter, LoadOptions, XdpError};
 
 /// Whether this process runs as root (the namespace tests need it for `ip netns`).
 pub(crate) fn is_root() -> bool {

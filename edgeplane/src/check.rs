@@ -10,11 +10,11 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use crate::config::Config;
+use edgeplane_dataplane::config::{Config, ConfigError};
 
 /// How an item came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Fine.
     Ok,
     /// Serving works, but something is degraded or not recommended.
@@ -25,13 +25,13 @@ pub enum Verdict {
 
 /// One checked item.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Item {
+pub(crate) struct Item {
     /// Short name, e.g. `kernel`.
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// The verdict.
-    pub verdict: Verdict,
+    pub(crate) verdict: Verdict,
     /// What was found and, unless fine, what to do.
-    pub detail: String,
+    pub(crate) detail: String,
 }
 
 impl fmt::Display for Item {
@@ -55,18 +55,18 @@ fn item(name: &'static str, verdict: Verdict, detail: impl Into<String>) -> Item
 
 /// Where host facts are read from.
 #[derive(Debug, Clone)]
-pub struct Host {
+pub(crate) struct Host {
     root: PathBuf,
 }
 
 impl Host {
     /// The real host.
-    pub fn real() -> Host {
+    pub(crate) fn real() -> Host {
         Host { root: "/".into() }
     }
 
     /// A fake tree (tests): syscall-only checks are skipped.
-    pub fn at(root: impl Into<PathBuf>) -> Host {
+    pub(crate) fn at(root: impl Into<PathBuf>) -> Host {
         Host { root: root.into() }
     }
 
@@ -84,7 +84,7 @@ impl Host {
 }
 
 /// Runs every check for `config` on `host`.
-pub fn run(config: &Config, host: &Host) -> Vec<Item> {
+pub(crate) fn run(config: &Config, host: &Host) -> Vec<Item> {
     vec![kernel(host), io_uring(host), kernel_tls(host), bpf_fs(host)]
         .into_iter()
         .chain(xdp(config, host))
@@ -98,12 +98,10 @@ pub fn run(config: &Config, host: &Host) -> Vec<Item> {
 
 /// Loads the config for a check: like [`Config::load`], except that a tier directory that is
 /// missing is left for the tier item to report (with the other items still checked).
-pub fn load_config(path: &Path) -> Result<Config, crate::config::ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| crate::config::ConfigError {
-        key: path.display().to_string(),
-        problem: format!("cannot read: {e}"),
-    })?;
+pub(crate) fn load_config(path: &Path) -> Result<Config, ConfigError> {
+    let text = crate::appliance::read(path)?;
     let origin = path.display().to_string();
+    crate::appliance::agent_section(&text, &origin)?;
     match Config::parse(&text, &origin) {
         Ok(config) => Ok(config),
         Err(e) if e.key.starts_with("tier[") && e.key.ends_with("].path") => {
@@ -114,7 +112,7 @@ pub fn load_config(path: &Path) -> Result<Config, crate::config::ConfigError> {
 }
 
 /// Whether serving can start: no item failed.
-pub fn can_serve(items: &[Item]) -> bool {
+pub(crate) fn can_serve(items: &[Item]) -> bool {
     items.iter().all(|i| i.verdict != Verdict::Fail)
 }
 
@@ -346,7 +344,7 @@ fn ethtool_driver(ifname: &str) -> Option<String> {
 /// `[xdp]`: each configured interface exists and its driver can run the program in the
 /// configured mode.
 fn xdp(config: &Config, host: &Host) -> Vec<Item> {
-    use crate::config::XdpMode;
+    use edgeplane_dataplane::config::XdpMode;
     let Some(xdp) = &config.xdp else {
         return Vec::new();
     };
@@ -425,7 +423,7 @@ fn memlock(config: &Config, host: &Host) -> Item {
         );
     };
     let bytes = limit.unwrap_or(u64::MAX);
-    match crate::runtime::io_memory_per_core(config, bytes) {
+    match edgeplane_dataplane::runtime::io_memory_per_core(config, bytes) {
         Ok(io) => item(
             "memlock",
             Verdict::Ok,
@@ -520,7 +518,7 @@ fn tiers(config: &Config, host: &Host) -> Vec<Item> {
             let path = host
                 .root
                 .join(tier.path.strip_prefix("/").unwrap_or(&tier.path));
-            if let Err(problem) = crate::config::check_tier_path(&path) {
+            if let Err(problem) = edgeplane_dataplane::config::check_tier_path(&path) {
                 return item(
                     "tier",
                     Verdict::Fail,
@@ -593,7 +591,7 @@ fn signing(config: &Config, host: &Host) -> Item {
             .unwrap_or(&config.signing.keys_file),
     );
     let shown = config.signing.keys_file.display();
-    let keys = match crate::access::load_keys_file(&path) {
+    let keys = match edgeplane_dataplane::access::load_keys_file(&path) {
         Ok(keys) => keys,
         Err(e) => {
             let e = e.replace(&path.display().to_string(), &shown.to_string());
@@ -629,26 +627,28 @@ fn signing(config: &Config, host: &Host) -> Item {
 fn access(config: &Config, host: &Host) -> Option<Item> {
     let file = config.access.prefixes_file.as_ref()?;
     let path = host.root.join(file.strip_prefix("/").unwrap_or(file));
-    Some(match crate::access::load_prefixes_file(&path) {
-        Ok(list) if list.is_empty() => item(
-            "access",
-            Verdict::Warn,
-            format!("{}: no prefixes: no client may connect", file.display()),
-        ),
-        Ok(list) => item(
-            "access",
-            Verdict::Ok,
-            format!("{}: {} served prefixes", file.display(), list.len()),
-        ),
-        Err(e) => item(
-            "access",
-            Verdict::Warn,
-            format!(
-                "{}: no client may connect until the agent writes it",
-                e.replace(&path.display().to_string(), &file.display().to_string())
+    Some(
+        match edgeplane_dataplane::access::load_prefixes_file(&path) {
+            Ok(list) if list.is_empty() => item(
+                "access",
+                Verdict::Warn,
+                format!("{}: no prefixes: no client may connect", file.display()),
             ),
-        ),
-    })
+            Ok(list) => item(
+                "access",
+                Verdict::Ok,
+                format!("{}: {} served prefixes", file.display(), list.len()),
+            ),
+            Err(e) => item(
+                "access",
+                Verdict::Warn,
+                format!(
+                    "{}: no client may connect until the agent writes it",
+                    e.replace(&path.display().to_string(), &file.display().to_string())
+                ),
+            ),
+        },
+    )
 }
 
 fn free_space(path: &Path) -> Option<(u64, u64)> {

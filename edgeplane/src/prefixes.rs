@@ -7,11 +7,11 @@ use std::path::Path;
 use clap::Subcommand;
 use edgeplane_ebpf_types::{Counter, FilterConfig};
 
-use super::{pins, Added, GlobalCounters, Prefix, PrefixTable, SettingsMap, XdpError};
+use edgeplane_xdp::{pins, Added, GlobalCounters, Prefix, PrefixTable, SettingsMap, XdpError};
 
 /// What to do with the prefixes.
 #[derive(Debug, Clone, Subcommand)]
-pub enum PrefixCommand {
+pub(crate) enum PrefixCommand {
     /// Serve these prefixes (already served ones keep their counters).
     Add {
         /// Prefixes, e.g. 203.0.113.0/24 2001:db8::/32.
@@ -43,7 +43,7 @@ pub enum PrefixCommand {
 }
 
 /// Runs `cmd` against the maps pinned in `pin_dir`; returns what to print.
-pub fn run(pin_dir: &Path, cmd: &PrefixCommand) -> Result<String, XdpError> {
+pub(crate) fn run(pin_dir: &Path, cmd: &PrefixCommand) -> Result<String, XdpError> {
     let mut out = String::new();
     match cmd {
         PrefixCommand::Add { prefixes, drain } => {

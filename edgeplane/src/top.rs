@@ -13,42 +13,42 @@ use std::time::{Duration, Instant};
 
 /// `edgeplane top` options.
 #[derive(Debug, Clone, clap::Args)]
-pub struct TopArgs {
+pub(crate) struct TopArgs {
     /// The config file (for `admin.listen` and `agent.listen`).
     #[arg(long, short, default_value = "/etc/edgeplane/edgeplane.toml")]
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
     /// The data plane's admin address (HOST:PORT), instead of `admin.listen` from the config.
     #[arg(long)]
-    pub admin: Option<String>,
+    pub(crate) admin: Option<String>,
     /// The agent's address (HOST:PORT), instead of `agent.listen` from the config.
     #[arg(long)]
-    pub agent: Option<String>,
+    pub(crate) agent: Option<String>,
     /// Milliseconds between scrapes.
     #[arg(long, default_value_t = 1000)]
-    pub interval_ms: u64,
+    pub(crate) interval_ms: u64,
 }
 
 /// One sample of a Prometheus text scrape.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// Metric name.
-    pub name: String,
+    pub(crate) name: String,
     /// Labels, sorted.
-    pub labels: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
     /// Value.
-    pub value: f64,
+    pub(crate) value: f64,
 }
 
 /// A parsed `/metrics` body.
 #[derive(Debug, Clone, Default)]
-pub struct Scrape {
+pub(crate) struct Scrape {
     /// Every sample, in order.
-    pub samples: Vec<Sample>,
+    pub(crate) samples: Vec<Sample>,
 }
 
 impl Scrape {
     /// Parses Prometheus text format (comments skipped; malformed lines ignored).
-    pub fn parse(text: &str) -> Scrape {
+    pub(crate) fn parse(text: &str) -> Scrape {
         let samples = text
             .lines()
             .map(str::trim)
@@ -59,12 +59,12 @@ impl Scrape {
     }
 
     /// Sum of the samples named `name` whose labels include `labels`.
-    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.matching(name, labels).map(|s| s.value).sum()
     }
 
     /// The samples named `name` whose labels include `labels`.
-    pub fn matching<'a>(
+    pub(crate) fn matching<'a>(
         &'a self,
         name: &'a str,
         labels: &'a [(&'a str, &'a str)],
@@ -78,7 +78,7 @@ impl Scrape {
     }
 
     /// Whether any sample is named `name`.
-    pub fn has(&self, name: &str) -> bool {
+    pub(crate) fn has(&self, name: &str) -> bool {
         self.samples.iter().any(|s| s.name == name)
     }
 }
@@ -113,101 +113,101 @@ fn parse_line(line: &str) -> Option<Sample> {
 
 /// A tier's line.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TierRow {
+pub(crate) struct TierRow {
     /// `tier` label.
-    pub name: String,
+    pub(crate) name: String,
     /// `kind` label.
-    pub kind: String,
+    pub(crate) kind: String,
     /// `edgeplane_tier_up`.
-    pub up: bool,
+    pub(crate) up: bool,
     /// Gbps sent from it.
-    pub gbps: f64,
+    pub(crate) gbps: f64,
     /// Objects in the catalog.
-    pub objects: f64,
+    pub(crate) objects: f64,
     /// Bytes in the catalog.
-    pub bytes: f64,
+    pub(crate) bytes: f64,
     /// Cold reads per second.
-    pub cold_reads: f64,
+    pub(crate) cold_reads: f64,
     /// I/O errors per second.
-    pub io_errors: f64,
+    pub(crate) io_errors: f64,
 }
 
 /// A served prefix's line (XDP).
 #[derive(Debug, Clone, PartialEq)]
-pub struct PrefixRow {
+pub(crate) struct PrefixRow {
     /// The prefix.
-    pub prefix: String,
+    pub(crate) prefix: String,
     /// Gbps of whole frames from it.
-    pub gbps: f64,
+    pub(crate) gbps: f64,
     /// Packets per second.
-    pub pps: f64,
+    pub(crate) pps: f64,
     /// Drops per second.
-    pub drops: f64,
+    pub(crate) drops: f64,
     /// New connections from it dropped.
-    pub draining: bool,
+    pub(crate) draining: bool,
 }
 
 /// Fill progress, from the agent.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Fill {
+pub(crate) struct Fill {
     /// Manifest objects present.
-    pub present: f64,
+    pub(crate) present: f64,
     /// Manifest objects wanted.
-    pub wanted: f64,
+    pub(crate) wanted: f64,
     /// Bytes still to download.
-    pub bytes_missing: f64,
+    pub(crate) bytes_missing: f64,
     /// Download rate, bits per second.
-    pub rate_bps: f64,
+    pub(crate) rate_bps: f64,
     /// Inside the fill window.
-    pub window_open: bool,
+    pub(crate) window_open: bool,
     /// Failed downloads per second.
-    pub failures: f64,
+    pub(crate) failures: f64,
 }
 
 /// What the screen shows: rates over the last interval and current gauges.
 #[derive(Debug, Clone, PartialEq)]
-pub struct View {
+pub(crate) struct View {
     /// Gbps of response bodies.
-    pub gbps: f64,
+    pub(crate) gbps: f64,
     /// Responses per second.
-    pub req_s: f64,
+    pub(crate) req_s: f64,
     /// Connections open now.
-    pub connections: f64,
+    pub(crate) connections: f64,
     /// New connections per second.
-    pub conn_s: f64,
+    pub(crate) conn_s: f64,
     /// 2xx/3xx, 4xx, 5xx responses per second.
-    pub status_s: [f64; 3],
+    pub(crate) status_s: [f64; 3],
     /// Timeouts per second (header, idle, send).
-    pub timeouts_s: f64,
+    pub(crate) timeouts_s: f64,
     /// I/O errors per second.
-    pub io_errors_s: f64,
+    pub(crate) io_errors_s: f64,
     /// Signed-URL refusals per second.
-    pub signed_rejects_s: f64,
+    pub(crate) signed_rejects_s: f64,
     /// Refused connections per second (caps, prefixes).
-    pub conn_rejects_s: f64,
+    pub(crate) conn_rejects_s: f64,
     /// Client aborts per second.
-    pub aborts_s: f64,
+    pub(crate) aborts_s: f64,
     /// Totals since start: 4xx, 5xx, timeouts, I/O errors, signed-URL refusals.
-    pub totals: [f64; 5],
+    pub(crate) totals: [f64; 5],
     /// Per tier.
-    pub tiers: Vec<TierRow>,
+    pub(crate) tiers: Vec<TierRow>,
     /// Per served prefix, busiest first (empty without XDP).
-    pub prefixes: Vec<PrefixRow>,
+    pub(crate) prefixes: Vec<PrefixRow>,
     /// XDP: up, enforce, drain.
-    pub xdp: Option<(bool, bool, bool)>,
+    pub(crate) xdp: Option<(bool, bool, bool)>,
     /// The process is draining.
-    pub draining: bool,
+    pub(crate) draining: bool,
     /// Signing on, keys loaded.
-    pub signing: (bool, f64),
+    pub(crate) signing: (bool, f64),
     /// Seconds since the data plane started.
-    pub uptime_s: f64,
+    pub(crate) uptime_s: f64,
     /// Fill progress, when an agent answered.
-    pub fill: Option<Fill>,
+    pub(crate) fill: Option<Fill>,
 }
 
 /// Per-second rate of a counter between two scrapes `dt` seconds apart; a counter that went
 /// down (a restart) counts from zero.
-pub fn rate(prev: f64, cur: f64, dt: f64) -> f64 {
+pub(crate) fn rate(prev: f64, cur: f64, dt: f64) -> f64 {
     if dt <= 0.0 {
         return 0.0;
     }
@@ -217,7 +217,7 @@ pub fn rate(prev: f64, cur: f64, dt: f64) -> f64 {
 
 /// Builds the view from the current scrape, the previous one (`None`: rates are 0) and the
 /// seconds between them. `now_unix` is for the uptime.
-pub fn view(
+pub(crate) fn view(
     cur: &Scrape,
     prev: Option<&Scrape>,
     dt: f64,
@@ -335,7 +335,7 @@ pub fn view(
 }
 
 /// `1.5 GB`-style byte counts.
-pub fn human_bytes(n: f64) -> String {
+pub(crate) fn human_bytes(n: f64) -> String {
     const UNITS: [&str; 6] = ["B", "KB", "MB", "GB", "TB", "PB"];
     let mut v = n;
     let mut i = 0;
@@ -362,7 +362,7 @@ fn uptime(s: f64) -> String {
 }
 
 /// The screen as lines of text (what [`run`] draws; also what the tests read).
-pub fn render_lines(v: &View, admin: &str, error: Option<&str>) -> Vec<String> {
+pub(crate) fn render_lines(v: &View, admin: &str, error: Option<&str>) -> Vec<String> {
     let mut out = Vec::new();
     let state = match (error, v.draining) {
         (Some(_), _) => "UNREACHABLE",
@@ -478,14 +478,15 @@ fn fetch(addr: &str) -> Result<Scrape, String> {
 }
 
 /// Runs the live view until `q` (or Esc, or Ctrl-C).
-pub fn run(args: &TopArgs) -> Result<(), String> {
+pub(crate) fn run(args: &TopArgs) -> Result<(), String> {
     use ratatui::crossterm::event::{self, Event, KeyCode, KeyModifiers};
     let (admin, agent) = match &args.admin {
         Some(a) => (a.clone(), args.agent.clone()),
         None => {
-            let c = crate::config::Config::load(&args.config).map_err(|e| e.to_string())?;
+            let c =
+                crate::appliance::ApplianceConfig::load(&args.config).map_err(|e| e.to_string())?;
             (
-                c.admin.listen.to_string(),
+                c.dataplane.admin.listen.to_string(),
                 args.agent
                     .clone()
                     .or_else(|| c.agent.map(|a| a.listen.to_string())),

@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use edgeplane::xdp::{executor_for, flow_hash_v4, flow_hash_v6};
+use edgeplane_xdp::{executor_for, flow_hash_v4, flow_hash_v6};
 use support::xdp::{is_root, skip, PinDir};
 use support::ServerBuilder;
 
