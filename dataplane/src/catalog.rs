@@ -254,9 +254,11 @@ impl OpenObject {
             &last_modified,
         );
         let map = if size > 0 {
-            // SAFETY: the mapping is read-only and only its residency is queried (mincore) or
-            // its bytes passed to send(2); a concurrent truncation can at worst make send fail
-            // with EFAULT, which the connection treats as an I/O error.
+            // SAFETY: the mapping is read-only and this process never reads its bytes: it only
+            // hands its address range to mincore(2) (the fallback when cachestat(2) is missing),
+            // and bodies go out with sendfile/pread from the file descriptor. So a concurrent
+            // truncation cannot fault in user space (no SIGBUS); mincore reports the lost pages
+            // as not resident and the read goes to the cold pool, which sees the short file.
             Some(unsafe { memmap2::Mmap::map(&file)? })
         } else {
             None

@@ -6,8 +6,8 @@
 //! codegen unit) into glommio's task poll, so frame-pointer stacks show
 //! `glommio::task::raw::RawTask::run` and little else, even when built with
 //! `-C force-frame-pointers=yes`; the perf in Debian bookworm (no libbfd) does not expand inlined
-//! frames for them. perf's DWARF unwinder (libdw) does: `edgeplane::runtime::sys::sendfile` ←
-//! `send_body` ← `edgeplane::runtime::conn::Io::answer` ← `Io::run` and so on. See
+//! frames for them. perf's DWARF unwinder (libdw) does: `edgeplane_dataplane::runtime::sys::sendfile` ←
+//! `send_body` ← `edgeplane_dataplane::runtime::conn::Io::answer` ← `Io::run` and so on. See
 //! docs/benchmarking.md.
 
 use std::collections::{BTreeMap, HashMap};
