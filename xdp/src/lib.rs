@@ -14,7 +14,8 @@
 //! - [`config`]: the `[xdp]` section of the config file.
 //! - [`pins`]: the BPF filesystem and edgeplane's directory on it.
 //! - `frame` (feature `test-support`): Ethernet frames built byte by byte, for the tests and
-//!   the bench.
+//!   the bench; `model`: the filter's verdict and counters computed in user space, for
+//!   differential tests against the program.
 //!
 //! This module never changes a packet's fate on its own: what is dropped follows from the
 //! config (`[xdp]`) and the prefixes an operator or the agent wrote.
@@ -25,6 +26,8 @@ mod filter;
 #[cfg(any(test, feature = "test-support"))]
 pub mod frame;
 mod log;
+#[cfg(any(test, feature = "test-support"))]
+pub mod model;
 mod object;
 pub mod pins;
 mod prefix;
