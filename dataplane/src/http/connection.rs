@@ -302,7 +302,8 @@ pub mod handover {
 
     /// What the runtime knows once the handshake's last flight is flushed and the whole
     /// records the client already sent went through rustls.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    /// The default knows nothing: kernel TLS off, no records checked.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
     pub struct Handshaken {
         /// `https.ktls` allows it and the kernel has the `tls` module (decided at start).
         pub kernel_tls: bool,
