@@ -218,3 +218,50 @@ impl TierWatch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([192, 0, 2, last])
+    }
+
+    #[test]
+    fn connection_caps_are_taken_at_accept_and_given_back_on_drop() {
+        let limits = Arc::new(ConnLimits::new(3, 2));
+        let a1 = limits.acquire(ip(1)).unwrap();
+        let a2 = limits.acquire(ip(1)).unwrap();
+        assert!(matches!(limits.acquire(ip(1)), Err(Rejection::PerClient)));
+        let b1 = limits.acquire(ip(2)).unwrap();
+        // Over the total: refused whoever asks, and the refusal takes no place.
+        assert!(matches!(
+            limits.acquire(ip(3)),
+            Err(Rejection::MaxConnections)
+        ));
+        assert_eq!(limits.total.load(Ordering::Relaxed), 3);
+        drop(a1);
+        let a3 = limits.acquire(ip(1)).unwrap();
+        drop((a2, a3, b1));
+        assert_eq!(limits.total.load(Ordering::Relaxed), 0);
+        // Clients with no connection left are forgotten.
+        assert!(limits.per_client.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn tier_watch_pokes_coalesce_until_a_check_starts() {
+        let watch = TierWatch::default();
+        // Before the watcher thread is there, pokes are only remembered.
+        watch.poke();
+        assert!(watch.pending.load(Ordering::Acquire));
+        watch.attach();
+        watch.checking();
+        assert!(!watch.pending.load(Ordering::Acquire));
+        // A poke unparks the watcher (this thread): park_timeout returns at once.
+        watch.poke();
+        let start = std::time::Instant::now();
+        std::thread::park_timeout(std::time::Duration::from_secs(10));
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        assert!(watch.pending.load(Ordering::Acquire));
+    }
+}
