@@ -5,7 +5,7 @@
 //!
 //! Dependencies go one way, from the top down; no file imports a file above it:
 //!
-//! - [`server`]: the process: starts the executors, the admin listener, the tier watcher, turns
+//! - `server`: the process: starts the executors, the admin listener, the tier watcher, turns
 //!   signals into reloads and shutdown.
 //! - `admin`, `tiers`: the admin listener and the tier watcher threads (over `shared`).
 //! - `executor`: one executor's life: listeners, per-core timers, the accept loop; it spawns
