@@ -1,9 +1,11 @@
-//! HTTP/1.1 for range serving, without I/O: request heads in ([`request`]), response decisions
-//! and heads out ([`response`]), byte-range arithmetic ([`range`]), media types ([`mime`]).
+//! HTTP/1.1 for range serving, without I/O: one connection's decisions ([`connection`]: bytes and
+//! `now` in, actions out), request heads in ([`request`]), response decisions and heads out
+//! ([`response`]), byte-range arithmetic ([`range`]), media types ([`mime`]).
 //!
 //! The runtime feeds bytes in and writes bytes out; everything here is deterministic and unit
 //! tested, the way `quinn-proto` is split from its sockets.
 
+pub mod connection;
 pub mod mime;
 pub mod range;
 pub mod request;

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::core::Shared;
+use super::shared::Shared;
 use crate::metrics;
 
 /// Starts the admin thread on an already bound listener.

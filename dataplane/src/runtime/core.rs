@@ -1,198 +1,22 @@
-//! Per-executor state: the open-file cache, the date cache, the latency recorder and the accept
-//! loop. Nothing in [`Core`] is shared with another thread except through the process-wide
-//! [`Shared`] (atomic counters, the connection caps taken at accept, the stop flag).
+//! One executor's state ([`Core`]): the open-file cache, the date cache, the latency recorder,
+//! the read-deadline sweeper and the residency rule. Nothing in it is shared with another
+//! thread except through the process-wide [`Shared`] (atomic counters, the connection caps
+//! taken at accept, the stop flag). Connections get an `Rc<Core>`; the executor that owns it
+//! (`runtime::executor`) is above it.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use glommio::net::TcpListener;
-
-use super::conn;
-use crate::catalog::{Catalog, OpenObject, SharedCatalog};
-use crate::config::{Config, ConfigError, TierKind};
+use super::shared::Shared;
+use super::sys;
+use crate::catalog::OpenObject;
+use crate::config::{Config, TierKind};
 use crate::http::request;
-use crate::metrics::{CoreMetrics, LocalLatency, Metrics, Rejection, Timeout};
-
-/// What every executor shares with the others and with the admin thread.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    /// The config in effect; SIGHUP and `POST /reload` swap in the live part of a new file.
-    pub(crate) config: arc_swap::ArcSwap<Config>,
-    /// The file it came from (`None`: nothing to re-read).
-    pub(crate) config_path: Option<std::path::PathBuf>,
-    /// Per-tier counters have room for this many tiers (tiers added by a reload must fit).
-    pub(crate) tier_capacity: usize,
-    pub(crate) catalog: Arc<SharedCatalog>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) limits: Arc<ConnLimits>,
-    /// Set once on SIGTERM/SIGINT (and `POST /drain`): stop accepting, finish in-flight
-    /// responses, exit.
-    pub(crate) stop: AtomicBool,
-    /// The HTTPS listener's TLS setup, when `[https]` is configured.
-    pub(crate) https: Option<Https>,
-    /// The XDP filter, when `[xdp]` is configured (running, or why not).
-    pub(crate) xdp: Option<Arc<edgeplane_xdp::XdpService>>,
-    /// Signing keys and served prefixes, swapped on reload.
-    pub(crate) access: Arc<crate::access::Access>,
-    /// Wakes the tier watcher when serving hits an I/O error.
-    pub(crate) tier_watch: super::tiers::TierWatch,
-    /// SIGHUP and `POST /reload` may race; reloads run one at a time.
-    pub(crate) reload_lock: Mutex<()>,
-}
-
-/// What every executor's HTTPS listener hands its handshakes.
-#[derive(Debug)]
-pub(crate) struct Https {
-    /// One rustls configuration for the life of the process (session cache, ticket keys).
-    pub(crate) config: Arc<rustls::ServerConfig>,
-    /// Its certificates, swapped on reload.
-    pub(crate) resolver: Arc<crate::tls::CertResolver>,
-    /// Hand connections to kernel TLS after the handshake (decided once at start).
-    pub(crate) kernel: bool,
-}
-
-/// What a reload did.
-pub(crate) struct Reloaded {
-    /// `None` without a config file; else the keys waiting for a restart, or why the new file
-    /// was not applied (the running config stays).
-    pub(crate) config: Option<Result<Vec<String>, ConfigError>>,
-    pub(crate) catalog: Arc<Catalog>,
-    /// Signing keys and served prefixes.
-    pub(crate) access: crate::access::AccessReload,
-    /// `None` without HTTPS; `Some(Err)` when the certificates could not be read (the previous
-    /// ones stay in use).
-    pub(crate) certificates: Option<Result<(), ConfigError>>,
-}
-
-impl Shared {
-    /// SIGHUP and `POST /reload`: re-read the config file (applying what can change live),
-    /// the signing keys and prefixes files, rescan the tiers and re-read the TLS certificates.
-    /// New handshakes use the new certificates; open connections keep what they negotiated.
-    pub(crate) fn reload(&self) -> Reloaded {
-        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let config = self
-            .config_path
-            .as_ref()
-            .map(|path| self.reload_config(path));
-        let access = self.access.reload();
-        let catalog = self.catalog.reload();
-        let certificates = self.https.as_ref().map(|https| {
-            let result = https.resolver.reload();
-            match &result {
-                Ok(()) => tracing::info!("TLS certificates reloaded"),
-                Err(e) => tracing::error!(
-                    "TLS certificates not reloaded, the previous ones stay in use: {e}"
-                ),
-            }
-            self.metrics.cert_reload(result.is_ok());
-            result
-        });
-        Reloaded {
-            config,
-            catalog,
-            access,
-            certificates,
-        }
-    }
-
-    /// Loads the config file and swaps in its live part; the caller rescans and re-reads the
-    /// files it names.
-    fn reload_config(&self, path: &std::path::Path) -> Result<Vec<String>, ConfigError> {
-        let new = match Config::load(path) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!("config not reloaded, the running config stays in effect: {e}");
-                self.metrics.config_reload(false);
-                return Err(e);
-            }
-        };
-        let old = self.config.load_full();
-        let plan = super::reload::plan(&old, new, self.tier_capacity);
-        for line in &plan.restart {
-            tracing::warn!("{line}");
-        }
-        let new = plan.config;
-        if let (Some(https), Some(h)) = (&self.https, &new.https) {
-            https.resolver.reconfigure(h.clone());
-        }
-        self.access.reconfigure(&new);
-        self.catalog.set_tiers(new.tiers.clone());
-        self.config.store(Arc::new(new));
-        self.metrics.config_reload(true);
-        tracing::info!(path = %path.display(), "config reloaded");
-        Ok(plan.restart)
-    }
-}
-
-/// Process-wide connection caps. Taken once per accepted connection, never per request.
-#[derive(Debug)]
-pub(crate) struct ConnLimits {
-    max_total: usize,
-    max_per_client: usize,
-    total: AtomicUsize,
-    per_client: Mutex<HashMap<IpAddr, usize>>,
-}
-
-impl ConnLimits {
-    pub(crate) fn new(max_total: usize, max_per_client: usize) -> ConnLimits {
-        ConnLimits {
-            max_total,
-            max_per_client,
-            total: AtomicUsize::new(0),
-            per_client: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Counts a new connection from `ip`, or says which cap it is over.
-    pub(crate) fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, Rejection> {
-        if self.total.fetch_add(1, Ordering::Relaxed) >= self.max_total {
-            self.total.fetch_sub(1, Ordering::Relaxed);
-            return Err(Rejection::MaxConnections);
-        }
-        let mut per = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
-        let n = per.entry(ip).or_insert(0);
-        if *n >= self.max_per_client {
-            drop(per);
-            self.total.fetch_sub(1, Ordering::Relaxed);
-            return Err(Rejection::PerClient);
-        }
-        *n += 1;
-        Ok(ConnGuard {
-            limits: self.clone(),
-            ip,
-        })
-    }
-}
-
-/// Releases a connection's place in [`ConnLimits`] when dropped.
-#[derive(Debug)]
-pub(crate) struct ConnGuard {
-    limits: Arc<ConnLimits>,
-    ip: IpAddr,
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.limits.total.fetch_sub(1, Ordering::Relaxed);
-        let mut per = self
-            .limits
-            .per_client
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = per.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per.remove(&self.ip);
-            }
-        }
-    }
-}
+use crate::metrics::{CoreMetrics, LocalLatency, Timeout};
 
 /// One executor's state.
 pub(crate) struct Core {
@@ -265,7 +89,7 @@ struct FileCache {
 }
 
 impl Core {
-    fn new(index: usize, shared: Arc<Shared>) -> Core {
+    pub(crate) fn new(index: usize, shared: Arc<Shared>) -> Core {
         let config = shared.config.load_full();
         Core {
             index,
@@ -419,16 +243,14 @@ impl Core {
             let span_start = first * RESIDENT_BLOCK;
             let span_end = ((last + 1) * RESIDENT_BLOCK).min(obj.size);
             let map = obj.map.as_deref().unwrap_or(&[]);
-            if super::sys::resident(&*obj.file, map, span_start, span_end - span_start)
-                .unwrap_or(false)
-            {
+            if sys::resident(&*obj.file, map, span_start, span_end - span_start).unwrap_or(false) {
                 let until = now + RESIDENT_TTL.as_millis() as u32;
                 blocks.iter().for_each(|b| b.set(until));
                 return true;
             }
         }
         let map = obj.map.as_deref().unwrap_or(&[]);
-        super::sys::resident(&*obj.file, map, start, len).unwrap_or(false)
+        sys::resident(&*obj.file, map, start, len).unwrap_or(false)
     }
 
     /// Registers a connection with this core's deadline sweeper.
@@ -455,7 +277,7 @@ impl Core {
     /// Ends every read whose deadline has passed: marks it and shuts the socket's read side,
     /// so the pending read completes with EOF and the connection answers 408 or closes. This
     /// replaces a timer per read (measured: ~5% of CPU at 64 KiB ranges) with one task per core.
-    fn sweep_deadlines(&self) {
+    pub(crate) fn sweep_deadlines(&self) {
         let now = self.deadline_ms(Instant::now());
         for (_, d) in self.deadlines.borrow().iter() {
             let at = d.at_ms.get();
@@ -469,7 +291,7 @@ impl Core {
     }
 
     /// How often the sweeper runs: a quarter of the shortest read timeout, 10 ms to 1 s.
-    fn sweep_interval(&self) -> Duration {
+    pub(crate) fn sweep_interval(&self) -> Duration {
         let config = self.config();
         let l = &config.limits;
         (l.header_read_timeout().min(l.idle_timeout()) / 4)
@@ -504,145 +326,7 @@ impl Core {
         let file = obj.file.clone();
         self.metrics().cold_read(obj.tier, len);
         glommio::executor()
-            .spawn_blocking(move || super::sys::read_into_cache(&file, start, len))
+            .spawn_blocking(move || sys::read_into_cache(&file, start, len))
             .await
-    }
-}
-
-/// The life of one executor: bind, report ready, accept until told to stop, drain.
-pub(crate) async fn run(
-    index: usize,
-    shared: Arc<Shared>,
-    addr: SocketAddr,
-    https_addr: Option<SocketAddr>,
-    ready: std::sync::mpsc::Sender<super::server::Event>,
-) -> Result<(), String> {
-    let bind = |addr: SocketAddr, key: &str| {
-        super::sys::reuseport_listener(addr).map_err(|e| {
-            let msg = format!("{key}: cannot listen on {addr}: {e}");
-            let _ = ready.send(super::server::Event::Failed(index, msg.clone()));
-            msg
-        })
-    };
-    let socket = bind(addr, "http.listen")?;
-    let tls_socket = match https_addr {
-        Some(a) => Some(bind(a, "https.listen")?),
-        None => None,
-    };
-    // Flow steering covers the HTTP listeners; HTTPS connections use the kernel's hash.
-    if let Some(steering) = shared.xdp.as_ref().and_then(|x| x.steering()) {
-        use std::os::fd::AsFd;
-        // Never fatal: without it the kernel's reuseport hash still spreads connections.
-        if let Err(e) = steering.register(index, socket.as_fd()) {
-            tracing::warn!(core = index, "flow steering unavailable: {e}");
-        }
-    }
-    let listener: TcpListener = super::sys::into_listener(socket);
-    let tls_listener: Option<TcpListener> = tls_socket.map(super::sys::into_listener);
-    let _ = ready.send(super::server::Event::Ready);
-    let core = Rc::new(Core::new(index, shared.clone()));
-
-    let flusher = core.clone();
-    glommio::spawn_local(async move {
-        loop {
-            glommio::timer::sleep(Duration::from_secs(1)).await;
-            flusher.latency.borrow_mut().flush(flusher.metrics());
-        }
-    })
-    .detach();
-    let sweeper = Rc::downgrade(&core);
-    let interval = core.sweep_interval();
-    glommio::spawn_local(async move {
-        loop {
-            glommio::timer::sleep(interval).await;
-            match sweeper.upgrade() {
-                Some(core) => core.sweep_deadlines(),
-                None => break,
-            }
-        }
-    })
-    .detach();
-
-    let http = accept_loop(&core, &listener, None);
-    let https = async {
-        match (&tls_listener, &shared.https) {
-            (Some(l), Some(https)) => accept_loop(&core, l, Some(https.config.clone())).await,
-            _ => std::future::pending().await,
-        }
-    };
-    let stop = async {
-        while !shared.stop.load(Ordering::Relaxed) {
-            glommio::timer::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    futures_lite::future::or(stop, futures_lite::future::or(http, https)).await;
-    core.stopping.set(true);
-    drop(listener);
-    drop(tls_listener);
-    let deadline = Instant::now() + shared.config.load().limits.shutdown_grace();
-    while core.busy.get() > 0 && Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(10)).await;
-    }
-    if core.busy.get() > 0 {
-        tracing::warn!(
-            core = index,
-            in_flight = core.busy.get(),
-            "shutdown grace ran out"
-        );
-    }
-    core.latency.borrow_mut().flush(core.metrics());
-    Ok(())
-}
-
-/// Accepts connections until dropped. `tls`: this is the HTTPS listener.
-async fn accept_loop(
-    core: &Rc<Core>,
-    listener: &TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok(stream) => stream,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(core = core.index, "accept failed: {e}");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let peer = match stream.peer_addr() {
-            Ok(a) => a.ip(),
-            Err(_) => continue,
-        };
-        if !core.shared.access.allows(peer) {
-            // Outside the served prefixes: closed before anything is read or sent.
-            core.metrics().rejected(Rejection::Prefix);
-            drop(stream);
-            continue;
-        }
-        let c = core.clone();
-        match core.shared.limits.acquire(peer) {
-            Ok(guard) => {
-                let tls = tls.clone();
-                glommio::spawn_local(async move {
-                    c.metrics().connection(1);
-                    match tls {
-                        Some(config) => super::tls::serve(c.clone(), stream, config, peer).await,
-                        None => conn::serve(c.clone(), stream, peer).await,
-                    }
-                    c.metrics().connection(-1);
-                    drop(guard);
-                })
-                .detach();
-            }
-            Err(why) => {
-                c.metrics().rejected(why);
-                if tls.is_some() {
-                    glommio::spawn_local(super::tls::refuse(stream)).detach();
-                } else {
-                    glommio::spawn_local(conn::refuse(c, stream)).detach();
-                }
-            }
-        }
     }
 }

@@ -2,9 +2,11 @@
 //! (`setsockopt(TCP_ULP, "tls")`), the `TLS_TX` / `TLS_RX` crypto state built from the
 //! secrets rustls extracts after a handshake, and the two calls a kernel-TLS connection needs
 //! besides `read`/`sendfile`: [`recv_record`] (`recvmsg` with a control buffer, which tells
-//! application data from alerts and post-handshake messages) and [`send_close_notify`].
+//! application data from alerts and post-handshake messages) and [`send_close_notify`]; and the
+//! [`KernelTls`] transport a connection uses once the kernel has its keys.
 //!
-//! The hand-over itself (when it is safe, what is counted) is `runtime::tls::Tls::into_kernel`.
+//! When the hand-over is safe is decided in `http::connection::handover`; `runtime::tls`
+//! carries it out (extracts the keys, installs them with [`set_crypto`]).
 //! The crypto state building is pure and unit-tested here, including the TLS 1.2 AES-GCM nonce
 //! rule below, which is easy to get wrong; the syscalls are exercised by `cargo xtask vmtest`
 //! (a kernel with the `tls` module under qemu).
@@ -20,8 +22,17 @@ use std::io;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 
+use std::rc::Rc;
+use std::sync::Arc;
+
+use glommio::net::TcpStream as GlommioStream;
 use rustls::crypto::cipher::NONCE_LEN;
 use rustls::{ConnectionTrafficSecrets, ProtocolVersion};
+
+use super::core::Core;
+use super::transport::{send_all, sendfile_body, End, Transport};
+use crate::catalog::OpenObject;
+use crate::metrics::{KtlsClose, Metrics};
 
 /// `SOL_TLS` (not exported by every libc version).
 const SOL_TLS: libc::c_int = 282;
@@ -372,6 +383,123 @@ pub(crate) fn tls12_gcm_explicit_nonce(base: [u8; 8], seq: u64) -> Result<[u8; 8
     }
     let block = (1u64 << bits) - 1;
     Ok((base | block).wrapping_add(1).to_be_bytes())
+}
+
+/// An HTTPS connection after the hand-over: the kernel encrypts and decrypts, so bodies go out
+/// with the same `sendfile` path as plain HTTP. Reads use `recvmsg` to see each record's type:
+/// close_notify or any alert ends the connection, and so does a post-handshake message (a
+/// TLS 1.3 KeyUpdate: the kernel cannot take new keys, so the connection closes cleanly and the
+/// client reconnects), each counted in `edgeplane_tls_ktls_closed_total`.
+pub(crate) struct KernelTls {
+    stream: GlommioStream,
+    fd: RawFd,
+    /// Plaintext rustls decrypted before the hand-over (a request sent right after Finished).
+    early: Vec<u8>,
+    early_at: usize,
+    metrics: Arc<Metrics>,
+    core: usize,
+}
+
+impl KernelTls {
+    /// A connection whose keys were just installed on `fd`; `early`: plaintext rustls had
+    /// already decrypted. `metrics` and `core`: where closes are counted.
+    pub(crate) fn new(
+        stream: GlommioStream,
+        fd: RawFd,
+        early: Vec<u8>,
+        metrics: Arc<Metrics>,
+        core: usize,
+    ) -> KernelTls {
+        KernelTls {
+            stream,
+            fd,
+            early,
+            early_at: 0,
+            metrics,
+            core,
+        }
+    }
+}
+
+impl Transport for KernelTls {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, End> {
+        if self.early_at < self.early.len() {
+            let n = buf.len().min(self.early.len() - self.early_at);
+            buf[..n].copy_from_slice(&self.early[self.early_at..self.early_at + n]);
+            self.early_at += n;
+            if self.early_at == self.early.len() {
+                self.early = Vec::new();
+                self.early_at = 0;
+            }
+            return Ok(n);
+        }
+        loop {
+            let why = match recv_record(self.fd, buf) {
+                Ok(Received::Data(n)) => return Ok(n),
+                Ok(Received::Control(CONTENT_ALERT, n)) => {
+                    if n >= 2 && buf[1] == 0 {
+                        KtlsClose::CloseNotify
+                    } else {
+                        KtlsClose::Alert
+                    }
+                }
+                Ok(Received::Control(CONTENT_HANDSHAKE, n)) => {
+                    // Handshake message type 24: KeyUpdate.
+                    if n >= 1 && buf[0] == 24 {
+                        KtlsClose::KeyUpdate
+                    } else {
+                        KtlsClose::Handshake
+                    }
+                }
+                Ok(Received::Control(..)) => KtlsClose::BadRecord,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Wait until something is readable (a peek through glommio's reactor; it
+                    // fails with EIO when the next record is not data, which is readable too).
+                    match self.stream.peek(&mut [0u8; 1]).await {
+                        Ok(0) => return Ok(0),
+                        Ok(_) => continue,
+                        Err(e) if e.raw_os_error() == Some(libc::EIO) => continue,
+                        Err(_) => return Err(End::Client),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EBADMSG | libc::EMSGSIZE | libc::EIO | libc::EINVAL) => {
+                        KtlsClose::BadRecord
+                    }
+                    _ => return Err(End::Client),
+                },
+            };
+            self.metrics.core(self.core).ktls_closed(why);
+            tracing::debug!(
+                "kernel TLS connection ended by the client: {}",
+                why.as_str()
+            );
+            // The end of the request stream: the loop closes (close_notify, FIN).
+            return Ok(0);
+        }
+    }
+
+    async fn send_head(&mut self, bytes: &[u8], more: bool) -> Result<(), End> {
+        send_all(&mut self.stream, self.fd, bytes, more).await
+    }
+
+    async fn send_body(
+        &mut self,
+        core: &Core,
+        obj: &Rc<OpenObject>,
+        start: u64,
+        len: u64,
+    ) -> Result<(), End> {
+        sendfile_body(&mut self.stream, self.fd, core, obj, start, len).await
+    }
+
+    async fn close(&mut self, clean: bool) {
+        if clean {
+            let _ = send_close_notify(self.fd);
+        }
+        let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
+    }
 }
 
 #[cfg(test)]

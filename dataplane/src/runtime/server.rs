@@ -14,7 +14,8 @@ use std::time::Duration;
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use super::core::{ConnLimits, Https, Shared};
+use super::executor::{self, Event};
+use super::shared::{ConnLimits, Https, Shared};
 use super::{ktls, sys};
 use crate::catalog::SharedCatalog;
 use crate::config::Config;
@@ -82,15 +83,6 @@ pub enum ServeError {
     /// The XDP filter could not start and `xdp.required = true`.
     #[error("xdp: {0} (xdp.required = true)")]
     Xdp(edgeplane_xdp::XdpError),
-}
-
-/// Messages to the main thread.
-#[derive(Debug)]
-pub(crate) enum Event {
-    Ready,
-    Failed(usize, String),
-    Exited(usize, Result<(), String>),
-    Signal(i32),
 }
 
 /// Locked memory each executor needs besides its io_uring buffer (rings, bookkeeping).
@@ -225,7 +217,7 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> Result<
             .preempt_timer(Duration::from_millis(10))
             .blocking_thread_pool_placement(PoolPlacement::Unbound(config.io.cold_read_threads));
         let handle = builder
-            .spawn(move || super::core::run(index, shared, http_addr, https_addr, ready))
+            .spawn(move || executor::run(index, shared, http_addr, https_addr, ready))
             .map_err(|e| ServeError::ExecutorStart {
                 core: index,
                 cpu,

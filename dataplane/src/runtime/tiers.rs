@@ -2,7 +2,7 @@
 //! back returns, without a restart or an operator.
 //!
 //! One plain thread, off the serving cores. Every `io.tier_check_interval_ms`, and at once when
-//! an executor reports an I/O error serving from a tier ([`TierWatch::poke`]), it checks each
+//! an executor reports an I/O error serving from a tier (`TierWatch::poke`), it checks each
 //! tier directory: it still exists, is a directory, and can be opened and read. When a tier's
 //! verdict differs from the current catalog's, the catalog is rescanned: a tier that fails is
 //! left out (its objects are served from another tier that holds them, else 404), and
@@ -11,31 +11,11 @@
 //! The checks may block on a dying disk; only this thread waits.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::thread::Thread;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::core::Shared;
-
-/// The handle executors use to wake the watcher.
-#[derive(Debug, Default)]
-pub(crate) struct TierWatch {
-    thread: OnceLock<Thread>,
-    /// A check was asked for and has not started: further pokes cost one atomic swap.
-    pending: AtomicBool,
-}
-
-impl TierWatch {
-    /// Asks for a check now (cheap; repeated pokes before the check coalesce).
-    pub(crate) fn poke(&self) {
-        if !self.pending.swap(true, Ordering::AcqRel) {
-            if let Some(t) = self.thread.get() {
-                t.unpark();
-            }
-        }
-    }
-}
+use super::shared::Shared;
 
 /// Least time between two checks, so a burst of errors (a 404 storm for evicted objects)
 /// costs a few checks a second, not one per request.
@@ -58,9 +38,9 @@ pub(crate) fn start(shared: Arc<Shared>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("edgeplane-tiers".into())
         .spawn(move || {
-            let _ = shared.tier_watch.thread.set(std::thread::current());
+            shared.tier_watch.attach();
             while !shared.stop.load(Ordering::Relaxed) {
-                shared.tier_watch.pending.store(false, Ordering::Release);
+                shared.tier_watch.checking();
                 check_all(&shared);
                 let interval = shared.config.load().io.tier_check_interval();
                 std::thread::park_timeout(interval);

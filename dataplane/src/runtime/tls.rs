@@ -1,6 +1,7 @@
-//! HTTPS connections in user space: the rustls handshake driven over the glommio socket, then the
-//! shared request loop (`conn::serve_transport`) with a [`Tls`] transport that reads bodies with
-//! `pread` and encrypts them with rustls.
+//! HTTPS connections: the rustls handshake driven over the glommio socket, the hand-over to
+//! kernel TLS where `http::connection::handover` decides it (then `runtime::ktls::KernelTls`
+//! carries the connection), else the shared request loop (`conn::serve_transport`) with a
+//! [`Tls`] transport that reads bodies with `pread` and encrypts them with rustls.
 //!
 //! Never blocks the executor: socket reads and writes are glommio's (or non-blocking `sendmsg`
 //! that falls back to glommio when the socket is full), and bodies follow the same residency rule
@@ -21,11 +22,15 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use rustls::{ServerConfig, ServerConnection};
 
-use super::conn::{self, End, Transport, CHUNK, WAIT_PIECE};
 use super::core::{Core, DeadlineGuard};
-use super::{ktls, sys};
+use super::ktls::{self, KernelTls};
+use super::transport::{self, End, Transport, CHUNK, WAIT_PIECE};
+use super::{conn, sys};
 use crate::catalog::OpenObject;
-use crate::metrics::{HandshakeFailure, KtlsClose, KtlsFallback, Metrics, Timeout, TlsMode};
+use crate::http::connection::handover::{
+    self, looks_like_http, plausible_record, record_len, Fallback, Handover, Handshaken,
+};
+use crate::metrics::{HandshakeFailure, KtlsClose, KtlsFallback, Timeout, TlsMode};
 
 /// Ciphertext buffered from the socket: room for one whole record of the largest size a peer
 /// may send (16 KiB of plaintext + 2 KiB of expansion + the header), since handshake records
@@ -71,26 +76,25 @@ pub(crate) async fn serve(
     };
     match tls.handshake(&core, &deadline).await {
         Ok(()) => {
-            let kernel = core.shared.https.as_ref().is_some_and(|h| h.kernel);
-            if kernel {
-                tls = match tls.into_kernel(&core) {
-                    Handoff::Kernel(k) => {
-                        core.metrics().tls_connection(TlsMode::Kernel);
-                        conn::serve_transport(core, k, deadline, peer).await;
-                        return;
-                    }
-                    Handoff::Userspace(tls, why) => {
-                        core.metrics().ktls_fallback(why);
-                        *tls
-                    }
-                    Handoff::Failed(stream) => {
-                        core.metrics().ktls_closed(KtlsClose::InstallFailed);
-                        drop(deadline);
-                        let _ = stream.shutdown(std::net::Shutdown::Both).await;
-                        return;
-                    }
-                };
-            }
+            let kernel_tls = core.shared.https.as_ref().is_some_and(|h| h.kernel);
+            tls = match tls.into_kernel(&core, kernel_tls) {
+                Handoff::Kernel(k) => {
+                    core.metrics().tls_connection(TlsMode::Kernel);
+                    conn::serve_transport(core, k, deadline, peer).await;
+                    return;
+                }
+                Handoff::Userspace(tls, None) => *tls,
+                Handoff::Userspace(tls, Some(why)) => {
+                    core.metrics().ktls_fallback(why);
+                    *tls
+                }
+                Handoff::Failed(stream) => {
+                    core.metrics().ktls_closed(KtlsClose::InstallFailed);
+                    drop(deadline);
+                    let _ = stream.shutdown(std::net::Shutdown::Both).await;
+                    return;
+                }
+            };
             core.metrics().tls_connection(TlsMode::Userspace);
             // Body writes are flushed after every batch, so rustls never holds more than one.
             tls.conn.set_buffer_limit(None);
@@ -111,7 +115,7 @@ pub(crate) async fn serve(
 /// handshake, which is what the cap is there to refuse), just a clean close.
 pub(crate) async fn refuse(stream: TcpStream) {
     let _ = stream.shutdown(std::net::Shutdown::Write).await;
-    conn::drain(stream).await;
+    transport::drain(stream).await;
 }
 
 /// A TLS connection over a glommio socket, driven by hand: rustls holds the session state and
@@ -242,38 +246,61 @@ impl Tls {
         Ok(())
     }
 
-    /// After the handshake (flushed): moves the connection to kernel TLS. Whole records the
-    /// client already sent go through rustls first and their plaintext is kept for the request
-    /// loop; a partial record, or one rustls must answer (a KeyUpdate, close_notify), keeps the
-    /// connection in user space. Once keys are extracted there is no way back: a failure to
-    /// install them closes the connection.
-    fn into_kernel(mut self, core: &Core) -> Handoff {
-        while self.rx_start < self.rx_end {
-            let pending = &self.rx[self.rx_start..self.rx_end];
-            match record_len(pending) {
-                Some(n) if n <= pending.len() => {
-                    if self.feed(n).is_err() {
-                        return Handoff::Userspace(Box::new(self), KtlsFallback::PendingData);
-                    }
-                }
-                _ => return Handoff::Userspace(Box::new(self), KtlsFallback::PendingData),
+    /// After the handshake (flushed): feeds rustls the whole records the client already sent
+    /// (their plaintext is kept for the request loop) and reports what the hand-over is decided
+    /// on. A partial record leaves everything buffered for rustls to take in user space.
+    fn settle(&mut self) -> Handshaken {
+        let mut fed = handover::whole_records(&self.rx[self.rx_start..self.rx_end]);
+        while fed && self.rx_start < self.rx_end {
+            match handover::record_len(&self.rx[self.rx_start..self.rx_end]) {
+                Some(n) => fed = self.feed(n).is_ok(),
+                None => fed = false,
             }
         }
-        let closed = self
+        if !fed {
+            return Handshaken {
+                kernel_tls: true,
+                ..Handshaken::default()
+            };
+        }
+        let peer_closed = self
             .conn
             .process_new_packets()
             .map(|state| state.peer_has_closed())
             .unwrap_or(true);
-        if self.conn.wants_write() || closed {
-            return Handoff::Userspace(Box::new(self), KtlsFallback::PendingData);
+        Handshaken {
+            kernel_tls: true,
+            whole_records: true,
+            wants_write: self.conn.wants_write(),
+            peer_closed,
+            version_known: self.conn.protocol_version().is_some(),
+        }
+    }
+
+    /// After the handshake (flushed): moves the connection to kernel TLS when
+    /// `handover::decide` says so (`kernel_tls`: this host hands connections over at all).
+    /// Once keys are extracted there is no way back: a failure to install them closes the
+    /// connection.
+    fn into_kernel(mut self, core: &Core, kernel_tls: bool) -> Handoff {
+        let seen = if kernel_tls {
+            self.settle()
+        } else {
+            Handshaken::default()
+        };
+        match handover::decide(&seen) {
+            Handover::Kernel => {}
+            Handover::Userspace => return Handoff::Userspace(Box::new(self), None),
+            Handover::Fallback(why) => {
+                return Handoff::Userspace(Box::new(self), Some(fallback_metric(why)))
+            }
         }
         let Some(version) = self.conn.protocol_version() else {
-            return Handoff::Userspace(Box::new(self), KtlsFallback::PendingData);
+            return Handoff::Userspace(Box::new(self), Some(KtlsFallback::PendingData));
         };
         if let Err(e) = ktls::enable_ulp(self.fd) {
             // Nothing is installed: the socket is still plain TCP, rustls carries on.
             tracing::debug!("TCP_ULP tls failed on a connection: {e}");
-            return Handoff::Userspace(Box::new(self), KtlsFallback::Ulp);
+            return Handoff::Userspace(Box::new(self), Some(fallback_metric(Fallback::Ulp)));
         }
         let mut early = Vec::new();
         let mut buf = [0u8; 4096];
@@ -295,14 +322,13 @@ impl Tls {
                     .map_err(|e| format!("TLS_RX: {e}"))
             });
         match installed {
-            Ok(()) => Handoff::Kernel(KernelTls {
-                stream: self.stream,
-                fd: self.fd,
+            Ok(()) => Handoff::Kernel(KernelTls::new(
+                self.stream,
+                self.fd,
                 early,
-                early_at: 0,
-                metrics: core.shared.metrics.clone(),
-                core: core.index,
-            }),
+                core.shared.metrics.clone(),
+                core.index,
+            )),
             Err(e) => {
                 tracing::warn!("cannot hand a TLS connection to the kernel, closing it: {e}");
                 Handoff::Failed(self.stream)
@@ -374,7 +400,15 @@ impl Tls {
     async fn abandon(mut self) {
         self.flush_now();
         let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
-        conn::drain(self.stream).await;
+        transport::drain(self.stream).await;
+    }
+}
+
+/// The metrics label of a fallback.
+fn fallback_metric(why: Fallback) -> KtlsFallback {
+    match why {
+        Fallback::PendingData => KtlsFallback::PendingData,
+        Fallback::Ulp => KtlsFallback::Ulp,
     }
 }
 
@@ -382,21 +416,10 @@ impl Tls {
 enum Handoff {
     /// The kernel encrypts and decrypts from now on.
     Kernel(KernelTls),
-    /// The connection stays with rustls, for this reason.
-    Userspace(Box<Tls>, KtlsFallback),
+    /// The connection stays with rustls: kernel TLS is off here (`None`), or for this reason.
+    Userspace(Box<Tls>, Option<KtlsFallback>),
     /// Keys were extracted but could not be installed: the connection must be closed.
     Failed(TcpStream),
-}
-
-/// The length of the TLS record starting `buf` (header included), once its header is there.
-fn record_len(buf: &[u8]) -> Option<usize> {
-    (buf.len() >= 5).then(|| 5 + usize::from(u16::from_be_bytes([buf[3], buf[4]])))
-}
-
-/// Whether `buf` may start a TLS record (content type 20–23, protocol major version 3). What
-/// cannot is handed to rustls at once, to be refused without waiting for more.
-fn plausible_record(buf: &[u8]) -> bool {
-    buf.first().is_some_and(|t| (20..=23).contains(t)) && buf.get(1).is_none_or(|&v| v == 3)
 }
 
 enum FillError {
@@ -404,13 +427,6 @@ enum FillError {
     Socket,
     /// rustls refused what arrived.
     Tls(String),
-}
-
-/// Whether the first bytes of a connection are an HTTP request line rather than a TLS record
-/// (which starts with content type 0x16, 0x15 or 0x17, never an upper-case letter).
-fn looks_like_http(first: &[u8]) -> bool {
-    let method_len = first.iter().take_while(|b| b.is_ascii_uppercase()).count();
-    (3..=7).contains(&method_len) && first.get(method_len).is_none_or(|&b| b == b' ')
 }
 
 impl Transport for Tls {
@@ -504,102 +520,6 @@ impl Transport for Tls {
     }
 }
 
-/// An HTTPS connection after the hand-over: the kernel encrypts and decrypts, so bodies go out
-/// with the same `sendfile` path as plain HTTP. Reads use `recvmsg` to see each record's type:
-/// close_notify or any alert ends the connection, and so does a post-handshake message (a
-/// TLS 1.3 KeyUpdate: the kernel cannot take new keys, so the connection closes cleanly and the
-/// client reconnects), each counted in `edgeplane_tls_ktls_closed_total`.
-pub(crate) struct KernelTls {
-    stream: TcpStream,
-    fd: RawFd,
-    /// Plaintext rustls decrypted before the hand-over (a request sent right after Finished).
-    early: Vec<u8>,
-    early_at: usize,
-    metrics: Arc<Metrics>,
-    core: usize,
-}
-
-impl Transport for KernelTls {
-    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, End> {
-        if self.early_at < self.early.len() {
-            let n = buf.len().min(self.early.len() - self.early_at);
-            buf[..n].copy_from_slice(&self.early[self.early_at..self.early_at + n]);
-            self.early_at += n;
-            if self.early_at == self.early.len() {
-                self.early = Vec::new();
-                self.early_at = 0;
-            }
-            return Ok(n);
-        }
-        loop {
-            let why = match ktls::recv_record(self.fd, buf) {
-                Ok(ktls::Received::Data(n)) => return Ok(n),
-                Ok(ktls::Received::Control(ktls::CONTENT_ALERT, n)) => {
-                    if n >= 2 && buf[1] == 0 {
-                        KtlsClose::CloseNotify
-                    } else {
-                        KtlsClose::Alert
-                    }
-                }
-                Ok(ktls::Received::Control(ktls::CONTENT_HANDSHAKE, n)) => {
-                    // Handshake message type 24: KeyUpdate.
-                    if n >= 1 && buf[0] == 24 {
-                        KtlsClose::KeyUpdate
-                    } else {
-                        KtlsClose::Handshake
-                    }
-                }
-                Ok(ktls::Received::Control(..)) => KtlsClose::BadRecord,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Wait until something is readable (a peek through glommio's reactor; it
-                    // fails with EIO when the next record is not data, which is readable too).
-                    match self.stream.peek(&mut [0u8; 1]).await {
-                        Ok(0) => return Ok(0),
-                        Ok(_) => continue,
-                        Err(e) if e.raw_os_error() == Some(libc::EIO) => continue,
-                        Err(_) => return Err(End::Client),
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => match e.raw_os_error() {
-                    Some(libc::EBADMSG | libc::EMSGSIZE | libc::EIO | libc::EINVAL) => {
-                        KtlsClose::BadRecord
-                    }
-                    _ => return Err(End::Client),
-                },
-            };
-            self.metrics.core(self.core).ktls_closed(why);
-            tracing::debug!(
-                "kernel TLS connection ended by the client: {}",
-                why.as_str()
-            );
-            // The end of the request stream: the loop closes (close_notify, FIN).
-            return Ok(0);
-        }
-    }
-
-    async fn send_head(&mut self, bytes: &[u8], more: bool) -> Result<(), End> {
-        conn::send_all(&mut self.stream, self.fd, bytes, more).await
-    }
-
-    async fn send_body(
-        &mut self,
-        core: &Core,
-        obj: &Rc<OpenObject>,
-        start: u64,
-        len: u64,
-    ) -> Result<(), End> {
-        conn::sendfile_body(&mut self.stream, self.fd, core, obj, start, len).await
-    }
-
-    async fn close(&mut self, clean: bool) {
-        if clean {
-            let _ = ktls::send_close_notify(self.fd);
-        }
-        let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
-    }
-}
-
 /// Hands queued records straight to the socket without waiting (`sendmsg`, `MSG_DONTWAIT`).
 struct SocketWriter {
     fd: RawFd,
@@ -636,44 +556,5 @@ impl io::Write for PieceWriter {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{looks_like_http, plausible_record, record_len};
-
-    #[test]
-    fn record_framing() {
-        assert_eq!(record_len(&[0x16, 3, 1, 0x02, 0x00]), Some(5 + 512));
-        assert_eq!(record_len(&[0x17, 3, 3, 0x40]), None);
-        assert!(plausible_record(&[0x16]));
-        assert!(plausible_record(&[0x17, 3, 3]));
-        assert!(!plausible_record(&[0x16, 2]));
-        assert!(!plausible_record(b"\x00\x01\x02\x03"));
-        assert!(!plausible_record(&[]));
-    }
-
-    #[test]
-    fn plain_http_is_told_apart_from_tls() {
-        for http in [
-            &b"GET / HTTP/1.1\r\n"[..],
-            b"HEAD /x HTTP/1.0",
-            b"OPTIONS * HTTP/1.1",
-            b"POST",
-            b"PRI * HTTP/2.0",
-        ] {
-            assert!(looks_like_http(http), "{:?}", String::from_utf8_lossy(http));
-        }
-        for not_http in [
-            &[0x16, 0x03, 0x01, 0x00, 0xc8][..],
-            &[0x15, 0x03, 0x03, 0x00, 0x02][..],
-            b"garbage",
-            b"G",
-            b"GETTINGLONG / HTTP/1.1",
-            b"\r\n",
-        ] {
-            assert!(!looks_like_http(not_http), "{not_http:?}");
-        }
     }
 }
