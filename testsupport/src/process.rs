@@ -1,5 +1,6 @@
 //! Child processes.
 
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ExitStatus};
 use std::thread;
@@ -41,5 +42,19 @@ pub fn kill(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
         let _ = c.kill();
         let _ = c.wait();
+    }
+}
+
+/// Calls `each` with every line read from `pipe` (a child's stdout or stderr), its newline
+/// included, until EOF or a read error; lines need not be UTF-8.
+pub fn for_each_line(pipe: impl Read, mut each: impl FnMut(&[u8])) {
+    let mut reader = BufReader::new(pipe);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => each(&buf),
+        }
     }
 }

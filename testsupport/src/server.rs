@@ -8,7 +8,7 @@
 //!   under it. Everything the server printed is kept and shown when a test fails.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -23,7 +23,7 @@ use crate::client::{Conn, Response, TlsConn};
 use crate::content::{assert_bytes_eq, pattern};
 use crate::metrics::Metrics;
 use crate::pki::{pki, PkiCert};
-use crate::process::describe_status;
+use crate::process::{describe_status, for_each_line};
 use crate::ready::{parse_ready, strip_ansi};
 use crate::scratch::{temp_dir, write_file};
 use crate::{POLL_TIMEOUT, READY_TIMEOUT};
@@ -597,22 +597,15 @@ impl Drop for Server {
 }
 
 fn forward(pipe: impl Read, tag: &str, output: &Mutex<String>, tx: Option<mpsc::Sender<String>>) {
-    let mut reader = BufReader::new(pipe);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        let line = strip_ansi(String::from_utf8_lossy(&buf).trim_end());
+    for_each_line(pipe, |buf| {
+        let line = strip_ansi(String::from_utf8_lossy(buf).trim_end());
         if let Ok(mut o) = output.lock() {
             o.push_str(&format!("[{tag}] {line}\n"));
         }
         if let Some(tx) = &tx {
             let _ = tx.send(line);
         }
-    }
+    });
 }
 
 /// Runs `bin` (the `edgeplane` binary) with `args` to completion (killed after `timeout`,

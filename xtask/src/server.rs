@@ -5,7 +5,7 @@
 //! half-way never leaves a server running.
 
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -284,21 +284,14 @@ fn forward_lines(
     tx: Option<Sender<String>>,
 ) {
     thread::spawn(move || {
-        let mut reader = BufReader::new(pipe);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
+        edgeplane_test_support::process::for_each_line(pipe, |buf| {
             if let Ok(mut log) = log.lock() {
-                let _ = log.write_all(&buf);
+                let _ = log.write_all(buf);
             }
             if let Some(tx) = &tx {
-                let line = String::from_utf8_lossy(&buf);
+                let line = String::from_utf8_lossy(buf);
                 let _ = tx.send(strip_ansi(line.trim_end()));
             }
-        }
+        });
     });
 }
