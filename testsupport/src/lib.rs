@@ -71,7 +71,7 @@ pub mod prelude {
     pub use crate::content::{assert_bytes_eq, pattern, sha256_hex, Rng};
     pub use crate::metrics::{Metrics, Sample};
     pub use crate::pki::{pki, tls_client, Pki, PkiCert};
-    pub use crate::poll::{check_all, poll};
+    pub use crate::poll::{check_all, poll, poll_within};
     pub use crate::process::describe_status;
     pub use crate::ranges::{assert_full, assert_partial, assert_unsatisfiable};
     pub use crate::ready::{parse_ready, strip_ansi, Ready};

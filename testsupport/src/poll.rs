@@ -21,17 +21,20 @@ pub fn check_all<T>(cases: impl IntoIterator<Item = (String, T)>, mut one: impl 
 
 /// Polls `f` until it returns `Some`, panicking with `what` after [`POLL_TIMEOUT`].
 #[track_caller]
-pub fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + POLL_TIMEOUT;
+pub fn poll<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    poll_within(what, POLL_TIMEOUT, f)
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, panicking with `what` after `limit`.
+#[track_caller]
+pub fn poll_within<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = f() {
             return v;
         }
         if Instant::now() > deadline {
-            panic!(
-                "gave up after {} s waiting for {what}",
-                POLL_TIMEOUT.as_secs()
-            );
+            panic!("gave up after {} s waiting for {what}", limit.as_secs());
         }
         thread::sleep(Duration::from_millis(50));
     }
