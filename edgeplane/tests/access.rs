@@ -4,14 +4,15 @@
 //! Keys and prefixes files are written the way the agent writes them (temporary file, then
 //! rename) and picked up by `POST /reload` or SIGHUP.
 
-mod support;
-
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use edgeplane_signing::{sign, KeySet, SigningKey};
-use support::*;
+use edgeplane_test_support::prelude::*;
+
+/// The binary under test (Cargo builds it for these tests).
+const BIN: &str = env!("CARGO_BIN_EXE_edgeplane");
 
 const SEG: &str = "seg-0001.m4s";
 const SEG_LEN: usize = 300_007;
@@ -62,12 +63,7 @@ fn signed(key: &SigningKey, object: &str, prefix: &str) -> String {
 
 /// `POST /reload` on a raw connection; returns the status and body.
 fn post_reload(server: &Server) -> (u16, String) {
-    let mut c = server.connect_admin();
-    let r = c.request(
-        "POST",
-        "/reload",
-        &[("Content-Length", "0"), ("Connection", "close")],
-    );
+    let r = server.post_reload();
     (r.status, String::from_utf8_lossy(&r.body).into_owned())
 }
 
@@ -78,7 +74,7 @@ fn rejects(server: &Server, reason: &str) -> f64 {
 }
 
 fn signing_server(keys: &[&SigningKey]) -> Server {
-    let b = ServerBuilder::new().file("flash", SEG, &seg());
+    let b = ServerBuilder::new(BIN).file("flash", SEG, &seg());
     let path = b.root().join("signing-keys.json");
     write_keys(&path, keys);
     b.signing_keys(&path).start()
@@ -235,7 +231,7 @@ fn the_signature_is_checked_before_the_catalog() {
 #[test]
 fn https_checks_signatures_too() {
     let k = key("k1", 7);
-    let b = ServerBuilder::new().https().file("flash", SEG, &seg());
+    let b = ServerBuilder::new(BIN).https().file("flash", SEG, &seg());
     let path = b.root().join("signing-keys.json");
     write_keys(&path, &[&k]);
     let server = b.signing_keys(&path).start();
@@ -302,7 +298,7 @@ fn keys_rotate_by_rewriting_the_file_and_reloading() {
 #[test]
 fn a_missing_or_broken_keys_file_refuses_everything() {
     let k = key("k1", 7);
-    let b = ServerBuilder::new().file("flash", SEG, &seg());
+    let b = ServerBuilder::new(BIN).file("flash", SEG, &seg());
     let path = b.root().join("keys").join("signing-keys.json");
     let server = b.signing_keys(&path).start();
     let out = server.output();
@@ -334,7 +330,7 @@ fn a_missing_or_broken_keys_file_refuses_everything() {
 
 #[test]
 fn with_signing_off_plain_urls_are_served() {
-    let server = ServerBuilder::new().file("flash", SEG, &seg()).start();
+    let server = ServerBuilder::new(BIN).file("flash", SEG, &seg()).start();
     let r = curl(&[], &server.url(&format!("/{SEG}")));
     assert_eq!(r.status, 200, "{r:?}");
     assert_bytes_eq(&r.body, &seg(), "unsigned, signing off");
@@ -368,7 +364,7 @@ fn prefix_rejects(server: &Server) -> f64 {
 
 #[test]
 fn only_listed_prefixes_may_connect() {
-    let b = ServerBuilder::new();
+    let b = ServerBuilder::new(BIN);
     let path = b.root().join("prefixes.json");
     write_prefixes(&path, &["203.0.113.0/24", "127.0.0.0/8", "2001:db8::/32"]);
     let server = b.prefixes_file(&path).start();
@@ -404,7 +400,7 @@ fn only_listed_prefixes_may_connect() {
 
 #[test]
 fn a_missing_prefixes_file_denies_every_client_from_the_start() {
-    let b = ServerBuilder::new();
+    let b = ServerBuilder::new(BIN);
     let path = b.root().join("no-prefixes.json");
     let server = b.prefixes_file(&path).start();
     let out = server.output();

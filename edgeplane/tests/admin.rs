@@ -1,10 +1,11 @@
 //! The admin listener: /healthz, /metrics, /reload (and SIGHUP), and what a rescan changes.
 
-mod support;
-
 use std::fs;
 
-use support::*;
+use edgeplane_test_support::prelude::*;
+
+/// The binary under test (Cargo builds it for these tests).
+const BIN: &str = env!("CARGO_BIN_EXE_edgeplane");
 
 const DOCUMENTED_METRICS: [&str; 7] = [
     "edgeplane_requests_total",
@@ -17,7 +18,7 @@ const DOCUMENTED_METRICS: [&str; 7] = [
 ];
 
 fn two_tiers() -> Server {
-    ServerBuilder::new()
+    ServerBuilder::new(BIN)
         .tier("storage", "storage")
         .file("flash", "f.mp4", &pattern("f.mp4", 500_000))
         .file("storage", "s.mp4", &pattern("s.mp4", 300_000))
@@ -26,7 +27,7 @@ fn two_tiers() -> Server {
 
 #[test]
 fn healthz() {
-    let server = ServerBuilder::new().start();
+    let server = ServerBuilder::new(BIN).start();
     let r = server.admin_get("/healthz");
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(String::from_utf8_lossy(&r.body).trim(), "ok", "{r:?}");
@@ -175,7 +176,7 @@ fn counters_follow_the_traffic() {
 
 #[test]
 fn reload_picks_up_added_and_removed_files() {
-    let server = ServerBuilder::new().start();
+    let server = ServerBuilder::new(BIN).start();
     let dir = server.tier_dir("flash");
     let data = pattern("new.mp4", 123_456);
 
@@ -215,7 +216,7 @@ fn reload_picks_up_added_and_removed_files() {
 
 #[test]
 fn reload_on_sighup() {
-    let server = ServerBuilder::new().cores(2).start();
+    let server = ServerBuilder::new(BIN).cores(2).start();
     let dir = server.tier_dir("flash");
     let data = pattern("hup.ts", 9_999);
     let mut conn = server.connect();
@@ -256,7 +257,7 @@ fn reload_on_sighup() {
 
 #[test]
 fn replaced_file_gets_new_content_and_etag_after_reload() {
-    let server = ServerBuilder::new()
+    let server = ServerBuilder::new(BIN)
         .file("flash", "v.mp4", &pattern("v1", 50_000))
         .start();
     let r1 = server.get("/v.mp4", &[]);
@@ -286,7 +287,7 @@ fn replaced_file_gets_new_content_and_etag_after_reload() {
 #[test]
 fn file_deleted_without_reload() {
     let data = pattern("gone.mp4", 200_000);
-    let server = ServerBuilder::new()
+    let server = ServerBuilder::new(BIN)
         .file("flash", "gone.mp4", &data)
         .start();
     assert_eq!(server.get("/gone.mp4", &[]).status, 200);
@@ -307,7 +308,7 @@ fn file_deleted_without_reload() {
 #[test]
 fn file_truncated_without_reload() {
     let data = pattern("shrink.mp4", 2_000_000);
-    let server = ServerBuilder::new()
+    let server = ServerBuilder::new(BIN)
         .file("flash", "shrink.mp4", &data)
         .start();
     assert_eq!(
@@ -344,7 +345,7 @@ fn file_truncated_without_reload() {
 
 #[test]
 fn reload_needs_post() {
-    let server = ServerBuilder::new().start();
+    let server = ServerBuilder::new(BIN).start();
     let r = server.admin_get("/reload");
     assert!(matches!(r.status, 404 | 405), "GET /reload: {r:?}");
     // The admin listener does not serve content, and the http listener does not serve admin.

@@ -6,19 +6,17 @@
 //!
 //! Needs root (namespaces, BPF) and `bird`/`birdc` (Debian bird2); fails, never skips, without.
 
-mod support;
-
-#[path = "../../control/bgp/tests/common/mod.rs"]
-mod bgpnet;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bgpnet::{bird_conf, Bird, Netns};
-use support::xdp::{is_root, prefixes, PinDir};
-use support::{ServerBuilder, BIN, CANARY};
+use edgeplane_test_support::bird::{bird_conf, Bird, Netns};
+use edgeplane_test_support::prelude::{ServerBuilder, CANARY};
+use edgeplane_test_support::xdp::{is_root, prefixes, PinDir};
+
+/// The binary under test (Cargo builds it for these tests).
+const BIN: &str = env!("CARGO_BIN_EXE_edgeplane");
 
 const ROUTER_AS: u32 = 65002;
 const LOCAL_AS: u32 = 65001;
@@ -91,7 +89,7 @@ fn bird_announcements_become_the_served_set() {
     );
 
     let pins = PinDir::new("bgp-agent");
-    let builder = ServerBuilder::new();
+    let builder = ServerBuilder::new(BIN);
     let prefixes_file = builder.root().join("state/prefixes.json");
     let server = builder
         .prefixes_file(&prefixes_file)
@@ -195,7 +193,7 @@ hold_time = 9
     wait_until("BGP prefixes to reach the data plane", || {
         served(client, server.http)
     });
-    let list = || prefixes(pins.path(), &["list"]).1;
+    let list = || prefixes(BIN, pins.path(), &["list"]).1;
     wait_until("BGP prefixes in the XDP maps", || {
         let l = list();
         v4.iter().chain(&v6).all(|p| l.contains(p))

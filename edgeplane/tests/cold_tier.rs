@@ -23,6 +23,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use edgeplane_test_support::ready::parse_ready;
+
 /// Sleep per FUSE read on the storage tier.
 const FUSE_DELAY: Duration = Duration::from_millis(8);
 /// Cold storage files and 1 MiB slots in each: a cold range lies at the start of its own slot,
@@ -157,8 +159,10 @@ impl Server {
                 );
             }
         };
-        server.http = ready_field(&line, "http=");
-        server.admin = ready_field(&line, "admin=");
+        let ready = parse_ready(&line)
+            .unwrap_or_else(|| panic!("no http=IP:PORT admin=IP:PORT in ready line {line:?}"));
+        server.http = ready.http;
+        server.admin = ready.admin;
         server
     }
 
@@ -204,13 +208,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.terminate();
     }
-}
-
-fn ready_field(line: &str, key: &str) -> SocketAddr {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key}IP:PORT in ready line {line:?}"))
 }
 
 fn write_config(dir: &Path, residency_check: bool, flash: &Path, storage: &Path) -> PathBuf {

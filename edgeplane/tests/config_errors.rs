@@ -1,14 +1,15 @@
 //! A bad config makes `edgeplane serve` exit quickly with code 2 and exactly one stderr line
 //! `edgeplane: config error: <key>: <what>`: no panic, no backtrace.
 
-mod support;
-
 use std::fs;
 use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
-use support::*;
+use edgeplane_test_support::prelude::*;
+
+/// The binary under test (Cargo builds it for these tests).
+const BIN: &str = env!("CARGO_BIN_EXE_edgeplane");
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -32,8 +33,11 @@ fn expect_config_error(config: &str, must_contain: &[&str]) -> String {
 
 #[track_caller]
 fn expect_config_error_for(path: &Path, must_contain: &[&str], shown: &str) -> String {
-    let (status, stdout, stderr) =
-        run_to_exit(&["serve", "--config", path.to_str().unwrap()], EXIT_TIMEOUT);
+    let (status, stdout, stderr) = run_to_exit(
+        BIN,
+        &["serve", "--config", path.to_str().unwrap()],
+        EXIT_TIMEOUT,
+    );
     let context =
         format!("config:\n{shown}\nstatus: {status}\nstdout: {stdout:?}\nstderr: {stderr:?}");
     assert_eq!(status.code(), Some(2), "want exit code 2; {context}");
@@ -229,8 +233,11 @@ fn port_in_use() {
     );
     let path = dir.path().join("edgeplane.toml");
     fs::write(&path, &config).unwrap();
-    let (status, _stdout, stderr) =
-        run_to_exit(&["serve", "--config", path.to_str().unwrap()], EXIT_TIMEOUT);
+    let (status, _stdout, stderr) = run_to_exit(
+        BIN,
+        &["serve", "--config", path.to_str().unwrap()],
+        EXIT_TIMEOUT,
+    );
     let context = format!("status {status}, stderr {stderr:?}");
     assert!(!status.success(), "{context}");
     assert!(status.code().is_some(), "killed by a signal? {context}");
@@ -252,7 +259,7 @@ fn command_line_errors_do_not_panic() {
         vec!["frobnicate"],
         vec!["serve", "--config"],
     ] {
-        let (status, _out, err) = run_to_exit(&args, EXIT_TIMEOUT);
+        let (status, _out, err) = run_to_exit(BIN, &args, EXIT_TIMEOUT);
         let context = format!("edgeplane {args:?}: status {status}, stderr {err:?}");
         assert!(!status.success(), "{context}");
         assert!(status.code().is_some(), "{context}");

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use edgeplane_api::{Catalog, LocationKind, Steering};
 use edgeplane_signing::{sign, KeySet};
-use sha2::{Digest, Sha256};
+use edgeplane_test_support::content::sha256_hex;
+use edgeplane_test_support::poll::poll_within;
+use edgeplane_test_support::scratch::temp_dir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgeplane");
 const ADMIN_TOKEN: &str = "admin-token-e2e";
@@ -37,34 +39,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn sha256_hex(b: &[u8]) -> String {
-    hex_lower(&Sha256::digest(b))
-}
-
-fn hex_lower(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-/// Polls `f` every 100 ms until it returns `Some`, or panics naming `what` after `limit`.
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A child process with its output collected; SIGKILLed on drop.
@@ -230,7 +209,7 @@ impl Moto {
             proc: Some(p),
             port,
         };
-        wait_for("moto_server to listen", Duration::from_secs(30), || {
+        poll_within("moto_server to listen", Duration::from_secs(30), || {
             TcpStream::connect(("127.0.0.1", port)).ok()
         });
         m
@@ -507,7 +486,7 @@ allow_http = true
     }
 
     fn wait_filled(&self, limit: Duration) {
-        wait_for(&format!("{} to fill", self.id), limit, || {
+        poll_within(&format!("{} to fill", self.id), limit, || {
             let (p, w) = self.fill_progress()?;
             (w > 0 && p == w).then_some(())
         });
@@ -557,10 +536,7 @@ fn play(steering: &Steering, loc: usize) {
 
 #[test]
 fn fill_steer_play_fail_over() {
-    let root = tempfile::Builder::new()
-        .prefix("edgeplane-e2e-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
+    let root = temp_dir();
     let moto_port = free_port();
     let mut moto = Moto::start(moto_port);
     let cloud = start_cloud(root.path(), &moto);
@@ -594,7 +570,7 @@ fn fill_steer_play_fail_over() {
     );
     emb.start_dataplane();
     emb.start_agent();
-    wait_for(
+    poll_within(
         "every object but the corrupt one",
         Duration::from_secs(60),
         || {
@@ -602,7 +578,7 @@ fn fill_steer_play_fail_over() {
             (w == objects.len() as u64 && p == w - 1).then_some(())
         },
     );
-    wait_for(
+    poll_within(
         "the checksum failure to be counted",
         Duration::from_secs(20),
         || (emb.agent_metric("edgeplane_agent_fill_checksum_failures_total") >= 1.0).then_some(()),
@@ -626,7 +602,7 @@ fn fill_steer_play_fail_over() {
     let (s, _) = curl(&signed(&bad_id, now_unix() + 60, "127.0.0.0/24"));
     assert_eq!(s, 404, "the corrupt object must not be served");
     // Reported to the control service.
-    wait_for(
+    poll_within(
         "the failure in the fleet view",
         Duration::from_secs(20),
         || {
@@ -648,7 +624,7 @@ fn fill_steer_play_fail_over() {
 
     // The origin goes down: the breaker opens, serving goes on.
     moto.stop();
-    wait_for(
+    poll_within(
         "the origin breaker to open",
         Duration::from_secs(30),
         || {
@@ -671,7 +647,7 @@ fn fill_steer_play_fail_over() {
 
     // A player inside the embedded prefix is steered to it and plays a title byte-exact.
     let title = &catalog.titles[0].id;
-    let st = wait_for(
+    let st = poll_within(
         "steering to the embedded appliance",
         Duration::from_secs(20),
         || {
@@ -773,7 +749,7 @@ fn fill_steer_play_fail_over() {
     );
 
     // Prefixes assigned by the control service are served (and reported back).
-    wait_for(
+    poll_within(
         "the assigned prefix to be served",
         Duration::from_secs(20),
         || {
@@ -786,7 +762,7 @@ fn fill_steer_play_fail_over() {
     // The embedded appliance stops: within the health timeout the player goes to IX.
     emb.agent.take().unwrap().terminate();
     emb.dataplane.take().unwrap().terminate();
-    let st = wait_for(
+    let st = poll_within(
         "steering to fail over to IX",
         Duration::from_secs(30),
         || {

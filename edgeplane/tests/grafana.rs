@@ -2,12 +2,13 @@
 //! in a PromQL `expr` (and in the template queries) must appear in a live `/metrics` scrape of
 //! a data plane with HTTPS and XDP (prefixes loaded), or be one the agent renders.
 
-mod support;
-
 use std::collections::BTreeSet;
 
-use support::xdp::{is_root, PinDir};
-use support::*;
+use edgeplane_test_support::prelude::*;
+use edgeplane_test_support::xdp::{is_root, PinDir};
+
+/// The binary under test (Cargo builds it for these tests).
+const BIN: &str = env!("CARGO_BIN_EXE_edgeplane");
 
 const DASHBOARD: &str = include_str!("../../docs/grafana/edgeplane.json");
 /// The agent's `/metrics` is rendered here; its names are string literals.
@@ -65,7 +66,7 @@ fn dashboard_uses_only_real_metric_names() {
     let used: BTreeSet<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
 
     let pins = PinDir::new("grafana");
-    let mut builder = ServerBuilder::new().https();
+    let mut builder = ServerBuilder::new(BIN).https();
     let with_xdp = is_root();
     if with_xdp {
         builder = builder.section(&format!(

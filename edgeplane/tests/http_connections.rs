@@ -1,12 +1,13 @@
 //! Connection handling: keep-alive, pipelining, closing, slow and vanishing clients, timeouts.
 
-mod support;
-
 use std::io::Read;
 use std::thread;
 use std::time::Duration;
 
-use support::*;
+use edgeplane_test_support::prelude::*;
+
+/// The binary under test (Cargo builds it for these tests).
+const BIN: &str = env!("CARGO_BIN_EXE_edgeplane");
 
 const BIG: &str = "big.mp4";
 const BIG_LEN: usize = 40 << 20;
@@ -16,7 +17,9 @@ const MIB32: u64 = 32 << 20;
 fn keep_alive_1000_random_ranges_on_one_connection() {
     let data = pattern("ka.mp4", 2 << 20);
     let len = data.len() as u64;
-    let server = ServerBuilder::new().file("flash", "ka.mp4", &data).start();
+    let server = ServerBuilder::new(BIN)
+        .file("flash", "ka.mp4", &data)
+        .start();
     let mut conn = server.connect();
     let mut rng = Rng::new(7);
     for i in 0..1000 {
@@ -59,7 +62,7 @@ fn keep_alive_1000_random_ranges_on_one_connection() {
 fn twenty_pipelined_requests_in_one_write() {
     let data = pattern("pipe.m4s", 300_000);
     let small = pattern("small.vtt", 100);
-    let server = ServerBuilder::new()
+    let server = ServerBuilder::new(BIN)
         .file("flash", "pipe.m4s", &data)
         .file("flash", "small.vtt", &small)
         .start();
@@ -126,7 +129,7 @@ fn twenty_pipelined_requests_in_one_write() {
 #[test]
 fn pipeline_stops_at_connection_close() {
     let small = pattern("small.vtt", 100);
-    let server = ServerBuilder::new()
+    let server = ServerBuilder::new(BIN)
         .file("flash", "small.vtt", &small)
         .start();
     let mut conn = server.connect();
@@ -148,7 +151,7 @@ fn pipeline_stops_at_connection_close() {
 #[test]
 fn requests_split_into_tiny_writes() {
     let data = pattern("split.ts", 50_000);
-    let server = ServerBuilder::new()
+    let server = ServerBuilder::new(BIN)
         .file("flash", "split.ts", &data)
         .start();
     let mut conn = server.connect();
@@ -178,7 +181,9 @@ fn requests_split_into_tiny_writes() {
 #[test]
 fn connection_close_is_honoured() {
     let data = pattern("c.mp4", 100_000);
-    let server = ServerBuilder::new().file("flash", "c.mp4", &data).start();
+    let server = ServerBuilder::new(BIN)
+        .file("flash", "c.mp4", &data)
+        .start();
     for (target, headers, status) in [
         ("/c.mp4", vec![("Connection", "close")], 200),
         (
@@ -204,7 +209,9 @@ fn connection_close_is_honoured() {
 #[test]
 fn http_1_0_closes_unless_keep_alive_is_agreed() {
     let data = pattern("old.mp4", 20_000);
-    let server = ServerBuilder::new().file("flash", "old.mp4", &data).start();
+    let server = ServerBuilder::new(BIN)
+        .file("flash", "old.mp4", &data)
+        .start();
 
     let mut c = server.connect();
     let r = c.raw(b"GET /old.mp4 HTTP/1.0\r\n\r\n");
@@ -244,7 +251,7 @@ fn http_1_0_closes_unless_keep_alive_is_agreed() {
 #[test]
 fn slow_reader_gets_exact_bytes_and_does_not_block_others() {
     let data = pattern(BIG, BIG_LEN);
-    let server = ServerBuilder::new()
+    let server = ServerBuilder::new(BIN)
         .cores(1)
         .file("flash", BIG, &data)
         .start();
@@ -318,7 +325,7 @@ fn slow_reader_gets_exact_bytes_and_does_not_block_others() {
 #[test]
 fn client_disconnecting_mid_body() {
     let data = pattern(BIG, BIG_LEN);
-    let server = ServerBuilder::new()
+    let server = ServerBuilder::new(BIN)
         .cores(1)
         .file("flash", BIG, &data)
         .start();
@@ -369,7 +376,9 @@ fn client_disconnecting_mid_body() {
 
 #[test]
 fn idle_keep_alive_connection_is_closed() {
-    let server = ServerBuilder::new().limit("idle_timeout_ms", 1000).start();
+    let server = ServerBuilder::new(BIN)
+        .limit("idle_timeout_ms", 1000)
+        .start();
     let mut c = server.connect();
     let r = c.request("GET", "/canary.bin", &[]);
     assert_eq!(r.status, 200);
@@ -385,7 +394,9 @@ fn idle_keep_alive_connection_is_closed() {
 #[test]
 fn half_closed_client_still_gets_its_response() {
     let data = pattern("h.mp4", 300_000);
-    let server = ServerBuilder::new().file("flash", "h.mp4", &data).start();
+    let server = ServerBuilder::new(BIN)
+        .file("flash", "h.mp4", &data)
+        .start();
     let mut c = server.connect();
     c.send(
         request_head(
@@ -404,7 +415,7 @@ fn half_closed_client_still_gets_its_response() {
 #[test]
 fn many_concurrent_clients_on_two_cores() {
     let data = std::sync::Arc::new(pattern("conc.mp4", 3 << 20));
-    let server = ServerBuilder::new()
+    let server = ServerBuilder::new(BIN)
         .cores(2)
         .file("flash", "conc.mp4", &data)
         .start();

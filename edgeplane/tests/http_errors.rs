@@ -1,20 +1,21 @@
 //! Error responses on the http listener. After every error the test checks that the
 //! connection is either closed cleanly or still usable, and that other clients are served.
 
-mod support;
-
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use support::*;
+use edgeplane_test_support::prelude::*;
+
+/// The binary under test (Cargo builds it for these tests).
+const BIN: &str = env!("CARGO_BIN_EXE_edgeplane");
 
 const SECRET: &[u8] = b"top-secret-outside-the-tier";
 
 fn builder() -> ServerBuilder {
-    ServerBuilder::new()
+    ServerBuilder::new(BIN)
         .file("flash", "a.bin", &pattern("a.bin", 10_000))
         .file("flash", "b.bin", &pattern("b.bin", 777))
 }

@@ -2,14 +2,15 @@
 //!
 //! Every body is compared byte for byte with the file on disk.
 
-mod support;
-
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use support::*;
+use edgeplane_test_support::prelude::*;
+
+/// The binary under test (Cargo builds it for these tests).
+const BIN: &str = env!("CARGO_BIN_EXE_edgeplane");
 
 /// An odd length, so no range lines up with a page or buffer by accident.
 const VIDEO_LEN: usize = 1_000_003;
@@ -33,7 +34,7 @@ fn set_mtime(path: &std::path::Path, secs: u64) {
 
 /// A server with `video.mp4` (mtime fixed) and an empty `empty.ts`.
 fn start() -> Server {
-    let b = ServerBuilder::new()
+    let b = ServerBuilder::new(BIN)
         .file("flash", VIDEO, &video())
         .file("flash", "empty.ts", b"");
     set_mtime(&b.tier_dir("flash").join(VIDEO), MTIME_SECS);
@@ -427,7 +428,7 @@ fn query_string_is_ignored() {
 fn offsets_beyond_4_gib() {
     const GIB: u64 = 1 << 30;
     let len: u64 = 5 * GIB + 123;
-    let b = ServerBuilder::new();
+    let b = ServerBuilder::new(BIN);
     let path = b.tier_dir("flash").join("big.ts");
     {
         let f = File::create(&path).unwrap();
@@ -628,7 +629,7 @@ fn content_type_by_extension() {
         ("noextension", "application/octet-stream"),
         ("archive.tar.gz", "application/octet-stream"),
     ];
-    let mut b = ServerBuilder::new();
+    let mut b = ServerBuilder::new(BIN);
     for (name, _) in cases {
         b = b.file("flash", name, &pattern(name, 100));
     }
@@ -881,7 +882,7 @@ fn resident_pages(file: &File) -> usize {
 fn cold_ranges_are_byte_exact_and_counted() {
     const LEN: usize = 8 << 20;
     let data = pattern("cold.mp4", LEN);
-    let server = ServerBuilder::new()
+    let server = ServerBuilder::new(BIN)
         .io("residency_check", "true")
         .io("cold_read_threads", "2")
         .file("flash", "cold.mp4", &data)

@@ -6,9 +6,8 @@
 //! Kernel TLS is exercised only where the kernel has the `tls` module (the development
 //! kernel has none: these tests then cover the userspace path, and `https.ktls = "off"`);
 //! `cargo xtask vmtest` runs real clients against kernel TLS in a VM.
-//! Certificates come from a test PKI made with the `openssl` CLI (`support::pki`).
-
-mod support;
+//! Certificates come from a test PKI made with the `openssl` CLI
+//! (`edgeplane_test_support::pki`).
 
 use std::io::Write as _;
 use std::path::Path;
@@ -17,8 +16,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use edgeplane_test_support::prelude::*;
 use rustls::version::{TLS12, TLS13};
-use support::*;
+
+/// The binary under test (Cargo builds it for these tests).
+const BIN: &str = env!("CARGO_BIN_EXE_edgeplane");
 
 const ALPN: &[&[u8]] = &[b"http/1.1"];
 
@@ -34,7 +36,7 @@ fn client(versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<rustls:
 fn curl_over_tls12_and_tls13_is_byte_exact() {
     const BIG: &str = "big.mp4";
     let data = pattern(BIG, (40 << 20) + 12_345);
-    let server = ServerBuilder::new()
+    let server = ServerBuilder::new(BIN)
         .https()
         .https_sni("rsa.test", PkiCert::Rsa)
         .file("flash", BIG, &data)
@@ -113,7 +115,7 @@ fn curl_over_tls12_and_tls13_is_byte_exact() {
 fn cold_ranges_are_read_in_before_encrypting() {
     const COLD: &str = "cold.bin";
     let data = pattern(COLD, 3 << 20);
-    let server = ServerBuilder::new()
+    let server = ServerBuilder::new(BIN)
         .https()
         .file("flash", COLD, &data)
         .start();
@@ -142,7 +144,7 @@ fn a_thousand_keep_alive_requests_on_one_connection() {
     const SEG: &str = "seg.m4s";
     let data = pattern(SEG, (1 << 20) + 17);
     let len = data.len() as u64;
-    let server = ServerBuilder::new()
+    let server = ServerBuilder::new(BIN)
         .https()
         .file("flash", SEG, &data)
         .start();
@@ -251,7 +253,7 @@ fn s_client(server: &Server, args: &[&str]) -> String {
 
 #[test]
 fn sessions_resume_with_tickets_and_session_ids() {
-    let server = ServerBuilder::new().https().start();
+    let server = ServerBuilder::new(BIN).https().start();
     let cases: [(&str, &[&str]); 3] = [
         ("TLS 1.3 ticket", &["-tls1_3"]),
         ("TLS 1.2 ticket", &["-tls1_2"]),
@@ -285,7 +287,7 @@ fn sessions_resume_with_tickets_and_session_ids() {
 
 #[test]
 fn sni_picks_the_certificate() {
-    let server = ServerBuilder::new()
+    let server = ServerBuilder::new(BIN)
         .https()
         .https_sni("rsa.test", PkiCert::Rsa)
         .https_sni("*.wild.test", PkiCert::Wildcard)
@@ -319,7 +321,7 @@ fn sni_picks_the_certificate() {
 
 #[test]
 fn alpn_offers_only_http11() {
-    let server = ServerBuilder::new().https().start();
+    let server = ServerBuilder::new(BIN).https().start();
     let offer = |alpn: &[&[u8]]| {
         TlsConn::connect(
             server.https_addr(),
@@ -385,7 +387,7 @@ fn expect_clean_close(conn: &mut Conn, what: &str) -> Vec<u8> {
 #[test]
 fn bad_handshakes_close_cleanly_without_disturbing_others() {
     const TIMEOUT_MS: u64 = 1500;
-    let server = ServerBuilder::new()
+    let server = ServerBuilder::new(BIN)
         .cores(1)
         .https()
         .limit("header_read_timeout_ms", TIMEOUT_MS)
@@ -493,7 +495,7 @@ fn bad_handshakes_close_cleanly_without_disturbing_others() {
 
 #[test]
 fn connections_over_a_cap_are_closed_without_a_handshake() {
-    let server = ServerBuilder::new()
+    let server = ServerBuilder::new(BIN)
         .https()
         .limit("max_connections_per_client", 1)
         .start();
@@ -542,17 +544,12 @@ fn served_cert(server: &Server) -> Vec<u8> {
 
 #[test]
 fn reload_swaps_certificates_and_keeps_them_when_the_new_ones_are_bad() {
-    let server = ServerBuilder::new().https().start();
+    let server = ServerBuilder::new(BIN).https().start();
     let mut old = server.connect_tls(&client(&[&TLS13]), "edgeplane.test");
     assert_eq!(served_cert(&server), pki().der(PkiCert::Default));
 
     pki().write(PkiCert::Alternate, &server.root().join("tls"), "server");
-    let mut admin = server.connect_admin();
-    let r = admin.request(
-        "POST",
-        "/reload",
-        &[("Content-Length", "0"), ("Connection", "close")],
-    );
+    let r = server.post_reload();
     assert_eq!(r.status, 200, "{r:?}");
     assert!(
         String::from_utf8_lossy(&r.body).contains("certificates: reloaded"),
@@ -565,12 +562,7 @@ fn reload_swaps_certificates_and_keeps_them_when_the_new_ones_are_bad() {
 
     // A broken certificate: reload says so (500), the previous certificate stays in use.
     write_file(&server.tls_path("server.pem"), b"not a certificate\n");
-    let mut admin = server.connect_admin();
-    let r = admin.request(
-        "POST",
-        "/reload",
-        &[("Content-Length", "0"), ("Connection", "close")],
-    );
+    let r = server.post_reload();
     assert_eq!(r.status, 500, "{r:?}");
     let body = String::from_utf8_lossy(&r.body);
     assert!(
@@ -616,7 +608,7 @@ fn log_and_metrics_say_how_https_is_served() {
     // `auto`: kernel TLS where the kernel has the `tls` module (the development kernel has
     // none; `cargo xtask vmtest` covers a kernel that has it), user space otherwise; either way
     // the log line and the metrics agree, and every connection is counted under the mode.
-    let server = ServerBuilder::new().https().start();
+    let server = ServerBuilder::new(BIN).https().start();
     let out = server.output();
     let kernel = out.contains("kernel TLS available (TCP_ULP tls)");
     assert!(
@@ -673,7 +665,7 @@ fn log_and_metrics_say_how_https_is_served() {
     }
 
     // `off`: user space whatever the kernel can do, and the log says why.
-    let off = ServerBuilder::new().https_ktls("off").start();
+    let off = ServerBuilder::new(BIN).https_ktls("off").start();
     let out = off.output();
     assert!(
         out.contains("kernel TLS off (https.ktls = \"off\"): serving HTTPS with userspace rustls"),
@@ -691,7 +683,7 @@ fn log_and_metrics_say_how_https_is_served() {
     );
 
     // Without [https]: no listener, no mode.
-    let plain = ServerBuilder::new().start();
+    let plain = ServerBuilder::new(BIN).start();
     assert!(plain.https.is_none(), "{}", plain.ready_line);
     let m = plain.metrics();
     assert_eq!(m.sum("edgeplane_tls_mode", &[]), 0.0, "{}", m.text);
@@ -786,6 +778,7 @@ fn https_config_errors_name_the_key() {
             );
             std::fs::write(&config, &text).unwrap();
             let (status, _, err) = run_to_exit(
+                BIN,
                 &["check-config", "--config", config.to_str().unwrap()],
                 Duration::from_secs(10),
             );

@@ -1,19 +1,20 @@
 //! Start-up and shutdown: the ready line, SIGTERM/SIGINT with and without work in flight.
 
-mod support;
-
 use std::io::Read;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use support::*;
+use edgeplane_test_support::prelude::*;
+
+/// The binary under test (Cargo builds it for these tests).
+const BIN: &str = env!("CARGO_BIN_EXE_edgeplane");
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[test]
 fn ready_line_reports_addresses_and_cores() {
     for cores in [1, 2] {
-        let server = ServerBuilder::new().cores(cores).start();
+        let server = ServerBuilder::new(BIN).cores(cores).start();
         assert_eq!(
             server.ready_cores,
             Some(cores),
@@ -49,7 +50,7 @@ fn expect_clean_exit(server: &mut Server, what: &str) {
 #[test]
 fn sigterm_and_sigint_exit_zero() {
     for sig in ["TERM", "INT"] {
-        let mut server = ServerBuilder::new().cores(2).start();
+        let mut server = ServerBuilder::new(BIN).cores(2).start();
         server.assert_serving("before the signal");
         // An idle keep-alive connection must not keep the server alive (the default idle
         // timeout is 60 s, longer than EXIT_TIMEOUT).
@@ -67,7 +68,7 @@ fn sigterm_and_sigint_exit_zero() {
 fn sigterm_finishes_in_flight_responses() {
     const LEN: usize = 24 << 20;
     let data = pattern("inflight.mp4", LEN);
-    let mut server = ServerBuilder::new()
+    let mut server = ServerBuilder::new(BIN)
         .file("flash", "inflight.mp4", &data)
         .start();
     let mut conn = server.connect();

@@ -1,15 +1,16 @@
 //! Operating a running data plane: SIGHUP/`POST /reload` re-read the config file, `edgeplane
 //! drain` stops it gracefully, `[process] user` drops root after start-up.
 
-mod support;
-
 use std::io::Read;
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::xdp::{is_root, skip};
-use support::*;
+use edgeplane_test_support::prelude::*;
+use edgeplane_test_support::xdp::{is_root, skip};
+
+/// The binary under test (Cargo builds it for these tests).
+const BIN: &str = env!("CARGO_BIN_EXE_edgeplane");
 
 fn config_path(server: &Server) -> std::path::PathBuf {
     server.root().join("edgeplane.toml")
@@ -17,12 +18,7 @@ fn config_path(server: &Server) -> std::path::PathBuf {
 
 /// `POST /reload` on the admin listener: status and body.
 fn post_reload(server: &Server) -> (u16, String) {
-    let mut c = server.connect_admin();
-    let r = c.request(
-        "POST",
-        "/reload",
-        &[("Content-Length", "0"), ("Connection", "close")],
-    );
+    let r = server.post_reload();
     (r.status, String::from_utf8_lossy(&r.body).into_owned())
 }
 
@@ -41,7 +37,7 @@ fn cors_header(server: &Server) -> Option<String> {
 /// and `POST /reload` answers 500 naming the key.
 #[test]
 fn sighup_rereads_the_config_file() {
-    let server = ServerBuilder::new().start();
+    let server = ServerBuilder::new(BIN).start();
     assert_eq!(cors_header(&server).as_deref(), Some("*"));
     let path = config_path(&server);
     let original = std::fs::read_to_string(&path).unwrap();
@@ -128,7 +124,7 @@ fn sighup_rereads_the_config_file() {
 /// A limit changed by reload applies to new connections without a restart.
 #[test]
 fn reload_applies_new_limits() {
-    let server = ServerBuilder::new().start();
+    let server = ServerBuilder::new(BIN).start();
     let path = config_path(&server);
     let mut text = std::fs::read_to_string(&path).unwrap();
     text = text.replace("\n[[tier]]", "\n[limits]\nmax_uri_bytes = 64\n\n[[tier]]");
@@ -147,7 +143,7 @@ fn reload_applies_new_limits() {
 fn drain_finishes_in_flight_responses_and_exits_zero() {
     const LEN: usize = 24 << 20;
     let data = pattern("drain.mp4", LEN);
-    let mut server = ServerBuilder::new()
+    let mut server = ServerBuilder::new(BIN)
         .file("flash", "drain.mp4", &data)
         .start();
     let mut conn = server.connect();
@@ -243,7 +239,7 @@ fn serve_drops_root_to_process_user() {
         skip("serve_drops_root_to_process_user", "needs root");
         return;
     }
-    let builder = ServerBuilder::new().section("[process]\nuser = \"nobody\"\n");
+    let builder = ServerBuilder::new(BIN).section("[process]\nuser = \"nobody\"\n");
     // The scratch directory is 0700; the user must reach the tiers and the config.
     use std::os::unix::fs::PermissionsExt;
     let mut dir = builder.root().to_path_buf();
@@ -305,7 +301,7 @@ fn serve_drops_root_to_process_user() {
 /// An unknown user is a start-up error naming the key.
 #[test]
 fn unknown_process_user_is_refused_at_start() {
-    let builder = ServerBuilder::new().section("[process]\nuser = \"no-such-user-ep\"\n");
+    let builder = ServerBuilder::new(BIN).section("[process]\nuser = \"no-such-user-ep\"\n");
     let path = builder.root().join("edgeplane.toml");
     std::fs::write(&path, builder.config_text()).unwrap();
     let out = Command::new(BIN)

@@ -6,12 +6,13 @@
 //! Needs `cargo deb` (cargo-deb), `dpkg`, `useradd` and `systemd-analyze`; scripts/setup.sh
 //! installs them. A missing tool fails the test, it does not skip it.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::*;
+use edgeplane_test_support::prelude::*;
+
+/// The binary under test (Cargo builds it for these tests).
+const BIN: &str = env!("CARGO_BIN_EXE_edgeplane");
 
 fn run(cmd: &mut Command, what: &str) -> String {
     let out = cmd

@@ -7,20 +7,21 @@
 //! "Failing" here is the directory disappearing (renamed away), which is what a dead or
 //! unmounted disk looks like to the data plane; no timing is asserted, only polled for.
 
-mod support;
-
 use std::fs;
 use std::time::{Duration, Instant};
 
+use edgeplane_test_support::prelude::*;
 use serde_json::Value;
-use support::*;
+
+/// The binary under test (Cargo builds it for these tests).
+const BIN: &str = env!("CARGO_BIN_EXE_edgeplane");
 
 const A: &str = "a-flash-only.bin";
 const B: &str = "b-hdd-only.bin";
 const BOTH: &str = "both.bin";
 
 fn builder(interval_ms: &str) -> ServerBuilder {
-    ServerBuilder::new()
+    ServerBuilder::new(BIN)
         .tier("hdd", "storage")
         .io("tier_check_interval_ms", interval_ms)
         .file("flash", A, &pattern(A, 70_001))

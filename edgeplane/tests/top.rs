@@ -3,14 +3,15 @@
 //!
 //! Needs tmux (scripts/setup.sh installs it); a missing tmux fails the test.
 
-mod support;
-
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::*;
+use edgeplane_test_support::prelude::*;
+
+/// The binary under test (Cargo builds it for these tests).
+const BIN: &str = env!("CARGO_BIN_EXE_edgeplane");
 
 struct Tmux {
     socket: String,
@@ -71,7 +72,7 @@ fn req_per_s(screen: &str) -> Option<f64> {
 
 #[test]
 fn top_shows_live_traffic_in_tmux_and_quits_on_q() {
-    let server = ServerBuilder::new()
+    let server = ServerBuilder::new(BIN)
         .tier("hdd", "storage")
         .file("hdd", "tail.bin", &[7u8; 5000])
         .start();

@@ -11,8 +11,6 @@
 //!
 //! Needs root (or CAP_BPF): skips with the reason printed otherwise.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -79,7 +77,7 @@ impl Rig {
     }
 
     fn with(test: &'static str, enforce: bool, opts: &LoadOptions) -> Option<Rig> {
-        let mut filter = support::xdp::load(test, opts)?;
+        let mut filter = edgeplane_test_support::xdp::load(test, opts)?;
         filter
             .configure(&FilterSettings {
                 enforce,

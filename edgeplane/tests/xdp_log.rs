@@ -5,8 +5,6 @@
 //! Its own test binary: it installs a global `tracing` subscriber and a global `log` logger.
 //! Needs root (CAP_BPF); skips otherwise.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,9 +35,10 @@ fn ebpf_debug_lines_reach_the_log() {
     ));
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
-    let Some(mut filter) =
-        support::xdp::load("ebpf_debug_lines_reach_the_log", &LoadOptions::default())
-    else {
+    let Some(mut filter) = edgeplane_test_support::xdp::load(
+        "ebpf_debug_lines_reach_the_log",
+        &LoadOptions::default(),
+    ) else {
         return;
     };
     filter

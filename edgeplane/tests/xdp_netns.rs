@@ -10,22 +10,23 @@
 //!
 //! Needs root (namespaces, CAP_BPF) and `ip` and `curl`; skips with the reason printed otherwise.
 
-mod support;
-
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::xdp::{
+use edgeplane_test_support::prelude::{assert_bytes_eq, pattern, Metrics, ServerBuilder};
+use edgeplane_test_support::xdp::{
     is_root, prefixes, skip, PinDir, VethPair, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6,
 };
-use support::{assert_bytes_eq, pattern, Metrics, ServerBuilder};
+
+/// The binary under test (Cargo builds it for these tests).
+const BIN: &str = env!("CARGO_BIN_EXE_edgeplane");
 
 const OBJECT: &str = "movie.bin";
 const OBJECT_LEN: usize = 2 << 20;
 
 /// Dropped in field order: the server stops before its pins and its namespaces go.
 struct Rig {
-    server: support::Server,
+    server: edgeplane_test_support::server::Server,
     pins: PinDir,
     net: VethPair,
     port: u16,
@@ -71,7 +72,7 @@ impl Rig {
     }
 
     fn prefixes(&self, args: &[&str]) {
-        let (code, out, err) = prefixes(self.pins.path(), args);
+        let (code, out, err) = prefixes(BIN, self.pins.path(), args);
         assert_eq!(code, 0, "edgeplane prefixes {}: {err}", args.join(" "));
         assert!(!out.is_empty());
     }
@@ -197,7 +198,7 @@ fn start_with(test: &str, tag: &str, cores: u32, extra: &str) -> Option<Rig> {
         CLIENT_V4[0],
         CLIENT_V6[0],
     );
-    let server = ServerBuilder::new()
+    let server = ServerBuilder::new(BIN)
         .cores(cores)
         .http_listen("[::]:0")
         .file("flash", OBJECT, &data)
@@ -422,7 +423,7 @@ fn sync_prefixes_makes_the_served_set_exact() {
     rig.assert_fetch(CLIENT_V6[1], 0, 99, "added by sync (IPv6)");
     rig.assert_refused(CLIENT_V4[0], "removed by sync (IPv4)");
     rig.assert_refused(CLIENT_V6[0], "removed by sync (IPv6)");
-    let (_, out, _) = prefixes(rig.pins.path(), &["list"]);
+    let (_, out, _) = prefixes(BIN, rig.pins.path(), &["list"]);
     assert_eq!(out, "10.201.0.3/32\n198.51.100.0/24\nfd00:201::3/128\n");
     assert_eq!(rig.metrics().sum("edgeplane_xdp_prefixes", &[]), 3.0);
 

@@ -6,12 +6,13 @@
 //! The failure tests run anywhere (without root the load fails for want of privilege, which is
 //! the same path); the others need root and skip with the reason printed otherwise.
 
-mod support;
-
 use std::time::Duration;
 
-use support::xdp::{is_root, prefixes, skip, PinDir};
-use support::ServerBuilder;
+use edgeplane_test_support::prelude::ServerBuilder;
+use edgeplane_test_support::xdp::{is_root, prefixes, skip, PinDir};
+
+/// The binary under test (Cargo builds it for these tests).
+const BIN: &str = env!("CARGO_BIN_EXE_edgeplane");
 
 fn xdp_section(pin_dir: &PinDir, extra: &str) -> String {
     format!(
@@ -23,7 +24,7 @@ fn xdp_section(pin_dir: &PinDir, extra: &str) -> String {
 #[test]
 fn required_false_serves_without_xdp_after_one_error_line() {
     let pins = PinDir::new("not-required");
-    let server = ServerBuilder::new()
+    let server = ServerBuilder::new(BIN)
         .section(&xdp_section(
             &pins,
             "interfaces = [\"ep-nosuch0\"]\nrequired = false",
@@ -51,13 +52,14 @@ fn required_false_serves_without_xdp_after_one_error_line() {
 #[test]
 fn required_true_exits_with_one_line() {
     let pins = PinDir::new("required");
-    let builder = ServerBuilder::new().section(&xdp_section(
+    let builder = ServerBuilder::new(BIN).section(&xdp_section(
         &pins,
         "interfaces = [\"ep-nosuch0\"]\nrequired = true",
     ));
     let config = builder.root().join("edgeplane.toml");
     std::fs::write(&config, builder.config_text()).unwrap();
-    let (status, _out, err) = support::run_to_exit(
+    let (status, _out, err) = edgeplane_test_support::server::run_to_exit(
+        BIN,
         &["serve", "--config", config.to_str().unwrap()],
         Duration::from_secs(30),
     );
@@ -84,28 +86,28 @@ fn prefixes_change_at_runtime_and_show_on_metrics() {
     }
     let pins = PinDir::new("cli");
     let dir = pins.path();
-    let mut server = ServerBuilder::new()
+    let mut server = ServerBuilder::new(BIN)
         .section(&xdp_section(
             &pins,
             "enforce = true\nprefixes = [\"198.51.100.0/24\"]",
         ))
         .start();
-    let (code, out, err) = prefixes(dir, &["add", "2001:db8::/32", "203.0.113.0/25"]);
+    let (code, out, err) = prefixes(BIN, dir, &["add", "2001:db8::/32", "203.0.113.0/25"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "added 2001:db8::/32\nadded 203.0.113.0/25\n");
-    let (_, out, _) = prefixes(dir, &["add", "2001:db8::/32"]);
+    let (_, out, _) = prefixes(BIN, dir, &["add", "2001:db8::/32"]);
     assert_eq!(out, "2001:db8::/32 already served\n");
-    let (code, out, _) = prefixes(dir, &["list"]);
+    let (code, out, _) = prefixes(BIN, dir, &["list"]);
     assert_eq!(code, 0);
     assert_eq!(out, "198.51.100.0/24\n203.0.113.0/25\n2001:db8::/32\n");
 
-    let (code, out, err) = prefixes(dir, &["drain", "203.0.113.0/25"]);
+    let (code, out, err) = prefixes(BIN, dir, &["drain", "203.0.113.0/25"]);
     assert_eq!(
         (code, out.as_str()),
         (0, "drain on for 203.0.113.0/25\n"),
         "{err}"
     );
-    let (code, _, _) = prefixes(dir, &["drain", "all"]);
+    let (code, _, _) = prefixes(BIN, dir, &["drain", "all"]);
     assert_eq!(code, 0);
     let m = server.metrics();
     assert_eq!(m.sum("edgeplane_xdp_up", &[]), 1.0);
@@ -139,15 +141,15 @@ fn prefixes_change_at_runtime_and_show_on_metrics() {
         "{}",
         m.text
     );
-    prefixes(dir, &["drain", "all", "--off"]);
+    prefixes(BIN, dir, &["drain", "all", "--off"]);
 
-    let (code, out, _) = prefixes(dir, &["remove", "203.0.113.0/25"]);
+    let (code, out, _) = prefixes(BIN, dir, &["remove", "203.0.113.0/25"]);
     assert_eq!((code, out.as_str()), (0, "removed 203.0.113.0/25\n"));
-    let (code, _, err) = prefixes(dir, &["remove", "203.0.113.0/25"]);
+    let (code, _, err) = prefixes(BIN, dir, &["remove", "203.0.113.0/25"]);
     assert_eq!(code, 1);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("203.0.113.0/25: not served"), "{err}");
-    let (code, out, _) = prefixes(dir, &["stats"]);
+    let (code, out, _) = prefixes(BIN, dir, &["stats"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("prefix "), "{out}");
     assert!(out.contains("filter: enforce mode\n"), "{out}");
@@ -161,9 +163,9 @@ fn prefixes_change_at_runtime_and_show_on_metrics() {
         "{}",
         server.output()
     );
-    let (_, out, _) = prefixes(dir, &["list"]);
+    let (_, out, _) = prefixes(BIN, dir, &["list"]);
     assert_eq!(out, "198.51.100.0/24\n2001:db8::/32\n");
-    let server = ServerBuilder::new()
+    let server = ServerBuilder::new(BIN)
         .section(&xdp_section(&pins, "enforce = false"))
         .start();
     assert_eq!(server.metrics().sum("edgeplane_xdp_prefixes", &[]), 2.0);
@@ -173,12 +175,12 @@ fn prefixes_change_at_runtime_and_show_on_metrics() {
 #[test]
 fn prefixes_without_a_data_plane_is_one_line() {
     let pins = PinDir::new("absent");
-    let (code, out, err) = prefixes(pins.path(), &["list"]);
+    let (code, out, err) = prefixes(BIN, pins.path(), &["list"]);
     assert_eq!(code, 1);
     assert!(out.is_empty());
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("edgeplane: "), "{err}");
-    let (code, _, err) = prefixes(pins.path(), &["add", "10.0.0.1/8"]);
+    let (code, _, err) = prefixes(BIN, pins.path(), &["add", "10.0.0.1/8"]);
     assert_eq!(code, 2, "usage error");
     assert!(err.contains("did you mean 10.0.0.0/8"), "{err}");
 }

@@ -6,15 +6,16 @@
 //! per-executor counter `edgeplane_core_requests_total{core}` must move on exactly the core
 //! `executor_for(flow_hash_v4(…), 2)` predicts. Needs root (CAP_BPF); skips otherwise.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use edgeplane_test_support::prelude::ServerBuilder;
+use edgeplane_test_support::xdp::{is_root, skip, PinDir};
 use edgeplane_xdp::{executor_for, flow_hash_v4, flow_hash_v6};
-use support::xdp::{is_root, skip, PinDir};
-use support::ServerBuilder;
+
+/// The binary under test (Cargo builds it for these tests).
+const BIN: &str = env!("CARGO_BIN_EXE_edgeplane");
 
 /// One request on a connection from `local` to `server`; the server's executor must answer.
 fn request_from(local: SocketAddr, server: SocketAddr) -> std::io::Result<()> {
@@ -28,7 +29,7 @@ fn request_from(local: SocketAddr, server: SocketAddr) -> std::io::Result<()> {
     write!(
         stream,
         "GET /{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        support::CANARY
+        edgeplane_test_support::server::CANARY
     )?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
@@ -40,7 +41,7 @@ fn request_from(local: SocketAddr, server: SocketAddr) -> std::io::Result<()> {
     Ok(())
 }
 
-fn per_core(server: &support::Server) -> [f64; 2] {
+fn per_core(server: &edgeplane_test_support::server::Server) -> [f64; 2] {
     let m = server.metrics();
     [
         m.sum("edgeplane_core_requests_total", &[("core", "0")]),
@@ -63,7 +64,7 @@ fn expected(local: SocketAddr, server: SocketAddr) -> usize {
 
 fn check_family(test: &str, listen: &str, client_ip: &str) {
     let pins = PinDir::new(test);
-    let server = ServerBuilder::new()
+    let server = ServerBuilder::new(BIN)
         .cores(2)
         .http_listen(listen)
         .section(&format!(
@@ -91,7 +92,7 @@ fn check_family(test: &str, listen: &str, client_ip: &str) {
         }
         tried += 1;
         let want = expected(local, server.http);
-        let after = support::poll("the per-core counter", || {
+        let after = edgeplane_test_support::poll::poll("the per-core counter", || {
             let a = per_core(&server);
             (a[0] + a[1] > before[0] + before[1]).then_some(a)
         });

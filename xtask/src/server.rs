@@ -5,9 +5,8 @@
 //! half-way never leaves a server running.
 
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -18,6 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::util::display_command;
+pub(crate) use edgeplane_test_support::process::describe_status;
+pub(crate) use edgeplane_test_support::ready::{parse_ready, strip_ansi, Ready};
 
 /// How long a stopping server gets before it is killed.
 pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,14 +28,6 @@ pub(crate) struct Server {
     child: Option<Child>,
     stderr_lines: Receiver<String>,
     log_path: PathBuf,
-}
-
-/// What edgeplane's ready line says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Ready {
-    pub(crate) http: SocketAddr,
-    pub(crate) admin: SocketAddr,
-    pub(crate) cores: Option<u32>,
 }
 
 impl Server {
@@ -190,25 +183,11 @@ impl Server {
 
     /// Waits up to `timeout` for the exit; `None` if it is still running (or was never waited).
     fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let child = self.child.as_mut()?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    self.child = None;
-                    return Some(status);
-                }
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                _ => return None,
-            }
-        }
+        edgeplane_test_support::process::wait_exit(&mut self.child, timeout)
     }
 
     fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        edgeplane_test_support::process::kill(&mut self.child);
     }
 
     /// The last lines of the log, for error messages.
@@ -280,51 +259,6 @@ pub(crate) fn start_edgeplane(
     Ok((server, ready))
 }
 
-/// Parses a line containing `ready http=IP:PORT admin=IP:PORT [cores=N]`, tolerating a log
-/// prefix, ANSI colours, and quoted values.
-pub(crate) fn parse_ready(line: &str) -> Option<Ready> {
-    let line = strip_ansi(line);
-    let rest = &line[line.find("ready")? + "ready".len()..];
-    let (mut http, mut admin, mut cores) = (None, None, None);
-    for token in rest.split_whitespace() {
-        let Some((key, value)) = token.split_once('=') else {
-            continue;
-        };
-        let value = value.trim_matches(|c| c == '"' || c == ',' || c == ';');
-        match key {
-            "http" => http = value.parse().ok(),
-            "admin" => admin = value.parse().ok(),
-            "cores" => cores = value.parse().ok(),
-            _ => {}
-        }
-    }
-    Some(Ready {
-        http: http?,
-        admin: admin?,
-        cores,
-    })
-}
-
-/// Removes ANSI escape sequences (CSI `ESC [ ... final`, and any other `ESC x`).
-pub(crate) fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c != '\x1b' {
-            out.push(c);
-            continue;
-        }
-        if chars.next() == Some('[') {
-            for c in chars.by_ref() {
-                if ('@'..='~').contains(&c) {
-                    break;
-                }
-            }
-        }
-    }
-    out
-}
-
 pub(crate) fn send_signal(pid: u32, signal: libc::c_int) -> Result<()> {
     let pid = libc::pid_t::try_from(pid).context("pid out of range")?;
     // SAFETY: kill(2) takes plain integers and touches no memory of ours. The pid is our own
@@ -334,17 +268,6 @@ pub(crate) fn send_signal(pid: u32, signal: libc::c_int) -> Result<()> {
         return Err(std::io::Error::last_os_error()).context(format!("kill({pid}, {signal})"));
     }
     Ok(())
-}
-
-pub(crate) fn describe_status(status: Option<ExitStatus>) -> String {
-    match status {
-        None => "still running".to_owned(),
-        Some(s) => match (s.code(), s.signal()) {
-            (Some(code), _) => format!("exit code {code}"),
-            (None, Some(sig)) => format!("killed by signal {sig}"),
-            _ => s.to_string(),
-        },
-    }
 }
 
 fn indent(text: &str) -> String {
@@ -361,56 +284,14 @@ fn forward_lines(
     tx: Option<Sender<String>>,
 ) {
     thread::spawn(move || {
-        let mut reader = BufReader::new(pipe);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
+        edgeplane_test_support::process::for_each_line(pipe, |buf| {
             if let Ok(mut log) = log.lock() {
-                let _ = log.write_all(&buf);
+                let _ = log.write_all(buf);
             }
             if let Some(tx) = &tx {
-                let line = String::from_utf8_lossy(&buf);
+                let line = String::from_utf8_lossy(buf);
                 let _ = tx.send(strip_ansi(line.trim_end()));
             }
-        }
+        });
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ready_line_plain() {
-        let r = parse_ready("ready http=127.0.0.1:41234 admin=127.0.0.1:41235 cores=2").unwrap();
-        assert_eq!(r.http, "127.0.0.1:41234".parse().unwrap());
-        assert_eq!(r.admin, "127.0.0.1:41235".parse().unwrap());
-        assert_eq!(r.cores, Some(2));
-    }
-
-    #[test]
-    fn ready_line_in_a_log_line() {
-        let line = "2026-01-01T00:00:00Z  INFO edgeplane: \x1b[3mready\x1b[0m \
-                    http=\"[::1]:8080\" \x1b[2madmin\x1b[0m=127.0.0.1:9090";
-        let r = parse_ready(line).unwrap();
-        assert_eq!(r.http, "[::1]:8080".parse().unwrap());
-        assert_eq!(r.admin.port(), 9090);
-        assert_eq!(r.cores, None);
-    }
-
-    #[test]
-    fn not_a_ready_line() {
-        assert_eq!(parse_ready("listening http=127.0.0.1:1"), None);
-        assert_eq!(parse_ready("ready http=127.0.0.1:1"), None);
-        assert_eq!(parse_ready("ready http=nonsense admin=127.0.0.1:2"), None);
-    }
-
-    #[test]
-    fn ansi_is_stripped() {
-        assert_eq!(strip_ansi("\x1b[32m INFO\x1b[0m x"), " INFO x");
-    }
 }

@@ -903,7 +903,9 @@ fn split_first_record(port: u16, path: &str, split: bool) -> Result<Vec<u8>> {
     ))
     .with_protocol_versions(&[&rustls::version::TLS13])?
     .dangerous()
-    .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert))
+    .with_custom_certificate_verifier(std::sync::Arc::new(
+        edgeplane_test_support::tls::TrustAnyCert::without_signature_checks(),
+    ))
     .with_no_client_auth();
     let mut tls =
         rustls::ClientConnection::new(std::sync::Arc::new(config), "edgeplane.test".try_into()?)?;
@@ -957,41 +959,6 @@ fn split_first_record(port: u16, path: &str, split: bool) -> Result<Vec<u8>> {
 
 /// Accepts the test certificate (and anything else): this client checks the server's record
 /// handling, not its identity.
-#[derive(Debug)]
-struct AnyCert;
-
-impl rustls::client::danger::ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        vec![rustls::SignatureScheme::ECDSA_NISTP256_SHA256]
-    }
-}
-
 fn tls_lines(metrics: &str) -> String {
     metrics
         .lines()

@@ -1,14 +1,12 @@
 //! Against a raw test peer: a TCP socket in the test speaking BGP bytes by hand, on loopback.
 //! Malformed messages, max-prefix, hold timer, OPEN errors. No root needed.
 
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use common::*;
 use edgeplane_bgp::wire::{self, build, LocalOpen};
 use edgeplane_bgp::{spawn, ImportPolicy, PeerConfig, SessionState, Speaker, SpeakerConfig};
+use edgeplane_test_support::bird::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

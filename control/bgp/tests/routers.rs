@@ -2,14 +2,12 @@
 //! the speaker (in the root namespace, in this process) over a veth. Needs root, `bird`/`birdc`
 //! (Debian bird2) and `gobgpd`/`gobgp` (Debian gobgpd); fails, never skips, without them.
 
-mod common;
-
 use std::net::{IpAddr, SocketAddr};
 
-use common::*;
 use edgeplane_bgp::{
     render_status, spawn, ImportPolicy, Mode, PeerConfig, SessionState, SpeakerConfig,
 };
+use edgeplane_test_support::bird::*;
 
 const LOCAL_AS: u32 = 65001;
 

@@ -810,42 +810,6 @@ mod tests {
         }
     }
 
-    /// Accepts any certificate and signature: the handshake here only has to produce keys.
-    #[derive(Debug)]
-    struct TrustAll;
-
-    impl rustls::client::danger::ServerCertVerifier for TrustAll {
-        fn verify_server_cert(
-            &self,
-            _: &rustls::pki_types::CertificateDer<'_>,
-            _: &[rustls::pki_types::CertificateDer<'_>],
-            _: &rustls::pki_types::ServerName<'_>,
-            _: &[u8],
-            _: rustls::pki_types::UnixTime,
-        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            _: &[u8],
-            _: &rustls::pki_types::CertificateDer<'_>,
-            _: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-        }
-        fn verify_tls13_signature(
-            &self,
-            _: &[u8],
-            _: &rustls::pki_types::CertificateDer<'_>,
-            _: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            vec![rustls::SignatureScheme::ECDSA_NISTP256_SHA256]
-        }
-    }
-
     /// Moves every pending record from one side to the other.
     fn transfer(
         from: &mut impl DerefMut<Target = rustls::ConnectionCommon<impl Sized>>,
@@ -862,6 +826,7 @@ mod tests {
         }
     }
 
+    use edgeplane_test_support::tls::TrustAnyCert;
     use std::ops::DerefMut;
     use std::sync::Arc;
 
@@ -884,7 +849,7 @@ mod tests {
 
     /// A server configuration as in production (secret extraction on) and a client, both
     /// limited to one suite. The key is fresh; the certificate is two bytes, which only a client
-    /// that checks nothing ([`TrustAll`]) accepts.
+    /// that checks nothing ([`TrustAnyCert::without_signature_checks`]) accepts.
     fn configs(
         suite: rustls::SupportedCipherSuite,
         version: &'static rustls::SupportedProtocolVersion,
@@ -917,7 +882,7 @@ mod tests {
             .with_protocol_versions(&[version])
             .unwrap()
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(TrustAll))
+            .with_custom_certificate_verifier(Arc::new(TrustAnyCert::without_signature_checks()))
             .with_no_client_auth();
         (Arc::new(server_config), Arc::new(client_config))
     }

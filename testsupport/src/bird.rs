@@ -1,8 +1,6 @@
 //! Test fixtures: network namespaces with a veth to the root namespace, BIRD and GoBGP
 //! processes inside them, polling helpers. Everything is torn down in `Drop`, also on panic.
 
-#![allow(dead_code, unreachable_pub)]
-
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::Ipv4Addr;
@@ -11,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use edgeplane_bgp::IpNet;
+use ipnet::IpNet;
 use tokio::sync::watch;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -19,6 +17,7 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// Generous deadline for conditions that should hold "within seconds".
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// Parses a prefix (`"10.0.0.0/8"`); panics on a bad one.
 pub fn net(s: &str) -> IpNet {
     s.parse().unwrap()
 }
@@ -66,14 +65,23 @@ fn run(cmd: &[&str]) {
 /// A network namespace joined to the root namespace by a veth pair:
 /// root end `host_ip`/30, namespace end `ns_ip`/30.
 pub struct Netns {
+    /// The namespace's name.
     pub name: String,
+    /// The veth end in the root namespace.
     pub host_if: String,
+    /// The root namespace's address on the veth.
     pub host_ip: Ipv4Addr,
+    /// The namespace's address on the veth.
     pub ns_ip: Ipv4Addr,
+    /// A scratch directory for the routers' configs and sockets.
     pub dir: PathBuf,
 }
 
 impl Netns {
+    /// Creates the namespace and the veth (removing leftovers of a crashed run first), both
+    /// ends addressed and up.
+    // No `Default`: this creates a namespace and a veth, nothing a default value should do.
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
@@ -178,6 +186,8 @@ pub struct Bird {
 }
 
 impl Bird {
+    /// Starts `bird` in the foreground in `ns` with config `conf` (written to the namespace's
+    /// scratch directory); its output goes to `bird.log` there.
     pub fn start(ns: &Netns, conf: &str) -> Self {
         let conf_path = ns.dir.join("bird.conf");
         let sock = ns.dir.join("bird.ctl");
@@ -276,6 +286,8 @@ pub struct Gobgp {
 }
 
 impl Gobgp {
+    /// Starts `gobgpd` in `ns` with AS `local_as`, peering with AS `peer_as` at the root
+    /// namespace's end of the veth.
     pub fn start(ns: &Netns, local_as: u32, peer_as: u32) -> Self {
         let conf = format!(
             r#"[global.config]

@@ -1,16 +1,17 @@
-//! Shared by the XDP tests: loading the filter, or skipping with the reason printed when this
-//! machine cannot (no root / CAP_BPF, or a binary built without the eBPF toolchain).
+//! For the XDP tests: loading the filter, or skipping with the reason printed when this
+//! machine cannot (no root / CAP_BPF, or a binary built without the eBPF toolchain); pin
+//! directories; `edgeplane prefixes`; a veth pair between two network namespaces.
 
 use edgeplane_xdp::{Filter, LoadOptions, XdpError};
 
 /// Whether this process runs as root (the namespace tests need it for `ip netns`).
-pub(crate) fn is_root() -> bool {
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
 
 /// Prints why `test` is skipped.
-pub(crate) fn skip(test: &str, why: &str) {
+pub fn skip(test: &str, why: &str) {
     eprintln!("SKIPPED {test}: {why}");
 }
 
@@ -18,7 +19,7 @@ pub(crate) fn skip(test: &str, why: &str) {
 /// privilege as non-root skips (as root it is a failure), and a binary without the eBPF object
 /// only skips when the build was allowed to leave it out (`EDGEPLANE_REQUIRE_EBPF` unset); any
 /// other failure — a verifier rejection above all — fails the test.
-pub(crate) fn load(test: &str, opts: &LoadOptions) -> Option<Filter> {
+pub fn load(test: &str, opts: &LoadOptions) -> Option<Filter> {
     match Filter::load(opts) {
         Ok(f) => Some(f),
         Err(e @ XdpError::Permission { .. }) if !is_root() => {
@@ -41,13 +42,14 @@ pub(crate) fn load(test: &str, opts: &LoadOptions) -> Option<Filter> {
 /// its own under `/run` first: `ip netns exec` remounts `/sys` in a private mount namespace, so
 /// pins a server makes under `/sys/fs/bpf` there are invisible outside, while a mount under
 /// `/run` made beforehand is shared with it.
-pub(crate) struct PinDir {
+pub struct PinDir {
     path: std::path::PathBuf,
     mount: Option<std::path::PathBuf>,
 }
 
 impl PinDir {
-    pub(crate) fn new(test: &str) -> PinDir {
+    /// `/sys/fs/bpf/edgeplane-test-PID-TEST` (not created here).
+    pub fn new(test: &str) -> PinDir {
         PinDir {
             path: std::path::PathBuf::from(format!(
                 "/sys/fs/bpf/edgeplane-test-{}-{test}",
@@ -57,7 +59,8 @@ impl PinDir {
         }
     }
 
-    pub(crate) fn own_bpffs(test: &str) -> Result<PinDir, String> {
+    /// A BPF filesystem mounted at `/run/edgeplane-test-bpf-PID-TEST`, pins in `pins/` below.
+    pub fn own_bpffs(test: &str) -> Result<PinDir, String> {
         let mount = std::path::PathBuf::from(format!(
             "/run/edgeplane-test-bpf-{}-{test}",
             std::process::id()
@@ -81,7 +84,8 @@ impl PinDir {
         })
     }
 
-    pub(crate) fn path(&self) -> &std::path::Path {
+    /// The pin directory.
+    pub fn path(&self) -> &std::path::Path {
         &self.path
     }
 }
@@ -96,9 +100,14 @@ impl Drop for PinDir {
     }
 }
 
-/// Runs `edgeplane prefixes --pin-dir DIR ARGS…`; returns (exit code, stdout, stderr).
-pub(crate) fn prefixes(pin_dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(super::BIN)
+/// Runs `BIN prefixes --pin-dir DIR ARGS…` (`bin`: the `edgeplane` binary); returns (exit
+/// code, stdout, stderr).
+pub fn prefixes(
+    bin: impl AsRef<std::path::Path>,
+    pin_dir: &std::path::Path,
+    args: &[&str],
+) -> (i32, String, String) {
+    let out = std::process::Command::new(bin.as_ref())
         .arg("prefixes")
         .arg("--pin-dir")
         .arg(pin_dir)
@@ -116,17 +125,25 @@ pub(crate) fn prefixes(pin_dir: &std::path::Path, args: &[&str]) -> (i32, String
 /// and fd00:201::1/64; `client` holds `client_if` with 10.201.0.2, .3, .4 and fd00:201::2, ::3.
 /// Everything is deleted on drop (deleting a namespace deletes its end of the veth, and the
 /// pair goes with it).
-pub(crate) struct VethPair {
-    pub(crate) server: String,
-    pub(crate) client: String,
-    pub(crate) server_if: String,
-    pub(crate) client_if: String,
+pub struct VethPair {
+    /// The server's namespace.
+    pub server: String,
+    /// The client's namespace.
+    pub client: String,
+    /// The server's end of the veth.
+    pub server_if: String,
+    /// The client's end of the veth.
+    pub client_if: String,
 }
 
-pub(crate) const SERVER_V4: &str = "10.201.0.1";
-pub(crate) const SERVER_V6: &str = "fd00:201::1";
-pub(crate) const CLIENT_V4: [&str; 3] = ["10.201.0.2", "10.201.0.3", "10.201.0.4"];
-pub(crate) const CLIENT_V6: [&str; 2] = ["fd00:201::2", "fd00:201::3"];
+/// The server's IPv4 address in a [`VethPair`].
+pub const SERVER_V4: &str = "10.201.0.1";
+/// The server's IPv6 address in a [`VethPair`].
+pub const SERVER_V6: &str = "fd00:201::1";
+/// The client's IPv4 addresses in a [`VethPair`].
+pub const CLIENT_V4: [&str; 3] = ["10.201.0.2", "10.201.0.3", "10.201.0.4"];
+/// The client's IPv6 addresses in a [`VethPair`].
+pub const CLIENT_V6: [&str; 2] = ["fd00:201::2", "fd00:201::3"];
 
 fn ip_cmd(args: &[&str]) -> Result<(), String> {
     let out = std::process::Command::new("ip")
@@ -145,7 +162,7 @@ fn ip_cmd(args: &[&str]) -> Result<(), String> {
 
 impl VethPair {
     /// Creates the pair; `tag` (≤ 3 characters) keeps names of concurrent tests apart.
-    pub(crate) fn create(tag: &str) -> Result<VethPair, String> {
+    pub fn create(tag: &str) -> Result<VethPair, String> {
         let pid = std::process::id();
         let pair = VethPair {
             server: format!("ep-{tag}-srv-{pid}"),
@@ -204,12 +221,12 @@ impl VethPair {
     }
 
     /// `ip netns exec NS` as a wrapper for a command.
-    pub(crate) fn wrapper<'a>(&'a self, ns: &'a str) -> [&'a str; 4] {
+    pub fn wrapper<'a>(&'a self, ns: &'a str) -> [&'a str; 4] {
         ["ip", "netns", "exec", ns]
     }
 
     /// Runs `args` in namespace `ns`; returns (exit code, stdout, stderr).
-    pub(crate) fn exec(&self, ns: &str, args: &[&str]) -> (i32, Vec<u8>, String) {
+    pub fn exec(&self, ns: &str, args: &[&str]) -> (i32, Vec<u8>, String) {
         let out = std::process::Command::new("ip")
             .args(["netns", "exec", ns])
             .args(args)
