@@ -10,8 +10,7 @@
 //!
 //! Needs root (or CAP_BPF): skips with the reason printed otherwise.
 
-mod support;
-
+use edgeplane_test_support::xdp;
 use edgeplane_xdp::model::{self, Model};
 use edgeplane_xdp::{FilterSettings, LoadOptions, Prefix};
 
@@ -44,7 +43,7 @@ fn frames_per_setup() -> usize {
 }
 
 fn run(test: &'static str, model: &Model, seed: u64) {
-    let Some(mut filter) = support::xdp::load(test, &LoadOptions::default()) else {
+    let Some(mut filter) = xdp::load(test, &LoadOptions::default()) else {
         return;
     };
     filter
