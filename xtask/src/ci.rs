@@ -1,8 +1,9 @@
 //! `cargo xtask ci`: the checks CI runs, in order; stops at the first failure: the setup of
 //! what the tests need (`scripts/setup.sh`: idempotent, a quick no-op when everything is
-//! present), fmt, clippy, the workspace tests, then `vmtest` (HTTPS over kernel TLS in a qemu
-//! VM) and `testssl`. It is the README's test command and all that `.ci/run` does, so it must
-//! pass on a fresh machine with nothing run before it.
+//! present), fmt, clippy, the workspace tests, every fuzz target for 20 s (`cargo xtask fuzz`),
+//! then `vmtest` (HTTPS over kernel TLS in a qemu VM) and `testssl`. It is the README's test
+//! command and all that `.ci/run` does, so it must pass on a fresh machine with nothing run
+//! before it.
 //!
 //! Every cargo step runs with `EDGEPLANE_REQUIRE_EBPF=1`: `xdp/build.rs` then fails
 //! instead of building without the eBPF programs, so the XDP tests can never pass by skipping
@@ -46,6 +47,12 @@ pub(crate) fn run() -> Result<()> {
             .env("EDGEPLANE_REQUIRE_EBPF", "1"),
     )?;
     let bin = crate::util::target_dir().join("debug/edgeplane");
+    header("cargo xtask fuzz --seconds 20");
+    crate::fuzz::run(&crate::fuzz::FuzzArgs {
+        target: None,
+        seconds: 20,
+        sanitizer: "none".into(),
+    })?;
     header("cargo xtask vmtest");
     crate::vmtest::run(&crate::vmtest::VmtestArgs {
         binary: Some(bin.clone()),

@@ -1,4 +1,4 @@
-//! Developer tasks for edgeplane: `cargo xtask ci | demo | deb | bench | bench-tls | bench-xdp | flamegraph | vmtest | testssl`.
+//! Developer tasks for edgeplane: `cargo xtask ci | demo | deb | bench | bench-tls | bench-xdp | flamegraph | vmtest | testssl | fuzz`.
 
 mod bench;
 mod bench_tls;
@@ -9,6 +9,7 @@ mod ci;
 mod deb;
 mod demo;
 mod flamegraph;
+mod fuzz;
 mod server;
 mod svg;
 mod testbed;
@@ -49,6 +50,8 @@ enum Task {
     BenchTls(bench_tls::BenchTlsArgs),
     /// testssl.sh scan of the HTTPS listener on loopback: fails on findings of MEDIUM or above.
     Testssl,
+    /// The cargo-fuzz targets (fuzz/): committed inputs, then N seconds of fuzzing each.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Task::Vmtest(args) => vmtest::run(&args),
         Task::Testssl => testssl::run(None),
         Task::BenchTls(args) => bench_tls::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -270,9 +270,16 @@ fn origin_path(target: &str) -> Option<&str> {
     if let Some(path) = target.strip_prefix('/') {
         return Some(path);
     }
+    // Compared as bytes: the target may hold any UTF-8 (httparse passes bytes >= 0x80), and a
+    // `str` slice at a length that falls inside a character would panic the executor.
     let scheme_len = ["http://", "https://"]
         .iter()
-        .find(|s| target.len() >= s.len() && target[..s.len()].eq_ignore_ascii_case(s))?
+        .find(|s| {
+            target
+                .as_bytes()
+                .get(..s.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(s.as_bytes()))
+        })?
         .len();
     let rest = &target[scheme_len..];
     match rest.find(['/', '?']) {
@@ -343,6 +350,30 @@ mod tests {
         match parse(raw, &LIMITS) {
             Parsed::Error(s) => s,
             other => panic!("{other:?} for {:?}", String::from_utf8_lossy(raw)),
+        }
+    }
+
+    /// Found by the `http_head` fuzz target: a target whose 7th byte is inside a multi-byte
+    /// character made the absolute-form check slice a `str` off a character boundary (a panic,
+    /// so a crash of the serving process, from one request line).
+    #[test]
+    fn non_ascii_target_where_a_scheme_would_end() {
+        let limits = Limits {
+            max_header_bytes: 8192,
+            max_headers: 64,
+            max_uri_bytes: 2048,
+        };
+        for target in [
+            "http:/\u{4bd}x",
+            "https:/\u{4bd}",
+            "\u{4bd}\u{4bd}\u{4bd}\u{4bd}",
+        ] {
+            let head = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+            match parse(head.as_bytes(), &limits) {
+                Parsed::Complete { request, .. } => assert_eq!(request.target, Target::NotFound),
+                Parsed::Error(status) => assert_eq!(status, Status::BadRequest),
+                Parsed::Partial => panic!("{target:?}: partial"),
+            }
         }
     }
 
