@@ -454,7 +454,7 @@ impl RateLimiter {
     fn reserve(&self, bytes: u64, now: Instant) -> Instant {
         let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
         // Unused time does not accumulate beyond a quarter second of burst.
-        let start = (*next).max(now - Duration::from_millis(250).min(now.elapsed()));
+        let start = (*next).max(now.checked_sub(Duration::from_millis(250)).unwrap_or(now));
         *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
         start
     }
@@ -472,9 +472,13 @@ mod tests {
         let starts: Vec<Instant> = (0..4).map(|_| r.reserve(100_000, t0)).collect();
         assert_eq!(starts[1] - starts[0], Duration::from_millis(100));
         assert_eq!(starts[3] - starts[0], Duration::from_millis(300));
-        // After a long idle time the next chunk goes at once.
+        // After a long idle time the next chunks go at once, up to a quarter second's worth
+        // (250 kB): idle time is not saved up beyond that.
         let later = t0 + Duration::from_secs(10);
-        assert!(r.reserve(100_000, later) <= later);
+        let burst: Vec<Instant> = (0..4).map(|_| r.reserve(100_000, later)).collect();
+        assert_eq!(burst[0], later - Duration::from_millis(250));
+        assert!(burst[2] <= later && burst[3] > later, "{burst:?}");
+        assert_eq!(burst[3] - later, Duration::from_millis(50));
     }
 
     #[test]
