@@ -165,6 +165,12 @@ async fn run_async(cfg: AgentConfig, secret: String, dp: Dataplane) -> Result<()
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(AgentError::HttpClient)?;
+    // Streams from peers can be long; they get their own client without a total timeout.
+    let peer_http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .read_timeout(Duration::from_secs(30))
+        .build()
+        .map_err(AgentError::HttpClient)?;
     let origin = Origin::new(&cfg.origin)?;
     let capacity = tier_capacities(&dp.tiers, &cfg.tier_capacity, store::filesystem_bytes)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -196,6 +202,7 @@ async fn run_async(cfg: AgentConfig, secret: String, dp: Dataplane) -> Result<()
         admin: AdminClient::new(http.clone(), dp.admin),
         secret,
         http,
+        peer_http,
         origin,
         shared: Mutex::new(shared),
         prefixes_changed: watch::channel(()).0,

@@ -54,7 +54,11 @@ pub(crate) struct Agent {
     pub(crate) cfg: AgentConfig,
     pub(crate) secret: String,
     pub(crate) dp: Dataplane,
+    /// For the control service and the data plane's admin listener (30 s per call).
     pub(crate) http: reqwest::Client,
+    /// For peer fill: no total timeout (an object streams as long as it takes under the rate
+    /// cap), but 30 s without a byte ends it.
+    pub(crate) peer_http: reqwest::Client,
     pub(crate) admin: AdminClient,
     pub(crate) origin: Origin,
     pub(crate) shared: Mutex<Shared>,

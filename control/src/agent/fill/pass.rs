@@ -306,7 +306,7 @@ async fn download(
     }
     if let Some(peer) = &entry.peer {
         match peer_url(agent, peer, id) {
-            Some(url) => match peer_get(&agent.http, &url).await {
+            Some(url) => match peer_get(&agent.peer_http, &url).await {
                 Ok(stream) => match receive(agent, &spec.path, entry, stream, "peer").await {
                     Ok(()) => return Ok("peer"),
                     Err(e) => {
