@@ -233,6 +233,29 @@ mod tests {
         assert_eq!(s.disk_errors.get("hdd"), Some(&3.0));
     }
 
+    #[tokio::test]
+    async fn admin_errors_name_the_call_and_keep_the_cause() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        crate::s3::install_crypto_provider();
+        let admin = AdminClient::new(reqwest::Client::new(), ([127, 0, 0, 1], port).into());
+        let e = admin.reload().await.unwrap_err();
+        assert!(matches!(e, AdminError::Reload(_)), "{e:?}");
+        assert!(e.to_string().starts_with("data plane reload: "), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
+        let e = admin.scrape().await.unwrap_err();
+        assert!(e.to_string().starts_with("data plane metrics: "), "{e}");
+        let e = admin.catalog().await.unwrap_err();
+        assert!(e.to_string().starts_with("data plane catalog: "), "{e}");
+        assert_eq!(
+            AdminError::ReloadStatus(reqwest::StatusCode::SERVICE_UNAVAILABLE).to_string(),
+            "data plane reload: HTTP 503 Service Unavailable"
+        );
+    }
+
     #[test]
     fn atomic_write_replaces_whole_files() {
         let dir = tempfile::tempdir().unwrap();

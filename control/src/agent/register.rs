@@ -157,7 +157,6 @@ pub(crate) async fn control_loop(agent: Arc<Agent>) {
                     })
                     .await;
                 let have = agent.lock().manifest.as_ref().map(|m| m.generation);
-                agent.lock().announced_generation = ack.manifest_generation;
                 if have != Some(ack.manifest_generation) {
                     if let Err(e) = agent.fetch_manifest().await {
                         tracing::warn!("agent: {e}");

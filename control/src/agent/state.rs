@@ -20,8 +20,6 @@ use super::origin::Origin;
 pub(crate) struct Shared {
     pub(crate) keys: KeySet,
     pub(crate) manifest: Option<FillManifest>,
-    /// Newest generation the control service announced.
-    pub(crate) announced_generation: u64,
     pub(crate) fill: FillStatus,
     pub(crate) window_open: bool,
     /// The origin breaker's state: `closed`, `open` or `half_open`.
