@@ -35,7 +35,8 @@ pub enum OriginError {
     /// The origin's body broke off.
     #[error("{0}")]
     Stream(#[source] object_store::Error),
-    /// The peer's `GET` did not get an answer.
+    /// The peer's `GET` did not get an answer. Neither the URL nor the source's text carries
+    /// the URL's signature.
     #[error("peer GET {url}: {source}")]
     PeerGet {
         /// The peer URL without its query (the signature).
@@ -113,7 +114,8 @@ pub async fn peer_get(http: &reqwest::Client, url: &str) -> Result<ByteStream, O
         .await
         .map_err(|source| OriginError::PeerGet {
             url: redact(url).to_string(),
-            source,
+            // reqwest's errors quote the whole URL, signature included: never log that.
+            source: source.without_url(),
         })?;
     if !r.status().is_success() {
         return Err(OriginError::PeerStatus {
@@ -122,7 +124,7 @@ pub async fn peer_get(http: &reqwest::Client, url: &str) -> Result<ByteStream, O
         });
     }
     Ok(r.bytes_stream()
-        .map(|c| c.map_err(OriginError::PeerStream))
+        .map(|c| c.map_err(|e| OriginError::PeerStream(e.without_url())))
         .boxed())
 }
 
@@ -166,5 +168,28 @@ mod tests {
         );
         assert_eq!(local_addr_towards("nonsense"), None);
         assert_eq!(redact("http://a/b?sig=x"), "http://a/b");
+    }
+
+    /// A port on loopback that refuses connections.
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn a_failed_peer_get_names_the_url_without_its_signature() {
+        let url = format!("http://127.0.0.1:{}/a.m4s?exp=1&sig=SECRET", closed_port());
+        crate::s3::install_crypto_provider();
+        let Err(e) = peer_get(&reqwest::Client::new(), &url).await else {
+            panic!("nothing listens there");
+        };
+        assert!(matches!(e, OriginError::PeerGet { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!("peer GET {}: ", redact(&url))),
+            "{text}"
+        );
+        assert!(!text.contains("SECRET"), "{text}");
+        assert!(std::error::Error::source(&e).is_some());
     }
 }
