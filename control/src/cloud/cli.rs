@@ -349,6 +349,25 @@ mod tests {
     }
 
     #[test]
+    fn spec_errors_keep_their_text() {
+        let c = Cli::try_parse_from(["x", "gen-catalog", "--renditions", "240p,4k"]).unwrap();
+        let CloudCommand::GenCatalog(g) = c.cloud.command else {
+            panic!()
+        };
+        let e = spec_of(&g).unwrap_err();
+        assert_eq!(e, SpecError::NoBitrate("4k".into()));
+        let e = CliError::from(e);
+        assert_eq!(
+            e.to_string(),
+            "rendition \"4k\": give a bitrate as 4k:BITS_PER_SECOND"
+        );
+        assert_eq!(
+            CliError::NeedsConfig.to_string(),
+            "--upload, --create-bucket and --register need --config"
+        );
+    }
+
+    #[test]
     fn gen_catalog_writes_json_and_needs_config_for_upload() {
         let dir = std::env::temp_dir().join(format!("edgeplane-cloud-cli-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

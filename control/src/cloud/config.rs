@@ -409,6 +409,38 @@ secret = "s2"
     }
 
     #[test]
+    fn a_file_is_named_and_toml_is_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cloud.toml");
+        let e = CloudConfig::load(&path).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e:?}");
+        std::fs::write(
+            &path,
+            format!(
+                "{GOOD}
+admin_tokn = 1
+"
+            ),
+        )
+        .unwrap();
+        let e = CloudConfig::load(&path).unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with(&format!("{}: ", path.display())), "{text}");
+        assert!(text.contains("admin_tokn"), "{text}");
+        let source = std::error::Error::source(&e).expect("toml's error");
+        assert!(text.ends_with(&source.to_string()), "{text}");
+        // Text that came from no file is not prefixed.
+        assert_eq!(
+            err(&format!(
+                "{GOOD}
+admin_tokn = 1
+"
+            )),
+            source.to_string()
+        );
+    }
+
+    #[test]
     fn wrong_type_and_missing_key_are_named() {
         let e = err(&format!("{GOOD}\n[health]\ninterval_secs = \"5\"\n"));
         assert!(e.contains("interval_secs"), "{e}");
