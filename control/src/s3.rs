@@ -66,28 +66,54 @@ pub fn builder(o: &OriginConfig) -> AmazonS3Builder {
     b
 }
 
+/// Why [`create_bucket`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum S3Error {
+    /// `[origin]` has no `endpoint`: this is real AWS, where buckets are made another way.
+    #[error(
+        "create_bucket is for local S3-compatible endpoints; create the AWS bucket with `aws s3 mb`"
+    )]
+    NotLocal,
+    /// The `PUT` did not get an answer.
+    #[error("PUT {url}: {source}")]
+    Request {
+        /// The bucket's URL.
+        url: String,
+        /// What the HTTP client saw.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server refused (and not because the bucket is ours already).
+    #[error("PUT {url}: {status}: {body}")]
+    Refused {
+        /// The bucket's URL.
+        url: String,
+        /// The answer's status.
+        status: reqwest::StatusCode,
+        /// The answer's body (S3 puts its error code and message there).
+        body: String,
+    },
+}
+
 /// Creates the bucket on a local S3-compatible server (moto, MinIO) with a plain
 /// `PUT <endpoint>/<bucket>`. Succeeds when the bucket exists already. Not for real AWS: create
 /// the bucket there with the console or `aws s3 mb`.
-pub async fn create_bucket(o: &OriginConfig) -> Result<(), String> {
+pub async fn create_bucket(o: &OriginConfig) -> Result<(), S3Error> {
     let Some(ep) = &o.endpoint else {
-        return Err(
-            "create_bucket is for local S3-compatible endpoints; create the AWS bucket with `aws s3 mb`"
-                .into(),
-        );
+        return Err(S3Error::NotLocal);
     };
     install_crypto_provider();
     let url = format!("{}/{}", ep.trim_end_matches('/'), o.bucket);
-    let resp = reqwest::Client::new()
-        .put(&url)
-        .send()
-        .await
-        .map_err(|e| format!("PUT {url}: {e}"))?;
+    let resp = match reqwest::Client::new().put(&url).send().await {
+        Ok(r) => r,
+        Err(source) => return Err(S3Error::Request { url, source }),
+    };
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
     if status.is_success() || body.contains("BucketAlreadyOwnedByYou") {
         Ok(())
     } else {
-        Err(format!("PUT {url}: {status}: {body}"))
+        Err(S3Error::Refused { url, status, body })
     }
 }

@@ -52,7 +52,7 @@ pub(crate) fn agent_section(text: &str, origin: &str) -> Result<Option<AgentConf
     if let Some(agent) = &parsed.agent {
         agent
             .validate()
-            .map_err(|(key, problem)| ConfigError::new(key, problem))?;
+            .map_err(|e| ConfigError::new(e.key, e.problem))?;
     }
     Ok(parsed.agent)
 }

@@ -243,7 +243,7 @@ fn run_agent(config: ApplianceConfig) -> Result<(), String> {
         prefixes_file: config.access.prefixes_file.clone(),
         xdp,
     };
-    edgeplane_control::agent::run(agent, dp)
+    edgeplane_control::agent::run(agent, dp).map_err(|e| e.to_string())
 }
 
 /// `edgeplane bgp status`: the agent's BGP sessions as a table.

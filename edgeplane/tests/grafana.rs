@@ -12,7 +12,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_edgeplane");
 
 const DASHBOARD: &str = include_str!("../../docs/grafana/edgeplane.json");
 /// The agent's `/metrics` is rendered here; its names are string literals.
-const AGENT_METRICS: &str = include_str!("../../control/src/agent/run.rs");
+const AGENT_METRICS: &str = include_str!("../../control/src/agent/status.rs");
 
 /// Every `edgeplane_*` identifier in `text`.
 fn metric_names(text: &str) -> BTreeSet<String> {

@@ -248,6 +248,7 @@ impl SpeakerConfig {
 /// A configuration error: which field and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
+#[non_exhaustive]
 pub struct ConfigError {
     /// The field, e.g. `peers[0].hold_time`.
     pub field: String,

@@ -26,6 +26,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
 /// Why [`spawn`] failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SpawnError {
     /// The configuration is invalid.
     #[error("invalid BGP configuration: {0}")]
@@ -35,7 +36,8 @@ pub enum SpawnError {
     Listen {
         /// The configured address.
         addr: SocketAddr,
-        /// The error.
+        /// The I/O error.
+        #[source]
         source: std::io::Error,
     },
 }

@@ -145,10 +145,51 @@ fn default_breaker_open_secs() -> u64 {
     10
 }
 
+/// A value in `[agent]` that serde accepted but the agent cannot use: `key` is the full dotted
+/// key (`agent.fill.window`), `problem` what is wrong with its value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {problem}")]
+#[non_exhaustive]
+pub struct ConfigError {
+    /// The key, from `agent.` on.
+    pub key: String,
+    /// What is wrong, for the operator.
+    pub problem: String,
+}
+
+/// Why the agent's secret could not be had.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretError {
+    /// Neither `secret` nor `secret_file` (which [`AgentConfig::validate`] refuses).
+    #[error("no secret configured")]
+    Missing,
+    /// `secret_file` could not be read.
+    #[error("agent.secret_file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `secret_file`'s first line is empty.
+    #[error("agent.secret_file {} is empty", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
 impl AgentConfig {
     /// Checks what serde cannot; the error names the key.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let bad = |k: &str, p: String| Err((format!("agent.{k}"), p));
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |k: &str, p: String| {
+            Err(ConfigError {
+                key: format!("agent.{k}"),
+                problem: p,
+            })
+        };
         if self.id.is_empty()
             || !self
                 .id
@@ -181,7 +222,7 @@ impl AgentConfig {
             }
         }
         if let Err(e) = super::fill::Window::parse(&self.fill.window) {
-            return bad("fill.window", e);
+            return bad("fill.window", e.to_string());
         }
         if self.fill.concurrency == 0 || self.fill.concurrency > 256 {
             return bad("fill.concurrency", "must be 1-256".into());
@@ -194,7 +235,7 @@ impl AgentConfig {
         }
         if let Some(bgp) = &self.bgp {
             if let Err(e) = bgp.validate() {
-                return Err((format!("agent.bgp.{}", e.field), e.message.clone()));
+                return bad(&format!("bgp.{}", e.field), e.message.clone());
             }
         }
         if self.health_interval_secs == Some(0) {
@@ -204,17 +245,73 @@ impl AgentConfig {
     }
 
     /// The secret, from `secret` or the first line of `secret_file`.
-    pub fn load_secret(&self) -> Result<String, String> {
+    pub fn load_secret(&self) -> Result<String, SecretError> {
         if let Some(s) = &self.secret {
             return Ok(s.clone());
         }
-        let path = self.secret_file.as_ref().ok_or("no secret configured")?;
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("agent.secret_file {}: {e}", path.display()))?;
+        let path = self.secret_file.as_ref().ok_or(SecretError::Missing)?;
+        let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
+            path: path.clone(),
+            source,
+        })?;
         let line = text.lines().next().unwrap_or("").trim().to_string();
         if line.is_empty() {
-            return Err(format!("agent.secret_file {} is empty", path.display()));
+            return Err(SecretError::Empty { path: path.clone() });
         }
         Ok(line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> AgentConfig {
+        toml::from_str(&format!(
+            "id = \"emb-1\"\ncontrol_url = \"http://127.0.0.1:8700\"\nurls = [\"http://192.0.2.1:8080\"]\n{extra}\n[origin]\nbucket = \"b\"\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn validate_names_the_key() {
+        config("secret = \"s\"").validate().unwrap();
+        let e = config("").validate().unwrap_err();
+        assert_eq!(e.key, "agent.secret");
+        let e = config("secret = \"s\"\n[fill]\nwindow = \"02:00-02:00\"")
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "agent.fill.window");
+        assert_eq!(
+            e.to_string(),
+            "agent.fill.window: \"02:00-02:00\": an empty window; use \"always\" for no limit"
+        );
+        let e = config("secret = \"s\"\nhealth_interval_secs = 0")
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.problem.as_str()),
+            ("agent.health_interval_secs", "must be at least 1")
+        );
+    }
+
+    #[test]
+    fn the_secret_comes_from_the_config_or_the_first_line_of_its_file() {
+        assert_eq!(config("secret = \"s\"").load_secret().unwrap(), "s");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        let cfg = config(&format!("secret_file = {:?}", path.to_str().unwrap()));
+        let e = cfg.load_secret().unwrap_err();
+        assert!(matches!(e, SecretError::Read { .. }), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
+        assert!(e.to_string().starts_with("agent.secret_file "), "{e}");
+        std::fs::write(&path, "\n").unwrap();
+        let e = cfg.load_secret().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("agent.secret_file {} is empty", path.display())
+        );
+        std::fs::write(&path, "  hunter2 \nignored\n").unwrap();
+        assert_eq!(cfg.load_secret().unwrap(), "hunter2");
     }
 }

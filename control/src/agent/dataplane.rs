@@ -12,8 +12,30 @@ use edgeplane_api::TierKind;
 
 /// Makes the pinned XDP maps of the data plane serve exactly a set of prefixes (provided by the
 /// `edgeplane` binary, which owns the XDP code). Returns a one-line summary when it changed
-/// anything, `None` when the maps already held the set.
-pub type PrefixSink = Box<dyn Fn(&[IpNet]) -> Result<Option<String>, String> + Send + Sync>;
+/// anything, `None` when the maps already held the set. Its errors are the XDP code's own,
+/// boxed (the agent logs them as `XDP prefixes: …` and retries).
+pub type PrefixSink = Box<dyn Fn(&[IpNet]) -> Result<Option<String>, SinkError> + Send + Sync>;
+
+/// What a [`PrefixSink`] fails with.
+pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a call to the data plane's admin listener failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// `POST /reload` did not get an answer.
+    #[error("data plane reload: {0}")]
+    Reload(#[source] reqwest::Error),
+    /// `POST /reload` was refused.
+    #[error("data plane reload: HTTP {0}")]
+    ReloadStatus(reqwest::StatusCode),
+    /// `GET /metrics` failed (no answer, an error status, a broken body).
+    #[error("data plane metrics: {0}")]
+    Metrics(#[source] reqwest::Error),
+    /// `GET /catalog` failed (no answer, an error status, not the JSON expected).
+    #[error("data plane catalog: {0}")]
+    Catalog(#[source] reqwest::Error),
+}
 
 /// A tier as the data plane's config names it.
 #[derive(Debug, Clone)]
@@ -147,45 +169,45 @@ impl AdminClient {
     }
 
     /// `POST /reload`: rescans tiers and rereads the keys and prefixes files.
-    pub async fn reload(&self) -> Result<(), String> {
+    pub async fn reload(&self) -> Result<(), AdminError> {
         let r = self
             .http
             .post(format!("{}/reload", self.base))
             .send()
             .await
-            .map_err(|e| format!("data plane reload: {e}"))?;
+            .map_err(AdminError::Reload)?;
         if !r.status().is_success() {
-            return Err(format!("data plane reload: HTTP {}", r.status()));
+            return Err(AdminError::ReloadStatus(r.status()));
         }
         Ok(())
     }
 
     /// `GET /metrics`, parsed.
-    pub async fn scrape(&self) -> Result<Scrape, String> {
+    pub async fn scrape(&self) -> Result<Scrape, AdminError> {
         let text = self
             .http
             .get(format!("{}/metrics", self.base))
             .send()
             .await
             .and_then(|r| r.error_for_status())
-            .map_err(|e| format!("data plane metrics: {e}"))?
+            .map_err(AdminError::Metrics)?
             .text()
             .await
-            .map_err(|e| format!("data plane metrics: {e}"))?;
+            .map_err(AdminError::Metrics)?;
         Ok(parse_metrics(&text))
     }
 
     /// `GET /catalog`.
-    pub async fn catalog(&self) -> Result<CatalogView, String> {
+    pub async fn catalog(&self) -> Result<CatalogView, AdminError> {
         self.http
             .get(format!("{}/catalog", self.base))
             .send()
             .await
             .and_then(|r| r.error_for_status())
-            .map_err(|e| format!("data plane catalog: {e}"))?
+            .map_err(AdminError::Catalog)?
             .json()
             .await
-            .map_err(|e| format!("data plane catalog: {e}"))
+            .map_err(AdminError::Catalog)
     }
 }
 
@@ -209,6 +231,29 @@ mod tests {
         assert_eq!(s.connections, 7.0);
         assert_eq!(s.tls_mode.as_deref(), Some("userspace"));
         assert_eq!(s.disk_errors.get("hdd"), Some(&3.0));
+    }
+
+    #[tokio::test]
+    async fn admin_errors_name_the_call_and_keep_the_cause() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        crate::s3::install_crypto_provider();
+        let admin = AdminClient::new(reqwest::Client::new(), ([127, 0, 0, 1], port).into());
+        let e = admin.reload().await.unwrap_err();
+        assert!(matches!(e, AdminError::Reload(_)), "{e:?}");
+        assert!(e.to_string().starts_with("data plane reload: "), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
+        let e = admin.scrape().await.unwrap_err();
+        assert!(e.to_string().starts_with("data plane metrics: "), "{e}");
+        let e = admin.catalog().await.unwrap_err();
+        assert!(e.to_string().starts_with("data plane catalog: "), "{e}");
+        assert_eq!(
+            AdminError::ReloadStatus(reqwest::StatusCode::SERVICE_UNAVAILABLE).to_string(),
+            "data plane reload: HTTP 503 Service Unavailable"
+        );
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! Fill planning, pure: the window, what to download and evict, backoff and the origin's
-//! circuit breaker. The I/O that carries a plan out is in [`super::store`] and [`super::run`].
+//! circuit breaker. The I/O that carries a plan out (the fill loop, downloads, installs,
+//! eviction) is in `fill/pass.rs`, on top of [`super::store`].
+
+pub(crate) mod pass;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -21,9 +24,21 @@ pub enum Window {
     },
 }
 
+/// Why a `fill.window` value is refused; the text is quoted in the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WindowError {
+    /// Neither `always` nor `HH:MM-HH:MM`.
+    #[error("{0:?}: want \"always\" or \"HH:MM-HH:MM\" (local time), e.g. \"02:00-06:00\"")]
+    Malformed(String),
+    /// Start and end are the same minute.
+    #[error("{0:?}: an empty window; use \"always\" for no limit")]
+    Empty(String),
+}
+
 impl Window {
     /// Parses `always` or `HH:MM-HH:MM`.
-    pub fn parse(text: &str) -> Result<Window, String> {
+    pub fn parse(text: &str) -> Result<Window, WindowError> {
         if text == "always" {
             return Ok(Window::Always);
         }
@@ -35,17 +50,11 @@ impl Window {
             let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
             (h < 24 && m < 60).then_some(h * 60 + m)
         };
-        let err = || {
-            format!(
-                "{text:?}: want \"always\" or \"HH:MM-HH:MM\" (local time), e.g. \"02:00-06:00\""
-            )
-        };
+        let err = || WindowError::Malformed(text.to_string());
         let (a, b) = text.split_once('-').ok_or_else(err)?;
         let (start, end) = (hhmm(a).ok_or_else(err)?, hhmm(b).ok_or_else(err)?);
         if start == end {
-            return Err(format!(
-                "{text:?}: an empty window; use \"always\" for no limit"
-            ));
+            return Err(WindowError::Empty(text.to_string()));
         }
         Ok(Window::Daily { start, end })
     }

@@ -5,14 +5,28 @@
 //!
 //! A separate process on purpose: an agent bug or a stuck origin cannot stop serving; the data
 //! plane keeps the last keys, prefixes and objects it was given.
+//!
+//! [`run`] starts it; each task lives in the module named for what it does: the control
+//! service (`register`: registration and the health cycle; `health`: the report; `manifest`),
+//! the fill ([`fill`]: the pure plan, and its I/O in `fill/pass.rs`), what is handed to the data
+//! plane (`keys`, `prefixes`), and what the agent shows (`status`: `/metrics`, `/status`, the
+//! progress line). They share an `Agent` (`state`).
 
 pub mod config;
 pub mod dataplane;
 pub mod fill;
+mod health;
+mod keys;
+mod manifest;
 pub mod origin;
+mod prefixes;
+mod register;
 pub mod run;
+mod state;
+mod status;
 pub mod store;
 
-pub use config::AgentConfig;
-pub use dataplane::{Dataplane, PrefixSink, TierSpec};
-pub use run::run;
+pub use config::{AgentConfig, ConfigError, SecretError};
+pub use dataplane::{AdminError, Dataplane, PrefixSink, SinkError, TierSpec};
+pub use origin::OriginError;
+pub use run::{run, AgentError};

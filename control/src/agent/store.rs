@@ -79,6 +79,7 @@ pub struct Incoming {
 
 /// Why a finished download was not installed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum InstallError {
     /// Size or sha256 differ from the manifest: the object at the source is not the one
     /// the manifest names.

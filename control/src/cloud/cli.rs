@@ -7,9 +7,80 @@ use std::sync::Arc;
 use object_store::ObjectStore;
 
 use crate::cloud::clock::SystemClock;
-use crate::cloud::config::CloudConfig;
-use crate::cloud::generate::{catalog_of, parse_rendition, upload_catalog, CatalogSpec};
+use crate::cloud::config::{CloudConfig, ConfigError};
+use crate::cloud::generate::{catalog_of, parse_rendition, upload_catalog, CatalogSpec, SpecError};
+use crate::cloud::server::StartError;
 use crate::cloud::{origin, server};
+
+/// Why an `edgeplane cloud` command failed; [`main`] prints it after `edgeplane-cloud: error: `.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CliError {
+    /// The configuration file.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// A signal handler could not be installed.
+    #[error("{signal} handler: {source}")]
+    Signal {
+        /// `SIGTERM` or `SIGINT`.
+        signal: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The service did not start.
+    #[error("{0}")]
+    Start(#[from] StartError),
+    /// The service ended with an error.
+    #[error("server: {0}")]
+    Server(#[source] std::io::Error),
+    /// The catalog spec on the command line.
+    #[error("{0}")]
+    Spec(#[from] SpecError),
+    /// `--upload`, `--create-bucket` or `--register` without `--config`.
+    #[error("--upload, --create-bucket and --register need --config")]
+    NeedsConfig,
+    /// The catalog did not serialize.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// `--out` could not be written.
+    #[error("writing {}: {source}", path.display())]
+    Write {
+        /// The `--out` file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `--create-bucket` failed.
+    #[error("{0}")]
+    Bucket(#[from] origin::S3Error),
+    /// The origin's S3 client could not be built.
+    #[error("origin: {0}")]
+    Origin(#[source] object_store::Error),
+    /// An upload failed.
+    #[error("uploading to the origin: {0}")]
+    Upload(#[source] object_store::Error),
+    /// `PUT /v1/catalog` did not get an answer.
+    #[error("PUT {url}: {source}")]
+    Register {
+        /// The catalog URL.
+        url: String,
+        /// What the HTTP client saw.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// `PUT /v1/catalog` was refused.
+    #[error("PUT {url}: {status}: {body}")]
+    RegisterRefused {
+        /// The catalog URL.
+        url: String,
+        /// The answer's status.
+        status: reqwest::StatusCode,
+        /// The answer's body (the service's `{"error": …}`).
+        body: String,
+    },
+}
 
 /// `edgeplane cloud`.
 #[derive(clap::Args, Debug)]
@@ -107,26 +178,30 @@ pub fn main(args: CloudArgs) -> ExitCode {
     }
 }
 
-async fn serve(args: ServeArgs) -> Result<(), String> {
+async fn serve(args: ServeArgs) -> Result<(), CliError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let cfg = CloudConfig::load(&args.config).map_err(|e| e.to_string())?;
+    let cfg = CloudConfig::load(&args.config)?;
     // Handlers first, so a signal right after the ready line is not missed.
-    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
-    let running = server::start(cfg, Arc::new(SystemClock))
-        .await
-        .map_err(|e| e.to_string())?;
+    let handler = |name: &'static str, kind| {
+        signal(kind).map_err(|source| CliError::Signal {
+            signal: name,
+            source,
+        })
+    };
+    let mut term = handler("SIGTERM", SignalKind::terminate())?;
+    let mut int = handler("SIGINT", SignalKind::interrupt())?;
+    let running = server::start(cfg, Arc::new(SystemClock)).await?;
     eprintln!("edgeplane-cloud: ready api={}", running.addr);
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
     eprintln!("edgeplane-cloud: shutting down");
-    running.shutdown().await.map_err(|e| format!("server: {e}"))
+    running.shutdown().await.map_err(CliError::Server)
 }
 
 /// The spec from the command line.
-pub fn spec_of(args: &GenCatalogArgs) -> Result<CatalogSpec, String> {
+pub fn spec_of(args: &GenCatalogArgs) -> Result<CatalogSpec, SpecError> {
     let renditions = args
         .renditions
         .iter()
@@ -144,14 +219,14 @@ pub fn spec_of(args: &GenCatalogArgs) -> Result<CatalogSpec, String> {
     Ok(spec)
 }
 
-async fn gen_catalog(args: GenCatalogArgs) -> Result<(), String> {
+async fn gen_catalog(args: GenCatalogArgs) -> Result<(), CliError> {
     let spec = spec_of(&args)?;
     let cfg = match &args.config {
-        Some(p) => Some(CloudConfig::load(p).map_err(|e| e.to_string())?),
+        Some(p) => Some(CloudConfig::load(p)?),
         None => None,
     };
     if (args.upload || args.register.is_some() || args.create_bucket) && cfg.is_none() {
-        return Err("--upload, --create-bucket and --register need --config".into());
+        return Err(CliError::NeedsConfig);
     }
     let catalog = catalog_of(&spec);
     let objects: usize = catalog
@@ -171,8 +246,11 @@ async fn gen_catalog(args: GenCatalogArgs) -> Result<(), String> {
         catalog.titles.len()
     );
     if let Some(out) = &args.out {
-        let json = serde_json::to_vec_pretty(&catalog).map_err(|e| e.to_string())?;
-        std::fs::write(out, json).map_err(|e| format!("writing {}: {e}", out.display()))?;
+        let json = serde_json::to_vec_pretty(&catalog)?;
+        std::fs::write(out, json).map_err(|source| CliError::Write {
+            path: out.clone(),
+            source,
+        })?;
     }
     if let Some(cfg) = &cfg {
         if args.create_bucket {
@@ -180,10 +258,10 @@ async fn gen_catalog(args: GenCatalogArgs) -> Result<(), String> {
         }
         if args.upload {
             let store: Arc<dyn ObjectStore> =
-                Arc::new(origin::build_store(&cfg.origin).map_err(|e| format!("origin: {e}"))?);
+                Arc::new(origin::build_store(&cfg.origin).map_err(CliError::Origin)?);
             let n = upload_catalog(store, &catalog, spec.seed, args.concurrency)
                 .await
-                .map_err(|e| format!("uploading to the origin: {e}"))?;
+                .map_err(CliError::Upload)?;
             eprintln!(
                 "edgeplane-cloud: uploaded {n} objects to bucket {}",
                 cfg.origin.bucket
@@ -202,24 +280,25 @@ pub async fn register_catalog(
     base: &str,
     admin_token: &str,
     catalog: &edgeplane_api::Catalog,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     origin::install_crypto_provider();
     let url = format!("{}/v1/catalog", base.trim_end_matches('/'));
-    let resp = reqwest::Client::new()
+    let sent = reqwest::Client::new()
         .put(&url)
         .bearer_auth(admin_token)
         .json(catalog)
         .send()
-        .await
-        .map_err(|e| format!("PUT {url}: {e}"))?;
-    if resp.status().is_success() {
+        .await;
+    let resp = match sent {
+        Ok(r) => r,
+        Err(source) => return Err(CliError::Register { url, source }),
+    };
+    let status = resp.status();
+    if status.is_success() {
         Ok(())
     } else {
-        let status = resp.status();
-        Err(format!(
-            "PUT {url}: {status}: {}",
-            resp.text().await.unwrap_or_default()
-        ))
+        let body = resp.text().await.unwrap_or_default();
+        Err(CliError::RegisterRefused { url, status, body })
     }
 }
 
@@ -267,6 +346,25 @@ mod tests {
         assert_eq!(spec.renditions[1].bitrate, 16_000_000);
         assert!(g.upload);
         assert!(Cli::try_parse_from(["x", "serve"]).is_err());
+    }
+
+    #[test]
+    fn spec_errors_keep_their_text() {
+        let c = Cli::try_parse_from(["x", "gen-catalog", "--renditions", "240p,4k"]).unwrap();
+        let CloudCommand::GenCatalog(g) = c.cloud.command else {
+            panic!()
+        };
+        let e = spec_of(&g).unwrap_err();
+        assert_eq!(e, SpecError::NoBitrate("4k".into()));
+        let e = CliError::from(e);
+        assert_eq!(
+            e.to_string(),
+            "rendition \"4k\": give a bitrate as 4k:BITS_PER_SECOND"
+        );
+        assert_eq!(
+            CliError::NeedsConfig.to_string(),
+            "--upload, --create-bucket and --register need --config"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub use crate::s3::OriginConfig;
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("reading {path}: {source}")]
@@ -21,11 +22,22 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// Not TOML, an unknown key, a wrong type (toml's message names the key and line).
-    #[error("{0}")]
-    Parse(String),
+    #[error("{}{source}", file_prefix(.path))]
+    Parse {
+        /// The file, when the text came from one.
+        path: Option<String>,
+        /// toml's error.
+        #[source]
+        source: toml::de::Error,
+    },
     /// Parsed, but a value is out of range or inconsistent; the message names the key.
     #[error("invalid config: {0}")]
     Invalid(String),
+}
+
+/// `"<path>: "`, or nothing for text that came from no file.
+fn file_prefix(path: &Option<String>) -> String {
+    path.as_ref().map(|p| format!("{p}: ")).unwrap_or_default()
 }
 
 /// The whole `edgeplane cloud` configuration.
@@ -206,7 +218,7 @@ impl CloudConfig {
     /// Parses and validates a configuration.
     pub fn from_toml(text: &str) -> Result<CloudConfig, ConfigError> {
         let cfg: CloudConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+            toml::from_str(text).map_err(|source| ConfigError::Parse { path: None, source })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -218,7 +230,10 @@ impl CloudConfig {
             source,
         })?;
         CloudConfig::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse(m) => ConfigError::Parse(format!("{}: {m}", path.display())),
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: Some(path.display().to_string()),
+                source,
+            },
             ConfigError::Invalid(m) => ConfigError::Invalid(format!("{}: {m}", path.display())),
             other => other,
         })
@@ -391,6 +406,38 @@ secret = "s2"
         assert!(e.contains("bucket_name"), "{e}");
         let e = err(&format!("{GOOD}\n[health]\ninterval = 3\n"));
         assert!(e.contains("interval"), "{e}");
+    }
+
+    #[test]
+    fn a_file_is_named_and_toml_is_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cloud.toml");
+        let e = CloudConfig::load(&path).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e:?}");
+        std::fs::write(
+            &path,
+            format!(
+                "{GOOD}
+admin_tokn = 1
+"
+            ),
+        )
+        .unwrap();
+        let e = CloudConfig::load(&path).unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with(&format!("{}: ", path.display())), "{text}");
+        assert!(text.contains("admin_tokn"), "{text}");
+        let source = std::error::Error::source(&e).expect("toml's error");
+        assert!(text.ends_with(&source.to_string()), "{text}");
+        // Text that came from no file is not prefixed.
+        assert_eq!(
+            err(&format!(
+                "{GOOD}
+admin_tokn = 1
+"
+            )),
+            source.to_string()
+        );
     }
 
     #[test]

@@ -58,15 +58,51 @@ pub fn default_renditions() -> Vec<RenditionSpec> {
     .collect()
 }
 
+/// Why a catalog spec (a rendition, a count, a size) is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpecError {
+    /// `name:bitrate` with a bitrate that is not a number.
+    #[error("rendition {rendition:?}: bitrate {bitrate:?} is not a number")]
+    Bitrate {
+        /// The whole rendition text.
+        rendition: String,
+        /// The bitrate part.
+        bitrate: String,
+        /// The parse error.
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    /// A name outside `[A-Za-z0-9_-]+`.
+    #[error("rendition name {0:?} must match [A-Za-z0-9_-]+")]
+    Name(String),
+    /// A bare name that is not one of the default ladder's.
+    #[error("rendition {0:?}: give a bitrate as {0}:BITS_PER_SECOND")]
+    NoBitrate(String),
+    /// More than 10000 titles.
+    #[error("at most 10000 titles")]
+    TooManyTitles,
+    /// More than 10000 segments per rendition.
+    #[error("at most 10000 segments per rendition")]
+    TooManySegments,
+    /// A scale that is not a positive number.
+    #[error("scale {0} must be positive")]
+    Scale(f64),
+    /// A segment duration that is not a positive number.
+    #[error("segment_secs {0} must be positive")]
+    SegmentSecs(f64),
+}
+
 /// Parses `name[:bitrate]`; without a bitrate, the name must be one of the default ladder's.
-pub fn parse_rendition(text: &str) -> Result<RenditionSpec, String> {
+pub fn parse_rendition(text: &str) -> Result<RenditionSpec, SpecError> {
     let (name, bitrate) = match text.split_once(':') {
         Some((n, b)) => (
             n,
-            Some(
-                b.parse::<u64>()
-                    .map_err(|_| format!("rendition {text:?}: bitrate {b:?} is not a number"))?,
-            ),
+            Some(b.parse::<u64>().map_err(|source| SpecError::Bitrate {
+                rendition: text.to_owned(),
+                bitrate: b.to_owned(),
+                source,
+            })?),
         ),
         None => (text, None),
     };
@@ -75,7 +111,7 @@ pub fn parse_rendition(text: &str) -> Result<RenditionSpec, String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
     {
-        return Err(format!("rendition name {name:?} must match [A-Za-z0-9_-]+"));
+        return Err(SpecError::Name(name.to_owned()));
     }
     let bitrate = match bitrate {
         Some(b) => b,
@@ -83,9 +119,7 @@ pub fn parse_rendition(text: &str) -> Result<RenditionSpec, String> {
             .into_iter()
             .find(|r| r.name == name)
             .map(|r| r.bitrate)
-            .ok_or_else(|| {
-                format!("rendition {name:?}: give a bitrate as {name}:BITS_PER_SECOND")
-            })?,
+            .ok_or_else(|| SpecError::NoBitrate(name.to_owned()))?,
     };
     Ok(RenditionSpec {
         name: name.to_owned(),
@@ -107,21 +141,18 @@ impl CatalogSpec {
     }
 
     /// Checks the spec.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SpecError> {
         if self.titles > 10_000 {
-            return Err("at most 10000 titles".into());
+            return Err(SpecError::TooManyTitles);
         }
         if self.segments > 10_000 {
-            return Err("at most 10000 segments per rendition".into());
+            return Err(SpecError::TooManySegments);
         }
         if !(self.scale.is_finite() && self.scale > 0.0) {
-            return Err(format!("scale {} must be positive", self.scale));
+            return Err(SpecError::Scale(self.scale));
         }
         if !(self.segment_secs.is_finite() && self.segment_secs > 0.0) {
-            return Err(format!(
-                "segment_secs {} must be positive",
-                self.segment_secs
-            ));
+            return Err(SpecError::SegmentSecs(self.segment_secs));
         }
         for r in &self.renditions {
             parse_rendition(&format!("{}:{}", r.name, r.bitrate))?;
@@ -318,9 +349,15 @@ mod tests {
             }
         );
         assert_eq!(parse_rendition("4k:16000000").unwrap().bitrate, 16_000_000);
-        assert!(parse_rendition("4k").unwrap_err().contains("bitrate"));
+        assert!(parse_rendition("4k")
+            .unwrap_err()
+            .to_string()
+            .contains("bitrate"));
         assert!(parse_rendition("a/b:1").is_err());
-        assert!(parse_rendition("x:y").unwrap_err().contains("not a number"));
+        assert!(parse_rendition("x:y")
+            .unwrap_err()
+            .to_string()
+            .contains("not a number"));
         let mut spec = CatalogSpec::new(1, 1, 0);
         spec.scale = 0.0;
         assert!(spec.validate().is_err());

@@ -13,7 +13,7 @@ use object_store::aws::AmazonS3;
 use object_store::path::Path;
 use object_store::signer::Signer;
 
-pub use crate::s3::{build_store, create_bucket, install_crypto_provider};
+pub use crate::s3::{build_store, create_bucket, install_crypto_provider, S3Error};
 
 /// Presigned GET URLs for `ids`, valid for `ttl`.
 pub async fn presign(

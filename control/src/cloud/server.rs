@@ -281,6 +281,7 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     /// The origin client could not be built.
     #[error("origin: {0}")]

@@ -20,8 +20,9 @@ use edgeplane_api::{
     Registration, RegistrationAck, Role, Steering,
 };
 
-/// An API-level failure; the server maps each to a status code.
+/// An API-level failure; the server maps each to a status code and answers with the text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StateError {
     /// 404.
     #[error("{0}")]
@@ -101,27 +102,56 @@ pub struct CloudState {
     pub counters: Counters,
 }
 
+/// Why a catalog is refused (`PUT /v1/catalog` answers 400 with this text).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CatalogError {
+    /// A title id that is empty or longer than 200 bytes.
+    #[error("title id {0:?} must be 1 to 200 bytes")]
+    TitleId(String),
+    /// Two titles with one id.
+    #[error("title {0:?} appears twice")]
+    DuplicateTitle(String),
+    /// A rendition with an empty name.
+    #[error("title {0:?} has a rendition without a name")]
+    UnnamedRendition(String),
+    /// An object id outside the content-id rule.
+    #[error("object id {id:?} (title {title:?}) must match [A-Za-z0-9._-]{{1,200}} and not start with '.'")]
+    ObjectId {
+        /// The object id.
+        id: String,
+        /// Its title.
+        title: String,
+    },
+    /// A sha256 that is not 64 lowercase hex digits.
+    #[error("object {0:?}: sha256 must be 64 lowercase hex digits")]
+    Sha256(String),
+    /// Two objects with one id.
+    #[error("object id {0:?} appears twice")]
+    DuplicateObject(String),
+}
+
 /// Checks a catalog before it replaces the current one.
-pub fn validate_catalog(catalog: &Catalog) -> Result<(), String> {
+pub fn validate_catalog(catalog: &Catalog) -> Result<(), CatalogError> {
     let mut titles = HashSet::new();
     let mut objects = HashSet::new();
     for t in &catalog.titles {
         if t.id.is_empty() || t.id.len() > 200 {
-            return Err(format!("title id {:?} must be 1 to 200 bytes", t.id));
+            return Err(CatalogError::TitleId(t.id.clone()));
         }
         if !titles.insert(t.id.as_str()) {
-            return Err(format!("title {:?} appears twice", t.id));
+            return Err(CatalogError::DuplicateTitle(t.id.clone()));
         }
         for r in &t.renditions {
             if r.name.is_empty() {
-                return Err(format!("title {:?} has a rendition without a name", t.id));
+                return Err(CatalogError::UnnamedRendition(t.id.clone()));
             }
             for o in &r.objects {
                 if !valid_object_id(&o.id) {
-                    return Err(format!(
-                        "object id {:?} (title {:?}) must match [A-Za-z0-9._-]{{1,200}} and not start with '.'",
-                        o.id, t.id
-                    ));
+                    return Err(CatalogError::ObjectId {
+                        id: o.id.clone(),
+                        title: t.id.clone(),
+                    });
                 }
                 if o.sha256.len() != 64
                     || !o
@@ -129,13 +159,10 @@ pub fn validate_catalog(catalog: &Catalog) -> Result<(), String> {
                         .bytes()
                         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
                 {
-                    return Err(format!(
-                        "object {:?}: sha256 must be 64 lowercase hex digits",
-                        o.id
-                    ));
+                    return Err(CatalogError::Sha256(o.id.clone()));
                 }
                 if !objects.insert(o.id.as_str()) {
-                    return Err(format!("object id {:?} appears twice", o.id));
+                    return Err(CatalogError::DuplicateObject(o.id.clone()));
                 }
             }
         }
@@ -145,19 +172,34 @@ pub fn validate_catalog(catalog: &Catalog) -> Result<(), String> {
 
 pub use edgeplane_api::valid_content_id as valid_object_id;
 
-fn validate_registration(r: &Registration) -> Result<(), String> {
+/// Why a registration is refused (answered with 400 and this text).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistrationError {
+    /// No base URL.
+    #[error("urls must list at least one base URL")]
+    NoUrls,
+    /// A base URL that is not http(s).
+    #[error("url {0:?} must start with http:// or https://")]
+    Url(String),
+    /// Two tiers with one name.
+    #[error("tier {0:?} appears twice")]
+    DuplicateTier(String),
+}
+
+fn validate_registration(r: &Registration) -> Result<(), RegistrationError> {
     if r.urls.is_empty() {
-        return Err("urls must list at least one base URL".into());
+        return Err(RegistrationError::NoUrls);
     }
     for u in &r.urls {
         if !(u.starts_with("http://") || u.starts_with("https://")) {
-            return Err(format!("url {u:?} must start with http:// or https://"));
+            return Err(RegistrationError::Url(u.clone()));
         }
     }
     let mut names = HashSet::new();
     for t in &r.tiers {
         if !names.insert(t.name.as_str()) {
-            return Err(format!("tier {:?} appears twice", t.name));
+            return Err(RegistrationError::DuplicateTier(t.name.clone()));
         }
     }
     Ok(())
@@ -324,7 +366,7 @@ impl CloudState {
 
     /// Records a registration (authenticated already).
     pub fn register(&mut self, id: &str, reg: Registration) -> Result<RegistrationAck, StateError> {
-        validate_registration(&reg).map_err(StateError::BadRequest)?;
+        validate_registration(&reg).map_err(|e| StateError::BadRequest(e.to_string()))?;
         self.tick();
         self.record_mut(id)?.registration = Some(reg);
         self.counters.registrations += 1;
@@ -420,7 +462,7 @@ impl CloudState {
 
     /// Replaces the catalog (admin).
     pub fn set_catalog(&mut self, catalog: Catalog) -> Result<(), StateError> {
-        validate_catalog(&catalog).map_err(StateError::BadRequest)?;
+        validate_catalog(&catalog).map_err(|e| StateError::BadRequest(e.to_string()))?;
         self.catalog = catalog;
         self.catalog_version += 1;
         Ok(())

@@ -35,6 +35,7 @@ pub struct SteerParams<'a> {
 
 /// Why steering could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SteerError {
     /// The catalog has no such title.
     #[error("unknown title {0:?}")]
