@@ -12,7 +12,7 @@
 
 use edgeplane_test_support::xdp;
 use edgeplane_xdp::model::{self, Model};
-use edgeplane_xdp::{FilterSettings, LoadOptions, Prefix};
+use edgeplane_xdp::{LoadOptions, Prefix};
 
 /// xorshift64*: small, seeded, good enough to pick frame shapes.
 struct Rng(u64);
@@ -46,17 +46,7 @@ fn run(test: &'static str, model: &Model, seed: u64) {
     let Some(mut filter) = xdp::load(test, &LoadOptions::default()) else {
         return;
     };
-    filter
-        .configure(&FilterSettings {
-            enforce: model.enforce,
-            serving_ports: model.serving_ports.clone(),
-            ..FilterSettings::default()
-        })
-        .unwrap();
-    filter.settings().set_drain(model.drain).unwrap();
-    for (p, drain) in &model.prefixes {
-        filter.prefixes().add(*p, *drain).unwrap();
-    }
+    model.apply(&mut filter).unwrap();
     let mut rng = Rng(seed);
     let frames = frames_per_setup();
     let mut kinds = std::collections::BTreeMap::new();

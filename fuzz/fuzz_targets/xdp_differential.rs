@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 
 use edgeplane_xdp::model::{self, Model};
-use edgeplane_xdp::{Filter, FilterSettings, LoadOptions};
+use edgeplane_xdp::{Filter, LoadOptions};
 use libfuzzer_sys::fuzz_target;
 
 fn model() -> Model {
@@ -33,16 +33,7 @@ thread_local! {
         let model = model();
         let mut filter = Filter::load(&LoadOptions::default())
             .unwrap_or_else(|e| panic!("xdp_differential needs root and the eBPF object: {e}"));
-        filter
-            .configure(&FilterSettings {
-                enforce: model.enforce,
-                serving_ports: model.serving_ports.clone(),
-                ..FilterSettings::default()
-            })
-            .unwrap();
-        for (p, drain) in &model.prefixes {
-            filter.prefixes().add(*p, *drain).unwrap();
-        }
+        model.apply(&mut filter).unwrap();
         (filter, model)
     });
 }

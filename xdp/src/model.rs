@@ -55,6 +55,21 @@ enum Class {
 const MAX_V6_EXT: usize = 8;
 
 impl Model {
+    /// Sets a freshly loaded `filter` up as this model says: enforce or monitor, the serving
+    /// ports, the global drain, the prefixes with their drain flags; no CPUMAP steering.
+    pub fn apply(&self, filter: &mut crate::Filter) -> Result<(), crate::XdpError> {
+        filter.configure(&crate::FilterSettings {
+            enforce: self.enforce,
+            serving_ports: self.serving_ports.clone(),
+            ..crate::FilterSettings::default()
+        })?;
+        filter.settings().set_drain(self.drain)?;
+        for (p, drain) in &self.prefixes {
+            filter.prefixes().add(*p, *drain)?;
+        }
+        Ok(())
+    }
+
     /// What the filter must do with `frame`.
     pub fn judge(&self, frame: &[u8]) -> Expected {
         let only = |counter| Expected {
