@@ -76,7 +76,12 @@ fn reencode(u: &Update, four_octet: bool) -> Vec<u8> {
     }
     if !announced_v6.is_empty() {
         let mut v = vec![0, 2, 1, 16];
-        v.extend("2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        v.extend(
+            "2001:db8::1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
         v.push(0);
         v.extend(&announced_v6);
         attrs.extend(build::attr(0x80, 14, &v));

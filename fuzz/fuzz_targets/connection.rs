@@ -97,7 +97,9 @@ fuzz_target!(|data: &[u8]| {
             // The clock moves on (up to ~4 s), without passing the read's deadline.
             2 => {
                 let jump = Duration::from_millis(u64::from(op >> 2) * 64);
-                now = (now + jump).min(pending_read.unwrap() - Duration::from_nanos(1)).max(now);
+                now = (now + jump)
+                    .min(pending_read.unwrap() - Duration::from_nanos(1))
+                    .max(now);
             }
             // The deadline passes.
             _ => {

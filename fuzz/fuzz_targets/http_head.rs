@@ -32,7 +32,11 @@ fuzz_target!(|data: &[u8]| {
                 break;
             }
             Parsed::Complete { request: req, len } => {
-                assert!(len > 0 && len <= rest.len(), "consumed {len} of {}", rest.len());
+                assert!(
+                    len > 0 && len <= rest.len(),
+                    "consumed {len} of {}",
+                    rest.len()
+                );
                 if let Target::Object { id, path_range, .. } = req.target {
                     assert!(edgeplane_api::valid_content_id(id), "{id:?}");
                     for size in SIZES {
@@ -63,7 +67,10 @@ fuzz_target!(|data: &[u8]| {
 fn check_plan(plan: &response::Plan, size: u64) {
     if let Some((start, len)) = plan.body {
         assert!(len > 0, "empty body range");
-        assert!(start.checked_add(len).is_some_and(|end| end <= size), "{start}+{len} > {size}");
+        assert!(
+            start.checked_add(len).is_some_and(|end| end <= size),
+            "{start}+{len} > {size}"
+        );
         assert_eq!(plan.content_length, len);
     }
     match (plan.status, plan.content_range) {
@@ -90,6 +97,9 @@ fn well_formed(head: &[u8]) {
     let mut resp = httparse::Response::new(&mut headers);
     match resp.parse(head) {
         Ok(httparse::Status::Complete(n)) => assert_eq!(n, head.len(), "bytes after the head"),
-        other => panic!("not a response head: {other:?}: {:?}", String::from_utf8_lossy(head)),
+        other => panic!(
+            "not a response head: {other:?}: {:?}",
+            String::from_utf8_lossy(head)
+        ),
     }
 }

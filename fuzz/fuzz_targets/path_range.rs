@@ -19,10 +19,16 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(a, decimal(x));
         assert_eq!(b, decimal(y));
     } else {
-        assert!(direct.is_none(), "the path form only gives first-last: {direct:?}");
+        assert!(
+            direct.is_none(),
+            "the path form only gives first-last: {direct:?}"
+        );
     }
     // Through the request parser, when the text can stand in a request target at all.
-    if text.bytes().any(|c| !c.is_ascii_graphic() || matches!(c, b'/' | b'?' | b'#' | b'%')) {
+    if text
+        .bytes()
+        .any(|c| !c.is_ascii_graphic() || matches!(c, b'/' | b'?' | b'#' | b'%'))
+    {
         return;
     }
     let head = format!("GET /seg-1.m4s/range/{text} HTTP/1.1\r\nHost: x\r\n\r\n");

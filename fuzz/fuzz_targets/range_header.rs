@@ -12,7 +12,12 @@ const SIZES: [u64; 6] = [0, 1, 2, 100, 1 << 20, u64::MAX];
 fuzz_target!(|data: &[u8]| {
     let parsed = range::parse_header(data);
     if let Some(spec) = reference_single(data) {
-        assert_eq!(parsed, RangeHeader::Single(spec), "{:?}", String::from_utf8_lossy(data));
+        assert_eq!(
+            parsed,
+            RangeHeader::Single(spec),
+            "{:?}",
+            String::from_utf8_lossy(data)
+        );
     }
     if let RangeHeader::Single(spec) = parsed {
         for size in SIZES {

@@ -51,7 +51,10 @@ fuzz_target!(|data: &[u8]| {
         };
         let verdict = keys.verify(object, Some(query), client, NOW);
         if verdict.is_ok() {
-            assert!(reference_accepts(&keys, object, query, client), "accepted {query:?}");
+            assert!(
+                reference_accepts(&keys, object, query, client),
+                "accepted {query:?}"
+            );
         }
         return;
     }

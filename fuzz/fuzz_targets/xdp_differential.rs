@@ -49,8 +49,13 @@ fuzz_target!(|data: &[u8]| {
         } else {
             let mut bytes = rest.iter().copied();
             model::frame(model, &mut |n| {
-                let v = u32::from(bytes.next().unwrap_or(0)) << 8 | u32::from(bytes.next().unwrap_or(0));
-                if n == 0 { 0 } else { v % n }
+                let v = u32::from(bytes.next().unwrap_or(0)) << 8
+                    | u32::from(bytes.next().unwrap_or(0));
+                if n == 0 {
+                    0
+                } else {
+                    v % n
+                }
             })
         };
         if let Err(e) = model::check(filter, model, &frame) {

@@ -75,6 +75,13 @@ fn ebpf_checks() -> Result<()> {
             .arg(&manifest)
             .args(["--", "--check"]),
     )?;
+    header("cargo fmt (fuzz targets) -- --check");
+    run_checked(
+        cargo()
+            .args(["fmt", "--manifest-path"])
+            .arg(root.join("fuzz/Cargo.toml"))
+            .args(["--", "--check"]),
+    )?;
     let toolchain = ebpf_toolchain()?;
     header(&format!(
         "cargo +{toolchain} clippy (eBPF programs, bpfel-unknown-none)"
