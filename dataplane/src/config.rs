@@ -225,6 +225,76 @@ pub struct SniConfig {
     pub key: PathBuf,
 }
 
+/// An `[[https.sni]]` name: a host name, or `*.` and a host name (one wildcard label).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniName {
+    wildcard: bool,
+    /// Lower case, without the `*.`.
+    base: String,
+}
+
+impl SniName {
+    /// Parses a configured name; the error says what is wrong with it.
+    pub fn parse(text: &str) -> Result<SniName, String> {
+        let (wildcard, base) = match text.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let labels_ok = !base.is_empty()
+            && base.len() <= 253
+            && base.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !labels_ok {
+            return Err(format!(
+                "{text:?} is not a host name (letters, digits and '-' in dot-separated labels, \
+                 optionally starting with \"*.\")"
+            ));
+        }
+        if wildcard && !base.contains('.') {
+            return Err(format!(
+                "{text:?}: a wildcard needs at least two labels after \"*.\""
+            ));
+        }
+        Ok(SniName {
+            wildcard,
+            base: base.to_ascii_lowercase(),
+        })
+    }
+
+    /// Whether this is a `*.` name (one wildcard label).
+    pub fn is_wildcard(&self) -> bool {
+        self.wildcard
+    }
+
+    /// Whether `host` (as sent in SNI) is covered by this name.
+    pub fn matches(&self, host: &str) -> bool {
+        if !self.wildcard {
+            return host.eq_ignore_ascii_case(&self.base);
+        }
+        match host.split_once('.') {
+            Some((first, rest)) => !first.is_empty() && rest.eq_ignore_ascii_case(&self.base),
+            None => false,
+        }
+    }
+}
+
+impl fmt::Display for SniName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.wildcard {
+            write!(f, "\"*.{}\"", self.base)
+        } else {
+            write!(f, "\"{}\"", self.base)
+        }
+    }
+}
+
 /// `[admin]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -722,7 +792,7 @@ impl Config {
         }
         for (i, sni) in https.sni.iter().enumerate() {
             let key = format!("https.sni[{i}].name");
-            let name = crate::tls::SniName::parse(&sni.name)
+            let name = SniName::parse(&sni.name)
                 .map_err(|problem| ConfigError::new(key.clone(), problem))?;
             let earlier = https.sni[..i]
                 .iter()
@@ -911,6 +981,38 @@ mod tests {
         assert!(e.problem.contains("did you mean 10.0.0.0/8"), "{e}");
         let e = err("[xdp]\nmode = \"native\"");
         assert!(e.key.starts_with("xdp.mode"), "{e}");
+    }
+
+    #[test]
+    fn sni_names_parse_and_match() {
+        let exact = SniName::parse("CDN.Example.net").unwrap();
+        assert!(exact.matches("cdn.example.net"));
+        assert!(exact.matches("CDN.EXAMPLE.NET"));
+        assert!(!exact.matches("a.cdn.example.net"));
+        assert!(!exact.matches("example.net"));
+        let wild = SniName::parse("*.example.net").unwrap();
+        assert!(wild.matches("a.example.net"));
+        assert!(!wild.matches("a.b.example.net"));
+        assert!(!wild.matches("example.net"));
+        assert!(!wild.matches(".example.net"));
+        assert_eq!(wild.to_string(), "\"*.example.net\"");
+        for bad in [
+            "",
+            "*.",
+            "*.net",
+            "a..b",
+            "-a.b",
+            "a-.b",
+            "a_b.c",
+            "*.*.a.b",
+            "a.*.b",
+            "a b",
+            &"x".repeat(64),
+        ] {
+            assert!(SniName::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert!(SniName::parse("localhost").is_ok());
+        assert!(SniName::parse("xn--bcher-kva.example").is_ok());
     }
 
     #[test]
