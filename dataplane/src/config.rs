@@ -2,9 +2,13 @@
 //!
 //! Every key and its default is documented in `docs/config.md`; keep the two in step. Validation
 //! turns every user mistake into one [`ConfigError`] that names the key, so `edgeplane serve`
-//! can exit with one line an operator can act on. This module never touches the network; it
-//! reads tier directories and, for `[https]`, the certificate and key files (through
-//! [`crate::tls::Certificates::load`], the same loading the server does).
+//! can exit with one line an operator can act on.
+//!
+//! Pure: [`Config::parse`] judges the text alone (types, ranges, names, duplicates, listener
+//! and port conflicts, SNI name syntax) and touches neither the filesystem nor the host. What
+//! only the host can answer (the CPUs, the tier directories, the certificate and key files) is
+//! the second step, [`crate::host`]: [`Config::check_host`], and [`Config::load`] = read the
+//! file + [`Config::parse`] + [`Config::check_host`].
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -223,6 +227,76 @@ pub struct SniConfig {
     pub cert: PathBuf,
     /// PEM file with its private key.
     pub key: PathBuf,
+}
+
+/// An `[[https.sni]]` name: a host name, or `*.` and a host name (one wildcard label).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniName {
+    wildcard: bool,
+    /// Lower case, without the `*.`.
+    base: String,
+}
+
+impl SniName {
+    /// Parses a configured name; the error says what is wrong with it.
+    pub fn parse(text: &str) -> Result<SniName, String> {
+        let (wildcard, base) = match text.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let labels_ok = !base.is_empty()
+            && base.len() <= 253
+            && base.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !labels_ok {
+            return Err(format!(
+                "{text:?} is not a host name (letters, digits and '-' in dot-separated labels, \
+                 optionally starting with \"*.\")"
+            ));
+        }
+        if wildcard && !base.contains('.') {
+            return Err(format!(
+                "{text:?}: a wildcard needs at least two labels after \"*.\""
+            ));
+        }
+        Ok(SniName {
+            wildcard,
+            base: base.to_ascii_lowercase(),
+        })
+    }
+
+    /// Whether this is a `*.` name (one wildcard label).
+    pub fn is_wildcard(&self) -> bool {
+        self.wildcard
+    }
+
+    /// Whether `host` (as sent in SNI) is covered by this name.
+    pub fn matches(&self, host: &str) -> bool {
+        if !self.wildcard {
+            return host.eq_ignore_ascii_case(&self.base);
+        }
+        match host.split_once('.') {
+            Some((first, rest)) => !first.is_empty() && rest.eq_ignore_ascii_case(&self.base),
+            None => false,
+        }
+    }
+}
+
+impl fmt::Display for SniName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.wildcard {
+            write!(f, "\"*.{}\"", self.base)
+        } else {
+            write!(f, "\"{}\"", self.base)
+        }
+    }
 }
 
 /// `[admin]`
@@ -446,15 +520,8 @@ fn default_keys_file() -> PathBuf {
 }
 
 impl Config {
-    /// Reads, parses and validates a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new(path.display().to_string(), format!("cannot read: {e}"))
-        })?;
-        Self::parse(&text, &path.display().to_string())
-    }
-
-    /// Parses and validates config text; `origin` names the file in errors.
+    /// Parses and validates config text; `origin` names the file in errors. Pure: nothing is
+    /// read from the host ([`Config::check_host`] is that step).
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let config: Config =
             toml::from_str(text).map_err(|e| ConfigError::from_toml(&e, text, origin))?;
@@ -462,34 +529,20 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks every constraint the types alone do not express.
+    /// Checks every constraint the types alone do not express and the text alone can judge
+    /// (pure: whether the host has those CPUs, directories and files is
+    /// [`Config::check_host`]'s question).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.cores == 0 {
             return Err(ConfigError::new("cores", "must be at least 1"));
         }
-        let online = std::thread::available_parallelism().map_or(1, |n| n.get());
-        match &self.cpus {
-            Some(cpus) => {
-                if cpus.len() != self.cores {
-                    return Err(ConfigError::new(
-                        "cpus",
-                        format!("has {} entries but cores = {}", cpus.len(), self.cores),
-                    ));
-                }
-                if let Some(bad) = cpus.iter().find(|&&c| c >= online) {
-                    return Err(ConfigError::new(
-                        "cpus",
-                        format!("CPU {bad} does not exist (this host has {online} CPUs)"),
-                    ));
-                }
-            }
-            None if self.cores > online => {
+        if let Some(cpus) = &self.cpus {
+            if cpus.len() != self.cores {
                 return Err(ConfigError::new(
-                    "cores",
-                    format!("is {} but this host has only {online} CPUs", self.cores),
+                    "cpus",
+                    format!("has {} entries but cores = {}", cpus.len(), self.cores),
                 ));
             }
-            None => {}
         }
         let l = &self.limits;
         if l.max_header_bytes < 256 {
@@ -601,8 +654,6 @@ impl Config {
                     format!("{:?} is used by another tier", tier.name),
                 ));
             }
-            check_tier_path(&tier.path)
-                .map_err(|problem| ConfigError::new(format!("tier[{i}].path"), problem))?;
         }
         if self.http.listen == self.admin.listen && self.http.listen.port() != 0 {
             return Err(ConfigError::new(
@@ -703,9 +754,8 @@ impl Config {
         Ok(())
     }
 
-    /// `[https]`: distinct listener, well-formed SNI names, and certificates and keys that load
-    /// and match (the same loading the server does, so `check-config` catches what `serve`
-    /// would refuse).
+    /// `[https]`: a distinct listener and well-formed, distinct SNI names. Whether the
+    /// certificates and keys load and match is [`Config::check_host`]'s question.
     fn validate_https(&self, https: &HttpsConfig) -> Result<(), ConfigError> {
         if https.listen.port() != 0 {
             for (other, key) in [
@@ -722,7 +772,7 @@ impl Config {
         }
         for (i, sni) in https.sni.iter().enumerate() {
             let key = format!("https.sni[{i}].name");
-            let name = crate::tls::SniName::parse(&sni.name)
+            let name = SniName::parse(&sni.name)
                 .map_err(|problem| ConfigError::new(key.clone(), problem))?;
             let earlier = https.sni[..i]
                 .iter()
@@ -731,7 +781,7 @@ impl Config {
                 return Err(ConfigError::new(key, format!("{name} is listed twice")));
             }
         }
-        crate::tls::Certificates::load(https).map(drop)
+        Ok(())
     }
 
     /// The CPU each executor is pinned to.
@@ -775,21 +825,6 @@ fn key_at(text: &str, pos: usize) -> Option<String> {
         (true, Some(k)) => Some(k.to_string()),
         (false, Some(k)) if !k.is_empty() => Some(format!("{section}.{k}")),
         _ => Some(section),
-    }
-}
-
-/// Why a tier directory cannot be used, if it cannot.
-pub fn check_tier_path(path: &Path) -> Result<(), String> {
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => match std::fs::read_dir(path) {
-            Ok(_) => Ok(()),
-            Err(e) => Err(format!("{}: cannot list directory: {e}", path.display())),
-        },
-        Ok(_) => Err(format!("{}: not a directory", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(format!("{}: does not exist", path.display()))
-        }
-        Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }
 
@@ -863,12 +898,20 @@ mod tests {
     }
 
     #[test]
-    fn missing_tier_path_names_the_key() {
+    fn parse_looks_at_nothing_on_the_host() {
+        // No such directory, no such files, more CPUs than any host: all for Config::check_host.
+        let text = "cores = 4096\n\
+                    [https]\ncert = \"/nonexistent/edgeplane/c.pem\"\nkey = \"/nonexistent/k.pem\"\n\
+                    [[https.sni]]\nname = \"*.example.net\"\ncert = \"/nonexistent/s.pem\"\n\
+                    key = \"/nonexistent/s.key\"\n\
+                    [[tier]]\nname = \"x\"\nkind = \"storage\"\npath = \"/nonexistent/edgeplane\"\n";
+        let c = Config::parse(text, "f").expect("parse judges the text alone");
+        assert_eq!(c.cores, 4096);
+        assert_eq!(c.tiers[0].path, Path::new("/nonexistent/edgeplane"));
+        assert_eq!(c.https.unwrap().sni.len(), 1);
         let text =
-            "[[tier]]\nname = \"x\"\nkind = \"storage\"\npath = \"/nonexistent/edgeplane\"\n";
-        let err = Config::parse(text, "f").unwrap_err();
-        assert_eq!(err.key, "tier[0].path");
-        assert!(err.problem.contains("does not exist"), "{err}");
+            "cpus = [4096]\n[[tier]]\nname = \"x\"\nkind = \"flash\"\npath = \"/nonexistent\"\n";
+        assert_eq!(Config::parse(text, "f").unwrap().cpu_list(), [4096]);
     }
 
     #[test]
@@ -911,6 +954,38 @@ mod tests {
         assert!(e.problem.contains("did you mean 10.0.0.0/8"), "{e}");
         let e = err("[xdp]\nmode = \"native\"");
         assert!(e.key.starts_with("xdp.mode"), "{e}");
+    }
+
+    #[test]
+    fn sni_names_parse_and_match() {
+        let exact = SniName::parse("CDN.Example.net").unwrap();
+        assert!(exact.matches("cdn.example.net"));
+        assert!(exact.matches("CDN.EXAMPLE.NET"));
+        assert!(!exact.matches("a.cdn.example.net"));
+        assert!(!exact.matches("example.net"));
+        let wild = SniName::parse("*.example.net").unwrap();
+        assert!(wild.matches("a.example.net"));
+        assert!(!wild.matches("a.b.example.net"));
+        assert!(!wild.matches("example.net"));
+        assert!(!wild.matches(".example.net"));
+        assert_eq!(wild.to_string(), "\"*.example.net\"");
+        for bad in [
+            "",
+            "*.",
+            "*.net",
+            "a..b",
+            "-a.b",
+            "a-.b",
+            "a_b.c",
+            "*.*.a.b",
+            "a.*.b",
+            "a b",
+            &"x".repeat(64),
+        ] {
+            assert!(SniName::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert!(SniName::parse("localhost").is_ok());
+        assert!(SniName::parse("xn--bcher-kva.example").is_ok());
     }
 
     #[test]

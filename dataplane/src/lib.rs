@@ -3,6 +3,8 @@
 //! Layers, from pure to syscall:
 //! - [`config`], [`content_id`], [`http`]: pure logic, unit and property tested, no I/O.
 //! - [`tls`]: certificates (PEM, SNI, reload) and the rustls server configuration.
+//! - [`host`]: the config checked against this host (CPUs, tier directories, certificate
+//!   files), and `Config::load` = read + parse + that check.
 //! - [`access`]: who may be served (signed URLs, served prefixes without XDP).
 //! - [`catalog`]: what exists on which tier (filesystem scans, atomic swaps).
 //! - [`metrics`]: per-core counters and latency histograms, Prometheus rendering.
@@ -16,6 +18,7 @@ pub mod access;
 pub mod catalog;
 pub mod config;
 pub mod content_id;
+pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod runtime;

@@ -6,7 +6,6 @@
 //! TLS can take over (AES-GCM and ChaCha20-Poly1305, TLS 1.2 and 1.3), so a connection never
 //! negotiates something the `sendfile` path could not serve later.
 
-use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,7 +17,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
-use crate::config::{ConfigError, HttpsConfig};
+use crate::config::{ConfigError, HttpsConfig, SniName};
 
 /// The only ALPN protocol offered: HTTP/1.1.
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
@@ -71,71 +70,6 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Result<ServerConfig, rustls
     Ok(config)
 }
 
-/// An `[[https.sni]]` name: a host name, or `*.` and a host name (one wildcard label).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SniName {
-    wildcard: bool,
-    /// Lower case, without the `*.`.
-    base: String,
-}
-
-impl SniName {
-    /// Parses a configured name; the error says what is wrong with it.
-    pub fn parse(text: &str) -> Result<SniName, String> {
-        let (wildcard, base) = match text.strip_prefix("*.") {
-            Some(rest) => (true, rest),
-            None => (false, text),
-        };
-        let labels_ok = !base.is_empty()
-            && base.len() <= 253
-            && base.split('.').all(|label| {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && !label.starts_with('-')
-                    && !label.ends_with('-')
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
-        if !labels_ok {
-            return Err(format!(
-                "{text:?} is not a host name (letters, digits and '-' in dot-separated labels, \
-                 optionally starting with \"*.\")"
-            ));
-        }
-        if wildcard && !base.contains('.') {
-            return Err(format!(
-                "{text:?}: a wildcard needs at least two labels after \"*.\""
-            ));
-        }
-        Ok(SniName {
-            wildcard,
-            base: base.to_ascii_lowercase(),
-        })
-    }
-
-    /// Whether `host` (as sent in SNI) is covered by this name.
-    pub fn matches(&self, host: &str) -> bool {
-        if !self.wildcard {
-            return host.eq_ignore_ascii_case(&self.base);
-        }
-        match host.split_once('.') {
-            Some((first, rest)) => !first.is_empty() && rest.eq_ignore_ascii_case(&self.base),
-            None => false,
-        }
-    }
-}
-
-impl fmt::Display for SniName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.wildcard {
-            write!(f, "\"*.{}\"", self.base)
-        } else {
-            write!(f, "\"{}\"", self.base)
-        }
-    }
-}
-
 /// One generation of certificates: the default and the SNI ones.
 #[derive(Debug)]
 pub struct Certificates {
@@ -179,7 +113,7 @@ impl Certificates {
         let exact = self
             .by_name
             .iter()
-            .find(|(n, _)| !n.wildcard && n.matches(host));
+            .find(|(n, _)| !n.is_wildcard() && n.matches(host));
         let any = exact.or_else(|| self.by_name.iter().find(|(n, _)| n.matches(host)));
         any.map_or(&self.default, |(_, key)| key)
     }
@@ -279,38 +213,6 @@ impl ResolvesServerCert for CertResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sni_names_parse_and_match() {
-        let exact = SniName::parse("CDN.Example.net").unwrap();
-        assert!(exact.matches("cdn.example.net"));
-        assert!(exact.matches("CDN.EXAMPLE.NET"));
-        assert!(!exact.matches("a.cdn.example.net"));
-        assert!(!exact.matches("example.net"));
-        let wild = SniName::parse("*.example.net").unwrap();
-        assert!(wild.matches("a.example.net"));
-        assert!(!wild.matches("a.b.example.net"));
-        assert!(!wild.matches("example.net"));
-        assert!(!wild.matches(".example.net"));
-        assert_eq!(wild.to_string(), "\"*.example.net\"");
-        for bad in [
-            "",
-            "*.",
-            "*.net",
-            "a..b",
-            "-a.b",
-            "a-.b",
-            "a_b.c",
-            "*.*.a.b",
-            "a.*.b",
-            "a b",
-            &"x".repeat(64),
-        ] {
-            assert!(SniName::parse(bad).is_err(), "{bad:?} should be rejected");
-        }
-        assert!(SniName::parse("localhost").is_ok());
-        assert!(SniName::parse("xn--bcher-kva.example").is_ok());
-    }
 
     #[test]
     fn provider_offers_only_kernel_compatible_suites() {

@@ -1,7 +1,8 @@
 //! The appliance's one config file as the `edgeplane` command reads it: the data plane's
 //! sections ([`edgeplane_dataplane::config::Config`]) and the agent's `[agent]` section
 //! ([`edgeplane_control::agent::AgentConfig`]), from the same text. Each library parses and
-//! validates its own part; this is the only place that knows both.
+//! validates its own part; this is the only place that knows both. Parsing is pure; loading
+//! then checks the data plane's part against the host ([`Config::check_host`]).
 
 use std::path::Path;
 
@@ -19,14 +20,18 @@ pub(crate) struct ApplianceConfig {
 }
 
 impl ApplianceConfig {
-    /// Reads, parses and validates a config file.
+    /// Reads, parses and validates a config file, then checks it against this host (CPUs,
+    /// tier directories, certificate files): what `serve`, `agent` and `check-config` use.
     pub(crate) fn load(path: &Path) -> Result<ApplianceConfig, ConfigError> {
         let text = read(path)?;
-        Self::parse(&text, &path.display().to_string())
+        let config = Self::parse(&text, &path.display().to_string())?;
+        config.dataplane.check_host()?;
+        Ok(config)
     }
 
-    /// Parses and validates config text; `origin` names the file in errors. The agent's
-    /// section is checked first, as one file has one first error whatever reads it.
+    /// Parses and validates config text (pure: nothing on the host is looked at); `origin`
+    /// names the file in errors. The agent's section is checked first, as one file has one
+    /// first error whatever reads it.
     pub(crate) fn parse(text: &str, origin: &str) -> Result<ApplianceConfig, ConfigError> {
         let agent = agent_section(text, origin)?;
         let dataplane = Config::parse(text, origin)?;
@@ -76,6 +81,24 @@ mod tests {
         let c = ApplianceConfig::parse(&text, "f").unwrap();
         assert!(c.agent.is_none());
         assert_eq!(c.dataplane.tiers.len(), 1);
+    }
+
+    #[test]
+    fn parse_is_pure_and_load_checks_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("gone");
+        let text = format!(
+            "[signing]\nenabled = false\n[[tier]]\nname = \"t\"\nkind = \"flash\"\npath = \"{}\"\n",
+            missing.display()
+        );
+        ApplianceConfig::parse(&text, "f").expect("parse looks at nothing on the host");
+        let path = dir.path().join("edgeplane.toml");
+        std::fs::write(&path, &text).unwrap();
+        let e = ApplianceConfig::load(&path).unwrap_err();
+        assert_eq!(e.key, "tier[0].path");
+        assert_eq!(e.problem, format!("{}: does not exist", missing.display()));
+        std::fs::create_dir(&missing).unwrap();
+        assert!(ApplianceConfig::load(&path).unwrap().agent.is_none());
     }
 
     #[test]

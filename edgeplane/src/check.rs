@@ -96,19 +96,21 @@ pub(crate) fn run(config: &Config, host: &Host) -> Vec<Item> {
         .collect()
 }
 
-/// Loads the config for a check: like [`Config::load`], except that a tier directory that is
-/// missing is left for the tier item to report (with the other items still checked).
-pub(crate) fn load_config(path: &Path) -> Result<Config, ConfigError> {
+/// Loads the config for a check: like [`Config::load`], except that of the host step only
+/// what no item reports is done here. The text is parsed and validated (pure), the certificate
+/// and key files must load, and, on the real host, `cores`/`cpus` must fit the CPUs this process
+/// may run on; the tier directories are left to the tier items, and the CPUs of a fake root to
+/// the cpus item (with the other items still checked).
+pub(crate) fn load_config(path: &Path, host: &Host) -> Result<Config, ConfigError> {
     let text = crate::appliance::read(path)?;
     let origin = path.display().to_string();
     crate::appliance::agent_section(&text, &origin)?;
-    match Config::parse(&text, &origin) {
-        Ok(config) => Ok(config),
-        Err(e) if e.key.starts_with("tier[") && e.key.ends_with("].path") => {
-            toml::from_str(&text).map_err(|_| e)
-        }
-        Err(e) => Err(e),
+    let config = Config::parse(&text, &origin)?;
+    if host.is_real() {
+        config.check_cpus()?;
     }
+    config.check_certificates()?;
+    Ok(config)
 }
 
 /// Whether serving can start: no item failed.
@@ -518,7 +520,7 @@ fn tiers(config: &Config, host: &Host) -> Vec<Item> {
             let path = host
                 .root
                 .join(tier.path.strip_prefix("/").unwrap_or(&tier.path));
-            if let Err(problem) = edgeplane_dataplane::config::check_tier_path(&path) {
+            if let Err(problem) = edgeplane_dataplane::host::check_tier_path(&path) {
                 return item(
                     "tier",
                     Verdict::Fail,
@@ -777,6 +779,41 @@ mod tests {
         let r = check("\"eth0\"", "skb");
         assert_eq!(r[0].0, Verdict::Warn, "{r:?}");
         assert!(check("", "auto")[0].1.contains("no xdp.interfaces"));
+    }
+
+    /// The config for a check: host problems the items report (tier directories; the CPUs of
+    /// a fake root) do not stop it; the certificate files and, on the real host, the CPUs do.
+    #[test]
+    fn load_config_leaves_to_the_items_what_they_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edgeplane.toml");
+        let fake = Host::at(dir.path());
+        let tier = "[[tier]]\nname = \"t\"\nkind = \"flash\"\npath = \"/nonexistent/edgeplane\"\n";
+        std::fs::write(&path, format!("cores = 4096\n{tier}")).unwrap();
+        let config = load_config(&path, &fake).expect("tiers and CPUs are items");
+        assert_eq!(config.cores, 4096);
+        let e = load_config(&path, &Host::real()).unwrap_err();
+        assert_eq!(e.key, "cores");
+        assert!(
+            e.problem.starts_with("is 4096 but this host has only "),
+            "{e}"
+        );
+
+        let cert = dir.path().join("c.pem");
+        std::fs::write(
+            &path,
+            format!(
+                "[https]\ncert = {:?}\nkey = \"/nonexistent/k.pem\"\n{tier}",
+                cert.display().to_string()
+            ),
+        )
+        .unwrap();
+        let e = load_config(&path, &fake).unwrap_err();
+        assert_eq!(e.key, "https.cert");
+        assert_eq!(e.problem, format!("{}: does not exist", cert.display()));
+
+        std::fs::write(&path, format!("cores = 0\n{tier}")).unwrap();
+        assert_eq!(load_config(&path, &fake).unwrap_err().key, "cores");
     }
 
     #[test]

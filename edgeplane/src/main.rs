@@ -117,17 +117,17 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { config, root } => {
-            let config = match check::load_config(&config) {
+            let host = if root == std::path::Path::new("/") {
+                check::Host::real()
+            } else {
+                check::Host::at(root)
+            };
+            let config = match check::load_config(&config, &host) {
                 Ok(c) => c,
                 Err(e) => {
                     println!("✗ config         {e}");
                     return ExitCode::from(1);
                 }
-            };
-            let host = if root == std::path::Path::new("/") {
-                check::Host::real()
-            } else {
-                check::Host::at(root)
             };
             let items = check::run(&config, &host);
             for item in &items {

@@ -24,7 +24,7 @@ const MIN_GAP: Duration = Duration::from_millis(20);
 /// Why a tier directory cannot serve, if it cannot: exists, is a directory, can be opened and
 /// its first entry read.
 pub(crate) fn check_tier(path: &Path) -> Result<(), String> {
-    crate::config::check_tier_path(path)?;
+    crate::host::check_tier_path(path)?;
     let mut dir =
         std::fs::read_dir(path).map_err(|e| format!("{}: cannot list: {e}", path.display()))?;
     match dir.next() {
