@@ -164,8 +164,6 @@ fn run_target(
         .arg("--")
         .arg(format!("-max_total_time={}", args.seconds))
         .arg("-print_final_stats=1")
-        // Keep the log short: the periodic status lines are not needed, the final ones are.
-        .arg("-verbosity=0")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let started = Instant::now();
