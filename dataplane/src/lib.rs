@@ -4,6 +4,8 @@
 //! - [`config`], [`content_id`], [`http`]: pure logic, unit and property tested, no I/O.
 //! - [`tls`]: certificates (PEM, SNI, reload) and the rustls server configuration.
 //! - [`access`]: who may be served (signed URLs, served prefixes without XDP).
+//! - [`topology`], [`placement`]: the NUMA nodes (read from sysfs under a root) and where
+//!   executors and cold reads run on them (pure).
 //! - [`catalog`]: what exists on which tier (filesystem scans, atomic swaps).
 //! - [`metrics`]: per-core counters and latency histograms, Prometheus rendering.
 //! - [`runtime`]: glommio executors, connections, `sendfile`, the admin listener.
@@ -18,5 +20,7 @@ pub mod config;
 pub mod content_id;
 pub mod http;
 pub mod metrics;
+pub mod placement;
 pub mod runtime;
 pub mod tls;
+pub mod topology;
