@@ -296,7 +296,8 @@ impl Plan {
             .map_or(&[], |t| &t.cold_cpus)
     }
 
-    /// One line per fact, for logs and `edgeplane check`: the executors, then each tier.
+    /// One line per fact, for logs and `edgeplane check`: the executors, then each tier
+    /// (`tiers: NAME on nodeN, cold reads on CPUs ...`).
     pub fn describe(&self, topo: &Topology) -> Vec<String> {
         let mut nodes: Vec<String> = Vec::new();
         for node in &topo.nodes {
@@ -324,7 +325,7 @@ impl Plan {
             } else {
                 format!("cold reads on CPUs {}", format_cpu_list(&t.cold_cpus))
             };
-            lines.push(format!("tier {}: {node}, {cold}", t.name));
+            lines.push(format!("tiers: {} on {node}, {cold}", t.name));
         }
         lines
     }
@@ -419,7 +420,10 @@ mod tests {
             lines[0],
             "executors on CPUs 8-13 (6 on node1; on the NICs' nodes)"
         );
-        assert_eq!(lines[2], "tier hdd: node0, cold reads on CPUs 0-7,16-23");
+        assert_eq!(
+            lines[2],
+            "tiers: hdd on node0, cold reads on CPUs 0-7,16-23"
+        );
 
         // The operator moves the tier by config: configured beats detected.
         let c = config("cores = 6", &[("flash", None), ("hdd", Some(1))]);
