@@ -465,7 +465,7 @@ fn cpus(config: &Config, host: &Host) -> Item {
             "cannot read /sys/devices/system/cpu/online",
         );
     };
-    let wanted = config.cpu_list();
+    let wanted = executor_cpus(config, host);
     if let Some(missing) = wanted.iter().find(|c| !online.contains(c)) {
         return item(
             "cpus",
@@ -496,6 +496,18 @@ fn cpus(config: &Config, host: &Host) -> Item {
             online.len()
         ),
     )
+}
+
+/// The CPUs `serve` will pin the executors to on this host: the NUMA placement's (the same
+/// `placement::plan`), else the configured list.
+fn executor_cpus(config: &Config, host: &Host) -> Vec<usize> {
+    use edgeplane_dataplane::{placement, topology::Topology};
+    Topology::read(&host.root)
+        .and_then(|topo| {
+            let (nics, tiers) = placement::locate(config, &host.root);
+            placement::plan(config, &topo, &nics, &tiers).ok()
+        })
+        .map_or_else(|| config.cpu_list(), |p| p.executor_cpus)
 }
 
 /// The NUMA topology (`numa`), where executors and cold reads will run (`placement`), and one

@@ -362,6 +362,10 @@ fn numa_two_nodes_flags_the_far_tier() {
         line(&out, "numa").contains("2 nodes: node0 cpus 0-3, node1 cpus 4-7"),
         "{out}"
     );
+    assert!(
+        line(&out, "cpus").contains("2 executors on CPUs [4, 5] of 8 online"),
+        "{out}"
+    );
     let p = line(&out, "placement");
     assert!(
         p.contains("executors on CPUs 4-5 (2 on node1; on the NICs' nodes)")
