@@ -305,4 +305,37 @@ mod tests {
         assert!(resident(g.as_file(), &hole, 32 << 20, 65536).unwrap());
         assert!(resident_mincore(&hole, 32 << 20, 65536).unwrap());
     }
+
+    /// The CPUs the calling thread may run on.
+    fn affinity() -> Vec<usize> {
+        // SAFETY: cpu_set_t is plain data; all-zero is a valid (empty) set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: pid 0 is the calling thread; `set` is a writable cpu_set_t of the size passed.
+        let rc =
+            unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: every index is below CPU_SETSIZE, inside `set`.
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .collect()
+    }
+
+    #[test]
+    fn cold_read_threads_bind_to_their_tier_cpus() {
+        std::thread::spawn(|| {
+            let all = affinity();
+            bind_thread_to(&[]);
+            assert_eq!(
+                affinity(),
+                all,
+                "an unbound tier leaves the thread as it is"
+            );
+            bind_thread_to(&all[..1]);
+            assert_eq!(affinity(), all[..1]);
+            bind_thread_to(&all);
+            assert_eq!(affinity(), all);
+        })
+        .join()
+        .unwrap();
+    }
 }
