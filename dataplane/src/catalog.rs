@@ -313,6 +313,7 @@ mod tests {
             name: name.into(),
             kind,
             path: path.to_path_buf(),
+            numa_node: None,
         }
     }
 

@@ -115,6 +115,104 @@ pub struct Config {
     /// Who `edgeplane serve` runs as once it has bound its sockets and loaded its programs.
     #[serde(default)]
     pub process: ProcessConfig,
+    /// `[numa]`: where executors and cold reads run on a NUMA host (`crate::placement`).
+    #[serde(default)]
+    pub numa: NumaConfig,
+}
+
+/// `[numa]`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumaConfig {
+    /// `auto`: executors on the serving NICs' nodes, cold reads on each tier's disk node;
+    /// `off`: executors on CPUs `0..cores`, cold reads unbound (as on a one-node host).
+    #[serde(default)]
+    pub placement: NumaPlacement,
+    /// Executors per node, by node number (`[0, 8]`: 8 on node 1); must add up to `cores`.
+    #[serde(default)]
+    pub cores_per_node: Option<Vec<usize>>,
+    /// The NICs whose nodes executors follow; absent: `xdp.interfaces`.
+    #[serde(default)]
+    pub interfaces: Option<Vec<String>>,
+}
+
+/// `numa.placement`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NumaPlacement {
+    /// Follow the NICs' and disks' nodes.
+    #[default]
+    Auto,
+    /// Ignore the topology.
+    Off,
+}
+
+impl Config {
+    /// The NICs whose nodes the executors follow: `numa.interfaces`, else `xdp.interfaces`.
+    pub fn numa_interfaces(&self) -> Vec<String> {
+        match (&self.numa.interfaces, &self.xdp) {
+            (Some(i), _) => i.clone(),
+            (None, Some(x)) => x.interfaces.clone(),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// `[numa]` and `tier.numa_node`: what can be judged without looking at the host (the
+    /// nodes' existence is judged by `crate::placement::plan` at start and by `check`).
+    pub fn validate_numa(&self) -> Result<(), ConfigError> {
+        /// Linux's largest MAX_NUMNODES (CONFIG_NODES_SHIFT = 10).
+        const MAX_NODES: usize = 1024;
+        if let Some(per_node) = &self.numa.cores_per_node {
+            if self.cpus.is_some() {
+                return Err(ConfigError::new(
+                    "numa.cores_per_node",
+                    "cannot be combined with `cpus` (which already names every CPU)",
+                ));
+            }
+            if self.numa.placement == NumaPlacement::Off {
+                return Err(ConfigError::new(
+                    "numa.cores_per_node",
+                    "needs numa.placement = \"auto\"",
+                ));
+            }
+            if per_node.len() > MAX_NODES {
+                return Err(ConfigError::new(
+                    "numa.cores_per_node",
+                    "lists more than 1024 nodes",
+                ));
+            }
+            let sum: usize = per_node.iter().sum();
+            if sum != self.cores {
+                return Err(ConfigError::new(
+                    "numa.cores_per_node",
+                    format!("adds up to {sum} but cores = {}", self.cores),
+                ));
+            }
+        }
+        if let Some(ifaces) = &self.numa.interfaces {
+            for (i, name) in ifaces.iter().enumerate() {
+                if name.is_empty()
+                    || name.len() > 15
+                    || name.contains(['/', ':'])
+                    || name.chars().any(char::is_whitespace)
+                {
+                    return Err(ConfigError::new(
+                        format!("numa.interfaces[{i}]"),
+                        format!("{name:?} is not an interface name (1-15 characters, no '/', ':' or spaces)"),
+                    ));
+                }
+            }
+        }
+        for (i, tier) in self.tiers.iter().enumerate() {
+            if tier.numa_node.is_some_and(|n| n >= MAX_NODES) {
+                return Err(ConfigError::new(
+                    format!("tier[{i}].numa_node"),
+                    "must be a node number below 1024",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[process]`
@@ -462,6 +560,9 @@ pub struct TierConfig {
     pub kind: TierKind,
     /// Directory holding one file per object, named by content id.
     pub path: PathBuf,
+    /// The NUMA node of the tier's disk; absent: what sysfs says (`crate::topology`).
+    #[serde(default)]
+    pub numa_node: Option<usize>,
 }
 
 fn default_cores() -> usize {
@@ -667,6 +768,7 @@ impl Config {
         if let Some(xdp) = &self.xdp {
             self.validate_xdp(xdp)?;
         }
+        self.validate_numa()?;
         Ok(())
     }
 
@@ -986,6 +1088,51 @@ mod tests {
         }
         assert!(SniName::parse("localhost").is_ok());
         assert!(SniName::parse("xn--bcher-kva.example").is_ok());
+    }
+
+    #[test]
+    fn numa_keys() {
+        let c = Config::parse(&with_tier(""), "f").unwrap();
+        assert_eq!(c.numa, NumaConfig::default());
+        assert_eq!(c.numa.placement, NumaPlacement::Auto);
+        assert_eq!(c.tiers[0].numa_node, None);
+        let c = Config::parse(&with_tier("[xdp]\ninterfaces = [\"eth1\"]"), "f").unwrap();
+        assert_eq!(c.numa_interfaces(), ["eth1"]);
+        let c = Config::parse(
+            &with_tier("[numa]\ninterfaces = [\"ens1\"]\ncores_per_node = [1]"),
+            "f",
+        )
+        .unwrap();
+        assert_eq!(c.numa_interfaces(), ["ens1"]);
+        assert_eq!(c.numa.cores_per_node.as_deref(), Some(&[1][..]));
+        let c = Config::parse(&format!("{}numa_node = 0\n", with_tier("")), "f").unwrap();
+        assert_eq!(c.tiers[0].numa_node, Some(0));
+
+        let err = |extra: &str| Config::parse(&with_tier(extra), "f").unwrap_err();
+        assert_eq!(
+            err("[numa]\ncores_per_node = [2]").key,
+            "numa.cores_per_node"
+        );
+        assert!(err("[numa]\ncores_per_node = [0, 2]")
+            .problem
+            .contains("adds up to 2 but cores = 1"));
+        assert_eq!(
+            err("cpus = [0]\n[numa]\ncores_per_node = [1]").key,
+            "numa.cores_per_node"
+        );
+        assert_eq!(
+            err("[numa]\nplacement = \"off\"\ncores_per_node = [1]").key,
+            "numa.cores_per_node"
+        );
+        assert!(err("[numa]\nplacement = \"spread\"")
+            .key
+            .starts_with("numa.placement"));
+        assert_eq!(
+            err("[numa]\ninterfaces = [\"a/b\"]").key,
+            "numa.interfaces[0]"
+        );
+        let e = Config::parse(&format!("{}numa_node = 5000\n", with_tier("")), "f").unwrap_err();
+        assert_eq!(e.key, "tier[0].numa_node");
     }
 
     #[test]

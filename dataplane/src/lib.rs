@@ -6,6 +6,8 @@
 //! - [`host`]: the config checked against this host (CPUs, tier directories, certificate
 //!   files), and `Config::load` = read + parse + that check.
 //! - [`access`]: who may be served (signed URLs, served prefixes without XDP).
+//! - [`topology`], [`placement`]: the NUMA nodes (read from sysfs under a root) and where
+//!   executors and cold reads run on them (pure).
 //! - [`catalog`]: what exists on which tier (filesystem scans, atomic swaps).
 //! - [`metrics`]: per-core counters and latency histograms, Prometheus rendering.
 //! - [`runtime`]: glommio executors, connections, `sendfile`, the admin listener.
@@ -21,5 +23,7 @@ pub mod content_id;
 pub mod host;
 pub mod http;
 pub mod metrics;
+pub mod placement;
 pub mod runtime;
 pub mod tls;
+pub mod topology;

@@ -992,6 +992,7 @@ mod tests {
                 name: "nvme0".into(),
                 kind: TierKind::Flash,
                 path: dir.path().into(),
+                numa_node: None,
             }],
             3,
         );

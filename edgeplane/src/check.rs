@@ -89,6 +89,7 @@ pub(crate) fn run(config: &Config, host: &Host) -> Vec<Item> {
         .into_iter()
         .chain(xdp(config, host))
         .chain([memlock(config, host), cpus(config, host)])
+        .chain(numa(config, host))
         .chain(tiers(config, host))
         .chain(ports(config, host))
         .chain([clock(host), signing(config, host)])
@@ -466,7 +467,7 @@ fn cpus(config: &Config, host: &Host) -> Item {
             "cannot read /sys/devices/system/cpu/online",
         );
     };
-    let wanted = config.cpu_list();
+    let wanted = executor_cpus(config, host);
     if let Some(missing) = wanted.iter().find(|c| !online.contains(c)) {
         return item(
             "cpus",
@@ -497,6 +498,71 @@ fn cpus(config: &Config, host: &Host) -> Item {
             online.len()
         ),
     )
+}
+
+/// The CPUs `serve` will pin the executors to on this host: the NUMA placement's (the same
+/// `placement::plan`), else the configured list.
+fn executor_cpus(config: &Config, host: &Host) -> Vec<usize> {
+    use edgeplane_dataplane::{placement, topology::Topology};
+    Topology::read(&host.root)
+        .and_then(|topo| {
+            let (nics, tiers) = placement::locate(config, &host.root);
+            placement::plan(config, &topo, &nics, &tiers).ok()
+        })
+        .map_or_else(|| config.cpu_list(), |p| p.executor_cpus)
+}
+
+/// The NUMA topology (`numa`), where executors and cold reads will run (`placement`), and one
+/// warning per NIC or tier on a node where no executor serves (`crossing`): the same
+/// `placement::plan` that `edgeplane serve` follows, over the same sysfs files.
+fn numa(config: &Config, host: &Host) -> Vec<Item> {
+    use edgeplane_dataplane::{placement, topology::Topology};
+    let Some(topo) = Topology::read(&host.root) else {
+        return vec![item(
+            "numa",
+            Verdict::Warn,
+            "cannot read /sys/devices/system/node or /sys/devices/system/cpu/online",
+        )];
+    };
+    let nodes = topo.nodes.len();
+    let mut items = vec![item(
+        "numa",
+        Verdict::Ok,
+        format!(
+            "{nodes} node{}: {}",
+            if nodes == 1 { "" } else { "s" },
+            topo.describe()
+        ),
+    )];
+    let (nics, tiers) = placement::locate(config, &host.root);
+    match placement::plan(config, &topo, &nics, &tiers) {
+        Ok(plan) => {
+            let mut lines = plan.describe(&topo);
+            for nic in &nics {
+                let node = nic
+                    .node
+                    .map_or("node unknown".to_string(), |n| format!("node{n}"));
+                lines.push(format!("NIC {}: {node}", nic.name));
+            }
+            items.push(item("placement", Verdict::Ok, lines.join("; ")));
+            items.extend(plan.crossings.iter().map(|c| {
+                item(
+                    "crossing",
+                    Verdict::Warn,
+                    format!(
+                        "{c}: every byte crosses the interconnect; serve from that node \
+                         (`numa.cores_per_node`, `cpus`) or move the device"
+                    ),
+                )
+            }));
+        }
+        Err(e) => items.push(item(
+            "placement",
+            Verdict::Fail,
+            format!("{e}: fix the config"),
+        )),
+    }
+    items
 }
 
 /// The `/proc/mounts` entry whose mount point holds `path` (longest prefix).

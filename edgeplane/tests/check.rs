@@ -256,3 +256,194 @@ fn warnings_do_not_stop_serving() {
     let (_, out) = check(r);
     assert!(line(&out, "kernel TLS").contains("modprobe tls"), "{out}");
 }
+
+/// Turns the healthy host into a NUMA one: `nodes[i]` is node i's CPU list; each NIC (and each
+/// tier disk, mounted at `/srv/<tier>`) hangs off a PCI function whose `numa_node` says where,
+/// linked the way sysfs links them (the disk through its partition and namespace).
+fn numa_host(root: &Path, nodes: &[&str], nics: &[(&str, i64)], disks: &[(&str, i64)]) {
+    let w = |p: &str, t: &str| {
+        let p = root.join(p);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, t).unwrap();
+    };
+    w("sys/devices/system/cpu/online", &nodes.join(","));
+    for (i, cpus) in nodes.iter().enumerate() {
+        w(&format!("sys/devices/system/node/node{i}/cpulist"), cpus);
+    }
+    for (i, (nic, node)) in nics.iter().enumerate() {
+        let dev = format!("sys/devices/pci0000:00/0000:00:1{i}.0");
+        w(&format!("{dev}/numa_node"), &format!("{node}\n"));
+        let net = root.join("sys/class/net").join(nic);
+        fs::create_dir_all(&net).unwrap();
+        std::os::unix::fs::symlink(root.join(&dev), net.join("device")).unwrap();
+    }
+    let mut mountinfo = String::from("22 1 252:1 / / rw,relatime - ext4 /dev/vda1 rw\n");
+    fs::create_dir_all(root.join("sys/dev/block")).unwrap();
+    for (i, (tier, node)) in disks.iter().enumerate() {
+        let pci = format!("sys/devices/pci0000:00/0000:00:0{i}.0");
+        w(&format!("{pci}/numa_node"), &format!("{node}\n"));
+        let part = root.join(format!("{pci}/nvme/nvme{i}/nvme{i}n1/nvme{i}n1p1"));
+        fs::create_dir_all(&part).unwrap();
+        std::os::unix::fs::symlink(&part, root.join(format!("sys/dev/block/259:{i}"))).unwrap();
+        mountinfo.push_str(&format!(
+            "{} 22 259:{i} / /srv/{tier} rw,noatime - xfs /dev/nvme{i}n1p1 rw\n",
+            30 + i
+        ));
+    }
+    w("proc/self/mountinfo", &mountinfo);
+}
+
+fn numa_config(root: &Path, extra: &str, hdd_extra: &str) {
+    fs::write(
+        root.join("edgeplane.toml"),
+        format!(
+            "cores = 2\n{extra}\n[[tier]]\nname = \"nvme\"\nkind = \"flash\"\npath = \"/srv/flash\"\n\
+             [[tier]]\nname = \"hdd\"\nkind = \"storage\"\npath = \"/srv/hdd\"\n{hdd_extra}\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// One node (the healthy host has no node directory; then one with it): the topology line,
+/// executors where they always were, no crossing.
+#[test]
+fn numa_one_node() {
+    let dir = tempfile::tempdir().unwrap();
+    healthy_host(dir.path());
+    let (code, out) = check(dir.path());
+    assert_eq!(code, 0, "{out}");
+    let n = line(&out, "numa");
+    assert!(
+        n.starts_with('✓') && n.ends_with("1 node: node0 cpus 0-3"),
+        "{out}"
+    );
+    let p = line(&out, "placement");
+    assert!(
+        p.starts_with('✓')
+            && p.contains("executors on CPUs 0-1 (2 on node0; CPUs 0..2 (one NUMA node))"),
+        "{out}"
+    );
+    assert!(!out.contains("crossing"), "{out}");
+
+    numa_host(
+        dir.path(),
+        &["0-3"],
+        &[("eth0", 0)],
+        &[("flash", 0), ("hdd", 0)],
+    );
+    numa_config(dir.path(), "[numa]\ninterfaces = [\"eth0\"]", "");
+    let (code, out) = check(dir.path());
+    assert_eq!(code, 0, "{out}");
+    let p = line(&out, "placement");
+    assert!(
+        p.contains("tiers: nvme on node0, cold reads unbound") && p.contains("NIC eth0: node0"),
+        "{out}"
+    );
+    assert!(!out.contains("crossing"), "{out}");
+}
+
+/// Two nodes, the NIC and the flash disk on node 1, the HDD on node 0: executors go to node 1,
+/// the HDD is flagged; a tier configured onto a node that does not exist fails.
+#[test]
+fn numa_two_nodes_flags_the_far_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    healthy_host(r);
+    numa_host(
+        r,
+        &["0-3", "4-7"],
+        &[("ens1f0", 1)],
+        &[("flash", 1), ("hdd", 0)],
+    );
+    numa_config(r, "[numa]\ninterfaces = [\"ens1f0\"]", "");
+    let (code, out) = check(r);
+    assert_eq!(code, 0, "warnings only:\n{out}");
+    assert!(
+        line(&out, "numa").contains("2 nodes: node0 cpus 0-3, node1 cpus 4-7"),
+        "{out}"
+    );
+    assert!(
+        line(&out, "cpus").contains("2 executors on CPUs [4, 5] of 8 online"),
+        "{out}"
+    );
+    let p = line(&out, "placement");
+    assert!(
+        p.contains("executors on CPUs 4-5 (2 on node1; on the NICs' nodes)")
+            && p.contains("tiers: nvme on node1, cold reads on CPUs 6-7")
+            && p.contains("tiers: hdd on node0, cold reads on CPUs 0-3")
+            && p.contains("NIC ens1f0: node1"),
+        "{out}"
+    );
+    let crossings: Vec<&str> = out.lines().filter(|l| l.contains("crossing")).collect();
+    assert_eq!(crossings.len(), 1, "{out}");
+    assert!(
+        crossings[0].starts_with('!')
+            && crossings[0].contains("tier hdd is on node0, where no executor serves"),
+        "{out}"
+    );
+
+    // One executor per node: no crossing left.
+    numa_config(
+        r,
+        "[numa]\ninterfaces = [\"ens1f0\"]\ncores_per_node = [1, 1]",
+        "",
+    );
+    let (code, out) = check(r);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        line(&out, "placement")
+            .contains("executors on CPUs 0,4 (1 on node0, 1 on node1; numa.cores_per_node)"),
+        "{out}"
+    );
+    assert!(!out.contains("crossing"), "{out}");
+
+    // A tier said to be on node 3 of a 2-node host.
+    numa_config(r, "", "numa_node = 3");
+    let (code, out) = check(r);
+    assert_eq!(code, 1, "{out}");
+    let p = line(&out, "placement");
+    assert!(
+        p.starts_with('✗') && p.contains("tier[1].numa_node: node 3 does not exist here"),
+        "{out}"
+    );
+}
+
+/// Four nodes, NICs on nodes 1 and 3, disks on 2 and 3: one executor on each NIC node, the
+/// node-2 disk flagged; with `placement = "off"` the executors sit on node 0 and both NICs and
+/// the node-2 tier are flagged.
+#[test]
+fn numa_four_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    healthy_host(r);
+    numa_host(
+        r,
+        &["0-1", "2-3", "4-5", "6-7"],
+        &[("a", 3), ("b", 1)],
+        &[("flash", 2), ("hdd", 3)],
+    );
+    numa_config(r, "[numa]\ninterfaces = [\"a\", \"b\"]", "");
+    let (code, out) = check(r);
+    assert_eq!(code, 0, "{out}");
+    assert!(line(&out, "numa").contains("4 nodes"), "{out}");
+    assert!(
+        line(&out, "placement").contains("executors on CPUs 2,6 (1 on node1, 1 on node3;"),
+        "{out}"
+    );
+    let crossings: Vec<&str> = out.lines().filter(|l| l.contains("crossing")).collect();
+    assert_eq!(crossings.len(), 1, "{out}");
+    assert!(crossings[0].contains("tier nvme is on node2"), "{out}");
+
+    numa_config(
+        r,
+        "[numa]\nplacement = \"off\"\ninterfaces = [\"a\", \"b\"]",
+        "",
+    );
+    let (_, out) = check(r);
+    assert!(
+        line(&out, "placement").contains("executors on CPUs 0-1 (2 on node0;"),
+        "{out}"
+    );
+    let crossings: Vec<&str> = out.lines().filter(|l| l.contains("crossing")).collect();
+    assert_eq!(crossings.len(), 4, "{out}");
+}

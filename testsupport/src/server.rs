@@ -56,6 +56,8 @@ pub struct ServerBuilder {
     https_ktls: Option<String>,
     sections: Vec<String>,
     http_listen: String,
+    /// `https.listen` (default `127.0.0.1:0`).
+    https_listen: String,
     wrapper: Vec<String>,
     /// `[signing]`: `None` writes `enabled = false`; `Some(keys_file)` turns signing on.
     signing_keys: Option<PathBuf>,
@@ -79,6 +81,7 @@ impl ServerBuilder {
             https_ktls: None,
             sections: Vec::new(),
             http_listen: "127.0.0.1:0".to_owned(),
+            https_listen: "127.0.0.1:0".to_owned(),
             wrapper: Vec::new(),
             signing_keys: None,
             prefixes_file: None,
@@ -147,6 +150,12 @@ impl ServerBuilder {
         self
     }
 
+    /// Sets `https.listen` (default `127.0.0.1:0`; implies nothing: add [`Self::https`]).
+    pub fn https_listen(mut self, addr: &str) -> Self {
+        self.https_listen = addr.to_owned();
+        self
+    }
+
     /// Runs the server under a wrapper command, e.g. `["ip", "netns", "exec", "ns1"]`.
     pub fn wrapper(mut self, cmd: &[&str]) -> Self {
         self.wrapper = cmd.iter().map(|s| (*s).to_owned()).collect();
@@ -202,7 +211,8 @@ impl ServerBuilder {
             let tls = self.dir.path().join("tls");
             let (cert, key) = pki().write(*default, &tls, "server");
             s.push_str(&format!(
-                "\n[https]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                "\n[https]\nlisten = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                self.https_listen,
                 cert.display(),
                 key.display()
             ));

@@ -1,4 +1,4 @@
-//! Developer tasks for edgeplane: `cargo xtask ci | demo | deb | bench | bench-tls | bench-xdp | flamegraph | vmtest | testssl | fuzz`.
+//! Developer tasks for edgeplane: `cargo xtask ci | demo | deb | bench | bench-tls | bench-xdp | flamegraph | vmtest | testssl | fuzz | plan | hwtest`.
 
 mod bench;
 mod bench_tls;
@@ -10,6 +10,8 @@ mod deb;
 mod demo;
 mod flamegraph;
 mod fuzz;
+mod hwtest;
+mod plan;
 mod server;
 mod svg;
 mod testbed;
@@ -52,6 +54,12 @@ enum Task {
     Testssl,
     /// The cargo-fuzz targets (fuzz/): committed inputs, then N seconds of fuzzing each.
     Fuzz(fuzz::FuzzArgs),
+    /// Sizing model: an appliance's throughput ceiling and what limits it (CPU, memory
+    /// bandwidth, NIC, PCIe, disks) by TLS mode; `--write` updates docs/benchmarking.md.
+    Plan(plan::PlanArgs),
+    /// The real-hardware tests (hwtests/): XDP native, flow locality, kTLS offload, soak.
+    /// Skipped, one line each, without EDGEPLANE_HW_* naming the hardware.
+    Hwtest(hwtest::HwtestArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +75,8 @@ fn main() -> ExitCode {
         Task::Testssl => testssl::run(None),
         Task::BenchTls(args) => bench_tls::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
+        Task::Plan(args) => plan::run(&args),
+        Task::Hwtest(args) => hwtest::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

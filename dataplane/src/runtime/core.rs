@@ -325,8 +325,17 @@ impl Core {
     pub(crate) async fn read_in(&self, obj: &OpenObject, start: u64, len: u64) -> io::Result<()> {
         let file = obj.file.clone();
         self.metrics().cold_read(obj.tier, len);
+        // The tier's disk node (crate::placement): the blocking thread moves there first.
+        let cpus: Arc<[usize]> = {
+            let catalog = self.shared.catalog.load();
+            let name = catalog.tiers.get(obj.tier).map_or("", |t| t.name.as_str());
+            self.shared.placement.cold_cpus(name).into()
+        };
         glommio::executor()
-            .spawn_blocking(move || sys::read_into_cache(&file, start, len))
+            .spawn_blocking(move || {
+                sys::bind_thread_to(&cpus);
+                sys::read_into_cache(&file, start, len)
+            })
             .await
     }
 }

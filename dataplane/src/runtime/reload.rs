@@ -51,6 +51,7 @@ pub(crate) fn plan(old: &Config, mut new: Config, tier_capacity: usize) -> Plan 
         limits.max_connections_per_client
     );
     keep!("process", process);
+    keep!("numa", numa);
     match (&old.https, &mut new.https) {
         (Some(o), Some(n)) => {
             if fixed("https.listen", o.listen != n.listen) {

@@ -80,6 +80,9 @@ pub enum ServeError {
     /// `[process] user`/`group` could not be resolved or switched to.
     #[error("{0}")]
     Process(String),
+    /// NUMA placement is impossible as configured (a node that does not exist, too few CPUs).
+    #[error("config error: {0}")]
+    Placement(crate::placement::PlacementError),
     /// The XDP filter could not start and `xdp.required = true`.
     #[error("xdp: {0} (xdp.required = true)")]
     Xdp(edgeplane_xdp::XdpError),
@@ -158,7 +161,8 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> Result<
         }
         None => (None, None),
     };
-    let cpus = config.cpu_list();
+    let placement = place(&config)?;
+    let cpus = placement.executor_cpus.clone();
     // XDP before the executors: the filter judges the port they are about to listen on.
     let xdp = match &config.xdp {
         None => None,
@@ -182,6 +186,7 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> Result<
         access: Arc::new(crate::access::Access::new(&config)),
         tier_watch: Default::default(),
         reload_lock: Default::default(),
+        placement,
     });
     super::tiers::start(shared.clone()).map_err(ServeError::Signals)?;
 
@@ -333,6 +338,32 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> Result<
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reads the NUMA topology and places the executors (their CPUs are also the XDP CPUMAP
+/// targets) and each tier's cold reads; logs the outcome and any crossing. A host whose
+/// sysfs cannot be read is treated as one node (the executors get CPUs `0..cores`).
+///
+/// Each executor's io_uring rings and registered buffer are allocated by its own thread after
+/// glommio pins it, so the kernel's first-touch policy puts them on the executor's node.
+fn place(config: &Config) -> Result<crate::placement::Plan, ServeError> {
+    use crate::topology::Topology;
+    let root = std::path::Path::new("/");
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let topo = Topology::read(root).unwrap_or_else(|| Topology::single(online));
+    let (nics, tiers) = crate::placement::locate(config, root);
+    let plan =
+        crate::placement::plan(config, &topo, &nics, &tiers).map_err(ServeError::Placement)?;
+    tracing::info!(topology = %topo.describe(), "numa");
+    for line in plan.describe(&topo) {
+        tracing::info!("numa: {line}");
+    }
+    for crossing in &plan.crossings {
+        tracing::warn!(
+            "numa: {crossing}: its bytes cross the interconnect (see `edgeplane check`)"
+        );
+    }
+    Ok(plan)
 }
 
 /// `[process] user`: hand the XDP pins to the user, then switch to it.

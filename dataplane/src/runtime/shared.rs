@@ -40,6 +40,9 @@ pub(crate) struct Shared {
     pub(crate) tier_watch: TierWatch,
     /// SIGHUP and `POST /reload` may race; reloads run one at a time.
     pub(crate) reload_lock: Mutex<()>,
+    /// Where executors and each tier's cold reads run (decided once at start; a tier a reload
+    /// adds reads unbound).
+    pub(crate) placement: crate::placement::Plan,
 }
 
 /// What every executor's HTTPS listener hands its handshakes.

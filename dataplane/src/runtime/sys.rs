@@ -200,6 +200,42 @@ pub(crate) fn read_into_cache(file: &std::fs::File, start: u64, len: u64) -> io:
     })
 }
 
+/// Binds the calling thread to `cpus` (empty: leave it as it is). Remembers the last set per
+/// thread, so a blocking-pool thread that keeps reading the same tier pays one
+/// `sched_setaffinity` in all. A failure (CPUs gone offline) leaves the thread where it was:
+/// placement is an optimization, never a reason to fail a read.
+pub(crate) fn bind_thread_to(cpus: &[usize]) {
+    thread_local! {
+        static BOUND: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    if cpus.is_empty() {
+        return;
+    }
+    BOUND.with(|bound| {
+        let mut bound = bound.borrow_mut();
+        if bound.as_slice() == cpus {
+            return;
+        }
+        // SAFETY: cpu_set_t is plain data; all-zero is the empty set CPU_ZERO would make.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for &cpu in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+            // SAFETY: `cpu` is below CPU_SETSIZE (filtered above), so the bit is inside `set`.
+            unsafe { libc::CPU_SET(cpu, &mut set) };
+        }
+        // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size passed.
+        let rc =
+            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+        if rc == 0 {
+            *bound = cpus.to_vec();
+        } else {
+            tracing::debug!(
+                "cold read: cannot bind to CPUs {cpus:?}: {}",
+                io::Error::last_os_error()
+            );
+        }
+    });
+}
+
 /// The soft `RLIMIT_MEMLOCK` in bytes (`u64::MAX` when unlimited).
 pub(crate) fn memlock_limit() -> u64 {
     let mut lim = libc::rlimit {
@@ -268,5 +304,38 @@ mod tests {
         read_into_cache(g.as_file(), 32 << 20, 65536).unwrap();
         assert!(resident(g.as_file(), &hole, 32 << 20, 65536).unwrap());
         assert!(resident_mincore(&hole, 32 << 20, 65536).unwrap());
+    }
+
+    /// The CPUs the calling thread may run on.
+    fn affinity() -> Vec<usize> {
+        // SAFETY: cpu_set_t is plain data; all-zero is a valid (empty) set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: pid 0 is the calling thread; `set` is a writable cpu_set_t of the size passed.
+        let rc =
+            unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: every index is below CPU_SETSIZE, inside `set`.
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .collect()
+    }
+
+    #[test]
+    fn cold_read_threads_bind_to_their_tier_cpus() {
+        std::thread::spawn(|| {
+            let all = affinity();
+            bind_thread_to(&[]);
+            assert_eq!(
+                affinity(),
+                all,
+                "an unbound tier leaves the thread as it is"
+            );
+            bind_thread_to(&all[..1]);
+            assert_eq!(affinity(), all[..1]);
+            bind_thread_to(&all);
+            assert_eq!(affinity(), all);
+        })
+        .join()
+        .unwrap();
     }
 }
