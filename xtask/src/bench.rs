@@ -1126,20 +1126,23 @@ fn report_markdown(
     };
     let _ = writeln!(
         s,
-        "- load: `edgeplane-load` ({} thread(s){}), {}, {} connections (player: {} viewers, one \
+        "- load: `edgeplane-load` ({}), {}, {} connections (player: {} viewers, one \
          connection each); {} files of {} MiB (page cache warm); every response checked: \
          status 206, Content-Length, Content-Range and every body byte",
-        ctx.threads,
         if !a.workers.is_empty() {
             format!(
-                " per worker, on {} worker process(es): {}; results merged",
+                "{} worker process(es): {}, {}; their results merged into one measurement",
                 a.workers.len(),
-                a.workers.join(", ")
+                a.workers.join(", "),
+                match a.load_threads {
+                    Some(n) => format!("{n} thread(s) each"),
+                    None => "each with its own default threads".to_owned(),
+                }
             )
         } else if a.target.is_some() {
-            " pinned, one per CPU".to_owned()
+            format!("{} thread(s), pinned, one per CPU", ctx.threads)
         } else {
-            format!(" pinned to CPU {CLIENT_CPU}")
+            format!("{} thread(s) pinned to CPU {CLIENT_CPU}", ctx.threads)
         },
         match a.rate {
             Some(r) =>
@@ -1174,7 +1177,7 @@ fn report_markdown(
         );
         s.push_str(
             "- server CPU = utime + stime of the server's processes from /proc/PID/stat; \
-             CPU util = server CPU-s / wall-clock s (well below 100%: the one load thread was \
+             CPU util = server CPU-s / wall-clock s (well below 100%: the load generator was \
              the bottleneck, so compare req/CPU-s and CPU-s/GiB)\n",
         );
     }
