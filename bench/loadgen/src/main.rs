@@ -50,6 +50,19 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Measure body validation on one core: GB/s of `Pattern::check` over a buffer the size of
+    /// a connection's read buffer (the bytes are in cache, as right after a socket read).
+    BenchValidate {
+        /// Seconds to measure.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Buffer size, bytes.
+        #[arg(long, default_value_t = 256 << 10)]
+        buffer: usize,
+        /// Offset of the buffer in the object (not a multiple of 8: the unaligned path too).
+        #[arg(long, default_value_t = 3)]
+        offset: u64,
+    },
     /// Write the deterministic bench objects (whose content `run` validates) into a directory.
     Catalog {
         /// Directory to write into (created).
@@ -285,6 +298,20 @@ fn run_load(a: RunArgs) -> Result<bool> {
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Run(args) => run_load(*args),
+        Command::BenchValidate {
+            seconds,
+            buffer,
+            offset,
+        } => (|| {
+            for (simd, what) in [(true, "SIMD: AVX-512, else AVX2"), (false, "portable")] {
+                let gbs = edgeplane_load::pattern::bench_check(buffer, offset, seconds, simd)?;
+                println!(
+                    "body validation ({what}): {gbs:.2} GB/s on one core ({buffer}-byte \
+                     buffer at offset {offset}, {seconds} s)"
+                );
+            }
+            Ok(true)
+        })(),
         Command::Worker {
             listen,
             threads,
