@@ -258,7 +258,9 @@ fn run_job(job: &Job, opts: &WorkerOptions, out: &mut TcpStream) -> Result<Strin
     let live = Arc::new(Live::default());
     let outcome = std::thread::scope(|scope| {
         let handle = scope.spawn(|| run_part(&cfg, job.part, start, Arc::clone(&live)));
-        let mut next = Instant::now() + Duration::from_secs(1);
+        // Progress a second after the start and every second after that, so the coordinator's
+        // per-second line sees whole seconds of every worker.
+        let mut next = start.max(Instant::now()) + Duration::from_secs(1);
         while !handle.is_finished() {
             std::thread::sleep(Duration::from_millis(50));
             if Instant::now() >= next {
@@ -465,8 +467,9 @@ pub fn run_distributed(
     }
     drop(tx);
     let mut invalid = Vec::new();
-    let mut last_line = (Instant::now(), 0u64, 0u64);
-    let mut next_line = start + Duration::from_secs(1);
+    // One line a second, a little after the workers' progress for that second arrives.
+    let mut last_line = (start, 0u64, 0u64);
+    let mut next_line = start + Duration::from_millis(1100);
     while states.iter().any(|s| !s.over) {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok((i, event)) => {
