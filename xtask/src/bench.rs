@@ -26,8 +26,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::ValueEnum;
 use edgeplane_load::player::DEFAULT_LADDER_KBPS;
 use edgeplane_load::{
-    Config as LoadConfig, Live, Object, PlayerConfig, RangeClass, Report, Target as LoadTarget,
-    Validation, Workload,
+    Config as LoadConfig, Distributed, Live, Object, PlayerConfig, RangeClass, Report,
+    Target as LoadTarget, Validation, Workload,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
@@ -75,9 +75,15 @@ pub(crate) struct BenchArgs {
     /// Viewers in the player scenario.
     #[arg(long, default_value_t = 100)]
     pub(crate) viewers: u64,
-    /// Load generator threads (default: 1 pinned to CPU 1 locally; all CPUs with --target).
+    /// Load generator threads, each pinned (default: one per CPU not given to the local
+    /// servers, i.e. 1 on CPU 1 on a 2-CPU machine; with --target: one per allowed CPU). With
+    /// --workers: threads per worker (default: each worker's own CPUs).
     #[arg(long)]
     pub(crate) load_threads: Option<usize>,
+    /// Send the load from these `edgeplane-load worker` processes (HOST:PORT,...) instead of
+    /// from threads in this process; their results are merged into one measurement.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) workers: Vec<String>,
     /// Compare with an earlier run: its directory (with report.json).
     #[arg(long)]
     pub(crate) baseline: Option<PathBuf>,
@@ -255,6 +261,12 @@ impl Measurement {
                 .map(|(k, v)| format!("{v} {k}"))
                 .collect();
             out.push(format!("errors: {}", kinds.join(", ")));
+        }
+        if !self.report.valid {
+            out.push(format!(
+                "invalid measurement: {}",
+                self.report.invalid_reasons.join("; ")
+            ));
         }
         out
     }
@@ -453,19 +465,14 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
         endpoints.push(local_endpoint(rig.start_nginx(nginx)?));
     }
 
-    let threads = args
-        .load_threads
-        .unwrap_or(if remote {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            1
-        })
-        .max(1);
+    // Generator threads go to the CPUs the local servers do not use (all CPUs for a remote
+    // target), one pinned thread per CPU unless --load-threads says otherwise.
     let cpus: Vec<usize> = if remote {
-        Vec::new()
+        edgeplane_load::generator_cpus(&[])
     } else {
-        vec![CLIENT_CPU.parse().expect("a CPU number")]
+        edgeplane_load::generator_cpus(&[SERVER_CPU.parse().expect("a CPU number")])
     };
+    let threads = args.load_threads.unwrap_or(cpus.len()).max(1);
 
     let bar = ProgressBar::new(load_s * 10);
     bar.set_style(
@@ -500,7 +507,7 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
             for e in &mut endpoints {
                 bar.set_message(format!("{} {}: warm-up", scenario.name, e.name));
                 evict_cold(scenario, &rig, &cold);
-                drive(&make(e, args.warmup)?, &bar, done_s)?;
+                drive(&make(e, args.warmup)?, args, &bar, done_s)?;
                 done_s += u64::from(args.warmup);
                 if let Some(t) = &mut e.local {
                     t.server.check_running()?;
@@ -517,7 +524,7 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
                 evict_cold(scenario, &rig, &cold);
                 let pids = e.local.as_ref().map(Target::pids);
                 let before = pids.as_deref().map(cpu_ticks).transpose()?;
-                let report = drive(&make(e, args.duration)?, &bar, done_s)?;
+                let report = drive(&make(e, args.duration)?, args, &bar, done_s)?;
                 let after = pids.as_deref().map(cpu_ticks).transpose()?;
                 done_s += u64::from(args.duration);
                 if let Some(t) = &mut e.local {
@@ -689,13 +696,25 @@ fn load_config(
     })
 }
 
-/// Runs the load on a thread while the progress bar follows its counters.
-fn drive(cfg: &LoadConfig, bar: &ProgressBar, done_s: u64) -> Result<Report> {
+/// Runs the load (on threads here, or on the `--workers`) while the progress bar follows its
+/// counters.
+fn drive(cfg: &LoadConfig, args: &BenchArgs, bar: &ProgressBar, done_s: u64) -> Result<Report> {
     let live = Arc::new(Live::default());
     let started = Instant::now();
     let base = bar.message();
     std::thread::scope(|scope| {
-        let handle = scope.spawn(|| edgeplane_load::run(cfg, Arc::clone(&live)));
+        let handle = scope.spawn(|| {
+            if args.workers.is_empty() {
+                edgeplane_load::run(cfg, Arc::clone(&live))
+            } else {
+                let dist = Distributed {
+                    workers: args.workers.clone(),
+                    threads_per_worker: args.load_threads,
+                    start_delay: None,
+                };
+                edgeplane_load::run_distributed(cfg, &dist, Arc::clone(&live), |_| {})
+            }
+        });
         let mut last = (Instant::now(), 0u64);
         while !handle.is_finished() {
             std::thread::sleep(Duration::from_millis(100));
@@ -790,6 +809,37 @@ fn cpu_ticks(pids: &[u32]) -> Result<u64> {
             .ticks;
     }
     Ok(total)
+}
+
+/// The generator's own cost per scenario and server (medians over rounds): validated requests
+/// per generator CPU-second and Gbps per generator core (Gbps / (generator CPU-s / second)).
+fn generator_markdown(results: &[Measurement]) -> String {
+    let mut s = String::from(
+        "\n## Load generator (edgeplane-load, every body validated)\n\n\
+         | scenario | server | threads | workers | generator CPU-s | req per generator CPU-s | \
+         Gbps per generator core | valid |\n|---|---|---:|---:|---:|---:|---:|---|\n",
+    );
+    for g in by_server(results) {
+        let last = g.rounds.last().map(|m| &m.report);
+        let cores = |m: &Measurement| m.report.generator_cpu_s / m.report.duration_s.max(1e-9);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            g.scenario,
+            g.server,
+            last.map_or(0, |r| r.threads),
+            last.map_or(0, |r| r.workers.len()),
+            num(g.median(|m| m.report.generator_cpu_s), 2),
+            num(g.median(|m| m.report.req_per_generator_cpu_s), 0),
+            num(g.median(|m| m.report.gbps / cores(m)), 2),
+            if g.rounds.iter().all(|m| m.report.valid) {
+                "yes"
+            } else {
+                "NO"
+            },
+        );
+    }
+    s
 }
 
 /// The median of `values` (the mean of the middle two for an even count); NaN if empty.
@@ -1076,14 +1126,23 @@ fn report_markdown(
     };
     let _ = writeln!(
         s,
-        "- load: `edgeplane-load` ({} thread(s){}), {}, {} connections (player: {} viewers, one \
+        "- load: `edgeplane-load` ({}), {}, {} connections (player: {} viewers, one \
          connection each); {} files of {} MiB (page cache warm); every response checked: \
          status 206, Content-Length, Content-Range and every body byte",
-        ctx.threads,
-        if a.target.is_some() {
-            String::new()
+        if !a.workers.is_empty() {
+            format!(
+                "{} worker process(es): {}, {}; their results merged into one measurement",
+                a.workers.len(),
+                a.workers.join(", "),
+                match a.load_threads {
+                    Some(n) => format!("{n} thread(s) each"),
+                    None => "each with its own default threads".to_owned(),
+                }
+            )
+        } else if a.target.is_some() {
+            format!("{} thread(s), pinned, one per CPU", ctx.threads)
         } else {
-            format!(" pinned to CPU {CLIENT_CPU}")
+            format!("{} thread(s) pinned to CPU {CLIENT_CPU}", ctx.threads)
         },
         match a.rate {
             Some(r) =>
@@ -1118,7 +1177,7 @@ fn report_markdown(
         );
         s.push_str(
             "- server CPU = utime + stime of the server's processes from /proc/PID/stat; \
-             CPU util = server CPU-s / wall-clock s (well below 100%: the one load thread was \
+             CPU util = server CPU-s / wall-clock s (well below 100%: the load generator was \
              the bottleneck, so compare req/CPU-s and CPU-s/GiB)\n",
         );
     }
@@ -1265,6 +1324,7 @@ fn report_markdown(
             b.dir.display()
         );
     }
+    s.push_str(&generator_markdown(results));
     if !plots.is_empty() {
         s.push_str("\n## Plots\n\n");
         for (title, file) in plots {
@@ -1302,6 +1362,7 @@ fn report_json(
             "rate_per_s": a.rate,
             "load_generator": "edgeplane-load",
             "load_threads": ctx.threads,
+            "load_workers": a.workers,
             "target": a.target,
             "server_cpu": SERVER_CPU,
             "client_cpu": CLIENT_CPU,
@@ -1440,6 +1501,7 @@ mod tests {
             rate: None,
             viewers: 10,
             load_threads: None,
+            workers: Vec::new(),
             baseline: None,
             target: None,
             no_peer: false,
@@ -1560,6 +1622,30 @@ mod tests {
         m.report.errors_total = 3;
         m.report.errors.insert("content".into(), 3.into());
         assert_eq!(problems(&[m]), ["edgeplane 64k round 1: errors: 3 content"]);
+    }
+
+    #[test]
+    fn an_invalid_measurement_is_a_problem_and_shows_in_the_generator_table() {
+        let ok = run_64k("nginx", 1, 100, 1.0);
+        let mut lost = run_64k("edgeplane", 1, 100, 1.0);
+        lost.report.valid = false;
+        lost.report.invalid_reasons = vec!["worker 10.0.0.9:7070 lost 3.0 s into the run".into()];
+        assert_eq!(
+            problems(&[ok, lost]),
+            [
+                "edgeplane 64k round 1: invalid measurement: worker 10.0.0.9:7070 lost 3.0 s into \
+              the run"
+            ]
+        );
+        let mut m = run_64k("edgeplane", 1, 100, 1.0);
+        m.report.generator_cpu_s = 2.0;
+        m.report.req_per_generator_cpu_s = 1234.0;
+        let md = generator_markdown(&[m]);
+        assert!(
+            md.contains("| 64k | edgeplane |") && md.contains("| 1234 |"),
+            "{md}"
+        );
+        assert!(md.contains("| yes |"), "{md}");
     }
 
     /// The debug edgeplane next to this test binary (target/debug/deps/xtask-… →

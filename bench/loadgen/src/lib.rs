@@ -8,14 +8,20 @@
 //!   the catalog's content, a function of (object name, offset) ([`pattern`]).
 //!
 //! The pure parts (sampling, ABR, buffer, latency math, report math) are in their own modules
-//! with unit tests; [`run`] drives the sockets.
+//! with unit tests; [`run`] drives the sockets, one pinned thread per core; [`remote`] spreads
+//! one scenario over several generator machines and merges their results exactly.
 
 pub mod http;
 pub mod pattern;
 pub mod player;
+pub mod remote;
 pub mod run;
 pub mod stats;
 pub mod zipf;
 
-pub use run::{run, Config, Live, Object, PlayerConfig, RangeClass, Target, Validation, Workload};
+pub use remote::{run_distributed, Distributed};
+pub use run::{
+    generator_cpus, run, run_part, Config, Live, Object, Part, PlayerConfig, RangeClass, Target,
+    Validation, Workload,
+};
 pub use stats::Report;

@@ -11,8 +11,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use edgeplane_load::pattern::ensure_object;
 use edgeplane_load::player::DEFAULT_LADDER_KBPS;
+use edgeplane_load::remote::{serve, WorkerOptions};
 use edgeplane_load::{
-    run, Config, Live, Object, PlayerConfig, RangeClass, Target, Validation, Workload,
+    generator_cpus, run, run_distributed, Config, Distributed, Live, Object, PlayerConfig,
+    RangeClass, Target, Validation, Workload,
 };
 
 #[derive(Parser)]
@@ -27,8 +29,40 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Send load to a server and report.
+    /// Send load to a server and report (with --workers: have the workers send it).
     Run(Box<RunArgs>),
+    /// Wait for a coordinator (`run --workers`) and send the share of the load it assigns.
+    Worker {
+        /// Address to listen on for coordinators, e.g. 0.0.0.0:7070.
+        #[arg(long)]
+        listen: String,
+        /// Threads (default: one per CPU in --cpus; a coordinator's --threads overrides).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Pin threads to these CPUs (default: the CPUs this process may use, minus
+        /// --server-cpus).
+        #[arg(long, value_delimiter = ',')]
+        cpus: Vec<usize>,
+        /// CPUs left to a server on the same machine.
+        #[arg(long, value_delimiter = ',')]
+        server_cpus: Vec<usize>,
+        /// Exit after one coordinator's job.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Measure body validation on one core: GB/s of `Pattern::check` over a buffer the size of
+    /// a connection's read buffer (the bytes are in cache, as right after a socket read).
+    BenchValidate {
+        /// Seconds to measure.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Buffer size, bytes.
+        #[arg(long, default_value_t = 256 << 10)]
+        buffer: usize,
+        /// Offset of the buffer in the object (not a multiple of 8: the unaligned path too).
+        #[arg(long, default_value_t = 3)]
+        offset: u64,
+    },
     /// Write the deterministic bench objects (whose content `run` validates) into a directory.
     Catalog {
         /// Directory to write into (created).
@@ -67,12 +101,21 @@ struct RunArgs {
     /// Share of requests that go to the cold objects.
     #[arg(long, default_value_t = 0.1)]
     cold_fraction: f64,
-    /// Threads (each its own event loop).
-    #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
-    threads: usize,
-    /// Pin threads to these CPUs, e.g. 1,2,3 (thread i to the (i mod n)-th).
+    /// Threads, each its own event loop, pinned (default: one per CPU in --cpus). With
+    /// --workers: threads per worker (default: each worker's own CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Pin threads to these CPUs, e.g. 1,2,3 (thread i to the (i mod n)-th). Default: the CPUs
+    /// this process may use (its affinity mask), minus --server-cpus.
     #[arg(long, value_delimiter = ',')]
     cpus: Vec<usize>,
+    /// CPUs a server on the same machine runs on: no generator thread goes there.
+    #[arg(long, value_delimiter = ',')]
+    server_cpus: Vec<usize>,
+    /// Coordinate these workers (`edgeplane-load worker --listen …`) instead of sending load
+    /// from here: HOST:PORT,...
+    #[arg(long, value_delimiter = ',')]
+    workers: Vec<String>,
     #[arg(long, default_value_t = 64)]
     connections: u64,
     /// Seconds.
@@ -208,10 +251,15 @@ fn run_load(a: RunArgs) -> Result<bool> {
             Workload::Ranges(classes)
         }
     };
+    let cpus = if a.cpus.is_empty() {
+        generator_cpus(&a.server_cpus)
+    } else {
+        a.cpus.clone()
+    };
     let cfg = Config {
         target: Target::parse(&a.url)?,
-        threads: a.threads,
-        cpus: a.cpus,
+        threads: a.threads.unwrap_or(cpus.len()).max(1),
+        cpus,
         connections: a.connections,
         duration: Duration::from_secs_f64(a.duration),
         rate: a.rate,
@@ -226,19 +274,71 @@ fn run_load(a: RunArgs) -> Result<bool> {
         seed: a.seed,
         max_requests: a.requests,
     };
-    let report = run(&cfg, Arc::new(Live::default()))?;
+    let report = if a.workers.is_empty() {
+        run(&cfg, Arc::new(Live::default()))?
+    } else {
+        let dist = Distributed {
+            workers: a.workers.clone(),
+            threads_per_worker: a.threads,
+            start_delay: None,
+        };
+        run_distributed(&cfg, &dist, Arc::new(Live::default()), |line| {
+            eprintln!("edgeplane-load: {line}");
+        })?
+    };
     let json = serde_json::to_string_pretty(&report)? + "\n";
     match &a.json {
         Some(path) => fs::write(path, json).with_context(|| format!("write {}", path.display()))?,
         None => print!("{json}"),
     }
     eprintln!("edgeplane-load: {}", report.summary());
-    Ok(report.errors_total == 0 && report.requests > 0)
+    Ok(report.valid && report.errors_total == 0 && report.requests > 0)
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Run(args) => run_load(*args),
+        Command::BenchValidate {
+            seconds,
+            buffer,
+            offset,
+        } => (|| {
+            for (simd, what) in [(true, "SIMD: AVX-512, else AVX2"), (false, "portable")] {
+                let gbs = edgeplane_load::pattern::bench_check(buffer, offset, seconds, simd)?;
+                println!(
+                    "body validation ({what}): {gbs:.2} GB/s on one core ({buffer}-byte \
+                     buffer at offset {offset}, {seconds} s)"
+                );
+            }
+            Ok(true)
+        })(),
+        Command::Worker {
+            listen,
+            threads,
+            cpus,
+            server_cpus,
+            once,
+        } => (|| {
+            let listener = std::net::TcpListener::bind(&listen)
+                .with_context(|| format!("listen on {listen}"))?;
+            let cpus = if cpus.is_empty() {
+                generator_cpus(&server_cpus)
+            } else {
+                cpus
+            };
+            // The first line on stdout says where (tests and scripts read the port from it).
+            println!(
+                "edgeplane-load worker: listening on {} (control protocol {}, {} CPU(s): {:?})",
+                listener.local_addr()?,
+                edgeplane_load::remote::PROTOCOL_VERSION,
+                cpus.len(),
+                cpus
+            );
+            use std::io::Write as _;
+            std::io::stdout().flush()?;
+            serve(listener, &WorkerOptions { threads, cpus }, once)?;
+            Ok(true)
+        })(),
         Command::Catalog {
             dir,
             prefix,

@@ -1,13 +1,16 @@
 //! The engine: one thread per core, each with its own single-threaded tokio runtime driving its
 //! share of the connections (or viewers); statistics are per task and merged at the end.
 
+use std::cell::RefCell;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
@@ -16,20 +19,20 @@ use crate::http::{parse_head, range_request};
 use crate::pattern::Pattern;
 use crate::player::{segment_bytes, segment_range, Abr, Playback};
 use crate::stats::{
-    corrected_latency_ns, service_latency_ns, ErrorKind, Report, ReportInput, Schedule, Stats,
-    ViewerStats,
+    corrected_latency_ns, histogram, service_latency_ns, ErrorKind, Report, ReportInput, Schedule,
+    Stats, ViewerStats,
 };
 use crate::zipf::{Rng, Zipf};
 
 /// One object the server has (and whose content the pattern defines).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Object {
     pub name: String,
     pub size: u64,
 }
 
 /// A class of range requests: which objects, how popular, how long the ranges.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RangeClass {
     pub name: String,
     /// Share of requests in this class (relative to the other classes' weights).
@@ -43,7 +46,7 @@ pub struct RangeClass {
     pub align: u64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PlayerConfig {
     pub viewers: u64,
     pub titles: Vec<Object>,
@@ -58,13 +61,13 @@ pub struct PlayerConfig {
     pub ramp_s: f64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Workload {
     Ranges(Vec<RangeClass>),
     Player(PlayerConfig),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Validation {
     /// Length, Content-Range and every body byte.
     Full,
@@ -144,13 +147,143 @@ pub struct Config {
 }
 
 /// Counters the caller may watch while the load runs (for a progress bar).
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct Live {
     pub requests: AtomicU64,
     pub bytes: AtomicU64,
     pub errors: AtomicU64,
     /// Requests started (for [`Config::max_requests`]).
     pub issued: AtomicU64,
+    /// Latency (µs) of the requests so far: each thread adds what it recorded about once a
+    /// second (for a live p99; the report's histograms are kept apart and merged at the end).
+    pub latency: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Default for Live {
+    fn default() -> Live {
+        Live {
+            requests: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            issued: AtomicU64::new(0),
+            latency: Mutex::new(histogram()),
+        }
+    }
+}
+
+/// Which share of the units (connections or viewers) a process drives: the units `u` with
+/// `u % count == index`. Each unit keeps its global number, so its random stream, its place in
+/// the open-loop schedule and its join time are the same whichever process drives it: `count`
+/// processes together send the same requests as one process alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl Part {
+    /// The whole load, in one process.
+    pub const WHOLE: Part = Part { index: 0, count: 1 };
+
+    /// How many of `units` this part drives.
+    pub fn units(self, units: u64) -> u64 {
+        if self.index >= units {
+            0
+        } else {
+            (units - self.index).div_ceil(self.count)
+        }
+    }
+}
+
+/// What a configuration asks for, checked.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Connections (range workloads) or viewers (player).
+    pub units: u64,
+    pub class_names: Vec<String>,
+    /// "closed", "open" or "player".
+    pub mode: &'static str,
+}
+
+/// Checks `cfg` and says what it will run.
+pub fn plan(cfg: &Config) -> Result<Plan> {
+    if cfg.threads == 0 {
+        bail!("threads must be at least 1");
+    }
+    let (units, class_names, mode) = match &cfg.workload {
+        Workload::Ranges(classes) => {
+            if classes.is_empty() || classes.iter().any(|c| c.objects.is_empty()) {
+                bail!("every request class needs at least one object");
+            }
+            let mode = if cfg.rate.is_some() { "open" } else { "closed" };
+            let names: Vec<String> = classes.iter().map(|c| c.name.clone()).collect();
+            (cfg.connections, names, mode)
+        }
+        Workload::Player(p) => {
+            if p.titles.is_empty() || p.ladder_kbps.is_empty() {
+                bail!("the player needs titles and a ladder");
+            }
+            (p.viewers, vec!["segments".to_owned()], "player")
+        }
+    };
+    if units == 0 {
+        bail!("connections (or viewers) must be at least 1");
+    }
+    Ok(Plan {
+        units,
+        class_names,
+        mode,
+    })
+}
+
+/// What one process counted: the merged statistics of its threads.
+pub struct PartOutcome {
+    pub stats: Stats,
+    /// Threads that ran.
+    pub threads: usize,
+    /// Connections (or viewers) this part drove.
+    pub units: u64,
+}
+
+/// The CPUs a generator may use: this process's allowed CPUs (its affinity mask) without
+/// `server_cpus`; all allowed CPUs if that would leave none.
+pub fn generator_cpus(server_cpus: &[usize]) -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity writes at most the size
+    // we pass into it, and CPU_ISSET only reads it.
+    let allowed: Vec<usize> = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    };
+    let free: Vec<usize> = allowed
+        .iter()
+        .copied()
+        .filter(|c| !server_cpus.contains(c))
+        .collect();
+    if free.is_empty() {
+        allowed
+    } else {
+        free
+    }
+}
+
+/// CPU time (user + system) of the calling thread, seconds.
+fn thread_cpu_s() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the one we pass.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc == 0 {
+        ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+    } else {
+        0.0
+    }
 }
 
 type Tls = tokio_rustls::TlsConnector;
@@ -166,6 +299,24 @@ struct Ctx {
     deadline: Instant,
     live: Arc<Live>,
     classes: usize,
+    /// Latencies recorded on this thread since the last flush into `live.latency`.
+    recent: RefCell<hdrhistogram::Histogram<u64>>,
+}
+
+impl Ctx {
+    fn record_live(&self, latency_us: u64) {
+        self.recent
+            .borrow_mut()
+            .saturating_record(latency_us.max(1));
+    }
+
+    fn flush_live(&self) {
+        let mut recent = self.recent.borrow_mut();
+        if let Ok(mut h) = self.live.latency.lock() {
+            let _ = h.add(&*recent);
+        }
+        recent.reset();
+    }
 }
 
 fn tls_connector(cfg: &Config) -> Result<(Tls, rustls::pki_types::ServerName<'static>)> {
@@ -203,43 +354,76 @@ fn tls_connector(cfg: &Config) -> Result<(Tls, rustls::pki_types::ServerName<'st
 
 /// Runs the load and returns the report. `live` is updated as responses arrive.
 pub fn run(cfg: &Config, live: Arc<Live>) -> Result<Report> {
-    if cfg.threads == 0 {
-        bail!("threads must be at least 1");
+    let plan = plan(cfg)?;
+    // Threads start their runtimes first; the load starts for all at the same instant.
+    let start = std::time::Instant::now() + Duration::from_millis(100);
+    let out = run_part(cfg, Part::WHOLE, start, live)?;
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok(report(cfg, &plan, out.threads, elapsed, &out.stats))
+}
+
+/// The report for `stats` counted under `cfg` (by one process or several).
+pub fn report(cfg: &Config, plan: &Plan, threads: usize, duration_s: f64, stats: &Stats) -> Report {
+    let url = format!(
+        "{}://{}{}",
+        if cfg.target.tls { "https" } else { "http" },
+        cfg.target.host,
+        cfg.target.prefix
+    );
+    Report::build(
+        &ReportInput {
+            target: &url,
+            mode: plan.mode,
+            threads,
+            connections: plan.units,
+            target_rate_per_s: cfg.rate,
+            duration_s,
+            class_names: &plan.class_names,
+            player: plan.mode == "player",
+            validation: match cfg.validation {
+                Validation::Full => "full: status, Content-Length, Content-Range, every body byte",
+                Validation::Length => "length: status, Content-Length, Content-Range",
+            },
+        },
+        stats,
+    )
+}
+
+/// Runs `part` of the load, starting at `start`, on up to `cfg.threads` threads (thread `i`
+/// pinned to `cfg.cpus[i % len]`), each its own single-threaded runtime with its own
+/// connections and statistics; the threads' statistics are merged (histograms added).
+pub fn run_part(
+    cfg: &Config,
+    part: Part,
+    start: std::time::Instant,
+    live: Arc<Live>,
+) -> Result<PartOutcome> {
+    let plan = plan(cfg)?;
+    if part.count == 0 || part.index >= part.count {
+        bail!("part {} of {} does not exist", part.index, part.count);
     }
     let tls = if cfg.target.tls {
         Some(tls_connector(cfg)?)
     } else {
         None
     };
-    let (units, class_names, mode) = match &cfg.workload {
-        Workload::Ranges(classes) => {
-            if classes.is_empty() || classes.iter().any(|c| c.objects.is_empty()) {
-                bail!("every request class needs at least one object");
-            }
-            let mode = if cfg.rate.is_some() { "open" } else { "closed" };
-            let names: Vec<String> = classes.iter().map(|c| c.name.clone()).collect();
-            (cfg.connections, names, mode)
-        }
-        Workload::Player(p) => {
-            if p.titles.is_empty() || p.ladder_kbps.is_empty() {
-                bail!("the player needs titles and a ladder");
-            }
-            (p.viewers, vec!["segments".to_owned()], "player")
-        }
-    };
-    if units == 0 {
-        bail!("connections (or viewers) must be at least 1");
+    let units = plan.units;
+    let mine = part.units(units);
+    let classes = plan.class_names.len();
+    if mine == 0 {
+        return Ok(PartOutcome {
+            stats: Stats::new(classes),
+            threads: 0,
+            units: 0,
+        });
     }
-    let threads = cfg.threads.min(units as usize);
-    // Threads start their runtimes first; the load starts for all at the same instant.
-    let start_std = std::time::Instant::now() + Duration::from_millis(100);
+    let threads = cfg.threads.min(mine as usize);
     let mut handles = Vec::new();
     for t in 0..threads {
         let cfg = cfg.clone();
         let tls = tls.clone();
         let live = Arc::clone(&live);
         let cpu = (!cfg.cpus.is_empty()).then(|| cfg.cpus[t % cfg.cpus.len()]);
-        let classes = class_names.len();
         handles.push(
             std::thread::Builder::new()
                 .name(format!("load-{t}"))
@@ -251,20 +435,32 @@ pub fn run(cfg: &Config, live: Arc<Live>) -> Result<Report> {
                         .enable_all()
                         .build()?;
                     let local = tokio::task::LocalSet::new();
-                    let stats = local.block_on(&rt, async move {
-                        let start = Instant::from_std(start_std);
-                        let ctx = Arc::new(Ctx {
+                    let mut stats = local.block_on(&rt, async move {
+                        let start = Instant::from_std(start);
+                        let ctx = Rc::new(Ctx {
                             deadline: start + cfg.duration,
                             cfg,
                             tls,
                             start,
                             live,
                             classes,
+                            recent: RefCell::new(histogram()),
                         });
+                        let ticker = {
+                            let ctx = Rc::clone(&ctx);
+                            tokio::task::spawn_local(async move {
+                                loop {
+                                    sleep(Duration::from_secs(1)).await;
+                                    ctx.flush_live();
+                                }
+                            })
+                        };
                         let mut tasks = Vec::new();
-                        let mut unit = t as u64;
-                        while unit < units {
-                            let ctx = Arc::clone(&ctx);
+                        // This thread's units: the part's j-th units with j = t mod threads.
+                        let mut j = t as u64;
+                        while j < mine {
+                            let unit = part.index + part.count * j;
+                            let ctx = Rc::clone(&ctx);
                             tasks.push(tokio::task::spawn_local(async move {
                                 match &ctx.cfg.workload {
                                     Workload::Ranges(classes) => {
@@ -273,46 +469,30 @@ pub fn run(cfg: &Config, live: Arc<Live>) -> Result<Report> {
                                     Workload::Player(p) => viewer_task(&ctx, p, unit).await,
                                 }
                             }));
-                            unit += threads as u64;
+                            j += threads as u64;
                         }
                         let mut total = Stats::new(ctx.classes);
                         for task in tasks {
                             total.merge(task.await.expect("load task panicked"));
                         }
+                        ticker.abort();
+                        ctx.flush_live();
                         total
                     });
+                    stats.cpu_s = thread_cpu_s();
                     Ok(stats)
                 })?,
         );
     }
-    let mut total = Stats::new(class_names.len());
+    let mut total = Stats::new(classes);
     for h in handles {
         total.merge(h.join().map_err(|_| anyhow!("a load thread panicked"))??);
     }
-    let elapsed = start_std.elapsed().as_secs_f64();
-    let url = format!(
-        "{}://{}{}",
-        if cfg.target.tls { "https" } else { "http" },
-        cfg.target.host,
-        cfg.target.prefix
-    );
-    Ok(Report::build(
-        &ReportInput {
-            target: &url,
-            mode,
-            threads,
-            connections: units,
-            target_rate_per_s: cfg.rate,
-            duration_s: elapsed,
-            class_names: &class_names,
-            player: mode == "player",
-            validation: match cfg.validation {
-                Validation::Full => "full: status, Content-Length, Content-Range, every body byte",
-                Validation::Length => "length: status, Content-Length, Content-Range",
-            },
-        },
-        &total,
-    ))
+    Ok(PartOutcome {
+        stats: total,
+        threads,
+        units: mine,
+    })
 }
 
 fn pin_to(cpu: usize) -> Result<()> {
@@ -554,6 +734,7 @@ async fn range_task(ctx: &Ctx, classes: &[RangeClass], conn: u64, conns: u64) ->
             } else {
                 service_latency_ns(i, s, d)
             };
+            ctx.record_live(latency / 1000);
             client
                 .stats
                 .success(d as f64 / 1e9, class, latency / 1000, len);
@@ -599,6 +780,7 @@ async fn viewer_task(ctx: &Ctx, p: &PlayerConfig, viewer: u64) -> Stats {
                     segments += 1;
                 }
                 index += 1;
+                ctx.record_live((secs * 1e6) as u64);
                 client.stats.success(
                     done.duration_since(ctx.start).as_secs_f64(),
                     0,
@@ -639,6 +821,37 @@ mod tests {
         let t = Target::parse("http://[::1]:81/").unwrap();
         assert_eq!(t.addr, "[::1]:81".parse().unwrap());
         assert!(Target::parse("ftp://x").is_err());
+    }
+
+    #[test]
+    fn parts_cover_every_unit_once() {
+        for units in [1u64, 2, 7, 64] {
+            for count in 1..=5u64 {
+                let mut seen = vec![0u32; units as usize];
+                let mut total = 0;
+                for index in 0..count {
+                    let part = Part { index, count };
+                    total += part.units(units);
+                    for j in 0..part.units(units) {
+                        seen[(index + count * j) as usize] += 1;
+                    }
+                }
+                assert_eq!(total, units);
+                assert!(seen.iter().all(|&n| n == 1), "{units} {count} {seen:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn generator_cpus_leave_the_server_its_cpus() {
+        let all = generator_cpus(&[]);
+        assert!(!all.is_empty());
+        let without = generator_cpus(&all[..1]);
+        if all.len() > 1 {
+            assert_eq!(without, all[1..]);
+        } else {
+            assert_eq!(without, all, "never none");
+        }
     }
 
     #[test]

@@ -86,6 +86,42 @@ pub fn service_latency_ns(_intended_ns: u64, sent_ns: u64, done_ns: u64) -> u64 
     done_ns.saturating_sub(sent_ns)
 }
 
+/// A histogram as its non-empty buckets: (a value in the bucket, count). Rebuilding records each
+/// count at its value, which lands in the same bucket, so the round trip (and a merge after it)
+/// is exact.
+pub type HistogramWire = Vec<(u64, u64)>;
+
+/// The non-empty buckets of `h`.
+pub fn histogram_to_wire(h: &Histogram<u64>) -> HistogramWire {
+    h.iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect()
+}
+
+/// A histogram (the bounds of [`histogram`]) from its buckets.
+pub fn histogram_from_wire(w: &HistogramWire) -> Histogram<u64> {
+    let mut h = histogram();
+    for &(value, count) in w {
+        h.saturating_record_n(value, count);
+    }
+    h
+}
+
+/// [`Stats`] as JSON (for a worker's final report to the coordinator).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StatsWire {
+    pub ok: u64,
+    pub errors: Vec<u64>,
+    pub bytes: u64,
+    pub body_bytes: u64,
+    pub latency: HistogramWire,
+    pub service: HistogramWire,
+    pub classes: Vec<(u64, HistogramWire)>,
+    pub series: Vec<(u64, u64)>,
+    pub viewers: Vec<ViewerStats>,
+    pub cpu_s: f64,
+}
+
 /// What one connection or viewer counted; merged at the end.
 pub struct Stats {
     pub ok: u64,
@@ -102,6 +138,8 @@ pub struct Stats {
     /// Per second of the run: (successful responses, bytes received).
     pub series: Vec<(u64, u64)>,
     pub viewers: Vec<ViewerStats>,
+    /// CPU seconds of the generator threads that counted this (user + system).
+    pub cpu_s: f64,
 }
 
 impl Stats {
@@ -116,7 +154,47 @@ impl Stats {
             classes: (0..classes).map(|_| (0, histogram())).collect(),
             series: Vec::new(),
             viewers: Vec::new(),
+            cpu_s: 0.0,
         }
+    }
+
+    pub fn to_wire(&self) -> StatsWire {
+        StatsWire {
+            ok: self.ok,
+            errors: self.errors.to_vec(),
+            bytes: self.bytes,
+            body_bytes: self.body_bytes,
+            latency: histogram_to_wire(&self.latency),
+            service: histogram_to_wire(&self.service),
+            classes: self
+                .classes
+                .iter()
+                .map(|(n, h)| (*n, histogram_to_wire(h)))
+                .collect(),
+            series: self.series.clone(),
+            viewers: self.viewers.clone(),
+            cpu_s: self.cpu_s,
+        }
+    }
+
+    /// Back from the wire; `None` if the error kinds do not match this build's.
+    pub fn from_wire(w: &StatsWire) -> Option<Stats> {
+        Some(Stats {
+            ok: w.ok,
+            errors: w.errors.clone().try_into().ok()?,
+            bytes: w.bytes,
+            body_bytes: w.body_bytes,
+            latency: histogram_from_wire(&w.latency),
+            service: histogram_from_wire(&w.service),
+            classes: w
+                .classes
+                .iter()
+                .map(|(n, h)| (*n, histogram_from_wire(h)))
+                .collect(),
+            series: w.series.clone(),
+            viewers: w.viewers.clone(),
+            cpu_s: w.cpu_s,
+        })
     }
 
     pub fn error(&mut self, kind: ErrorKind) {
@@ -175,11 +253,12 @@ impl Stats {
             a.1 += b.1;
         }
         self.viewers.extend(other.viewers);
+        self.cpu_s += other.cpu_s;
     }
 }
 
 /// One viewer's session.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ViewerStats {
     pub startup_s: Option<f64>,
     pub stall_s: f64,
@@ -335,6 +414,42 @@ pub struct Report {
     pub timeseries: Vec<SecondSample>,
     pub player: Option<PlayerReport>,
     pub validation: String,
+    /// CPU seconds (user + system) of all generator threads, on all workers.
+    #[serde(default)]
+    pub generator_cpu_s: f64,
+    /// Validated responses per generator CPU-second: the generator's own efficiency.
+    #[serde(default)]
+    pub req_per_generator_cpu_s: f64,
+    /// False when the measurement cannot be trusted as a whole (a worker was lost mid-run);
+    /// `invalid_reasons` says why.
+    #[serde(default = "yes")]
+    pub valid: bool,
+    #[serde(default)]
+    pub invalid_reasons: Vec<String>,
+    /// Distributed runs: one entry per worker (empty for a local run).
+    #[serde(default)]
+    pub workers: Vec<WorkerReport>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One worker's share of a distributed run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct WorkerReport {
+    /// HOST:PORT as given to `--workers`.
+    pub addr: String,
+    pub threads: usize,
+    /// Connections (or viewers) it drove.
+    pub connections: u64,
+    pub requests: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    pub cpu_s: f64,
+    /// It sent its final counts; false: lost mid-run (its counts are missing from the totals).
+    pub finished: bool,
+    pub note: String,
 }
 
 /// Gbit/s for `bytes` over `secs`.
@@ -413,6 +528,15 @@ impl Report {
                 .collect(),
             player: input.player.then(|| PlayerReport::of(&stats.viewers)),
             validation: input.validation.to_owned(),
+            generator_cpu_s: stats.cpu_s,
+            req_per_generator_cpu_s: if stats.cpu_s > 0.0 {
+                stats.ok as f64 / stats.cpu_s
+            } else {
+                0.0
+            },
+            valid: true,
+            invalid_reasons: Vec::new(),
+            workers: Vec::new(),
         }
     }
 
@@ -446,6 +570,9 @@ impl Report {
                 .map(|(k, v)| format!("{k} {v}"))
                 .collect();
             s += &format!(" ({})", kinds.join(", "));
+        }
+        if !self.valid {
+            s += &format!("; INVALID: {}", self.invalid_reasons.join("; "));
         }
         if let Some(p) = &self.player {
             s += &format!(
@@ -573,6 +700,48 @@ mod tests {
         );
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["latency"]["p99_ms"], r.latency.p99_ms);
+    }
+
+    #[test]
+    fn stats_cross_the_wire_exactly() {
+        let mut a = Stats::new(2);
+        for (i, us) in [1u64, 7, 999, 1_000, 1_234, 56_789, 3_000_000, 99_999_999]
+            .into_iter()
+            .enumerate()
+        {
+            a.add_bytes(i as f64 * 0.4, 1000 + i as u64);
+            a.success(i as f64 * 0.4, i % 2, us, 900);
+            a.service.saturating_record(us / 2 + 1);
+        }
+        a.error(ErrorKind::Io);
+        a.viewers.push(ViewerStats {
+            startup_s: Some(0.25),
+            stall_s: 0.0,
+            stalls: 0,
+            played_s: 3.0,
+            delivered_kbps: 750.0,
+            switches: 1,
+            segments: 2,
+        });
+        a.cpu_s = 0.5;
+        let json = serde_json::to_string(&a.to_wire()).unwrap();
+        let b = Stats::from_wire(&serde_json::from_str(&json).unwrap()).unwrap();
+        assert_eq!(b.to_wire(), a.to_wire());
+        // Merging the rebuilt histograms gives the same histogram as merging the originals.
+        let (mut direct, mut via_wire) = (histogram(), histogram());
+        direct.add(&a.latency).unwrap();
+        direct.add(&a.latency).unwrap();
+        via_wire.add(&b.latency).unwrap();
+        via_wire.add(&b.latency).unwrap();
+        assert_eq!(direct, via_wire);
+        assert_eq!(b.latency.len(), 8);
+        assert_eq!(b.latency.max(), a.latency.max());
+        let mut bad = a.to_wire();
+        bad.errors.pop();
+        assert!(
+            Stats::from_wire(&bad).is_none(),
+            "another build's error kinds"
+        );
     }
 
     #[test]
