@@ -1,20 +1,32 @@
-//! The catalog: which content ids exist, on which tier, at which path.
+//! The catalog: which content ids exist, on which tier.
 //!
 //! The filesystem is the truth. A scan lists each tier directory (regular files with valid ids
-//! only: no symlinks, no subdirectories, no hidden temporaries) and builds an immutable
-//! [`Catalog`]; a reload builds a new one and swaps it in atomically ([`SharedCatalog`]), so
-//! executors never wait on a lock and connections are never dropped. A tier that cannot be
-//! listed is reported and left out; the other tiers keep serving.
+//! only: no symlinks, no subdirectories, no hidden temporaries); tiers are listed in parallel,
+//! one thread each. After the first scan the catalog follows the tiers by *changes*: the
+//! watcher (`runtime::watch`) reads inotify events for the tier directories and hands the names
+//! that changed to [`SharedCatalog::refresh`], which re-checks just those names (one `lstat`
+//! per tier per name) and publishes a new snapshot. `POST /reload`, SIGHUP, a lost or
+//! overflowed watch and a tier going in or out of service still rescan everything
+//! ([`SharedCatalog::reload`]).
+//!
+//! Snapshots are persistent maps (`imbl::HashMap`, a hash array mapped trie): a new snapshot
+//! shares every node but the few on the changed key's path with the previous one, so a change
+//! costs O(log₃₂ n) (4 to 5 node copies at 1 M to 10 M objects), never a copy of the map.
+//! Readers load the current snapshot from an [`ArcSwap`] and never wait on a lock; writers (the
+//! watcher, a reload) take turns on a mutex off the serving cores.
+//!
+//! An entry is 16 bytes beside its id (size, a change stamp, the tier index): the path is the
+//! tier directory joined with the id, and everything served to clients (size, validators) comes
+//! from `fstat` of the file actually opened, so a file replaced between scan and open is still
+//! described right.
 //!
 //! When the same id exists on several tiers, the first tier in config order wins (list flash
-//! first). Metadata served to clients (size, validators) comes from `fstat` of the file actually
-//! opened, not from the scan, so a file replaced between scan and open is still described right.
+//! first).
 
-use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -32,44 +44,49 @@ pub struct Tier {
     pub path: PathBuf,
 }
 
-/// Scan result for one tier.
+/// Scan result for one tier, kept current by changes.
 #[derive(Debug, Clone, Default)]
 pub struct TierState {
-    /// Objects found.
+    /// Objects served from it.
     pub objects: u64,
-    /// Their total size in bytes.
+    /// Their total size in bytes (as of the scan or the change that added each).
     pub bytes: u64,
     /// Why the tier is out of service, if it is.
     pub error: Option<String>,
 }
 
-/// One object.
-#[derive(Debug, Clone)]
+/// One object (16 bytes; its id is the map key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
-    /// Index into [`Catalog::tiers`].
-    pub tier: usize,
-    /// Full path of the file.
-    pub path: PathBuf,
-    /// Size at scan time.
+    /// Size when scanned or changed (for the per-tier byte counts; clients get `fstat`'s).
     pub size: u64,
+    /// 0 after a scan; a fresh value each time a change re-installs the id, so an open-file
+    /// cache can tell that the file it holds was replaced or removed.
+    pub stamp: u32,
+    /// Index into [`Catalog::tiers`].
+    pub tier: u16,
 }
 
-/// An immutable snapshot of every tier's contents.
-#[derive(Debug)]
+/// A snapshot of every tier's contents. Cheap to clone (the map is shared).
+#[derive(Debug, Clone)]
 pub struct Catalog {
-    /// Increases with every reload; per-core open-file caches compare it to drop stale files.
+    /// Increases with every full rescan; per-core open-file caches compare it to drop stale
+    /// files (a change keeps the generation and gives the changed id a new [`Entry::stamp`]).
     pub generation: u64,
     /// The configured tiers, in config order.
-    pub tiers: Vec<Tier>,
+    pub tiers: Arc<[Tier]>,
     /// Per tier: counts and health, same order as `tiers`.
     pub tier_states: Vec<TierState>,
-    objects: HashMap<Box<str>, Entry>,
+    objects: imbl::HashMap<Box<str>, Entry>,
 }
 
+/// What one tier's listing found: ids and sizes, or why it could not be listed.
+type Listing = std::io::Result<Vec<(Box<str>, u64)>>;
+
 impl Catalog {
-    /// Lists every tier directory.
+    /// Lists every tier directory (in parallel when there are several).
     pub fn scan(tiers: &[TierConfig], generation: u64) -> Catalog {
-        let tiers: Vec<Tier> = tiers
+        let tiers: Arc<[Tier]> = tiers
             .iter()
             .map(|t| Tier {
                 name: t.name.clone(),
@@ -77,13 +94,49 @@ impl Catalog {
                 path: t.path.clone(),
             })
             .collect();
-        let mut objects = HashMap::new();
+        let listings: Vec<Listing> = if tiers.len() <= 1 {
+            tiers.iter().map(|t| list_tier(&t.path)).collect()
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = tiers
+                    .iter()
+                    .map(|t| s.spawn(|| list_tier(&t.path)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(std::io::Error::other("scan thread panicked")))
+                    })
+                    .collect()
+            })
+        };
+        let mut objects = imbl::HashMap::new();
         let mut tier_states = Vec::with_capacity(tiers.len());
-        for (index, tier) in tiers.iter().enumerate() {
+        for (index, (tier, listing)) in tiers.iter().zip(listings).enumerate() {
             let mut state = TierState::default();
-            if let Err(e) = scan_tier(index, tier, &mut objects, &mut state) {
-                tracing::error!(tier = %tier.name, path = %tier.path.display(), "tier out of service: {e}");
-                state.error = Some(format!("{}: {e}", tier.path.display()));
+            match listing {
+                Ok(found) => {
+                    for (id, size) in found {
+                        if objects.contains_key(&*id) {
+                            continue;
+                        }
+                        state.objects += 1;
+                        state.bytes += size;
+                        objects.insert(
+                            id,
+                            Entry {
+                                size,
+                                stamp: 0,
+                                tier: index as u16,
+                            },
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(tier = %tier.name, path = %tier.path.display(), "tier out of service: {e}");
+                    state.error = Some(format!("{}: {e}", tier.path.display()));
+                }
             }
             tier_states.push(state);
         }
@@ -100,13 +153,18 @@ impl Catalog {
         self.objects.get(id)
     }
 
+    /// Where `id`'s file is, per `entry` (from [`Catalog::get`]).
+    pub fn path(&self, id: &str, entry: &Entry) -> PathBuf {
+        self.tiers[usize::from(entry.tier)].path.join(id)
+    }
+
     /// The ids served from tier `tier` (index into [`Catalog::tiers`]), sorted. An id held by
     /// several tiers is listed under the one it is served from (the first in config order).
     pub fn ids(&self, tier: usize) -> Vec<&str> {
         let mut ids: Vec<&str> = self
             .objects
             .iter()
-            .filter(|(_, e)| e.tier == tier)
+            .filter(|(_, e)| usize::from(e.tier) == tier)
             .map(|(id, _)| &**id)
             .collect();
         ids.sort_unstable();
@@ -122,15 +180,51 @@ impl Catalog {
     pub fn is_empty(&self) -> bool {
         self.objects.is_empty()
     }
+
+    /// Re-checks `id` on the tiers (first in service holding it as a regular file wins) and
+    /// updates this snapshot to match. Returns whether the entry changed. O(tiers) `lstat`s and
+    /// one persistent-map update, whatever the catalog's size.
+    fn refresh_one(&mut self, id: &str, stamp: u32) -> bool {
+        if !crate::content_id::is_valid(id) {
+            return false;
+        }
+        let found = self
+            .tiers
+            .iter()
+            .zip(&self.tier_states)
+            .enumerate()
+            .filter(|(_, (_, state))| state.error.is_none())
+            .find_map(|(index, (tier, _))| {
+                let meta = std::fs::symlink_metadata(tier.path.join(id)).ok()?;
+                meta.file_type().is_file().then_some(Entry {
+                    size: meta.len(),
+                    stamp,
+                    tier: index as u16,
+                })
+            });
+        let old = match found {
+            Some(entry) => self.objects.insert(id.into(), entry),
+            None => self.objects.remove(id),
+        };
+        if let Some(old) = old {
+            let state = &mut self.tier_states[usize::from(old.tier)];
+            state.objects -= 1;
+            state.bytes -= old.size.min(state.bytes);
+        }
+        if let Some(new) = found {
+            let state = &mut self.tier_states[usize::from(new.tier)];
+            state.objects += 1;
+            state.bytes += new.size;
+        }
+        old.is_some() || found.is_some()
+    }
 }
 
-fn scan_tier(
-    index: usize,
-    tier: &Tier,
-    objects: &mut HashMap<Box<str>, Entry>,
-    state: &mut TierState,
-) -> std::io::Result<()> {
-    for dirent in std::fs::read_dir(&tier.path)? {
+/// Lists one tier directory: regular files (by the directory entry's type, no `stat` but for
+/// the size) with valid ids.
+fn list_tier(path: &Path) -> Listing {
+    let mut found = Vec::new();
+    for dirent in std::fs::read_dir(path)? {
         let dirent = dirent?;
         let Ok(name) = dirent.file_name().into_string() else {
             continue;
@@ -145,29 +239,21 @@ fn scan_tier(
         if !meta.file_type().is_file() {
             continue;
         }
-        if objects.contains_key(name.as_str()) {
-            continue;
-        }
-        state.objects += 1;
-        state.bytes += meta.len();
-        objects.insert(
-            name.into_boxed_str(),
-            Entry {
-                tier: index,
-                path: dirent.path(),
-                size: meta.len(),
-            },
-        );
+        found.push((name.into_boxed_str(), meta.len()));
     }
-    Ok(())
+    Ok(found)
 }
 
-/// The catalog shared by every executor and swapped whole on reload.
+/// The catalog shared by every executor: rescanned whole on reload, changed name by name by the
+/// watcher.
 #[derive(Debug)]
 pub struct SharedCatalog {
     current: ArcSwap<Catalog>,
     tiers: ArcSwap<Vec<TierConfig>>,
     next_generation: AtomicU64,
+    next_stamp: AtomicU32,
+    /// Reloads and changes take turns (readers never take it).
+    writer: Mutex<()>,
 }
 
 impl SharedCatalog {
@@ -178,6 +264,8 @@ impl SharedCatalog {
             current: ArcSwap::from_pointee(first),
             tiers: ArcSwap::from_pointee(tiers),
             next_generation: AtomicU64::new(2),
+            next_stamp: AtomicU32::new(1),
+            writer: Mutex::new(()),
         }
     }
 
@@ -191,6 +279,11 @@ impl SharedCatalog {
         self.current.load_full()
     }
 
+    /// The tier list the next [`SharedCatalog::reload`] scans.
+    pub fn tier_configs(&self) -> Arc<Vec<TierConfig>> {
+        self.tiers.load_full()
+    }
+
     /// Replaces the tier list (a reloaded config); the next [`SharedCatalog::reload`] scans it.
     pub fn set_tiers(&self, tiers: Vec<TierConfig>) {
         self.tiers.store(Arc::new(tiers));
@@ -198,11 +291,30 @@ impl SharedCatalog {
 
     /// Rescans every tier and swaps the result in. In-flight responses keep their open files.
     pub fn reload(&self) -> Arc<Catalog> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let next = Arc::new(Catalog::scan(&self.tiers.load(), generation));
         self.current.store(next.clone());
-        tracing::info!(generation, objects = next.len(), "catalog reloaded");
+        tracing::info!(generation, objects = next.len(), "catalog rescanned");
         next
+    }
+
+    /// Re-checks the ids `names` (the names a tier directory's watch reported; invalid ids are
+    /// ignored) and publishes one new snapshot holding the result. Returns how many entries
+    /// changed. Each name costs an `lstat` per tier and a persistent-map update: the work does
+    /// not grow with the catalog.
+    pub fn refresh<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> usize {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = Catalog::clone(&self.current.load());
+        let mut changed = 0;
+        for name in names {
+            let stamp = self.next_stamp.fetch_add(1, Ordering::Relaxed).max(1);
+            changed += usize::from(next.refresh_one(name, stamp));
+        }
+        if changed > 0 {
+            self.current.store(Arc::new(next));
+        }
+        changed
     }
 }
 
@@ -226,6 +338,9 @@ pub struct OpenObject {
     pub fixed_headers: Vec<u8>,
     /// Catalog generation it was opened under.
     pub generation: u64,
+    /// The catalog entry's [`Entry::stamp`] when it was opened: a cache holding it serves it
+    /// only while the catalog's entry still has this stamp and tier.
+    pub stamp: u32,
     /// Per 64 KiB block, until when (core-local milliseconds) the block is known to be in the
     /// page cache. Owned by one core's open-file cache; empty for files over 4 GiB, whose
     /// blocks are checked on every request.
@@ -233,12 +348,18 @@ pub struct OpenObject {
 }
 
 impl OpenObject {
-    /// Opens `entry` (never following a symlink) and describes it. May block on the disk.
-    pub fn open(id: &str, entry: &Entry, generation: u64) -> std::io::Result<OpenObject> {
+    /// Opens `path`, the file of `entry` (never following a symlink), and describes it. May
+    /// block on the disk.
+    pub fn open(
+        id: &str,
+        path: &Path,
+        entry: &Entry,
+        generation: u64,
+    ) -> std::io::Result<OpenObject> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&entry.path)?;
+            .open(path)?;
         let meta = file.metadata()?;
         if !meta.file_type().is_file() {
             return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
@@ -273,12 +394,13 @@ impl OpenObject {
             resident_until,
             file: Arc::new(file),
             map,
-            tier: entry.tier,
+            tier: usize::from(entry.tier),
             size,
             etag,
             last_modified,
             fixed_headers,
             generation,
+            stamp: entry.stamp,
         })
     }
 
@@ -306,7 +428,6 @@ pub fn etag_for(size: u64, mtime: SystemTime, ino: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     fn tier(name: &str, kind: TierKind, path: &Path) -> TierConfig {
         TierConfig {
@@ -370,7 +491,9 @@ mod tests {
         let cat = shared.reload();
         assert_eq!(cat.generation, 2);
         let entry = cat.get("new.ts").unwrap();
-        let obj = OpenObject::open("new.ts", entry, cat.generation).unwrap();
+        let path = cat.path("new.ts", entry);
+        assert_eq!(path, dir.path().join("new.ts"));
+        let obj = OpenObject::open("new.ts", &path, entry, cat.generation).unwrap();
         assert_eq!(obj.size, 10);
         assert!(obj.etag.starts_with("\"a-") && obj.etag.ends_with('"'));
         let fixed = String::from_utf8(obj.fixed_headers.clone()).unwrap();
@@ -379,6 +502,86 @@ mod tests {
         // A symlink swapped in after the scan is refused at open.
         std::fs::remove_file(dir.path().join("new.ts")).unwrap();
         std::os::unix::fs::symlink("/etc/hostname", dir.path().join("new.ts")).unwrap();
-        assert!(OpenObject::open("new.ts", entry, cat.generation).is_err());
+        assert!(OpenObject::open("new.ts", &path, entry, cat.generation).is_err());
+    }
+
+    /// Per-tier counts a full scan would find, to compare with what changes produced.
+    fn counts(cat: &Catalog) -> Vec<(u64, u64)> {
+        cat.tier_states
+            .iter()
+            .map(|s| (s.objects, s.bytes))
+            .collect()
+    }
+
+    #[test]
+    fn refresh_follows_changes_name_by_name_and_matches_a_rescan() {
+        let flash = tempfile::tempdir().unwrap();
+        let hdd = tempfile::tempdir().unwrap();
+        let tiers = vec![
+            tier("nvme", TierKind::Flash, flash.path()),
+            tier("hdd", TierKind::Storage, hdd.path()),
+        ];
+        std::fs::write(hdd.path().join("a.ts"), b"storage").unwrap();
+        let shared = SharedCatalog::new(tiers.clone());
+        let before = shared.snapshot();
+        assert_eq!(before.get("a.ts").unwrap().tier, 1);
+
+        // Installed the way fill does it: a hidden temporary renamed in.
+        std::fs::write(flash.path().join(".tmp-a.ts"), b"flash!!!!").unwrap();
+        std::fs::rename(flash.path().join(".tmp-a.ts"), flash.path().join("a.ts")).unwrap();
+        std::fs::write(flash.path().join("b.ts"), b"bb").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", flash.path().join("c.ts")).unwrap();
+        let changed = shared.refresh([".tmp-a.ts", "a.ts", "b.ts", "c.ts", "../x"]);
+        assert_eq!(changed, 2);
+        let cat = shared.snapshot();
+        let a = *cat.get("a.ts").unwrap();
+        assert_eq!((a.tier, a.size), (0, 9), "the flash copy wins");
+        assert_ne!(a.stamp, 0, "a change gets a fresh stamp");
+        assert!(cat.get("b.ts").is_some());
+        assert!(cat.get("c.ts").is_none(), "a symlink is not an object");
+        assert_eq!(
+            cat.generation, before.generation,
+            "a change is not a rescan"
+        );
+        // The old snapshot is untouched: readers holding it see a consistent catalog.
+        assert_eq!(before.len(), 1);
+        assert_eq!(before.get("a.ts").unwrap().tier, 1);
+        assert_eq!(counts(&cat), counts(&Catalog::scan(&tiers, 0)));
+
+        // Deleted from flash: served from storage again; deleted everywhere: gone.
+        std::fs::remove_file(flash.path().join("a.ts")).unwrap();
+        std::fs::remove_file(flash.path().join("b.ts")).unwrap();
+        assert_eq!(shared.refresh(["a.ts", "b.ts"]), 2);
+        let cat = shared.snapshot();
+        assert_eq!(cat.get("a.ts").unwrap().tier, 1);
+        assert!(cat.get("b.ts").is_none());
+        assert_eq!(counts(&cat), counts(&Catalog::scan(&tiers, 0)));
+
+        // A name that changed nothing publishes nothing.
+        assert_eq!(shared.refresh(["nothing.ts"]), 0);
+
+        // A replaced file gets a new stamp (an open-file cache drops its old descriptor).
+        let stamp = shared.load().get("a.ts").unwrap().stamp;
+        std::fs::write(hdd.path().join(".tmp"), b"new").unwrap();
+        std::fs::rename(hdd.path().join(".tmp"), hdd.path().join("a.ts")).unwrap();
+        shared.refresh(["a.ts"]);
+        let entry = *shared.load().get("a.ts").unwrap();
+        assert_ne!(entry.stamp, stamp);
+        assert_eq!(entry.size, 3);
+    }
+
+    #[test]
+    fn refresh_skips_tiers_out_of_service() {
+        let good = tempfile::tempdir().unwrap();
+        let gone = good.path().join("gone");
+        let shared = SharedCatalog::new(vec![
+            tier("a", TierKind::Flash, &gone),
+            tier("b", TierKind::Storage, good.path()),
+        ]);
+        std::fs::write(good.path().join("x.ts"), b"1").unwrap();
+        assert_eq!(shared.refresh(["x.ts"]), 1);
+        let cat = shared.load();
+        assert_eq!(cat.get("x.ts").unwrap().tier, 1);
+        assert_eq!(cat.tier_states[0].objects, 0);
     }
 }
