@@ -189,8 +189,8 @@ impl Core {
                 files.map.remove(id);
             }
             (
-                *entry,
-                catalog.path(id, entry),
+                entry,
+                catalog.path(id, &entry),
                 catalog.generation,
                 catalog.tiers[usize::from(entry.tier)].kind,
                 usize::from(entry.tier),
