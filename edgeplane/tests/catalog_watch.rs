@@ -83,6 +83,13 @@ fn objects_renamed_in_deleted_and_replaced_are_followed_without_a_reload() {
     fs::remove_file(hdd.join("both.ts")).unwrap();
     wait_for(&server, "both.ts", 404, None);
 
+    // A hard link raises only IN_CREATE: served too.
+    fs::write(flash.join(".src"), b"hard").unwrap();
+    fs::hard_link(flash.join(".src"), flash.join("linked.ts")).unwrap();
+    wait_for(&server, "linked.ts", 200, Some(b"hard"));
+    fs::remove_file(flash.join("linked.ts")).unwrap();
+    wait_for(&server, "linked.ts", 404, None);
+
     // Temporaries, symlinks and directories never become objects.
     fs::write(flash.join(".tmp-partial.ts"), b"partial").unwrap();
     std::os::unix::fs::symlink("/etc/hostname", flash.join("link.ts")).unwrap();

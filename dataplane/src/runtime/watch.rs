@@ -39,7 +39,10 @@ const POLL_MS: i32 = 200;
 
 /// What each tier directory's watch reports.
 fn mask() -> WatchMask {
+    // CREATE: hard links (`ln`) raise nothing else; a file written in place is re-checked at
+    // CLOSE_WRITE too (fill never does that: it renames a finished temporary in).
     WatchMask::MOVED_TO
+        | WatchMask::CREATE
         | WatchMask::MOVED_FROM
         | WatchMask::CLOSE_WRITE
         | WatchMask::DELETE
