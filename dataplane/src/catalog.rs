@@ -459,6 +459,7 @@ impl SharedCatalog {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let next = Arc::new(Catalog::scan(&self.tiers.load(), generation));
         self.current.store(next.clone());
+        give_back_freed_memory();
         tracing::info!(generation, objects = next.len(), "catalog rescanned");
         next
     }
@@ -476,12 +477,30 @@ impl SharedCatalog {
             changed += usize::from(next.refresh_one(name, stamp));
         }
         if changed > 0 {
-            if next.merge_due() {
+            let merged = next.merge_due();
+            if merged {
                 next.merge();
             }
             self.current.store(Arc::new(next));
+            if merged {
+                give_back_freed_memory();
+            }
         }
         changed
+    }
+}
+
+/// Returns the memory of the catalog just replaced to the kernel. The scan's buffers (tens of
+/// MB at a million objects) are freed on the thread that ran it; glibc raises its mmap
+/// threshold after such a free and keeps the next ones in its arenas, so without this the RSS
+/// climbed by about the catalog's size with every rescan (measured: 58 → 149 MiB after 10
+/// rescans of 1 M objects).
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and releases free memory in glibc's own arenas; it takes
+    // an integer and touches no memory of ours.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
