@@ -1,20 +1,33 @@
-//! The catalog: which content ids exist, on which tier, at which path.
+//! The catalog: which content ids exist, on which tier.
 //!
 //! The filesystem is the truth. A scan lists each tier directory (regular files with valid ids
-//! only: no symlinks, no subdirectories, no hidden temporaries) and builds an immutable
-//! [`Catalog`]; a reload builds a new one and swaps it in atomically ([`SharedCatalog`]), so
-//! executors never wait on a lock and connections are never dropped. A tier that cannot be
-//! listed is reported and left out; the other tiers keep serving.
+//! only: no symlinks, no subdirectories, no hidden temporaries); tiers are listed in parallel,
+//! one thread each. After the first scan the catalog follows the tiers by *changes*: the
+//! watcher (`runtime::watch`) reads inotify events for the tier directories and hands the names
+//! that changed to [`SharedCatalog::refresh`], which re-checks just those names (one `lstat`
+//! per tier per name) and publishes a new snapshot. `POST /reload`, SIGHUP, a lost or
+//! overflowed watch and a tier going in or out of service still rescan everything
+//! ([`SharedCatalog::reload`]).
+//!
+//! Snapshots are persistent maps (`imbl::HashMap`, a hash array mapped trie): a new snapshot
+//! shares every node but the few on the changed key's path with the previous one, so a change
+//! costs O(log₃₂ n) (4 to 5 node copies at 1 M to 10 M objects), never a copy of the map.
+//! Readers load the current snapshot from an [`ArcSwap`] and never wait on a lock; writers (the
+//! watcher, a reload) take turns on a mutex off the serving cores.
+//!
+//! An entry is 16 bytes beside its id (size, a change stamp, the tier index): the path is the
+//! tier directory joined with the id, and everything served to clients (size, validators) comes
+//! from `fstat` of the file actually opened, so a file replaced between scan and open is still
+//! described right.
 //!
 //! When the same id exists on several tiers, the first tier in config order wins (list flash
-//! first). Metadata served to clients (size, validators) comes from `fstat` of the file actually
-//! opened, not from the scan, so a file replaced between scan and open is still described right.
+//! first).
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -32,44 +45,160 @@ pub struct Tier {
     pub path: PathBuf,
 }
 
-/// Scan result for one tier.
+/// Scan result for one tier, kept current by changes.
 #[derive(Debug, Clone, Default)]
 pub struct TierState {
-    /// Objects found.
+    /// Objects served from it.
     pub objects: u64,
-    /// Their total size in bytes.
+    /// Their total size in bytes (as of the scan or the change that added each).
     pub bytes: u64,
     /// Why the tier is out of service, if it is.
     pub error: Option<String>,
 }
 
-/// One object.
-#[derive(Debug, Clone)]
+/// One object (16 bytes; its id is the map key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
-    /// Index into [`Catalog::tiers`].
-    pub tier: usize,
-    /// Full path of the file.
-    pub path: PathBuf,
-    /// Size at scan time.
+    /// Size when scanned or changed (for the per-tier byte counts; clients get `fstat`'s).
     pub size: u64,
+    /// 0 after a scan; a fresh value each time a change re-installs the id, so an open-file
+    /// cache can tell that the file it holds was replaced or removed.
+    pub stamp: u32,
+    /// Index into [`Catalog::tiers`].
+    pub tier: u16,
 }
 
-/// An immutable snapshot of every tier's contents.
-#[derive(Debug)]
+/// A snapshot of every tier's contents. Cheap to clone (the map is shared).
+#[derive(Debug, Clone)]
 pub struct Catalog {
-    /// Increases with every reload; per-core open-file caches compare it to drop stale files.
+    /// Increases with every full rescan; per-core open-file caches compare it to drop stale
+    /// files (a change keeps the generation and gives the changed id a new [`Entry::stamp`]).
     pub generation: u64,
     /// The configured tiers, in config order.
-    pub tiers: Vec<Tier>,
+    pub tiers: Arc<[Tier]>,
     /// Per tier: counts and health, same order as `tiers`.
     pub tier_states: Vec<TierState>,
-    objects: HashMap<Box<str>, Entry>,
+    /// What the last scan (or merge) found, packed; shared by every snapshot since.
+    base: Arc<Base>,
+    /// Changes since `base`: an entry, or `None` for an id removed from it. Persistent, so a
+    /// new snapshot shares it with the previous one; merged into a new base when it grows past
+    /// 1/32 of the base (see [`Catalog::merge_due`]).
+    overlay: imbl::HashMap<Box<str>, Option<Entry>>,
+    /// Objects in all tiers.
+    len: usize,
 }
 
+/// The packed bulk of a catalog: ids back to back in one buffer, and an open-addressing table
+/// of 16-byte slots pointing into it. About 16 / load + id length bytes per object (the load
+/// is 0.45 to 0.87, by where the count falls between two powers of two).
+struct Base {
+    names: Vec<u8>,
+    table: hashbrown::HashTable<Slot>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+/// One object in a [`Base`].
+#[derive(Clone, Copy)]
+struct Slot {
+    size: u64,
+    /// Offset of the id in [`Base::names`].
+    at: u32,
+    len: u16,
+    tier: u16,
+}
+
+impl std::fmt::Debug for Base {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Base({} objects)", self.table.len())
+    }
+}
+
+impl Base {
+    fn with_capacity(objects: usize, name_bytes: usize) -> Base {
+        Base {
+            names: Vec::with_capacity(name_bytes),
+            table: hashbrown::HashTable::with_capacity(objects),
+            hasher: hashbrown::DefaultHashBuilder::default(),
+        }
+    }
+
+    fn name(&self, slot: &Slot) -> &str {
+        let bytes = &self.names[slot.at as usize..slot.at as usize + usize::from(slot.len)];
+        // Only valid ids (ASCII) are ever pushed.
+        std::str::from_utf8(bytes).unwrap_or("")
+    }
+
+    fn get(&self, id: &str) -> Option<Entry> {
+        let hash = self.hasher.hash_one(id);
+        self.table
+            .find(hash, |s| self.name(s) == id)
+            .map(|s| Entry {
+                size: s.size,
+                stamp: 0,
+                tier: s.tier,
+            })
+    }
+
+    /// Adds `id` unless it is there already (an earlier tier holds it). Returns whether added.
+    fn insert(&mut self, id: &str, size: u64, tier: u16) -> bool {
+        let hash = self.hasher.hash_one(id);
+        let Base {
+            names,
+            table,
+            hasher,
+        } = self;
+        let name = |s: &Slot| &names[s.at as usize..s.at as usize + usize::from(s.len)];
+        if table.find(hash, |s| name(s) == id.as_bytes()).is_some() {
+            return false;
+        }
+        let Ok(at) = u32::try_from(names.len()) else {
+            tracing::error!("catalog: more than 4 GiB of ids; {id} and later ids left out");
+            return false;
+        };
+        names.extend_from_slice(id.as_bytes());
+        let slot = Slot {
+            size,
+            at,
+            len: id.len() as u16,
+            tier,
+        };
+        let names = &*names;
+        table.insert_unique(hash, slot, |s| {
+            hasher.hash_one(
+                std::str::from_utf8(&names[s.at as usize..s.at as usize + usize::from(s.len)])
+                    .unwrap_or(""),
+            )
+        });
+        true
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, Entry)> + '_ {
+        self.table.iter().map(|s| {
+            (
+                self.name(s),
+                Entry {
+                    size: s.size,
+                    stamp: 0,
+                    tier: s.tier,
+                },
+            )
+        })
+    }
+}
+
+/// One tier's listing: its ids back to back, and per object (offset, length, size).
+struct Found {
+    names: Vec<u8>,
+    objects: Vec<(u32, u16, u64)>,
+}
+
+/// What one tier's listing found, or why it could not be listed.
+type Listing = std::io::Result<Found>;
+
 impl Catalog {
-    /// Lists every tier directory.
+    /// Lists every tier directory (in parallel when there are several).
     pub fn scan(tiers: &[TierConfig], generation: u64) -> Catalog {
-        let tiers: Vec<Tier> = tiers
+        let tiers: Arc<[Tier]> = tiers
             .iter()
             .map(|t| Tier {
                 name: t.name.clone(),
@@ -77,13 +206,46 @@ impl Catalog {
                 path: t.path.clone(),
             })
             .collect();
-        let mut objects = HashMap::new();
+        let listings: Vec<Listing> = if tiers.len() <= 1 {
+            tiers.iter().map(|t| list_tier(&t.path)).collect()
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = tiers
+                    .iter()
+                    .map(|t| s.spawn(|| list_tier(&t.path)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(std::io::Error::other("scan thread panicked")))
+                    })
+                    .collect()
+            })
+        };
+        let (objects, name_bytes) = listings
+            .iter()
+            .flatten()
+            .fold((0, 0), |(o, b), f| (o + f.objects.len(), b + f.names.len()));
+        let mut base = Base::with_capacity(objects, name_bytes);
         let mut tier_states = Vec::with_capacity(tiers.len());
-        for (index, tier) in tiers.iter().enumerate() {
+        for (index, (tier, listing)) in tiers.iter().zip(listings).enumerate() {
             let mut state = TierState::default();
-            if let Err(e) = scan_tier(index, tier, &mut objects, &mut state) {
-                tracing::error!(tier = %tier.name, path = %tier.path.display(), "tier out of service: {e}");
-                state.error = Some(format!("{}: {e}", tier.path.display()));
+            match listing {
+                Ok(found) => {
+                    for &(at, len, size) in &found.objects {
+                        let bytes = &found.names[at as usize..at as usize + usize::from(len)];
+                        let id = std::str::from_utf8(bytes).unwrap_or("");
+                        if base.insert(id, size, index as u16) {
+                            state.objects += 1;
+                            state.bytes += size;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(tier = %tier.name, path = %tier.path.display(), "tier out of service: {e}");
+                    state.error = Some(format!("{}: {e}", tier.path.display()));
+                }
             }
             tier_states.push(state);
         }
@@ -91,23 +253,41 @@ impl Catalog {
             generation,
             tiers,
             tier_states,
-            objects,
+            len: base.table.len(),
+            base: Arc::new(base),
+            overlay: imbl::HashMap::new(),
         }
     }
 
     /// Looks up an id.
-    pub fn get(&self, id: &str) -> Option<&Entry> {
-        self.objects.get(id)
+    pub fn get(&self, id: &str) -> Option<Entry> {
+        if !self.overlay.is_empty() {
+            if let Some(changed) = self.overlay.get(id) {
+                return *changed;
+            }
+        }
+        self.base.get(id)
+    }
+
+    /// Where `id`'s file is, per `entry` (from [`Catalog::get`]).
+    pub fn path(&self, id: &str, entry: &Entry) -> PathBuf {
+        self.tiers[usize::from(entry.tier)].path.join(id)
     }
 
     /// The ids served from tier `tier` (index into [`Catalog::tiers`]), sorted. An id held by
     /// several tiers is listed under the one it is served from (the first in config order).
     pub fn ids(&self, tier: usize) -> Vec<&str> {
         let mut ids: Vec<&str> = self
-            .objects
+            .base
             .iter()
-            .filter(|(_, e)| e.tier == tier)
-            .map(|(id, _)| &**id)
+            .filter(|(id, _)| !self.overlay.contains_key(*id))
+            .chain(
+                self.overlay
+                    .iter()
+                    .filter_map(|(id, e)| e.map(|e| (&**id, e))),
+            )
+            .filter(|(_, e)| usize::from(e.tier) == tier)
+            .map(|(id, _)| id)
             .collect();
         ids.sort_unstable();
         ids
@@ -115,27 +295,101 @@ impl Catalog {
 
     /// Number of objects in all tiers.
     pub fn len(&self) -> usize {
-        self.objects.len()
+        self.len
     }
 
     /// Whether no tier holds anything.
     pub fn is_empty(&self) -> bool {
-        self.objects.is_empty()
+        self.len == 0
+    }
+
+    /// Whether the changes since the base are worth packing into a new one: more than 1/32 of
+    /// it (at least 4096). A merge is O(n) and happens once per n/32 changes: O(1) per change,
+    /// and the overlay (a few hundred bytes per change) stays a few percent of the memory.
+    fn merge_due(&self) -> bool {
+        self.overlay.len() > (self.base.table.len() / 32).max(4096)
+    }
+
+    /// Packs the base and the changes into a new base (same objects, same generation).
+    fn merge(&mut self) {
+        let mut base = Base::with_capacity(self.len, self.base.names.len());
+        for (id, entry) in self.base.iter() {
+            if !self.overlay.contains_key(id) {
+                base.insert(id, entry.size, entry.tier);
+            }
+        }
+        for (id, entry) in self.overlay.iter() {
+            if let Some(e) = entry {
+                base.insert(id, e.size, e.tier);
+            }
+        }
+        self.base = Arc::new(base);
+        self.overlay = imbl::HashMap::new();
+    }
+
+    /// Re-checks `id` on the tiers (first in service holding it as a regular file wins) and
+    /// updates this snapshot to match. Returns whether the entry changed. O(tiers) `lstat`s and
+    /// one persistent-map update, whatever the catalog's size.
+    fn refresh_one(&mut self, id: &str, stamp: u32) -> bool {
+        if !crate::content_id::is_valid(id) {
+            return false;
+        }
+        let found = self
+            .tiers
+            .iter()
+            .zip(&self.tier_states)
+            .enumerate()
+            .filter(|(_, (_, state))| state.error.is_none())
+            .find_map(|(index, (tier, _))| {
+                let meta = std::fs::symlink_metadata(tier.path.join(id)).ok()?;
+                meta.file_type().is_file().then_some(Entry {
+                    size: meta.len(),
+                    stamp,
+                    tier: index as u16,
+                })
+            });
+        let old = self.get(id);
+        match (found, self.base.get(id).is_some()) {
+            (Some(entry), _) => {
+                self.overlay.insert(id.into(), Some(entry));
+            }
+            (None, true) => {
+                if old.is_some() {
+                    self.overlay.insert(id.into(), None);
+                }
+            }
+            (None, false) => {
+                self.overlay.remove(id);
+            }
+        }
+        self.len = self.len + usize::from(found.is_some()) - usize::from(old.is_some());
+        if let Some(old) = old {
+            let state = &mut self.tier_states[usize::from(old.tier)];
+            state.objects -= 1;
+            state.bytes -= old.size.min(state.bytes);
+        }
+        if let Some(new) = found {
+            let state = &mut self.tier_states[usize::from(new.tier)];
+            state.objects += 1;
+            state.bytes += new.size;
+        }
+        old.is_some() || found.is_some()
     }
 }
 
-fn scan_tier(
-    index: usize,
-    tier: &Tier,
-    objects: &mut HashMap<Box<str>, Entry>,
-    state: &mut TierState,
-) -> std::io::Result<()> {
-    for dirent in std::fs::read_dir(&tier.path)? {
+/// Lists one tier directory: regular files with valid ids, packed (no allocation per object).
+fn list_tier(path: &Path) -> Listing {
+    let mut found = Found {
+        names: Vec::new(),
+        objects: Vec::new(),
+    };
+    for dirent in std::fs::read_dir(path)? {
         let dirent = dirent?;
-        let Ok(name) = dirent.file_name().into_string() else {
+        let name = dirent.file_name();
+        let Some(name) = name.to_str() else {
             continue;
         };
-        if !crate::content_id::is_valid(&name) {
+        if !crate::content_id::is_valid(name) {
             continue;
         }
         // DirEntry::metadata does not follow symlinks, so a link out of the tier is skipped.
@@ -145,29 +399,25 @@ fn scan_tier(
         if !meta.file_type().is_file() {
             continue;
         }
-        if objects.contains_key(name.as_str()) {
-            continue;
-        }
-        state.objects += 1;
-        state.bytes += meta.len();
-        objects.insert(
-            name.into_boxed_str(),
-            Entry {
-                tier: index,
-                path: dirent.path(),
-                size: meta.len(),
-            },
-        );
+        let Ok(at) = u32::try_from(found.names.len()) else {
+            return Err(std::io::Error::other("more than 4 GiB of ids in one tier"));
+        };
+        found.names.extend_from_slice(name.as_bytes());
+        found.objects.push((at, name.len() as u16, meta.len()));
     }
-    Ok(())
+    Ok(found)
 }
 
-/// The catalog shared by every executor and swapped whole on reload.
+/// The catalog shared by every executor: rescanned whole on reload, changed name by name by the
+/// watcher.
 #[derive(Debug)]
 pub struct SharedCatalog {
     current: ArcSwap<Catalog>,
     tiers: ArcSwap<Vec<TierConfig>>,
     next_generation: AtomicU64,
+    next_stamp: AtomicU32,
+    /// Reloads and changes take turns (readers never take it).
+    writer: Mutex<()>,
 }
 
 impl SharedCatalog {
@@ -178,6 +428,8 @@ impl SharedCatalog {
             current: ArcSwap::from_pointee(first),
             tiers: ArcSwap::from_pointee(tiers),
             next_generation: AtomicU64::new(2),
+            next_stamp: AtomicU32::new(1),
+            writer: Mutex::new(()),
         }
     }
 
@@ -191,6 +443,11 @@ impl SharedCatalog {
         self.current.load_full()
     }
 
+    /// The tier list the next [`SharedCatalog::reload`] scans.
+    pub fn tier_configs(&self) -> Arc<Vec<TierConfig>> {
+        self.tiers.load_full()
+    }
+
     /// Replaces the tier list (a reloaded config); the next [`SharedCatalog::reload`] scans it.
     pub fn set_tiers(&self, tiers: Vec<TierConfig>) {
         self.tiers.store(Arc::new(tiers));
@@ -198,11 +455,52 @@ impl SharedCatalog {
 
     /// Rescans every tier and swaps the result in. In-flight responses keep their open files.
     pub fn reload(&self) -> Arc<Catalog> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let next = Arc::new(Catalog::scan(&self.tiers.load(), generation));
         self.current.store(next.clone());
-        tracing::info!(generation, objects = next.len(), "catalog reloaded");
+        give_back_freed_memory();
+        tracing::info!(generation, objects = next.len(), "catalog rescanned");
         next
+    }
+
+    /// Re-checks the ids `names` (the names a tier directory's watch reported; invalid ids are
+    /// ignored) and publishes one new snapshot holding the result. Returns how many entries
+    /// changed. Each name costs an `lstat` per tier and a persistent-map update: the work does
+    /// not grow with the catalog.
+    pub fn refresh<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> usize {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = Catalog::clone(&self.current.load());
+        let mut changed = 0;
+        for name in names {
+            let stamp = self.next_stamp.fetch_add(1, Ordering::Relaxed).max(1);
+            changed += usize::from(next.refresh_one(name, stamp));
+        }
+        if changed > 0 {
+            let merged = next.merge_due();
+            if merged {
+                next.merge();
+            }
+            self.current.store(Arc::new(next));
+            if merged {
+                give_back_freed_memory();
+            }
+        }
+        changed
+    }
+}
+
+/// Returns the memory of the catalog just replaced to the kernel. The scan's buffers (tens of
+/// MB at a million objects) are freed on the thread that ran it; glibc raises its mmap
+/// threshold after such a free and keeps the next ones in its arenas, so without this the RSS
+/// climbed by about the catalog's size with every rescan (measured: 58 → 149 MiB after 10
+/// rescans of 1 M objects).
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and releases free memory in glibc's own arenas; it takes
+    // an integer and touches no memory of ours.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -226,6 +524,9 @@ pub struct OpenObject {
     pub fixed_headers: Vec<u8>,
     /// Catalog generation it was opened under.
     pub generation: u64,
+    /// The catalog entry's [`Entry::stamp`] when it was opened: a cache holding it serves it
+    /// only while the catalog's entry still has this stamp and tier.
+    pub stamp: u32,
     /// Per 64 KiB block, until when (core-local milliseconds) the block is known to be in the
     /// page cache. Owned by one core's open-file cache; empty for files over 4 GiB, whose
     /// blocks are checked on every request.
@@ -233,12 +534,18 @@ pub struct OpenObject {
 }
 
 impl OpenObject {
-    /// Opens `entry` (never following a symlink) and describes it. May block on the disk.
-    pub fn open(id: &str, entry: &Entry, generation: u64) -> std::io::Result<OpenObject> {
+    /// Opens `path`, the file of `entry` (never following a symlink), and describes it. May
+    /// block on the disk.
+    pub fn open(
+        id: &str,
+        path: &Path,
+        entry: &Entry,
+        generation: u64,
+    ) -> std::io::Result<OpenObject> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&entry.path)?;
+            .open(path)?;
         let meta = file.metadata()?;
         if !meta.file_type().is_file() {
             return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
@@ -273,12 +580,13 @@ impl OpenObject {
             resident_until,
             file: Arc::new(file),
             map,
-            tier: entry.tier,
+            tier: usize::from(entry.tier),
             size,
             etag,
             last_modified,
             fixed_headers,
             generation,
+            stamp: entry.stamp,
         })
     }
 
@@ -306,7 +614,6 @@ pub fn etag_for(size: u64, mtime: SystemTime, ino: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     fn tier(name: &str, kind: TierKind, path: &Path) -> TierConfig {
         TierConfig {
@@ -371,7 +678,9 @@ mod tests {
         let cat = shared.reload();
         assert_eq!(cat.generation, 2);
         let entry = cat.get("new.ts").unwrap();
-        let obj = OpenObject::open("new.ts", entry, cat.generation).unwrap();
+        let path = cat.path("new.ts", &entry);
+        assert_eq!(path, dir.path().join("new.ts"));
+        let obj = OpenObject::open("new.ts", &path, &entry, cat.generation).unwrap();
         assert_eq!(obj.size, 10);
         assert!(obj.etag.starts_with("\"a-") && obj.etag.ends_with('"'));
         let fixed = String::from_utf8(obj.fixed_headers.clone()).unwrap();
@@ -380,6 +689,120 @@ mod tests {
         // A symlink swapped in after the scan is refused at open.
         std::fs::remove_file(dir.path().join("new.ts")).unwrap();
         std::os::unix::fs::symlink("/etc/hostname", dir.path().join("new.ts")).unwrap();
-        assert!(OpenObject::open("new.ts", entry, cat.generation).is_err());
+        assert!(OpenObject::open("new.ts", &path, &entry, cat.generation).is_err());
+    }
+
+    /// Per-tier counts a full scan would find, to compare with what changes produced.
+    fn counts(cat: &Catalog) -> Vec<(u64, u64)> {
+        cat.tier_states
+            .iter()
+            .map(|s| (s.objects, s.bytes))
+            .collect()
+    }
+
+    #[test]
+    fn refresh_follows_changes_name_by_name_and_matches_a_rescan() {
+        let flash = tempfile::tempdir().unwrap();
+        let hdd = tempfile::tempdir().unwrap();
+        let tiers = vec![
+            tier("nvme", TierKind::Flash, flash.path()),
+            tier("hdd", TierKind::Storage, hdd.path()),
+        ];
+        std::fs::write(hdd.path().join("a.ts"), b"storage").unwrap();
+        let shared = SharedCatalog::new(tiers.clone());
+        let before = shared.snapshot();
+        assert_eq!(before.get("a.ts").unwrap().tier, 1);
+
+        // Installed the way fill does it: a hidden temporary renamed in.
+        std::fs::write(flash.path().join(".tmp-a.ts"), b"flash!!!!").unwrap();
+        std::fs::rename(flash.path().join(".tmp-a.ts"), flash.path().join("a.ts")).unwrap();
+        std::fs::write(flash.path().join("b.ts"), b"bb").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", flash.path().join("c.ts")).unwrap();
+        let changed = shared.refresh([".tmp-a.ts", "a.ts", "b.ts", "c.ts", "../x"]);
+        assert_eq!(changed, 2);
+        let cat = shared.snapshot();
+        let a = cat.get("a.ts").unwrap();
+        assert_eq!((a.tier, a.size), (0, 9), "the flash copy wins");
+        assert_ne!(a.stamp, 0, "a change gets a fresh stamp");
+        assert!(cat.get("b.ts").is_some());
+        assert!(cat.get("c.ts").is_none(), "a symlink is not an object");
+        assert_eq!(
+            cat.generation, before.generation,
+            "a change is not a rescan"
+        );
+        // The old snapshot is untouched: readers holding it see a consistent catalog.
+        assert_eq!(before.len(), 1);
+        assert_eq!(before.get("a.ts").unwrap().tier, 1);
+        assert_eq!(counts(&cat), counts(&Catalog::scan(&tiers, 0)));
+
+        // Deleted from flash: served from storage again; deleted everywhere: gone.
+        std::fs::remove_file(flash.path().join("a.ts")).unwrap();
+        std::fs::remove_file(flash.path().join("b.ts")).unwrap();
+        assert_eq!(shared.refresh(["a.ts", "b.ts"]), 2);
+        let cat = shared.snapshot();
+        assert_eq!(cat.get("a.ts").unwrap().tier, 1);
+        assert!(cat.get("b.ts").is_none());
+        assert_eq!(counts(&cat), counts(&Catalog::scan(&tiers, 0)));
+
+        // A name that changed nothing publishes nothing.
+        assert_eq!(shared.refresh(["nothing.ts"]), 0);
+
+        // A replaced file gets a new stamp (an open-file cache drops its old descriptor).
+        let stamp = shared.load().get("a.ts").unwrap().stamp;
+        std::fs::write(hdd.path().join(".tmp"), b"new").unwrap();
+        std::fs::rename(hdd.path().join(".tmp"), hdd.path().join("a.ts")).unwrap();
+        shared.refresh(["a.ts"]);
+        let entry = shared.load().get("a.ts").unwrap();
+        assert_ne!(entry.stamp, stamp);
+        assert_eq!(entry.size, 3);
+    }
+
+    #[test]
+    fn refresh_skips_tiers_out_of_service() {
+        let good = tempfile::tempdir().unwrap();
+        let gone = good.path().join("gone");
+        let shared = SharedCatalog::new(vec![
+            tier("a", TierKind::Flash, &gone),
+            tier("b", TierKind::Storage, good.path()),
+        ]);
+        std::fs::write(good.path().join("x.ts"), b"1").unwrap();
+        assert_eq!(shared.refresh(["x.ts"]), 1);
+        let cat = shared.load();
+        assert_eq!(cat.get("x.ts").unwrap().tier, 1);
+        assert_eq!(cat.tier_states[0].objects, 0);
+    }
+
+    #[test]
+    fn changes_past_the_merge_threshold_are_packed_into_a_new_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let tiers = vec![tier("f", TierKind::Flash, dir.path())];
+        for i in 0..10 {
+            std::fs::write(dir.path().join(format!("old-{i}.ts")), b"o").unwrap();
+        }
+        let shared = SharedCatalog::new(tiers.clone());
+        let names: Vec<String> = (0..5000).map(|i| format!("new-{i}.ts")).collect();
+        for n in &names {
+            std::fs::write(dir.path().join(n), b"nn").unwrap();
+        }
+        std::fs::remove_file(dir.path().join("old-3.ts")).unwrap();
+        let first = shared.snapshot();
+        // In two batches: the first stays in the overlay, the second crosses the threshold.
+        shared.refresh(names[..100].iter().map(String::as_str).chain(["old-3.ts"]));
+        let mid = shared.snapshot();
+        assert_eq!(mid.overlay.len(), 101);
+        assert!(mid.get("old-3.ts").is_none());
+        assert_eq!(mid.ids(0).len(), 109);
+        shared.refresh(names[100..].iter().map(String::as_str));
+        let cat = shared.snapshot();
+        assert!(cat.overlay.is_empty(), "merged");
+        assert_eq!(cat.len(), 5009);
+        assert_eq!(cat.ids(0).len(), 5009);
+        assert!(cat.get("old-3.ts").is_none());
+        assert_eq!(cat.get("new-4999.ts").unwrap().size, 2);
+        assert_eq!(counts(&cat), counts(&Catalog::scan(&tiers, 0)));
+        // Older snapshots are untouched.
+        assert_eq!(first.len(), 10);
+        assert!(first.get("old-3.ts").is_some());
+        assert_eq!(mid.len(), 109);
     }
 }

@@ -421,6 +421,35 @@ pub struct Metrics {
     cert_reloads: [AtomicU64; 2],
     config_reloads: [AtomicU64; 2],
     draining: std::sync::atomic::AtomicBool,
+    /// Tier-directory watch events read (process-wide: one watcher thread).
+    watch_events: AtomicU64,
+    /// Catalog entries the watch changed.
+    watch_changes: AtomicU64,
+    /// Full rescans the watch fell back to, by [`Rescan`].
+    watch_rescans: [AtomicU64; 3],
+}
+
+/// Why the tier watch fell back to a full rescan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rescan {
+    /// The kernel's event queue overflowed: changes were lost.
+    Overflow,
+    /// A tier directory was replaced, moved, deleted or unmounted under its watch (or mounted
+    /// over): it is watched again at its path.
+    Replaced,
+    /// A tier directory could not be watched; it is rescanned until it can.
+    WatchFailed,
+}
+
+impl Rescan {
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Rescan::Overflow => "overflow",
+            Rescan::Replaced => "replaced",
+            Rescan::WatchFailed => "watch_failed",
+        }
+    }
 }
 
 impl Metrics {
@@ -433,7 +462,21 @@ impl Metrics {
             cert_reloads: Default::default(),
             config_reloads: Default::default(),
             draining: Default::default(),
+            watch_events: Default::default(),
+            watch_changes: Default::default(),
+            watch_rescans: Default::default(),
         }
+    }
+
+    /// The tier watch read `events` events that changed `changes` catalog entries.
+    pub fn watch_events(&self, events: u64, changes: u64) {
+        self.watch_events.fetch_add(events, Relaxed);
+        self.watch_changes.fetch_add(changes, Relaxed);
+    }
+
+    /// The tier watch fell back to a full rescan.
+    pub fn watch_rescan(&self, why: Rescan) {
+        self.watch_rescans[why as usize].fetch_add(1, Relaxed);
     }
 
     /// Records how HTTPS is served (set once at start when there is an HTTPS listener).
@@ -684,6 +727,42 @@ pub fn render(metrics: &Metrics, catalog: &Catalog) -> String {
         "Increases with every catalog reload.",
     );
     let _ = writeln!(out, "edgeplane_catalog_generation {}", catalog.generation);
+    header(
+        &mut out,
+        "edgeplane_catalog_watch_events_total",
+        "counter",
+        "Tier-directory change events read from the watch (inotify).",
+    );
+    let _ = writeln!(
+        out,
+        "edgeplane_catalog_watch_events_total {}",
+        metrics.watch_events.load(Relaxed)
+    );
+    header(
+        &mut out,
+        "edgeplane_catalog_watch_changes_total",
+        "counter",
+        "Catalog entries added, replaced or removed by watch events (no rescan).",
+    );
+    let _ = writeln!(
+        out,
+        "edgeplane_catalog_watch_changes_total {}",
+        metrics.watch_changes.load(Relaxed)
+    );
+    header(
+        &mut out,
+        "edgeplane_catalog_watch_rescans_total",
+        "counter",
+        "Full catalog rescans the watch fell back to, by reason (overflow, replaced, watch_failed).",
+    );
+    for why in [Rescan::Overflow, Rescan::Replaced, Rescan::WatchFailed] {
+        let _ = writeln!(
+            out,
+            "edgeplane_catalog_watch_rescans_total{{reason=\"{}\"}} {}",
+            why.label(),
+            metrics.watch_rescans[why as usize].load(Relaxed)
+        );
+    }
     header(
         &mut out,
         "edgeplane_executors",

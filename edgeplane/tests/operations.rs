@@ -60,8 +60,11 @@ fn sighup_rereads_the_config_file() {
     poll("CORS to be turned off by SIGHUP", || {
         cors_header(&server).is_none().then_some(())
     });
-    let r = server.get("/added.bin", &[]);
-    assert_eq!(r.status, 200, "object on the tier added by reload: {r:?}");
+    // The config is swapped in before the rescan of the new tier list finishes: poll.
+    let r = poll("the object on the tier added by reload", || {
+        let r = server.get("/added.bin", &[]);
+        (r.status == 200).then_some(r)
+    });
     assert_eq!(r.body, b"from the added tier");
     poll("the restart line", || {
         server

@@ -1,6 +1,7 @@
-//! Developer tasks for edgeplane: `cargo xtask ci | demo | deb | bench | bench-tls | bench-xdp | flamegraph | vmtest | testssl | fuzz | plan | hwtest`.
+//! Developer tasks for edgeplane: `cargo xtask ci | demo | deb | bench | bench-catalog | bench-tls | bench-xdp | flamegraph | vmtest | testssl | fuzz | plan | hwtest`.
 
 mod bench;
+mod bench_catalog;
 mod bench_tls;
 mod bench_xdp;
 mod callgrind;
@@ -41,6 +42,9 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Profile edgeplane (or nginx) under the bench's load with perf; writes a flame graph SVG.
     Flamegraph(flamegraph::FlamegraphArgs),
+    /// The catalog at scale: ready time, RSS per object, rescans, objects renamed in and
+    /// deleted without a reload, hit latency, at 1 k / 1 M (/ 10 M) empty files.
+    BenchCatalog(bench_catalog::BenchCatalogArgs),
     /// Build the Debian package (release build, cargo-deb) into target/debian/.
     Deb,
     /// XDP filter: ns per packet by prefix count, veth drop rate against nftables (root).
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
         Task::Bench(args) => bench::run(&args),
         Task::Flamegraph(args) => flamegraph::run(&args),
         Task::BenchXdp(args) => bench_xdp::run(&args),
+        Task::BenchCatalog(args) => bench_catalog::run(&args),
         Task::Vmtest(args) => vmtest::run(&args),
         Task::Testssl => testssl::run(None),
         Task::BenchTls(args) => bench_tls::run(&args),

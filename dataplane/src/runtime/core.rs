@@ -167,40 +167,49 @@ impl Core {
     /// catalog has no such id. Storage-tier opens (a directory lookup may seek) run on the
     /// blocking pool.
     pub(crate) async fn open(&self, id: &str) -> io::Result<Option<Rc<OpenObject>>> {
-        let (entry, generation, kind, tier) = {
+        let (entry, path, generation, kind, tier) = {
             let catalog = self.shared.catalog.load();
             let mut files = self.files.borrow_mut();
             if files.generation != catalog.generation {
                 files.map.clear();
                 files.generation = catalog.generation;
             }
-            if let Some(obj) = files.map.get(id) {
-                return Ok(Some(obj.clone()));
-            }
+            // The catalog is asked on every request, cache hit or not: a cached file is served
+            // only while its entry is the one it was opened for (same stamp and tier), so a
+            // deleted or replaced object stops being served as soon as the watcher publishes
+            // the change.
             let Some(entry) = catalog.get(id) else {
+                files.map.remove(id);
                 return Ok(None);
             };
+            if let Some(obj) = files.map.get(id) {
+                if obj.stamp == entry.stamp && obj.tier == usize::from(entry.tier) {
+                    return Ok(Some(obj.clone()));
+                }
+                files.map.remove(id);
+            }
             (
-                entry.clone(),
+                entry,
+                catalog.path(id, &entry),
                 catalog.generation,
-                catalog.tiers[entry.tier].kind,
-                entry.tier,
+                catalog.tiers[usize::from(entry.tier)].kind,
+                usize::from(entry.tier),
             )
         };
         let opened = if kind == TierKind::Storage && self.config().io.residency_check {
             let id = id.to_owned();
             glommio::executor()
-                .spawn_blocking(move || OpenObject::open(&id, &entry, generation))
+                .spawn_blocking(move || OpenObject::open(&id, &path, &entry, generation))
                 .await
         } else {
-            OpenObject::open(id, &entry, generation)
+            OpenObject::open(id, &path, &entry, generation)
         };
         let obj = match opened {
             Ok(obj) => Rc::new(obj),
             // A symlink swapped in after the scan: not an object, not a disk problem.
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // Gone since the scan: evicted (the next reload drops it) or the tier vanished.
+                // Gone since the scan: evicted (the watcher drops it) or the tier vanished.
                 self.tier_io_error(tier, &e);
                 return Ok(None);
             }

@@ -7,7 +7,8 @@
 //!
 //! - `server`: the process: starts the executors, the admin listener, the tier watcher, turns
 //!   signals into reloads and shutdown.
-//! - `admin`, `tiers`: the admin listener and the tier watcher threads (over `shared`).
+//! - `admin`, `tiers`, `watch`: the admin listener, the tier watcher and the catalog watch
+//!   (inotify: objects added and removed without rescans) threads (over `shared`).
 //! - `executor`: one executor's life: listeners, per-core timers, the accept loop; it spawns
 //!   each connection into `tls` (HTTPS) or `conn` (plain HTTP).
 //! - `tls`: the rustls handshake and the hand-over to kernel TLS (decided in
@@ -42,6 +43,7 @@ mod sys;
 mod tiers;
 mod tls;
 mod transport;
+mod watch;
 
 pub use server::{io_memory_per_core, serve, ServeError};
 

@@ -71,6 +71,10 @@ pub enum ServeError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The tier directories cannot be watched for changes (no inotify instance: see
+    /// `fs.inotify.max_user_instances`), or the watch thread could not start.
+    #[error("cannot watch the tier directories for changes (inotify; see the sysctl fs.inotify.max_user_instances): {0}")]
+    Watch(std::io::Error),
     /// The HTTPS certificates could not be loaded (they changed since the config was checked).
     #[error("{0}")]
     Certificates(crate::config::ConfigError),
@@ -124,6 +128,8 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> Result<
     let drop_to = super::privileges::resolve(&config.process)
         .map_err(|e| ServeError::Process(e.to_string()))?;
     let io_memory = io_memory_per_core(&config, sys::memlock_limit())?;
+    // Watches first, then the scan: a change during the scan is in the watch's queue.
+    let watcher = super::watch::Watcher::new(&config.tiers).map_err(ServeError::Watch)?;
     let catalog = Arc::new(SharedCatalog::new(config.tiers.clone()));
     {
         let cat = catalog.load();
@@ -189,6 +195,7 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> Result<
         placement,
     });
     super::tiers::start(shared.clone()).map_err(ServeError::Signals)?;
+    super::watch::start(shared.clone(), watcher).map_err(ServeError::Watch)?;
 
     let admin =
         std::net::TcpListener::bind(config.admin.listen).map_err(|source| ServeError::Listen {

@@ -1,6 +1,8 @@
 //! The fill's I/O: the loop that runs passes inside the window, and a pass — scan the tiers,
 //! [`plan`](super::plan), evict, download (peer first, then the origin behind the breaker)
-//! under the rate cap, install verified objects, reload the data plane.
+//! under the rate cap, install verified objects. The data plane watches its tier directories
+//! (inotify): an object renamed in is served and an evicted one dropped without a reload call,
+//! so a pass never asks for one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -183,12 +185,6 @@ async fn fill_pass(
             Err(e) => tracing::warn!("agent: evicting {id} from {tier}: {e}"),
         }
     }
-    if changed {
-        // Removed files must leave the catalog before new ones arrive.
-        if let Err(e) = agent.admin.reload().await {
-            tracing::warn!("agent: {e}");
-        }
-    }
     if plan.download.is_empty() {
         return if changed {
             PassResult::Progress
@@ -209,14 +205,12 @@ async fn fill_pass(
             .collect()
     };
     let installed = Arc::new(AtomicU64::new(0));
-    let last_reload = Arc::new(tokio::sync::Mutex::new(Instant::now()));
     futures::stream::iter(due)
         .for_each_concurrent(agent.cfg.fill.concurrency, |entry| {
             let agent = agent.clone();
             let breaker = breaker.clone();
             let retries = retries.clone();
             let installed = installed.clone();
-            let last_reload = last_reload.clone();
             async move {
                 let id = entry.object.id.clone();
                 match download(&agent, &entry, &breaker).await {
@@ -233,14 +227,7 @@ async fn fill_pass(
                             s.fill.bytes_missing =
                                 s.fill.bytes_missing.saturating_sub(entry.object.size);
                         }
-                        // Serve new objects soon, without a rescan per object.
-                        let mut last = last_reload.lock().await;
-                        if last.elapsed() >= Duration::from_secs(1) {
-                            if let Err(e) = agent.admin.reload().await {
-                                tracing::warn!("agent: {e}");
-                            }
-                            *last = Instant::now();
-                        }
+                        // The data plane's tier watch serves it from here on: no reload.
                     }
                     Err(Skip::BreakerOpen) => {}
                     Err(Skip::Failed(e)) => {
@@ -260,9 +247,6 @@ async fn fill_pass(
         .await;
     let n = installed.load(Ordering::Relaxed);
     if n > 0 {
-        if let Err(e) = agent.admin.reload().await {
-            tracing::warn!("agent: {e}");
-        }
         return PassResult::Progress;
     }
     // Nothing installed: wait for the earliest retry or the breaker's probe.
