@@ -90,6 +90,24 @@ fn objects_renamed_in_deleted_and_replaced_are_followed_without_a_reload() {
     fs::remove_file(flash.join("linked.ts")).unwrap();
     wait_for(&server, "linked.ts", 404, None);
 
+    // A file written in place is not served while it is open for writing (a half-written
+    // object must never go out), and is once it is closed. The marker renamed in after the
+    // partial write makes sure the watch has seen the file's creation before the check.
+    {
+        use std::io::Write as _;
+        let mut f = fs::File::create(flash.join("in-place.ts")).unwrap();
+        f.write_all(b"first half ").unwrap();
+        install(&flash, "sync-1.ts", b"s");
+        wait_for(&server, "sync-1.ts", 200, Some(b"s"));
+        assert_eq!(
+            server.get("/in-place.ts", &[]).status,
+            404,
+            "a file still being written was served"
+        );
+        f.write_all(b"second half").unwrap();
+    }
+    wait_for(&server, "in-place.ts", 200, Some(b"first half second half"));
+
     // Temporaries, symlinks and directories never become objects.
     fs::write(flash.join(".tmp-partial.ts"), b"partial").unwrap();
     std::os::unix::fs::symlink("/etc/hostname", flash.join("link.ts")).unwrap();
@@ -119,10 +137,11 @@ fn objects_renamed_in_deleted_and_replaced_are_followed_without_a_reload() {
         m.text
     );
     assert_eq!(m.sum("edgeplane_catalog_watch_rescans_total", &[]), 0.0);
-    // The counts follow too: the canary and marker.ts on flash, nothing left on hdd.
+    // The counts follow too: the canary, sync-1.ts, in-place.ts and marker.ts on flash,
+    // nothing left on hdd.
     assert_eq!(
         m.sum("edgeplane_catalog_objects", &[("tier", "flash")]),
-        2.0
+        4.0
     );
     assert_eq!(m.sum("edgeplane_catalog_objects", &[("tier", "hdd")]), 0.0);
 
@@ -227,4 +246,6 @@ fn a_tier_directory_replaced_under_its_watch_is_picked_up() {
     assert!(rescans(&server, "replaced") > before);
     install(&flash, "on-mount.ts", b"watched");
     wait_for(&server, "on-mount.ts", 200, Some(b"watched"));
+    // The server watches the mount: stop it first, or the unmount finds the mount busy.
+    drop(server);
 }

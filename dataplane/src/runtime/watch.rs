@@ -39,8 +39,9 @@ const POLL_MS: i32 = 200;
 
 /// What each tier directory's watch reports.
 fn mask() -> WatchMask {
-    // CREATE: hard links (`ln`) raise nothing else; a file written in place is re-checked at
-    // CLOSE_WRITE too (fill never does that: it renames a finished temporary in).
+    // CREATE: hard links (`ln`) raise nothing else, so a created name is taken when it is a
+    // second link; a file created in place waits for its CLOSE_WRITE (fill never writes in
+    // place: it renames a finished temporary in), so a half-written file is never served.
     WatchMask::MOVED_TO
         | WatchMask::CREATE
         | WatchMask::MOVED_FROM
@@ -49,6 +50,18 @@ fn mask() -> WatchMask {
         | WatchMask::DELETE_SELF
         | WatchMask::MOVE_SELF
         | WatchMask::ONLYDIR
+}
+
+/// Whether `name`, just created in the directory watched as `wd`, is another link to an
+/// existing file (whole the moment it appears) rather than a file still being written.
+fn created_as_link(watched: &[Watched], wd: &WatchDescriptor, name: &str) -> bool {
+    watched
+        .iter()
+        .filter(|w| w.wd.as_ref() == Some(wd))
+        .any(|w| {
+            std::fs::symlink_metadata(w.path.join(name))
+                .is_ok_and(|m| m.file_type().is_file() && m.nlink() > 1)
+        })
 }
 
 /// One tier directory's watch.
@@ -196,7 +209,12 @@ pub(crate) fn start(shared: Arc<Shared>, mut watcher: Watcher) -> std::io::Resul
                                 ) {
                                     self_event = true;
                                 } else if let Some(name) = event.name.and_then(|n| n.to_str()) {
-                                    if !overflow {
+                                    // A file created in place is half-written until its
+                                    // CLOSE_WRITE, which brings it in; only a hard link (`ln`),
+                                    // whole the moment it appears, is taken at CREATE.
+                                    let half_written = event.mask == EventMask::CREATE
+                                        && !created_as_link(&watcher.watched, &event.wd, name);
+                                    if !overflow && !half_written {
                                         names.insert(name.to_owned());
                                     }
                                 }
