@@ -450,6 +450,8 @@ fn check_update_structure(body: &[u8], four_octet_as: bool) -> Result<(), Notify
                 .with_data(whole.to_vec()));
             }
             2 => check_as_path(value, if four_octet_as { 4 } else { 2 })?,
+            14 => check_mp_nlri(value, true).map_err(|e| e.with_data(whole.to_vec()))?,
+            15 => check_mp_nlri(value, false).map_err(|e| e.with_data(whole.to_vec()))?,
             17 => check_as_path(value, 4)?,
             _ => {}
         }
@@ -485,6 +487,36 @@ fn check_as_path(mut v: &[u8], asn_size: usize) -> Result<(), NotifyError> {
 }
 
 /// Checks a run of (length, prefix) NLRI entries: lengths within `max_bits`, bytes present.
+/// The NLRI of an MP_REACH_NLRI (`reach`) or MP_UNREACH_NLRI value, for the families this
+/// speaker takes (IPv4 and IPv6 unicast): the value holds its fixed fields, and every prefix
+/// length fits the family with its bytes present. The parser below is lenient here (found by
+/// the `bgp_message` fuzz target: a prefix length of 184 in IPv6 NLRI came out as a made-up
+/// prefix), and a prefix we would serve must be exactly the one the router sent. Other
+/// families are ignored, as the parser ignores them.
+fn check_mp_nlri(v: &[u8], reach: bool) -> Result<(), NotifyError> {
+    let bad = |r: &str| update_err(subcode::OPTIONAL_ATTRIBUTE, r.to_string());
+    let (Some(afi), Some(&safi)) = (v.get(..2), v.get(2)) else {
+        return Err(bad("MP_(UN)REACH_NLRI shorter than its AFI and SAFI"));
+    };
+    let max_bits = match (u16::from_be_bytes([afi[0], afi[1]]), safi) {
+        (1, 1) => 32,
+        (2, 1) => 128,
+        _ => return Ok(()),
+    };
+    let nlri = if reach {
+        let next_hop = usize::from(
+            *v.get(3)
+                .ok_or_else(|| bad("MP_REACH_NLRI without a next hop length"))?,
+        );
+        // The next hop, then one reserved octet.
+        v.get(4 + next_hop + 1..)
+            .ok_or_else(|| bad("MP_REACH_NLRI next hop runs past the attribute"))?
+    } else {
+        &v[3..]
+    };
+    check_nlri(nlri, max_bits)
+}
+
 fn check_nlri(mut v: &[u8], max_bits: u8) -> Result<(), NotifyError> {
     while let Some(&bits) = v.first() {
         let bytes = (bits as usize).div_ceil(8);
@@ -874,6 +906,44 @@ mod tests {
     fn err_of(msg: &[u8]) -> (u8, u8) {
         let e = decode(msg, true).unwrap_err();
         (e.code, e.subcode)
+    }
+
+    /// Found by the `bgp_message` fuzz target: IPv6 NLRI in MP_REACH_NLRI with a prefix length
+    /// of 184 was accepted, and the parser made up prefixes from it. It is an UPDATE error now.
+    #[test]
+    fn mp_reach_with_an_impossible_prefix_length_is_refused() {
+        let mut v = vec![0, 2, 1, 16];
+        v.extend([0x20, 0x01, 0x0d, 0xb8].iter().chain(&[0; 12]));
+        v.push(0);
+        v.extend([0, 184, 0x0d, 0xb8]);
+        let msg = build::update(
+            &[],
+            &[
+                build::attr(0x80, 14, &v),
+                build::attr(0x40, 1, &[0]),
+                build::attr(0x40, 2, &[2, 1, 0, 0, 0xfc, 0]),
+            ]
+            .concat(),
+            &[],
+        );
+        assert_eq!(err_of(&msg), (code::UPDATE, subcode::INVALID_NETWORK_FIELD));
+        // The same with a good prefix length decodes.
+        let n = v.len();
+        v[n - 3] = 13;
+        let msg = build::update(
+            &[],
+            &[
+                build::attr(0x80, 14, &v),
+                build::attr(0x40, 1, &[0]),
+                build::attr(0x40, 2, &[2, 1, 0, 0, 0xfc, 0]),
+            ]
+            .concat(),
+            &[],
+        );
+        let Ok(Message::Update(u)) = decode(&msg, true) else {
+            panic!("{:?}", decode(&msg, true))
+        };
+        assert_eq!(u.announced, vec![net("::/0"), net("db8::/13")]);
     }
 
     #[test]
