@@ -404,7 +404,17 @@ fn decode_open(msg: &[u8]) -> Result<Open, NotifyError> {
 }
 
 /// Structural checks the parser crate is lenient about, with exact subcodes.
-fn check_update_structure(body: &[u8], four_octet_as: bool) -> Result<(), NotifyError> {
+/// IPv4/IPv6 unicast prefixes of the MP_REACH_NLRI / MP_UNREACH_NLRI attributes, decoded here
+/// rather than by the parser: bgpkit-parser drops every prefix after a leading zero-length one
+/// in these attributes (`::/0` first hid the rest; found by the `bgp_message` fuzz target).
+#[derive(Debug, Default)]
+struct MpPrefixes {
+    announced: Vec<IpNet>,
+    withdrawn: Vec<IpNet>,
+}
+
+fn check_update_structure(body: &[u8], four_octet_as: bool) -> Result<MpPrefixes, NotifyError> {
+    let mut mp = MpPrefixes::default();
     let malformed = |r: &str| update_err(subcode::MALFORMED_ATTRIBUTE_LIST, r.to_string());
     let wlen = u16::from_be_bytes([body[0], body[1]]) as usize;
     if 2 + wlen + 2 > body.len() {
@@ -450,14 +460,17 @@ fn check_update_structure(body: &[u8], four_octet_as: bool) -> Result<(), Notify
                 .with_data(whole.to_vec()));
             }
             2 => check_as_path(value, if four_octet_as { 4 } else { 2 })?,
-            14 => check_mp_nlri(value, true).map_err(|e| e.with_data(whole.to_vec()))?,
-            15 => check_mp_nlri(value, false).map_err(|e| e.with_data(whole.to_vec()))?,
+            14 => check_mp_nlri(value, true, &mut mp.announced)
+                .map_err(|e| e.with_data(whole.to_vec()))?,
+            15 => check_mp_nlri(value, false, &mut mp.withdrawn)
+                .map_err(|e| e.with_data(whole.to_vec()))?,
             17 => check_as_path(value, 4)?,
             _ => {}
         }
         attrs = &attrs[hlen + vlen..];
     }
-    check_nlri(&body[attrs_at + alen..], 32)
+    check_nlri(&body[attrs_at + alen..], 32)?;
+    Ok(mp)
 }
 
 fn check_as_path(mut v: &[u8], asn_size: usize) -> Result<(), NotifyError> {
@@ -493,7 +506,7 @@ fn check_as_path(mut v: &[u8], asn_size: usize) -> Result<(), NotifyError> {
 /// the `bgp_message` fuzz target: a prefix length of 184 in IPv6 NLRI came out as a made-up
 /// prefix), and a prefix we would serve must be exactly the one the router sent. Other
 /// families are ignored, as the parser ignores them.
-fn check_mp_nlri(v: &[u8], reach: bool) -> Result<(), NotifyError> {
+fn check_mp_nlri(v: &[u8], reach: bool, out: &mut Vec<IpNet>) -> Result<(), NotifyError> {
     let bad = |r: &str| update_err(subcode::OPTIONAL_ATTRIBUTE, r.to_string());
     let (Some(afi), Some(&safi)) = (v.get(..2), v.get(2)) else {
         return Err(bad("MP_(UN)REACH_NLRI shorter than its AFI and SAFI"));
@@ -514,7 +527,28 @@ fn check_mp_nlri(v: &[u8], reach: bool) -> Result<(), NotifyError> {
     } else {
         &v[3..]
     };
-    check_nlri(nlri, max_bits)
+    check_nlri(nlri, max_bits)?;
+    nlri_prefixes(nlri, max_bits == 128, out);
+    Ok(())
+}
+
+/// The prefixes of NLRI that [`check_nlri`] accepted, in order.
+fn nlri_prefixes(mut v: &[u8], v6: bool, out: &mut Vec<IpNet>) {
+    while let Some(&bits) = v.first() {
+        let n = usize::from(bits).div_ceil(8);
+        let bytes = &v[1..1 + n];
+        let net = if v6 {
+            let mut a = [0u8; 16];
+            a[..n].copy_from_slice(bytes);
+            ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(a), bits).map(IpNet::V6)
+        } else {
+            let mut a = [0u8; 4];
+            a[..n].copy_from_slice(bytes);
+            ipnet::Ipv4Net::new(Ipv4Addr::from(a), bits).map(IpNet::V4)
+        };
+        out.extend(net.ok());
+        v = &v[1 + n..];
+    }
 }
 
 fn check_nlri(mut v: &[u8], max_bits: u8) -> Result<(), NotifyError> {
@@ -608,7 +642,7 @@ fn family_of(nlri: &Nlri) -> Option<Family> {
 }
 
 fn decode_update(msg: &[u8], body: &[u8], four_octet_as: bool) -> Result<Update, NotifyError> {
-    check_update_structure(body, four_octet_as)?;
+    let mp = check_update_structure(body, four_octet_as)?;
     let asn_len = if four_octet_as {
         AsnLength::Bits32
     } else {
@@ -646,21 +680,16 @@ fn decode_update(msg: &[u8], body: &[u8], four_octet_as: bool) -> Result<Update,
         withdrawn: parsed.withdrawn_prefixes.iter().map(|p| p.prefix).collect(),
         ..Update::default()
     };
+    update.announced.extend(mp.announced);
+    update.withdrawn.extend(mp.withdrawn);
     let mut mp_unreach_empty = None;
     let mut attr_count = 0;
     for attr in parsed.attributes.iter() {
         attr_count += 1;
         match attr {
-            AttributeValue::MpReachNlri(nlri) if family_of(nlri).is_some() => {
-                update
-                    .announced
-                    .extend(nlri.prefixes.iter().map(|p| p.prefix));
-            }
+            // The prefixes themselves came from `check_update_structure` (see MpPrefixes).
             AttributeValue::MpUnreachNlri(nlri) => {
                 if let Some(f) = family_of(nlri) {
-                    update
-                        .withdrawn
-                        .extend(nlri.prefixes.iter().map(|p| p.prefix));
                     if nlri.prefixes.is_empty() {
                         mp_unreach_empty = Some(f);
                     }
@@ -906,6 +935,35 @@ mod tests {
     fn err_of(msg: &[u8]) -> (u8, u8) {
         let e = decode(msg, true).unwrap_err();
         (e.code, e.subcode)
+    }
+
+    /// Found by the `bgp_message` fuzz target: the parser underneath dropped every prefix after a
+    /// leading `::/0` in MP_REACH_NLRI and MP_UNREACH_NLRI.
+    #[test]
+    fn mp_prefixes_after_a_leading_default_route_are_kept() {
+        let mut reach = vec![0, 2, 1, 16];
+        reach.extend([0x20, 0x01, 0x0d, 0xb8].iter().chain(&[0; 12]));
+        reach.push(0);
+        reach.extend([0, 32, 0x20, 0x01, 0x0d, 0xb8, 1, 0]);
+        let msg = build::update(
+            &[],
+            &[
+                build::attr(0x80, 14, &reach),
+                build::attr(0x40, 1, &[0]),
+                build::attr(0x40, 2, &[2, 1, 0, 0, 0xfc, 0]),
+                build::attr(0x80, 15, &[0, 2, 1, 0, 16, 0x20, 0x02]),
+            ]
+            .concat(),
+            &[],
+        );
+        let Ok(Message::Update(u)) = decode(&msg, true) else {
+            panic!("{:?}", decode(&msg, true))
+        };
+        assert_eq!(
+            u.announced,
+            vec![net("::/0"), net("2001:db8::/32"), net("::/1")]
+        );
+        assert_eq!(u.withdrawn, vec![net("::/0"), net("2002::/16")]);
     }
 
     /// Found by the `bgp_message` fuzz target: IPv6 NLRI in MP_REACH_NLRI with a prefix length
