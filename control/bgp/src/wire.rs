@@ -686,16 +686,13 @@ fn decode_update(msg: &[u8], body: &[u8], four_octet_as: bool) -> Result<Update,
     let mut attr_count = 0;
     for attr in parsed.attributes.iter() {
         attr_count += 1;
-        match attr {
-            // The prefixes themselves came from `check_update_structure` (see MpPrefixes).
-            AttributeValue::MpUnreachNlri(nlri) => {
-                if let Some(f) = family_of(nlri) {
-                    if nlri.prefixes.is_empty() {
-                        mp_unreach_empty = Some(f);
-                    }
+        // The MP prefixes themselves came from `check_update_structure` (see MpPrefixes).
+        if let AttributeValue::MpUnreachNlri(nlri) = attr {
+            if let Some(f) = family_of(nlri) {
+                if nlri.prefixes.is_empty() {
+                    mp_unreach_empty = Some(f);
                 }
             }
-            _ => {}
         }
     }
     for c in parsed.attributes.iter_communities() {
