@@ -600,13 +600,11 @@ fn warning_to_error(w: &BgpValidationWarning) -> Option<NotifyError> {
         W::OptionalAttributeError { attr_type, reason } => {
             // Only optional attributes this speaker reads end the session; an optional
             // attribute the parser cannot decode but we do not use is discarded (RFC 7606 §2).
-            let used = matches!(
-                attr_type,
-                AttrType::COMMUNITIES
-                    | AttrType::MP_REACHABLE_NLRI
-                    | AttrType::MP_UNREACHABLE_NLRI
-                    | AttrType::AS4_PATH
-            );
+            // MP_REACH/MP_UNREACH_NLRI are checked and decoded by `check_update_structure`
+            // instead: the parser misreads NLRI that starts with a zero-length prefix (found
+            // by the `bgp_message` fuzz target: `::/0` then more prefixes was refused as a
+            // "truncated IPv6 prefix"), and their next hop is not used here.
+            let used = matches!(attr_type, AttrType::COMMUNITIES | AttrType::AS4_PATH);
             if !used {
                 return None;
             }
@@ -961,6 +959,34 @@ mod tests {
             vec![net("::/0"), net("2001:db8::/32"), net("::/1")]
         );
         assert_eq!(u.withdrawn, vec![net("::/0"), net("2002::/16")]);
+        // More prefixes after the default route, as the fuzz target re-encoded them: the parser
+        // used to refuse this valid UPDATE ("truncated IPv6 prefix").
+        let mut reach = vec![0, 2, 1, 16];
+        reach.extend([0x20, 0x01, 0x0d, 0xb8].iter().chain(&[0; 12]));
+        reach.push(0);
+        reach.extend([0, 0, 13, 0xb8, 0x02, 48, 0x01, 0x00, 0x40, 0x02, 0x06, 0x02]);
+        let msg = build::update(
+            &[],
+            &[
+                build::attr(0x80, 14, &reach),
+                build::attr(0x40, 1, &[0]),
+                build::attr(0x40, 2, &[2, 1, 0, 0, 0xfc, 0]),
+            ]
+            .concat(),
+            &[],
+        );
+        let Ok(Message::Update(u)) = decode(&msg, true) else {
+            panic!("{:?}", decode(&msg, true))
+        };
+        assert_eq!(
+            u.announced,
+            vec![
+                net("::/0"),
+                net("::/0"),
+                net("b802::/13"),
+                net("100:4002:602::/48")
+            ]
+        );
     }
 
     /// Found by the `bgp_message` fuzz target: IPv6 NLRI in MP_REACH_NLRI with a prefix length
