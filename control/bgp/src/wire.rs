@@ -404,9 +404,11 @@ fn decode_open(msg: &[u8]) -> Result<Open, NotifyError> {
 }
 
 /// Structural checks the parser crate is lenient about, with exact subcodes.
-/// IPv4/IPv6 unicast prefixes of the MP_REACH_NLRI / MP_UNREACH_NLRI attributes, decoded here
-/// rather than by the parser: bgpkit-parser drops every prefix after a leading zero-length one
-/// in these attributes (`::/0` first hid the rest; found by the `bgp_message` fuzz target).
+/// The prefixes of an UPDATE (withdrawn routes, the IPv4 NLRI field, and the IPv4/IPv6 unicast
+/// NLRI of MP_REACH_NLRI / MP_UNREACH_NLRI), decoded here rather than by the parser: found by
+/// the `bgp_message` fuzz target, bgpkit-parser drops every prefix after a leading zero-length
+/// one in the MP attributes and misreads some ordinary NLRI (it guesses at ADD-PATH), and a
+/// prefix this speaker serves must be exactly one the router sent.
 #[derive(Debug, Default)]
 struct MpPrefixes {
     announced: Vec<IpNet>,
@@ -421,6 +423,7 @@ fn check_update_structure(body: &[u8], four_octet_as: bool) -> Result<MpPrefixes
         return Err(malformed("withdrawn routes length exceeds the message"));
     }
     check_nlri(&body[2..2 + wlen], 32)?;
+    nlri_prefixes(&body[2..2 + wlen], false, &mut mp.withdrawn);
     let alen_at = 2 + wlen;
     let alen = u16::from_be_bytes([body[alen_at], body[alen_at + 1]]) as usize;
     let attrs_at = alen_at + 2;
@@ -470,6 +473,11 @@ fn check_update_structure(body: &[u8], four_octet_as: bool) -> Result<MpPrefixes
         attrs = &attrs[hlen + vlen..];
     }
     check_nlri(&body[attrs_at + alen..], 32)?;
+    // The IPv4 NLRI field first, then the MP attributes, as they stand in the message.
+    let mut announced = Vec::new();
+    nlri_prefixes(&body[attrs_at + alen..], false, &mut announced);
+    announced.append(&mut mp.announced);
+    mp.announced = announced;
     Ok(mp)
 }
 
@@ -673,13 +681,13 @@ fn decode_update(msg: &[u8], body: &[u8], four_octet_as: bool) -> Result<Update,
     {
         return Err(err);
     }
+    // Every prefix comes from our own decoding of the checked NLRI (see MpPrefixes), never
+    // from the parser's: it guesses at ADD-PATH encodings and misreads ordinary NLRI.
     let mut update = Update {
-        announced: parsed.announced_prefixes.iter().map(|p| p.prefix).collect(),
-        withdrawn: parsed.withdrawn_prefixes.iter().map(|p| p.prefix).collect(),
+        announced: mp.announced,
+        withdrawn: mp.withdrawn,
         ..Update::default()
     };
-    update.announced.extend(mp.announced);
-    update.withdrawn.extend(mp.withdrawn);
     let mut mp_unreach_empty = None;
     let mut attr_count = 0;
     for attr in parsed.attributes.iter() {
@@ -987,6 +995,35 @@ mod tests {
                 net("100:4002:602::/48")
             ]
         );
+    }
+
+    /// Found by the `bgp_message` fuzz target: ordinary IPv4 NLRI that the parser underneath
+    /// misread (a prefix lost, another made up). Every prefix is the one in the bytes now.
+    #[test]
+    fn ipv4_nlri_is_decoded_as_written() {
+        let msg = [
+            255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 0, 62,
+            2, 0, 0, 0, 27, 64, 1, 1, 0, 64, 2, 6, 2, 1, 0, 0, 252, 0, 64, 3, 4, 192, 0, 1, 0, 8,
+            127, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 255, 0, 0, 2, 113, 0,
+        ];
+        let Ok(Message::Update(u)) = decode(&msg, true) else {
+            panic!("{:?}", decode(&msg, true))
+        };
+        let want: Vec<IpNet> = [
+            "0.0.0.0/1",
+            "0.0.0.0/0",
+            "0.0.0.0/0",
+            "0.0.0.0/0",
+            "255.0.0.0/1",
+            "0.0.0.0/0",
+            "0.0.0.0/0",
+            "113.0.0.0/2",
+            "0.0.0.0/0",
+        ]
+        .iter()
+        .map(|s| net(s))
+        .collect();
+        assert_eq!(u.announced, want);
     }
 
     /// Found by the `bgp_message` fuzz target: IPv6 NLRI in MP_REACH_NLRI with a prefix length
