@@ -625,15 +625,12 @@ fn warning_to_error(w: &BgpValidationWarning) -> Option<NotifyError> {
             subcode::MALFORMED_ATTRIBUTE_LIST,
             format!("attribute {attr_type:?} appears twice"),
         ),
-        W::InvalidNetworkField { reason } => (subcode::INVALID_NETWORK_FIELD, reason.clone()),
+        // NLRI is checked and decoded by `check_update_structure` (see MpPrefixes); the
+        // parser's view of it is not used, and it misreads valid NLRI (found by the
+        // `bgp_message` fuzz target: a valid UPDATE refused as "Invalid prefix length: 113").
+        W::InvalidNetworkField { .. } | W::MalformedNlri { .. } => return None,
         W::MalformedAttributeList { reason } => (subcode::MALFORMED_ATTRIBUTE_LIST, reason.clone()),
         W::PartialAttributeError { .. } => return None,
-        W::MalformedNlri {
-            nlri_type, reason, ..
-        } => (
-            subcode::INVALID_NETWORK_FIELD,
-            format!("{nlri_type} NLRI: {reason}"),
-        ),
         _ => return None,
     };
     Some(update_err(sub, reason))
