@@ -937,28 +937,40 @@ mod tests {
         (e.code, e.subcode)
     }
 
+    /// An UPDATE announcing raw IPv6 unicast `nlri` in MP_REACH_NLRI (next hop 2001:db8::),
+    /// with ORIGIN and AS_PATH, and any `more` attributes after them.
+    fn mp_reach_v6(nlri: &[u8], more: &[u8]) -> Vec<u8> {
+        let mut reach = vec![0, 2, 1, 16];
+        reach.extend([0x20, 0x01, 0x0d, 0xb8].iter().chain(&[0; 12]));
+        reach.push(0);
+        reach.extend(nlri);
+        let attrs = [
+            build::attr(0x80, 14, &reach),
+            build::attr(0x40, 1, &[0]),
+            build::attr(0x40, 2, &[2, 1, 0, 0, 0xfc, 0]),
+            more.to_vec(),
+        ];
+        build::update(&[], &attrs.concat(), &[])
+    }
+
+    /// The UPDATE `msg` decodes to.
+    #[track_caller]
+    fn update_of(msg: &[u8]) -> Update {
+        match decode(msg, true) {
+            Ok(Message::Update(u)) => u,
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// Found by the `bgp_message` fuzz target: the parser underneath dropped every prefix after a
     /// leading `::/0` in MP_REACH_NLRI and MP_UNREACH_NLRI.
     #[test]
     fn mp_prefixes_after_a_leading_default_route_are_kept() {
-        let mut reach = vec![0, 2, 1, 16];
-        reach.extend([0x20, 0x01, 0x0d, 0xb8].iter().chain(&[0; 12]));
-        reach.push(0);
-        reach.extend([0, 32, 0x20, 0x01, 0x0d, 0xb8, 1, 0]);
-        let msg = build::update(
-            &[],
-            &[
-                build::attr(0x80, 14, &reach),
-                build::attr(0x40, 1, &[0]),
-                build::attr(0x40, 2, &[2, 1, 0, 0, 0xfc, 0]),
-                build::attr(0x80, 15, &[0, 2, 1, 0, 16, 0x20, 0x02]),
-            ]
-            .concat(),
-            &[],
+        let msg = mp_reach_v6(
+            &[0, 32, 0x20, 0x01, 0x0d, 0xb8, 1, 0],
+            &build::attr(0x80, 15, &[0, 2, 1, 0, 16, 0x20, 0x02]),
         );
-        let Ok(Message::Update(u)) = decode(&msg, true) else {
-            panic!("{:?}", decode(&msg, true))
-        };
+        let u = update_of(&msg);
         assert_eq!(
             u.announced,
             vec![net("::/0"), net("2001:db8::/32"), net("::/1")]
@@ -966,25 +978,12 @@ mod tests {
         assert_eq!(u.withdrawn, vec![net("::/0"), net("2002::/16")]);
         // More prefixes after the default route, as the fuzz target re-encoded them: the parser
         // used to refuse this valid UPDATE ("truncated IPv6 prefix").
-        let mut reach = vec![0, 2, 1, 16];
-        reach.extend([0x20, 0x01, 0x0d, 0xb8].iter().chain(&[0; 12]));
-        reach.push(0);
-        reach.extend([0, 0, 13, 0xb8, 0x02, 48, 0x01, 0x00, 0x40, 0x02, 0x06, 0x02]);
-        let msg = build::update(
-            &[],
-            &[
-                build::attr(0x80, 14, &reach),
-                build::attr(0x40, 1, &[0]),
-                build::attr(0x40, 2, &[2, 1, 0, 0, 0xfc, 0]),
-            ]
-            .concat(),
+        let msg = mp_reach_v6(
+            &[0, 0, 13, 0xb8, 0x02, 48, 0x01, 0x00, 0x40, 0x02, 0x06, 0x02],
             &[],
         );
-        let Ok(Message::Update(u)) = decode(&msg, true) else {
-            panic!("{:?}", decode(&msg, true))
-        };
         assert_eq!(
-            u.announced,
+            update_of(&msg).announced,
             vec![
                 net("::/0"),
                 net("::/0"),
@@ -1003,9 +1002,7 @@ mod tests {
             2, 0, 0, 0, 27, 64, 1, 1, 0, 64, 2, 6, 2, 1, 0, 0, 252, 0, 64, 3, 4, 192, 0, 1, 0, 8,
             127, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 255, 0, 0, 2, 113, 0,
         ];
-        let Ok(Message::Update(u)) = decode(&msg, true) else {
-            panic!("{:?}", decode(&msg, true))
-        };
+        let u = update_of(&msg);
         let want: Vec<IpNet> = [
             "0.0.0.0/1",
             "0.0.0.0/0",
@@ -1027,38 +1024,14 @@ mod tests {
     /// of 184 was accepted, and the parser made up prefixes from it. It is an UPDATE error now.
     #[test]
     fn mp_reach_with_an_impossible_prefix_length_is_refused() {
-        let mut v = vec![0, 2, 1, 16];
-        v.extend([0x20, 0x01, 0x0d, 0xb8].iter().chain(&[0; 12]));
-        v.push(0);
-        v.extend([0, 184, 0x0d, 0xb8]);
-        let msg = build::update(
-            &[],
-            &[
-                build::attr(0x80, 14, &v),
-                build::attr(0x40, 1, &[0]),
-                build::attr(0x40, 2, &[2, 1, 0, 0, 0xfc, 0]),
-            ]
-            .concat(),
-            &[],
-        );
+        let msg = mp_reach_v6(&[0, 184, 0x0d, 0xb8], &[]);
         assert_eq!(err_of(&msg), (code::UPDATE, subcode::INVALID_NETWORK_FIELD));
         // The same with a good prefix length decodes.
-        let n = v.len();
-        v[n - 3] = 13;
-        let msg = build::update(
-            &[],
-            &[
-                build::attr(0x80, 14, &v),
-                build::attr(0x40, 1, &[0]),
-                build::attr(0x40, 2, &[2, 1, 0, 0, 0xfc, 0]),
-            ]
-            .concat(),
-            &[],
+        let msg = mp_reach_v6(&[0, 13, 0x0d, 0xb8], &[]);
+        assert_eq!(
+            update_of(&msg).announced,
+            vec![net("::/0"), net("db8::/13")]
         );
-        let Ok(Message::Update(u)) = decode(&msg, true) else {
-            panic!("{:?}", decode(&msg, true))
-        };
-        assert_eq!(u.announced, vec![net("::/0"), net("db8::/13")]);
     }
 
     #[test]
