@@ -31,7 +31,10 @@
 //! families are ignored. We never send UPDATEs (nor End-of-RIB). A ROUTE-REFRESH from the peer
 //! is ignored: there is nothing to re-send.
 //!
-//! Message and attribute formats are decoded by `bgpkit-parser` (default features off). Before
+//! Message and attribute formats are decoded by `bgpkit-parser` (default features off), except
+//! the prefixes: [`wire`] decodes every NLRI itself (withdrawn routes, the IPv4 NLRI field and
+//! the IPv4/IPv6 unicast NLRI of MP_REACH/MP_UNREACH), since the parser misreads some (see
+//! docs/fuzzing.md). Before
 //! and after it, [`wire`] checks the structure so that every malformed message is answered with
 //! the NOTIFICATION of RFC 4271 §6: Message Header Error (bad marker, length, type), OPEN
 //! Message Error (version, Bad Peer AS, Bad BGP Identifier, Unsupported Optional Parameter,

@@ -1,11 +1,13 @@
 //! BGP-4 messages on the wire: framing, decoding with the RFC 4271 §6 error codes, and the
 //! few messages this speaker sends (OPEN, KEEPALIVE, NOTIFICATION).
 //!
-//! Decoding of OPEN and UPDATE bodies is done by `bgpkit-parser`; this module checks the
-//! structure the crate is lenient about first (header, UPDATE framing, attribute framing,
-//! ORIGIN values, AS_PATH segments, NLRI prefix lengths) so that every malformed message maps to
-//! the NOTIFICATION code and subcode RFC 4271 §6 asks for, and then turns the crate's RFC 7606
-//! validation warnings into NOTIFICATIONs as well. Nothing here panics on input.
+//! Decoding of OPEN and UPDATE bodies is done by `bgpkit-parser`, except the prefixes; this
+//! module checks the structure the crate is lenient about first (header, UPDATE framing,
+//! attribute framing, ORIGIN values, AS_PATH segments, every NLRI including MP_REACH/MP_UNREACH)
+//! so that every malformed message maps to the NOTIFICATION code and subcode RFC 4271 §6 asks
+//! for, decodes the prefixes from the NLRI it checked (the crate misreads some), and then turns
+//! the crate's RFC 7606 validation warnings about the attributes into NOTIFICATIONs as well.
+//! Nothing here panics on input.
 
 use std::net::Ipv4Addr;
 
