@@ -156,11 +156,17 @@ pub struct HealthReport {
 pub struct HealthAck {
     /// The current signing keys (rotation arrives here).
     pub signing_keys: Vec<SigningKey>,
-    /// The newest manifest generation: fetch it when it differs from the one being filled.
+    /// The newest manifest generation of [`HealthAck::epoch`]: fetch it when it is higher
+    /// than the one being filled (or when the epoch differs).
     pub manifest_generation: u64,
     /// Client prefixes the control service assigns (as in [`RegistrationAck::prefixes`]).
     #[serde(default)]
     pub prefixes: Vec<IpNet>,
+    /// The control side's identity: made when its store (database) was created, the same for
+    /// every instance on it and across restarts. Generations are comparable within one epoch
+    /// only. Empty from a control service older than the store.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub epoch: String,
 }
 
 /// One object of the catalog: a segment (or playlist) of one rendition of a title.
@@ -220,12 +226,17 @@ pub struct ManifestEntry {
 }
 
 /// What an appliance should hold: the fill plan.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FillManifest {
-    /// Increases whenever the plan changes.
+    /// Increases whenever the plan changes; never goes down within one epoch (across restarts
+    /// of the control service and across its instances).
     pub generation: u64,
     /// Objects, most popular first.
     pub objects: Vec<ManifestEntry>,
+    /// The control side's identity (as in [`HealthAck::epoch`]); empty from an older control
+    /// service.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub epoch: String,
 }
 
 /// Where a player may fetch from, best first.

@@ -71,15 +71,17 @@ impl Drop for Moto {
     }
 }
 
-fn config(moto_endpoint: &str) -> CloudConfig {
-    CloudConfig::from_toml(&config_text(moto_endpoint)).unwrap()
+fn config(moto_endpoint: &str, state_dir: &std::path::Path) -> CloudConfig {
+    CloudConfig::from_toml(&config_text(moto_endpoint, state_dir)).unwrap()
 }
 
-fn config_text(moto_endpoint: &str) -> String {
+fn config_text(moto_endpoint: &str, state_dir: &std::path::Path) -> String {
+    let state_dir = state_dir.display();
     format!(
         r#"
 listen = "127.0.0.1:0"
 admin_token = "admin-secret"
+state_dir = "{state_dir}"
 
 [origin]
 endpoint = "{moto_endpoint}"
@@ -259,7 +261,8 @@ async fn cloud_end_to_end_against_moto() {
     let t_start = Instant::now();
     origin::install_crypto_provider();
     let moto = Moto::start();
-    let cfg = config(&moto.endpoint);
+    let state = tempfile::tempdir().unwrap();
+    let cfg = config(&moto.endpoint, state.path());
 
     // The origin: bucket, a small catalog, uploaded.
     origin::create_bucket(&cfg.origin).await.unwrap();
@@ -683,7 +686,8 @@ async fn cloud_end_to_end_against_moto() {
 async fn silence_in_real_time() {
     origin::install_crypto_provider();
     // The origin is never contacted here (presigning is local), so no moto_server is needed.
-    let mut cfg = config("http://127.0.0.1:9");
+    let state = tempfile::tempdir().unwrap();
+    let mut cfg = config("http://127.0.0.1:9", state.path());
     cfg.health.missed_limit = 1;
     let running = server::start(cfg, Arc::new(SystemClock)).await.unwrap();
     let c = Client {
@@ -741,7 +745,8 @@ async fn silence_in_real_time() {
 async fn gen_catalog_cli_uploads_and_registers() {
     origin::install_crypto_provider();
     let moto = Moto::start();
-    let cfg = config(&moto.endpoint);
+    let state = tempfile::tempdir().unwrap();
+    let cfg = config(&moto.endpoint, state.path());
     let running = server::start(cfg.clone(), Arc::new(SystemClock))
         .await
         .unwrap();
@@ -749,7 +754,7 @@ async fn gen_catalog_cli_uploads_and_registers() {
     let dir = std::env::temp_dir().join(format!("edgeplane-cloud-gen-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config_path = dir.join("cloud.toml");
-    std::fs::write(&config_path, config_text(&moto.endpoint)).unwrap();
+    std::fs::write(&config_path, config_text(&moto.endpoint, state.path())).unwrap();
     let out = dir.join("catalog.json");
     let argv: Vec<String> = [
         "x",

@@ -27,7 +27,8 @@ fn serve_until_sigterm() {
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\nadmin_token = \"a\"\n[origin]\nendpoint = \"http://127.0.0.1:9\"\nbucket = \"b\"\nallow_http = true\naccess_key_id = \"t\"\nsecret_access_key = \"t\"\n"
+            "listen = \"127.0.0.1:{port}\"\nadmin_token = \"a\"\nstate_dir = \"{}\"\n[origin]\nendpoint = \"http://127.0.0.1:9\"\nbucket = \"b\"\nallow_http = true\naccess_key_id = \"t\"\nsecret_access_key = \"t\"\n",
+            dir.join("state").display()
         ),
     )
     .unwrap();
@@ -56,6 +57,8 @@ fn serve_until_sigterm() {
         .unwrap();
     assert!(status.success());
     assert_eq!(server.join().unwrap(), ExitCode::SUCCESS);
+    // The default store: SQLite in state_dir.
+    assert!(dir.join("state/control.db").is_file());
 
     // A bad config fails with exit 1.
     std::fs::write(&config, "listen = \"127.0.0.1:0\"\nadmin_tokn = \"a\"\n").unwrap();

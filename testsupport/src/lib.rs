@@ -22,6 +22,7 @@
 //!
 //! With `xdp`: [`xdp`], loading the XDP filter or skipping, pin directories, veth pairs.
 //! With `bird`: [`bird`], network namespaces with BIRD 2 and GoBGP routers.
+//! With `postgres`: [`pg`], a real PostgreSQL server in a temporary directory.
 //!
 //! A test file usually starts with `use edgeplane_test_support::prelude::*;`.
 #![warn(missing_docs)]
@@ -38,6 +39,8 @@ pub mod tls;
 pub mod client;
 #[cfg(feature = "harness")]
 pub mod content;
+#[cfg(feature = "postgres")]
+pub mod pg;
 #[cfg(feature = "harness")]
 pub mod pki;
 #[cfg(feature = "harness")]

@@ -96,6 +96,11 @@ pub struct FillConfig {
     /// Remove objects that left the manifest.
     #[serde(default = "default_true")]
     pub evict: bool,
+    /// A manifest that would evict more than this fraction of the objects the appliance holds
+    /// (in one pass) is refused, as is an empty one while objects are held: a control service
+    /// that lost its catalog cannot wipe the appliance. 0.0–1.0; default 0.1.
+    #[serde(default = "default_max_evict_fraction")]
+    pub max_evict_fraction: f64,
 }
 
 impl Default for FillConfig {
@@ -140,6 +145,9 @@ fn default_retry_max_ms() -> u64 {
 }
 fn default_breaker_failures() -> u32 {
     5
+}
+fn default_max_evict_fraction() -> f64 {
+    0.1
 }
 fn default_breaker_open_secs() -> u64 {
     10
@@ -226,6 +234,13 @@ impl AgentConfig {
         }
         if self.fill.concurrency == 0 || self.fill.concurrency > 256 {
             return bad("fill.concurrency", "must be 1-256".into());
+        }
+        let f = self.fill.max_evict_fraction;
+        if !f.is_finite() || !(0.0..=1.0).contains(&f) {
+            return bad(
+                "fill.max_evict_fraction",
+                format!("{f} must be within 0.0..=1.0"),
+            );
         }
         if self.fill.breaker_failures == 0 {
             return bad("fill.breaker_failures", "must be at least 1".into());

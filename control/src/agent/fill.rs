@@ -170,6 +170,64 @@ pub fn plan(
     out
 }
 
+/// Why a fetched manifest is refused (the appliance keeps its current one and serves on).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    /// No objects, while the appliance holds some: a control side that lost its catalog.
+    #[error("it is empty while {held} objects are held")]
+    Empty {
+        /// Objects held.
+        held: usize,
+    },
+    /// It would evict more than `fill.max_evict_fraction` of what is held in one pass.
+    #[error("it would evict {evict} of {held} held objects, more than fill.max_evict_fraction {fraction}")]
+    EvictFraction {
+        /// Objects the pass would evict.
+        evict: usize,
+        /// Objects held.
+        held: usize,
+        /// The limit.
+        fraction: f64,
+    },
+}
+
+impl Refusal {
+    /// The metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Empty { .. } => "empty",
+            Refusal::EvictFraction { .. } => "evict_fraction",
+        }
+    }
+}
+
+/// Judges a fetched manifest against what the tiers hold: refused when it is empty while
+/// objects are held, or when its first pass would evict more than `max_fraction` of them.
+pub fn judge(
+    manifest: &FillManifest,
+    held: &BTreeMap<String, HashMap<String, Held>>,
+    capacity: &BTreeMap<String, u64>,
+    evict: bool,
+    max_fraction: f64,
+) -> Result<(), Refusal> {
+    let n: usize = held.values().map(HashMap::len).sum();
+    if n == 0 {
+        return Ok(());
+    }
+    if manifest.objects.is_empty() {
+        return Err(Refusal::Empty { held: n });
+    }
+    let p = plan(manifest, held, capacity, evict);
+    if p.evict.len() as f64 > max_fraction * n as f64 {
+        return Err(Refusal::EvictFraction {
+            evict: p.evict.len(),
+            held: n,
+            fraction: max_fraction,
+        });
+    }
+    Ok(())
+}
+
 /// Exponential backoff: `base`, `2·base`, … up to `max`.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
@@ -319,6 +377,7 @@ mod tests {
                 entry("b", 20, "hdd", 1),
                 entry("d", 40, "hdd", 3),
             ],
+            ..Default::default()
         };
         let mut held = BTreeMap::new();
         held.insert(
@@ -353,6 +412,7 @@ mod tests {
         let m = FillManifest {
             generation: 1,
             objects: vec![entry("a", 10, "flash", 0), entry("b", 10, "flash", 1)],
+            ..Default::default()
         };
         let held = BTreeMap::from([(
             "flash".to_string(),
@@ -373,6 +433,7 @@ mod tests {
         let m = FillManifest {
             generation: 1,
             objects: vec![entry("a", 10, "flash", 0)],
+            ..Default::default()
         };
         let held = BTreeMap::from([(
             "hdd".to_string(),
@@ -380,6 +441,43 @@ mod tests {
         )]);
         let p = plan(&m, &held, &BTreeMap::new(), true);
         assert_eq!((p.present, p.download.len(), p.evict.len()), (1, 0, 0));
+    }
+
+    #[test]
+    fn judge_refuses_empty_and_mass_eviction_manifests() {
+        let held = |n: usize| {
+            BTreeMap::from([(
+                "flash".to_string(),
+                (0..n)
+                    .map(|i| (format!("o{i}"), Held { size: 10 }))
+                    .collect::<HashMap<_, _>>(),
+            )])
+        };
+        let cap = BTreeMap::from([("flash".to_string(), 1_000)]);
+        let keep = |n: usize| FillManifest {
+            generation: 2,
+            objects: (0..n)
+                .map(|i| entry(&format!("o{i}"), 10, "flash", i as u64))
+                .collect(),
+            ..Default::default()
+        };
+        // Nothing held: anything goes, even an empty manifest.
+        assert_eq!(judge(&keep(0), &held(0), &cap, true, 0.1), Ok(()));
+        assert_eq!(
+            judge(&keep(0), &held(20), &cap, true, 0.1),
+            Err(Refusal::Empty { held: 20 })
+        );
+        // 2 of 20 evicted is 10%: allowed; 3 of 20 is not.
+        assert_eq!(judge(&keep(18), &held(20), &cap, true, 0.1), Ok(()));
+        let r = judge(&keep(17), &held(20), &cap, true, 0.1).unwrap_err();
+        assert_eq!(r.reason(), "evict_fraction");
+        assert_eq!(
+            r.to_string(),
+            "it would evict 3 of 20 held objects, more than fill.max_evict_fraction 0.1"
+        );
+        // Without fill.evict nothing is evicted; with a fraction of 1 everything may be.
+        assert_eq!(judge(&keep(1), &held(20), &cap, false, 0.1), Ok(()));
+        assert_eq!(judge(&keep(1), &held(20), &cap, true, 1.0), Ok(()));
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::path::Path;
 use edgeplane_api::FillManifest;
 
 use super::dataplane::write_atomic;
+use super::fill::judge;
+use super::fill::pass::scan_tiers;
 use super::register::ControlError;
 use super::state::Agent;
 
@@ -20,11 +22,33 @@ pub(crate) fn load_saved(state_dir: &Path) -> Option<FillManifest> {
 }
 
 impl Agent {
-    /// Fetches the manifest, saves it, and wakes the fill.
+    /// Fetches the manifest, judges it against what the tiers hold (an empty one, or one that
+    /// would evict more than `fill.max_evict_fraction`, is refused: one log line, a metric, and
+    /// the current manifest stays), saves it, and wakes the fill.
     pub(crate) async fn fetch_manifest(&self) -> Result<(), ControlError> {
         let m: FillManifest = self
             .call(self.http.get(self.url("manifest")), "manifest")
             .await?;
+        let held = scan_tiers(self).await;
+        let fill = &self.cfg.fill;
+        if let Err(r) = judge(
+            &m,
+            &held,
+            &self.capacity,
+            fill.evict,
+            fill.max_evict_fraction,
+        ) {
+            tracing::warn!(
+                "agent: refused manifest generation {} (epoch {:?}): {r}; keeping generation {} and serving what is held",
+                m.generation,
+                m.epoch,
+                self.lock().fill.generation
+            );
+            let mut s = self.lock();
+            *s.manifests_refused.entry(r.reason()).or_default() += 1;
+            s.refused = Some((m.epoch, m.generation));
+            return Ok(());
+        }
         let json = serde_json::to_vec(&m).expect("manifest serialize");
         write_atomic(&self.cfg.state_dir.join(FILE), &json).map_err(ControlError::SaveManifest)?;
         tracing::info!(
@@ -53,6 +77,7 @@ mod tests {
         let m = FillManifest {
             generation: 7,
             objects: Vec::new(),
+            ..Default::default()
         };
         write_atomic(&dir.path().join(FILE), &serde_json::to_vec(&m).unwrap()).unwrap();
         assert_eq!(load_saved(dir.path()).map(|m| m.generation), Some(7));

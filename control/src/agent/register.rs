@@ -95,6 +95,25 @@ impl Agent {
     }
 }
 
+/// Whether a health answer offering manifest `offered` (epoch, generation) is worth fetching:
+/// none held yet; a higher generation of the same epoch; or any generation of another epoch (a
+/// new control store: its generations are not comparable with ours, and the eviction guard
+/// decides). A lower or equal generation of our epoch (a stale instance) and the manifest
+/// refused last are not fetched.
+pub(crate) fn should_fetch(
+    have: Option<&(String, u64)>,
+    offered: &(String, u64),
+    refused: Option<&(String, u64)>,
+) -> bool {
+    if refused == Some(offered) {
+        return false;
+    }
+    match have {
+        None => true,
+        Some((epoch, generation)) => *epoch != offered.0 || offered.1 > *generation,
+    }
+}
+
 /// Registers (again after any failed health report: the control service may have restarted,
 /// and whenever the served prefixes change), then reports health every interval; each answer
 /// brings the signing keys, the assigned prefixes and the manifest generation.
@@ -156,8 +175,20 @@ pub(crate) async fn control_loop(agent: Arc<Agent>) {
                         keys: ack.signing_keys,
                     })
                     .await;
-                let have = agent.lock().manifest.as_ref().map(|m| m.generation);
-                if have != Some(ack.manifest_generation) {
+                let (have, refused) = {
+                    let s = agent.lock();
+                    let have = s.manifest.as_ref().map(|m| (m.epoch.clone(), m.generation));
+                    (have, s.refused.clone())
+                };
+                let offered = (ack.epoch.clone(), ack.manifest_generation);
+                if should_fetch(have.as_ref(), &offered, refused.as_ref()) {
+                    if let Some((epoch, _)) = have.as_ref().filter(|(e, _)| *e != ack.epoch) {
+                        tracing::info!(
+                            "agent: control epoch changed ({epoch:?} -> {:?}); fetching its manifest generation {} (the eviction guard applies)",
+                            ack.epoch,
+                            ack.manifest_generation
+                        );
+                    }
                     if let Err(e) = agent.fetch_manifest().await {
                         tracing::warn!("agent: {e}");
                     }
@@ -181,5 +212,30 @@ pub(crate) async fn control_loop(agent: Arc<Agent>) {
             last_prefixes = now;
             registered = false;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::should_fetch;
+
+    #[test]
+    fn only_a_higher_generation_of_the_same_epoch_or_a_new_epoch_is_fetched() {
+        let e = |s: &str, g: u64| (s.to_string(), g);
+        assert!(should_fetch(None, &e("a", 1), None));
+        assert!(should_fetch(Some(&e("a", 3)), &e("a", 4), None));
+        // A restarted control service that lost its state would offer a low generation: never
+        // fetched within the epoch.
+        assert!(!should_fetch(Some(&e("a", 3)), &e("a", 3), None));
+        assert!(!should_fetch(Some(&e("a", 3)), &e("a", 1), None));
+        // Another store: fetched (and judged by the eviction guard).
+        assert!(should_fetch(Some(&e("a", 3)), &e("b", 1), None));
+        // The one refused last is not fetched again; the next one is.
+        assert!(!should_fetch(
+            Some(&e("a", 3)),
+            &e("b", 1),
+            Some(&e("b", 1))
+        ));
+        assert!(should_fetch(Some(&e("a", 3)), &e("b", 2), Some(&e("b", 1))));
     }
 }

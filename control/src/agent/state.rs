@@ -31,6 +31,10 @@ pub(crate) struct Shared {
     /// Failed downloads by source (`origin`, `peer`).
     pub(crate) failures: BTreeMap<&'static str, u64>,
     pub(crate) evicted: u64,
+    /// Manifests refused, by reason (`empty`, `evict_fraction`).
+    pub(crate) manifests_refused: BTreeMap<&'static str, u64>,
+    /// The last refused manifest's (epoch, generation): not fetched again.
+    pub(crate) refused: Option<(String, u64)>,
     /// Download rate over the last second, bits per second.
     pub(crate) rate_bps: f64,
     /// Configured ∪ assigned ∪ BGP.

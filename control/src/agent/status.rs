@@ -168,6 +168,14 @@ pub(crate) fn render_metrics(s: &Shared) -> String {
     }
     let _ = writeln!(o, "# HELP edgeplane_agent_fill_checksum_failures_total Downloads rejected on size or sha256.\n# TYPE edgeplane_agent_fill_checksum_failures_total counter\nedgeplane_agent_fill_checksum_failures_total {}", s.fill.checksum_failures);
     let _ = writeln!(o, "# HELP edgeplane_agent_fill_evicted_total Objects removed because they left the manifest.\n# TYPE edgeplane_agent_fill_evicted_total counter\nedgeplane_agent_fill_evicted_total {}", s.evicted);
+    let _ = writeln!(o, "# HELP edgeplane_agent_manifest_refused_total Manifests refused by reason: empty (while objects are held) or evict_fraction (would evict more than fill.max_evict_fraction of the held objects).\n# TYPE edgeplane_agent_manifest_refused_total counter");
+    for reason in ["empty", "evict_fraction"] {
+        let n = s.manifests_refused.get(reason).copied().unwrap_or(0);
+        let _ = writeln!(
+            o,
+            "edgeplane_agent_manifest_refused_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
     let _ = writeln!(o, "# HELP edgeplane_agent_health_reports_total Health reports by result.\n# TYPE edgeplane_agent_health_reports_total counter");
     let _ = writeln!(
         o,
@@ -192,6 +200,7 @@ mod tests {
             breaker: "half_open",
             window_open: true,
             evicted: 4,
+            manifests_refused: [("evict_fraction", 2)].into_iter().collect(),
             rate_bps: 8e6,
             health_ok: 10,
             health_err: 2,
@@ -255,6 +264,14 @@ mod tests {
             ),
             ("edgeplane_agent_fill_checksum_failures_total", 1.0),
             ("edgeplane_agent_fill_evicted_total", 4.0),
+            (
+                "edgeplane_agent_manifest_refused_total{reason=\"evict_fraction\"}",
+                2.0,
+            ),
+            (
+                "edgeplane_agent_manifest_refused_total{reason=\"empty\"}",
+                0.0,
+            ),
             ("edgeplane_agent_health_reports_total{result=\"ok\"}", 10.0),
             (
                 "edgeplane_agent_health_reports_total{result=\"error\"}",
@@ -269,7 +286,7 @@ mod tests {
             .filter(|l| !l.starts_with('#'))
             .map(|l| l.split(['{', ' ']).next().unwrap())
             .collect();
-        assert_eq!(families.len(), 15, "{families:?}");
+        assert_eq!(families.len(), 16, "{families:?}");
         for f in families {
             for kind in ["HELP", "TYPE"] {
                 let n = text

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use edgeplane_signing::{valid_key_id, SigningKey};
 use serde::Deserialize;
@@ -65,6 +65,27 @@ pub struct CloudConfig {
     /// Steering answers.
     #[serde(default)]
     pub steering: SteeringConfig,
+    /// The service's own files: the default SQLite store (`control.db`) lives here
+    /// (default `/var/lib/edgeplane/cloud`).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Where the durable state lives.
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/edgeplane/cloud")
+}
+
+/// `[store]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite:///path/to/file.db` or `postgres://user:password@host:port/db`; default: the
+    /// SQLite file `state_dir/control.db`.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 /// One `[[appliance]]`: an appliance the service will accept.
@@ -337,6 +358,17 @@ impl CloudConfig {
             }
             if !kids.insert(k.id.as_str()) {
                 return bad(format!("signing.keys[{i}].id {:?} is a duplicate", k.id));
+            }
+        }
+        if let Some(url) = &self.store.url {
+            let ok = url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || (url.starts_with("sqlite://") && url.len() > "sqlite://".len())
+                || url == "sqlite::memory:";
+            if !ok {
+                return bad(format!(
+                    "store.url {url:?} must be sqlite:///path/to/file.db or postgres://user@host/db"
+                ));
             }
         }
         if self.steering.max_locations == 0 {

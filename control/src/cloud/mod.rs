@@ -3,7 +3,8 @@
 //! docs/control-api.md describes the HTTP API and the configuration.
 //!
 //! The logic lives in pure modules ([`popularity`], [`placement`], [`steering`], [`state`]);
-//! [`server`] is a thin axum layer over [`state::CloudState`] behind a mutex; [`origin`] talks
+//! [`server`] is a thin axum layer over [`state::CloudState`] behind a mutex; [`store`] keeps
+//! the state durable (SQLite by default, PostgreSQL for several instances); [`origin`] talks
 //! to S3 through `object_store`; [`generate`] makes and uploads a synthetic catalog; [`cli`] is
 //! the `edgeplane cloud` command.
 
@@ -18,3 +19,4 @@ pub mod popularity;
 pub mod server;
 pub mod state;
 pub mod steering;
+pub mod store;

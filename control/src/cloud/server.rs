@@ -21,6 +21,7 @@ use crate::cloud::clock::Clock;
 use crate::cloud::config::CloudConfig;
 use crate::cloud::origin;
 use crate::cloud::state::{CloudState, StateError};
+use crate::cloud::store::{Store, StoreError};
 use edgeplane_api::{ApiError, Catalog, HealthReport, Registration};
 
 /// Largest request body (a catalog or a health report listing many objects).
@@ -34,12 +35,15 @@ pub struct App {
 }
 
 impl App {
-    /// The state with the S3 origin client built from `cfg.origin`.
-    pub fn new(cfg: CloudConfig, clock: Arc<dyn Clock>) -> Result<App, object_store::Error> {
+    /// The state on the store `cfg.store` names (default: SQLite in `cfg.state_dir`), with
+    /// the S3 origin client built from `cfg.origin`. Blocking (opens and migrates the store).
+    pub fn new(cfg: CloudConfig, clock: Arc<dyn Clock>) -> Result<App, StartError> {
         let origin = Arc::new(origin::build_store(&cfg.origin)?);
         let url_ttl = Duration::from_secs(cfg.signing.url_ttl_secs);
+        let store = Arc::new(Store::open(cfg.store.url.as_deref(), &cfg.state_dir)?);
+        let state = CloudState::open(cfg, clock, store).map_err(StartError::State)?;
         Ok(App {
-            state: Mutex::new(CloudState::new(cfg, clock)),
+            state: Mutex::new(state),
             origin,
             url_ttl,
         })
@@ -78,6 +82,27 @@ impl From<StateError> for Fail {
         };
         Fail(code, e.to_string())
     }
+}
+
+/// Runs `f` on the state, synced with the store first, on a blocking thread (the store's calls
+/// block).
+async fn with_state<R: Send + 'static>(
+    app: &Arc<App>,
+    f: impl FnOnce(&mut CloudState) -> Result<R, Fail> + Send + 'static,
+) -> Result<R, Fail> {
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut st = app.state();
+        st.sync()?;
+        f(&mut st)
+    })
+    .await
+    .map_err(|e| {
+        Fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("state task: {e}"),
+        )
+    })?
 }
 
 fn bad(msg: impl Into<String>) -> Fail {
@@ -126,10 +151,14 @@ async fn register(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<impl IntoResponse, Fail> {
-    let mut st = app.state();
-    st.authenticate(&id, bearer(&headers))?;
-    let reg: Registration = json_body(&body)?;
-    Ok(Json(st.register(&id, reg)?))
+    let token = bearer(&headers).map(str::to_owned);
+    let ack = with_state(&app, move |st| {
+        st.authenticate(&id, token.as_deref())?;
+        let reg: Registration = json_body(&body)?;
+        Ok(st.register(&id, reg)?)
+    })
+    .await?;
+    Ok(Json(ack))
 }
 
 async fn health(
@@ -138,10 +167,14 @@ async fn health(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<impl IntoResponse, Fail> {
-    let mut st = app.state();
-    st.authenticate(&id, bearer(&headers))?;
-    let report: HealthReport = json_body(&body)?;
-    Ok(Json(st.health(&id, report)?))
+    let token = bearer(&headers).map(str::to_owned);
+    let ack = with_state(&app, move |st| {
+        st.authenticate(&id, token.as_deref())?;
+        let report: HealthReport = json_body(&body)?;
+        Ok(st.health(&id, report)?)
+    })
+    .await?;
+    Ok(Json(ack))
 }
 
 async fn manifest(
@@ -149,9 +182,13 @@ async fn manifest(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, Fail> {
-    let mut st = app.state();
-    st.authenticate(&id, bearer(&headers))?;
-    Ok(Json(st.manifest(&id)?))
+    let token = bearer(&headers).map(str::to_owned);
+    let m = with_state(&app, move |st| {
+        st.authenticate(&id, token.as_deref())?;
+        Ok(st.manifest(&id)?)
+    })
+    .await?;
+    Ok(Json(m))
 }
 
 /// `client` and `title` from the query string; `client` defaults to the peer address.
@@ -223,7 +260,8 @@ async fn steering(
             return Err(e);
         }
     };
-    let ids = app.state().title_objects(&title);
+    let t = title.clone();
+    let ids = with_state(&app, move |st| Ok(st.title_objects(&t))).await?;
     let origin_urls = match ids {
         Some(ids) => origin::presign(&app.origin, &ids, app.url_ttl)
             .await
@@ -237,14 +275,21 @@ async fn steering(
         // Unknown: steer() says so and counts it.
         None => HashMap::new(),
     };
-    let answer = app.state().steer(client, &title, &origin_urls)?;
+    let answer = with_state(&app, move |st| {
+        Ok(st.steer(client, &title, &origin_urls)?)
+    })
+    .await?;
     Ok(Json(answer))
 }
 
 async fn fleet(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<impl IntoResponse, Fail> {
-    let mut st = app.state();
-    st.authenticate_admin(bearer(&headers))?;
-    Ok(Json(st.fleet()))
+    let token = bearer(&headers).map(str::to_owned);
+    let fleet = with_state(&app, move |st| {
+        st.authenticate_admin(token.as_deref())?;
+        Ok(st.fleet())
+    })
+    .await?;
+    Ok(Json(fleet))
 }
 
 async fn put_catalog(
@@ -252,31 +297,37 @@ async fn put_catalog(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<impl IntoResponse, Fail> {
-    let mut st = app.state();
-    st.authenticate_admin(bearer(&headers))?;
-    let catalog: Catalog = json_body(&body)?;
-    st.set_catalog(catalog)?;
+    let token = bearer(&headers).map(str::to_owned);
+    with_state(&app, move |st| {
+        st.authenticate_admin(token.as_deref())?;
+        let catalog: Catalog = json_body(&body)?;
+        Ok(st.set_catalog(catalog)?)
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn get_catalog(State(app): State<Arc<App>>) -> impl IntoResponse {
-    Json(app.state().catalog().clone())
+async fn get_catalog(State(app): State<Arc<App>>) -> Result<impl IntoResponse, Fail> {
+    let catalog = with_state(&app, |st| Ok(st.catalog().clone())).await?;
+    Ok(Json(catalog))
 }
 
 async fn rotate(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, Fail> {
-    let mut st = app.state();
-    st.authenticate_admin(bearer(&headers))?;
-    Ok(Json(st.rotate_keys()))
+    let token = bearer(&headers).map(str::to_owned);
+    let keys = with_state(&app, move |st| {
+        st.authenticate_admin(token.as_deref())?;
+        Ok(st.rotate_keys()?)
+    })
+    .await?;
+    Ok(Json(keys))
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.state().metrics_text(),
-    )
+async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, Fail> {
+    let text = with_state(&app, |st| Ok(st.metrics_text())).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 
 /// Why the service could not start.
@@ -286,6 +337,12 @@ pub enum StartError {
     /// The origin client could not be built.
     #[error("origin: {0}")]
     Origin(#[from] object_store::Error),
+    /// The store could not be opened or migrated (or is newer than this binary).
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The stored state could not be loaded.
+    #[error("{0}")]
+    State(#[source] StateError),
     /// The listen address could not be bound.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -322,7 +379,13 @@ impl Running {
 /// Starts the service on `cfg.listen` with `clock`, on the current tokio runtime.
 pub async fn start(cfg: CloudConfig, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
     let addr = cfg.listen;
-    let app = Arc::new(App::new(cfg, clock)?);
+    let app = Arc::new(
+        tokio::task::spawn_blocking(move || App::new(cfg, clock))
+            .await
+            .map_err(|e| {
+                StartError::State(StateError::Internal(format!("opening the store: {e}")))
+            })??,
+    );
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })?;

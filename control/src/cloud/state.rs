@@ -1,6 +1,11 @@
 //! The service's state: fleet registry, catalog, fill manifests, signing keys, counters. Every
 //! operation is synchronous and takes its time from the injected [`Clock`]; the server holds
-//! the state behind a mutex.
+//! the state behind a mutex and calls it on blocking threads.
+//!
+//! The [`Store`] is the truth; this is its cache. Every change is written to the store first;
+//! [`CloudState::sync`] (called before each request) reads the store's change counters and
+//! reloads what another instance (or an earlier run) changed, so a restarted service steers at
+//! once and several instances on one PostgreSQL answer alike.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -15,6 +20,7 @@ use crate::cloud::fleet::ApplianceRecord;
 use crate::cloud::placement::place;
 use crate::cloud::popularity::{day_of, Popularity, RankedObject};
 use crate::cloud::steering::{steer, SteerError, SteerParams};
+use crate::cloud::store::{Store, StoreError};
 use edgeplane_api::{
     Catalog, FillManifest, Fleet, HealthAck, HealthReport, LocationKind, ManifestEntry,
     Registration, RegistrationAck, Role, Steering,
@@ -79,9 +85,10 @@ pub struct Counters {
 /// The ranking for (catalog version, day).
 type CachedRanking = ((u64, u64), Arc<Vec<RankedObject>>);
 
-struct ManifestCache {
-    entries: Vec<ManifestEntry>,
-    generation: u64,
+impl From<StoreError> for StateError {
+    fn from(e: StoreError) -> StateError {
+        StateError::Internal(format!("store: {e}"))
+    }
 }
 
 /// The whole state.
@@ -94,10 +101,15 @@ pub struct CloudState {
     catalog_version: u64,
     /// The ranking for (catalog version, day), computed once.
     ranking: Option<CachedRanking>,
-    manifests: HashMap<String, ManifestCache>,
     keys: KeySet,
     next_rotation: u64,
-    key_seq: u64,
+    store: Arc<Store>,
+    /// The store's `keys` counter the cached key set belongs to.
+    keys_version: u64,
+    /// The highest appliance change read from the store.
+    fleet_seq: u64,
+    /// Per appliance, the sequence number of the change the record reflects.
+    applied: HashMap<String, u64>,
     /// Counters.
     pub counters: Counters,
 }
@@ -212,14 +224,20 @@ fn random_secret() -> [u8; 32] {
 }
 
 impl CloudState {
-    /// A fresh state for `cfg`: provisioned appliances, an empty catalog, and the configured
-    /// keys (or one new key).
+    /// A state for `cfg` on a private in-memory store (tests and benches; nothing survives).
     pub fn new(cfg: CloudConfig, clock: Arc<dyn Clock>) -> CloudState {
+        CloudState::open(cfg, clock, Arc::new(Store::memory())).expect("a fresh in-memory store")
+    }
+
+    /// The state for `cfg` on `store`: provisioned appliances with what the store knows of
+    /// them, the stored catalog, and the stored keys plus the configured ones (or one new key
+    /// when none signs now).
+    pub fn open(
+        cfg: CloudConfig,
+        clock: Arc<dyn Clock>,
+        store: Arc<Store>,
+    ) -> Result<CloudState, StateError> {
         let now = clock.now();
-        let mut keys = KeySet {
-            keys: cfg.signing.keys.clone(),
-        };
-        keys.prune(now);
         let mut state = CloudState {
             popularity: Popularity::from(&cfg.popularity),
             fleet: cfg
@@ -230,19 +248,124 @@ impl CloudState {
             catalog: Catalog::default(),
             catalog_version: 0,
             ranking: None,
-            manifests: HashMap::new(),
-            keys,
+            keys: KeySet::default(),
             next_rotation: now + cfg.signing.rotate_secs,
-            key_seq: 0,
+            store,
+            keys_version: u64::MAX,
+            fleet_seq: 0,
+            applied: HashMap::new(),
             counters: Counters::default(),
             cfg,
             clock,
         };
-        if state.keys.signing_key(now).is_none() {
-            state.rotate_keys();
-            state.counters.rotations = 0;
+        state.sync()?;
+        // Configured keys join the stored set; a key is made when none signs now.
+        loop {
+            let stored = state.store.keys()?;
+            let mut keys = KeySet {
+                keys: stored.keys.clone(),
+            };
+            for k in &state.cfg.signing.keys {
+                if !keys.keys.iter().any(|s| s.id == k.id) {
+                    keys.keys.push(k.clone());
+                }
+            }
+            keys.prune(now);
+            let mut next = stored
+                .next_rotation
+                .unwrap_or(now + state.cfg.signing.rotate_secs);
+            if keys.signing_key(now).is_none() {
+                state.new_key(&mut keys, now);
+                next = now + state.cfg.signing.rotate_secs;
+            }
+            if keys.keys == stored.keys && stored.next_rotation == Some(next) {
+                state.load_keys(stored.version, keys, next);
+                break;
+            }
+            if let Some(v) = state.store.replace_keys(stored.version, &keys.keys, next)? {
+                state.load_keys(v, keys, next);
+                break;
+            }
         }
-        state
+        Ok(state)
+    }
+
+    /// The store's epoch (see [`Store::epoch`]).
+    pub fn epoch(&self) -> &str {
+        self.store.epoch()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    fn load_keys(&mut self, version: u64, mut keys: KeySet, next_rotation: u64) {
+        keys.prune(self.now());
+        self.keys = keys;
+        self.keys_version = version;
+        self.next_rotation = next_rotation;
+    }
+
+    /// Reads what changed in the store since the last call: catalog, appliance registrations
+    /// and health, keys. One small query when nothing changed.
+    pub fn sync(&mut self) -> Result<(), StateError> {
+        let v = self.store.versions()?;
+        if v.catalog != self.catalog_version {
+            if let Some((version, catalog)) = self.store.catalog()? {
+                self.catalog = catalog;
+                self.catalog_version = version;
+            }
+        }
+        if v.fleet > self.fleet_seq {
+            for row in self.store.appliances_since(self.fleet_seq)? {
+                self.fleet_seq = self.fleet_seq.max(row.seq);
+                let applied = self.applied.get(&row.id).copied().unwrap_or(0);
+                if row.seq <= applied {
+                    continue;
+                }
+                let Some(rec) = self.fleet.iter_mut().find(|a| a.id == row.id) else {
+                    // No longer provisioned here.
+                    continue;
+                };
+                rec.registration = row.registration;
+                match row.health {
+                    Some((report, at)) => rec.set_health(report, at),
+                    None => {
+                        rec.health = None;
+                        rec.held.clear();
+                    }
+                }
+                self.applied.insert(row.id, row.seq);
+            }
+        }
+        if v.keys != self.keys_version {
+            let stored = self.store.keys()?;
+            let next = stored.next_rotation.unwrap_or(self.next_rotation);
+            self.load_keys(stored.version, KeySet { keys: stored.keys }, next);
+        }
+        Ok(())
+    }
+
+    /// Adds a new signing key at `now` to `keys`, capping the others at `now + url_ttl`.
+    fn new_key(&self, keys: &mut KeySet, now: u64) {
+        let ttl = self.cfg.signing.url_ttl_secs;
+        for k in &mut keys.keys {
+            k.not_after = k.not_after.min(now + ttl);
+        }
+        let id = loop {
+            let id = format!("k{now}-{:08x}", rand::random::<u32>());
+            if !keys.keys.iter().any(|k| k.id == id) {
+                break id;
+            }
+        };
+        debug_assert!(valid_key_id(&id));
+        keys.keys.push(SigningKey {
+            id,
+            secret: random_secret(),
+            not_after: now + self.cfg.signing.rotate_secs + ttl,
+        });
+        keys.prune(now);
     }
 
     /// The configuration.
@@ -255,40 +378,44 @@ impl CloudState {
         self.clock.now()
     }
 
-    /// Rotates the keys if a rotation is due.
-    pub fn tick(&mut self) {
+    /// Rotates the keys if a rotation is due (once across instances: the store decides).
+    pub fn tick(&mut self) -> Result<(), StateError> {
         let now = self.now();
         if now >= self.next_rotation {
-            self.rotate_keys();
+            self.rotate(false)?;
         }
         self.keys.prune(now);
+        Ok(())
     }
 
     /// Starts a new signing key now. Older keys stay valid until `now + url_ttl` at most (URLs
     /// signed before the rotation stay valid until they expire); the new one signs for
     /// `rotate_secs` and verifies for `url_ttl` longer.
-    pub fn rotate_keys(&mut self) -> PublicKeySet {
-        let now = self.now();
-        let ttl = self.cfg.signing.url_ttl_secs;
-        for k in &mut self.keys.keys {
-            k.not_after = k.not_after.min(now + ttl);
+    pub fn rotate_keys(&mut self) -> Result<PublicKeySet, StateError> {
+        self.rotate(true)?;
+        Ok(self.public_keys())
+    }
+
+    /// Rotates against the stored key set (compare-and-set, retried); unless `forced`, not when
+    /// another instance rotated already.
+    fn rotate(&mut self, forced: bool) -> Result<(), StateError> {
+        loop {
+            let now = self.now();
+            let stored = self.store.keys()?;
+            let next = stored.next_rotation.unwrap_or(0);
+            if !forced && now < next {
+                self.load_keys(stored.version, KeySet { keys: stored.keys }, next);
+                return Ok(());
+            }
+            let mut keys = KeySet { keys: stored.keys };
+            self.new_key(&mut keys, now);
+            let next = now + self.cfg.signing.rotate_secs;
+            if let Some(v) = self.store.replace_keys(stored.version, &keys.keys, next)? {
+                self.load_keys(v, keys, next);
+                self.counters.rotations += 1;
+                return Ok(());
+            }
         }
-        self.key_seq += 1;
-        let mut id = format!("k{now}-{}", self.key_seq);
-        while self.keys.keys.iter().any(|k| k.id == id) {
-            self.key_seq += 1;
-            id = format!("k{now}-{}", self.key_seq);
-        }
-        debug_assert!(valid_key_id(&id));
-        self.keys.keys.push(SigningKey {
-            id,
-            secret: random_secret(),
-            not_after: now + self.cfg.signing.rotate_secs + ttl,
-        });
-        self.keys.prune(now);
-        self.next_rotation = now + self.cfg.signing.rotate_secs;
-        self.counters.rotations += 1;
-        self.public_keys()
     }
 
     /// Every key that may still verify, secrets included (for appliances).
@@ -367,8 +494,11 @@ impl CloudState {
     /// Records a registration (authenticated already).
     pub fn register(&mut self, id: &str, reg: Registration) -> Result<RegistrationAck, StateError> {
         validate_registration(&reg).map_err(|e| StateError::BadRequest(e.to_string()))?;
-        self.tick();
+        self.tick()?;
+        self.record(id)?;
+        let seq = self.store.put_registration(id, &reg)?;
         self.record_mut(id)?.registration = Some(reg);
+        self.applied.insert(id.to_owned(), seq);
         self.counters.registrations += 1;
         Ok(RegistrationAck {
             health_interval_secs: self.cfg.health.interval_secs,
@@ -379,21 +509,23 @@ impl CloudState {
 
     /// Records a health report (authenticated already). The appliance must have registered.
     pub fn health(&mut self, id: &str, report: HealthReport) -> Result<HealthAck, StateError> {
-        self.tick();
+        self.tick()?;
         let now = self.now();
-        let rec = self.record_mut(id)?;
-        if rec.registration.is_none() {
+        if self.record(id)?.registration.is_none() {
             return Err(StateError::Conflict(format!(
                 "appliance {id:?} must register before reporting health"
             )));
         }
-        rec.set_health(report, now);
+        let seq = self.store.put_health(id, &report, now)?;
+        self.record_mut(id)?.set_health(report, now);
+        self.applied.insert(id.to_owned(), seq);
         self.counters.health_reports += 1;
         let manifest = self.manifest_inner(id)?;
         Ok(HealthAck {
             signing_keys: self.keys.keys.clone(),
             manifest_generation: manifest.generation,
             prefixes: self.assigned_prefixes(id),
+            epoch: self.store.epoch().to_owned(),
         })
     }
 
@@ -443,28 +575,19 @@ impl CloudState {
             .map(|r| r.tiers.clone())
             .unwrap_or_default();
         let entries = place(&ranking, &tiers, peer.as_deref());
-        let cache = self
-            .manifests
-            .entry(id.to_owned())
-            .or_insert(ManifestCache {
-                entries: Vec::new(),
-                generation: 0,
-            });
-        if cache.generation == 0 || cache.entries != entries {
-            cache.generation += 1;
-            cache.entries = entries;
-        }
+        let generation = self.store.manifest_generation(id, &plan_digest(&entries))?;
         Ok(FillManifest {
-            generation: cache.generation,
-            objects: cache.entries.clone(),
+            generation,
+            objects: entries,
+            epoch: self.store.epoch().to_owned(),
         })
     }
 
     /// Replaces the catalog (admin).
     pub fn set_catalog(&mut self, catalog: Catalog) -> Result<(), StateError> {
         validate_catalog(&catalog).map_err(|e| StateError::BadRequest(e.to_string()))?;
+        self.catalog_version = self.store.put_catalog(&catalog)?;
         self.catalog = catalog;
-        self.catalog_version += 1;
         Ok(())
     }
 
@@ -530,7 +653,7 @@ impl CloudState {
         title: &str,
         origin_urls: &HashMap<String, String>,
     ) -> Result<Steering, StateError> {
-        self.tick();
+        self.tick()?;
         let now = self.now();
         let params = SteerParams {
             health: &self.cfg.health,
@@ -616,6 +739,13 @@ impl CloudState {
         }
         s
     }
+}
+
+/// SHA-256 of a plan's JSON, hex: equal plans, equal digests.
+fn plan_digest(entries: &[ManifestEntry]) -> String {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(entries).expect("serializable");
+    hex::encode(Sha256::digest(&json))
 }
 
 /// Constant-time equality (the length is not secret).
@@ -743,7 +873,7 @@ rotate_secs = 1000
         let url = sign(&k1, "o", T0 + 10 + 100, pfx);
 
         // Forced rotation: new key signs, the old one verifies until now + ttl.
-        let public = s.rotate_keys();
+        let public = s.rotate_keys().unwrap();
         assert_eq!(public.keys.len(), 2);
         let k2 = s.keys().signing_key(T0 + 10).unwrap().clone();
         assert_ne!(k2.id, k1.id);
@@ -754,7 +884,7 @@ rotate_secs = 1000
 
         // Scheduled rotation after rotate_secs, and the first key pruned once past not_after.
         clock.set(T0 + 10 + 1000);
-        s.tick();
+        s.tick().unwrap();
         let k3 = s.keys().signing_key(T0 + 1010).unwrap().clone();
         assert_ne!(k3.id, k2.id);
         assert!(s.keys().keys.iter().all(|k| k.id != k1.id));
@@ -762,7 +892,7 @@ rotate_secs = 1000
         assert_eq!(s.counters.rotations, 2);
         // No rotation before it is due.
         clock.set(T0 + 1500);
-        s.tick();
+        s.tick().unwrap();
         assert_eq!(s.keys().signing_key(T0 + 1500).unwrap().id, k3.id);
     }
 

@@ -138,13 +138,9 @@ enum PassResult {
     Waiting(Duration),
 }
 
-async fn fill_pass(
-    agent: &Arc<Agent>,
-    manifest: &FillManifest,
-    breaker: &Arc<Mutex<Breaker>>,
-    retries: &Arc<Mutex<HashMap<String, Retry>>>,
-) -> PassResult {
-    // What the tiers hold (a scan also removes temporaries of a crashed run).
+/// What the tiers hold, by tier name (a scan also removes temporaries of a crashed run). A tier
+/// that cannot be read is left out (nothing is filled onto it this pass).
+pub(crate) async fn scan_tiers(agent: &Agent) -> BTreeMap<String, HashMap<String, super::Held>> {
     let mut held = BTreeMap::new();
     for t in &agent.dp.tiers {
         let path = t.path.clone();
@@ -153,12 +149,21 @@ async fn fill_pass(
                 held.insert(t.name.clone(), h);
             }
             Ok(Err(e)) => {
-                // A failed tier: fill nothing onto it this pass.
                 tracing::warn!("agent: tier {} ({}): {e}", t.name, t.path.display());
             }
             Err(e) => tracing::error!("agent: scan task: {e}"),
         }
     }
+    held
+}
+
+async fn fill_pass(
+    agent: &Arc<Agent>,
+    manifest: &FillManifest,
+    breaker: &Arc<Mutex<Breaker>>,
+    retries: &Arc<Mutex<HashMap<String, Retry>>>,
+) -> PassResult {
+    let held = scan_tiers(agent).await;
     let plan = super::plan(manifest, &held, &agent.capacity, agent.cfg.fill.evict);
     {
         let mut s = agent.lock();
