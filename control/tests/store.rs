@@ -1,0 +1,431 @@
+//! The control service's store, one suite run against both backends: the embedded SQLite file
+//! and a real PostgreSQL server started in a temporary directory (initdb/pg_ctl, Debian's
+//! `postgresql` package). Migrations and the refusal of a newer schema, every kind of state
+//! surviving a reopen, monotonic manifest generations (also under concurrent writers), key
+//! rotation decided once across instances, and the control state on top of it: steering after
+//! a restart without the catalog being sent again, two instances on one database.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use edgeplane_api::{
+    Catalog, HealthReport, LocationKind, ObjectInfo, Registration, Rendition, Role, TierCapacity,
+    TierKind, Title,
+};
+use edgeplane_control::cloud::clock::ManualClock;
+use edgeplane_control::cloud::config::CloudConfig;
+use edgeplane_control::cloud::state::CloudState;
+use edgeplane_control::cloud::store::{Store, StoreError};
+use edgeplane_signing::SigningKey;
+use edgeplane_test_support::pg::PgServer;
+use edgeplane_test_support::poll::check_all;
+
+const T0: u64 = 1_800_000_000;
+
+/// Makes fresh databases of one backend.
+enum Backend {
+    Sqlite(tempfile::TempDir),
+    Postgres(PgServer),
+}
+
+impl Backend {
+    /// The URL of a new, empty database called `name`.
+    fn fresh(&self, name: &str) -> String {
+        match self {
+            Backend::Sqlite(dir) => format!(
+                "sqlite://{}",
+                dir.path().join(format!("{name}.db")).display()
+            ),
+            Backend::Postgres(pg) => pg.create_database(name),
+        }
+    }
+
+    fn open(&self, url: &str) -> Store {
+        Store::open(Some(url), &PathBuf::from("/nonexistent"))
+            .unwrap_or_else(|e| panic!("{url}: {e}"))
+    }
+}
+
+fn catalog(titles: usize, tag: &str) -> Catalog {
+    Catalog {
+        titles: (0..titles)
+            .map(|t| Title {
+                id: format!("t{t}"),
+                renditions: vec![Rendition {
+                    name: "r".into(),
+                    bitrate: 1,
+                    objects: (0..3)
+                        .map(|s| ObjectInfo {
+                            id: format!("t{t}-{s}-{tag}"),
+                            size: 10,
+                            sha256: "ab".repeat(32),
+                        })
+                        .collect(),
+                }],
+            })
+            .collect(),
+    }
+}
+
+fn registration(role: Role) -> Registration {
+    Registration {
+        role,
+        site: "s".into(),
+        urls: vec!["http://192.0.2.1:80".into()],
+        prefixes: vec!["10.0.0.0/8".parse().unwrap()],
+        tiers: vec![TierCapacity {
+            name: "nvme".into(),
+            kind: TierKind::Flash,
+            capacity_bytes: 1_000,
+        }],
+        max_bps: 1_000_000,
+        version: "t".into(),
+    }
+}
+
+fn report(objects: Vec<String>) -> HealthReport {
+    HealthReport {
+        healthy: true,
+        serving_bps: 10,
+        objects,
+        ..Default::default()
+    }
+}
+
+fn config(url: &str) -> CloudConfig {
+    CloudConfig::from_toml(&format!(
+        r#"
+listen = "127.0.0.1:0"
+admin_token = "adm"
+[origin]
+bucket = "b"
+[store]
+url = "{url}"
+[[appliance]]
+id = "emb"
+secret = "s-emb"
+[[appliance]]
+id = "ix"
+secret = "s-ix"
+[health]
+interval_secs = 5
+missed_limit = 3
+[signing]
+url_ttl_secs = 100
+rotate_secs = 1000
+"#
+    ))
+    .unwrap()
+}
+
+fn state(url: &str, clock: &Arc<ManualClock>, b: &Backend) -> CloudState {
+    CloudState::open(config(url), clock.clone(), Arc::new(b.open(url))).unwrap()
+}
+
+type Case = fn(&Backend, &str);
+
+const CASES: &[(&str, Case)] = &[
+    ("migrations_and_epoch", migrations_and_epoch),
+    ("a_newer_schema_is_refused", a_newer_schema_is_refused),
+    ("everything_survives_a_reopen", everything_survives_a_reopen),
+    ("generations_only_grow", generations_only_grow),
+    ("concurrent_generations", concurrent_generations),
+    ("keys_compare_and_set", keys_compare_and_set),
+    ("steering_after_restart", steering_after_restart),
+    ("two_instances_one_store", two_instances_one_store),
+];
+
+fn run_suite(b: Backend) {
+    check_all(
+        CASES.iter().map(|(name, case)| (name.to_string(), *case)),
+        |name, case| {
+            let url = b.fresh(name);
+            case(&b, &url);
+        },
+    );
+}
+
+#[test]
+fn store_suite_on_sqlite() {
+    run_suite(Backend::Sqlite(tempfile::tempdir().unwrap()));
+}
+
+#[test]
+fn store_suite_on_postgres() {
+    run_suite(Backend::Postgres(PgServer::start()));
+}
+
+fn migrations_and_epoch(b: &Backend, url: &str) {
+    let s = b.open(url);
+    assert_eq!(s.schema_version(), 1);
+    let epoch = s.epoch().to_string();
+    assert_eq!(epoch.len(), 32, "{epoch}");
+    drop(s);
+    // Reopening migrates nothing and keeps the epoch.
+    let s = b.open(url);
+    assert_eq!(s.epoch(), epoch);
+    // Another database, another epoch.
+    let other = b.open(&b.fresh(&format!(
+        "{}_other",
+        url.rsplit('/').next().unwrap().trim_end_matches(".db")
+    )));
+    assert_ne!(other.epoch(), epoch);
+}
+
+fn a_newer_schema_is_refused(b: &Backend, url: &str) {
+    drop(b.open(url));
+    // A newer binary applied migration 99.
+    match b {
+        Backend::Sqlite(_) => {
+            let path = url.strip_prefix("sqlite://").unwrap();
+            let c = rusqlite::Connection::open(path).unwrap();
+            c.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (99, 'future', 0)",
+                [],
+            )
+            .unwrap();
+        }
+        Backend::Postgres(_) => {
+            let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+            c.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (99, 'future', 0)",
+                &[],
+            )
+            .unwrap();
+        }
+    }
+    let e = match Store::open(Some(url), &PathBuf::from("/nonexistent")) {
+        Ok(_) => panic!("a newer schema was accepted"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(
+            e,
+            StoreError::TooNew {
+                found: 99,
+                supported: 1
+            }
+        ),
+        "{e:?}"
+    );
+    let line = e.to_string();
+    assert!(!line.contains('\n'));
+    assert_eq!(
+        line,
+        "store schema version 99 is newer than this edgeplane supports (1); run the newer edgeplane, or point [store] url at another database"
+    );
+}
+
+fn everything_survives_a_reopen(b: &Backend, url: &str) {
+    let s = b.open(url);
+    assert_eq!(s.catalog().unwrap(), None);
+    let v1 = s.put_catalog(&catalog(2, "a")).unwrap();
+    let v2 = s.put_catalog(&catalog(3, "b")).unwrap();
+    assert!(v2 > v1);
+    let r1 = s
+        .put_registration("emb", &registration(Role::Embedded))
+        .unwrap();
+    let r2 = s.put_health("emb", &report(vec!["x".into()]), T0).unwrap();
+    let r3 = s.put_registration("ix", &registration(Role::Ix)).unwrap();
+    assert!(r1 < r2 && r2 < r3);
+    let key = SigningKey {
+        id: "k1".into(),
+        secret: [7; 32],
+        not_after: T0 + 50,
+    };
+    let keys = s.keys().unwrap();
+    assert!(keys.keys.is_empty());
+    assert!(s
+        .replace_keys(keys.version, std::slice::from_ref(&key), T0 + 10)
+        .unwrap()
+        .is_some());
+    let g = s.manifest_generation("emb", "h1").unwrap();
+    let versions = s.versions().unwrap();
+    drop(s);
+
+    let s = b.open(url);
+    assert_eq!(s.versions().unwrap(), versions);
+    assert_eq!(s.catalog().unwrap(), Some((v2, catalog(3, "b"))));
+    let rows = s.appliances_since(0).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].id, "emb");
+    assert_eq!(rows[0].seq, r2);
+    assert_eq!(rows[0].registration, Some(registration(Role::Embedded)));
+    assert_eq!(rows[0].health, Some((report(vec!["x".into()]), T0)));
+    assert_eq!(rows[1].id, "ix");
+    assert_eq!(rows[1].health, None);
+    assert_eq!(s.appliances_since(r2).unwrap().len(), 1);
+    assert!(s.appliances_since(r3).unwrap().is_empty());
+    let k = s.keys().unwrap();
+    assert_eq!(k.keys, vec![key]);
+    assert_eq!(k.next_rotation, Some(T0 + 10));
+    assert_eq!(s.manifest_generation("emb", "h1").unwrap(), g);
+}
+
+fn generations_only_grow(b: &Backend, url: &str) {
+    let mut last = 0;
+    for round in 0..4 {
+        let s = b.open(url);
+        // The same plan keeps its generation; any other plan (even an earlier one) is newer.
+        for h in ["a", "a", "b", "a", "c", "c"] {
+            let g = s.manifest_generation("emb", h).unwrap();
+            assert!(g >= last, "round {round}: {g} after {last}");
+            last = g;
+        }
+        assert_eq!(s.manifest_generation("ix", "a").unwrap(), 1);
+    }
+    // 4 rounds: a, b, a, c the first time (4), then a, b, a, c again each round (4 each).
+    assert_eq!(last, 16);
+}
+
+fn concurrent_generations(b: &Backend, url: &str) {
+    // Four connections (instances) race to record alternating plans: every generation any of
+    // them reads is at least the one it read before, and every change is counted once.
+    let stores: Vec<Arc<Store>> = (0..4).map(|_| Arc::new(b.open(url))).collect();
+    let threads: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .map(|(n, s)| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let mut last = 0;
+                for i in 0..25 {
+                    let g = s
+                        .manifest_generation("emb", &format!("plan-{n}-{i}"))
+                        .unwrap();
+                    assert!(g > last, "{g} after {last}");
+                    last = g;
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // 100 distinct plans, one row: generations 1..=100 (no lost or doubled update), so the next
+    // plan is 101.
+    assert_eq!(stores[0].manifest_generation("emb", "final").unwrap(), 101);
+}
+
+fn keys_compare_and_set(b: &Backend, url: &str) {
+    let a = b.open(url);
+    let c = b.open(url);
+    let k = |id: &str| SigningKey {
+        id: id.into(),
+        secret: [1; 32],
+        not_after: T0,
+    };
+    let seen = a.keys().unwrap();
+    assert!(a
+        .replace_keys(seen.version, &[k("a")], 1)
+        .unwrap()
+        .is_some());
+    // c read before a wrote: its write is refused, and it sees a's.
+    assert_eq!(c.replace_keys(seen.version, &[k("c")], 2).unwrap(), None);
+    let now = c.keys().unwrap();
+    assert_eq!(now.keys, vec![k("a")]);
+    assert_eq!(now.next_rotation, Some(1));
+    assert!(c
+        .replace_keys(now.version, &[k("a"), k("c")], 2)
+        .unwrap()
+        .is_some());
+    assert_eq!(a.keys().unwrap().keys.len(), 2);
+}
+
+fn steering_after_restart(b: &Backend, url: &str) {
+    let clock = Arc::new(ManualClock::new(T0));
+    let client: IpAddr = "10.1.2.3".parse().unwrap();
+    let c = catalog(2, "x");
+    let objects: Vec<String> = c.titles[0].renditions[0]
+        .objects
+        .iter()
+        .map(|o| o.id.clone())
+        .collect();
+    let (url0, kid, generation, epoch) = {
+        let mut s = state(url, &clock, b);
+        s.set_catalog(c.clone()).unwrap();
+        s.register("emb", registration(Role::Embedded)).unwrap();
+        let ack = s.health("emb", report(objects.clone())).unwrap();
+        let st = s.steer(client, "t0", &HashMap::new()).unwrap();
+        assert_eq!(st.locations[0].kind, LocationKind::Embedded);
+        let kid = s.keys().signing_key(T0).unwrap().id.clone();
+        (
+            st.objects[0].urls[0].clone(),
+            kid,
+            ack.manifest_generation,
+            ack.epoch,
+        )
+    };
+    // A restart a few seconds later, the catalog not sent again.
+    clock.advance(3);
+    let mut s = state(url, &clock, b);
+    assert_eq!(s.epoch(), epoch);
+    assert_eq!(s.catalog(), &c);
+    assert_eq!(
+        s.keys().signing_key(T0 + 3).unwrap().id,
+        kid,
+        "the signing key survives"
+    );
+    let query = url0.split_once('?').unwrap().1;
+    assert_eq!(
+        s.keys().verify(&objects[0], Some(query), client, T0 + 3),
+        Ok(())
+    );
+    let st = s.steer(client, "t0", &HashMap::new()).unwrap();
+    assert_eq!(st.locations[0].kind, LocationKind::Embedded, "{st:?}");
+    assert_eq!(st.locations[0].appliance.as_deref(), Some("emb"));
+    // Same plan, same generation; the appliance needs nothing new.
+    let m = s.manifest("emb").unwrap();
+    assert_eq!(
+        (m.generation, m.epoch.as_str()),
+        (generation, epoch.as_str())
+    );
+    assert_eq!(m.objects.len(), 6);
+}
+
+fn two_instances_one_store(b: &Backend, url: &str) {
+    // (On SQLite: one file, two connections; SQLite serializes the writers.)
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut a = state(url, &clock, b);
+    let mut c = state(url, &clock, b);
+    assert_eq!(a.epoch(), c.epoch());
+    assert_eq!(
+        a.keys(),
+        c.keys(),
+        "the second instance adopts the first one's key"
+    );
+    // Catalog through a, registration and health through c; steering through a sees both.
+    let cat = catalog(1, "y");
+    let objects: Vec<String> = cat.titles[0].renditions[0]
+        .objects
+        .iter()
+        .map(|o| o.id.clone())
+        .collect();
+    a.set_catalog(cat).unwrap();
+    c.sync().unwrap();
+    c.register("emb", registration(Role::Embedded)).unwrap();
+    let ack = c.health("emb", report(objects)).unwrap();
+    a.sync().unwrap();
+    let st = a
+        .steer("10.9.9.9".parse().unwrap(), "t0", &HashMap::new())
+        .unwrap();
+    assert_eq!(st.locations[0].appliance.as_deref(), Some("emb"));
+    assert_eq!(
+        a.manifest("emb").unwrap().generation,
+        ack.manifest_generation
+    );
+    // A scheduled rotation happens once, whichever instance sees it due first.
+    clock.advance(1000);
+    a.tick().unwrap();
+    c.sync().unwrap();
+    c.tick().unwrap();
+    assert_eq!(a.keys(), c.keys());
+    assert_eq!(a.keys().keys.len(), 2, "{:?}", a.public_keys());
+    assert_eq!(a.counters.rotations + c.counters.rotations, 1);
+    // A forced rotation through c reaches a.
+    c.rotate_keys().unwrap();
+    a.sync().unwrap();
+    assert_eq!(a.keys(), c.keys());
+}
