@@ -251,15 +251,27 @@ struct Cloud {
     proc: Proc,
     api: String,
     config: PathBuf,
+    name: String,
 }
 
+/// Starts `edgeplane cloud serve` with the default store (SQLite in `dir/cloud-state`).
 fn start_cloud(dir: &Path, moto: &Moto) -> Cloud {
-    let config = dir.join("cloud.toml");
+    start_cloud_on(dir, moto, "cloud", free_port(), None)
+}
+
+/// Starts the control service `name` on `port` (fixed, so a restart keeps the agents' URL),
+/// with `[store] url` when given, else SQLite in `dir/<name>-state`.
+fn start_cloud_on(dir: &Path, moto: &Moto, name: &str, port: u16, store: Option<&str>) -> Cloud {
+    let config = dir.join(format!("{name}.toml"));
+    let store = store
+        .map(|u| format!("[store]\nurl = \"{u}\"\n"))
+        .unwrap_or_default();
     std::fs::write(
         &config,
         format!(
-            r#"listen = "127.0.0.1:0"
+            r#"listen = "127.0.0.1:{port}"
 admin_token = "{ADMIN_TOKEN}"
+state_dir = "{state}"
 
 [origin]
 endpoint = "{}"
@@ -285,24 +297,80 @@ missed_limit = 3
 
 [signing]
 url_ttl_secs = 600
-"#,
-            moto.url()
+
+{store}"#,
+            moto.url(),
+            state = dir.join(format!("{name}-state")).display(),
         ),
     )
     .unwrap();
-    let mut proc = Proc::spawn(
-        "cloud",
-        BIN,
-        &["cloud", "serve", "--config", config.to_str().unwrap()],
-    );
-    let line = proc.ready("edgeplane-cloud: ready");
-    let api = format!("http://{}", field(&line, "api"));
-    Cloud { proc, api, config }
+    let (proc, api) = Cloud::spawn(name, &config);
+    Cloud {
+        proc,
+        api,
+        config,
+        name: name.to_string(),
+    }
+}
+
+impl Cloud {
+    fn spawn(name: &str, config: &Path) -> (Proc, String) {
+        let mut proc = Proc::spawn(
+            name,
+            BIN,
+            &["cloud", "serve", "--config", config.to_str().unwrap()],
+        );
+        let line = proc.ready("edgeplane-cloud: ready");
+        let api = format!("http://{}", field(&line, "api"));
+        (proc, api)
+    }
+
+    /// Stops the service (SIGKILL, or SIGTERM) and starts it again with the same config.
+    fn restart(&mut self, kill9: bool) {
+        if kill9 {
+            self.proc.kill9();
+        } else {
+            self.proc.terminate();
+        }
+        let (proc, api) = Cloud::spawn(&self.name, &self.config);
+        assert_eq!(api, self.api, "the restarted service listens where it did");
+        self.proc = proc;
+    }
+
+    fn admin(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let req = ureq::request(method, &format!("{}{path}", self.api))
+            .set("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+            .timeout(Duration::from_secs(10));
+        let r = match body {
+            Some(b) => req.set("Content-Type", "application/json").send_string(b),
+            None => req.call(),
+        };
+        match r {
+            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        }
+    }
+
+    fn put_catalog(&self, catalog: &Catalog) {
+        let (s, body) = self.admin(
+            "PUT",
+            "/v1/catalog",
+            Some(&serde_json::to_string(catalog).unwrap()),
+        );
+        assert_eq!(s, 204, "PUT /v1/catalog: {body}");
+    }
 }
 
 /// Generates the catalog (always the same bytes) and uploads it to the origin; with `register`,
 /// also registers it with the control service and returns it.
 fn publish_catalog(cloud: &Cloud, out: &Path, register: bool) -> Catalog {
+    publish_catalog_scaled(cloud, out, register, "0.1")
+}
+
+/// [`publish_catalog`] with object sizes times `scale` (the test content depends on the seed
+/// and the id only, so every scale is as deterministic).
+fn publish_catalog_scaled(cloud: &Cloud, out: &Path, register: bool, scale: &str) -> Catalog {
     let mut cmd = Command::new(BIN);
     cmd.args(["cloud", "gen-catalog", "--config"])
         .arg(&cloud.config)
@@ -316,7 +384,7 @@ fn publish_catalog(cloud: &Cloud, out: &Path, register: bool) -> Catalog {
         ])
         .args([
             "--scale",
-            "0.1",
+            scale,
             "--seed",
             "7",
             "--upload",
@@ -773,4 +841,273 @@ fn fill_steer_play_fail_over() {
     play(&st, 0);
     moto.stop();
     drop(cloud.proc);
+}
+
+/// A small deterministic RNG (xorshift64), so the restart points are the same every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Issue #12's operator scenario and more: the control service is restarted 10 times at points
+/// of a fill and of steady state chosen by a seeded RNG (by fill progress, not by time), half of
+/// them with SIGKILL while a client keeps writing the catalog; the appliance never loses an
+/// object, never evicts, and its manifest generation only grows. After the fill, a URL issued
+/// before a restart still plays and steering answers at once without the catalog being sent
+/// again. Then the control side is told (or made) to wipe the appliance: a catalog that drops
+/// two thirds of the objects, an empty catalog, and a new empty store (a new epoch) — the agent
+/// refuses each manifest, counts it, and the appliance keeps serving everything.
+#[test]
+fn control_restarts_never_cost_an_appliance_its_objects() {
+    let root = temp_dir();
+    let moto = Moto::start(free_port());
+    let mut cloud = start_cloud(root.path(), &moto);
+    // Objects 4× the other test's: at 1 Mbit/s the fill takes about half a minute, so the
+    // restart points below 24 objects land inside it.
+    let catalog = publish_catalog_scaled(&cloud, &root.path().join("catalog.json"), true, "0.4");
+    let objects: HashMap<String, String> = catalog
+        .titles
+        .iter()
+        .flat_map(|t| t.renditions.iter().flat_map(|r| r.objects.iter()))
+        .map(|o| (o.id.clone(), o.sha256.clone()))
+        .collect();
+    let total = objects.len();
+    let mut emb = Appliance::new(
+        root.path(),
+        "emb",
+        "embedded",
+        &["127.0.0.0/8"],
+        &moto,
+        &cloud,
+        1,
+    );
+    emb.start_dataplane();
+    emb.start_agent();
+
+    // A client that keeps writing (the same catalog: each PUT is one write transaction).
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = {
+        let (writing, writes) = (writing.clone(), writes.clone());
+        let url = format!("{}/v1/catalog", cloud.api);
+        let body = serde_json::to_string(&catalog).unwrap();
+        thread::spawn(move || {
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = ureq::put(&url)
+                    .set("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+                    .set("Content-Type", "application/json")
+                    .timeout(Duration::from_secs(5))
+                    .send_string(&body);
+                match r {
+                    Ok(_) => {
+                        writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        })
+    };
+
+    let health_ok =
+        |a: &Appliance| a.agent_metric("edgeplane_agent_health_reports_total{result=\"ok\"}");
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut last_generation = 0.0;
+    let mut held_before: Vec<String> = Vec::new();
+    let (mut mid_fill, mut kill9s) = (0, 0);
+    // The points: after `target` objects are present (ascending, so each is ahead of the fill);
+    // past the total, in steady state.
+    let mut targets: Vec<usize> = (0..10)
+        .map(|_| (rng.next() % (total as u64 * 3 / 2)) as usize)
+        .collect();
+    targets.sort();
+    for (round, target) in targets.into_iter().enumerate() {
+        let present = poll_within(
+            &format!("round {round}: {target} objects present"),
+            Duration::from_secs(120),
+            || {
+                let (p, w) = emb.fill_progress()?;
+                let want = target.min(total) as u64;
+                (w == total as u64 && p >= want).then_some(p)
+            },
+        );
+        if (present as usize) < total {
+            mid_fill += 1;
+        }
+        let mut held: Vec<String> = emb.files().into_keys().collect();
+        held.sort();
+        for id in &held_before {
+            assert!(held.contains(id), "round {round}: {id} was lost");
+        }
+        held_before = held.clone();
+        let kill9 = round % 2 == 0;
+        kill9s += kill9 as u32;
+        cloud.restart(kill9);
+        // Steering answers at once, from the stored catalog (never a 404 for a known title).
+        let (s, body) = get(&format!(
+            "{}/v1/steering?client=127.0.0.1&title={}",
+            cloud.api, catalog.titles[0].id
+        ));
+        assert_eq!(s, 200, "round {round}: {}", String::from_utf8_lossy(&body));
+        // The store is consistent: the catalog is whole, the appliance registered.
+        let (s, body) = get(&format!("{}/v1/catalog", cloud.api));
+        assert_eq!(s, 200);
+        assert_eq!(
+            serde_json::from_str::<Catalog>(&String::from_utf8_lossy(&body)).unwrap(),
+            catalog
+        );
+        let (s, fleet) = cloud.admin("GET", "/v1/fleet", None);
+        assert_eq!(s, 200, "{fleet}");
+        let fleet: serde_json::Value = serde_json::from_str(&fleet).unwrap();
+        assert!(
+            fleet["appliances"][0]["registration"].is_object(),
+            "round {round}: {fleet}"
+        );
+        // Two health answers from the restarted service later: nothing evicted or refused, the
+        // generation did not go down, every object held before is still there.
+        let ok = health_ok(&emb);
+        poll_within("two health reports", Duration::from_secs(30), || {
+            (health_ok(&emb) >= ok + 2.0).then_some(())
+        });
+        let generation = emb.agent_metric("edgeplane_agent_fill_manifest_generation");
+        assert!(
+            generation >= last_generation,
+            "round {round}: generation {generation} after {last_generation}"
+        );
+        last_generation = generation;
+        assert_eq!(
+            emb.agent_metric("edgeplane_agent_fill_evicted_total"),
+            0.0,
+            "round {round}"
+        );
+        for reason in ["empty", "evict_fraction"] {
+            assert_eq!(
+                emb.agent_metric(&format!(
+                    "edgeplane_agent_manifest_refused_total{{reason=\"{reason}\"}}"
+                )),
+                0.0,
+                "round {round}: nothing to refuse when the control side keeps its state"
+            );
+        }
+        let files = emb.files();
+        for id in &held_before {
+            assert!(
+                files.contains_key(id),
+                "round {round}: {id} was lost in the restart"
+            );
+        }
+    }
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(
+        mid_fill >= 3,
+        "only {mid_fill} of 10 restarts landed mid-fill"
+    );
+    assert_eq!(kill9s, 5);
+    assert!(
+        writes.load(std::sync::atomic::Ordering::Relaxed) > 10,
+        "the writer never wrote"
+    );
+
+    // The operator's scenario: filled, a URL issued, the service restarted (no catalog sent).
+    emb.wait_filled(Duration::from_secs(60));
+    let title = &catalog.titles[0].id;
+    let before = poll_within("steering to emb", Duration::from_secs(20), || {
+        let st = steer(&cloud, "127.0.0.1", title);
+        (st.locations.first()?.kind == LocationKind::Embedded).then_some(st)
+    });
+    cloud.restart(true);
+    let after = steer(&cloud, "127.0.0.1", title);
+    assert_eq!(
+        after.locations[0].kind,
+        LocationKind::Embedded,
+        "steering right after the restart: {after:?}"
+    );
+    play(&before, 0);
+    play(&after, 0);
+    // Both URL sets verify under the keys the data plane holds now.
+    let keys = emb.keys();
+    for st in [&before, &after] {
+        let q = st.objects[0].urls[0].split_once('?').unwrap().1;
+        assert_eq!(
+            keys.verify(
+                &st.objects[0].object.id,
+                Some(q),
+                "127.0.0.1".parse().unwrap(),
+                now_unix()
+            ),
+            Ok(())
+        );
+    }
+    assert_eq!(emb.files().len(), total);
+    assert_eq!(emb.agent_metric("edgeplane_agent_fill_evicted_total"), 0.0);
+
+    // Told to drop two thirds of what it holds: refused, counted, still serving.
+    let refused = |reason: &str| {
+        emb.agent_metric(&format!(
+            "edgeplane_agent_manifest_refused_total{{reason=\"{reason}\"}}"
+        ))
+    };
+    let mut partial = catalog.clone();
+    partial.titles.truncate(1);
+    cloud.put_catalog(&partial);
+    poll_within(
+        "the partial manifest to be refused",
+        Duration::from_secs(30),
+        || (refused("evict_fraction") == 1.0).then_some(()),
+    );
+    // An empty catalog: refused too.
+    cloud.put_catalog(&Catalog::default());
+    poll_within(
+        "the empty manifest to be refused",
+        Duration::from_secs(30),
+        || (refused("empty") == 1.0).then_some(()),
+    );
+    // A control service that lost its whole store (a new epoch, generation 1, no catalog).
+    cloud.proc.kill9();
+    std::fs::rename(
+        root.path().join("cloud-state"),
+        root.path().join("cloud-state.lost"),
+    )
+    .unwrap();
+    cloud.restart(true);
+    poll_within(
+        "the new epoch's empty manifest to be refused",
+        Duration::from_secs(30),
+        || (refused("empty") == 2.0).then_some(()),
+    );
+    let log = emb.agent.as_ref().unwrap().output();
+    assert_eq!(
+        log.matches("refused manifest generation").count(),
+        3,
+        "{log}"
+    );
+    assert!(log.contains("control epoch changed"), "{log}");
+    // Everything still held and served (signed with the key the data plane holds now).
+    assert_eq!(emb.files().len(), total);
+    assert_eq!(emb.agent_metric("edgeplane_agent_fill_evicted_total"), 0.0);
+    let keys = poll_within(
+        "the new control's key at the data plane",
+        Duration::from_secs(30),
+        || {
+            let k = emb.keys();
+            k.signing_key(now_unix()).is_some().then_some(k)
+        },
+    );
+    let key = keys.signing_key(now_unix()).unwrap();
+    for (id, sha) in &objects {
+        let u = format!(
+            "{}/{id}?{}",
+            emb.base(),
+            sign(key, id, now_unix() + 60, "127.0.0.0/24".parse().unwrap())
+        );
+        let (s, body) = curl(&u);
+        assert_eq!(s, 200, "{id} after the refusals");
+        assert_eq!(&sha256_hex(&body), sha);
+    }
 }
