@@ -26,6 +26,10 @@
 #                                (installing the kernel package only adds files to /boot and
 #                                /lib/modules; the running kernel is not changed)
 #   testssl.sh (testssl)         `cargo xtask testssl`: a scan of the HTTPS listener
+#   postgresql                   the control service's shared store: the store tests and the
+#                                two-instance e2e test start their own server in a temporary
+#                                directory (/usr/lib/postgresql/15/bin: initdb, pg_ctl; as
+#                                `nobody` when run as root); the distro cluster is not used
 #   cargo-fuzz (cargo install)   `cargo xtask fuzz`: the fuzz targets under fuzz/; at the end
 # and, through rustup, the pinned nightly that builds the eBPF programs (see the end).
 set -euo pipefail
@@ -44,7 +48,7 @@ commands=(curl:curl openssl:openssl nginx:nginx wrk:wrk valgrind:valgrind perf:l
     tmux:tmux systemd-analyze:systemd useradd:passwd
     qemu-system-x86_64:qemu-system-x86 busybox:busybox-static cpio:cpio kmod:kmod testssl:testssl.sh)
 # packages without a command to probe.
-libraries=(libfuse3-dev)
+libraries=(libfuse3-dev postgresql)
 
 missing=()
 for pair in "${commands[@]}"; do
