@@ -1111,3 +1111,137 @@ fn control_restarts_never_cost_an_appliance_its_objects() {
         assert_eq!(&sha256_hex(&body), sha);
     }
 }
+
+/// GET with a bearer token; the status and the JSON body.
+fn get_authed(url: &str, token: &str) -> (u16, serde_json::Value) {
+    match ureq::get(url)
+        .set("Authorization", &format!("Bearer {token}"))
+        .timeout(Duration::from_secs(10))
+        .call()
+    {
+        Ok(r) => (r.status(), r.into_json().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or_default()),
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}
+
+/// Two control-service instances on one PostgreSQL (what an operator runs behind a load
+/// balancer): the catalog is sent to one, each appliance reports to a different one, and both
+/// steer alike, plan alike (the IX appliance's manifest names its peer, registered through the
+/// other instance), and rotate keys once for the fleet.
+#[test]
+fn two_control_instances_share_one_postgres() {
+    let root = temp_dir();
+    let pg = edgeplane_test_support::pg::PgServer::start();
+    let url = pg.create_database("control");
+    let moto = Moto::start(free_port());
+    let a = start_cloud_on(root.path(), &moto, "cloud-a", free_port(), Some(&url));
+    let b = start_cloud_on(root.path(), &moto, "cloud-b", free_port(), Some(&url));
+    let catalog = publish_catalog(&a, &root.path().join("catalog.json"), true);
+    let (_, ca) = get_authed(&format!("{}/v1/catalog", b.api), ADMIN_TOKEN);
+    assert_eq!(
+        serde_json::from_value::<Catalog>(ca).unwrap(),
+        catalog,
+        "the catalog sent to one instance is the other's"
+    );
+
+    let mut emb = Appliance::new(
+        root.path(),
+        "emb",
+        "embedded",
+        &["127.0.0.0/8"],
+        &moto,
+        &a,
+        0,
+    );
+    let mut ix = Appliance::new(root.path(), "ix", "ix", &[], &moto, &b, 0);
+    emb.start_dataplane();
+    emb.start_agent();
+    ix.start_dataplane();
+    emb.wait_filled(Duration::from_secs(60));
+    ix.start_agent();
+    ix.wait_filled(Duration::from_secs(60));
+    assert!(
+        ix.agent_metric("edgeplane_agent_fill_objects_total{source=\"peer\"}") > 0.0,
+        "instance B's plan for ix names emb (registered through A) as its peer"
+    );
+
+    // Both instances see both appliances' reports (emb's sent to A, ix's to B) of a full fill.
+    let total = catalog_objects(&catalog);
+    for cloud in [&a, &b] {
+        poll_within(
+            "both appliances in steering, filled",
+            Duration::from_secs(20),
+            || {
+                let (s, fleet) = get_authed(&format!("{}/v1/fleet", cloud.api), ADMIN_TOKEN);
+                let all = fleet["appliances"].as_array()?;
+                let full = |x: &serde_json::Value| {
+                    x["in_steering"] == true
+                        && x["last_health"]["objects"].as_array().map(Vec::len) == Some(total)
+                };
+                (s == 200 && all.iter().all(full)).then_some(())
+            },
+        );
+    }
+    // Both steer alike: a player in emb's prefix to emb, another to ix.
+    let title = &catalog.titles[1].id;
+    for cloud in [&a, &b] {
+        let st = poll_within("steering to emb", Duration::from_secs(20), || {
+            let st = steer(cloud, "127.0.0.1", title);
+            (st.locations[0].appliance.as_deref() == Some("emb")).then_some(st)
+        });
+        assert_eq!(st.locations[1].appliance.as_deref(), Some("ix"), "{st:?}");
+        play(&st, 0);
+        let st = steer(cloud, "198.51.100.7", title);
+        assert_eq!(st.locations[0].appliance.as_deref(), Some("ix"), "{st:?}");
+    }
+    // One plan per appliance: the same generation and epoch through either instance.
+    let manifest = |cloud: &Cloud, id: &str| {
+        let (s, m) = get_authed(
+            &format!("{}/v1/appliances/{id}/manifest", cloud.api),
+            &format!("{id}-secret"),
+        );
+        assert_eq!(s, 200, "{m}");
+        (
+            m["generation"].as_u64().unwrap(),
+            m["epoch"].as_str().unwrap().to_string(),
+        )
+    };
+    for id in ["emb", "ix"] {
+        let (ga, ea) = manifest(&a, id);
+        let (gb, eb) = manifest(&b, id);
+        assert_eq!((ga, &ea), (gb, &eb), "{id}");
+        assert_eq!(ea.len(), 32);
+    }
+    // A rotation through B: A signs with the new key too, and emb (reporting to A) gets it.
+    let (s, body) = b.admin("POST", "/v1/keys/rotate", None);
+    assert_eq!(s, 200, "{body}");
+    let newest = serde_json::from_str::<serde_json::Value>(&body).unwrap()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|k| k["not_after"].as_u64().unwrap())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let st = steer(&a, "127.0.0.1", title);
+    assert_eq!(kid_of(&st.objects[0].urls[0]), newest);
+    poll_within("emb to hold the new key", Duration::from_secs(20), || {
+        emb.keys().keys.iter().any(|k| k.id == newest).then_some(())
+    });
+    play(&st, 0);
+    drop(pg);
+}
+
+fn catalog_objects(c: &Catalog) -> usize {
+    c.titles
+        .iter()
+        .flat_map(|t| t.renditions.iter())
+        .map(|r| r.objects.len())
+        .sum()
+}
+
+fn kid_of(url: &str) -> &str {
+    url.split("kid=").nth(1).unwrap().split('&').next().unwrap()
+}
