@@ -101,6 +101,13 @@ pub struct FillConfig {
     /// that lost its catalog cannot wipe the appliance. 0.0–1.0; default 0.1.
     #[serde(default = "default_max_evict_fraction")]
     pub max_evict_fraction: f64,
+    /// Every this many seconds, re-read a sample of stored objects and compare them with their
+    /// verified SHA-256 (bit rot: removed and filled again); 0 turns it off. Default 60.
+    #[serde(default = "default_verify_interval_secs")]
+    pub verify_interval_secs: u64,
+    /// Objects re-read per round (default 8).
+    #[serde(default = "default_verify_objects")]
+    pub verify_objects: usize,
 }
 
 impl Default for FillConfig {
@@ -145,6 +152,12 @@ fn default_retry_max_ms() -> u64 {
 }
 fn default_breaker_failures() -> u32 {
     5
+}
+fn default_verify_interval_secs() -> u64 {
+    60
+}
+fn default_verify_objects() -> usize {
+    8
 }
 fn default_max_evict_fraction() -> f64 {
     0.1

@@ -3,6 +3,7 @@
 //! eviction) is in `fill/pass.rs`, on top of [`super::store`].
 
 pub(crate) mod pass;
+pub(crate) mod verify;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -91,12 +92,23 @@ fn unsafe_free_localtime() -> (u16, u16) {
     (tm.tm_hour as u16, tm.tm_min as u16)
 }
 
-/// An object a tier holds: its size (files are only ever renamed into place after their
-/// checksum was verified, so size is what the store checks on a restart).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An object a tier holds: its size and the SHA-256 it was verified against when installed
+/// (files are only ever renamed into place after their checksum was verified; the digest rides
+/// along on the file as an extended attribute, absent on objects installed before it did or on
+/// filesystems without user xattrs).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Held {
     /// Bytes.
     pub size: u64,
+    /// Its verified SHA-256 (lowercase hex), when known.
+    pub sha256: Option<String>,
+}
+
+impl Held {
+    /// A held object of `size` bytes, digest unknown.
+    pub fn sized(size: u64) -> Held {
+        Held { size, sha256: None }
+    }
 }
 
 /// What to do in one fill pass.
@@ -104,8 +116,11 @@ pub struct Held {
 pub struct Plan {
     /// `(tier, id)` to remove: held but not in the manifest, or the wrong size.
     pub evict: Vec<(String, String)>,
-    /// Entries to download, in rank order, each onto `entry.tier`.
+    /// Entries to download, in rank order, each onto `entry.tier` (replacements first).
     pub download: Vec<ManifestEntry>,
+    /// Ids held whose content changed under the same id (the manifest names another SHA-256):
+    /// downloaded onto the tier that holds them and swapped in atomically (also in `download`).
+    pub replace: Vec<String>,
     /// Entries that do not fit in their tier's capacity even after eviction.
     pub no_room: Vec<String>,
     /// Objects of the manifest already held.
@@ -136,7 +151,23 @@ pub fn plan(
         let mut ids: Vec<(&String, &Held)> = objects.iter().collect();
         ids.sort_by(|a, b| a.0.cmp(b.0));
         for (id, h) in ids {
+            let changed = |e: &ManifestEntry| {
+                h.sha256
+                    .as_deref()
+                    .is_some_and(|s| !s.eq_ignore_ascii_case(&e.object.sha256))
+            };
             match wanted.get(id.as_str()) {
+                // New content under the same id: replaced in place (it serves until then).
+                Some(e) if changed(e) && !present.contains(id.as_str()) => {
+                    present.insert(id.as_str());
+                    tier_used += h.size.max(e.object.size);
+                    out.replace.push(id.clone());
+                    out.bytes_missing += e.object.size;
+                    out.download.push(ManifestEntry {
+                        tier: tier.clone(),
+                        ..(*e).clone()
+                    });
+                }
                 Some(e) if e.object.size == h.size && !present.contains(id.as_str()) => {
                     present.insert(id.as_str());
                     tier_used += h.size;
@@ -150,7 +181,7 @@ pub fn plan(
         }
         used.insert(tier.as_str(), tier_used);
     }
-    out.present = present.len() as u64;
+    out.present = (present.len() - out.replace.len()) as u64;
     let mut entries: Vec<&ManifestEntry> = manifest.objects.iter().collect();
     entries.sort_by_key(|e| e.rank);
     for e in entries {
@@ -383,14 +414,14 @@ mod tests {
         held.insert(
             "flash".to_string(),
             HashMap::from([
-                ("a".to_string(), Held { size: 10 }),
-                ("old".to_string(), Held { size: 5 }),
+                ("a".to_string(), Held::sized(10)),
+                ("old".to_string(), Held::sized(5)),
             ]),
         );
         held.insert(
             "hdd".to_string(),
             // Wrong size: evicted and fetched again.
-            HashMap::from([("d".to_string(), Held { size: 39 })]),
+            HashMap::from([("d".to_string(), Held::sized(39))]),
         );
         let cap = BTreeMap::from([("flash".to_string(), 40), ("hdd".to_string(), 60)]);
         let p = plan(&m, &held, &cap, true);
@@ -416,7 +447,7 @@ mod tests {
         };
         let held = BTreeMap::from([(
             "flash".to_string(),
-            HashMap::from([("x".to_string(), Held { size: 5 })]),
+            HashMap::from([("x".to_string(), Held::sized(5))]),
         )]);
         let cap = BTreeMap::from([("flash".to_string(), 14)]);
         let p = plan(&m, &held, &cap, false);
@@ -437,10 +468,54 @@ mod tests {
         };
         let held = BTreeMap::from([(
             "hdd".to_string(),
-            HashMap::from([("a".to_string(), Held { size: 10 })]),
+            HashMap::from([("a".to_string(), Held::sized(10))]),
         )]);
         let p = plan(&m, &held, &BTreeMap::new(), true);
         assert_eq!((p.present, p.download.len(), p.evict.len()), (1, 0, 0));
+    }
+
+    #[test]
+    fn changed_content_is_replaced_in_place_not_evicted() {
+        let mut m = FillManifest {
+            generation: 1,
+            objects: vec![entry("a", 10, "flash", 0), entry("b", 10, "flash", 1)],
+            ..Default::default()
+        };
+        m.objects[1].object.sha256 = "11".repeat(32);
+        let sha = |s: &str| Held {
+            size: 10,
+            sha256: Some(s.repeat(32)),
+        };
+        // a: same digest; b: held on hdd with the old digest; c: digest unknown.
+        let held = BTreeMap::from([
+            (
+                "flash".to_string(),
+                HashMap::from([("a".to_string(), sha("00"))]),
+            ),
+            (
+                "hdd".to_string(),
+                HashMap::from([("b".to_string(), sha("00"))]),
+            ),
+        ]);
+        let cap = BTreeMap::from([("flash".to_string(), 100), ("hdd".to_string(), 100)]);
+        let p = plan(&m, &held, &cap, true);
+        assert!(p.evict.is_empty(), "{p:?}");
+        assert_eq!(p.replace, ["b"]);
+        assert_eq!(p.download.len(), 1);
+        assert_eq!(p.download[0].tier, "hdd", "swapped where it is held");
+        assert_eq!(p.download[0].object.sha256, "11".repeat(32));
+        assert_eq!(p.present, 1);
+        // An unknown digest is trusted (installed verified, by an older agent).
+        let held = BTreeMap::from([(
+            "flash".to_string(),
+            HashMap::from([
+                ("a".to_string(), Held::sized(10)),
+                ("b".to_string(), Held::sized(10)),
+            ]),
+        )]);
+        let p = plan(&m, &held, &cap, true);
+        assert!(p.download.is_empty() && p.replace.is_empty());
+        assert_eq!(p.present, 2);
     }
 
     #[test]
@@ -449,7 +524,7 @@ mod tests {
             BTreeMap::from([(
                 "flash".to_string(),
                 (0..n)
-                    .map(|i| (format!("o{i}"), Held { size: 10 }))
+                    .map(|i| (format!("o{i}"), Held::sized(10)))
                     .collect::<HashMap<_, _>>(),
             )])
         };

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use super::config::{AgentConfig, ConfigError, SecretError};
 use super::dataplane::{AdminClient, Dataplane, TierSpec};
 use super::fill::pass::{fill_loop, RateLimiter};
+use super::fill::verify::verify_loop;
 use super::origin::{Origin, OriginError};
 use super::prefixes::{bgp_loop, prefix_loop};
 use super::register::control_loop;
@@ -221,6 +222,7 @@ async fn run_async(cfg: AgentConfig, secret: String, dp: Dataplane) -> Result<()
     tasks.spawn(serve_status(agent.clone(), listener));
     tasks.spawn(control_loop(agent.clone()));
     tasks.spawn(fill_loop(agent.clone()));
+    tasks.spawn(verify_loop(agent.clone()));
     tasks.spawn(prefix_loop(agent.clone()));
     tasks.spawn(progress_loop(agent.clone()));
     if let Some(bgp) = agent.cfg.bgp.clone() {

@@ -31,6 +31,12 @@ pub(crate) struct Shared {
     /// Failed downloads by source (`origin`, `peer`).
     pub(crate) failures: BTreeMap<&'static str, u64>,
     pub(crate) evicted: u64,
+    /// Stored objects re-read and checked against their SHA-256.
+    pub(crate) verified: u64,
+    /// Of those, the ones whose bytes had changed on disk (removed and filled again).
+    pub(crate) bit_rot: u64,
+    /// Objects replaced because the manifest named new content under their id.
+    pub(crate) content_replaced: u64,
     /// Manifests refused, by reason (`empty`, `evict_fraction`).
     pub(crate) manifests_refused: BTreeMap<&'static str, u64>,
     /// The last refused manifest's (epoch, generation): not fetched again.

@@ -168,6 +168,9 @@ pub(crate) fn render_metrics(s: &Shared) -> String {
     }
     let _ = writeln!(o, "# HELP edgeplane_agent_fill_checksum_failures_total Downloads rejected on size or sha256.\n# TYPE edgeplane_agent_fill_checksum_failures_total counter\nedgeplane_agent_fill_checksum_failures_total {}", s.fill.checksum_failures);
     let _ = writeln!(o, "# HELP edgeplane_agent_fill_evicted_total Objects removed because they left the manifest.\n# TYPE edgeplane_agent_fill_evicted_total counter\nedgeplane_agent_fill_evicted_total {}", s.evicted);
+    let _ = writeln!(o, "# HELP edgeplane_agent_fill_verified_total Stored objects re-read in idle time and checked against their SHA-256.\n# TYPE edgeplane_agent_fill_verified_total counter\nedgeplane_agent_fill_verified_total {}", s.verified);
+    let _ = writeln!(o, "# HELP edgeplane_agent_fill_bit_rot_total Stored objects whose bytes no longer matched their SHA-256 (removed and filled again).\n# TYPE edgeplane_agent_fill_bit_rot_total counter\nedgeplane_agent_fill_bit_rot_total {}", s.bit_rot);
+    let _ = writeln!(o, "# HELP edgeplane_agent_fill_content_replaced_total Objects replaced (verified, swapped atomically) because the manifest named new content under their id.\n# TYPE edgeplane_agent_fill_content_replaced_total counter\nedgeplane_agent_fill_content_replaced_total {}", s.content_replaced);
     let _ = writeln!(o, "# HELP edgeplane_agent_manifest_refused_total Manifests refused by reason: empty (while objects are held) or evict_fraction (would evict more than fill.max_evict_fraction of the held objects).\n# TYPE edgeplane_agent_manifest_refused_total counter");
     for reason in ["empty", "evict_fraction"] {
         let n = s.manifests_refused.get(reason).copied().unwrap_or(0);
@@ -201,6 +204,9 @@ mod tests {
             window_open: true,
             evicted: 4,
             manifests_refused: [("evict_fraction", 2)].into_iter().collect(),
+            verified: 30,
+            bit_rot: 1,
+            content_replaced: 2,
             rate_bps: 8e6,
             health_ok: 10,
             health_err: 2,
@@ -272,6 +278,9 @@ mod tests {
                 "edgeplane_agent_manifest_refused_total{reason=\"empty\"}",
                 0.0,
             ),
+            ("edgeplane_agent_fill_verified_total", 30.0),
+            ("edgeplane_agent_fill_bit_rot_total", 1.0),
+            ("edgeplane_agent_fill_content_replaced_total", 2.0),
             ("edgeplane_agent_health_reports_total{result=\"ok\"}", 10.0),
             (
                 "edgeplane_agent_health_reports_total{result=\"error\"}",
@@ -286,7 +295,7 @@ mod tests {
             .filter(|l| !l.starts_with('#'))
             .map(|l| l.split(['{', ' ']).next().unwrap())
             .collect();
-        assert_eq!(families.len(), 16, "{families:?}");
+        assert_eq!(families.len(), 19, "{families:?}");
         for f in families {
             for kind in ["HELP", "TYPE"] {
                 let n = text

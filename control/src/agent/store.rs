@@ -17,6 +17,67 @@ use super::fill::Held;
 /// Prefix of in-progress downloads.
 pub const TMP_PREFIX: &str = ".tmp-";
 
+/// The extended attribute holding an installed object's verified SHA-256 (lowercase hex): set
+/// on the temporary before the rename, so the digest and the bytes arrive together.
+pub const SHA_XATTR: &str = "user.edgeplane.sha256";
+
+fn c_path(path: &Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+}
+
+/// The verified SHA-256 recorded on `path`, if any (none on filesystems without user xattrs).
+pub fn recorded_sha256(path: &Path) -> Option<String> {
+    let c = c_path(path).ok()?;
+    let name = std::ffi::CString::new(SHA_XATTR).expect("no NUL");
+    let mut buf = [0u8; 64];
+    // SAFETY: valid C strings and a buffer of the length given.
+    let n = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n != 64 {
+        return None;
+    }
+    let s = std::str::from_utf8(&buf).ok()?;
+    s.bytes()
+        .all(|b| b.is_ascii_hexdigit())
+        .then(|| s.to_ascii_lowercase())
+}
+
+/// Records `sha256` on the open file `fd` (best effort: a filesystem without user xattrs only
+/// loses content-version tracking).
+fn record_sha256(fd: std::os::fd::RawFd, sha256: &str) {
+    let name = std::ffi::CString::new(SHA_XATTR).expect("no NUL");
+    // SAFETY: `fd` is an open file of ours; name and value are valid for the call.
+    let r = unsafe { libc::fsetxattr(fd, name.as_ptr(), sha256.as_ptr().cast(), sha256.len(), 0) };
+    if r != 0 {
+        tracing::debug!(
+            "agent: cannot record the digest ({}): content versions are checked by size only",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+/// SHA-256 of a file's bytes, hex (blocking: reads it all).
+pub fn file_sha256(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        match f.read(&mut buf)? {
+            0 => return Ok(hex::encode(h.finalize())),
+            n => h.update(&buf[..n]),
+        }
+    }
+}
+
 pub use edgeplane_api::valid_content_id as valid_id;
 
 /// Lists a tier's objects (regular files with valid ids) and removes leftover temporaries.
@@ -38,6 +99,7 @@ pub fn scan(dir: &Path) -> io::Result<HashMap<String, Held>> {
             name.to_string(),
             Held {
                 size: entry.metadata()?.len(),
+                sha256: recorded_sha256(&entry.path()),
             },
         );
     }
@@ -54,9 +116,7 @@ pub fn evict(dir: &Path, id: &str) -> io::Result<()> {
 
 /// Bytes the filesystem holding `dir` has in all (for the default capacity).
 pub fn filesystem_bytes(dir: &Path) -> io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    let c = c_path(dir)?;
     let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
     // SAFETY: `c` is a valid C string and `st` a valid out pointer for the call.
     if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
@@ -151,7 +211,12 @@ impl Incoming {
                 want_len,
             });
         }
+        {
+            use std::os::fd::AsRawFd;
+            record_sha256(self.file.as_raw_fd(), &got);
+        }
         drop(self.file);
+        // Over an older version of the object too: the swap is atomic.
         tokio::fs::rename(&self.tmp, &self.dest).await?;
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
@@ -197,6 +262,17 @@ mod tests {
         let held = scan(dir.path()).unwrap();
         assert_eq!(held.len(), 1);
         assert_eq!(held["a.m4s"].size, body.len() as u64);
+        // The verified digest rides on the file (ext4 and tmpfs keep user xattrs).
+        assert_eq!(held["a.m4s"].sha256.as_deref(), Some(sha.as_str()));
+        assert_eq!(file_sha256(&dir.path().join("a.m4s")).unwrap(), sha);
+        // A new version under the same id replaces the old one whole.
+        let v2 = b"version two".repeat(10);
+        let sha2 = hex::encode(Sha256::digest(&v2));
+        let mut w = Incoming::create(dir.path(), "a.m4s").await.unwrap();
+        w.write(&v2).await.unwrap();
+        w.install(&sha2, v2.len() as u64).await.unwrap();
+        assert_eq!(std::fs::read(dir.path().join("a.m4s")).unwrap(), v2);
+        assert_eq!(recorded_sha256(&dir.path().join("a.m4s")), Some(sha2));
         assert!(!dir.path().join(".tmp-c").exists());
         evict(dir.path(), "a.m4s").unwrap();
         evict(dir.path(), "a.m4s").unwrap();

@@ -114,7 +114,7 @@ pub(crate) async fn fill_loop(agent: Arc<Agent>) {
             }
             continue;
         };
-        let pass = fill_pass(&agent, &manifest, &breaker, &retries).await;
+        let pass = fill_pass(&agent, &manifest, &breaker, &retries, window).await;
         let wait = match pass {
             PassResult::Complete => Duration::from_secs(5),
             PassResult::Progress => Duration::ZERO,
@@ -162,6 +162,7 @@ async fn fill_pass(
     manifest: &FillManifest,
     breaker: &Arc<Mutex<Breaker>>,
     retries: &Arc<Mutex<HashMap<String, Retry>>>,
+    window: Window,
 ) -> PassResult {
     let held = scan_tiers(agent).await;
     let plan = super::plan(manifest, &held, &agent.capacity, agent.cfg.fill.evict);
@@ -210,14 +211,27 @@ async fn fill_pass(
             .collect()
     };
     let installed = Arc::new(AtomicU64::new(0));
+    let window_closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let replace: Arc<std::collections::HashSet<String>> =
+        Arc::new(plan.replace.iter().cloned().collect());
     futures::stream::iter(due)
         .for_each_concurrent(agent.cfg.fill.concurrency, |entry| {
             let agent = agent.clone();
             let breaker = breaker.clone();
             let retries = retries.clone();
             let installed = installed.clone();
+            let window_closed = window_closed.clone();
+            let replace = replace.clone();
             async move {
                 let id = entry.object.id.clone();
+                // The window is checked before each object, not only at the pass's start: at
+                // its end the objects in flight finish and no new one starts.
+                if window_closed.load(Ordering::Relaxed)
+                    || !window.is_open(super::local_minute_now())
+                {
+                    window_closed.store(true, Ordering::Relaxed);
+                    return;
+                }
                 match download(&agent, &entry, &breaker).await {
                     Ok(source) => {
                         retries
@@ -227,6 +241,13 @@ async fn fill_pass(
                         installed.fetch_add(1, Ordering::Relaxed);
                         {
                             let mut s = agent.lock();
+                            if replace.contains(&id) {
+                                tracing::info!(
+                                    "agent: {id}: new content (sha256 {}) swapped in",
+                                    entry.object.sha256
+                                );
+                                s.content_replaced += 1;
+                            }
                             *s.downloaded_objects.entry(source).or_default() += 1;
                             s.fill.objects_present += 1;
                             s.fill.bytes_missing =
@@ -250,6 +271,11 @@ async fn fill_pass(
             }
         })
         .await;
+    if window_closed.load(Ordering::Relaxed) {
+        tracing::info!("agent: fill window closed during the pass; resuming when it opens");
+        agent.lock().window_open = false;
+        return PassResult::Waiting(Duration::from_secs(5));
+    }
     let n = installed.load(Ordering::Relaxed);
     if n > 0 {
         return PassResult::Progress;
