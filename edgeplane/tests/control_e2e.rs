@@ -1245,3 +1245,127 @@ fn catalog_objects(c: &Catalog) -> usize {
 fn kid_of(url: &str) -> &str {
     url.split("kid=").nth(1).unwrap().split('&').next().unwrap()
 }
+
+/// Content versions and bit rot: an object whose bytes change at the origin under the same id
+/// (the catalog names its new SHA-256) is fetched again, verified and swapped in place — never
+/// evicted, served with the new bytes; an object that rots on disk is found by the idle
+/// re-verification, counted, and filled again.
+#[test]
+fn changed_and_rotten_objects_are_filled_again() {
+    let root = temp_dir();
+    let moto = Moto::start(free_port());
+    let cloud = start_cloud(root.path(), &moto);
+    let catalog = publish_catalog(&cloud, &root.path().join("catalog.json"), true);
+    let mut emb = Appliance::new(
+        root.path(),
+        "emb",
+        "embedded",
+        &["127.0.0.0/8"],
+        &moto,
+        &cloud,
+        0,
+    );
+    // Re-verify every object every second.
+    let text = std::fs::read_to_string(&emb.config).unwrap().replace(
+        "[agent.fill]\n",
+        "[agent.fill]\nverify_interval_secs = 1\nverify_objects = 1000\n",
+    );
+    std::fs::write(&emb.config, text).unwrap();
+    emb.start_dataplane();
+    emb.start_agent();
+    emb.wait_filled(Duration::from_secs(60));
+    poll_within("a verification round", Duration::from_secs(30), || {
+        (emb.agent_metric("edgeplane_agent_fill_verified_total") >= 24.0).then_some(())
+    });
+    assert_eq!(emb.agent_metric("edgeplane_agent_fill_bit_rot_total"), 0.0);
+    let objects: Vec<_> = catalog
+        .titles
+        .iter()
+        .flat_map(|t| t.renditions.iter().flat_map(|r| r.objects.iter()))
+        .cloned()
+        .collect();
+    let path_of = |id: &str| {
+        ["flash", "storage"]
+            .iter()
+            .map(|t| emb.dir.join(t).join(id))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{id} is not held"))
+    };
+
+    // Bit rot: one byte flips on disk.
+    let rot = &objects[3];
+    let mut bytes = std::fs::read(path_of(&rot.id)).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path_of(&rot.id))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
+        .unwrap();
+    poll_within("the rot to be found", Duration::from_secs(30), || {
+        (emb.agent_metric("edgeplane_agent_fill_bit_rot_total") == 1.0).then_some(())
+    });
+    poll_within(
+        "the rotten object filled again",
+        Duration::from_secs(30),
+        || {
+            let p = ["flash", "storage"]
+                .iter()
+                .map(|t| emb.dir.join(t).join(&rot.id))
+                .find(|p| p.exists())?;
+            (sha256_hex(&std::fs::read(p).ok()?) == rot.sha256).then_some(())
+        },
+    );
+
+    // New content under the same id (another length too), announced by the catalog.
+    let changed = &objects[5];
+    let new_bytes = b"a new encode of this segment ".repeat(500);
+    moto.put(&changed.id, &new_bytes);
+    let mut catalog2 = catalog.clone();
+    for t in &mut catalog2.titles {
+        for r in &mut t.renditions {
+            for o in &mut r.objects {
+                if o.id == changed.id {
+                    o.size = new_bytes.len() as u64;
+                    o.sha256 = sha256_hex(&new_bytes);
+                }
+            }
+        }
+    }
+    cloud.put_catalog(&catalog2);
+    poll_within(
+        "the new content swapped in",
+        Duration::from_secs(30),
+        || (emb.agent_metric("edgeplane_agent_fill_content_replaced_total") == 1.0).then_some(()),
+    );
+    assert_eq!(std::fs::read(path_of(&changed.id)).unwrap(), new_bytes);
+    assert_eq!(emb.agent_metric("edgeplane_agent_fill_evicted_total"), 0.0);
+    for reason in ["empty", "evict_fraction"] {
+        assert_eq!(
+            emb.agent_metric(&format!(
+                "edgeplane_agent_manifest_refused_total{{reason=\"{reason}\"}}"
+            )),
+            0.0
+        );
+    }
+    // Served with the new bytes.
+    let st = poll_within("steering to emb", Duration::from_secs(20), || {
+        let st = steer(&cloud, "127.0.0.1", &catalog2.titles[0].id);
+        (st.locations.first()?.kind == LocationKind::Embedded).then_some(st)
+    });
+    let o = st
+        .objects
+        .iter()
+        .find(|o| o.object.id == changed.id)
+        .expect("the changed object is in title 0");
+    let body = poll_within(
+        "the data plane to serve the new bytes",
+        Duration::from_secs(20),
+        || {
+            let (s, body) = curl(&o.urls[0]);
+            (s == 200 && body == new_bytes).then_some(body)
+        },
+    );
+    assert_eq!(sha256_hex(&body), o.object.sha256);
+    play(&st, 0);
+}
