@@ -1369,3 +1369,32 @@ fn changed_and_rotten_objects_are_filled_again() {
     assert_eq!(sha256_hex(&body), o.object.sha256);
     play(&st, 0);
 }
+
+/// A store migrated by a newer edgeplane is refused at start: exit 1 and one clear line.
+#[test]
+fn a_store_newer_than_the_binary_is_refused_with_one_line() {
+    let root = temp_dir();
+    let moto = Moto::start(free_port());
+    let mut cloud = start_cloud(root.path(), &moto);
+    cloud.proc.terminate();
+    let db = root.path().join("cloud-state/control.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (99, 'future', 0)",
+            [],
+        )
+        .unwrap();
+    let out = Command::new(BIN)
+        .args(["cloud", "serve", "--config", cloud.config.to_str().unwrap()])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        "edgeplane-cloud: error: store schema version 99 is newer than this edgeplane supports (1); run the newer edgeplane, or point [store] url at another database"
+    );
+}

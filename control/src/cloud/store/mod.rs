@@ -103,6 +103,18 @@ pub trait Backend: Send {
     /// Starts a transaction that will write (SQLite takes its write lock now, so two writers
     /// never deadlock on an upgrade).
     fn begin(&mut self) -> Result<(), StoreError>;
+    /// Starts a write transaction whose commit need not reach the disk before it returns (a
+    /// crash of the process loses nothing; a power cut may lose the last few, never consistency):
+    /// for health reports, which are replaced every interval anyway.
+    fn begin_relaxed(&mut self) -> Result<(), StoreError>;
+    /// Ends a transaction begun by either `begin`.
+    fn commit(&mut self) -> Result<(), StoreError> {
+        self.batch("COMMIT")
+    }
+    /// Abandons a transaction begun by either `begin`.
+    fn rollback(&mut self) -> Result<(), StoreError> {
+        self.batch("ROLLBACK")
+    }
     /// Inside a transaction: waits for the lock that makes migrations run one instance at a
     /// time (PostgreSQL: an advisory lock; SQLite: the write lock `begin` took already).
     fn lock_migrations(&mut self) -> Result<(), StoreError>;
@@ -247,16 +259,28 @@ impl Store {
         &self,
         f: impl FnOnce(&mut dyn Backend) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
+        self.tx_with(false, f)
+    }
+
+    fn tx_with<R>(
+        &self,
+        relaxed: bool,
+        f: impl FnOnce(&mut dyn Backend) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         let mut c = self.conn();
         let c: &mut dyn Backend = c.as_mut();
-        c.begin()?;
+        if relaxed {
+            c.begin_relaxed()?;
+        } else {
+            c.begin()?;
+        }
         match f(c) {
             Ok(r) => {
-                c.batch("COMMIT")?;
+                c.commit()?;
                 Ok(r)
             }
             Err(e) => {
-                let _ = c.batch("ROLLBACK");
+                let _ = c.rollback();
                 Err(e)
             }
         }
@@ -317,10 +341,11 @@ impl Store {
         })
     }
 
-    /// Records a health report received at `at`; the change's sequence number.
+    /// Records a health report received at `at`; the change's sequence number. Committed
+    /// without waiting for the disk (the next report replaces it within an interval).
     pub fn put_health(&self, id: &str, report: &HealthReport, at: u64) -> Result<u64, StoreError> {
         let body = to_json(report);
-        self.tx(|c| {
+        self.tx_with(true, |c| {
             let seq = bump(c, "fleet")?;
             c.execute(
                 "INSERT INTO appliances (id, seq, health, health_at) VALUES ($1, $2, $3, $4) \

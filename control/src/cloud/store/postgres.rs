@@ -97,6 +97,11 @@ impl Backend for Postgres {
         self.batch("BEGIN")
     }
 
+    fn begin_relaxed(&mut self) -> Result<(), StoreError> {
+        // The commit returns before the WAL is flushed; the database stays consistent.
+        self.batch("BEGIN; SET LOCAL synchronous_commit = off")
+    }
+
     fn lock_migrations(&mut self) -> Result<(), StoreError> {
         self.client
             .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])

@@ -13,6 +13,8 @@ use super::{Backend, StoreError, Val};
 /// A SQLite connection.
 pub struct Sqlite {
     conn: Connection,
+    /// The open transaction was begun relaxed (restore `synchronous = FULL` after it).
+    relaxed: bool,
 }
 
 fn err(e: rusqlite::Error) -> StoreError {
@@ -38,6 +40,14 @@ fn params(p: &[Val]) -> Vec<Value> {
 }
 
 impl Sqlite {
+    /// Back to `synchronous = FULL` after a relaxed transaction.
+    fn restore(&mut self) -> Result<(), StoreError> {
+        if std::mem::take(&mut self.relaxed) {
+            self.batch("PRAGMA synchronous = FULL")?;
+        }
+        Ok(())
+    }
+
     /// Opens (creating) the database file at `path`.
     pub fn open(path: &Path) -> Result<Sqlite, StoreError> {
         let conn = Connection::open(path).map_err(|e| StoreError::Db {
@@ -49,13 +59,17 @@ impl Sqlite {
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
-        Ok(Sqlite { conn })
+        Ok(Sqlite {
+            conn,
+            relaxed: false,
+        })
     }
 
     /// A private in-memory database.
     pub fn memory() -> Result<Sqlite, StoreError> {
         Ok(Sqlite {
             conn: Connection::open_in_memory().map_err(err)?,
+            relaxed: false,
         })
     }
 }
@@ -103,6 +117,25 @@ impl Backend for Sqlite {
 
     fn begin(&mut self) -> Result<(), StoreError> {
         self.batch("BEGIN IMMEDIATE")
+    }
+
+    fn begin_relaxed(&mut self) -> Result<(), StoreError> {
+        // WAL with synchronous = NORMAL: the commit is in the log, fsynced at the next
+        // checkpoint (or the next FULL commit). The setting cannot change inside a transaction.
+        self.relaxed = true;
+        self.batch("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        let r = self.batch("COMMIT");
+        self.restore()?;
+        r
+    }
+
+    fn rollback(&mut self) -> Result<(), StoreError> {
+        let r = self.batch("ROLLBACK");
+        self.restore()?;
+        r
     }
 
     fn lock_migrations(&mut self) -> Result<(), StoreError> {
