@@ -429,3 +429,38 @@ fn two_instances_one_store(b: &Backend, url: &str) {
     a.sync().unwrap();
     assert_eq!(a.keys(), c.keys());
 }
+
+/// Not a test: prints how fast each backend takes health reports and catalog writes (one
+/// transaction each), for the report in docs. `cargo test -p edgeplane-control --test store --
+/// --ignored --nocapture write_rates`.
+#[test]
+#[ignore = "a measurement; prints numbers"]
+fn write_rates() {
+    let sqlite = Backend::Sqlite(tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap());
+    let pg = Backend::Postgres(PgServer::start());
+    for (name, b) in [("sqlite", &sqlite), ("postgres", &pg)] {
+        let s = b.open(&b.fresh("rates"));
+        let r = report((0..100).map(|i| format!("t{i}-0-x")).collect());
+        let n = 2000;
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            s.put_health(if i % 2 == 0 { "emb" } else { "ix" }, &r, T0 + i)
+                .unwrap();
+        }
+        let health = n as f64 / t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        for i in 0..200 {
+            s.manifest_generation("emb", &format!("p{i}")).unwrap();
+        }
+        let generations = 200.0 / t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        for _ in 0..2000 {
+            s.versions().unwrap();
+        }
+        let syncs = 2000.0 / t.elapsed().as_secs_f64();
+        println!(
+            "{name}: {health:.0} health reports/s (100 objects each, relaxed commit), \
+             {generations:.0} generation bumps/s (durable commit), {syncs:.0} change checks/s"
+        );
+    }
+}

@@ -3,14 +3,19 @@
 //! blocking threads). Transactions run at READ COMMITTED; the store's row-level patterns
 //! (counter rows bumped first, compare-and-set updates) keep concurrent instances consistent.
 
+use std::collections::HashMap;
+
 use postgres::types::{ToSql, Type};
-use postgres::{Client, NoTls};
+use postgres::{Client, NoTls, Statement};
 
 use super::{Backend, StoreError, Val};
 
 /// A PostgreSQL connection.
 pub struct Postgres {
     client: Client,
+    /// Prepared statements by SQL text (the store uses a handful): one round trip per
+    /// statement instead of two.
+    prepared: HashMap<String, Statement>,
 }
 
 fn err(e: postgres::Error) -> StoreError {
@@ -35,7 +40,19 @@ impl Postgres {
             backend: "postgres",
             message: format!("connecting: {e}"),
         })?;
-        Ok(Postgres { client })
+        Ok(Postgres {
+            client,
+            prepared: HashMap::new(),
+        })
+    }
+
+    fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
+        if let Some(s) = self.prepared.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql).map_err(err)?;
+        self.prepared.insert(sql.to_owned(), s.clone());
+        Ok(s)
     }
 }
 
@@ -63,13 +80,15 @@ impl Backend for Postgres {
     fn execute(&mut self, sql: &str, p: &[Val]) -> Result<u64, StoreError> {
         let b = bind(p);
         let refs: Vec<&(dyn ToSql + Sync)> = b.iter().map(|x| x.as_ref()).collect();
-        self.client.execute(sql, &refs).map_err(err)
+        let st = self.statement(sql)?;
+        self.client.execute(&st, &refs).map_err(err)
     }
 
     fn query(&mut self, sql: &str, p: &[Val]) -> Result<Vec<Vec<Val>>, StoreError> {
         let b = bind(p);
         let refs: Vec<&(dyn ToSql + Sync)> = b.iter().map(|x| x.as_ref()).collect();
-        let rows = self.client.query(sql, &refs).map_err(err)?;
+        let st = self.statement(sql)?;
+        let rows = self.client.query(&st, &refs).map_err(err)?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let mut r = Vec::with_capacity(row.len());
