@@ -862,12 +862,24 @@ impl Rng {
 /// before a restart still plays and steering answers at once without the catalog being sent
 /// again. Then the control side is told (or made) to wipe the appliance: a catalog that drops
 /// two thirds of the objects, an empty catalog, and a new empty store (a new epoch) — the agent
-/// refuses each manifest, counts it, and the appliance keeps serving everything.
+/// refuses each manifest, counts it, and the appliance keeps serving everything. Run on the
+/// default SQLite store and on PostgreSQL.
 #[test]
 fn control_restarts_never_cost_an_appliance_its_objects() {
+    restarts_scenario(None);
+}
+
+/// [`control_restarts_never_cost_an_appliance_its_objects`] with the store on PostgreSQL.
+#[test]
+fn control_restarts_on_postgres_never_cost_an_appliance_its_objects() {
+    restarts_scenario(Some(&edgeplane_test_support::pg::PgServer::start()));
+}
+
+fn restarts_scenario(pg: Option<&edgeplane_test_support::pg::PgServer>) {
     let root = temp_dir();
     let moto = Moto::start(free_port());
-    let mut cloud = start_cloud(root.path(), &moto);
+    let url = pg.map(|pg| pg.create_database("control"));
+    let mut cloud = start_cloud_on(root.path(), &moto, "cloud", free_port(), url.as_deref());
     // Objects 4× the other test's: at 1 Mbit/s the fill takes about half a minute, so the
     // restart points below 24 objects land inside it.
     let catalog = publish_catalog_scaled(&cloud, &root.path().join("catalog.json"), true, "0.4");
@@ -1070,11 +1082,18 @@ fn control_restarts_never_cost_an_appliance_its_objects() {
     );
     // A control service that lost its whole store (a new epoch, generation 1, no catalog).
     cloud.proc.kill9();
-    std::fs::rename(
-        root.path().join("cloud-state"),
-        root.path().join("cloud-state.lost"),
-    )
-    .unwrap();
+    match (pg, &url) {
+        (Some(pg), Some(url)) => {
+            let fresh = pg.create_database("control_after_loss");
+            let text = std::fs::read_to_string(&cloud.config).unwrap();
+            std::fs::write(&cloud.config, text.replace(url.as_str(), &fresh)).unwrap();
+        }
+        _ => std::fs::rename(
+            root.path().join("cloud-state"),
+            root.path().join("cloud-state.lost"),
+        )
+        .unwrap(),
+    }
     cloud.restart(true);
     poll_within(
         "the new epoch's empty manifest to be refused",
