@@ -254,6 +254,7 @@ impl Catalog {
                 path: t.path.clone(),
             })
             .collect();
+        let started = std::time::Instant::now();
         let listings: Vec<Listing> = if tiers.len() <= 1 {
             tiers.iter().map(|t| list_tier(&t.path)).collect()
         } else {
@@ -275,6 +276,7 @@ impl Catalog {
             .iter()
             .flatten()
             .fold((0, 0), |(o, b), f| (o + f.objects, b + f.names.len()));
+        let listed = started.elapsed();
         let mut base = Base::with_capacity(objects, name_bytes);
         let mut tier_states = Vec::with_capacity(tiers.len());
         for (index, (tier, listing)) in tiers.iter().zip(listings).enumerate() {
@@ -294,6 +296,13 @@ impl Catalog {
             }
             tier_states.push(state);
         }
+        tracing::info!(
+            generation,
+            objects = base.table.len(),
+            listing_ms = listed.as_millis() as u64,
+            building_ms = (started.elapsed() - listed).as_millis() as u64,
+            "catalog scanned"
+        );
         Catalog {
             generation,
             tiers,
