@@ -932,8 +932,9 @@ mod tests {
         let entry = cat.get("new.ts").unwrap();
         let path = cat.path("new.ts", &entry);
         assert_eq!(path, dir.path().join("new.ts"));
+        assert_eq!(entry.size, SIZE_UNKNOWN, "not counted yet");
         let obj = OpenObject::open("new.ts", &path, &entry, cat.generation).unwrap();
-        assert_eq!(obj.size, 10);
+        assert_eq!(obj.size, 10, "the size clients see comes from fstat at open");
         assert!(obj.etag.starts_with("\"a-") && obj.etag.ends_with('"'));
         let fixed = String::from_utf8(obj.fixed_headers.clone()).unwrap();
         assert!(fixed.contains("Content-Type: video/mp2t\r\n"));
