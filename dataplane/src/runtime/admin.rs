@@ -100,7 +100,11 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         ("GET", "/catalog") => match CatalogQuery::parse(query) {
             Ok(q) => {
                 let body = catalog_json(&shared.catalog.load(), &q);
-                respond(&mut stream, "200 OK", "application/json", &body)
+                let sent = respond(&mut stream, "200 OK", "application/json", &body);
+                // A page of a million ids is tens of MB, freed here: give it back.
+                drop(body);
+                crate::catalog::give_back_freed_memory();
+                sent
             }
             Err(e) => respond(
                 &mut stream,
