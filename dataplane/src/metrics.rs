@@ -710,8 +710,19 @@ pub fn render(metrics: &Metrics, catalog: &Catalog) -> String {
         &mut out,
         "edgeplane_catalog_bytes",
         "gauge",
-        "Bytes of objects in the catalog, by tier.",
+        "Bytes of objects in the catalog, by tier (0 until counted: edgeplane_catalog_bytes_counted).",
         &|t| states[t].bytes,
+    );
+    header(
+        &mut out,
+        "edgeplane_catalog_bytes_counted",
+        "gauge",
+        "1 when edgeplane_catalog_bytes is counted; 0 while a low-priority thread learns the sizes after a scan.",
+    );
+    let _ = writeln!(
+        out,
+        "edgeplane_catalog_bytes_counted {}",
+        u8::from(catalog.bytes_counted())
     );
     per_tier(
         &mut out,

@@ -2,15 +2,20 @@
 //! one flash tier of that many empty files (made once under `target/bench-catalog/` and reused)
 //! with a release build, and reports:
 //!
-//! - ready time (spawn to the ready line: the first scan) and RSS, and RSS per object against the
-//!   smallest size measured in the same run;
+//! - ready time (spawn to the ready line: the first scan) and the CPU used by then, the time
+//!   until the low-priority size count is done (`edgeplane_catalog_bytes_counted` 1), RSS at
+//!   ready, and RSS per object against the smallest size measured in the same run;
+//! - the time to list every id through the paged `GET /catalog` (pages of 1 000 000) and the
+//!   RSS after it (the listing keeps a sorted index, 4 bytes per object);
 //! - the mean time of a full rescan (`POST /reload`) and the RSS after 10 of them;
 //! - a renamed-in object: time until it is served and the server's CPU per change, and the same
 //!   for a deleted object until it answers 404 (each over `--changes` objects, one at a time);
 //! - the p50/p99 of hits (GET of a random existing object, one keep-alive connection).
 //!
-//! Writes the markdown report to `target/bench/catalog-<time>.md` and prints it. The machine's
-//! load is printed with it: on a shared machine the times are noisy.
+//! With `--repeat N` every size is measured N times (a fresh server each time) and the table
+//! gives the median of each column, with the range of the noisiest ones. Writes the markdown
+//! report to `target/bench/catalog-<time>.md` and prints it. The machine's load is printed
+//! with it: on a shared machine the times are noisy.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -39,11 +44,26 @@ pub(crate) struct BenchCatalogArgs {
     /// Full rescans per size (`POST /reload`).
     #[arg(long, default_value_t = 10)]
     reloads: u32,
+    /// Where the tiers of empty files are made (once) and kept; default
+    /// `target/bench-catalog`. Use a directory outside the build tree to keep them across
+    /// `cargo clean`.
+    #[arg(long)]
+    fixtures: Option<PathBuf>,
+    /// Only make the tiers (the slow part, once), measure nothing.
+    #[arg(long)]
+    prepare_only: bool,
+    /// Measurements per size (medians reported).
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
 }
 
 struct Row {
     objects: u64,
     ready_s: f64,
+    ready_cpu_s: f64,
+    sized_s: f64,
+    list_s: f64,
+    rss_after_list_mib: f64,
     rss_mib: f64,
     reload_s: f64,
     rss_after_reloads_mib: f64,
@@ -63,14 +83,30 @@ pub(crate) fn run(args: &BenchCatalogArgs) -> Result<()> {
     if sizes.is_empty() {
         bail!("--objects: give at least one size");
     }
-    let bin = build_edgeplane("release")?;
-    let root = target_dir().join("bench-catalog");
+    let root = args
+        .fixtures
+        .clone()
+        .unwrap_or_else(|| target_dir().join("bench-catalog"));
     fs::create_dir_all(&root)?;
+    let tiers = sizes
+        .iter()
+        .map(|&n| ensure_tier(&root, n))
+        .collect::<Result<Vec<_>>>()?;
+    if args.prepare_only {
+        return Ok(());
+    }
+    let bin = build_edgeplane("release")?;
     let mut rows = Vec::new();
-    for &n in &sizes {
-        let tier = ensure_tier(&root, n)?;
-        header(&format!("catalog of {n} objects"));
-        rows.push(measure(&bin, &root, &tier, n, args)?);
+    for (&n, tier) in sizes.iter().zip(&tiers) {
+        let mut runs = Vec::new();
+        for run in 1..=args.repeat.max(1) {
+            header(&format!(
+                "catalog of {n} objects, run {run} of {}",
+                args.repeat
+            ));
+            runs.push(measure(&bin, &root, tier, n, args)?);
+        }
+        rows.push(runs);
     }
     let report = render(&rows, args);
     print!("{report}");
@@ -103,19 +139,61 @@ fn ensure_tier(root: &Path, n: u64) -> Result<PathBuf> {
     if free_bytes < n * 256 + (4 << 30) {
         bail!("{n} files need about {} MiB of free disk", (n * 256) >> 20);
     }
-    if dir.exists() {
-        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-    }
+    // Interrupted before: keep what was made (`mknodat` skips the names that exist).
     fs::create_dir_all(&dir)?;
     eprintln!("making {n} empty files in {} (once)", dir.display());
     let started = Instant::now();
-    for i in 0..n {
-        fs::File::create(dir.join(object_name(i)))
-            .with_context(|| format!("creating object {i} in {}", dir.display()))?;
-    }
+    make_empty_files(&dir, n)?;
     fs::write(dir.join(".complete"), n.to_string())?;
     eprintln!("made in {:.1} s", started.elapsed().as_secs_f64());
     Ok(dir)
+}
+
+/// Makes `obj-<i>` for `i` in `0..n` in `dir` with one `mknodat` each (no open, no close), on
+/// two threads: the directory's lock serialises the inserts, the rest overlaps.
+fn make_empty_files(dir: &Path, n: u64) -> Result<()> {
+    let dirfd = fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    let threads = 2u64;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let dirfd = &dirfd;
+                s.spawn(move || -> Result<()> {
+                    use std::os::fd::AsRawFd;
+                    let mut i = t;
+                    while i < n {
+                        let name = std::ffi::CString::new(object_name(i))?;
+                        // SAFETY: a NUL-terminated name and an open directory descriptor, for
+                        // the call's duration.
+                        let rc = unsafe {
+                            libc::mknodat(
+                                dirfd.as_raw_fd(),
+                                name.as_ptr(),
+                                libc::S_IFREG | 0o644,
+                                0,
+                            )
+                        };
+                        if rc != 0 {
+                            let e = std::io::Error::last_os_error();
+                            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                                return Err(e).with_context(|| format!("creating object {i}"));
+                            }
+                        }
+                        if i % 1_000_000 == 0 && i > 0 {
+                            eprintln!("  {i} files");
+                        }
+                        i += threads;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("file maker panicked"))??;
+        }
+        Ok(())
+    })
 }
 
 fn object_name(i: u64) -> String {
@@ -131,6 +209,18 @@ fn free_space(path: &Path) -> Result<(u64, u64)> {
         return Err(std::io::Error::last_os_error()).context("statvfs");
     }
     Ok((s.f_favail as u64, s.f_bavail as u64 * s.f_frsize as u64))
+}
+
+/// The median of `field` over `runs`, and its range.
+fn median(runs: &[Row], field: impl Fn(&Row) -> f64) -> (f64, f64, f64) {
+    let mut v: Vec<f64> = runs.iter().map(field).collect();
+    v.sort_by(f64::total_cmp);
+    let mid = if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    (mid, v[0], v[v.len() - 1])
 }
 
 fn measure(bin: &Path, root: &Path, tier: &Path, n: u64, args: &BenchCatalogArgs) -> Result<Row> {
@@ -150,8 +240,10 @@ fn measure(bin: &Path, root: &Path, tier: &Path, n: u64, args: &BenchCatalogArgs
     let (mut server, ready) = start_edgeplane(bin, &config, &log, None, Duration::from_secs(600))?;
     let ready_s = spawned.elapsed().as_secs_f64();
     let pid = server.pid();
+    let ready_cpu_s = cpu_ticks(pid)? as f64 / clock_ticks() as f64;
+    let ready_at = Instant::now();
     let rss_mib = rss_kib(pid)? as f64 / 1024.0;
-    eprintln!("ready in {ready_s:.2} s, RSS {rss_mib:.1} MiB");
+    eprintln!("ready in {ready_s:.2} s ({ready_cpu_s:.2} s of CPU), RSS {rss_mib:.1} MiB");
 
     // Hits first, on the freshly scanned catalog.
     let mut conn = Client::connect(ready.http)?;
@@ -206,6 +298,48 @@ fn measure(bin: &Path, root: &Path, tier: &Path, n: u64, args: &BenchCatalogArgs
     let del_cpu_us = del.1 as f64 * tick_us / per;
     eprintln!("rename in: {add_ms:.1} ms until served; delete: {del_ms:.1} ms until 404");
 
+    // Every id through the paged listing (the first page sorts the ids once).
+    let t = Instant::now();
+    let mut listed = 0u64;
+    let mut after: Option<String> = None;
+    loop {
+        let query = match &after {
+            Some(a) => format!("/catalog?limit=1000000&after={a}"),
+            None => "/catalog?limit=1000000".to_string(),
+        };
+        let page: serde_json::Value = serde_json::from_str(&admin_get(ready.admin, &query)?)?;
+        for tier in page["tiers"].as_array().context("no tiers")? {
+            listed += tier["ids"].as_array().map_or(0, |ids| ids.len() as u64);
+        }
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => break,
+        }
+    }
+    let list_s = t.elapsed().as_secs_f64();
+    if listed != n {
+        bail!("GET /catalog listed {listed} ids, not {n}");
+    }
+    let rss_after_list_mib = rss_kib(pid)? as f64 / 1024.0;
+    eprintln!("listed {listed} ids in {list_s:.2} s; RSS {rss_after_list_mib:.1} MiB");
+
+    // The size count (nice 19, idle I/O class) runs from ready on; under load it waits.
+    let sized_s = loop {
+        let metrics = admin_get(ready.admin, "/metrics")?;
+        if metrics
+            .lines()
+            .any(|l| l == "edgeplane_catalog_bytes_counted 1")
+        {
+            break ready_at.elapsed().as_secs_f64();
+        }
+        if ready_at.elapsed() > Duration::from_secs(300) {
+            eprintln!("sizes not counted 300 s after ready");
+            break f64::NAN;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("sizes counted {sized_s:.1} s after ready");
+
     let t = Instant::now();
     for _ in 0..args.reloads {
         admin_post(ready.admin, "/reload")?;
@@ -220,6 +354,10 @@ fn measure(bin: &Path, root: &Path, tier: &Path, n: u64, args: &BenchCatalogArgs
     Ok(Row {
         objects: n,
         ready_s,
+        ready_cpu_s,
+        sized_s,
+        list_s,
+        rss_after_list_mib,
         rss_mib,
         reload_s,
         rss_after_reloads_mib,
@@ -279,6 +417,22 @@ fn clock_ticks() -> u64 {
     } else {
         100
     }
+}
+
+/// `GET path` on the admin listener; the body.
+fn admin_get(addr: SocketAddr, path: &str) -> Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    if !out.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {}", out.lines().next().unwrap_or(""));
+    }
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok(body.to_string())
 }
 
 fn admin_post(addr: SocketAddr, path: &str) -> Result<()> {
@@ -353,7 +507,7 @@ impl Client {
     }
 }
 
-fn render(rows: &[Row], args: &BenchCatalogArgs) -> String {
+fn render(rows: &[Vec<Row>], args: &BenchCatalogArgs) -> String {
     let mut out = String::new();
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let _ = writeln!(out, "# cargo xtask bench-catalog\n");
@@ -361,7 +515,8 @@ fn render(rows: &[Row], args: &BenchCatalogArgs) -> String {
         out,
         "revision {}, kernel {}, {} CPUs, load average at the end: {}one flash tier of empty \
          files, 1 executor, release build. Changes: {} objects renamed in one at a time, then \
-         deleted; hits: {} GETs of random objects on one keep-alive connection; {} rescans.\n",
+         deleted; hits: {} GETs of random objects on one keep-alive connection; {} rescans; \
+         {} run(s) per size, medians (range in brackets).\n",
         git_revision(),
         kernel(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -372,43 +527,68 @@ fn render(rows: &[Row], args: &BenchCatalogArgs) -> String {
             + " (1/5/15 min); ",
         args.changes,
         args.hits,
-        args.reloads
+        args.reloads,
+        args.repeat.max(1)
     );
-    let base = rows.first();
     let _ = writeln!(
         out,
-        "| objects | ready (s) | RSS (MiB) | RSS / object (B) | rescan (s) | RSS after rescans (MiB) | RSS after changes (MiB) | renamed in → served (ms) | CPU / add (µs) | deleted → 404 (ms) | CPU / delete (µs) | hit p50 (µs) | hit p99 (µs) |"
+        "| objects | ready (s) | CPU to ready (s) | sizes counted after (s) | RSS (MiB) | RSS / object (B) | full listing (s) | RSS after listing (MiB) | rescan (s) | RSS after rescans (MiB) | RSS after changes (MiB) | renamed in → served (ms) | CPU / add (µs) | deleted → 404 (ms) | CPU / delete (µs) | hit p50 (µs) | hit p99 (µs) |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for r in rows {
+    let _ = writeln!(
+        out,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let base = rows.first().map(|runs| median(runs, |r| r.rss_mib).0);
+    let base_n = rows
+        .first()
+        .and_then(|runs| runs.first())
+        .map_or(0, |r| r.objects);
+    for runs in rows {
+        let Some(first) = runs.first() else { continue };
+        let m = |f: fn(&Row) -> f64| median(runs, f);
+        let ranged = |f: fn(&Row) -> f64, digits: usize| {
+            let (mid, lo, hi) = m(f);
+            if runs.len() > 1 {
+                format!("{mid:.digits$} [{lo:.digits$}–{hi:.digits$}]")
+            } else {
+                format!("{mid:.digits$}")
+            }
+        };
         let per_object = match base {
-            Some(b) if r.objects > b.objects => format!(
+            Some(b) if first.objects > base_n => format!(
                 "{:.0}",
-                (r.rss_mib - b.rss_mib) * 1024.0 * 1024.0 / (r.objects - b.objects) as f64
+                (m(|r| r.rss_mib).0 - b) * 1024.0 * 1024.0 / (first.objects - base_n) as f64
             ),
             _ => "(baseline)".into(),
         };
         let _ = writeln!(
             out,
-            "| {} | {:.2} | {:.1} | {per_object} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} |",
-            r.objects,
-            r.ready_s,
-            r.rss_mib,
-            r.reload_s,
-            r.rss_after_reloads_mib,
-            r.rss_after_changes_mib,
-            r.add_ms,
-            r.add_cpu_us,
-            r.del_ms,
-            r.del_cpu_us,
-            r.hit_p50_us,
-            r.hit_p99_us
+            "| {} | {} | {} | {} | {:.1} | {per_object} | {} | {:.1} | {} | {:.1} | {:.1} | {} | {:.0} | {} | {:.0} | {} | {} |",
+            first.objects,
+            ranged(|r| r.ready_s, 2),
+            ranged(|r| r.ready_cpu_s, 2),
+            ranged(|r| r.sized_s, 1),
+            m(|r| r.rss_mib).0,
+            ranged(|r| r.list_s, 2),
+            m(|r| r.rss_after_list_mib).0,
+            ranged(|r| r.reload_s, 2),
+            m(|r| r.rss_after_reloads_mib).0,
+            m(|r| r.rss_after_changes_mib).0,
+            ranged(|r| r.add_ms, 1),
+            m(|r| r.add_cpu_us).0,
+            ranged(|r| r.del_ms, 1),
+            m(|r| r.del_cpu_us).0,
+            ranged(|r| r.hit_p50_us, 0),
+            ranged(|r| r.hit_p99_us, 0),
         );
     }
     let _ = writeln!(
         out,
         "\nCPU per change is the server's utime+stime over the change (clock ticks of {} µs, \
-         averaged over the changes), including answering the polling GETs.",
+         averaged over the changes), including answering the polling GETs. RSS is measured \
+         at ready, before any listing; the size count (low priority) adds nothing to it. \
+         Sizes counted: from ready until `edgeplane_catalog_bytes_counted` is 1 (NaN: not \
+         within 300 s).",
         1_000_000 / clock_ticks()
     );
     out

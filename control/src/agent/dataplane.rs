@@ -78,12 +78,21 @@ pub struct CatalogTier {
     pub ids: Vec<String>,
 }
 
-/// The data plane's `GET /catalog`.
+/// The data plane's `GET /catalog` (every page of it, for [`AdminClient::catalog`]).
 #[derive(Debug, Clone, Deserialize)]
 pub struct CatalogView {
+    /// Catalog generation (a rescan increases it).
+    #[serde(default)]
+    pub generation: u64,
     /// Tiers.
     pub tiers: Vec<CatalogTier>,
+    /// The id the next page starts after; `None` on the last page.
+    #[serde(default)]
+    pub next: Option<String>,
 }
+
+/// Ids asked for per `GET /catalog` page (the data plane allows up to 1 000 000).
+const CATALOG_PAGE: usize = 200_000;
 
 /// The numbers the agent reads from `/metrics`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -197,10 +206,38 @@ impl AdminClient {
         Ok(parse_metrics(&text))
     }
 
-    /// `GET /catalog`.
+    /// `GET /catalog`, every page (`?after=<next>` until `next` is null), the ids of each
+    /// tier joined. Pages of another generation (a rescan between pages) start the listing
+    /// over, up to 3 times; after that the last listing is returned as read.
     pub async fn catalog(&self) -> Result<CatalogView, AdminError> {
+        let mut attempts = 0;
+        'listing: loop {
+            attempts += 1;
+            let mut view = self.catalog_page(None).await?;
+            while let Some(after) = view.next.take() {
+                let page = self.catalog_page(Some(&after)).await?;
+                if page.generation != view.generation && attempts < 3 {
+                    continue 'listing;
+                }
+                for (tier, more) in view.tiers.iter_mut().zip(page.tiers) {
+                    tier.ids.extend(more.ids);
+                    (tier.up, tier.objects, tier.bytes) = (more.up, more.objects, more.bytes);
+                }
+                view.next = page.next;
+            }
+            return Ok(view);
+        }
+    }
+
+    async fn catalog_page(&self, after: Option<&str>) -> Result<CatalogView, AdminError> {
+        let mut url = format!("{}/catalog?limit={CATALOG_PAGE}", self.base);
+        if let Some(after) = after {
+            // Content ids are [A-Za-z0-9._-]: nothing to escape.
+            url.push_str("&after=");
+            url.push_str(after);
+        }
         self.http
-            .get(format!("{}/catalog", self.base))
+            .get(url)
             .send()
             .await
             .and_then(|r| r.error_for_status())

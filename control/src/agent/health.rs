@@ -168,10 +168,12 @@ mod tests {
             ids: ids.iter().map(|s| s.to_string()).collect(),
         };
         CatalogView {
+            generation: 1,
             tiers: vec![
                 tier("flash", flash_up, &["a", "b"]),
                 tier("hdd", hdd_up, &["c"]),
             ],
+            next: None,
         }
     }
 

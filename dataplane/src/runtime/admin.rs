@@ -56,7 +56,7 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             }
         }
     };
-    let path = path.split('?').next().unwrap_or("");
+    let (path, query) = path.split_once('?').unwrap_or((&path, ""));
     match (method.as_str(), path) {
         ("GET", "/metrics") => {
             let mut body = metrics::render(&shared.metrics, &shared.catalog.load());
@@ -97,10 +97,22 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 respond(&mut stream, "200 OK", "text/plain", "ok\n")
             }
         }
-        ("GET", "/catalog") => {
-            let body = catalog_json(&shared.catalog.load());
-            respond(&mut stream, "200 OK", "application/json", &body)
-        }
+        ("GET", "/catalog") => match CatalogQuery::parse(query) {
+            Ok(q) => {
+                let body = catalog_json(&shared.catalog.load(), &q);
+                let sent = respond(&mut stream, "200 OK", "application/json", &body);
+                // A page of a million ids is tens of MB, freed here: give it back.
+                drop(body);
+                crate::catalog::give_back_freed_memory();
+                sent
+            }
+            Err(e) => respond(
+                &mut stream,
+                "400 Bad Request",
+                "text/plain",
+                &format!("{e}\n"),
+            ),
+        },
         ("POST", "/reload") => {
             let reloaded = shared.reload();
             let mut body = String::new();
@@ -179,8 +191,49 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     }
 }
 
-/// `GET /catalog`: what each tier serves, for the agent.
-fn catalog_json(catalog: &crate::catalog::Catalog) -> String {
+/// Ids per `GET /catalog` page unless `limit` says otherwise.
+const CATALOG_PAGE_DEFAULT: usize = 100_000;
+/// Most ids one `GET /catalog` page may ask for.
+const CATALOG_PAGE_MAX: usize = 1_000_000;
+
+/// `GET /catalog?after=ID&limit=N`.
+#[derive(Debug, PartialEq)]
+struct CatalogQuery {
+    after: Option<String>,
+    limit: usize,
+}
+
+impl CatalogQuery {
+    fn parse(query: &str) -> Result<CatalogQuery, String> {
+        let mut q = CatalogQuery {
+            after: None,
+            limit: CATALOG_PAGE_DEFAULT,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                // Ids need no percent-decoding: they are [A-Za-z0-9._-] only.
+                "after" if crate::content_id::is_valid(value) => q.after = Some(value.into()),
+                "after" => return Err(format!("after: not a content id: {value:?}")),
+                "limit" => {
+                    q.limit = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=CATALOG_PAGE_MAX).contains(n))
+                        .ok_or_else(|| {
+                            format!("limit: a number from 1 to {CATALOG_PAGE_MAX}: {value:?}")
+                        })?
+                }
+                _ => return Err(format!("unknown parameter {key:?} (after, limit)")),
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// `GET /catalog`: what each tier serves, for the agent; one page of ids (in id order, after
+/// `after`), with the id to continue after in `next` (null on the last page).
+fn catalog_json(catalog: &crate::catalog::Catalog, query: &CatalogQuery) -> String {
     #[derive(serde::Serialize)]
     struct Tier<'a> {
         name: &'a str,
@@ -193,22 +246,35 @@ fn catalog_json(catalog: &crate::catalog::Catalog) -> String {
     #[derive(serde::Serialize)]
     struct Body<'a> {
         generation: u64,
+        bytes_counted: bool,
         tiers: Vec<Tier<'a>>,
+        next: Option<&'a str>,
+    }
+    let (page, more) = catalog.page(query.after.as_deref(), query.limit);
+    let mut ids: Vec<Vec<&str>> = vec![Vec::new(); catalog.tiers.len()];
+    for (id, entry) in &page {
+        ids[usize::from(entry.tier)].push(id);
     }
     let body = Body {
         generation: catalog.generation,
+        bytes_counted: catalog.bytes_counted(),
+        next: if more {
+            page.last().map(|(id, _)| *id)
+        } else {
+            None
+        },
         tiers: catalog
             .tiers
             .iter()
             .zip(&catalog.tier_states)
-            .enumerate()
-            .map(|(i, (t, s))| Tier {
+            .zip(ids)
+            .map(|((t, s), ids)| Tier {
                 name: &t.name,
                 kind: t.kind.as_str(),
                 up: s.error.is_none(),
                 objects: s.objects,
                 bytes: s.bytes,
-                ids: catalog.ids(i),
+                ids,
             })
             .collect(),
     };
@@ -230,4 +296,37 @@ fn respond(
     stream.write_all(head.as_bytes())?;
     stream.write_all(body.as_bytes())?;
     stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_query_takes_after_and_limit_and_refuses_the_rest() {
+        assert_eq!(
+            CatalogQuery::parse("").unwrap(),
+            CatalogQuery {
+                after: None,
+                limit: CATALOG_PAGE_DEFAULT
+            }
+        );
+        assert_eq!(
+            CatalogQuery::parse("after=a-1.ts&limit=10").unwrap(),
+            CatalogQuery {
+                after: Some("a-1.ts".into()),
+                limit: 10
+            }
+        );
+        for bad in [
+            "limit=0",
+            "limit=x",
+            "limit=1000001",
+            "after=..%2f",
+            "after=.tmp",
+            "sort=desc",
+        ] {
+            assert!(CatalogQuery::parse(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -71,6 +71,9 @@ pub enum ServeError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// A helper thread could not be started.
+    #[error("cannot start thread {0}: {1}")]
+    Thread(&'static str, std::io::Error),
     /// The tier directories cannot be watched for changes (no inotify instance: see
     /// `fs.inotify.max_user_instances`), or the watch thread could not start.
     #[error("cannot watch the tier directories for changes (inotify; see the sysctl fs.inotify.max_user_instances): {0}")]
@@ -134,9 +137,13 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> Result<
     {
         let cat = catalog.load();
         for (tier, state) in cat.tiers.iter().zip(&cat.tier_states) {
-            tracing::info!(tier = %tier.name, kind = tier.kind.as_str(), objects = state.objects, bytes = state.bytes, "tier scanned");
+            tracing::info!(tier = %tier.name, kind = tier.kind.as_str(), objects = state.objects, "tier scanned");
         }
     }
+    // The byte counts follow at low priority; serving needs no sizes (they come from `fstat`).
+    catalog
+        .count_sizes_in_background()
+        .map_err(|e| ServeError::Thread("edgeplane-sizes", e))?;
     // Room for tiers a reload adds.
     let tier_capacity = config.tiers.len().max(16);
     let metrics = Arc::new(Metrics::new(config.cores, tier_capacity));
