@@ -14,7 +14,7 @@ use crate::cloud::config::CloudConfig;
 use crate::cloud::fleet::ApplianceRecord;
 use crate::cloud::placement::place;
 use crate::cloud::popularity::{day_of, Popularity, RankedObject};
-use crate::cloud::steering::{steer, SteerError, SteerParams};
+use crate::cloud::steering::{steer, SteerCache, SteerError, SteerParams};
 use edgeplane_api::{
     Catalog, FillManifest, Fleet, HealthAck, HealthReport, LocationKind, ManifestEntry,
     Registration, RegistrationAck, Role, Steering,
@@ -98,6 +98,8 @@ pub struct CloudState {
     keys: KeySet,
     next_rotation: u64,
     key_seq: u64,
+    /// Steering's indexes and the load it sent since each appliance's last report.
+    steer_cache: SteerCache,
     /// Counters.
     pub counters: Counters,
 }
@@ -234,6 +236,7 @@ impl CloudState {
             keys,
             next_rotation: now + cfg.signing.rotate_secs,
             key_seq: 0,
+            steer_cache: SteerCache::new(&cfg.sites),
             counters: Counters::default(),
             cfg,
             clock,
@@ -523,12 +526,13 @@ impl CloudState {
         *self.counters.steering.entry(outcome).or_default() += 1;
     }
 
-    /// Steers `client` to `title`; `origin_urls` maps object ids to presigned origin URLs.
+    /// Steers `client` to `title`; `origin_base` is the control service's
+    /// `<public url>/v1/origin` (the origin location redirects through it).
     pub fn steer(
         &mut self,
         client: IpAddr,
         title: &str,
-        origin_urls: &HashMap<String, String>,
+        origin_base: &str,
     ) -> Result<Steering, StateError> {
         self.tick();
         let now = self.now();
@@ -536,16 +540,19 @@ impl CloudState {
             health: &self.cfg.health,
             signing: &self.cfg.signing,
             max_locations: self.cfg.steering.max_locations,
+            viewer_bps: self.cfg.steering.viewer_bps,
+            origin_base,
         };
         let result = steer(
+            &mut self.steer_cache,
             &self.fleet,
             &self.catalog,
+            self.catalog_version,
             &self.keys,
             &params,
             client,
             title,
             now,
-            &|id| origin_urls.get(id).cloned().unwrap_or_default(),
         );
         match result {
             Ok(s) => {
@@ -561,7 +568,7 @@ impl CloudState {
                 self.count_steering("unknown_title");
                 Err(StateError::NotFound(e.to_string()))
             }
-            Err(e @ SteerError::NoKey) => {
+            Err(e @ (SteerError::NoKey | SteerError::NoIdPrefix(_))) => {
                 self.count_steering("error");
                 Err(StateError::Internal(e.to_string()))
             }
