@@ -8,6 +8,7 @@
 //! | `POST /v1/appliances/{id}/health`        | [`HealthReport`] → [`HealthAck`]         | appliance |
 //! | `GET  /v1/appliances/{id}/manifest`      | → [`FillManifest`]                       | appliance |
 //! | `GET  /v1/steering?client=IP&title=T`    | → [`Steering`]                           | none (players) |
+//! | `GET  /v1/origin/tok/{token}/{id}`       | → 302 to a presigned origin GET          | per-title token |
 //! | `GET  /v1/fleet`                         | → [`Fleet`]                              | admin |
 //! | `PUT  /v1/catalog`                       | [`Catalog`] → 204                        | admin |
 //! | `GET  /v1/catalog`                       | → [`Catalog`]                            | none |

@@ -805,7 +805,8 @@ fn fill_steer_play_fail_over() {
             let mut c = TcpStream::connect(("127.0.0.1", emb.http)).ok()?;
             std::io::Write::write_all(
                 &mut c,
-                format!("GET {big_path} HTTP/1.1\r\nHost: e2e\r\nConnection: close\r\n\r\n").as_bytes(),
+                format!("GET {big_path} HTTP/1.1\r\nHost: e2e\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
             )
             .ok()?;
             let mut head = [0u8; 4096];

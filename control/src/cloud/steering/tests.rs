@@ -413,7 +413,7 @@ fn a_premiere_spreads_without_passing_any_cap() {
     for v in 0..total {
         let second = v / 1000;
         for (i, a) in fleet.iter_mut().enumerate() {
-            let due = (second + i as u64) % 5 == 0 && v % 1000 == 0;
+            let due = (second + i as u64).is_multiple_of(5) && v.is_multiple_of(1000);
             if due {
                 let mut h = a.health.as_ref().unwrap().0.clone();
                 h.serving_bps = viewers[i] * viewer_bps;
