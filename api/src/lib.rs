@@ -8,6 +8,7 @@
 //! | `POST /v1/appliances/{id}/health`        | [`HealthReport`] → [`HealthAck`]         | appliance |
 //! | `GET  /v1/appliances/{id}/manifest`      | → [`FillManifest`]                       | appliance |
 //! | `GET  /v1/steering?client=IP&title=T`    | → [`Steering`]                           | none (players) |
+//! | `GET  /v1/origin/tok/{token}/{id}`       | → 302 to a presigned origin GET          | per-title token |
 //! | `GET  /v1/fleet`                         | → [`Fleet`]                              | admin |
 //! | `PUT  /v1/catalog`                       | [`Catalog`] → 204                        | admin |
 //! | `GET  /v1/catalog`                       | → [`Catalog`]                            | none |
@@ -149,6 +150,10 @@ pub struct HealthReport {
     pub objects: Vec<String>,
     /// Client prefixes served right now (configured ∪ BGP), so steering and the XDP filter agree.
     pub prefixes: Vec<IpNet>,
+    /// The data plane is draining (`edgeplane drain`, `edgeplane_draining 1`): steering sends it
+    /// no new viewers. Absent (false) from agents that predate it.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// The control service's answer to a health report.
@@ -258,33 +263,91 @@ pub struct Location {
     pub kind: LocationKind,
     /// The appliance, when not the origin.
     pub appliance: Option<String>,
+    /// The appliance's site, when not the origin.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// Prefix of every object URL at this location, ending in `/`: an object's URL is
+    /// `base_url` + its id. For appliances `<appliance url>/tok/<token>/`; for the origin the
+    /// control service's `/v1/origin/tok/<token>/`, which redirects to a presigned GET.
+    pub base_url: String,
 }
 
-/// One object of the steered title with its signed URLs, one per location, in location order.
+impl Location {
+    /// The URL of object `id` at this location.
+    pub fn url(&self, id: &str) -> String {
+        format!("{}{id}", self.base_url)
+    }
+}
+
+/// The placeholder of a rendition's object-id template, as in a DASH `SegmentTemplate`
+/// (`$Number%04d$`: the segment number, zero-padded to 4 digits).
+pub const NUMBER_PLACEHOLDER: &str = "$Number";
+
+/// One rendition of a steered title: its object ids as a template (or listed when they follow
+/// none).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SteeredObject {
-    /// The object.
-    #[serde(flatten)]
-    pub object: ObjectInfo,
-    /// Its rendition.
-    pub rendition: String,
-    /// Signed URLs, `urls[i]` at `locations[i]`.
-    pub urls: Vec<String>,
+pub struct SteeredRendition {
+    /// Name, e.g. `720p`.
+    pub name: String,
+    /// Bits per second.
+    pub bitrate: u64,
+    /// Object ids in play order: `template` with `$Number%0<w>d$` replaced by `start_number`,
+    /// `start_number + 1`, … (`count` of them), zero-padded to `w` digits (`$Number$`: not
+    /// padded). `null` when the ids follow no such pattern; then `objects` lists them.
+    pub template: Option<String>,
+    /// The first segment number of `template`.
+    #[serde(default)]
+    pub start_number: u64,
+    /// Objects in the rendition.
+    pub count: u64,
+    /// The ids, only when `template` is `null`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<String>,
 }
 
-/// Steering's answer for (client, title).
+impl SteeredRendition {
+    /// Its object ids in play order (the template expanded, or the list).
+    pub fn object_ids(&self) -> Vec<String> {
+        let Some(t) = &self.template else {
+            return self.objects.clone();
+        };
+        let Some((head, rest)) = t.split_once(NUMBER_PLACEHOLDER) else {
+            return vec![t.clone(); self.count.min(1) as usize];
+        };
+        let Some((format, tail)) = rest.split_once('$') else {
+            return Vec::new();
+        };
+        let width: usize = format
+            .strip_prefix("%0")
+            .and_then(|f| f.strip_suffix('d'))
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0);
+        (0..self.count)
+            .map(|i| format!("{head}{:0width$}{tail}", self.start_number + i))
+            .collect()
+    }
+}
+
+/// Steering's answer for (client, title): where to fetch from, best first, each with one
+/// per-title token, and the title's object ids as templates. Compact whatever the title's
+/// length (a two-hour title stays well under 64 KiB).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Steering {
     /// The title.
     pub title: String,
     /// The client address as seen.
     pub client: IpAddr,
-    /// Where to fetch from, best first.
-    pub locations: Vec<Location>,
-    /// Unix seconds at which the URLs expire.
+    /// Unix seconds at which the token expires.
     pub expires: u64,
-    /// Every object of the title.
-    pub objects: Vec<SteeredObject>,
+    /// The token authorizes every object id starting with this.
+    pub id_prefix: String,
+    /// The per-title token (`<id-prefix>~<exp>~<client prefix>~<kid>~<sig>`), already part of
+    /// every `base_url`.
+    pub token: String,
+    /// Where to fetch from, best first; the origin last.
+    pub locations: Vec<Location>,
+    /// The title's renditions in catalog order.
+    pub renditions: Vec<SteeredRendition>,
 }
 
 /// One appliance in the fleet view.

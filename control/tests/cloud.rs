@@ -234,26 +234,31 @@ fn healthy(objects: Vec<String>) -> HealthReport {
     }
 }
 
-/// Checks every appliance URL of `s` verifies for `client` under `keys` at `now`.
+/// Checks every object URL of `s` at every appliance location verifies for `client` under
+/// `keys` at `now`: `<base_url><id>`, with `base_url` = `<appliance url>/tok/<token>/`.
 fn verify_all(s: &Steering, keys: &KeySet, client: IpAddr, now: u64) {
-    for o in &s.objects {
-        for (loc, url) in s.locations.iter().zip(&o.urls) {
-            if loc.kind == LocationKind::Origin {
-                continue;
-            }
-            let (path, query) = url.split_once('?').unwrap();
-            assert!(path.ends_with(&format!("/{}", o.object.id)), "{url}");
-            assert_eq!(
-                keys.verify(&o.object.id, Some(query), client, now),
-                Ok(()),
-                "{url}"
-            );
+    let ids: Vec<String> = s.renditions.iter().flat_map(|r| r.object_ids()).collect();
+    assert!(!ids.is_empty());
+    for loc in &s.locations {
+        assert!(
+            loc.base_url.ends_with(&format!("/tok/{}/", s.token)),
+            "{}",
+            loc.base_url
+        );
+        for id in &ids {
+            assert!(id.starts_with(&s.id_prefix), "{id}");
+            let url = loc.url(id);
+            let (_, rest) = url.split_once("/tok/").unwrap();
+            let (token, obj) = rest.split_once('/').unwrap();
+            assert_eq!(obj, id);
+            assert_eq!(keys.verify_title(id, token, client, now), Ok(()), "{url}");
         }
     }
 }
 
-fn kid_of(url: &str) -> &str {
-    url.split("kid=").nth(1).unwrap().split('&').next().unwrap()
+/// The key id of a per-title token.
+fn kid_of(token: &str) -> &str {
+    token.split('~').nth(3).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,16 +416,27 @@ async fn cloud_end_to_end_against_moto() {
             LocationKind::Origin
         ]
     );
-    assert_eq!(s.objects.len(), 4);
+    assert_eq!(
+        s.renditions.iter().map(|r| r.count).sum::<u64>(),
+        4,
+        "{s:?}"
+    );
     assert_eq!(s.expires, clock.now() + 600);
     verify_all(&s, &keys, inside, clock.now());
-    assert!(s.objects[0].urls[0].starts_with("http://emb.example:8080/t0000-240p-0000.m4s?exp="));
+    assert!(
+        s.locations[0]
+            .base_url
+            .starts_with("http://emb.example:8080/tok/t0000-~"),
+        "{:?}",
+        s.locations[0]
+    );
     // Bound to the client's /24: refused from another network.
-    let (_, q) = s.objects[0].urls[0].split_once('?').unwrap();
+    let first_id = s.renditions[0].object_ids()[0].clone();
+    assert_eq!(first_id, "t0000-240p-0000.m4s");
     assert!(keys
-        .verify(
-            &s.objects[0].object.id,
-            Some(q),
+        .verify_title(
+            &first_id,
+            &s.token,
             "198.51.101.1".parse().unwrap(),
             clock.now()
         )
@@ -428,7 +444,7 @@ async fn cloud_end_to_end_against_moto() {
     // IPv6 inside the embedded /48 (URL-encoded colons).
     let s6 = c.steer("2001%3Adb8%3A100%3A%3A7", "t0001").await;
     assert_eq!(order(&s6), ["emb-1", "ix-1", "origin"]);
-    assert!(s6.objects[0].urls[0].contains("pfx=2001:db8:100::/48"));
+    assert!(s6.token.contains("~2001:db8:100::_48~"), "{}", s6.token);
     // A title the embedded appliance lacks: IX first.
     assert_eq!(
         order(&c.steer("198.51.100.20", "t0002").await),
@@ -439,21 +455,56 @@ async fn cloud_end_to_end_against_moto() {
     assert_eq!(order(&outside), ["ix-1", "origin"]);
     verify_all(&outside, &keys, "203.0.113.9".parse().unwrap(), clock.now());
 
-    // The origin URLs are presigned S3 GETs that return the catalog's bytes.
-    for o in &s.objects {
-        let url = o.urls.last().unwrap();
-        assert!(
-            url.starts_with(&format!("{}/media/{}?", moto.endpoint, o.object.id)),
-            "{url}"
-        );
-        assert!(url.contains("X-Amz-Signature="), "{url}");
-        let resp = reqwest::get(url).await.unwrap();
-        assert_eq!(resp.status(), 200, "{url}");
-        let data = resp.bytes().await.unwrap();
-        assert_eq!(data.len() as u64, o.object.size);
-        assert_eq!(hex::encode(Sha256::digest(&data)), o.object.sha256);
+    // The origin location: the control service checks the token (for the connection's own
+    // address) and redirects to a presigned S3 GET that returns the catalog's bytes.
+    let local = c.steer("127.0.0.1", "t0000").await;
+    let origin_loc = local.locations.last().unwrap();
+    assert_eq!(origin_loc.kind, LocationKind::Origin);
+    assert!(
+        origin_loc
+            .base_url
+            .starts_with(&format!("{}/v1/origin/tok/", c.base)),
+        "{}",
+        origin_loc.base_url
+    );
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let t0000 = catalog.titles.iter().find(|t| t.id == "t0000").unwrap();
+    for r in &t0000.renditions {
+        for o in &r.objects {
+            let url = origin_loc.url(&o.id);
+            let resp = no_redirects.get(&url).send().await.unwrap();
+            assert_eq!(resp.status(), 302, "{url}");
+            let to = resp.headers()["location"].to_str().unwrap().to_owned();
+            assert!(
+                to.starts_with(&format!("{}/media/{}?", moto.endpoint, o.id)),
+                "{to}"
+            );
+            assert!(to.contains("X-Amz-Signature="), "{to}");
+            let resp = reqwest::get(&url).await.unwrap();
+            assert_eq!(resp.status(), 200, "{url}");
+            let data = resp.bytes().await.unwrap();
+            assert_eq!(data.len() as u64, o.size);
+            assert_eq!(hex::encode(Sha256::digest(&data)), o.sha256);
+        }
     }
-    // (moto does not check SigV4 signatures, so a tampered URL is not tested here.)
+    // Refused like an appliance refuses: another title's object, a token for another network,
+    // a tampered token.
+    let other = local.locations.last().unwrap().url("t0001-240p-0000.m4s");
+    assert_eq!(no_redirects.get(&other).send().await.unwrap().status(), 403);
+    let elsewhere = outside.locations.last().unwrap().url(&first_id);
+    assert_eq!(
+        no_redirects.get(&elsewhere).send().await.unwrap().status(),
+        403
+    );
+    let tampered = origin_loc.url(&first_id).replacen("~k", "~x", 1);
+    assert_eq!(
+        no_redirects.get(&tampered).send().await.unwrap().status(),
+        403
+    );
+    // (moto does not check SigV4 signatures, so a tampered presigned URL is not tested here.)
 
     // Bad steering requests.
     let (status, text) = c
@@ -529,8 +580,8 @@ async fn cloud_end_to_end_against_moto() {
     assert_eq!(status, 401);
 
     // Key rotation: old URLs still verify under the new key set; new URLs use the new key.
-    let old_url = s.objects[0].urls[0].clone();
-    let old_kid = kid_of(&old_url).to_owned();
+    let old_token = s.token.clone();
+    let old_kid = kid_of(&old_token).to_owned();
     let (status, text) = c
         .call(reqwest::Method::POST, "/v1/keys/rotate", None, None)
         .await;
@@ -559,13 +610,12 @@ async fn cloud_end_to_end_against_moto() {
     assert_eq!(new_keys.keys.len(), 2);
     let new_kid = new_keys.signing_key(clock.now()).unwrap().id.clone();
     assert_ne!(new_kid, old_kid);
-    let (_, q) = old_url.split_once('?').unwrap();
     assert_eq!(
-        new_keys.verify(&s.objects[0].object.id, Some(q), inside, clock.now() + 500),
+        new_keys.verify_title(&first_id, &old_token, inside, clock.now() + 500),
         Ok(())
     );
     let after = c.steer("198.51.100.20", "t0000").await;
-    assert_eq!(kid_of(&after.objects[0].urls[0]), new_kid);
+    assert_eq!(kid_of(&after.token), new_kid);
     verify_all(&after, &new_keys, inside, clock.now());
 
     // Silence: past missed_limit × interval (3 s) the embedded appliance leaves steering.

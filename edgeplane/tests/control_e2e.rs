@@ -8,7 +8,8 @@
 //! the embedded appliance fetches a title byte-exact; signed-URL refusals; the IX appliance fills
 //! from its peer while its agent is killed with SIGKILL 20 times at random points, and never
 //! serves a partial or corrupt object; the embedded appliance stops and steering moves the
-//! player to the IX appliance.
+//! player to the IX appliance (first while it drains: steering leaves a draining appliance on
+//! its agent's report, before the process exits).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -172,7 +173,16 @@ fn get_json(url: &str) -> Option<serde_json::Value> {
 /// curl, as a player would: the body and the status.
 fn curl(url: &str) -> (u16, Vec<u8>) {
     let out = Command::new("curl")
-        .args(["-s", "-g", "--max-time", "10", "-w", "\n%{http_code}", url])
+        .args([
+            "-s",
+            "-g",
+            "-L",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            url,
+        ])
         .output()
         .expect("run curl");
     let mut body = out.stdout;
@@ -453,6 +463,9 @@ enabled = true
 keys_file = "{keys}"
 
 {access}
+[limits]
+shutdown_grace_ms = 30000
+
 [[tier]]
 name = "flash"
 kind = "flash"
@@ -592,13 +605,22 @@ fn steer(cloud: &Cloud, client: &str, title: &str) -> Steering {
     serde_json::from_slice(&body).expect("steering JSON")
 }
 
-/// Fetches every object of a steered title from location `loc` with curl, checking sha256.
-fn play(steering: &Steering, loc: usize) {
-    for o in &steering.objects {
-        let (status, body) = curl(&o.urls[loc]);
-        assert_eq!(status, 200, "{} from {}", o.object.id, o.urls[loc]);
-        assert_eq!(body.len() as u64, o.object.size, "{}", o.object.id);
-        assert_eq!(sha256_hex(&body), o.object.sha256, "{}", o.object.id);
+/// Fetches every object of a steered title from location `loc` with curl (following the
+/// origin's redirect), checking size and sha256 against the catalog.
+fn play(steering: &Steering, loc: usize, objects: &HashMap<String, (u64, String)>) {
+    let ids: Vec<String> = steering
+        .renditions
+        .iter()
+        .flat_map(|r| r.object_ids())
+        .collect();
+    assert!(!ids.is_empty());
+    for id in &ids {
+        let url = steering.locations[loc].url(id);
+        let (status, body) = curl(&url);
+        assert_eq!(status, 200, "{id} from {url}");
+        let (size, sha) = &objects[id];
+        assert_eq!(body.len() as u64, *size, "{id}");
+        assert_eq!(&sha256_hex(&body), sha, "{id}");
     }
 }
 
@@ -724,48 +746,56 @@ fn fill_steer_play_fail_over() {
         },
     );
     assert_eq!(st.locations.last().unwrap().kind, LocationKind::Origin);
-    play(&st, 0);
-    // The origin URL works too (a presigned S3 GET).
+    play(&st, 0, &objects);
+    // The origin location works too (the control service redirects to a presigned S3 GET).
     let origin_loc = st.locations.len() - 1;
-    play(&st, origin_loc);
+    play(&st, origin_loc, &objects);
 
-    // Signed-URL refusals: 403 from the data plane.
-    let o = &st.objects[0];
-    let url = &o.urls[0];
-    let unsigned = url.split('?').next().unwrap().to_string();
+    // Token refusals: 403 from the data plane.
+    let id = st.renditions[0].object_ids()[0].clone();
+    let other_title = &catalog.titles[1].id;
+    let other_id = objects
+        .keys()
+        .find(|k| k.starts_with(&format!("{other_title}-")))
+        .unwrap()
+        .clone();
+    let url = st.locations[0].url(&id);
     let tampered_exp = {
-        let (head, q) = url.split_once("exp=").unwrap();
-        let (exp, rest) = q.split_once('&').unwrap();
-        format!("{head}exp={}&{rest}", exp.parse::<u64>().unwrap() + 1)
+        let exp = st.expires.to_string();
+        url.replacen(&format!("~{exp}~"), &format!("~{}~", st.expires + 1), 1)
     };
     let tampered_sig = {
         let mut u = url.clone().into_bytes();
-        let i = u.len() - 3;
+        let i = u.len() - id.len() - 3;
         u[i] = if u[i] == b'A' { b'B' } else { b'A' };
         String::from_utf8(u).unwrap()
     };
-    let other_object = url.replacen(&o.object.id, &st.objects[1].object.id, 1);
-    let expired = signed(&o.object.id, now_unix() - 1, "127.0.0.0/24");
-    let wrong_prefix = signed(&o.object.id, now_unix() + 60, "10.9.9.0/24");
+    let unsigned = format!("{}/{id}", emb.base());
+    let another_title = st.locations[0].url(&other_id);
     let from_steering_elsewhere = steer(&cloud, "198.51.100.7", title);
     for (what, u) in [
         ("unsigned", unsigned),
         ("tampered expiry", tampered_exp),
         ("tampered signature", tampered_sig),
-        ("another object", other_object),
-        ("expired", expired),
-        ("wrong prefix", wrong_prefix),
+        ("another title's object", another_title),
     ] {
         assert_eq!(curl(&u).0, 403, "{what}: {u}");
     }
-    // A URL steering signed for another network, used from here.
+    // The same objects by the per-object query form still work beside the token form.
+    let (s, _) = curl(&signed(&id, now_unix() + 60, "127.0.0.0/24"));
+    assert_eq!(s, 200);
+    let (s, _) = curl(&signed(&id, now_unix() - 1, "127.0.0.0/24"));
+    assert_eq!(s, 403, "expired");
+    // A token steering issued for another network, used from here.
     if let Some(i) = from_steering_elsewhere
         .locations
         .iter()
         .position(|l| l.appliance.as_deref() == Some("emb"))
     {
-        assert_eq!(curl(&from_steering_elsewhere.objects[0].urls[i]).0, 403);
+        assert_eq!(curl(&from_steering_elsewhere.locations[i].url(&id)).0, 403);
     }
+    let (s, _) = curl(&from_steering_elsewhere.locations.last().unwrap().url(&id));
+    assert_eq!(s, 403, "the origin redirect checks the token too");
 
     // The IX appliance fills from its peer (the embedded one) while its agent is killed with
     // SIGKILL 20 times at random points. No partial or corrupt object is ever served.
@@ -827,18 +857,98 @@ fn fill_steer_play_fail_over() {
         },
     );
 
-    // The embedded appliance stops: within the health timeout the player goes to IX.
-    emb.agent.take().unwrap().terminate();
-    emb.dataplane.take().unwrap().terminate();
+    // The embedded appliance drains (`edgeplane drain`). A slow download of a large object
+    // keeps its data plane up (in-flight responses may finish); meanwhile its agent reports
+    // `draining` and within a health interval steering sends new viewers to IX.
+    const BIG: &str = "zz-drain-hold.bin";
+    let tmp = emb.dir.join("storage/.tmp-drain-hold");
+    std::fs::write(&tmp, vec![0x5au8; 64 << 20]).unwrap();
+    std::fs::rename(&tmp, emb.dir.join("storage").join(BIG)).unwrap();
+    let big_path = signed(BIG, now_unix() + 600, "127.0.0.0/24");
+    let big_path = big_path.strip_prefix(&emb.base()).unwrap().to_string();
+    let mut hold = poll_within(
+        "a slow download of the large object",
+        Duration::from_secs(20),
+        || {
+            let mut c = TcpStream::connect(("127.0.0.1", emb.http)).ok()?;
+            std::io::Write::write_all(
+                &mut c,
+                format!("GET {big_path} HTTP/1.1\r\nHost: e2e\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .ok()?;
+            let mut head = [0u8; 4096];
+            let n = std::io::Read::read(&mut c, &mut head).ok()?;
+            head[..n].starts_with(b"HTTP/1.1 200").then_some(c)
+        },
+    );
+    assert_eq!(
+        steer(&cloud, "127.0.0.1", title).locations[0]
+            .appliance
+            .as_deref(),
+        Some("emb")
+    );
+    let drain = Command::new(BIN)
+        .args(["drain", "--no-wait", "--config"])
+        .arg(&emb.config)
+        .output()
+        .expect("run edgeplane drain");
+    assert!(
+        drain.status.success(),
+        "edgeplane drain: {}",
+        String::from_utf8_lossy(&drain.stderr)
+    );
     let st = poll_within(
-        "steering to fail over to IX",
-        Duration::from_secs(30),
+        "steering to leave the draining appliance",
+        Duration::from_secs(10),
         || {
             let st = steer(&cloud, "127.0.0.1", title);
             (st.locations.first()?.kind == LocationKind::Ix).then_some(st)
         },
     );
-    play(&st, 0);
+    assert!(st
+        .locations
+        .iter()
+        .all(|l| l.appliance.as_deref() != Some("emb")));
+    assert!(
+        emb.dataplane
+            .as_mut()
+            .unwrap()
+            .child
+            .try_wait()
+            .unwrap()
+            .is_none(),
+        "the data plane exited: steering must have moved on the draining report, not on silence"
+    );
+    let fleet: serde_json::Value = ureq::get(&format!("{}/v1/fleet", cloud.api))
+        .set("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let view = fleet["appliances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "emb")
+        .unwrap()
+        .clone();
+    assert_eq!(view["out_reason"], "draining", "{view}");
+    assert_eq!(view["last_health"]["draining"], true, "{view}");
+    play(&st, 0, &objects);
+    // The slow download still completes (the drain lets in-flight responses finish).
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut hold, &mut rest).unwrap();
+    assert!(rest.len() > 60 << 20, "{} bytes after the head", rest.len());
+
+    // The embedded appliance stops: the player stays on IX.
+    emb.agent.take().unwrap().terminate();
+    emb.dataplane.take().unwrap().terminate();
+    let st = poll_within("steering to stay on IX", Duration::from_secs(30), || {
+        let st = steer(&cloud, "127.0.0.1", title);
+        (st.locations.first()?.kind == LocationKind::Ix).then_some(st)
+    });
+    play(&st, 0, &objects);
     moto.stop();
     drop(cloud.proc);
 }

@@ -105,6 +105,8 @@ pub struct Scrape {
     pub tls_mode: Option<String>,
     /// Per tier: sum of `edgeplane_tier_io_errors_total{tier}`.
     pub disk_errors: BTreeMap<String, f64>,
+    /// `edgeplane_draining 1`: the data plane is draining (`edgeplane drain`).
+    pub draining: bool,
 }
 
 /// Reads the series the agent needs out of Prometheus text.
@@ -133,6 +135,7 @@ pub fn parse_metrics(text: &str) -> Scrape {
         match name {
             "edgeplane_response_bytes_total" => s.response_bytes += v,
             "edgeplane_open_connections" => s.connections = v,
+            "edgeplane_draining" => s.draining = v >= 1.0,
             "edgeplane_tls_mode" if v >= 1.0 => s.tls_mode = label("mode").map(str::to_string),
             "edgeplane_tier_io_errors_total" => {
                 if let Some(t) = label("tier") {
@@ -258,6 +261,7 @@ mod tests {
             edgeplane_response_bytes_total{tier=\"flash\"} 1000\n\
             edgeplane_response_bytes_total{tier=\"hdd\"} 24\n\
             edgeplane_open_connections 7\n\
+            edgeplane_draining 1\n\
             edgeplane_tls_mode{mode=\"ktls\"} 0\n\
             edgeplane_tls_mode{mode=\"userspace\"} 1\n\
             edgeplane_tier_io_errors_total{tier=\"hdd\",kind=\"read\"} 2\n\
@@ -268,6 +272,8 @@ mod tests {
         assert_eq!(s.connections, 7.0);
         assert_eq!(s.tls_mode.as_deref(), Some("userspace"));
         assert_eq!(s.disk_errors.get("hdd"), Some(&3.0));
+        assert!(s.draining);
+        assert!(!parse_metrics("edgeplane_draining 0\n").draining);
     }
 
     #[tokio::test]

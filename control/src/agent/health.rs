@@ -56,6 +56,7 @@ fn build_report(
             }
             *last_bytes = Some((s.response_bytes, now));
             report.connections = s.connections.max(0.0) as u64;
+            report.draining = s.draining;
             report.tls_mode = s.tls_mode.clone().unwrap_or_else(|| "off".into());
         }
         Err(e) => {
@@ -186,10 +187,16 @@ mod tests {
             connections: 3.0,
             tls_mode: Some("ktls".into()),
             disk_errors: BTreeMap::from([("hdd".into(), 2.0)]),
+            draining: false,
         };
         let cat = catalog(true, false);
         let r = build_report(&tiers(), &capacity(), Ok(&scrape), Ok(&cat), &mut last, t0);
         assert!(r.healthy, "{r:?}");
+        assert!(!r.draining);
+        scrape.draining = true;
+        let d = build_report(&tiers(), &capacity(), Ok(&scrape), Ok(&cat), &mut None, t0);
+        assert!(d.draining, "draining is reported: {d:?}");
+        scrape.draining = false;
         assert_eq!(r.serving_bps, 0, "no rate from the first scrape");
         assert_eq!((r.connections, r.tls_mode.as_str()), (3, "ktls"));
         assert_eq!(

@@ -72,6 +72,10 @@ pub struct CloudConfig {
     /// Where the durable state lives.
     #[serde(default)]
     pub store: StoreConfig,
+    /// The site graph (`[[site]]` tables): where clients are and which sites are near each
+    /// other, for choosing IX fallbacks.
+    #[serde(default, rename = "site")]
+    pub sites: Vec<SiteConfig>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -86,6 +90,21 @@ pub struct StoreConfig {
     /// SQLite file `state_dir/control.db`.
     #[serde(default)]
     pub url: Option<String>,
+}
+
+/// One `[[site]]`: a place appliances stand (their registration's `site`), the client prefixes
+/// located there, and the distances to neighbouring sites.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// Site name, as appliances register it.
+    pub name: String,
+    /// Client prefixes at this site (for clients no embedded appliance covers).
+    #[serde(default)]
+    pub prefixes: Vec<ipnet::IpNet>,
+    /// Neighbouring sites and the distance to each (any unit: km, ms; edges are symmetric).
+    #[serde(default)]
+    pub neighbours: std::collections::BTreeMap<String, u64>,
 }
 
 /// One `[[appliance]]`: an appliance the service will accept.
@@ -221,6 +240,14 @@ pub struct SteeringConfig {
     /// Most locations in an answer, the origin included (it is always the last one); default 3.
     #[serde(default = "default_max_locations")]
     pub max_locations: usize,
+    /// Expected bits per second of one viewer, for the load steering adds between two health
+    /// reports; default (0): the title's highest rendition bitrate.
+    #[serde(default)]
+    pub viewer_bps: u64,
+    /// The control service's URL as players reach it (for the origin location's
+    /// `/v1/origin/tok/…` redirects); default: `http://` + the steering request's `Host`.
+    #[serde(default)]
+    pub public_url: Option<String>,
 }
 
 fn default_max_locations() -> usize {
@@ -231,6 +258,8 @@ impl Default for SteeringConfig {
     fn default() -> Self {
         SteeringConfig {
             max_locations: default_max_locations(),
+            viewer_bps: 0,
+            public_url: None,
         }
     }
 }
@@ -373,6 +402,41 @@ impl CloudConfig {
         }
         if self.steering.max_locations == 0 {
             return bad("steering.max_locations must be at least 1 (the origin)".into());
+        }
+        if let Some(u) = &self.steering.public_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return bad(format!(
+                    "steering.public_url {u:?} must start with http:// or https://"
+                ));
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, site) in self.sites.iter().enumerate() {
+            if site.name.is_empty() {
+                return bad(format!("site[{i}].name must not be empty"));
+            }
+            if !names.insert(site.name.as_str()) {
+                return bad(format!("site[{i}].name {:?} is a duplicate", site.name));
+            }
+        }
+        for (i, site) in self.sites.iter().enumerate() {
+            for n in site.neighbours.keys() {
+                if n == &site.name {
+                    return bad(format!(
+                        "site[{i}].neighbours must not name the site itself"
+                    ));
+                }
+                if !names.contains(n.as_str()) {
+                    return bad(format!(
+                        "site[{i}].neighbours: {n:?} is not a [[site]] name"
+                    ));
+                }
+            }
+            for p in &site.prefixes {
+                if p.trunc() != *p {
+                    return bad(format!("site[{i}].prefixes: {p} has host bits set"));
+                }
+            }
         }
         Ok(())
     }

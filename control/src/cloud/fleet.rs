@@ -45,7 +45,7 @@ impl ApplianceRecord {
 
     /// Why steering does not use this appliance at `now`, or `None` when it does: it must be
     /// registered, have reported within `missed_limit × interval_secs`, and have reported
-    /// itself healthy.
+    /// itself healthy and not draining.
     pub fn out_reason(&self, now: u64, health: &HealthConfig) -> Option<String> {
         if self.registration.is_none() {
             return Some("not registered".into());
@@ -61,6 +61,9 @@ impl ApplianceRecord {
                 health.missed_limit
             ));
         }
+        if report.draining {
+            return Some("draining".into());
+        }
         if !report.healthy {
             return Some(match &report.reason {
                 Some(r) => format!("reported unhealthy: {r}"),
@@ -68,6 +71,11 @@ impl ApplianceRecord {
             });
         }
         None
+    }
+
+    /// Whether its last health report says it is draining (`edgeplane drain`).
+    pub fn draining(&self) -> bool {
+        self.health.as_ref().is_some_and(|(h, _)| h.draining)
     }
 
     /// Whether steering may use it at `now`.

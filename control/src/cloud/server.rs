@@ -1,7 +1,6 @@
 //! The HTTP API: a thin axum layer over [`CloudState`]. Routes as in the table in
 //! [`edgeplane_api`]; errors are a status code and an [`ApiError`] body.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -32,6 +31,7 @@ pub struct App {
     state: Mutex<CloudState>,
     origin: Arc<AmazonS3>,
     url_ttl: Duration,
+    public_url: Option<String>,
 }
 
 impl App {
@@ -41,11 +41,13 @@ impl App {
         let origin = Arc::new(origin::build_store(&cfg.origin)?);
         let url_ttl = Duration::from_secs(cfg.signing.url_ttl_secs);
         let store = Arc::new(Store::open(cfg.store.url.as_deref(), &cfg.state_dir)?);
+        let public_url = cfg.steering.public_url.clone();
         let state = CloudState::open(cfg, clock, store).map_err(StartError::State)?;
         Ok(App {
             state: Mutex::new(state),
             origin,
             url_ttl,
+            public_url,
         })
     }
 
@@ -129,6 +131,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/appliances/{id}/health", post(health))
         .route("/v1/appliances/{id}/manifest", get(manifest))
         .route("/v1/steering", get(steering))
+        .route("/v1/origin/tok/{token}/{id}", get(origin_redirect))
         .route("/v1/fleet", get(fleet))
         .route("/v1/catalog", put(put_catalog).get(get_catalog))
         .route("/v1/keys/rotate", post(rotate))
@@ -251,6 +254,7 @@ fn form_pairs(query: &str) -> Vec<(String, String)> {
 async fn steering(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<impl IntoResponse, Fail> {
     let (client, title) = match steering_params(query.as_deref(), peer.ip()) {
@@ -260,26 +264,59 @@ async fn steering(
             return Err(e);
         }
     };
-    let t = title.clone();
-    let ids = with_state(&app, move |st| Ok(st.title_objects(&t))).await?;
-    let origin_urls = match ids {
-        Some(ids) => origin::presign(&app.origin, &ids, app.url_ttl)
-            .await
-            .map_err(|e| {
-                app.state().count_steering("error");
-                Fail(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("presigning origin URLs: {e}"),
-                )
-            })?,
-        // Unknown: steer() says so and counts it.
-        None => HashMap::new(),
-    };
-    let answer = with_state(&app, move |st| {
-        Ok(st.steer(client, &title, &origin_urls)?)
-    })
-    .await?;
+    let origin_base = format!("{}/v1/origin", public_url(&app, &headers));
+    let answer = with_state(&app, move |st| Ok(st.steer(client, &title, &origin_base)?)).await?;
     Ok(Json(answer))
+}
+
+/// The control service's URL as the player reached it: `steering.public_url`, else
+/// `http://` + the request's `Host`.
+fn public_url(app: &App, headers: &HeaderMap) -> String {
+    if let Some(u) = &app.public_url {
+        return u.trim_end_matches('/').to_owned();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+/// `GET /v1/origin/tok/{token}/{id}`: the origin location of a steering answer. Checks the
+/// per-title token as an appliance does (same keys, same checks, the connection's address as
+/// the client) and redirects (302) to a presigned GET of the object at the S3 origin.
+async fn origin_redirect(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((token, id)): Path<(String, String)>,
+) -> Result<Response, Fail> {
+    if !edgeplane_api::valid_content_id(&id) {
+        return Err(Fail(StatusCode::NOT_FOUND, format!("no object {id:?}")));
+    }
+    {
+        let st = app.state();
+        st.keys()
+            .verify_title(&id, &token, peer.ip(), st.now())
+            .map_err(|why| Fail(StatusCode::FORBIDDEN, format!("token refused: {why}")))?;
+    }
+    let urls = origin::presign(&app.origin, std::slice::from_ref(&id), app.url_ttl)
+        .await
+        .map_err(|e| {
+            Fail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("presigning the origin URL: {e}"),
+            )
+        })?;
+    let url = urls.get(&id).cloned().unwrap_or_default();
+    Ok((
+        StatusCode::FOUND,
+        [
+            (header::LOCATION, url),
+            (header::CACHE_CONTROL, "no-store".into()),
+        ],
+    )
+        .into_response())
 }
 
 async fn fleet(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<impl IntoResponse, Fail> {

@@ -19,7 +19,7 @@ use crate::cloud::config::CloudConfig;
 use crate::cloud::fleet::ApplianceRecord;
 use crate::cloud::placement::place;
 use crate::cloud::popularity::{day_of, Popularity, RankedObject};
-use crate::cloud::steering::{steer, SteerError, SteerParams};
+use crate::cloud::steering::{steer, SteerCache, SteerError, SteerParams};
 use crate::cloud::store::{Store, StoreError};
 use edgeplane_api::{
     Catalog, FillManifest, Fleet, HealthAck, HealthReport, LocationKind, ManifestEntry,
@@ -110,6 +110,8 @@ pub struct CloudState {
     fleet_seq: u64,
     /// Per appliance, the sequence number of the change the record reflects.
     applied: HashMap<String, u64>,
+    /// Steering's indexes and the load it sent since each appliance's last report.
+    steer_cache: SteerCache,
     /// Counters.
     pub counters: Counters,
 }
@@ -254,6 +256,7 @@ impl CloudState {
             keys_version: u64::MAX,
             fleet_seq: 0,
             applied: HashMap::new(),
+            steer_cache: SteerCache::new(&cfg.sites),
             counters: Counters::default(),
             cfg,
             clock,
@@ -646,12 +649,13 @@ impl CloudState {
         *self.counters.steering.entry(outcome).or_default() += 1;
     }
 
-    /// Steers `client` to `title`; `origin_urls` maps object ids to presigned origin URLs.
+    /// Steers `client` to `title`; `origin_base` is the control service's
+    /// `<public url>/v1/origin` (the origin location redirects through it).
     pub fn steer(
         &mut self,
         client: IpAddr,
         title: &str,
-        origin_urls: &HashMap<String, String>,
+        origin_base: &str,
     ) -> Result<Steering, StateError> {
         self.tick()?;
         let now = self.now();
@@ -659,16 +663,19 @@ impl CloudState {
             health: &self.cfg.health,
             signing: &self.cfg.signing,
             max_locations: self.cfg.steering.max_locations,
+            viewer_bps: self.cfg.steering.viewer_bps,
+            origin_base,
         };
         let result = steer(
+            &mut self.steer_cache,
             &self.fleet,
             &self.catalog,
+            self.catalog_version,
             &self.keys,
             &params,
             client,
             title,
             now,
-            &|id| origin_urls.get(id).cloned().unwrap_or_default(),
         );
         match result {
             Ok(s) => {
@@ -684,7 +691,7 @@ impl CloudState {
                 self.count_steering("unknown_title");
                 Err(StateError::NotFound(e.to_string()))
             }
-            Err(e @ SteerError::NoKey) => {
+            Err(e @ (SteerError::NoKey | SteerError::NoIdPrefix(_))) => {
                 self.count_steering("error");
                 Err(StateError::Internal(e.to_string()))
             }

@@ -1,36 +1,58 @@
-//! Steering: for (client, title), where the player should fetch from, best first, each URL
-//! signed. Pure: the fleet, catalog, keys and time come in; the origin's presigned URLs come from
-//! a closure (the caller presigns them beforehand, since that is asynchronous).
+//! Steering: for (client, title), where the player should fetch from, best first, with one
+//! per-title token. Pure apart from its cache ([`SteerCache`]): the fleet, catalog, keys and
+//! time come in.
 //!
 //! The ranking:
-//! 1. **Embedded** appliances whose served prefixes contain the client (longest matching prefix
-//!    first), that are in steering (registered, reported within the silence limit, healthy),
-//!    hold every object of the title (per their last health report), and are under their load
-//!    cap (`serving_bps < max_bps`).
-//! 2. **IX** appliances that are in steering, hold the title and are under their cap.
+//! 1. **Embedded** appliances whose served prefixes contain the client, longest matching prefix
+//!    first.
+//! 2. **IX** appliances, nearest to the client's site first (the site of the embedded
+//!    appliances covering the client, else the `[[site]]` whose `prefixes` hold it; distance by
+//!    shortest path in the `[[site]]` graph). When the client's site is known, IX appliances at
+//!    sites the graph does not connect to it are left out; when it is not, every IX appliance
+//!    is equally near.
 //! 3. The **origin**, always, last.
 //!
-//! Within a group, ties go to the less loaded appliance (`serving_bps / max_bps`), then the
-//! smaller id. The answer holds at most `max_locations` locations, the origin included.
+//! An appliance is **eligible** when it is in steering (registered, reported within the silence
+//! limit, healthy), not draining, holds every object of the title (per its last health report),
+//! has a base URL, and has room for one more viewer: `max_bps − serving_bps − added ≥
+//! viewer_bps`, where `added` is the load steering sent it since its last report (first-choice
+//! answers since that report × `viewer_bps`), so 5-second-old load figures do not let a
+//! premiere pile onto one box.
+//!
+//! Equally good appliances (same prefix length, same site distance) are ordered by weighted
+//! rendezvous hashing: appliance *a* scores `free(a) / −ln(h(title, client prefix, a))` with `h`
+//! uniform in (0, 1), highest first. One (title, client network) keeps its appliance while
+//! loads are steady (a title's viewers stay on few caches), different networks spread in
+//! proportion to free capacity. The answer holds at most `max_locations` locations, the origin
+//! included.
 
-use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 
-use edgeplane_signing::{client_prefix, sign, KeySet};
+use edgeplane_signing::{client_prefix, sign_title, valid_id_prefix, KeySet};
+use ipnet::IpNet;
 
-use crate::cloud::config::{HealthConfig, SigningConfig};
+use crate::cloud::config::{HealthConfig, SigningConfig, SiteConfig};
 use crate::cloud::fleet::ApplianceRecord;
-use edgeplane_api::{Catalog, Location, LocationKind, Role, SteeredObject, Steering, Title};
+use edgeplane_api::{
+    Catalog, Location, LocationKind, Role, SteeredRendition, Steering, NUMBER_PLACEHOLDER,
+};
 
 /// The knobs steering needs.
 #[derive(Clone, Debug)]
 pub struct SteerParams<'a> {
     /// Health rules (silence limit).
     pub health: &'a HealthConfig,
-    /// URL lifetime and client prefix lengths.
+    /// Token lifetime and client prefix lengths.
     pub signing: &'a SigningConfig,
     /// Most locations, origin included (at least 1).
     pub max_locations: usize,
+    /// Expected bits per second of one viewer; 0: the title's highest rendition bitrate.
+    pub viewer_bps: u64,
+    /// The origin location's URL prefix, e.g. `http://control:8700/v1/origin` (the answer's
+    /// origin `base_url` is this + `/tok/<token>/`).
+    pub origin_base: &'a str,
 }
 
 /// Why steering could not answer.
@@ -43,6 +65,11 @@ pub enum SteerError {
     /// No signing key is valid now (cannot happen with rotation running).
     #[error("no valid signing key")]
     NoKey,
+    /// The title's object ids share no prefix a token can name.
+    #[error(
+        "title {0:?}: its object ids share no common prefix, so no per-title token covers them"
+    )]
+    NoIdPrefix(String),
 }
 
 /// Unmaps `::ffff:a.b.c.d` so IPv4 clients on dual-stack sockets match IPv4 prefixes.
@@ -53,441 +80,606 @@ pub fn canonical(addr: IpAddr) -> IpAddr {
     }
 }
 
-/// The title's object ids, every rendition.
-fn title_objects(title: &Title) -> impl Iterator<Item = &str> {
-    title
-        .renditions
-        .iter()
-        .flat_map(|r| r.objects.iter().map(|o| o.id.as_str()))
+/// Longest-prefix lookups over a set of prefixes: one hash map per family keyed by (length,
+/// network bits), probed at each length present, longest first.
+#[derive(Clone, Debug)]
+pub struct PrefixTable<T> {
+    map: HashMap<(bool, u8, u128), T>,
+    v4_lens: Vec<u8>,
+    v6_lens: Vec<u8>,
 }
 
-/// Load ratio for tie-breaking; a cap of 0 sorts as fully loaded.
-fn load_ratio(a: &ApplianceRecord) -> f64 {
-    let (serving, cap) = a.load();
-    if cap == 0 {
-        f64::INFINITY
-    } else {
-        serving as f64 / cap as f64
+impl<T> Default for PrefixTable<T> {
+    fn default() -> Self {
+        PrefixTable {
+            map: HashMap::new(),
+            v4_lens: Vec::new(),
+            v6_lens: Vec::new(),
+        }
     }
 }
 
-/// The appliances steering would use for `client` and `title`, best first (origin excluded),
-/// with their kind. Not truncated.
-pub fn rank_appliances<'a>(
-    fleet: &'a [ApplianceRecord],
-    title: &Title,
-    client: IpAddr,
-    now: u64,
-    health: &HealthConfig,
-) -> Vec<(&'a ApplianceRecord, LocationKind)> {
-    let client = canonical(client);
-    let usable = |a: &ApplianceRecord| {
-        a.in_steering(now, health) && a.under_cap() && a.holds(title_objects(title))
-    };
-    let mut embedded: Vec<(u8, &ApplianceRecord)> = Vec::new();
-    let mut ix: Vec<&ApplianceRecord> = Vec::new();
-    for a in fleet {
-        let Some(reg) = &a.registration else { continue };
-        if !usable(a) || a.base_url().is_none() {
-            continue;
+fn key_of(net: &IpNet) -> (bool, u8, u128) {
+    match net.trunc() {
+        IpNet::V4(n) => (false, n.prefix_len(), u128::from(u32::from(n.network()))),
+        IpNet::V6(n) => (true, n.prefix_len(), u128::from(n.network())),
+    }
+}
+
+fn masked(addr: IpAddr, len: u8) -> (bool, u8, u128) {
+    match addr {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a) & u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            (false, len, u128::from(bits))
         }
-        match reg.role {
-            Role::Embedded => {
-                let longest = a
-                    .prefixes()
-                    .iter()
-                    .filter(|p| p.contains(&client))
-                    .map(|p| p.prefix_len())
-                    .max();
-                if let Some(len) = longest {
-                    embedded.push((len, a));
+        IpAddr::V6(a) => {
+            let bits = u128::from(a) & u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            (true, len, bits)
+        }
+    }
+}
+
+impl<T> PrefixTable<T> {
+    /// The entry of `net`, made with `T::default()` when new.
+    pub fn entry(&mut self, net: &IpNet) -> &mut T
+    where
+        T: Default,
+    {
+        let key = key_of(net);
+        let lens = if key.0 {
+            &mut self.v6_lens
+        } else {
+            &mut self.v4_lens
+        };
+        if let Err(i) = lens.binary_search_by(|l| key.1.cmp(l)) {
+            lens.insert(i, key.1);
+        }
+        self.map.entry(key).or_default()
+    }
+
+    /// The entry of `net`, if any.
+    pub fn get_mut(&mut self, net: &IpNet) -> Option<&mut T> {
+        self.map.get_mut(&key_of(net))
+    }
+
+    /// Every entry whose prefix holds `addr`, longest prefix first, with its length.
+    pub fn matches(&self, addr: IpAddr) -> impl Iterator<Item = (u8, &T)> {
+        let addr = canonical(addr);
+        let lens = match addr {
+            IpAddr::V4(_) => &self.v4_lens,
+            IpAddr::V6(_) => &self.v6_lens,
+        };
+        lens.iter()
+            .filter_map(move |&len| self.map.get(&masked(addr, len)).map(|t| (len, t)))
+    }
+}
+
+/// The `[[site]]` graph: shortest distances between sites, and where client prefixes are.
+#[derive(Clone, Debug, Default)]
+pub struct SiteGraph {
+    index: HashMap<String, usize>,
+    /// `dist[a][b]`, `None` when unconnected.
+    dist: Vec<Vec<Option<u64>>>,
+    prefixes: PrefixTable<usize>,
+    names: Vec<String>,
+}
+
+impl SiteGraph {
+    /// The graph of `sites` (validated: unique names, neighbours that exist). Edges are
+    /// symmetric; distances are shortest paths (Dijkstra from every site).
+    pub fn new(sites: &[SiteConfig]) -> SiteGraph {
+        let index: HashMap<String, usize> = sites
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+        let n = sites.len();
+        let mut edges: Vec<Vec<(usize, u64)>> = vec![Vec::new(); n];
+        for (i, s) in sites.iter().enumerate() {
+            for (name, d) in &s.neighbours {
+                if let Some(&j) = index.get(name) {
+                    edges[i].push((j, *d));
+                    edges[j].push((i, *d));
                 }
             }
-            Role::Ix => ix.push(a),
+        }
+        let dist = (0..n)
+            .map(|src| {
+                let mut d: Vec<Option<u64>> = vec![None; n];
+                let mut heap = std::collections::BinaryHeap::new();
+                d[src] = Some(0);
+                heap.push(std::cmp::Reverse((0u64, src)));
+                while let Some(std::cmp::Reverse((du, u))) = heap.pop() {
+                    if d[u].is_some_and(|x| x < du) {
+                        continue;
+                    }
+                    for &(v, w) in &edges[u] {
+                        let nd = du.saturating_add(w);
+                        if d[v].is_none_or(|x| nd < x) {
+                            d[v] = Some(nd);
+                            heap.push(std::cmp::Reverse((nd, v)));
+                        }
+                    }
+                }
+                d
+            })
+            .collect();
+        let mut prefixes = PrefixTable::default();
+        for (i, s) in sites.iter().enumerate() {
+            for p in &s.prefixes {
+                *prefixes.entry(p) = i;
+            }
+        }
+        SiteGraph {
+            index,
+            dist,
+            prefixes,
+            names: sites.iter().map(|s| s.name.clone()).collect(),
         }
     }
-    let by_load = |x: &ApplianceRecord, y: &ApplianceRecord| {
-        load_ratio(x)
-            .partial_cmp(&load_ratio(y))
-            .unwrap_or(Ordering::Equal)
-            .then_with(|| x.id.cmp(&y.id))
-    };
-    embedded.sort_by(|(lx, x), (ly, y)| ly.cmp(lx).then_with(|| by_load(x, y)));
-    ix.sort_by(|x, y| by_load(x, y));
-    embedded
-        .into_iter()
-        .map(|(_, a)| (a, LocationKind::Embedded))
-        .chain(ix.into_iter().map(|a| (a, LocationKind::Ix)))
-        .collect()
+
+    /// The distance between two sites: 0 for the same name, `None` when the graph does not
+    /// connect them (or does not know one of them).
+    pub fn distance(&self, a: &str, b: &str) -> Option<u64> {
+        if a == b {
+            return Some(0);
+        }
+        let (i, j) = (self.index.get(a)?, self.index.get(b)?);
+        self.dist[*i][*j]
+    }
+
+    /// The site whose `prefixes` hold `addr` (longest match).
+    pub fn site_of(&self, addr: IpAddr) -> Option<&str> {
+        self.prefixes
+            .matches(addr)
+            .next()
+            .map(|(_, &i)| self.names[i].as_str())
+    }
 }
 
-/// The steering answer. `origin_url(object id)` gives the origin's presigned URL.
+/// What steering remembers of one title (per catalog version).
+#[derive(Clone, Debug)]
+struct TitleInfo {
+    id: String,
+    id_prefix: Option<String>,
+    renditions: Vec<SteeredRendition>,
+    objects: Vec<String>,
+    top_bitrate: u64,
+}
+
+/// What steering remembers of one appliance.
+#[derive(Clone, Debug, Default)]
+struct ApplianceCache {
+    /// Fingerprint of the registration and report this was computed from.
+    fingerprint: u64,
+    /// When the report it reflects arrived (the load estimate resets with each report).
+    report_at: Option<u64>,
+    /// Prefixes it is indexed under (embedded).
+    indexed: Vec<IpNet>,
+    /// Whether it holds every object of a title, by title index.
+    holds: HashMap<usize, bool>,
+    /// First-choice answers since its last report.
+    decisions: u64,
+    /// Load those answers add, bits per second.
+    added_bps: u64,
+    /// Hash of its id, for rendezvous scores.
+    id_hash: u64,
+}
+
+/// Indexes steering keeps between requests: titles by id, embedded appliances by prefix, IX
+/// appliances, per-appliance title holdings, and the load sent since each appliance's last
+/// report. Brought up to date from the fleet and catalog at every call (a cheap comparison per
+/// appliance; an appliance is re-indexed only when its registration or report changed).
+#[derive(Debug, Default)]
+pub struct SteerCache {
+    sites: SiteGraph,
+    catalog_version: Option<u64>,
+    titles: HashMap<String, usize>,
+    title_info: Vec<TitleInfo>,
+    appliances: Vec<ApplianceCache>,
+    embedded: PrefixTable<Vec<usize>>,
+    ix: Vec<usize>,
+}
+
+/// SplitMix64's finalizer: a cheap, well-mixed 64-bit hash step.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn hash_of<T: Hash + ?Sized>(v: &T) -> u64 {
+    // Deterministic across runs and processes (fixed keys), so rankings are reproducible.
+    let mut h = std::hash::DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
+}
+
+/// Fingerprint of what indexing depends on: the registration and the report (by identity:
+/// each new registration or report is a new allocation) and the report's time.
+fn fingerprint(a: &ApplianceRecord) -> u64 {
+    let reg = a.registration.as_ref().map_or(0, |r| {
+        (r.prefixes.as_ptr() as u64) ^ (r.urls.as_ptr() as u64).rotate_left(17)
+    });
+    let rep = a.health.as_ref().map_or(0, |(h, at)| {
+        (h.prefixes.as_ptr() as u64) ^ (h.objects.as_ptr() as u64).rotate_left(29) ^ mix(*at)
+    });
+    mix(reg ^ mix(rep) ^ a.held.len() as u64)
+}
+
+/// The template of ids `t0007-720p-0000.m4s`, `…-0001.m4s`, …: the segment number is the run
+/// of digits of the first id where it last differs from the last id; every id must follow it.
+fn rendition_template(ids: &[String]) -> Option<(String, u64)> {
+    let (first, last) = (ids.first()?, ids.last()?);
+    let bytes = first.as_bytes();
+    let common_suffix = bytes
+        .iter()
+        .rev()
+        .zip(last.as_bytes().iter().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
+    // The last differing byte, then the digits around it.
+    let pos = bytes.len().checked_sub(common_suffix + 1)?;
+    if !bytes[pos].is_ascii_digit() {
+        return None;
+    }
+    let end = bytes[pos..]
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .map_or(bytes.len(), |i| pos + i);
+    let start = bytes[..pos]
+        .iter()
+        .rposition(|b| !b.is_ascii_digit())
+        .map_or(0, |i| i + 1);
+    let digits = &first[start..end];
+    if digits.len() > 18 {
+        return None;
+    }
+    let n0: u64 = digits.parse().ok()?;
+    let (head, tail) = (&first[..start], &first[end..]);
+    let width = digits.len();
+    let ok = ids.iter().enumerate().all(|(i, id)| {
+        id.len() >= head.len() + tail.len()
+            && id.starts_with(head)
+            && id.ends_with(tail)
+            && id[head.len()..id.len() - tail.len()] == format!("{:0width$}", n0 + i as u64)
+    });
+    ok.then(|| {
+        let format = if width > 1 && digits.starts_with('0') {
+            format!("%0{width}d")
+        } else {
+            String::new()
+        };
+        (format!("{head}{NUMBER_PLACEHOLDER}{format}${tail}"), n0)
+    })
+}
+
+fn title_info(title: &edgeplane_api::Title) -> TitleInfo {
+    let objects: Vec<String> = title
+        .renditions
+        .iter()
+        .flat_map(|r| r.objects.iter().map(|o| o.id.clone()))
+        .collect();
+    let dashed = format!("{}-", title.id);
+    let id_prefix = if !objects.is_empty() && objects.iter().all(|o| o.starts_with(&dashed)) {
+        Some(dashed)
+    } else {
+        // The longest common prefix of the ids.
+        let mut lcp: &str = objects.first().map_or("", String::as_str);
+        for o in &objects {
+            let n = lcp
+                .bytes()
+                .zip(o.bytes())
+                .take_while(|(a, b)| a == b)
+                .count();
+            lcp = &lcp[..n];
+        }
+        Some(lcp.to_owned())
+    }
+    .filter(|p| valid_id_prefix(p));
+    let renditions = title
+        .renditions
+        .iter()
+        .map(|r| {
+            let ids: Vec<String> = r.objects.iter().map(|o| o.id.clone()).collect();
+            let count = ids.len() as u64;
+            match rendition_template(&ids) {
+                Some((template, start_number)) if ids.len() > 1 => SteeredRendition {
+                    name: r.name.clone(),
+                    bitrate: r.bitrate,
+                    template: Some(template),
+                    start_number,
+                    count,
+                    objects: Vec::new(),
+                },
+                _ => SteeredRendition {
+                    name: r.name.clone(),
+                    bitrate: r.bitrate,
+                    template: None,
+                    start_number: 0,
+                    count,
+                    objects: ids,
+                },
+            }
+        })
+        .collect();
+    TitleInfo {
+        id: title.id.clone(),
+        id_prefix,
+        renditions,
+        objects,
+        top_bitrate: title
+            .renditions
+            .iter()
+            .map(|r| r.bitrate)
+            .max()
+            .unwrap_or(0),
+    }
+}
+
+impl SteerCache {
+    /// An empty cache for the `[[site]]` graph `sites`.
+    pub fn new(sites: &[SiteConfig]) -> SteerCache {
+        SteerCache {
+            sites: SiteGraph::new(sites),
+            ..SteerCache::default()
+        }
+    }
+
+    /// The site graph.
+    pub fn sites(&self) -> &SiteGraph {
+        &self.sites
+    }
+
+    /// Brings the indexes up to date with `fleet` and `catalog` (version `catalog_version`).
+    fn sync(&mut self, fleet: &[ApplianceRecord], catalog: &Catalog, catalog_version: u64) {
+        if self.catalog_version != Some(catalog_version) {
+            self.title_info = catalog.titles.iter().map(title_info).collect();
+            self.titles = self
+                .title_info
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.id.clone(), i))
+                .collect();
+            for a in &mut self.appliances {
+                a.holds.clear();
+            }
+            self.catalog_version = Some(catalog_version);
+        }
+        if self.appliances.len() != fleet.len() {
+            self.appliances = fleet
+                .iter()
+                .map(|a| ApplianceCache {
+                    fingerprint: !fingerprint(a),
+                    id_hash: hash_of(&a.id),
+                    ..ApplianceCache::default()
+                })
+                .collect();
+            self.embedded = PrefixTable::default();
+            self.ix.clear();
+        }
+        let mut ix_changed = false;
+        for (i, a) in fleet.iter().enumerate() {
+            let fp = fingerprint(a);
+            let c = &mut self.appliances[i];
+            if c.fingerprint == fp {
+                continue;
+            }
+            c.fingerprint = fp;
+            c.holds.clear();
+            let at = a.health.as_ref().map(|(_, at)| *at);
+            if c.report_at != at {
+                c.report_at = at;
+                c.decisions = 0;
+                c.added_bps = 0;
+            }
+            for p in std::mem::take(&mut c.indexed) {
+                if let Some(list) = self.embedded.get_mut(&p) {
+                    list.retain(|&x| x != i);
+                }
+            }
+            match a.registration.as_ref().map(|r| r.role) {
+                Some(Role::Embedded) => {
+                    let prefixes = a.prefixes().to_vec();
+                    for p in &prefixes {
+                        self.embedded.entry(p).push(i);
+                    }
+                    self.appliances[i].indexed = prefixes;
+                }
+                Some(Role::Ix) | None => {}
+            }
+            ix_changed = true;
+        }
+        if ix_changed {
+            self.ix = fleet
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.registration.as_ref().is_some_and(|r| r.role == Role::Ix))
+                .map(|(i, _)| i)
+                .collect();
+        }
+    }
+
+    /// Whether appliance `i` holds every object of title `t` (cached per report).
+    fn holds(&mut self, fleet: &[ApplianceRecord], i: usize, t: usize) -> bool {
+        let objects = &self.title_info[t].objects;
+        *self.appliances[i]
+            .holds
+            .entry(t)
+            .or_insert_with(|| fleet[i].holds(objects.iter().map(String::as_str)))
+    }
+
+    /// Load steering sent appliance `i` since its last report, bits per second.
+    pub fn added_bps(&self, i: usize) -> u64 {
+        self.appliances.get(i).map_or(0, |a| a.added_bps)
+    }
+
+    /// First-choice answers naming appliance `i` since its last report.
+    pub fn decisions(&self, i: usize) -> u64 {
+        self.appliances.get(i).map_or(0, |a| a.decisions)
+    }
+}
+
+/// Free capacity after the reported load and the load added since, bits per second (negative
+/// when over).
+fn free_bps(a: &ApplianceRecord, added: u64) -> i128 {
+    let (serving, cap) = a.load();
+    i128::from(cap) - i128::from(serving) - i128::from(added)
+}
+
+/// Weighted rendezvous score: `weight / −ln(u)` with `u` in (0, 1) from the hash.
+fn hrw_score(hash: u64, weight: f64) -> f64 {
+    // 53 bits, shifted off 0 so the logarithm is finite.
+    let u = ((hash >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    weight / -u.ln()
+}
+
+/// The steering answer.
 #[allow(clippy::too_many_arguments)]
 pub fn steer(
+    cache: &mut SteerCache,
     fleet: &[ApplianceRecord],
     catalog: &Catalog,
+    catalog_version: u64,
     keys: &KeySet,
     params: &SteerParams<'_>,
     client: IpAddr,
     title_id: &str,
     now: u64,
-    origin_url: &dyn Fn(&str) -> String,
 ) -> Result<Steering, SteerError> {
-    let title = catalog
+    cache.sync(fleet, catalog, catalog_version);
+    let t = *cache
         .titles
-        .iter()
-        .find(|t| t.id == title_id)
+        .get(title_id)
         .ok_or_else(|| SteerError::UnknownTitle(title_id.to_owned()))?;
     let key = keys.signing_key(now).ok_or(SteerError::NoKey)?;
-    let mut ranked = rank_appliances(fleet, title, client, now, params.health);
-    ranked.truncate(params.max_locations.max(1) - 1);
-    let expires = now + params.signing.url_ttl_secs;
+    let info = &cache.title_info[t];
+    let id_prefix = info
+        .id_prefix
+        .clone()
+        .ok_or_else(|| SteerError::NoIdPrefix(title_id.to_owned()))?;
+    let viewer_bps = if params.viewer_bps > 0 {
+        params.viewer_bps
+    } else {
+        info.top_bitrate
+    };
+    let client = canonical(client);
     let prefix = client_prefix(
-        canonical(client),
+        client,
         params.signing.v4_prefix_len,
         params.signing.v6_prefix_len,
     );
+    let request_hash = hash_of(&(title_id, prefix));
+
+    let eligible = |cache: &mut SteerCache, i: usize| -> Option<f64> {
+        let a = &fleet[i];
+        if !a.in_steering(now, params.health) || a.draining() || a.base_url().is_none() {
+            return None;
+        }
+        let free = free_bps(a, cache.appliances[i].added_bps);
+        if free < i128::from(viewer_bps.max(1)) || !cache.holds(fleet, i, t) {
+            return None;
+        }
+        Some(hrw_score(
+            mix(request_hash ^ cache.appliances[i].id_hash),
+            free as f64,
+        ))
+    };
+
+    // Embedded: every appliance whose prefixes hold the client, at its longest match. The
+    // client's site is theirs (the longest-matching one's), eligible or not.
+    let mut client_site: Option<&str> = None;
+    let mut seen: Vec<usize> = Vec::new();
+    let mut embedded: Vec<(u8, f64, usize)> = Vec::new();
+    let matches: Vec<(u8, Vec<usize>)> = cache
+        .embedded
+        .matches(client)
+        .map(|(len, list)| (len, list.clone()))
+        .collect();
+    for (len, list) in matches {
+        for i in list {
+            if seen.contains(&i) {
+                continue;
+            }
+            seen.push(i);
+            if client_site.is_none() {
+                client_site = fleet[i].registration.as_ref().map(|r| r.site.as_str());
+            }
+            if let Some(score) = eligible(cache, i) {
+                embedded.push((len, score, i));
+            }
+        }
+    }
+    let client_site: Option<String> = client_site
+        .map(str::to_owned)
+        .or_else(|| cache.sites.site_of(client).map(str::to_owned));
+    let mut ix: Vec<(u64, f64, usize)> = Vec::new();
+    for n in 0..cache.ix.len() {
+        let i = cache.ix[n];
+        let site = fleet[i]
+            .registration
+            .as_ref()
+            .map_or("", |r| r.site.as_str());
+        let distance = match &client_site {
+            Some(c) => match cache.sites.distance(c, site) {
+                Some(d) => d,
+                None => continue,
+            },
+            None => 0,
+        };
+        if let Some(score) = eligible(cache, i) {
+            ix.push((distance, score, i));
+        }
+    }
+    let by_score = |x: f64, y: f64| y.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Equal);
+    embedded.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| by_score(a.1, b.1)));
+    ix.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| by_score(a.1, b.1)));
+    let ranked: Vec<(usize, LocationKind)> = embedded
+        .iter()
+        .map(|&(_, _, i)| (i, LocationKind::Embedded))
+        .chain(ix.iter().map(|&(_, _, i)| (i, LocationKind::Ix)))
+        .take(params.max_locations.max(1) - 1)
+        .collect();
+
+    let expires = now + params.signing.url_ttl_secs;
+    let token = sign_title(key, &id_prefix, expires, prefix);
     let mut locations: Vec<Location> = ranked
         .iter()
-        .map(|(a, kind)| Location {
-            kind: *kind,
-            appliance: Some(a.id.clone()),
+        .map(|&(i, kind)| {
+            let a = &fleet[i];
+            Location {
+                kind,
+                appliance: Some(a.id.clone()),
+                site: a.registration.as_ref().map(|r| r.site.clone()),
+                // Eligible appliances have a base URL.
+                base_url: format!("{}/tok/{token}/", a.base_url().unwrap_or_default()),
+            }
         })
         .collect();
     locations.push(Location {
         kind: LocationKind::Origin,
         appliance: None,
+        site: None,
+        base_url: format!("{}/tok/{token}/", params.origin_base.trim_end_matches('/')),
     });
-    let mut objects = Vec::new();
-    for rendition in &title.renditions {
-        for obj in &rendition.objects {
-            let mut urls: Vec<String> = ranked
-                .iter()
-                .map(|(a, _)| {
-                    // rank_appliances keeps only appliances with a base URL.
-                    let base = a.base_url().unwrap_or_default();
-                    format!("{base}/{}?{}", obj.id, sign(key, &obj.id, expires, prefix))
-                })
-                .collect();
-            urls.push(origin_url(&obj.id));
-            objects.push(SteeredObject {
-                object: obj.clone(),
-                rendition: rendition.name.clone(),
-                urls,
-            });
-        }
+    // The viewer goes to the first location: count the load it adds until the next report.
+    if let Some(&(i, _)) = ranked.first() {
+        let c = &mut cache.appliances[i];
+        c.decisions += 1;
+        c.added_bps = c.added_bps.saturating_add(viewer_bps);
     }
+    let info = &cache.title_info[t];
     Ok(Steering {
-        title: title.id.clone(),
+        title: info.id.clone(),
         client,
-        locations,
         expires,
-        objects,
+        id_prefix,
+        token,
+        locations,
+        renditions: info.renditions.clone(),
     })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use edgeplane_api::{HealthReport, ObjectInfo, Registration, Rendition};
-    use edgeplane_signing::SigningKey;
-
-    const NOW: u64 = 1_800_000_000;
-
-    fn health() -> HealthConfig {
-        HealthConfig {
-            interval_secs: 5,
-            missed_limit: 3,
-        }
-    }
-
-    fn signing() -> SigningConfig {
-        SigningConfig {
-            url_ttl_secs: 600,
-            ..SigningConfig::default()
-        }
-    }
-
-    fn catalog() -> Catalog {
-        let title = |t: &str| Title {
-            id: t.into(),
-            renditions: ["240p", "720p"]
-                .iter()
-                .map(|r| Rendition {
-                    name: r.to_string(),
-                    bitrate: 1,
-                    objects: (0..2)
-                        .map(|s| ObjectInfo {
-                            id: format!("{t}-{r}-{s:04}.m4s"),
-                            size: 10,
-                            sha256: "0".repeat(64),
-                        })
-                        .collect(),
-                })
-                .collect(),
-        };
-        Catalog {
-            titles: vec![title("t0001"), title("t0002")],
-        }
-    }
-
-    fn objects_of(t: &str) -> Vec<String> {
-        let cat = catalog();
-        let title = cat.titles.iter().find(|x| x.id == t).unwrap();
-        title_objects(title).map(String::from).collect()
-    }
-
-    /// An appliance in steering with `t0001` held, serving 0 of 1 Gb/s.
-    fn app(id: &str, role: Role, prefixes: &[&str]) -> ApplianceRecord {
-        let mut a = ApplianceRecord {
-            id: id.into(),
-            secret: "s".into(),
-            peer: None,
-            registration: Some(Registration {
-                role,
-                site: "site".into(),
-                urls: vec![format!("http://{id}.example:8080")],
-                prefixes: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
-                tiers: vec![],
-                max_bps: 1_000_000_000,
-                version: "0".into(),
-            }),
-            health: None,
-            held: Default::default(),
-        };
-        a.set_health(
-            HealthReport {
-                healthy: true,
-                objects: objects_of("t0001"),
-                ..Default::default()
-            },
-            NOW - 1,
-        );
-        a
-    }
-
-    fn keys() -> KeySet {
-        KeySet {
-            keys: vec![SigningKey {
-                id: "k1".into(),
-                secret: [5; 32],
-                not_after: NOW + 10_000,
-            }],
-        }
-    }
-
-    fn run(fleet: &[ApplianceRecord], client: &str, title: &str, max: usize) -> Steering {
-        let h = health();
-        let s = signing();
-        let params = SteerParams {
-            health: &h,
-            signing: &s,
-            max_locations: max,
-        };
-        steer(
-            fleet,
-            &catalog(),
-            &keys(),
-            &params,
-            client.parse().unwrap(),
-            title,
-            NOW,
-            &|o| format!("http://origin/bucket/{o}?presigned"),
-        )
-        .unwrap()
-    }
-
-    fn order(s: &Steering) -> Vec<String> {
-        s.locations
-            .iter()
-            .map(|l| match (&l.appliance, l.kind) {
-                (Some(a), _) => a.clone(),
-                (None, LocationKind::Origin) => "origin".into(),
-                (None, _) => "?".into(),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn embedded_then_ix_then_origin_with_signed_urls() {
-        let fleet = [
-            app("ix1", Role::Ix, &[]),
-            app("emb1", Role::Embedded, &["198.51.100.0/22"]),
-        ];
-        let s = run(&fleet, "198.51.101.7", "t0001", 3);
-        assert_eq!(order(&s), ["emb1", "ix1", "origin"]);
-        assert_eq!(
-            s.locations.iter().map(|l| l.kind).collect::<Vec<_>>(),
-            [
-                LocationKind::Embedded,
-                LocationKind::Ix,
-                LocationKind::Origin
-            ]
-        );
-        assert_eq!(s.expires, NOW + 600);
-        assert_eq!(s.objects.len(), 4);
-        let client: IpAddr = "198.51.101.7".parse().unwrap();
-        for o in &s.objects {
-            assert_eq!(o.urls.len(), 3);
-            for (i, base) in ["http://emb1.example:8080", "http://ix1.example:8080"]
-                .iter()
-                .enumerate()
-            {
-                let (path, query) = o.urls[i].split_once('?').unwrap();
-                assert_eq!(path, format!("{base}/{}", o.object.id));
-                assert!(query.contains("pfx=198.51.101.0/24"), "{query}");
-                assert_eq!(
-                    keys().verify(&o.object.id, Some(query), client, NOW),
-                    Ok(())
-                );
-                // Bound to the client's /24.
-                assert!(keys()
-                    .verify(
-                        &o.object.id,
-                        Some(query),
-                        "198.51.102.7".parse().unwrap(),
-                        NOW
-                    )
-                    .is_err());
-            }
-            assert_eq!(
-                o.urls[2],
-                format!("http://origin/bucket/{}?presigned", o.object.id)
-            );
-        }
-        assert_eq!(s.objects[0].rendition, "240p");
-        assert_eq!(s.objects[2].rendition, "720p");
-    }
-
-    #[test]
-    fn client_outside_every_prefix_goes_to_ix() {
-        let fleet = [
-            app("emb1", Role::Embedded, &["198.51.100.0/24"]),
-            app("ix1", Role::Ix, &[]),
-        ];
-        assert_eq!(
-            order(&run(&fleet, "203.0.113.5", "t0001", 3)),
-            ["ix1", "origin"]
-        );
-        // IPv4-mapped IPv6 clients match IPv4 prefixes.
-        let s = run(&fleet, "::ffff:198.51.100.9", "t0001", 3);
-        assert_eq!(order(&s), ["emb1", "ix1", "origin"]);
-        assert!(s.objects[0].urls[0].contains("pfx=198.51.100.0/24"));
-    }
-
-    #[test]
-    fn longest_prefix_first_then_least_loaded() {
-        let mut fleet = vec![
-            app("wide", Role::Embedded, &["10.0.0.0/8"]),
-            app("narrow", Role::Embedded, &["10.1.0.0/16", "192.0.2.0/24"]),
-            app("mid-b", Role::Embedded, &["10.0.0.0/12"]),
-            app("mid-a", Role::Embedded, &["10.0.0.0/12"]),
-        ];
-        let s = run(&fleet, "10.1.2.3", "t0001", 10);
-        assert_eq!(order(&s), ["narrow", "mid-a", "mid-b", "wide", "origin"]);
-        // Load breaks ties within the same prefix length.
-        fleet[3].health.as_mut().unwrap().0.serving_bps = 500_000_000;
-        let s = run(&fleet, "10.1.2.3", "t0001", 10);
-        assert_eq!(order(&s), ["narrow", "mid-b", "mid-a", "wide", "origin"]);
-        // Reported prefixes win over registered ones.
-        fleet[0].health.as_mut().unwrap().0.prefixes = vec!["10.1.2.0/24".parse().unwrap()];
-        let s = run(&fleet, "10.1.2.3", "t0001", 10);
-        assert_eq!(order(&s)[0], "wide");
-        // IPv6.
-        let fleet = [
-            app("v6", Role::Embedded, &["2001:db8::/32"]),
-            app("ix", Role::Ix, &[]),
-        ];
-        let s = run(&fleet, "2001:db8:7:1::5", "t0001", 3);
-        assert_eq!(order(&s), ["v6", "ix", "origin"]);
-        assert!(s.objects[0].urls[0].contains("pfx=2001:db8:7::/48"));
-    }
-
-    #[test]
-    fn exclusions() {
-        let base = || {
-            vec![
-                app("emb", Role::Embedded, &["198.51.100.0/24"]),
-                app("ix", Role::Ix, &[]),
-            ]
-        };
-        let c = "198.51.100.1";
-        // Silent past missed_limit × interval (15 s): out; exactly at the limit: in.
-        let mut f = base();
-        f[0].health.as_mut().unwrap().1 = NOW - 15;
-        assert_eq!(order(&run(&f, c, "t0001", 3)), ["emb", "ix", "origin"]);
-        f[0].health.as_mut().unwrap().1 = NOW - 16;
-        assert_eq!(order(&run(&f, c, "t0001", 3)), ["ix", "origin"]);
-        // Reported unhealthy.
-        let mut f = base();
-        f[0].health.as_mut().unwrap().0.healthy = false;
-        assert_eq!(order(&run(&f, c, "t0001", 3)), ["ix", "origin"]);
-        assert_eq!(
-            f[0].out_reason(NOW, &health()).as_deref(),
-            Some("reported unhealthy")
-        );
-        // At or over its load cap.
-        let mut f = base();
-        f[1].health.as_mut().unwrap().0.serving_bps = 1_000_000_000;
-        assert_eq!(order(&run(&f, c, "t0001", 3)), ["emb", "origin"]);
-        // Missing one object of the title.
-        let mut f = base();
-        f[0].held.remove("t0001-720p-0001.m4s");
-        assert_eq!(order(&run(&f, c, "t0001", 3)), ["ix", "origin"]);
-        // Holding another title only.
-        assert_eq!(order(&run(&base(), c, "t0002", 3)), ["origin"]);
-        // Never registered, or registered but never reported.
-        let mut f = base();
-        f[0].registration = None;
-        f[1].health = None;
-        assert_eq!(order(&run(&f, c, "t0001", 3)), ["origin"]);
-        assert_eq!(
-            f[1].out_reason(NOW, &health()).as_deref(),
-            Some("no health report yet")
-        );
-    }
-
-    #[test]
-    fn max_locations_counts_the_origin() {
-        let fleet = [
-            app("e1", Role::Embedded, &["10.0.0.0/8"]),
-            app("e2", Role::Embedded, &["10.0.0.0/16"]),
-            app("ix", Role::Ix, &[]),
-        ];
-        assert_eq!(
-            order(&run(&fleet, "10.0.0.1", "t0001", 2)),
-            ["e2", "origin"]
-        );
-        assert_eq!(order(&run(&fleet, "10.0.0.1", "t0001", 1)), ["origin"]);
-        let s = run(&fleet, "10.0.0.1", "t0001", 9);
-        assert_eq!(order(&s), ["e2", "e1", "ix", "origin"]);
-        assert!(s.objects.iter().all(|o| o.urls.len() == 4));
-    }
-
-    #[test]
-    fn unknown_title_and_no_key() {
-        let h = health();
-        let s = signing();
-        let params = SteerParams {
-            health: &h,
-            signing: &s,
-            max_locations: 3,
-        };
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let e = steer(&[], &catalog(), &keys(), &params, ip, "nope", NOW, &|o| {
-            o.into()
-        });
-        assert_eq!(e.unwrap_err(), SteerError::UnknownTitle("nope".into()));
-        let e = steer(
-            &[],
-            &catalog(),
-            &keys(),
-            &params,
-            ip,
-            "t0001",
-            NOW + 20_000,
-            &|o| o.into(),
-        );
-        assert_eq!(e.unwrap_err(), SteerError::NoKey);
-    }
-}
+mod tests;
