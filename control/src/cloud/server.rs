@@ -103,6 +103,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/appliances/{id}/register", post(register))
         .route("/v1/appliances/{id}/health", post(health))
         .route("/v1/appliances/{id}/manifest", get(manifest))
+        .route("/v1/appliances/{id}/held", get(held))
         .route("/v1/steering", get(steering))
         .route("/v1/fleet", get(fleet))
         .route("/v1/catalog", put(put_catalog).get(get_catalog))
@@ -141,7 +142,19 @@ async fn health(
     let mut st = app.state();
     st.authenticate(&id, bearer(&headers))?;
     let report: HealthReport = json_body(&body)?;
-    Ok(Json(st.health(&id, report)?))
+    let ack = st.health(&id, report)?;
+    st.counters.health_report_bytes += body.len() as u64;
+    Ok(Json(ack))
+}
+
+async fn held(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, Fail> {
+    let mut st = app.state();
+    st.authenticate_admin(bearer(&headers))?;
+    Ok(Json(st.held(&id)?))
 }
 
 async fn manifest(
