@@ -1,5 +1,5 @@
-//! The admin listener: `GET /metrics`, `GET /healthz`, `GET /catalog`, `POST /reload`,
-//! `POST /drain`.
+//! The admin listener: `GET /metrics`, `GET /healthz`, `GET /catalog`, `GET /demand`,
+//! `POST /reload`, `POST /drain`.
 //!
 //! One plain thread, off the serving cores, one request per connection. It reads the per-core
 //! counters (summing on scrape) and may swap the catalog; it never touches a client connection.
@@ -56,7 +56,7 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             }
         }
     };
-    let path = path.split('?').next().unwrap_or("");
+    let (path, query) = path.split_once('?').unwrap_or((&path, ""));
     match (method.as_str(), path) {
         ("GET", "/metrics") => {
             let mut body = metrics::render(&shared.metrics, &shared.catalog.load());
@@ -101,6 +101,15 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             let body = catalog_json(&shared.catalog.load());
             respond(&mut stream, "200 OK", "application/json", &body)
         }
+        ("GET", "/demand") => match demand_top(query) {
+            Ok(n) => {
+                let snapshot = shared.metrics.demand().top(n);
+                let mut body = serde_json::to_string(&snapshot).unwrap_or_else(|_| "{}".into());
+                body.push('\n');
+                respond(&mut stream, "200 OK", "application/json", &body)
+            }
+            Err(e) => respond(&mut stream, "400 Bad Request", "text/plain", &e),
+        },
         ("POST", "/reload") => {
             let reloaded = shared.reload();
             let mut body = String::new();
@@ -169,7 +178,7 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
             sent
         }
-        (_, "/metrics" | "/healthz" | "/reload" | "/catalog" | "/drain") => respond(
+        (_, "/metrics" | "/healthz" | "/reload" | "/catalog" | "/demand" | "/drain") => respond(
             &mut stream,
             "405 Method Not Allowed",
             "text/plain",
@@ -177,6 +186,30 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         ),
         _ => respond(&mut stream, "404 Not Found", "text/plain", "not found\n"),
     }
+}
+
+/// Default and largest `top` of `GET /demand`.
+const DEMAND_TOP_DEFAULT: usize = 100;
+const DEMAND_TOP_MAX: usize = 10_000;
+
+/// `top=N` from the query of `GET /demand` (default 100, at most 10,000).
+fn demand_top(query: &str) -> Result<usize, String> {
+    let mut top = DEMAND_TOP_DEFAULT;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("top", v)) => {
+                top = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=DEMAND_TOP_MAX).contains(n))
+                    .ok_or_else(|| {
+                        format!("top={v:?}: must be a number from 1 to {DEMAND_TOP_MAX}\n")
+                    })?
+            }
+            _ => return Err(format!("unknown query parameter {pair:?} (only top=N)\n")),
+        }
+    }
+    Ok(top)
 }
 
 /// `GET /catalog`: what each tier serves, for the agent.
