@@ -254,11 +254,16 @@ struct Cloud {
 }
 
 fn start_cloud(dir: &Path, moto: &Moto) -> Cloud {
+    start_cloud_at(dir, moto, "127.0.0.1:0")
+}
+
+/// The control service listening on `listen` (a fixed port survives a restart).
+fn start_cloud_at(dir: &Path, moto: &Moto, listen: &str) -> Cloud {
     let config = dir.join("cloud.toml");
     std::fs::write(
         &config,
         format!(
-            r#"listen = "127.0.0.1:0"
+            r#"listen = "{listen}"
 admin_token = "{ADMIN_TOKEN}"
 
 [origin]
@@ -772,5 +777,166 @@ fn fill_steer_play_fail_over() {
     );
     play(&st, 0);
     moto.stop();
+    drop(cloud.proc);
+}
+
+/// An admin GET on the control service, as JSON.
+fn admin_json(cloud: &Cloud, path: &str) -> Option<serde_json::Value> {
+    ureq::get(&format!("{}{path}", cloud.api))
+        .set("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+        .timeout(Duration::from_secs(10))
+        .call()
+        .ok()?
+        .into_json()
+        .ok()
+}
+
+/// A sample of the control service's `/metrics`.
+fn cloud_metric(cloud: &Cloud, series: &str) -> f64 {
+    let (_, body) = get(&format!("{}/metrics", cloud.api));
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(-1.0)
+}
+
+/// Waits until the control service's view of `app`'s held set is confirmed and is exactly the
+/// object files in its tiers; returns that set.
+fn wait_held_view_matches(cloud: &Cloud, app: &Appliance, what: &str) -> Vec<String> {
+    poll_within(what, Duration::from_secs(30), || {
+        let mut files: Vec<String> = app.files().into_keys().collect();
+        files.sort();
+        let v = admin_json(cloud, &format!("/v1/appliances/{}/held", app.id))?;
+        let objects: Vec<String> = serde_json::from_value(v["objects"].clone()).ok()?;
+        (v["in_sync"] == true && objects == files && v["count"] == files.len()).then_some(files)
+    })
+}
+
+/// The appliance's manifest: `(object id, rank)` in rank order.
+fn manifest_ranks(cloud: &Cloud, app: &Appliance) -> Vec<(String, u64)> {
+    let m: serde_json::Value =
+        ureq::get(&format!("{}/v1/appliances/{}/manifest", cloud.api, app.id))
+            .set("Authorization", &format!("Bearer {}-secret", app.id))
+            .call()
+            .expect("manifest")
+            .into_json()
+            .expect("manifest JSON");
+    m["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap().to_string(),
+                e["rank"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Section 4 of issue 12: the control service's view of what an appliance holds follows
+/// digest-and-delta reports through adds, removes and a control-service restart (full list on
+/// request), and requests for a low-ranked object raise its rank in the next manifest.
+#[test]
+fn held_set_digests_and_demand_follow_the_appliance() {
+    let root = temp_dir();
+    let moto = Moto::start(free_port());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut cloud = start_cloud_at(root.path(), &moto, &listen);
+    publish_catalog(&cloud, &root.path().join("catalog.json"), true);
+    let mut emb = Appliance::new(
+        root.path(),
+        "emb",
+        "embedded",
+        &["127.0.0.0/8"],
+        &moto,
+        &cloud,
+        0,
+    );
+    // Keep what the manifest does not name: the test adds and removes objects itself.
+    let text = std::fs::read_to_string(&emb.config).unwrap();
+    std::fs::write(
+        &emb.config,
+        text.replace("[agent.fill]\n", "[agent.fill]\nevict = false\n"),
+    )
+    .unwrap();
+    emb.start_dataplane();
+    emb.start_agent();
+    emb.wait_filled(Duration::from_secs(60));
+    let filled = wait_held_view_matches(&cloud, &emb, "the held view after the fill");
+    assert_eq!(filled.len(), 24);
+
+    // Objects appear and disappear in the tiers (the data plane's watch sees them).
+    for i in 0..3 {
+        std::fs::write(emb.dir.join(format!("flash/extra-{i}.m4s")), b"extra").unwrap();
+    }
+    let held = wait_held_view_matches(&cloud, &emb, "the held view after adds");
+    assert_eq!(held.len(), 27);
+    for i in 0..2 {
+        std::fs::remove_file(emb.dir.join(format!("flash/extra-{i}.m4s"))).unwrap();
+    }
+    let held = wait_held_view_matches(&cloud, &emb, "the held view after removes");
+    assert_eq!(held.len(), 25);
+    assert!(held.contains(&"extra-2.m4s".to_string()));
+    // Steady state: changes only, no full list since the first (the service asked once).
+    let full_before = cloud_metric(&cloud, "edgeplane_cloud_held_full_lists_total");
+    assert_eq!(
+        full_before, 1.0,
+        "one full list, asked for once at the start"
+    );
+    let deltas = cloud_metric(&cloud, "edgeplane_cloud_held_deltas_total");
+    assert!(
+        deltas >= 2.0,
+        "{deltas}: {}",
+        get(&format!("{}/metrics", cloud.api)).1.escape_ascii()
+    );
+    let fleet = admin_json(&cloud, "/v1/fleet").unwrap();
+    let last = &fleet["appliances"][0]["last_health"];
+    assert_eq!(last["held"]["count"], 25, "{last}");
+    assert!(last["held"].get("full").is_none() && last["objects"] == serde_json::json!([]));
+
+    // Demand: the lowest-ranked object of the manifest is requested again and again.
+    let before = manifest_ranks(&cloud, &emb);
+    let (low, low_rank) = before.last().cloned().unwrap();
+    assert!(low_rank >= 20, "{before:?}");
+    let keys = emb.keys();
+    let key = keys.signing_key(now_unix()).expect("a signing key");
+    let url = format!(
+        "{}/{low}?{}",
+        emb.base(),
+        sign(key, &low, now_unix() + 300, "127.0.0.0/24".parse().unwrap())
+    );
+    for _ in 0..30 {
+        assert_eq!(curl(&url).0, 200, "{url}");
+    }
+    let new_rank = poll_within(
+        "the requested object to rise in the manifest",
+        Duration::from_secs(30),
+        || {
+            let (_, rank) = manifest_ranks(&cloud, &emb)
+                .into_iter()
+                .find(|(id, _)| *id == low)?;
+            (rank < low_rank).then_some(rank)
+        },
+    );
+    assert_eq!(
+        new_rank, 0,
+        "the only object with real demand leads its site"
+    );
+    assert!(cloud_metric(&cloud, "edgeplane_cloud_demand_entries_total") >= 1.0);
+
+    // The control service restarts (its view is gone): it asks for the full list once and its
+    // view matches again.
+    cloud.proc.terminate();
+    cloud = start_cloud_at(root.path(), &moto, &listen);
+    std::fs::write(emb.dir.join("flash/extra-after.m4s"), b"after").unwrap();
+    let held = wait_held_view_matches(&cloud, &emb, "the held view after the restart");
+    assert!(held.contains(&"extra-after.m4s".to_string()));
+    assert!(held.contains(&"extra-2.m4s".to_string()));
+    assert_eq!(
+        cloud_metric(&cloud, "edgeplane_cloud_held_full_lists_total"),
+        1.0
+    );
+    assert!(emb.agent_metric("edgeplane_agent_held_full_reports_total") >= 2.0);
     drop(cloud.proc);
 }
