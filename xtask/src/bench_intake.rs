@@ -179,14 +179,18 @@ struct Sim {
 }
 
 fn ids(objects: usize, i: usize) -> Vec<String> {
-    // Each appliance holds its own window of a 1,000-object catalog plus its own ids.
+    // Each appliance holds a window of the 1,000-object catalog, then ids of its own.
     let mut v: Vec<String> = (0..objects)
-        .map(|k| format!("t{:04}-r{}-{:04}.m4s", (i + k) % 50, (i + k) % 2, k % 10))
-        .chain((0..objects).map(|k| format!("a{i}-{k:06}.m4s")))
-        .take(objects)
+        .map(|k| {
+            if k < 1000 {
+                let idx = (i + k) % 1000;
+                format!("t{:04}-r{}-{:04}.m4s", idx / 20, (idx / 10) % 2, idx % 10)
+            } else {
+                format!("a{i}-{k:07}.m4s")
+            }
+        })
         .collect();
     v.sort();
-    v.dedup();
     v
 }
 
