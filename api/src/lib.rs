@@ -10,6 +10,7 @@
 //! | `GET  /v1/steering?client=IP&title=T`    | → [`Steering`]                           | none (players) |
 //! | `GET  /v1/origin/tok/{token}/{id}`       | → 302 to a presigned origin GET          | per-title token |
 //! | `GET  /v1/fleet`                         | → [`Fleet`]                              | admin |
+//! | `GET  /v1/appliances/{id}/held`          | → [`HeldView`]                           | admin |
 //! | `PUT  /v1/catalog`                       | [`Catalog`] → 204                        | admin |
 //! | `GET  /v1/catalog`                       | → [`Catalog`]                            | none |
 //! | `POST /v1/keys/rotate`                   | → [`edgeplane_signing::KeySet`] (public part: ids and not_after only) | admin |
@@ -147,6 +148,9 @@ pub struct HealthReport {
     /// Software version.
     pub version: String,
     /// Object ids held and served right now (so steering only sends players for what is here).
+    /// The old form, a full list every report: an agent that sends [`HealthReport::held`]
+    /// leaves it empty.
+    #[serde(default)]
     pub objects: Vec<String>,
     /// Client prefixes served right now (configured ∪ BGP), so steering and the XDP filter agree.
     pub prefixes: Vec<IpNet>,
@@ -154,6 +158,120 @@ pub struct HealthReport {
     /// no new viewers. Absent (false) from agents that predate it.
     #[serde(default)]
     pub draining: bool,
+    /// The held set as a digest plus changes since the last acknowledged report (replaces
+    /// `objects`; docs/control-api.md, "The held set").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<HeldReport>,
+    /// The most requested objects over the last interval, most requested first (at most
+    /// [`MAX_DEMAND_ENTRIES`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub demand: Vec<DemandEntry>,
+}
+
+/// Most entries in [`HealthReport::demand`]; the control service ignores the rest.
+pub const MAX_DEMAND_ENTRIES: usize = 64;
+
+/// The held set in a health report: what the appliance holds as a digest and a count, and what
+/// changed since the set the control service last acknowledged.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldReport {
+    /// Increases by one every report.
+    pub seq: u64,
+    /// Objects held.
+    pub count: u64,
+    /// [`HeldDigest`] of the held set, 64 lowercase hex digits.
+    pub digest: String,
+    /// Ids held now that the acknowledged set did not have.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added: Vec<String>,
+    /// Ids of the acknowledged set that are no longer held.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+    /// Every id held, sent when the control service asked for it ([`HealthAck::send_full`]);
+    /// `added` and `removed` are then empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full: Option<Vec<String>>,
+}
+
+/// Requests for one object over a reporting interval.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DemandEntry {
+    /// The object id.
+    pub id: String,
+    /// Requests (an estimate from the data plane's sketch: never less than the true count).
+    pub requests: u64,
+}
+
+/// An order-independent digest of a set of object ids: the XOR of the SHA-256 of each id, and
+/// the count. Adding or removing one id is one hash; the same set always has the same digest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeldDigest {
+    acc: [u8; 32],
+    count: u64,
+}
+
+impl HeldDigest {
+    /// The digest of `ids` (each id once).
+    pub fn of<'a>(ids: impl IntoIterator<Item = &'a str>) -> HeldDigest {
+        let mut d = HeldDigest::default();
+        for id in ids {
+            d.add(id);
+        }
+        d
+    }
+
+    fn toggle(&mut self, id: &str) {
+        use sha2::Digest as _;
+        let h = sha2::Sha256::digest(id.as_bytes());
+        for (a, b) in self.acc.iter_mut().zip(h.iter()) {
+            *a ^= b;
+        }
+    }
+
+    /// Adds an id that is not in the set.
+    pub fn add(&mut self, id: &str) {
+        self.toggle(id);
+        self.count += 1;
+    }
+
+    /// Removes an id that is in the set.
+    pub fn remove(&mut self, id: &str) {
+        self.toggle(id);
+        self.count = self.count.saturating_sub(1);
+    }
+
+    /// Ids in the set.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The digest as 64 lowercase hex digits.
+    pub fn hex(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::with_capacity(64);
+        for b in self.acc {
+            let _ = write!(s, "{b:02x}");
+        }
+        s
+    }
+}
+
+/// What the control service believes an appliance holds (`GET /v1/appliances/{id}/held`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldView {
+    /// The appliance.
+    pub id: String,
+    /// Sequence number of the last report whose held set was accepted (0: none yet).
+    pub seq: u64,
+    /// Objects.
+    pub count: u64,
+    /// [`HeldDigest`] of `objects`.
+    pub digest: String,
+    /// Whether the set is confirmed by the appliance's digest (false after a restart of the
+    /// control service or a mismatch, until the full list arrives).
+    pub in_sync: bool,
+    /// The ids, sorted.
+    pub objects: Vec<String>,
 }
 
 /// The control service's answer to a health report.
@@ -172,6 +290,15 @@ pub struct HealthAck {
     /// only. Empty from a control service older than the store.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub epoch: String,
+    /// The [`HeldReport::seq`] whose held set the control service now holds as the appliance's:
+    /// the next report's `added`/`removed` are relative to that set. `None` when it did not
+    /// accept the report's held set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_seq: Option<u64>,
+    /// The control service's view of the held set differs from the report's digest (or it has
+    /// none, after a restart): send [`HeldReport::full`] in the next report.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub send_full: bool,
 }
 
 /// One object of the catalog: a segment (or playlist) of one rendition of a title.

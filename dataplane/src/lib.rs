@@ -20,6 +20,7 @@ pub mod access;
 pub mod catalog;
 pub mod config;
 pub mod content_id;
+pub mod demand;
 pub mod host;
 pub mod http;
 pub mod metrics;

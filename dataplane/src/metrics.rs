@@ -414,6 +414,8 @@ fn micros(d: Duration) -> u64 {
 #[derive(Debug)]
 pub struct Metrics {
     cores: Vec<CoreMetrics>,
+    /// Requests per object (per core, merged on read: `GET /demand`).
+    demand: crate::demand::Demand,
     started: std::time::SystemTime,
     /// 0: no HTTPS listener; otherwise 1 + the [`TlsMode`] new HTTPS connections get.
     tls_mode: AtomicU8,
@@ -457,6 +459,7 @@ impl Metrics {
     pub fn new(cores: usize, tiers: usize) -> Metrics {
         Metrics {
             cores: (0..cores).map(|_| CoreMetrics::new(tiers)).collect(),
+            demand: crate::demand::Demand::new(cores),
             started: std::time::SystemTime::now(),
             tls_mode: AtomicU8::new(0),
             cert_reloads: Default::default(),
@@ -502,6 +505,11 @@ impl Metrics {
     /// The counters of executor `i`.
     pub fn core(&self, i: usize) -> &CoreMetrics {
         &self.cores[i]
+    }
+
+    /// Requests per object.
+    pub fn demand(&self) -> &crate::demand::Demand {
+        &self.demand
     }
 
     /// Number of executors.

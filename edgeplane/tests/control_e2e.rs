@@ -1150,19 +1150,15 @@ fn restarts_scenario(pg: Option<&edgeplane_test_support::pg::PgServer>) {
         LocationKind::Embedded,
         "steering right after the restart: {after:?}"
     );
-    play(&before, 0);
-    play(&after, 0);
-    // Both URL sets verify under the keys the data plane holds now.
+    let sizes = object_map(&catalog);
+    play(&before, 0, &sizes);
+    play(&after, 0, &sizes);
+    // Both tokens verify under the keys the data plane holds now.
     let keys = emb.keys();
     for st in [&before, &after] {
-        let q = st.objects[0].urls[0].split_once('?').unwrap().1;
+        let id = &st.renditions[0].object_ids()[0];
         assert_eq!(
-            keys.verify(
-                &st.objects[0].object.id,
-                Some(q),
-                "127.0.0.1".parse().unwrap(),
-                now_unix()
-            ),
+            keys.verify_title(id, &st.token, "127.0.0.1".parse().unwrap(), now_unix()),
             Ok(())
         );
     }
@@ -1306,7 +1302,7 @@ fn two_control_instances_share_one_postgres() {
                 let all = fleet["appliances"].as_array()?;
                 let full = |x: &serde_json::Value| {
                     x["in_steering"] == true
-                        && x["last_health"]["objects"].as_array().map(Vec::len) == Some(total)
+                        && x["last_health"]["held"]["count"].as_u64() == Some(total as u64)
                 };
                 (s == 200 && all.iter().all(full)).then_some(())
             },
@@ -1320,7 +1316,7 @@ fn two_control_instances_share_one_postgres() {
             (st.locations[0].appliance.as_deref() == Some("emb")).then_some(st)
         });
         assert_eq!(st.locations[1].appliance.as_deref(), Some("ix"), "{st:?}");
-        play(&st, 0);
+        play(&st, 0, &object_map(&catalog));
         let st = steer(cloud, "198.51.100.7", title);
         assert_eq!(st.locations[0].appliance.as_deref(), Some("ix"), "{st:?}");
     }
@@ -1355,12 +1351,21 @@ fn two_control_instances_share_one_postgres() {
         .unwrap()
         .to_string();
     let st = steer(&a, "127.0.0.1", title);
-    assert_eq!(kid_of(&st.objects[0].urls[0]), newest);
+    assert_eq!(kid_of(&st.token), newest);
     poll_within("emb to hold the new key", Duration::from_secs(20), || {
         emb.keys().keys.iter().any(|k| k.id == newest).then_some(())
     });
-    play(&st, 0);
+    play(&st, 0, &object_map(&catalog));
     drop(pg);
+}
+
+/// Every object of `c`: id → (size, sha256), what [`play`] checks against.
+fn object_map(c: &Catalog) -> HashMap<String, (u64, String)> {
+    c.titles
+        .iter()
+        .flat_map(|t| t.renditions.iter().flat_map(|r| r.objects.iter()))
+        .map(|o| (o.id.clone(), (o.size, o.sha256.clone())))
+        .collect()
 }
 
 fn catalog_objects(c: &Catalog) -> usize {
@@ -1371,8 +1376,9 @@ fn catalog_objects(c: &Catalog) -> usize {
         .sum()
 }
 
-fn kid_of(url: &str) -> &str {
-    url.split("kid=").nth(1).unwrap().split('&').next().unwrap()
+/// The key id of a per-title token (`<id-prefix>~<exp>~<pfx>~<kid>~<sig>`).
+fn kid_of(token: &str) -> &str {
+    token.split('~').nth(3).unwrap()
 }
 
 /// Content versions and bit rot: an object whose bytes change at the origin under the same id
@@ -1482,21 +1488,23 @@ fn changed_and_rotten_objects_are_filled_again() {
         let st = steer(&cloud, "127.0.0.1", &catalog2.titles[0].id);
         (st.locations.first()?.kind == LocationKind::Embedded).then_some(st)
     });
-    let o = st
-        .objects
-        .iter()
-        .find(|o| o.object.id == changed.id)
-        .expect("the changed object is in title 0");
+    assert!(
+        st.renditions
+            .iter()
+            .any(|r| r.object_ids().contains(&changed.id)),
+        "the changed object is in title 0"
+    );
+    let url = st.locations[0].url(&changed.id);
     let body = poll_within(
         "the data plane to serve the new bytes",
         Duration::from_secs(20),
         || {
-            let (s, body) = curl(&o.urls[0]);
+            let (s, body) = curl(&url);
             (s == 200 && body == new_bytes).then_some(body)
         },
     );
-    assert_eq!(sha256_hex(&body), o.object.sha256);
-    play(&st, 0);
+    assert_eq!(sha256_hex(&body), sha256_hex(&new_bytes));
+    play(&st, 0, &object_map(&catalog2));
 }
 
 /// A store migrated by a newer edgeplane is refused at start: exit 1 and one clear line.
@@ -1526,4 +1534,163 @@ fn a_store_newer_than_the_binary_is_refused_with_one_line() {
         stderr.trim_end(),
         "edgeplane-cloud: error: store schema version 99 is newer than this edgeplane supports (1); run the newer edgeplane, or point [store] url at another database"
     );
+}
+
+/// An admin GET on the control service, as JSON.
+fn admin_json(cloud: &Cloud, path: &str) -> Option<serde_json::Value> {
+    ureq::get(&format!("{}{path}", cloud.api))
+        .set("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+        .timeout(Duration::from_secs(10))
+        .call()
+        .ok()?
+        .into_json()
+        .ok()
+}
+
+/// A sample of the control service's `/metrics`.
+fn cloud_metric(cloud: &Cloud, series: &str) -> f64 {
+    let (_, body) = get(&format!("{}/metrics", cloud.api));
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(-1.0)
+}
+
+/// Waits until the control service's view of `app`'s held set is confirmed and is exactly the
+/// object files in its tiers; returns that set.
+fn wait_held_view_matches(cloud: &Cloud, app: &Appliance, what: &str) -> Vec<String> {
+    poll_within(what, Duration::from_secs(30), || {
+        let mut files: Vec<String> = app.files().into_keys().collect();
+        files.sort();
+        let v = admin_json(cloud, &format!("/v1/appliances/{}/held", app.id))?;
+        let objects: Vec<String> = serde_json::from_value(v["objects"].clone()).ok()?;
+        (v["in_sync"] == true && objects == files && v["count"] == files.len()).then_some(files)
+    })
+}
+
+/// The appliance's manifest: `(object id, rank)` in rank order.
+fn manifest_ranks(cloud: &Cloud, app: &Appliance) -> Vec<(String, u64)> {
+    let m: serde_json::Value =
+        ureq::get(&format!("{}/v1/appliances/{}/manifest", cloud.api, app.id))
+            .set("Authorization", &format!("Bearer {}-secret", app.id))
+            .call()
+            .expect("manifest")
+            .into_json()
+            .expect("manifest JSON");
+    m["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap().to_string(),
+                e["rank"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Section 4 of issue 12: the control service's view of what an appliance holds follows
+/// digest-and-delta reports through adds, removes and a control-service restart (full list on
+/// request), and requests for a low-ranked object raise its rank in the next manifest.
+#[test]
+fn held_set_digests_and_demand_follow_the_appliance() {
+    let root = temp_dir();
+    let moto = Moto::start(free_port());
+    let mut cloud = start_cloud_on(root.path(), &moto, "cloud", free_port(), None);
+    publish_catalog(&cloud, &root.path().join("catalog.json"), true);
+    let mut emb = Appliance::new(
+        root.path(),
+        "emb",
+        "embedded",
+        &["127.0.0.0/8"],
+        &moto,
+        &cloud,
+        0,
+    );
+    // Keep what the manifest does not name: the test adds and removes objects itself.
+    let text = std::fs::read_to_string(&emb.config).unwrap();
+    std::fs::write(
+        &emb.config,
+        text.replace("[agent.fill]\n", "[agent.fill]\nevict = false\n"),
+    )
+    .unwrap();
+    emb.start_dataplane();
+    emb.start_agent();
+    emb.wait_filled(Duration::from_secs(60));
+    let filled = wait_held_view_matches(&cloud, &emb, "the held view after the fill");
+    assert_eq!(filled.len(), 24);
+
+    // Objects appear and disappear in the tiers (the data plane's watch sees them).
+    for i in 0..3 {
+        std::fs::write(emb.dir.join(format!("flash/extra-{i}.m4s")), b"extra").unwrap();
+    }
+    let held = wait_held_view_matches(&cloud, &emb, "the held view after adds");
+    assert_eq!(held.len(), 27);
+    for i in 0..2 {
+        std::fs::remove_file(emb.dir.join(format!("flash/extra-{i}.m4s"))).unwrap();
+    }
+    let held = wait_held_view_matches(&cloud, &emb, "the held view after removes");
+    assert_eq!(held.len(), 25);
+    assert!(held.contains(&"extra-2.m4s".to_string()));
+    // Steady state: changes only, no full list since the first (the service asked once).
+    let full_before = cloud_metric(&cloud, "edgeplane_cloud_held_full_lists_total");
+    assert_eq!(
+        full_before, 1.0,
+        "one full list, asked for once at the start"
+    );
+    let deltas = cloud_metric(&cloud, "edgeplane_cloud_held_deltas_total");
+    assert!(
+        deltas >= 2.0,
+        "{deltas}: {}",
+        get(&format!("{}/metrics", cloud.api)).1.escape_ascii()
+    );
+    let fleet = admin_json(&cloud, "/v1/fleet").unwrap();
+    let last = &fleet["appliances"][0]["last_health"];
+    assert_eq!(last["held"]["count"], 25, "{last}");
+    assert!(last["held"].get("full").is_none() && last["objects"] == serde_json::json!([]));
+
+    // Demand: the lowest-ranked object of the manifest is requested again and again.
+    let before = manifest_ranks(&cloud, &emb);
+    let (low, low_rank) = before.last().cloned().unwrap();
+    assert!(low_rank >= 20, "{before:?}");
+    let keys = emb.keys();
+    let key = keys.signing_key(now_unix()).expect("a signing key");
+    let url = format!(
+        "{}/{low}?{}",
+        emb.base(),
+        sign(key, &low, now_unix() + 300, "127.0.0.0/24".parse().unwrap())
+    );
+    for _ in 0..30 {
+        assert_eq!(curl(&url).0, 200, "{url}");
+    }
+    let new_rank = poll_within(
+        "the requested object to rise in the manifest",
+        Duration::from_secs(30),
+        || {
+            let (_, rank) = manifest_ranks(&cloud, &emb)
+                .into_iter()
+                .find(|(id, _)| *id == low)?;
+            (rank < low_rank).then_some(rank)
+        },
+    );
+    assert_eq!(
+        new_rank, 0,
+        "the only object with real demand leads its site"
+    );
+    assert!(cloud_metric(&cloud, "edgeplane_cloud_demand_entries_total") >= 1.0);
+
+    // The control service restarts (its view is gone): it asks for the full list once and its
+    // view matches again.
+    cloud.restart(false);
+    std::fs::write(emb.dir.join("flash/extra-after.m4s"), b"after").unwrap();
+    let held = wait_held_view_matches(&cloud, &emb, "the held view after the restart");
+    assert!(held.contains(&"extra-after.m4s".to_string()));
+    assert!(held.contains(&"extra-2.m4s".to_string()));
+    assert_eq!(
+        cloud_metric(&cloud, "edgeplane_cloud_held_full_lists_total"),
+        1.0
+    );
+    assert!(emb.agent_metric("edgeplane_agent_held_full_reports_total") >= 2.0);
+    drop(cloud.proc);
 }

@@ -389,7 +389,7 @@ fn wait_status(conn: &mut Client, path: &str, status: u16) -> Result<()> {
     }
 }
 
-fn rss_kib(pid: u32) -> Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
@@ -399,7 +399,7 @@ fn rss_kib(pid: u32) -> Result<u64> {
 }
 
 /// utime + stime of the whole process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = &stat[stat.rfind(')').context("bad /proc/<pid>/stat")? + 2..];
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -409,7 +409,7 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(utime + stime)
 }
 
-fn clock_ticks() -> u64 {
+pub(crate) fn clock_ticks() -> u64 {
     // SAFETY: sysconf takes an integer and touches no memory of ours.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 {

@@ -1,7 +1,8 @@
-//! Developer tasks for edgeplane: `cargo xtask ci | demo | deb | bench | bench-catalog | bench-steering | bench-tls | bench-xdp | flamegraph | vmtest | testssl | fuzz | plan | hwtest`.
+//! Developer tasks for edgeplane: `cargo xtask ci | demo | deb | bench | bench-catalog | bench-intake | bench-steering | bench-tls | bench-xdp | flamegraph | vmtest | testssl | fuzz | plan | hwtest`.
 
 mod bench;
 mod bench_catalog;
+mod bench_intake;
 mod bench_steering;
 mod bench_tls;
 mod bench_xdp;
@@ -46,6 +47,9 @@ enum Task {
     /// The catalog at scale: ready time, RSS per object, rescans, objects renamed in and
     /// deleted without a reload, hit latency, at 1 k / 1 M (/ 10 M) empty files.
     BenchCatalog(bench_catalog::BenchCatalogArgs),
+    /// Health intake: 10,000 simulated appliances reporting at their interval to a real
+    /// `edgeplane cloud serve` pinned to one core; CPU and bytes per report.
+    BenchIntake(bench_intake::BenchIntakeArgs),
     /// Steering at fleet scale: answers/s and latency for 1,000 appliances on 50 sites and
     /// 1 M client prefixes (in process and over HTTP), and how a premiere spreads.
     BenchSteering(bench_steering::BenchSteeringArgs),
@@ -80,6 +84,7 @@ fn main() -> ExitCode {
         Task::Flamegraph(args) => flamegraph::run(&args),
         Task::BenchXdp(args) => bench_xdp::run(&args),
         Task::BenchCatalog(args) => bench_catalog::run(&args),
+        Task::BenchIntake(args) => bench_intake::run(&args),
         Task::BenchSteering(args) => bench_steering::run(&args),
         Task::Vmtest(args) => vmtest::run(&args),
         Task::Testssl => testssl::run(None),

@@ -35,6 +35,9 @@ pub enum AdminError {
     /// `GET /catalog` failed (no answer, an error status, not the JSON expected).
     #[error("data plane catalog: {0}")]
     Catalog(#[source] reqwest::Error),
+    /// `GET /demand` failed (no answer, an error status, not the JSON expected).
+    #[error("data plane demand: {0}")]
+    Demand(#[source] reqwest::Error),
 }
 
 /// A tier as the data plane's config names it.
@@ -248,6 +251,19 @@ impl AdminClient {
             .json()
             .await
             .map_err(AdminError::Catalog)
+    }
+
+    /// `GET /demand?top=N`: the `top` most requested objects.
+    pub async fn demand(&self, top: usize) -> Result<super::demand::DemandView, AdminError> {
+        self.http
+            .get(format!("{}/demand?top={top}", self.base))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(AdminError::Demand)?
+            .json()
+            .await
+            .map_err(AdminError::Demand)
     }
 }
 

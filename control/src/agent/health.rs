@@ -1,5 +1,6 @@
 //! The health report: serving throughput and connections from the data plane's `/metrics`,
-//! tiers and held objects from its `/catalog`, host CPU, fill status and served prefixes.
+//! tiers and held objects from its `/catalog` (sent as a digest and changes: `held`), requests
+//! per object from its `/demand`, host CPU, fill status and served prefixes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -7,16 +8,24 @@ use std::time::Instant;
 use edgeplane_api::{HealthReport, TierHealth};
 
 use super::dataplane::{CatalogView, Scrape, TierSpec};
+use super::demand::{DemandTracker, DEMAND_TOP};
+use super::held::HeldTracker;
 use super::state::Agent;
 
+/// What the health cycle keeps between reports.
+#[derive(Default)]
+pub(crate) struct ReportState {
+    pub(crate) last_bytes: Option<(f64, Instant)>,
+    pub(crate) cpu: CpuSampler,
+    pub(crate) held: HeldTracker,
+    pub(crate) demand: DemandTracker,
+}
+
 /// Scrapes the data plane and builds the report.
-pub(crate) async fn health_report(
-    agent: &Agent,
-    last_bytes: &mut Option<(f64, Instant)>,
-    cpu: &mut CpuSampler,
-) -> HealthReport {
+pub(crate) async fn health_report(agent: &Agent, st: &mut ReportState) -> HealthReport {
     let scrape = agent.admin.scrape().await.map_err(|e| e.to_string());
     let catalog = agent.admin.catalog().await.map_err(|e| e.to_string());
+    let (last_bytes, cpu) = (&mut st.last_bytes, &mut st.cpu);
     let mut report = build_report(
         &agent.dp.tiers,
         &agent.capacity,
@@ -26,6 +35,17 @@ pub(crate) async fn health_report(
         Instant::now(),
     );
     report.cpu = cpu.sample();
+    // The held set: a digest and the changes (the list itself only when asked). Without the
+    // data plane's catalog there is nothing to say: no `held` (the control service then asks
+    // for the full list once the catalog is back).
+    if catalog.is_ok() {
+        let ids = std::mem::take(&mut report.objects);
+        report.held = Some(st.held.report(ids.into_iter().collect()));
+    }
+    match agent.admin.demand(DEMAND_TOP).await {
+        Ok(view) => report.demand = st.demand.interval(&view),
+        Err(e) => tracing::debug!("agent: {e}"),
+    }
     let s = agent.lock();
     report.fill = s.fill.clone();
     report.prefixes = s.served.iter().copied().collect();

@@ -14,8 +14,10 @@
 
 pub mod config;
 pub mod dataplane;
+pub mod demand;
 pub mod fill;
 mod health;
+mod held;
 mod keys;
 mod manifest;
 pub mod origin;

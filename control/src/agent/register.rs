@@ -2,13 +2,13 @@
 //! the register → health cycle that also carries keys, assigned prefixes and new manifests.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use edgeplane_api::{HealthAck, Registration, RegistrationAck, TierCapacity};
 use edgeplane_signing::KeySet;
 
 use super::fill::Backoff;
-use super::health::{health_report, CpuSampler};
+use super::health::{health_report, ReportState};
 use super::state::Agent;
 
 /// Why a call to the control service failed; `what` names the call (`register`, `health`,
@@ -125,8 +125,7 @@ pub(crate) async fn control_loop(agent: Arc<Agent>) {
     let mut interval = Duration::from_secs(agent.cfg.health_interval_secs.unwrap_or(5));
     let mut failures = 0;
     let mut registered = false;
-    let mut last_bytes: Option<(f64, Instant)> = None;
-    let mut cpu = CpuSampler::default();
+    let mut report_state = ReportState::default();
     let mut last_prefixes = agent.lock().served.clone();
     let mut prefixes_rx = agent.prefixes_changed.subscribe();
     loop {
@@ -162,13 +161,18 @@ pub(crate) async fn control_loop(agent: Arc<Agent>) {
                 }
             }
         }
-        let report = health_report(&agent, &mut last_bytes, &mut cpu).await;
+        let report = health_report(&agent, &mut report_state).await;
         let r: Result<HealthAck, ControlError> = agent
             .call(agent.http.post(agent.url("health")).json(&report), "health")
             .await;
         match r {
             Ok(ack) => {
-                agent.lock().health_ok += 1;
+                report_state.held.answered(&ack);
+                {
+                    let mut s = agent.lock();
+                    s.health_ok += 1;
+                    s.held_full_sent = report_state.held.full_sent;
+                }
                 agent.set_prefix_sources(Some(ack.prefixes.into_iter().collect()), None);
                 agent
                     .set_keys(KeySet {
@@ -196,6 +200,7 @@ pub(crate) async fn control_loop(agent: Arc<Agent>) {
             }
             Err(e) => {
                 tracing::warn!("agent: {e}");
+                report_state.held.unanswered();
                 let mut s = agent.lock();
                 s.health_err += 1;
                 s.last_error = Some(e.to_string());

@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     /// Prefixes the control service assigns.
     pub(crate) assigned: BTreeSet<IpNet>,
     pub(crate) health_ok: u64,
+    /// Health reports that carried the full held list (the control service asked for it).
+    pub(crate) held_full_sent: u64,
     pub(crate) health_err: u64,
     /// The last failed call to the control service, for `/status`.
     pub(crate) last_error: Option<String>,

@@ -190,6 +190,7 @@ pub(crate) fn render_metrics(s: &Shared) -> String {
         "edgeplane_agent_health_reports_total{{result=\"error\"}} {}",
         s.health_err
     );
+    let _ = writeln!(o, "# HELP edgeplane_agent_held_full_reports_total Health reports that carried the full list of held objects (the control service asked for it).\n# TYPE edgeplane_agent_held_full_reports_total counter\nedgeplane_agent_held_full_reports_total {}", s.held_full_sent);
     o
 }
 
@@ -210,6 +211,7 @@ mod tests {
             rate_bps: 8e6,
             health_ok: 10,
             health_err: 2,
+            held_full_sent: 1,
             last_error: Some("health: HTTP 503 Service Unavailable: down".into()),
             served: ["198.51.100.0/24", "2001:db8::/32"]
                 .iter()
@@ -247,6 +249,7 @@ mod tests {
         let text = render_metrics(&shared());
         for (series, want) in [
             ("edgeplane_agent_fill_objects_wanted", 24.0),
+            ("edgeplane_agent_held_full_reports_total", 1.0),
             ("edgeplane_agent_fill_objects_present", 10.0),
             ("edgeplane_agent_fill_bytes_missing", 500_000.0),
             ("edgeplane_agent_fill_manifest_generation", 3.0),
@@ -295,7 +298,7 @@ mod tests {
             .filter(|l| !l.starts_with('#'))
             .map(|l| l.split(['{', ' ']).next().unwrap())
             .collect();
-        assert_eq!(families.len(), 19, "{families:?}");
+        assert_eq!(families.len(), 20, "{families:?}");
         for f in families {
             for kind in ["HELP", "TYPE"] {
                 let n = text

@@ -171,6 +171,21 @@ pub struct PopularityConfig {
     /// Seed of the base ranking (default 0).
     #[serde(default)]
     pub seed: u64,
+    /// Weight of the fleet's reported demand beside the Zipf prior in a site's ranking, 0–1
+    /// (default 0.5; 0 = the prior alone).
+    #[serde(default = "default_demand_weight")]
+    pub demand_weight: f64,
+    /// Reported demand halves in this many seconds (default 3600).
+    #[serde(default = "default_demand_half_life")]
+    pub demand_half_life_secs: u64,
+}
+
+fn default_demand_weight() -> f64 {
+    0.5
+}
+
+fn default_demand_half_life() -> u64 {
+    3600
 }
 
 fn default_skew() -> f64 {
@@ -183,6 +198,8 @@ impl Default for PopularityConfig {
             skew: default_skew(),
             daily_shift: 0,
             seed: 0,
+            demand_weight: default_demand_weight(),
+            demand_half_life_secs: default_demand_half_life(),
         }
     }
 }
@@ -354,6 +371,13 @@ impl CloudConfig {
         let skew = self.popularity.skew;
         if !skew.is_finite() || !(0.0..=10.0).contains(&skew) {
             return bad(format!("popularity.skew {skew} must be within 0..=10"));
+        }
+        let w = self.popularity.demand_weight;
+        if !w.is_finite() || !(0.0..=1.0).contains(&w) {
+            return bad(format!("popularity.demand_weight {w} must be within 0..=1"));
+        }
+        if self.popularity.demand_half_life_secs == 0 {
+            return bad("popularity.demand_half_life_secs must be at least 1".into());
         }
         let s = &self.signing;
         if s.url_ttl_secs == 0 {

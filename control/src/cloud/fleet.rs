@@ -37,9 +37,12 @@ impl ApplianceRecord {
         }
     }
 
-    /// Records a health report received at `now`.
+    /// Records a health report received at `now`. A report in the old form (`objects`, no
+    /// `held`) replaces the held set; otherwise the held set is kept by `cloud::held`.
     pub fn set_health(&mut self, report: HealthReport, now: u64) {
-        self.held = report.objects.iter().cloned().collect();
+        if report.held.is_none() {
+            self.held = report.objects.iter().cloned().collect();
+        }
         self.health = Some((report, now));
     }
 

@@ -11,8 +11,10 @@
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod demand;
 pub mod fleet;
 pub mod generate;
+pub mod held;
 pub mod origin;
 pub mod placement;
 pub mod popularity;

@@ -130,6 +130,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/appliances/{id}/register", post(register))
         .route("/v1/appliances/{id}/health", post(health))
         .route("/v1/appliances/{id}/manifest", get(manifest))
+        .route("/v1/appliances/{id}/held", get(held))
         .route("/v1/steering", get(steering))
         .route("/v1/origin/tok/{token}/{id}", get(origin_redirect))
         .route("/v1/fleet", get(fleet))
@@ -171,13 +172,30 @@ async fn health(
     body: Bytes,
 ) -> Result<impl IntoResponse, Fail> {
     let token = bearer(&headers).map(str::to_owned);
+    let bytes = body.len() as u64;
     let ack = with_state(&app, move |st| {
         st.authenticate(&id, token.as_deref())?;
         let report: HealthReport = json_body(&body)?;
-        Ok(st.health(&id, report)?)
+        let ack = st.health(&id, report)?;
+        st.counters.health_report_bytes += bytes;
+        Ok(ack)
     })
     .await?;
     Ok(Json(ack))
+}
+
+async fn held(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, Fail> {
+    let token = bearer(&headers).map(str::to_owned);
+    let held = with_state(&app, move |st| {
+        st.authenticate_admin(token.as_deref())?;
+        Ok(st.held(&id)?)
+    })
+    .await?;
+    Ok(Json(held))
 }
 
 async fn manifest(
@@ -265,7 +283,10 @@ async fn steering(
         }
     };
     let origin_base = format!("{}/v1/origin", public_url(&app, &headers));
-    let answer = with_state(&app, move |st| Ok(st.steer(client, &title, &origin_base)?)).await?;
+    let answer = with_state(&app, move |st| {
+        Ok(st.steer(client, &title, &origin_base)?)
+    })
+    .await?;
     Ok(Json(answer))
 }
 

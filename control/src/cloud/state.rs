@@ -16,14 +16,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::cloud::clock::Clock;
 use crate::cloud::config::CloudConfig;
+use crate::cloud::demand::FleetDemand;
 use crate::cloud::fleet::ApplianceRecord;
+use crate::cloud::held::HeldBook;
 use crate::cloud::placement::place;
 use crate::cloud::popularity::{day_of, Popularity, RankedObject};
 use crate::cloud::steering::{steer, SteerCache, SteerError, SteerParams};
 use crate::cloud::store::{Store, StoreError};
 use edgeplane_api::{
-    Catalog, FillManifest, Fleet, HealthAck, HealthReport, LocationKind, ManifestEntry,
-    Registration, RegistrationAck, Role, Steering,
+    Catalog, FillManifest, Fleet, HealthAck, HealthReport, HeldReport, HeldView, LocationKind,
+    ManifestEntry, Registration, RegistrationAck, Role, Steering,
 };
 
 /// An API-level failure; the server maps each to a status code and answers with the text.
@@ -71,6 +73,8 @@ pub struct Counters {
     pub registrations: u64,
     /// Accepted health reports.
     pub health_reports: u64,
+    /// Bytes of accepted health report bodies.
+    pub health_report_bytes: u64,
     /// Requests refused for a wrong or missing secret or token.
     pub auth_failures: u64,
     /// Steering answers by their first location (`embedded`, `ix`, `origin`) or failure
@@ -112,6 +116,10 @@ pub struct CloudState {
     applied: HashMap<String, u64>,
     /// Steering's indexes and the load it sent since each appliance's last report.
     steer_cache: SteerCache,
+    /// The appliances' held sets: digests and the full-list protocol (`cloud::held`).
+    held: HeldBook,
+    /// The fleet's reported demand per site (`cloud::demand`).
+    demand: FleetDemand,
     /// Counters.
     pub counters: Counters,
 }
@@ -257,6 +265,11 @@ impl CloudState {
             fleet_seq: 0,
             applied: HashMap::new(),
             steer_cache: SteerCache::new(&cfg.sites),
+            held: HeldBook::default(),
+            demand: FleetDemand::new(
+                cfg.popularity.demand_weight,
+                cfg.popularity.demand_half_life_secs,
+            ),
             counters: Counters::default(),
             cfg,
             clock,
@@ -514,13 +527,51 @@ impl CloudState {
     pub fn health(&mut self, id: &str, report: HealthReport) -> Result<HealthAck, StateError> {
         self.tick()?;
         let now = self.now();
-        if self.record(id)?.registration.is_none() {
+        let mut report = report;
+        if let Some(h) = &report.held {
+            crate::cloud::held::validate(h).map_err(StateError::BadRequest)?;
+        }
+        let Some(site) = self
+            .record(id)?
+            .registration
+            .as_ref()
+            .map(|r| r.site.clone())
+        else {
             return Err(StateError::Conflict(format!(
                 "appliance {id:?} must register before reporting health"
             )));
-        }
+        };
+        // The held set: applied here; the stored report keeps only its digest and count.
+        let rec = self
+            .fleet
+            .iter_mut()
+            .find(|a| a.id == id)
+            .ok_or_else(|| StateError::NotFound(format!("unknown appliance {id:?}")))?;
+        let held = match report.held.take() {
+            Some(h) => {
+                let summary = HeldReport {
+                    seq: h.seq,
+                    count: h.count,
+                    digest: h.digest.clone(),
+                    ..HeldReport::default()
+                };
+                let answer = self.held.apply(id, &mut rec.held, h);
+                report.held = Some(summary);
+                Some(answer)
+            }
+            None => None,
+        };
+        self.demand.record(&site, &report.demand, now);
         let seq = self.store.put_health(id, &report, now)?;
-        self.record_mut(id)?.set_health(report, now);
+        let rec = self
+            .fleet
+            .iter_mut()
+            .find(|a| a.id == id)
+            .ok_or_else(|| StateError::NotFound(format!("unknown appliance {id:?}")))?;
+        rec.set_health(report, now);
+        if held.is_none() {
+            self.held.legacy(id, &rec.held);
+        }
         self.applied.insert(id.to_owned(), seq);
         self.counters.health_reports += 1;
         let manifest = self.manifest_inner(id)?;
@@ -529,7 +580,20 @@ impl CloudState {
             manifest_generation: manifest.generation,
             prefixes: self.assigned_prefixes(id),
             epoch: self.store.epoch().to_owned(),
+            held_seq: held.and_then(|h| h.seq),
+            send_full: held.is_some_and(|h| h.send_full),
         })
+    }
+
+    /// What the service believes appliance `id` holds (admin).
+    pub fn held(&self, id: &str) -> Result<HeldView, StateError> {
+        let rec = self.record(id)?;
+        Ok(self.held.view(id, &rec.held))
+    }
+
+    /// The fleet's reported demand at `site`, highest score first.
+    pub fn site_demand(&self, site: &str) -> Vec<(String, f64)> {
+        self.demand.scores(site)
     }
 
     /// The fill manifest of an appliance (authenticated already). The appliance must have
@@ -569,14 +633,20 @@ impl CloudState {
     }
 
     fn manifest_inner(&mut self, id: &str) -> Result<FillManifest, StateError> {
-        let ranking = self.ranking();
+        let prior = self.ranking();
         let peer = self.peer_url(id);
-        let tiers = self
+        let (tiers, site) = self
             .record(id)?
             .registration
             .as_ref()
-            .map(|r| r.tiers.clone())
+            .map(|r| (r.tiers.clone(), r.site.clone()))
             .unwrap_or_default();
+        // The site's real demand beside the prior (the prior itself when none was reported).
+        let key = (self.catalog_version, day_of(self.now()));
+        let now = self.now();
+        let ranking = self
+            .demand
+            .ranking(&site, &prior, key, now, self.cfg.health.interval_secs);
         let entries = place(&ranking, &tiers, peer.as_deref());
         let generation = self.store.manifest_generation(id, &plan_digest(&entries))?;
         Ok(FillManifest {
@@ -724,6 +794,13 @@ impl CloudState {
         let _ = writeln!(s, "# HELP edgeplane_cloud_registrations_total Accepted registrations.\n# TYPE edgeplane_cloud_registrations_total counter\nedgeplane_cloud_registrations_total {}", c.registrations);
         let _ = writeln!(s, "# HELP edgeplane_cloud_health_reports_total Accepted health reports.\n# TYPE edgeplane_cloud_health_reports_total counter\nedgeplane_cloud_health_reports_total {}", c.health_reports);
         let _ = writeln!(s, "# HELP edgeplane_cloud_auth_failures_total Requests refused for a wrong or missing secret.\n# TYPE edgeplane_cloud_auth_failures_total counter\nedgeplane_cloud_auth_failures_total {}", c.auth_failures);
+        let _ = writeln!(s, "# HELP edgeplane_cloud_health_report_bytes_total Bytes of accepted health report bodies.\n# TYPE edgeplane_cloud_health_report_bytes_total counter\nedgeplane_cloud_health_report_bytes_total {}", c.health_report_bytes);
+        let h = &self.held.counters;
+        let _ = writeln!(s, "# HELP edgeplane_cloud_held_full_lists_total Health reports that carried an appliance's full held list.\n# TYPE edgeplane_cloud_held_full_lists_total counter\nedgeplane_cloud_held_full_lists_total {}", h.full_lists);
+        let _ = writeln!(s, "# HELP edgeplane_cloud_held_full_requests_total Answers that asked an appliance for its full held list (its digest differed, or the service had no view).\n# TYPE edgeplane_cloud_held_full_requests_total counter\nedgeplane_cloud_held_full_requests_total {}", h.full_requests);
+        let _ = writeln!(s, "# HELP edgeplane_cloud_held_deltas_total Health reports whose held-set changes were applied and matched the digest.\n# TYPE edgeplane_cloud_held_deltas_total counter\nedgeplane_cloud_held_deltas_total {}", h.deltas);
+        let _ = writeln!(s, "# HELP edgeplane_cloud_demand_entries_total Per-object demand entries taken from health reports.\n# TYPE edgeplane_cloud_demand_entries_total counter\nedgeplane_cloud_demand_entries_total {}", self.demand.entries);
+        let _ = writeln!(s, "# HELP edgeplane_cloud_demand_sites Sites with reported demand.\n# TYPE edgeplane_cloud_demand_sites gauge\nedgeplane_cloud_demand_sites {}", self.demand.sites());
         let _ = writeln!(s, "# HELP edgeplane_cloud_manifests_total Fill manifests served.\n# TYPE edgeplane_cloud_manifests_total counter\nedgeplane_cloud_manifests_total {}", c.manifests);
         let _ = writeln!(s, "# HELP edgeplane_cloud_key_rotations_total Signing key rotations.\n# TYPE edgeplane_cloud_key_rotations_total counter\nedgeplane_cloud_key_rotations_total {}", c.rotations);
         let _ = writeln!(s, "# HELP edgeplane_cloud_signing_keys Signing keys that still verify.\n# TYPE edgeplane_cloud_signing_keys gauge\nedgeplane_cloud_signing_keys {}", self.keys.keys.len());

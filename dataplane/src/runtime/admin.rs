@@ -1,5 +1,5 @@
-//! The admin listener: `GET /metrics`, `GET /healthz`, `GET /catalog`, `POST /reload`,
-//! `POST /drain`.
+//! The admin listener: `GET /metrics`, `GET /healthz`, `GET /catalog`, `GET /demand`,
+//! `POST /reload`, `POST /drain`.
 //!
 //! One plain thread, off the serving cores, one request per connection. It reads the per-core
 //! counters (summing on scrape) and may swap the catalog; it never touches a client connection.
@@ -113,6 +113,15 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 &format!("{e}\n"),
             ),
         },
+        ("GET", "/demand") => match demand_top(query) {
+            Ok(n) => {
+                let snapshot = shared.metrics.demand().top(n);
+                let mut body = serde_json::to_string(&snapshot).unwrap_or_else(|_| "{}".into());
+                body.push('\n');
+                respond(&mut stream, "200 OK", "application/json", &body)
+            }
+            Err(e) => respond(&mut stream, "400 Bad Request", "text/plain", &e),
+        },
         ("POST", "/reload") => {
             let reloaded = shared.reload();
             let mut body = String::new();
@@ -181,7 +190,7 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
             sent
         }
-        (_, "/metrics" | "/healthz" | "/reload" | "/catalog" | "/drain") => respond(
+        (_, "/metrics" | "/healthz" | "/reload" | "/catalog" | "/demand" | "/drain") => respond(
             &mut stream,
             "405 Method Not Allowed",
             "text/plain",
@@ -189,6 +198,30 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         ),
         _ => respond(&mut stream, "404 Not Found", "text/plain", "not found\n"),
     }
+}
+
+/// Default and largest `top` of `GET /demand`.
+const DEMAND_TOP_DEFAULT: usize = 100;
+const DEMAND_TOP_MAX: usize = 10_000;
+
+/// `top=N` from the query of `GET /demand` (default 100, at most 10,000).
+fn demand_top(query: &str) -> Result<usize, String> {
+    let mut top = DEMAND_TOP_DEFAULT;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("top", v)) => {
+                top = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=DEMAND_TOP_MAX).contains(n))
+                    .ok_or_else(|| {
+                        format!("top={v:?}: must be a number from 1 to {DEMAND_TOP_MAX}\n")
+                    })?
+            }
+            _ => return Err(format!("unknown query parameter {pair:?} (only top=N)\n")),
+        }
+    }
+    Ok(top)
 }
 
 /// Ids per `GET /catalog` page unless `limit` says otherwise.

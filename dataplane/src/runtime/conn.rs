@@ -240,6 +240,8 @@ async fn respond_head(
         response::write_error(out, Status::Forbidden, ctx, head, b"");
         return Ok((Status::Forbidden, None));
     }
+    // Demand counts every authorized request, held or not (placement wants both).
+    core.shared.metrics.demand().core(core.index).record(id);
     let obj = match core.open(id).await {
         Ok(Some(obj)) => obj,
         Ok(None) => {
