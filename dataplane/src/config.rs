@@ -173,10 +173,9 @@ impl ByteSize {
             Some(b'T') => (&t[..t.len() - 1], 1 << 40),
             _ => (t, 1),
         };
-        let n: u64 = digits
-            .trim()
-            .parse()
-            .map_err(|_| format!("{text:?} is not a byte count (e.g. 2097152, \"2M\", \"500G\")"))?;
+        let n: u64 = digits.trim().parse().map_err(|_| {
+            format!("{text:?} is not a byte count (e.g. 2097152, \"2M\", \"500G\")")
+        })?;
         n.checked_mul(mult)
             .map(ByteSize)
             .ok_or_else(|| format!("{text:?} is too large"))
@@ -224,13 +223,19 @@ impl UpstreamConfig {
     }
 
     fn validate(&self, tiers: &[TierConfig]) -> Result<(), ConfigError> {
-        let rest = self.url.strip_prefix("http://").or_else(|| self.url.strip_prefix("https://"));
+        let rest = self
+            .url
+            .strip_prefix("http://")
+            .or_else(|| self.url.strip_prefix("https://"));
         match rest {
             Some(r) if !r.is_empty() && !r.starts_with('/') => {}
             _ => {
                 return Err(ConfigError::new(
                     "upstream.url",
-                    format!("{:?} must be http://host[:port][/prefix] (or https://)", self.url),
+                    format!(
+                        "{:?} must be http://host[:port][/prefix] (or https://)",
+                        self.url
+                    ),
                 ))
             }
         }
@@ -247,16 +252,16 @@ impl UpstreamConfig {
             ));
         }
         if self.slice_size.0 < 64 * 1024 || self.slice_size.0 > 1 << 30 {
-            return Err(ConfigError::new(
-                "upstream.slice_size",
-                "must be 64K to 1G",
-            ));
+            return Err(ConfigError::new("upstream.slice_size", "must be 64K to 1G"));
         }
         if self.timeout_ms == 0 {
             return Err(ConfigError::new("upstream.timeout_ms", "must be above 0"));
         }
         if self.breaker_failures == 0 {
-            return Err(ConfigError::new("upstream.breaker_failures", "must be at least 1"));
+            return Err(ConfigError::new(
+                "upstream.breaker_failures",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }

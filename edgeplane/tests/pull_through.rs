@@ -16,17 +16,21 @@ const BIN: &str = env!("CARGO_BIN_EXE_edgeplane");
 
 /// `[upstream]` pointing at `origin`, storing in tier `flash`.
 fn upstream(origin: &Origin, extra: &str) -> String {
+    upstream_to(origin, "flash", extra)
+}
+
+/// `[upstream]` pointing at `origin`, storing in `tier`.
+fn upstream_to(origin: &Origin, tier: &str, extra: &str) -> String {
     format!(
-        "[upstream]\nurl = \"{}\"\ntier = \"flash\"\n{extra}",
+        "[upstream]\nurl = \"{}\"\ntier = \"{tier}\"\n{extra}",
         origin.url()
     )
 }
 
-/// A server with one flash tier and `[upstream]`.
+/// A server with one flash tier (the builder's) and `[upstream]`.
 fn pull_server(origin: &Origin, extra: &str) -> Server {
     ServerBuilder::new(BIN)
         .cores(2)
-        .tier("flash", "flash")
         .section(&upstream(origin, extra))
         .start()
 }
@@ -46,7 +50,10 @@ fn slices_requested(origin: &Origin, id: &str, slice: u64) -> Vec<u64> {
         .requests_for(id)
         .iter()
         .map(|r| {
-            let range = r.range.as_deref().expect("pull-through always asks for a range");
+            let range = r
+                .range
+                .as_deref()
+                .expect("pull-through always asks for a range");
             let a: u64 = range
                 .strip_prefix("bytes=")
                 .and_then(|r| r.split('-').next())
@@ -115,7 +122,11 @@ fn two_hundred_concurrent_clients_cause_one_upstream_request_per_slice() {
         "upstream requests: {:?}",
         origin.requests_for("crowd.ts")
     );
-    assert_eq!(origin.body_bytes(), len, "the origin sent the object exactly once");
+    assert_eq!(
+        origin.body_bytes(),
+        len,
+        "the origin sent the object exactly once"
+    );
     // Installed in the tier; later requests are hits.
     let tier = server.tier_dir("flash");
     poll("the object to be installed", || {
@@ -126,7 +137,10 @@ fn two_hundred_concurrent_clients_cause_one_upstream_request_per_slice() {
     assert_eq!(r.header("Cache-Status"), Some("edgeplane; hit"));
     assert!(temporaries(&tier).is_empty());
     let m = server.metrics();
-    assert_eq!(m.sum("edgeplane_pull_upstream_requests_total", &[]), slices as f64);
+    assert_eq!(
+        m.sum("edgeplane_pull_upstream_requests_total", &[]),
+        slices as f64
+    );
     assert_eq!(m.sum("edgeplane_pull_misses_total", &[]), 1.0);
     eprintln!("{collapsed} of 200 clients were collapsed into the pull");
 }
@@ -152,12 +166,22 @@ fn ranges_across_slice_boundaries_are_byte_exact_cold_partial_and_hot() {
     let server = pull_server(&origin, "slice_size = \"64K\"\n");
     // Cold: each range is the first request for its object.
     for (i, &(a, b)) in cases.iter().enumerate() {
-        let r = curl(&["-H", &format!("Range: bytes={a}-{b}")], &server.url(&format!("/obj{i}.ts")));
+        let r = curl(
+            &["-H", &format!("Range: bytes={a}-{b}")],
+            &server.url(&format!("/obj{i}.ts")),
+        );
         assert_partial(&r.response(), &data, a, b, &format!("cold {a}-{b}"));
-        assert!(r.header("Cache-Status").unwrap_or_default().contains("fwd=miss"));
+        assert!(r
+            .header("Cache-Status")
+            .unwrap_or_default()
+            .contains("fwd=miss"));
         // Only the slices the range touches were fetched: a seek does not fetch slice 0.
         let want: Vec<u64> = (a / slice..=b / slice).collect();
-        assert_eq!(slices_requested(&origin, &format!("obj{i}.ts"), slice), want, "range {a}-{b}");
+        assert_eq!(
+            slices_requested(&origin, &format!("obj{i}.ts"), slice),
+            want,
+            "range {a}-{b}"
+        );
     }
     // Partial objects serve what they have and fetch only what is missing.
     let r = curl(&[], &server.url("/obj0.ts"));
@@ -166,16 +190,28 @@ fn ranges_across_slice_boundaries_are_byte_exact_cold_partial_and_hot() {
     assert_eq!(slices_requested(&origin, "obj0.ts", slice), all);
     // Complete now: every range again, from the tier.
     let tier = server.tier_dir("flash");
-    poll("obj0.ts installed", || tier.join("obj0.ts").exists().then_some(()));
+    poll("obj0.ts installed", || {
+        tier.join("obj0.ts").exists().then_some(())
+    });
     for &(a, b) in &cases {
-        let r = curl(&["-H", &format!("Range: bytes={a}-{b}")], &server.url("/obj0.ts"));
+        let r = curl(
+            &["-H", &format!("Range: bytes={a}-{b}")],
+            &server.url("/obj0.ts"),
+        );
         assert_partial(&r.response(), &data, a, b, &format!("hot {a}-{b}"));
         assert_eq!(r.header("Cache-Status"), Some("edgeplane; hit"));
     }
-    assert_eq!(slices_requested(&origin, "obj0.ts", slice), all, "hits asked nothing upstream");
+    assert_eq!(
+        slices_requested(&origin, "obj0.ts", slice),
+        all,
+        "hits asked nothing upstream"
+    );
     // A range past the end of an object being pulled: 416 with its size.
     origin.put("late.ts", data.clone());
-    let r = curl(&["-H", &format!("Range: bytes={}-", len + 5)], &server.url("/late.ts"));
+    let r = curl(
+        &["-H", &format!("Range: bytes={}-", len + 5)],
+        &server.url("/late.ts"),
+    );
     assert_unsatisfiable(&r.response(), len, "past the end");
 }
 
@@ -199,8 +235,14 @@ fn upstream_dying_mid_object_gives_clean_errors_and_the_next_request_refetches()
         // Either an error status, or a 200 whose body was cut short (curl says so); never a
         // complete-looking wrong object.
         let complete = r.exit_code == Some(0) && r.status == 200;
-        assert!(!complete || r.body == data, "a client got a wrong complete body");
-        assert!(!complete, "the upstream died, yet a client got the whole object");
+        assert!(
+            !complete || r.body == data,
+            "a client got a wrong complete body"
+        );
+        assert!(
+            !complete,
+            "the upstream died, yet a client got the whole object"
+        );
         if r.exit_code == Some(0) {
             assert!(matches!(r.status, 502 | 504), "status {}", r.status);
         } else {
@@ -212,14 +254,25 @@ fn upstream_dying_mid_object_gives_clean_errors_and_the_next_request_refetches()
     poll("the failed pull to leave nothing", || {
         temporaries(&tier).is_empty().then_some(())
     });
-    assert!(!tier.join("dies.ts").exists(), "a partial object was installed");
+    assert!(
+        !tier.join("dies.ts").exists(),
+        "a partial object was installed"
+    );
     let before = origin.requests_for("dies.ts").len();
     // The upstream recovers: the next request pulls again and gets it all.
     origin.die_after(0);
     let r = curl(&[], &url);
     assert_full(&r.response(), &data, "after the upstream recovered");
-    assert!(origin.requests_for("dies.ts").len() > before, "no new upstream request");
-    assert!(server.metrics().sum("edgeplane_pull_upstream_errors_total", &[]) >= 1.0);
+    assert!(
+        origin.requests_for("dies.ts").len() > before,
+        "no new upstream request"
+    );
+    assert!(
+        server
+            .metrics()
+            .sum("edgeplane_pull_upstream_errors_total", &[])
+            >= 1.0
+    );
 }
 
 #[test]
@@ -237,7 +290,10 @@ fn upstream_errors_timeouts_and_the_breaker() {
     origin.fail_with(500);
     let r = curl(&[], &server.url("/e1.ts"));
     assert_eq!(r.status, 502, "{:?}", r.headers);
-    assert!(r.header("Cache-Status").unwrap_or_default().contains("fwd=miss"));
+    assert!(r
+        .header("Cache-Status")
+        .unwrap_or_default()
+        .contains("fwd=miss"));
     // Slower than timeout_ms: 504.
     origin.fail_with(0);
     origin.set_delay(Duration::from_secs(3));
@@ -252,7 +308,11 @@ fn upstream_errors_timeouts_and_the_breaker() {
     let r = curl(&[], &server.url("/e3.ts"));
     assert_eq!(r.status, 503);
     assert_eq!(r.header("Retry-After"), Some("1"));
-    assert_eq!(origin.requests().len(), asked, "the open breaker let a request through");
+    assert_eq!(
+        origin.requests().len(),
+        asked,
+        "the open breaker let a request through"
+    );
     let m = server.metrics();
     assert_eq!(m.sum("edgeplane_pull_breaker_opened_total", &[]), 1.0);
     assert!(temporaries(&server.tier_dir("flash")).is_empty());
@@ -266,9 +326,9 @@ fn a_kill_9_mid_pull_leaves_only_a_temporary_that_the_next_start_removes() {
     origin.set_rate(100 * 1024);
     let tier = temp_dir();
     let config = format!(
-        "[[tier]]\nname = \"flash\"\nkind = \"flash\"\npath = \"{}\"\n\n{}",
+        "[[tier]]\nname = \"pulled\"\nkind = \"flash\"\npath = \"{}\"\n\n{}",
         tier.path().display(),
-        upstream(&origin, "slice_size = \"1M\"\n")
+        upstream_to(&origin, "pulled", "slice_size = \"1M\"\n")
     );
     let mut server = ServerBuilder::new(BIN).cores(1).section(&config).start();
     let url = server.url("/k.ts");
@@ -279,21 +339,33 @@ fn a_kill_9_mid_pull_leaves_only_a_temporary_that_the_next_start_removes() {
     server.signal("KILL");
     server.wait_exit(Duration::from_secs(10));
     let r = client.join().unwrap();
-    assert!(r.exit_code != Some(0) || r.status != 200, "a killed server finished the body");
-    assert!(!tier.path().join("k.ts").exists(), "a partial object was installed");
+    assert!(
+        r.exit_code != Some(0) || r.status != 200,
+        "a killed server finished the body"
+    );
+    assert!(
+        !tier.path().join("k.ts").exists(),
+        "a partial object was installed"
+    );
     // The next start removes the temporary and pulls afresh.
     origin.set_rate(0);
     let server = ServerBuilder::new(BIN).cores(1).section(&config).start();
-    assert!(temporaries(tier.path()).is_empty(), "{:?}", temporaries(tier.path()));
+    assert!(
+        temporaries(tier.path()).is_empty(),
+        "{:?}",
+        temporaries(tier.path())
+    );
     let r = curl(&[], &server.url("/k.ts"));
     assert_full(&r.response(), &data, "after the restart");
-    poll("k.ts installed", || tier.path().join("k.ts").exists().then_some(()));
+    poll("k.ts installed", || {
+        tier.path().join("k.ts").exists().then_some(())
+    });
     assert_eq!(fs::read(tier.path().join("k.ts")).unwrap(), data);
 }
 
 #[test]
 fn without_upstream_a_miss_stays_a_404() {
-    let server = ServerBuilder::new(BIN).cores(1).tier("flash", "flash").start();
+    let server = ServerBuilder::new(BIN).cores(1).start();
     let r = curl(&[], &server.url("/nothing.ts"));
     assert_eq!(r.status, 404);
     assert_eq!(r.header("Cache-Status"), None);

@@ -199,7 +199,10 @@ fn serve(conn: TcpStream, s: &State) {
                 }
                 n = n.min(die - sent);
             }
-            if out.write_all(&obj[pos as usize..(pos + n) as usize]).is_err() {
+            if out
+                .write_all(&obj[pos as usize..(pos + n) as usize])
+                .is_err()
+            {
                 return;
             }
             s.body_bytes.fetch_add(n, Relaxed);

@@ -18,8 +18,9 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 
 /// A 64-bit hash of an id (fixed keys: the sketch is process-local).
 pub fn hash_id(id: &str) -> u64 {
-    let mut h = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-        .build_hasher();
+    let mut h =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .build_hasher();
     h.write(id.as_bytes());
     h.finish()
 }
@@ -185,7 +186,13 @@ impl Store {
     /// Decides whether a new object of `size` bytes, estimated `freq`, is kept; on
     /// [`Admission::Admit`] the victims are already removed from the store and the object is in.
     /// `freq_of` estimates a victim's popularity.
-    pub fn admit(&mut self, id: &str, size: u64, freq: u32, freq_of: impl Fn(&str) -> u32) -> Admission {
+    pub fn admit(
+        &mut self,
+        id: &str,
+        size: u64,
+        freq: u32,
+        freq_of: impl Fn(&str) -> u32,
+    ) -> Admission {
         if size > self.capacity {
             return Admission::Reject;
         }
@@ -288,7 +295,9 @@ pub fn simulate(trace: &[u32], sizes: &[u64], capacity: u64) -> SimResult {
             hit_bytes += sizes[i as usize];
         } else {
             let freq = sketch.estimate(h);
-            let _ = store.admit(&id, sizes[i as usize], freq, |v| sketch.estimate(hash_id(v)));
+            let _ = store.admit(&id, sizes[i as usize], freq, |v| {
+                sketch.estimate(hash_id(v))
+            });
         }
     }
     let tinylfu = hit_bytes as f64 / total.max(1) as f64;
@@ -328,7 +337,13 @@ pub fn simulate(trace: &[u32], sizes: &[u64], capacity: u64) -> SimResult {
 /// popularity follows Zipf(`s`); a fraction `scan` of the requests is a sequential scan over
 /// ids never seen before (one-hit wonders). Sizes: 1–8 MiB, fixed by the id. Returns the trace
 /// and the sizes (scan ids come after the Zipf ids).
-pub fn zipf_scan_trace(objects: usize, requests: usize, s: f64, scan: f64, seed: u64) -> (Vec<u32>, Vec<u64>) {
+pub fn zipf_scan_trace(
+    objects: usize,
+    requests: usize,
+    s: f64,
+    scan: f64,
+    seed: u64,
+) -> (Vec<u32>, Vec<u64>) {
     let mut rng = seed | 1;
     let mut next = move || {
         rng ^= rng << 13;
@@ -344,7 +359,9 @@ pub fn zipf_scan_trace(objects: usize, requests: usize, s: f64, scan: f64, seed:
         acc += w / sum;
         cdf.push(acc);
     }
-    let mut sizes: Vec<u64> = (0..objects).map(|i| (1 + (i as u64 * 7919) % 8) << 20).collect();
+    let mut sizes: Vec<u64> = (0..objects)
+        .map(|i| (1 + (i as u64 * 7919) % 8) << 20)
+        .collect();
     let mut trace = Vec::with_capacity(requests);
     let mut scan_id = objects as u32;
     let mut in_scan = 0usize;

@@ -149,7 +149,10 @@ impl Object {
         let k = (off / slice) as usize;
         let last = ((end.saturating_sub(1)) / slice) as usize;
         let mut want = Vec::new();
-        for j in k..=last.min(k + READAHEAD - 1).min(st.slices.len().saturating_sub(1)) {
+        for j in k..=last
+            .min(k + READAHEAD - 1)
+            .min(st.slices.len().saturating_sub(1))
+        {
             if st.slices[j] == Slice::Missing {
                 want.push(j);
             }
@@ -230,7 +233,9 @@ pub struct Puller {
 
 impl std::fmt::Debug for Puller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Puller").field("url", &self.cfg.url).finish()
+        f.debug_struct("Puller")
+            .field("url", &self.cfg.url)
+            .finish()
     }
 }
 
@@ -245,7 +250,9 @@ impl Puller {
         let tier = tiers
             .iter()
             .position(|t| t.name == cfg.tier)
-            .ok_or_else(|| io::Error::other(format!("upstream.tier {:?} is not a tier", cfg.tier)))?;
+            .ok_or_else(|| {
+                io::Error::other(format!("upstream.tier {:?} is not a tier", cfg.tier))
+            })?;
         let dir = tiers[tier].path.clone();
         let cleaned = clean_temporaries(&dir)?;
         if cleaned > 0 {
@@ -259,7 +266,9 @@ impl Puller {
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(timeout)
             .timeout_read(timeout)
-            .max_idle_connections_per_host(cfg.max_upstream_fetches)
+            // A fresh connection per slice request: ureq 2 does not re-apply `timeout_read`
+            // to a pooled connection's response head, and a 2 MiB slice dwarfs a handshake.
+            .max_idle_connections(0)
             .user_agent(concat!("edgeplane/", env!("CARGO_PKG_VERSION")))
             .build();
         let puller = Arc::new(Puller {
@@ -337,8 +346,7 @@ impl Puller {
         self.metrics.misses.fetch_add(1, Relaxed);
         let likely_stored = {
             let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-            store.used() < store.capacity()
-                || self.sketch.estimate(admission::hash_id(id)) > 1
+            store.used() < store.capacity() || self.sketch.estimate(admission::hash_id(id)) > 1
         };
         let obj = Arc::new(Object {
             id: id.into(),
@@ -380,7 +388,11 @@ impl Puller {
             return false;
         }
         let objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(arc) = objects.get(&*obj.id).filter(|a| std::ptr::eq(&***a, obj)).cloned() else {
+        let Some(arc) = objects
+            .get(&*obj.id)
+            .filter(|a| std::ptr::eq(&***a, obj))
+            .cloned()
+        else {
             // Finished or dropped under us: the caller finds the bytes done or the failure.
             return true;
         };
@@ -421,7 +433,8 @@ impl Puller {
         }
         b.failures += 1;
         if b.failures >= self.cfg.breaker_failures && b.open_until.is_none() {
-            b.open_until = Some(Instant::now() + Duration::from_millis(self.cfg.breaker_cooldown_ms));
+            b.open_until =
+                Some(Instant::now() + Duration::from_millis(self.cfg.breaker_cooldown_ms));
             self.metrics.breaker_opened.fetch_add(1, Relaxed);
             tracing::warn!(url = %self.cfg.url, failures = b.failures, "upstream circuit breaker open");
         }
@@ -478,7 +491,11 @@ impl Puller {
             }
         }
         for obj in victims {
-            self.fail(&obj, PullError::Upstream("partial object dropped".into()), false);
+            self.fail(
+                &obj,
+                PullError::Upstream("partial object dropped".into()),
+                false,
+            );
         }
     }
 
@@ -525,7 +542,7 @@ impl Puller {
                         .and_then(|n| n.trim().parse::<u64>().ok())
                     {
                         self.breaker_result(true);
-                        if self.learn_head(obj, total, None).is_ok() {
+                        if self.learn_head(obj, total, None, None).is_ok() {
                             self.maybe_complete(obj);
                         }
                         return;
@@ -561,45 +578,41 @@ impl Puller {
                 Some(r) => r,
                 None => return self.bad(obj, "206 without a valid Content-Range"),
             },
-            200 => match resp.header("Content-Length").and_then(|v| v.trim().parse::<u64>().ok()) {
+            200 => match resp
+                .header("Content-Length")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            {
                 Some(n) => (0, n, n),
                 None => return self.bad(obj, "200 without Content-Length"),
             },
             code => return self.bad(obj, &format!("unexpected status {code}")),
         };
-        let head = match self.learn_head(obj, total, resp.header("Last-Modified")) {
-            Ok(h) => h,
-            Err(e) => return self.bad(obj, &e),
+        // A 206 must be exactly the slice asked for; a 200 is the whole object, and this fetch
+        // takes every slice nobody is fetching.
+        let whole = first == 0 && end == total && resp.status() == 200;
+        let expect_first = job.slice as u64 * self.slice;
+        if total > 0
+            && !whole
+            && (first != expect_first || end != (expect_first + self.slice).min(total))
+        {
+            return self.bad(obj, "Content-Range is not the slice asked for");
+        }
+        let claim = Claim {
+            first,
+            end,
+            slice: job.slice,
+            probe,
         };
+        let (head, mine) =
+            match self.learn_head(obj, total, resp.header("Last-Modified"), Some(claim)) {
+                Ok(h) => h,
+                Err(e) => return self.bad(obj, &e),
+            };
         if total == 0 {
             self.breaker_result(true);
             self.maybe_complete(obj);
             return;
         }
-        // A 206 must be exactly the slice asked for; a 200 is the whole object, and this fetch
-        // takes every slice nobody is fetching.
-        let whole = first == 0 && end == total && resp.status() == 200;
-        let expect_first = job.slice as u64 * self.slice;
-        if !whole && (first != expect_first || end != (expect_first + self.slice).min(total)) {
-            return self.bad(obj, "Content-Range is not the slice asked for");
-        }
-        let mine: Vec<usize> = {
-            let mut st = obj.lock();
-            let first_s = (first / self.slice) as usize;
-            let last_s = ((end - 1) / self.slice) as usize;
-            let mut mine = Vec::new();
-            for s in first_s..=last_s {
-                match st.slices[s] {
-                    Slice::Missing | Slice::Queued => {
-                        st.slices[s] = Slice::Fetching(0);
-                        mine.push(s);
-                    }
-                    Slice::Fetching(_) if s == job.slice && !probe => mine.push(s),
-                    _ => {}
-                }
-            }
-            mine
-        };
         let mut reader = resp.into_reader();
         let mut buf = vec![0u8; 256 * 1024];
         let mut pos = first;
@@ -609,14 +622,21 @@ impl Puller {
                 Ok(0) => {
                     self.breaker_result(false);
                     self.metrics.upstream_errors.fetch_add(1, Relaxed);
-                    return self.fail(obj, PullError::Upstream("upstream closed mid-object".into()), false);
+                    return self.fail(
+                        obj,
+                        PullError::Upstream("upstream closed mid-object".into()),
+                        false,
+                    );
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.breaker_result(false);
                     self.metrics.upstream_errors.fetch_add(1, Relaxed);
-                    let err = if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) {
+                    let err = if matches!(
+                        e.kind(),
+                        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                    ) {
                         PullError::Timeout
                     } else {
                         PullError::Upstream(format!("upstream body: {e}"))
@@ -636,7 +656,11 @@ impl Puller {
                 if mine_s {
                     if let Err(e) = head.file.write_all_at(&buf[done..done + seg], pos) {
                         tracing::error!(id = %obj.id, "cannot write the pulled object: {e}");
-                        return self.fail(obj, PullError::Upstream(format!("tier write: {e}")), false);
+                        return self.fail(
+                            obj,
+                            PullError::Upstream(format!("tier write: {e}")),
+                            false,
+                        );
                     }
                 }
                 self.metrics.upstream_bytes.fetch_add(seg as u64, Relaxed);
@@ -673,14 +697,24 @@ impl Puller {
 
     /// Creates the sparse temporary file and the slice table on the first answer; checks that
     /// later answers agree on the size.
-    fn learn_head(&self, obj: &Object, total: u64, last_modified: Option<&str>) -> Result<Arc<Head>, String> {
+    /// The slices of `first..end` this fetch writes are marked as being fetched under the
+    /// same lock that publishes the head, so no client queues them again meanwhile.
+    fn learn_head(
+        &self,
+        obj: &Object,
+        total: u64,
+        last_modified: Option<&str>,
+        claim: Option<Claim>,
+    ) -> Result<(Arc<Head>, Vec<usize>), String> {
         let mut st = obj.lock();
-        if let Some(h) = &st.head {
-            return if h.size == total {
-                Ok(h.clone())
-            } else {
-                Err(format!("size changed upstream ({} then {total})", h.size))
-            };
+        if let Some(h) = st.head.clone() {
+            if h.size != total {
+                return Err(format!("size changed upstream ({} then {total})", h.size));
+            }
+            let mine = claim
+                .map(|c| c.take(&mut st.slices, self.slice))
+                .unwrap_or_default();
+            return Ok((h, mine));
         }
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -691,7 +725,8 @@ impl Puller {
             .mode(0o644)
             .open(&obj.tmp)
             .map_err(|e| format!("cannot create {}: {e}", obj.tmp.display()))?;
-        file.set_len(total).map_err(|e| format!("cannot size {}: {e}", obj.tmp.display()))?;
+        file.set_len(total)
+            .map_err(|e| format!("cannot size {}: {e}", obj.tmp.display()))?;
         // The modification time the file will keep: the upstream's, else now (whole seconds,
         // so the ETag computed now is the one the hit computes after the rename).
         let mtime = last_modified
@@ -702,7 +737,8 @@ impl Puller {
                     .map_or(0, |d| d.as_secs());
                 SystemTime::UNIX_EPOCH + Duration::from_secs(s)
             });
-        file.set_modified(mtime).map_err(|e| format!("cannot set mtime: {e}"))?;
+        file.set_modified(mtime)
+            .map_err(|e| format!("cannot set mtime: {e}"))?;
         let ino = std::os::unix::fs::MetadataExt::ino(&file.metadata().map_err(|e| e.to_string())?);
         let etag = crate::catalog::etag_for(total, mtime, ino);
         let last_modified = httpdate::fmt_http_date(mtime);
@@ -722,10 +758,13 @@ impl Puller {
         st.head = Some(head.clone());
         st.probing = false;
         st.slices = vec![Slice::Missing; total.div_ceil(self.slice) as usize];
+        let mine = claim
+            .map(|c| c.take(&mut st.slices, self.slice))
+            .unwrap_or_default();
         let wakers = std::mem::take(&mut st.wakers);
         drop(st);
         wakers.into_iter().for_each(Waker::wake);
-        Ok(head)
+        Ok((head, mine))
     }
 
     /// When every slice is written: fsync, admission, rename into the tier, catalog.
@@ -746,7 +785,10 @@ impl Puller {
             head.file.set_modified(mtime)?;
             let len = head.file.metadata()?.len();
             if len != head.size {
-                return Err(io::Error::other(format!("length {len}, expected {}", head.size)));
+                return Err(io::Error::other(format!(
+                    "length {len}, expected {}",
+                    head.size
+                )));
             }
             Ok(())
         })();
@@ -758,7 +800,9 @@ impl Puller {
         let freq = self.sketch.estimate(h);
         let verdict = {
             let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-            store.admit(&obj.id, head.size, freq, |v| self.sketch.estimate(admission::hash_id(v)))
+            store.admit(&obj.id, head.size, freq, |v| {
+                self.sketch.estimate(admission::hash_id(v))
+            })
         };
         match verdict {
             Admission::Admit(victims) => {
@@ -781,7 +825,10 @@ impl Puller {
                     }
                     Err(e) => {
                         tracing::error!(id = %obj.id, "cannot install the pulled object: {e}");
-                        self.store.lock().unwrap_or_else(|p| p.into_inner()).remove(&obj.id);
+                        self.store
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&obj.id);
                         let _ = std::fs::remove_file(&obj.tmp);
                     }
                 }
@@ -791,9 +838,10 @@ impl Puller {
                 let _ = std::fs::remove_file(&obj.tmp);
             }
         }
-        self.metrics
-            .used_bytes
-            .store(self.store.lock().unwrap_or_else(|p| p.into_inner()).used(), Relaxed);
+        self.metrics.used_bytes.store(
+            self.store.lock().unwrap_or_else(|p| p.into_inner()).used(),
+            Relaxed,
+        );
         self.forget(obj);
         let wakers = std::mem::take(&mut obj.lock().wakers);
         wakers.into_iter().for_each(Waker::wake);
@@ -831,11 +879,44 @@ impl Puller {
     }
 }
 
+/// The bytes one upstream response carries, and the job it answers.
+#[derive(Clone, Copy)]
+struct Claim {
+    first: u64,
+    end: u64,
+    slice: usize,
+    probe: bool,
+}
+
+impl Claim {
+    /// Marks the slices this response will write as being fetched; returns them.
+    fn take(self, slices: &mut [Slice], size: u64) -> Vec<usize> {
+        if self.end <= self.first {
+            return Vec::new();
+        }
+        let mut mine = Vec::new();
+        for s in (self.first / size) as usize..=((self.end - 1) / size) as usize {
+            match slices.get(s) {
+                Some(Slice::Missing | Slice::Queued) => {
+                    slices[s] = Slice::Fetching(0);
+                    mine.push(s);
+                }
+                Some(Slice::Fetching(_)) if s == self.slice && !self.probe => mine.push(s),
+                _ => {}
+            }
+        }
+        mine
+    }
+}
+
 fn is_timeout(t: &ureq::Transport) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(t);
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<io::Error>() {
-            return matches!(io.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock);
+            return matches!(
+                io.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            );
         }
         source = e.source();
     }
@@ -847,7 +928,11 @@ fn parse_content_range(v: &str) -> Option<(u64, u64, u64)> {
     let rest = v.trim().strip_prefix("bytes ")?;
     let (range, total) = rest.split_once('/')?;
     let (a, b) = range.split_once('-')?;
-    let (a, b, total): (u64, u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?, total.trim().parse().ok()?);
+    let (a, b, total): (u64, u64, u64) = (
+        a.trim().parse().ok()?,
+        b.trim().parse().ok()?,
+        total.trim().parse().ok()?,
+    );
     (a <= b && b < total).then_some((a, b + 1, total))
 }
 
@@ -882,7 +967,10 @@ mod tests {
     #[test]
     fn content_range_parsing() {
         assert_eq!(parse_content_range("bytes 0-99/1000"), Some((0, 100, 1000)));
-        assert_eq!(parse_content_range("bytes 2097152-4194303/8388608"), Some((2097152, 4194304, 8388608)));
+        assert_eq!(
+            parse_content_range("bytes 2097152-4194303/8388608"),
+            Some((2097152, 4194304, 8388608))
+        );
         assert_eq!(parse_content_range("bytes 5-4/10"), None);
         assert_eq!(parse_content_range("bytes 0-10/10"), None);
         assert_eq!(parse_content_range("bytes */10"), None);

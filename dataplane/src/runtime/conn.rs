@@ -289,7 +289,9 @@ async fn respond_head(
     let plan = response::plan(req, &obj.meta(), path_range);
     response::write_object_head(out, &plan, &obj.meta(), ctx);
     if let Some(pull) = &pull {
-        pull.metrics.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        pull.metrics
+            .hits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if obj.tier == pull.tier() {
             pull.touch(id);
         }

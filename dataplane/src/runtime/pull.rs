@@ -123,7 +123,11 @@ pub(crate) async fn respond_miss(
         }
     } else {
         let mut line = b"Cache-Status: edgeplane; fwd=miss; collapsed\r\nAge: ".to_vec();
-        line.extend_from_slice(itoa::Buffer::new().format(h.fetched.elapsed().as_secs()).as_bytes());
+        line.extend_from_slice(
+            itoa::Buffer::new()
+                .format(h.fetched.elapsed().as_secs())
+                .as_bytes(),
+        );
         line.extend_from_slice(b"\r\n");
         add_header(out, &line);
     }
@@ -164,7 +168,12 @@ impl PullBody {
         while off < end {
             let avail = poll_fn(|cx| obj.poll_available(pull, off, end, cx))
                 .await
-                .map_err(|e| End::Object(io::Error::other(format!("pull of {} failed: {e:?}", obj.id))))?;
+                .map_err(|e| {
+                    End::Object(io::Error::other(format!(
+                        "pull of {} failed: {e:?}",
+                        obj.id
+                    )))
+                })?;
             t.send_body(core, &self.file, off, avail - off).await?;
             off = avail;
         }
