@@ -157,10 +157,8 @@ impl Object {
                 want.push(j);
             }
         }
-        if !want.is_empty() {
-            if !puller.enqueue_many(self, &mut st, &want) {
-                return Poll::Ready(Err(PullError::Busy));
-            }
+        if !want.is_empty() && !puller.enqueue_many(self, &mut st, &want) {
+            return Poll::Ready(Err(PullError::Busy));
         }
         let start = k as u64 * slice;
         let avail = match st.slices.get(k) {
