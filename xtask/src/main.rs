@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_catalog;
+mod bench_pull;
 mod bench_tls;
 mod bench_xdp;
 mod callgrind;
