@@ -202,49 +202,59 @@ impl Store {
         // Walk the CLOCK ring for victims until the candidate fits: a referenced object gets
         // its bit cleared and another round; an unreferenced one is a victim, unless it is at
         // least as popular as the candidate (then the candidate is rejected, nothing changes).
+        use std::collections::HashSet;
         let mut victims: Vec<Box<str>> = Vec::new();
+        let mut victim_set: HashSet<Box<str>> = HashSet::new();
+        // Referenced objects the hand passed (their bit is cleared on commit, and they go to
+        // the back of the ring), in ring order.
+        let mut passed: Vec<Box<str>> = Vec::new();
+        let mut passed_set: HashSet<Box<str>> = HashSet::new();
         let mut freed = 0u64;
-        let mut spins = 0usize;
         let mut i = 0usize;
+        let mut lap = 0;
         while self.used - freed + size > self.capacity {
-            if self.ring.is_empty() || i >= self.ring.len() {
-                if spins > 1 || self.ring.is_empty() {
+            let Some(vid) = self.ring.get(i) else {
+                // A full lap: the passed objects lose their chance and are judged on the next.
+                lap += 1;
+                if lap > 1 || passed.is_empty() {
                     return Admission::Reject;
                 }
-                spins += 1;
                 i = 0;
                 continue;
-            }
-            let vid = &self.ring[i];
-            let v = self.objects.get(vid).expect("ring and map agree");
-            if victims.iter().any(|x| x == vid) {
-                i += 1;
+            };
+            i += 1;
+            if victim_set.contains(vid) {
                 continue;
             }
-            if v.referenced && spins == 0 {
-                i += 1;
+            let v = self.objects.get(vid).expect("ring and map agree");
+            if lap == 0 && v.referenced {
+                passed_set.insert(vid.clone());
+                passed.push(vid.clone());
                 continue;
             }
             if freq_of(vid) >= freq {
-                // Second-chance victims that are still more popular than the candidate keep
-                // their place: the candidate is the one that goes.
+                // The victim is at least as popular as the candidate: the candidate goes,
+                // nothing changes.
                 return Admission::Reject;
             }
             freed += v.size;
+            victim_set.insert(vid.clone());
             victims.push(vid.clone());
-            i += 1;
         }
-        // Commit: clear the bits the hand passed, remove the victims, insert the candidate.
+        // Commit: the victims leave; the passed objects lose their bit and go to the back of
+        // the ring (second chance); the candidate joins at the back.
         let mut out = Vec::with_capacity(victims.len());
         for v in &victims {
             let size = self.objects.remove(v).map_or(0, |o| o.size);
             self.used -= size;
             out.push((v.clone(), size));
         }
-        self.ring.retain(|r| !victims.contains(r));
-        for r in &self.ring {
-            if let Some(o) = self.objects.get_mut(r) {
+        self.ring
+            .retain(|r| !victim_set.contains(r) && !passed_set.contains(r));
+        for p in passed {
+            if let Some(o) = self.objects.get_mut(&p) {
                 o.referenced = false;
+                self.ring.push_back(p);
             }
         }
         self.insert(id, size);
@@ -431,6 +441,25 @@ mod tests {
         assert!(store.contains("c") && !store.contains("a"));
         // Too big for the tier at all.
         assert_eq!(store.admit("huge", 11, 100, |_| 0), Admission::Reject);
+    }
+
+    #[test]
+    fn a_referenced_object_gets_a_second_chance() {
+        let mut store = Store::new(10);
+        store.insert("a", 5);
+        store.insert("b", 5);
+        store.touch("a");
+        // a is older but was requested since: b goes.
+        assert_eq!(
+            store.admit("c", 5, 3, |_| 1),
+            Admission::Admit(vec![("b".into(), 5)])
+        );
+        // a lost its bit when the hand passed it: next time it is the victim.
+        assert_eq!(
+            store.admit("d", 5, 3, |_| 1),
+            Admission::Admit(vec![("a".into(), 5)])
+        );
+        assert!(store.contains("c") && store.contains("d"));
     }
 
     #[test]
