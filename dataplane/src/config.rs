@@ -1167,6 +1167,57 @@ mod tests {
     }
 
     #[test]
+    fn upstream_keys_defaults_and_errors() {
+        let c = Config::parse(
+            &with_tier("[upstream]\nurl = \"http://parent:8080/\"\ntier = \"flash\"\ncapacity = \"500G\"\n"),
+            "f",
+        )
+        .unwrap();
+        let u = c.upstream.unwrap();
+        assert_eq!(u.base(), "http://parent:8080");
+        assert_eq!(u.capacity, Some(ByteSize(500 << 30)));
+        assert_eq!(u.slice_size, ByteSize(2 << 20));
+        assert_eq!(u.max_upstream_fetches, 16);
+        let c = Config::parse(
+            &with_tier("[upstream]\nurl = \"http://p\"\ntier = \"flash\"\ncapacity = 1000\nslice_size = \"64k\"\n"),
+            "f",
+        )
+        .unwrap();
+        let u = c.upstream.unwrap();
+        assert_eq!(
+            (u.capacity, u.slice_size),
+            (Some(ByteSize(1000)), ByteSize(64 << 10))
+        );
+        for (extra, key) in [
+            ("url = \"ftp://x\"\ntier = \"flash\"", "upstream.url"),
+            ("url = \"http://x\"\ntier = \"nope\"", "upstream.tier"),
+            (
+                "url = \"http://x\"\ntier = \"flash\"\nmax_upstream_fetches = 0",
+                "upstream.max_upstream_fetches",
+            ),
+            (
+                "url = \"http://x\"\ntier = \"flash\"\nslice_size = \"1K\"",
+                "upstream.slice_size",
+            ),
+        ] {
+            let err =
+                Config::parse(&with_tier(&format!("[upstream]\n{extra}\n")), "f").unwrap_err();
+            assert_eq!(err.key, key, "{extra}: {err}");
+        }
+        let err = Config::parse(
+            &with_tier("[upstream]\nurl = \"http://x\"\ntier = \"flash\"\ncapacity = \"lots\"\n"),
+            "f",
+        )
+        .unwrap_err();
+        assert!(err.problem.contains("byte count"), "{err}");
+        assert!(Config::parse(
+            &with_tier("[upstream]\nurl = \"http://x\"\ntier = \"flash\"\nbogus = 1\n"),
+            "f"
+        )
+        .is_err());
+    }
+
+    #[test]
     fn no_tiers_is_an_error() {
         let err = Config::parse("cores = 1\n", "f").unwrap_err();
         assert_eq!(err.key, "tier");
