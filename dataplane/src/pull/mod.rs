@@ -227,6 +227,8 @@ pub struct Puller {
     agent: ureq::Agent,
     stop: AtomicBool,
     busy_fetches: AtomicU64,
+    /// When idle partial objects were last looked for (at most once a second, by any thread).
+    janitor: Mutex<Instant>,
 }
 
 impl std::fmt::Debug for Puller {
@@ -285,6 +287,7 @@ impl Puller {
             agent,
             stop: AtomicBool::new(false),
             busy_fetches: AtomicU64::new(0),
+            janitor: Mutex::new(Instant::now()),
         });
         puller.metrics.capacity.store(capacity, Relaxed);
         for n in 0..cfg.max_upstream_fetches {
@@ -461,13 +464,21 @@ impl Puller {
                     }
                 }
             };
-            match job {
-                Some(job) => {
-                    self.busy_fetches.fetch_add(1, Relaxed);
-                    self.run(job);
-                    self.busy_fetches.fetch_sub(1, Relaxed);
+            if let Some(job) = job {
+                self.busy_fetches.fetch_add(1, Relaxed);
+                self.run(job);
+                self.busy_fetches.fetch_sub(1, Relaxed);
+            }
+            // Busy or idle, some thread looks for abandoned partial objects once a second.
+            let due = self.janitor.try_lock().is_ok_and(|mut last| {
+                let due = last.elapsed() >= Duration::from_secs(1);
+                if due {
+                    *last = Instant::now();
                 }
-                None => self.drop_idle_partials(),
+                due
+            });
+            if due {
+                self.drop_idle_partials();
             }
         }
     }
