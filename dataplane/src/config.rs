@@ -118,6 +118,153 @@ pub struct Config {
     /// `[numa]`: where executors and cold reads run on a NUMA host (`crate::placement`).
     #[serde(default)]
     pub numa: NumaConfig,
+    /// `[upstream]`: pull-through on a miss (`crate::pull`); absent: a miss is a 404.
+    #[serde(default)]
+    pub upstream: Option<UpstreamConfig>,
+}
+
+/// `[upstream]`: where misses are fetched from and how (docs/config.md#upstream).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `http://host[:port][/prefix]`: a miss for `id` is `GET {url}/{id}`.
+    pub url: String,
+    /// Name of the `[[tier]]` pulled objects are stored in.
+    pub tier: String,
+    /// Bytes pull-through may keep in the tier (an integer, or a string with a K/M/G/T
+    /// suffix, powers of 1024); absent: the tier filesystem's free space at start minus 5 %
+    /// of its size (a reserve for fill).
+    #[serde(default)]
+    pub capacity: Option<ByteSize>,
+    /// Upstream requests in flight at once, process-wide (there is one upstream host).
+    #[serde(default = "default_max_upstream_fetches")]
+    pub max_upstream_fetches: usize,
+    /// Slice size for upstream range requests (bytes or a K/M/G suffix, default 2 MiB).
+    #[serde(default = "default_slice_size")]
+    pub slice_size: ByteSize,
+    /// Upstream slice requests that may wait for a free fetch slot; past it a new miss
+    /// gets 503 with `Retry-After`.
+    #[serde(default = "default_max_queued_fetches")]
+    pub max_queued_fetches: usize,
+    /// Connect and per-read timeout (ms) on the upstream; past it the client gets 504.
+    #[serde(default = "default_upstream_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Consecutive upstream failures that open the circuit breaker (misses then get 503
+    /// until `breaker_cooldown_ms` has passed and a trial request succeeds).
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long (ms) the breaker stays open before one trial request.
+    #[serde(default = "default_breaker_cooldown_ms")]
+    pub breaker_cooldown_ms: u64,
+}
+
+/// A byte count: an integer, or a string such as `"2M"` or `"500G"` (powers of 1024).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parses `"123"`, `"64K"`, `"2m"`, `"1.5G"` is not accepted (integers only).
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let t = text.trim();
+        let (digits, mult) = match t.as_bytes().last().map(u8::to_ascii_uppercase) {
+            Some(b'K') => (&t[..t.len() - 1], 1u64 << 10),
+            Some(b'M') => (&t[..t.len() - 1], 1 << 20),
+            Some(b'G') => (&t[..t.len() - 1], 1 << 30),
+            Some(b'T') => (&t[..t.len() - 1], 1 << 40),
+            _ => (t, 1),
+        };
+        let n: u64 = digits.trim().parse().map_err(|_| {
+            format!("{text:?} is not a byte count (e.g. 2097152, \"2M\", \"500G\")")
+        })?;
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{text:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn default_max_upstream_fetches() -> usize {
+    16
+}
+fn default_slice_size() -> ByteSize {
+    ByteSize(2 << 20)
+}
+fn default_max_queued_fetches() -> usize {
+    1024
+}
+fn default_upstream_timeout_ms() -> u64 {
+    10_000
+}
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_cooldown_ms() -> u64 {
+    5_000
+}
+
+impl UpstreamConfig {
+    /// The upstream URL without a trailing slash.
+    pub fn base(&self) -> &str {
+        self.url.trim_end_matches('/')
+    }
+
+    fn validate(&self, tiers: &[TierConfig]) -> Result<(), ConfigError> {
+        let rest = self
+            .url
+            .strip_prefix("http://")
+            .or_else(|| self.url.strip_prefix("https://"));
+        match rest {
+            Some(r) if !r.is_empty() && !r.starts_with('/') => {}
+            _ => {
+                return Err(ConfigError::new(
+                    "upstream.url",
+                    format!(
+                        "{:?} must be http://host[:port][/prefix] (or https://)",
+                        self.url
+                    ),
+                ))
+            }
+        }
+        if !tiers.iter().any(|t| t.name == self.tier) {
+            return Err(ConfigError::new(
+                "upstream.tier",
+                format!("{:?} is not the name of a [[tier]]", self.tier),
+            ));
+        }
+        if self.max_upstream_fetches == 0 || self.max_upstream_fetches > 1024 {
+            return Err(ConfigError::new(
+                "upstream.max_upstream_fetches",
+                "must be 1 to 1024",
+            ));
+        }
+        if self.slice_size.0 < 64 * 1024 || self.slice_size.0 > 1 << 30 {
+            return Err(ConfigError::new("upstream.slice_size", "must be 64K to 1G"));
+        }
+        if self.timeout_ms == 0 {
+            return Err(ConfigError::new("upstream.timeout_ms", "must be above 0"));
+        }
+        if self.breaker_failures == 0 {
+            return Err(ConfigError::new(
+                "upstream.breaker_failures",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[numa]`
@@ -756,6 +903,9 @@ impl Config {
                 ));
             }
         }
+        if let Some(u) = &self.upstream {
+            u.validate(&self.tiers)?;
+        }
         if self.http.listen == self.admin.listen && self.http.listen.port() != 0 {
             return Err(ConfigError::new(
                 "admin.listen",
@@ -1014,6 +1164,57 @@ mod tests {
         let text =
             "cpus = [4096]\n[[tier]]\nname = \"x\"\nkind = \"flash\"\npath = \"/nonexistent\"\n";
         assert_eq!(Config::parse(text, "f").unwrap().cpu_list(), [4096]);
+    }
+
+    #[test]
+    fn upstream_keys_defaults_and_errors() {
+        let c = Config::parse(
+            &with_tier("[upstream]\nurl = \"http://parent:8080/\"\ntier = \"flash\"\ncapacity = \"500G\"\n"),
+            "f",
+        )
+        .unwrap();
+        let u = c.upstream.unwrap();
+        assert_eq!(u.base(), "http://parent:8080");
+        assert_eq!(u.capacity, Some(ByteSize(500 << 30)));
+        assert_eq!(u.slice_size, ByteSize(2 << 20));
+        assert_eq!(u.max_upstream_fetches, 16);
+        let c = Config::parse(
+            &with_tier("[upstream]\nurl = \"http://p\"\ntier = \"flash\"\ncapacity = 1000\nslice_size = \"64k\"\n"),
+            "f",
+        )
+        .unwrap();
+        let u = c.upstream.unwrap();
+        assert_eq!(
+            (u.capacity, u.slice_size),
+            (Some(ByteSize(1000)), ByteSize(64 << 10))
+        );
+        for (extra, key) in [
+            ("url = \"ftp://x\"\ntier = \"flash\"", "upstream.url"),
+            ("url = \"http://x\"\ntier = \"nope\"", "upstream.tier"),
+            (
+                "url = \"http://x\"\ntier = \"flash\"\nmax_upstream_fetches = 0",
+                "upstream.max_upstream_fetches",
+            ),
+            (
+                "url = \"http://x\"\ntier = \"flash\"\nslice_size = \"1K\"",
+                "upstream.slice_size",
+            ),
+        ] {
+            let err =
+                Config::parse(&with_tier(&format!("[upstream]\n{extra}\n")), "f").unwrap_err();
+            assert_eq!(err.key, key, "{extra}: {err}");
+        }
+        let err = Config::parse(
+            &with_tier("[upstream]\nurl = \"http://x\"\ntier = \"flash\"\ncapacity = \"lots\"\n"),
+            "f",
+        )
+        .unwrap_err();
+        assert!(err.problem.contains("byte count"), "{err}");
+        assert!(Config::parse(
+            &with_tier("[upstream]\nurl = \"http://x\"\ntier = \"flash\"\nbogus = 1\n"),
+            "f"
+        )
+        .is_err());
     }
 
     #[test]

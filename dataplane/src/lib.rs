@@ -9,6 +9,7 @@
 //! - [`topology`], [`placement`]: the NUMA nodes (read from sysfs under a root) and where
 //!   executors and cold reads run on them (pure).
 //! - [`catalog`]: what exists on which tier (filesystem scans, atomic swaps).
+//! - [`pull`]: pull-through on a miss (upstream fetch threads, slices, coalescing, admission).
 //! - [`metrics`]: per-core counters and latency histograms, Prometheus rendering.
 //! - [`runtime`]: glommio executors, connections, `sendfile`, the admin listener.
 //!
@@ -25,6 +26,7 @@ pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod placement;
+pub mod pull;
 pub mod runtime;
 pub mod tls;
 pub mod topology;

@@ -17,6 +17,7 @@
 //! * [`client`]: a raw HTTP/1.1 client over `TcpStream` and one over rustls, curl and ureq.
 //! * [`ranges`]: assertions on 200/206/416 range responses.
 //! * [`content`]: deterministic test content and byte-exact comparison.
+//! * [`origin`]: an HTTP origin that counts requests and misbehaves on command (pull-through).
 //! * [`pki`]: a test CA and server certificates made with the `openssl` CLI.
 //! * [`scratch`]: scratch directories under the target directory.
 //!
@@ -39,6 +40,8 @@ pub mod tls;
 pub mod client;
 #[cfg(feature = "harness")]
 pub mod content;
+#[cfg(feature = "harness")]
+pub mod origin;
 #[cfg(feature = "postgres")]
 pub mod pg;
 #[cfg(feature = "harness")]
@@ -73,6 +76,7 @@ pub mod prelude {
     };
     pub use crate::content::{assert_bytes_eq, pattern, sha256_hex, Rng};
     pub use crate::metrics::{Metrics, Sample};
+    pub use crate::origin::{Origin, OriginRequest};
     pub use crate::pki::{pki, tls_client, Pki, PkiCert};
     pub use crate::poll::{check_all, poll, poll_within};
     pub use crate::process::describe_status;

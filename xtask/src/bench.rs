@@ -118,6 +118,11 @@ pub(crate) enum ScenarioArg {
     Player,
     Mixed,
     Https,
+    /// Pull-through: 500 clients for one cold object, edgeplane vs nginx (bench_pull).
+    #[value(name = "flash-crowd")]
+    FlashCrowd,
+    /// Pull-through admission: Zipf + scan trace, TinyLFU vs LRU byte hit ratio (bench_pull).
+    Trace,
     All,
 }
 
@@ -310,6 +315,18 @@ pub(crate) struct Setup {
 pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     if args.callgrind {
         return crate::callgrind::run(args);
+    }
+    let flash = args.scenario.contains(&ScenarioArg::FlashCrowd);
+    let trace = args.scenario.contains(&ScenarioArg::Trace);
+    if flash || trace {
+        crate::bench_pull::run(args, flash, trace)?;
+        if args
+            .scenario
+            .iter()
+            .all(|s| matches!(s, ScenarioArg::FlashCrowd | ScenarioArg::Trace))
+        {
+            return Ok(());
+        }
     }
     let setup = Setup {
         catalog: CatalogSpec::standard(false),

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_catalog;
 mod bench_intake;
+mod bench_pull;
 mod bench_steering;
 mod bench_tls;
 mod bench_xdp;

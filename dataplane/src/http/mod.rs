@@ -43,15 +43,19 @@ pub enum Status {
     RequestHeaderFieldsTooLarge,
     /// 500
     InternalServerError,
+    /// 502 (pull-through: the upstream failed)
+    BadGateway,
     /// 503 (over a connection cap, or a tier is down)
     ServiceUnavailable,
+    /// 504 (pull-through: the upstream timed out)
+    GatewayTimeout,
     /// 505
     HttpVersionNotSupported,
 }
 
 impl Status {
     /// All statuses, in the order metrics are kept.
-    pub const ALL: [Status; 16] = [
+    pub const ALL: [Status; 18] = [
         Status::Ok,
         Status::NoContent,
         Status::PartialContent,
@@ -66,7 +70,9 @@ impl Status {
         Status::RangeNotSatisfiable,
         Status::RequestHeaderFieldsTooLarge,
         Status::InternalServerError,
+        Status::BadGateway,
         Status::ServiceUnavailable,
+        Status::GatewayTimeout,
         Status::HttpVersionNotSupported,
     ];
 
@@ -87,7 +93,9 @@ impl Status {
             Status::RangeNotSatisfiable => 416,
             Status::RequestHeaderFieldsTooLarge => 431,
             Status::InternalServerError => 500,
+            Status::BadGateway => 502,
             Status::ServiceUnavailable => 503,
+            Status::GatewayTimeout => 504,
             Status::HttpVersionNotSupported => 505,
         }
     }
@@ -117,7 +125,9 @@ impl Status {
             Status::RangeNotSatisfiable => "HTTP/1.1 416 Range Not Satisfiable",
             Status::RequestHeaderFieldsTooLarge => "HTTP/1.1 431 Request Header Fields Too Large",
             Status::InternalServerError => "HTTP/1.1 500 Internal Server Error",
+            Status::BadGateway => "HTTP/1.1 502 Bad Gateway",
             Status::ServiceUnavailable => "HTTP/1.1 503 Service Unavailable",
+            Status::GatewayTimeout => "HTTP/1.1 504 Gateway Timeout",
             Status::HttpVersionNotSupported => "HTTP/1.1 505 HTTP Version Not Supported",
         }
     }

@@ -62,6 +62,9 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             let mut body = metrics::render(&shared.metrics, &shared.catalog.load());
             metrics::render_access(&mut body, &shared.access);
             metrics::render_lifecycle(&mut body, &shared.metrics);
+            if let Some(pull) = &shared.pull {
+                pull.render_metrics(&mut body);
+            }
             if let Some(xdp) = &shared.xdp {
                 metrics::render_xdp(&mut body, &xdp.snapshot());
             }

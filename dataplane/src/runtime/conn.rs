@@ -189,17 +189,35 @@ impl<T: Transport> Io<T> {
         core.metrics().response(status);
         self.t.send_head(&self.out, body.is_some()).await?;
         let ttfb = received.elapsed();
-        if let Some((obj, start, n)) = body {
-            let sent = self.t.send_body(&core, &obj, start, n).await;
-            if let Err(End::Object(e)) = &sent {
-                core.tier_io_error(obj.tier, e);
+        match body {
+            Some(Body::Hit(obj, start, n)) => {
+                let sent = self.t.send_body(&core, &obj, start, n).await;
+                if let Err(End::Object(e)) = &sent {
+                    core.tier_io_error(obj.tier, e);
+                }
+                sent?;
+                core.metrics().body_bytes(obj.tier, n);
             }
-            sent?;
-            core.metrics().body_bytes(obj.tier, n);
+            Some(Body::Pull(body)) => {
+                // A pull's failure is the upstream's, not the tier's: no tier check.
+                if let Some(pull) = core.shared.pull.clone() {
+                    body.send(&core, &pull, &mut self.t).await?;
+                    core.metrics().body_bytes(pull.tier(), body.len());
+                }
+            }
+            None => {}
         }
         core.latency.borrow_mut().record(ttfb, received.elapsed());
         Ok(())
     }
+}
+
+/// What follows a response head.
+enum Body {
+    /// `obj[start..start+len]` of an object in the catalog.
+    Hit(Rc<OpenObject>, u64, u64),
+    /// A range of an object being pulled from the upstream.
+    Pull(super::pull::PullBody),
 }
 
 /// Renders the response head into `out`; returns the status and the body to send.
@@ -210,7 +228,7 @@ async fn respond_head(
     ctx: &HeadContext<'_>,
     head: bool,
     peer: IpAddr,
-) -> Result<(Status, Option<(Rc<OpenObject>, u64, u64)>), End> {
+) -> Result<(Status, Option<Body>), End> {
     if req.method == Method::Options {
         response::write_options(out, req, ctx);
         return Ok((Status::NoContent, None));
@@ -242,7 +260,21 @@ async fn respond_head(
     }
     // Demand counts every authorized request, held or not (placement wants both).
     core.shared.metrics.demand().core(core.index).record(id);
-    let obj = match core.open(id).await {
+    let pull = core.shared.pull.clone();
+    if let Some(pull) = &pull {
+        pull.record(id);
+    }
+    let mut opened = core.open(id).await;
+    if let (Ok(None), Some(pull)) = (&opened, &pull) {
+        // A miss with `[upstream]`: pull it (or join the pull under way).
+        match super::pull::respond_miss(core, pull, out, req, ctx, head, id, path_range).await {
+            super::pull::Miss::Answered(status, body) => {
+                return Ok((status, body.map(Body::Pull)));
+            }
+            super::pull::Miss::InCatalog => opened = core.open(id).await,
+        }
+    }
+    let obj = match opened {
         Ok(Some(obj)) => obj,
         Ok(None) => {
             response::write_error(out, Status::NotFound, ctx, head, b"");
@@ -263,7 +295,16 @@ async fn respond_head(
     };
     let plan = response::plan(req, &obj.meta(), path_range);
     response::write_object_head(out, &plan, &obj.meta(), ctx);
-    Ok((plan.status, plan.body.map(|(s, n)| (obj, s, n))))
+    if let Some(pull) = &pull {
+        pull.metrics
+            .hits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if obj.tier == pull.tier() {
+            pull.touch(id);
+        }
+        super::pull::add_header(out, b"Cache-Status: edgeplane; hit\r\n");
+    }
+    Ok((plan.status, plan.body.map(|(s, n)| Body::Hit(obj, s, n))))
 }
 
 /// Answers a connection over a cap with 503 and closes it gently (so the client reads the

@@ -14,6 +14,8 @@
 //! - `tls`: the rustls handshake and the hand-over to kernel TLS (decided in
 //!   `http::connection::handover`), then the userspace `Tls` transport; it hands the connection
 //!   to `conn`'s request loop with a `Tls` or a `ktls::KernelTls` transport.
+//! - `pull`: answering a miss from a pull under way (`crate::pull`): waiting for the size and
+//!   for each range's bytes without blocking, then `sendfile` from the partly written file.
 //! - `conn`: the request loop: drives an `http::connection::Connection` (bytes and `now` in,
 //!   actions out) over any transport, answering with the catalog and the response heads.
 //! - `ktls`: kernel TLS: the syscalls, the crypto state, the `KernelTls` transport.
@@ -36,6 +38,7 @@ mod core;
 mod executor;
 mod ktls;
 mod privileges;
+mod pull;
 mod reload;
 mod server;
 mod shared;
@@ -46,6 +49,11 @@ mod transport;
 mod watch;
 
 pub use server::{io_memory_per_core, serve, ServeError};
+
+/// Free and total bytes of the filesystem holding `path` (`statvfs`).
+pub fn fs_space(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    sys::fs_space(path)
+}
 
 #[cfg(test)]
 mod layering {

@@ -52,6 +52,7 @@ pub(crate) fn plan(old: &Config, mut new: Config, tier_capacity: usize) -> Plan 
     );
     keep!("process", process);
     keep!("numa", numa);
+    keep!("upstream", upstream);
     match (&old.https, &mut new.https) {
         (Some(o), Some(n)) => {
             if fixed("https.listen", o.listen != n.listen) {

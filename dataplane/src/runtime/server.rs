@@ -68,6 +68,9 @@ pub enum ServeError {
         /// What went wrong.
         reason: String,
     },
+    /// Pull-through could not start (`[upstream]`: its tier, its threads).
+    #[error("upstream: cannot start pull-through: {0}")]
+    Pull(String),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -183,6 +186,13 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> Result<
     };
     // Detaches on every way out of this function, the error paths included.
     let _xdp_guard = XdpGuard(xdp.clone());
+    let pull = match &config.upstream {
+        None => None,
+        Some(u) => Some(
+            crate::pull::Puller::start(u, &config.tiers, catalog.clone())
+                .map_err(|e| ServeError::Pull(e.to_string()))?,
+        ),
+    };
     let shared = Arc::new(Shared {
         config: arc_swap::ArcSwap::new(config.clone()),
         config_path,
@@ -200,6 +210,7 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> Result<
         tier_watch: Default::default(),
         reload_lock: Default::default(),
         placement,
+        pull,
     });
     super::tiers::start(shared.clone()).map_err(ServeError::Signals)?;
     super::watch::start(shared.clone(), watcher).map_err(ServeError::Watch)?;

@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     /// Where executors and each tier's cold reads run (decided once at start; a tier a reload
     /// adds reads unbound).
     pub(crate) placement: crate::placement::Plan,
+    /// Pull-through, when `[upstream]` is configured.
+    pub(crate) pull: Option<Arc<crate::pull::Puller>>,
 }
 
 /// What every executor's HTTPS listener hands its handshakes.

@@ -236,6 +236,21 @@ pub(crate) fn bind_thread_to(cpus: &[usize]) {
     });
 }
 
+/// Free bytes (for an unprivileged user) and total bytes of the filesystem holding `path`.
+pub(crate) fn fs_space(path: &std::path::Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path with a NUL byte"))?;
+    // SAFETY: statvfs is plain old data; zeroed is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a pointer to the local struct.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let unit = st.f_frsize as u64;
+    Ok((st.f_bavail as u64 * unit, st.f_blocks as u64 * unit))
+}
+
 /// The soft `RLIMIT_MEMLOCK` in bytes (`u64::MAX` when unlimited).
 pub(crate) fn memlock_limit() -> u64 {
     let mut lim = libc::rlimit {
