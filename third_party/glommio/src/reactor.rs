@@ -433,6 +433,15 @@ impl Reactor {
         source
     }
 
+    /// A readability poll that stays armed for the life of the returned source (Linux 5.13+):
+    /// each wake-up of `fd` sets the source's result and wakes its waiter. [edgeplane patch 2]
+    pub(crate) fn poll_read_ready_multishot(&self, fd: RawFd) -> Source {
+        let source = self.new_source(fd, SourceType::PollAdd, None);
+        self.sys
+            .poll_ready_multishot(&source, common_flags() | read_flags());
+        source
+    }
+
     pub(crate) fn poll_write_ready(&self, fd: RawFd) -> Source {
         let source = self.new_source(fd, SourceType::PollAdd, None);
         self.sys

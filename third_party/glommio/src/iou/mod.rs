@@ -92,6 +92,10 @@ bitflags::bitflags! {
         const CQSIZE    = 1 << 3;
         const CLAMP     = 1 << 4;
         const ATTACH_WQ = 1 << 5;
+        /// `IORING_SETUP_COOP_TASKRUN` (Linux 5.19): completions that need task work do not
+        /// interrupt the task with an IPI; they run at its next kernel entry (or wake it if it
+        /// sleeps in the ring). [edgeplane patch 3]
+        const COOP_TASKRUN = 1 << 8;
     }
 }
 

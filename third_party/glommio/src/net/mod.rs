@@ -112,7 +112,10 @@ mod tcp_socket;
 mod udp_socket;
 mod unix;
 pub use self::{
-    stream::{Buffered, Preallocated},
+    stream::{
+        multishot_poll_supported, set_stream_readiness, stream_readiness, Buffered, Preallocated,
+        Readiness,
+    },
     tcp_socket::{AcceptedTcpStream, TcpListener, TcpStream},
     udp_socket::UdpSocket,
     unix::{AcceptedUnixStream, UnixDatagram, UnixListener, UnixStream},

@@ -12,6 +12,7 @@ use nix::sys::socket::MsgFlags;
 use std::{
     cell::Cell,
     io,
+    sync::atomic::{AtomicBool, AtomicU8, Ordering},
     net::Shutdown,
     os::unix::io::{AsRawFd, FromRawFd, RawFd},
     rc::{Rc, Weak},
@@ -20,6 +21,79 @@ use std::{
 };
 
 type Result<T> = crate::Result<T, ()>;
+
+/// How stream sockets wait until they are readable. [edgeplane patch 1]
+///
+/// Chosen process-wide with [`set_stream_readiness`]; each stream keeps the mode in effect
+/// when it was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// glommio 0.9's path: a one-shot `POLL_ADD` is armed when the stream is created and again
+    /// after every read that did not fill the buffer; a read waits for that poll before it
+    /// tries `recv`. One poll submission and one completion per request.
+    Eager,
+    /// Read first: `recv(MSG_DONTWAIT)` whenever a read is asked for; a one-shot `POLL_ADD` is
+    /// armed only when that finds nothing (`EAGAIN`), and stays armed until it fires.
+    ReadFirst,
+    /// Read first; on `EAGAIN` wait on one multishot `POLL_ADD` (`IORING_POLL_ADD_MULTI`,
+    /// Linux 5.13+) armed at the first `EAGAIN` and kept for the stream's life: a socket is
+    /// armed once, not once per read. Falls back to [`Readiness::ReadFirst`] (for this and every
+    /// later stream) if the kernel refuses the multishot poll.
+    Multishot,
+}
+
+static READINESS: AtomicU8 = AtomicU8::new(0);
+/// Set when a kernel refused a multishot poll: later streams use [`Readiness::ReadFirst`].
+static MULTISHOT_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Sets how streams created from now on wait for readability (default: [`Readiness::Eager`],
+/// glommio 0.9's behaviour). [edgeplane patch 1]
+pub fn set_stream_readiness(mode: Readiness) {
+    let v = match mode {
+        Readiness::Eager => 0,
+        Readiness::ReadFirst => 1,
+        Readiness::Multishot => 2,
+    };
+    READINESS.store(v, Ordering::Relaxed);
+}
+
+/// The readiness mode new streams get: the one set with [`set_stream_readiness`], except that
+/// [`Readiness::Multishot`] reads as [`Readiness::ReadFirst`] once a kernel refused it.
+/// [edgeplane patch 1]
+pub fn stream_readiness() -> Readiness {
+    match READINESS.load(Ordering::Relaxed) {
+        0 => Readiness::Eager,
+        1 => Readiness::ReadFirst,
+        _ if MULTISHOT_REFUSED.load(Ordering::Relaxed) => Readiness::ReadFirst,
+        _ => Readiness::Multishot,
+    }
+}
+
+/// Whether this kernel has multishot `POLL_ADD` (`IORING_POLL_ADD_MULTI`, Linux 5.13+), from
+/// the running kernel's release (`uname`). [edgeplane patch 2]
+pub fn multishot_poll_supported() -> bool {
+    kernel_at_least(5, 13)
+}
+
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    // SAFETY: uname(2) fills the zeroed struct it is given; nothing else is touched.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return false;
+    }
+    // SAFETY: the kernel NUL-terminates `release`.
+    let release = unsafe { std::ffi::CStr::from_ptr(uts.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (Some(a), Some(b)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    (a, b) >= (major, minor)
+}
 
 /// Root trait for socket stream receive buffer
 pub trait RxBuf {
@@ -223,10 +297,19 @@ pub(crate) struct NonBufferedStream<S> {
     source_rx: Option<Source>,
     write_timeout: Timeout,
     read_timeout: Timeout,
+    /// How this stream waits for readability. [edgeplane patch 1]
+    readiness: Readiness,
+    /// Multishot only: the last `recv` returned less than it was offered (the socket was
+    /// emptied) and no poll completion arrived since. [edgeplane patch 2]
+    drained: bool,
 }
 
 impl<S: AsRawFd> NonBufferedStream<S> {
     fn init(&mut self) {
+        // Read first: nothing is armed until a read finds the socket empty. [edgeplane patch 1]
+        if self.readiness != Readiness::Eager {
+            return;
+        }
         let reactor = self.reactor.upgrade().unwrap();
         let stream_fd = self.stream.as_raw_fd();
         self.source_rx = Some(reactor.poll_read_ready(stream_fd));
@@ -258,6 +341,9 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         cx: &Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
+        if self.readiness != Readiness::Eager {
+            return self.poll_read_first(cx, buf);
+        }
         let reactor = self.reactor.upgrade().unwrap();
         let reactor = reactor.as_ref();
 
@@ -290,6 +376,90 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         if no_pending_poll {
             self.source_rx = Some(reactor.poll_read_ready(self.stream.as_raw_fd()));
             // reactor.rush_dispatch(self.source_rx.as_ref().unwrap());
+        }
+
+        let source = self.source_rx.as_ref().unwrap();
+        source.add_waiter_single(cx.waker());
+        self.read_timeout.maybe_set_timer(reactor, cx.waker());
+        Poll::Pending
+    }
+
+    /// Read first, arm later. [edgeplane patch 1]
+    ///
+    /// `recv(MSG_DONTWAIT)` first, whatever is armed: on a busy keep-alive connection the next
+    /// request is often already in the socket, and then no poll is submitted or completed for
+    /// it. Only `EAGAIN` makes the read wait, on a one-shot poll armed now (kept armed, not
+    /// re-submitted, until it fires) or on the stream's multishot poll (armed at the first
+    /// `EAGAIN`, kept until the stream is dropped).
+    fn poll_read_first(&mut self, cx: &Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let reactor = self.reactor.upgrade().unwrap();
+        let reactor = reactor.as_ref();
+        let fd = self.stream.as_raw_fd();
+        let multishot = self.readiness == Readiness::Multishot;
+
+        // A multishot completion announces readability once: consume it before the read it
+        // announced, so that the next `EAGAIN` waits for the next one.
+        let mut ended_in_error = false;
+        let mut skip_recv = false;
+        if multishot {
+            if let Some(src) = &self.source_rx {
+                match src.take_result() {
+                    Some(Err(_)) => ended_in_error = !src.is_armed(),
+                    Some(Ok(_)) => self.drained = false,
+                    // No wake-up since a read emptied the socket, and the poll is still
+                    // armed: any byte that arrived since would have posted a completion,
+                    // so the socket is still empty and `recv` would only say EAGAIN.
+                    None => skip_recv = self.drained && src.is_armed(),
+                }
+            }
+        }
+
+        let received = if skip_recv {
+            None
+        } else {
+            super::yolo_recv(fd, buf)
+        };
+        if let Some(result) = received {
+            self.read_timeout.cancel_timer(reactor);
+            if multishot {
+                self.drained = matches!(result, Ok(n) if n > 0 && n < buf.len());
+            }
+            if !multishot
+                && self
+                    .source_rx
+                    .as_ref()
+                    .map(|src| src.result().is_some())
+                    .unwrap_or(false)
+            {
+                // A one-shot poll that fired is spent; one still pending stays armed.
+                self.source_rx.take();
+            }
+            return Poll::Ready(result);
+        }
+
+        poll_err!(self.read_timeout.check(reactor));
+
+        if ended_in_error {
+            // The kernel ended (or refused) the multishot poll with an error: EINVAL is a
+            // kernel without IORING_POLL_ADD_MULTI. Fall back to one-shot polls, for this
+            // stream and every later one.
+            MULTISHOT_REFUSED.store(true, Ordering::Relaxed);
+            self.readiness = Readiness::ReadFirst;
+            self.source_rx.take();
+            return self.poll_read_first(cx, buf);
+        }
+
+        let armed = match &self.source_rx {
+            None => false,
+            Some(src) if multishot => src.is_armed(),
+            Some(src) => src.result().is_none(),
+        };
+        if !armed {
+            self.source_rx = Some(if multishot {
+                reactor.poll_read_ready_multishot(fd)
+            } else {
+                reactor.poll_read_ready(fd)
+            });
         }
 
         let source = self.source_rx.as_ref().unwrap();
@@ -368,6 +538,8 @@ where
             source_rx: None,
             write_timeout: Timeout::new(reactor.register_timer()),
             read_timeout: Timeout::new(reactor.register_timer()),
+            readiness: stream_readiness(),
+            drained: false,
         };
         stream.init();
         GlommioStream {

@@ -264,6 +264,23 @@ impl Source {
         ret
     }
 
+    /// Takes the result a completion left, so the next completion of a multishot request
+    /// can be told apart from this one. [edgeplane patch 2]
+    pub(crate) fn take_result(&self) -> Option<io::Result<usize>> {
+        let mut inner = self.inner.borrow_mut();
+        inner
+            .wakers
+            .result
+            .take()
+            .map(|x| OsResult::from(&x).into())
+    }
+
+    /// Whether the request is still queued or in the kernel (a multishot request stays
+    /// there until its last completion). [edgeplane patch 2]
+    pub(crate) fn is_armed(&self) -> bool {
+        self.inner.borrow().enqueued.is_some()
+    }
+
     // adds a single waiter to the list, replacing any waiter that may already
     // exist. Should be used for single streams that map a future 1:1 to their I/O
     // source

@@ -52,11 +52,17 @@ use nix::sys::{
 use smallvec::SmallVec;
 
 const MSG_ZEROCOPY: i32 = 0x4000000;
+/// `IORING_POLL_ADD_MULTI` (include/uapi/linux/io_uring.h, Linux 5.13). [edgeplane patch 2]
+const IORING_POLL_ADD_MULTI: u32 = 1 << 0;
 
 #[allow(dead_code)]
 #[derive(Debug)]
 enum UringOpDescriptor {
     PollAdd(PollFlags),
+    /// A poll that stays armed after it fires (`IORING_POLL_ADD_MULTI`, Linux 5.13+): one
+    /// completion per wake-up, flagged `IORING_CQE_F_MORE` while it stays armed.
+    /// [edgeplane patch 2]
+    PollAddMulti(PollFlags),
     PollRemove(*const u8),
     Cancel(u64),
     Write(*const u8, usize, u64),
@@ -274,6 +280,11 @@ fn fill_sqe<F>(
         match op.args {
             UringOpDescriptor::PollAdd(events) => {
                 sqe.prep_poll_add(op.fd, events);
+            }
+            UringOpDescriptor::PollAddMulti(events) => {
+                sqe.prep_poll_add(op.fd, events);
+                // IORING_POLL_ADD_MULTI lives in the SQE's len field.
+                sqe.raw_mut().len = IORING_POLL_ADD_MULTI;
             }
             UringOpDescriptor::PollRemove(to_remove) => {
                 user_data = 0;
@@ -548,9 +559,16 @@ where
             return Some(false);
         }
 
-        let src = source_map
-            .borrow_mut()
-            .consume_source(from_user_data(value.user_data()));
+        // A multishot request that stays armed (IORING_CQE_F_MORE) keeps its place in the
+        // source map: more completions will name it. Its last completion (no MORE: an error,
+        // or the cancellation its `Source`'s drop asked for) releases it. [edgeplane patch 2]
+        let src = if value.flags().contains(iou::cqe::CompletionFlags::MORE) {
+            source_map.borrow()[from_user_data(value.user_data())].clone()
+        } else {
+            source_map
+                .borrow_mut()
+                .consume_source(from_user_data(value.user_data()))
+        };
 
         let result = value.result();
 
@@ -902,9 +920,32 @@ impl SleepableRing {
         allocator: Rc<UringBufferAllocator>,
         source_map: Rc<RefCell<SourceMap>>,
     ) -> io::Result<Self> {
+        Self::with_flags(size, name, allocator, source_map, iou::SetupFlags::empty())
+    }
+
+    /// [`SleepableRing::new`] with setup flags; a kernel that refuses them (`EINVAL`) gets a
+    /// ring without. [edgeplane patch 3]
+    fn with_flags(
+        size: usize,
+        name: &'static str,
+        allocator: Rc<UringBufferAllocator>,
+        source_map: Rc<RefCell<SourceMap>>,
+        flags: iou::SetupFlags,
+    ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
+        let flagged = !flags.is_empty();
+        let ring = match iou::IoUring::new_with_flags(
+            size as _,
+            flags,
+            iou::SetupFeatures::empty(),
+        ) {
+            Err(e) if flagged && e.raw_os_error() == Some(libc::EINVAL) => {
+                iou::IoUring::new(size as _)?
+            }
+            r => r?,
+        };
         Ok(SleepableRing {
-            ring: iou::IoUring::new(size as _)?,
+            ring,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
@@ -1164,8 +1205,13 @@ impl UringCommon for SleepableRing {
 
     fn consume_one_event(&mut self) -> Option<bool> {
         let source_map = self.source_map.clone();
+        let cqe = self.ring.peek_for_cqe();
+        // A multishot completion that stays armed is not the end of a request. [edgeplane patch 2]
+        let last = !cqe
+            .as_ref()
+            .is_some_and(|c| c.flags().contains(iou::cqe::CompletionFlags::MORE));
         process_one_event(
-            self.ring.peek_for_cqe(),
+            cqe,
             |source| match source.source_type {
                 SourceType::LinkRings => Some(()),
                 _ => None,
@@ -1180,7 +1226,9 @@ impl UringCommon for SleepableRing {
             source_map,
         )
         .map(|x| {
-            self.in_kernel -= 1;
+            if last {
+                self.in_kernel -= 1;
+            }
             x
         })
     }
@@ -1306,8 +1354,23 @@ impl Reactor {
         let allocator = Rc::new(UringBufferAllocator::new(io_memory));
         let registry = vec![allocator.as_bytes()];
 
-        let main_ring =
-            SleepableRing::new(ring_depth, "main", allocator.clone(), source_map.clone())?;
+        // Socket polls complete on the main ring, through task work. Unless streams use
+        // glommio's own readiness path, that task work waits for the executor's next kernel
+        // entry instead of interrupting it (it enters the kernel for every send and receive,
+        // and sleeps in this ring). The latency ring keeps the default, so the preemption
+        // timer still interrupts a task that makes no system call. [edgeplane patch 3]
+        let main_flags = if crate::net::stream_readiness() == crate::net::Readiness::Eager {
+            iou::SetupFlags::empty()
+        } else {
+            iou::SetupFlags::COOP_TASKRUN
+        };
+        let main_ring = SleepableRing::with_flags(
+            ring_depth,
+            "main",
+            allocator.clone(),
+            source_map.clone(),
+            main_flags,
+        )?;
         let poll_ring = PollRing::new(ring_depth, allocator.clone(), source_map.clone())?;
         let mut latency_ring =
             SleepableRing::new(ring_depth, "latency", allocator.clone(), source_map.clone())?;
@@ -1446,6 +1509,18 @@ impl Reactor {
 
     pub(crate) fn poll_ready(&self, source: &Source, flags: PollFlags) {
         let op = UringOpDescriptor::PollAdd(flags);
+        queue_request_into_ring(
+            &mut *self.ring_for_source(source),
+            source,
+            op,
+            &mut self.source_map.borrow_mut(),
+        );
+    }
+
+    /// Like [`Reactor::poll_ready`], but the poll stays armed until `source` is dropped: one
+    /// completion per wake-up of the descriptor. [edgeplane patch 2]
+    pub(crate) fn poll_ready_multishot(&self, source: &Source, flags: PollFlags) {
+        let op = UringOpDescriptor::PollAddMulti(flags);
         queue_request_into_ring(
             &mut *self.ring_for_source(source),
             source,
