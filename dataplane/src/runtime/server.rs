@@ -490,10 +490,7 @@ fn set_readiness(setting: crate::config::ReadinessSetting) {
         Readiness::ReadFirst => "read first, a one-shot poll per wait",
         Readiness::Eager => "a one-shot poll after every read (glommio's own path)",
     };
-    tracing::info!(
-        setting = setting.as_str(),
-        "socket readiness: {how}"
-    );
+    tracing::info!(setting = setting.as_str(), "socket readiness: {how}");
     glommio::net::set_stream_readiness(mode);
 }
 
