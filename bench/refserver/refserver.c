@@ -8,13 +8,15 @@
  * else of HTTP is looked at. Response: a 206 head sent with MSG_MORE, then the body with
  * sendfile; a socket that fills up waits for EPOLLOUT. Anything it cannot answer: 400 and close.
  *
- *   refserver DIR PORT      (prints "refserver ready port=N" once listening; PORT 0 = any)
+ *   refserver DIR PORT      (prints "refserver ready port=N" once listening; PORT 0 = any;
+ *                            SIGTERM: exit 0)
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -140,7 +142,14 @@ static int on_event(struct conn *c) {
     }
 }
 
+static void on_term(int sig) {
+    (void)sig;
+    _exit(0);
+}
+
 int main(int argc, char **argv) {
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGTERM, on_term);
     if (argc != 3) {
         fprintf(stderr, "usage: refserver DIR PORT\n");
         return 2;

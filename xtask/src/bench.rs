@@ -464,6 +464,12 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
     if let Some(nginx) = &nginx {
         endpoints.push(local_endpoint(rig.start_nginx(nginx)?));
     }
+    // The third column: the plain epoll + sendfile reference server, the least any server
+    // can spend per range request here (range scenarios over plain HTTP only).
+    if want_edgeplane && want_nginx && scenarios.iter().any(|s| limit_serves(s)) {
+        let refserver = crate::testbed::build_reference()?;
+        endpoints.push(local_endpoint(rig.start_reference(&refserver)?));
+    }
 
     // Generator threads go to the CPUs the local servers do not use (all CPUs for a remote
     // target), one pinned thread per CPU unless --load-threads says otherwise.
@@ -503,8 +509,9 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
                 &cold,
             )
         };
+        let takes_part = |e: &Endpoint| e.name != "limit" || limit_serves(scenario);
         if args.warmup > 0 {
-            for e in &mut endpoints {
+            for e in endpoints.iter_mut().filter(|e| takes_part(e)) {
                 bar.set_message(format!("{} {}: warm-up", scenario.name, e.name));
                 evict_cold(scenario, &rig, &cold);
                 drive(&make(e, args.warmup)?, args, &bar, done_s)?;
@@ -516,6 +523,9 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
         }
         for round in 1..=args.rounds {
             for i in round_order(endpoints.len(), round) {
+                if !takes_part(&endpoints[i]) {
+                    continue;
+                }
                 let e = &mut endpoints[i];
                 bar.set_message(format!(
                     "{} {}: round {round}/{}",
@@ -613,6 +623,12 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
         run_dir: rig.run_dir.clone(),
         problems,
     })
+}
+
+/// Whether the reference server ("limit") can answer `scenario`: plain-HTTP range requests
+/// on the hot files (it knows nothing of TLS, cold tiers or players).
+fn limit_serves(scenario: &Scenario) -> bool {
+    matches!(scenario.kind, Kind::Ranges { .. }) && !scenario.tls
 }
 
 fn local_endpoint(t: Target) -> Endpoint {
@@ -982,7 +998,8 @@ impl Spread {
     }
 }
 
-/// edgeplane / nginx in one scenario, over the rounds that measured both.
+/// One server over another (edgeplane / nginx, or either / the limit) in one scenario, over
+/// the rounds that measured both.
 struct Ratio {
     scenario: &'static str,
     gbps: Spread,
@@ -993,16 +1010,21 @@ struct Ratio {
 }
 
 fn ratios(results: &[Measurement]) -> Vec<Ratio> {
+    ratios_of(results, "edgeplane", "nginx")
+}
+
+/// `num` / `den` per scenario, from the rounds that measured both.
+fn ratios_of(results: &[Measurement], num: &str, den: &str) -> Vec<Ratio> {
     let mut out = Vec::new();
     for s in &SCENARIOS {
         let mut v: [Vec<f64>; 5] = Default::default();
         for e in results
             .iter()
-            .filter(|m| m.scenario == s.name && m.server == "edgeplane")
+            .filter(|m| m.scenario == s.name && m.server == num)
         {
             let Some(n) = results
                 .iter()
-                .find(|m| m.scenario == s.name && m.server == "nginx" && m.round == e.round)
+                .find(|m| m.scenario == s.name && m.server == den && m.round == e.round)
             else {
                 continue;
             };
@@ -1260,6 +1282,34 @@ fn report_markdown(
             );
         }
     }
+    let limit: Vec<(&str, Vec<Ratio>)> = ["edgeplane", "nginx"]
+        .into_iter()
+        .map(|server| (server, ratios_of(results, server, "limit")))
+        .filter(|(_, r)| !r.is_empty())
+        .collect();
+    if !limit.is_empty() {
+        s.push_str(
+            "\n## Against the limit (median of per-round ratios, min–max)\n\n\
+             `limit` is bench/refserver: one thread, one edge-triggered epoll registration per \
+             connection, the Range line parsed and nothing else, the head with `MSG_MORE` and the \
+             body with `sendfile` — the least a server can spend per request on this machine. \
+             1.00 = as efficient as it.\n\n\
+             | scenario | server | req per CPU-s / limit's (higher is better) | CPU-s per GiB / \
+             limit's (lower is better) | p99 / limit's |\n|---|---|---:|---:|---:|\n",
+        );
+        for (server, rs) in &limit {
+            for r in rs {
+                let _ = writeln!(
+                    s,
+                    "| {} | {server} | {} | {} | {} |",
+                    r.scenario,
+                    r.req_per_cpu_s.display(),
+                    r.cpu_s_per_gib.display(),
+                    r.p99.display()
+                );
+            }
+        }
+    }
     let players: Vec<&Measurement> = results
         .iter()
         .filter(|m| m.report.player.is_some())
@@ -1351,6 +1401,22 @@ fn report_json(
     baseline: Option<&Baseline>,
 ) -> Value {
     let a = ctx.args;
+    let over_limit: Vec<Value> = ["edgeplane", "nginx"]
+        .iter()
+        .flat_map(|server| {
+            ratios_of(results, server, "limit")
+                .into_iter()
+                .map(move |r| {
+                    json!({
+                        "scenario": r.scenario,
+                        "server": server,
+                        "req_per_cpu_s": r.req_per_cpu_s.to_json(),
+                        "cpu_s_per_gib": r.cpu_s_per_gib.to_json(),
+                        "latency_p99": r.p99.to_json(),
+                    })
+                })
+        })
+        .collect();
     json!({
         "timestamp": ctx.timestamp,
         "settings": {
@@ -1403,6 +1469,7 @@ fn report_json(
                 "cpu_s_per_gib": r.cpu_s_per_gib.to_json(),
             }))
             .collect::<Vec<_>>(),
+        "ratios_over_limit": over_limit,
         "baseline": baseline.map(|b| b.dir.display().to_string()),
         "shutdown_problems": shutdown,
     })
