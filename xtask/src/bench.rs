@@ -118,6 +118,8 @@ pub(crate) enum ScenarioArg {
     Player,
     Mixed,
     Https,
+    /// 64 KiB ranges beside 10,000 idle keep-alive connections (not part of `all`).
+    Idle,
     All,
 }
 
@@ -136,7 +138,12 @@ enum Kind {
     Mixed,
     /// Viewers, Zipf over the files as titles, ladder and ABR.
     Player,
+    /// Hot 64 KiB ranges while [`IDLE_CONNECTIONS`] idle keep-alive connections stay open.
+    Idle,
 }
+
+/// Idle keep-alive connections the `idle` scenario opens (each answered once, then left idle).
+const IDLE_CONNECTIONS: u32 = 10_000;
 
 pub(crate) struct Scenario {
     name: &'static str,
@@ -146,7 +153,7 @@ pub(crate) struct Scenario {
     what: &'static str,
 }
 
-const SCENARIOS: [Scenario; 6] = [
+const SCENARIOS: [Scenario; 7] = [
     Scenario {
         name: "64k",
         arg: ScenarioArg::K64,
@@ -204,6 +211,14 @@ const SCENARIOS: [Scenario; 6] = [
         },
         tls: true,
         what: "1 MiB ranges over HTTPS (TLS in user space: rustls / OpenSSL)",
+    },
+    Scenario {
+        name: "idle",
+        arg: ScenarioArg::Idle,
+        kind: Kind::Idle,
+        tls: false,
+        what: "hot 64 KiB ranges beside 10,000 idle keep-alive connections (each answered once); \
+               server RSS per idle connection, active p99 against the `64k` scenario's",
     },
 ];
 
@@ -337,7 +352,7 @@ fn selected(args: &BenchArgs) -> Vec<&'static Scenario> {
         .filter(|s| {
             args.scenario
                 .iter()
-                .any(|&a| a == ScenarioArg::All || a == s.arg)
+                .any(|&a| (a == ScenarioArg::All && s.arg != ScenarioArg::Idle) || a == s.arg)
         })
         .collect()
 }
@@ -384,7 +399,10 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
     };
     let clk_tck = clk_tck()?;
 
-    let mut rig = Rig::prepare_with(&setup.catalog, "", args.connections)?;
+    // The servers' connection caps must admit the idle crowd beside the active connections.
+    let idle = scenarios.iter().any(|s| s.kind == Kind::Idle);
+    let rig_connections = args.connections + if idle { IDLE_CONNECTIONS } else { 0 };
+    let mut rig = Rig::prepare_with(&setup.catalog, "", rig_connections)?;
     let hot: Vec<Object> = rig
         .files
         .iter()
@@ -487,6 +505,7 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
             .progress_chars("=> "),
     );
     let mut results = Vec::new();
+    let mut idle_rounds: Vec<IdleRound> = Vec::new();
     let mut done_s = 0u64;
     for scenario in &scenarios {
         let make = |e: &Endpoint, seconds: u32| -> Result<LoadConfig> {
@@ -533,9 +552,30 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
                 ));
                 evict_cold(scenario, &rig, &cold);
                 let pids = e.local.as_ref().map(Target::pids);
+                let crowd = match (scenario.kind, &pids) {
+                    (Kind::Idle, Some(pids)) => {
+                        bar.set_message(format!(
+                            "{} {}: opening {IDLE_CONNECTIONS} idle connections",
+                            scenario.name, e.name
+                        ));
+                        let rss_before = rss_kib(pids)?;
+                        let conns = idle_crowd(&e.http, &hot[0].name, IDLE_CONNECTIONS)?;
+                        let rss_after = rss_kib(pids)?;
+                        idle_rounds.push(IdleRound {
+                            server: e.name.clone(),
+                            round,
+                            connections: conns.len(),
+                            rss_before_kib: rss_before,
+                            rss_after_kib: rss_after,
+                        });
+                        Some(conns)
+                    }
+                    _ => None,
+                };
                 let before = pids.as_deref().map(cpu_ticks).transpose()?;
                 let report = drive(&make(e, args.duration)?, args, &bar, done_s)?;
                 let after = pids.as_deref().map(cpu_ticks).transpose()?;
+                drop(crowd);
                 done_s += u64::from(args.duration);
                 if let Some(t) = &mut e.local {
                     t.server.check_running()?;
@@ -597,16 +637,18 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
         skipped,
     };
     let plots = write_plots(&rig.run_dir, &results)?;
-    let markdown = report_markdown(
+    let mut markdown = report_markdown(
         &context,
         &results,
         &shutdown_problems,
         baseline.as_ref(),
         &plots,
     );
+    markdown.push_str(&idle_markdown(&idle_rounds, &results));
     println!("\n{markdown}");
     fs::write(rig.run_dir.join("report.md"), &markdown)?;
-    let report = report_json(&context, &results, &shutdown_problems, baseline.as_ref());
+    let mut report = report_json(&context, &results, &shutdown_problems, baseline.as_ref());
+    report["idle"] = Value::Array(idle_rounds.iter().map(IdleRound::to_json).collect());
     fs::write(
         rig.run_dir.join("report.json"),
         serde_json::to_string_pretty(&report)? + "\n",
@@ -623,6 +665,133 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
         run_dir: rig.run_dir.clone(),
         problems,
     })
+}
+
+/// One server's idle crowd in one round of the `idle` scenario.
+struct IdleRound {
+    server: String,
+    round: u32,
+    connections: usize,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+}
+
+impl IdleRound {
+    fn kib_per_connection(&self) -> f64 {
+        self.rss_after_kib.saturating_sub(self.rss_before_kib) as f64
+            / self.connections.max(1) as f64
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "server": self.server,
+            "round": self.round,
+            "idle_connections": self.connections,
+            "rss_before_kib": self.rss_before_kib,
+            "rss_with_idle_kib": self.rss_after_kib,
+            "rss_kib_per_idle_connection": finite(self.kib_per_connection()),
+        })
+    }
+}
+
+/// Resident memory of `pids` together (VmRSS from /proc/PID/status), KiB.
+fn rss_kib(pids: &[u32]) -> Result<u64> {
+    let mut total = 0;
+    for pid in pids {
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("read /proc/{pid}/status"))?;
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// Opens `n` keep-alive connections to `url` (http://host:port), has each answered once (a
+/// one-byte range of `object`) and returns them, idle. Batches of 256, so the server's accept
+/// queue never overflows.
+fn idle_crowd(url: &str, object: &str, n: u32) -> Result<Vec<std::net::TcpStream>> {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let request = format!("GET /{object} HTTP/1.1\r\nHost: bench\r\nRange: bytes=0-0\r\n\r\n");
+    let mut conns = Vec::with_capacity(n as usize);
+    let mut buf = [0u8; 1024];
+    while conns.len() < n as usize {
+        let batch = (n as usize - conns.len()).min(256);
+        let mut fresh = Vec::with_capacity(batch);
+        for _ in 0..batch {
+            let mut c = std::net::TcpStream::connect(addr)
+                .with_context(|| format!("idle connection {} to {addr}", conns.len()))?;
+            c.set_read_timeout(Some(Duration::from_secs(10)))?;
+            c.write_all(request.as_bytes())?;
+            fresh.push(c);
+        }
+        for c in &mut fresh {
+            // The head and its one body byte: read until the head ends and one more byte came.
+            let mut got = Vec::new();
+            loop {
+                let k = c
+                    .read(&mut buf)
+                    .context("read an idle connection's response")?;
+                if k == 0 {
+                    bail!("the server closed an idle connection before answering it");
+                }
+                got.extend_from_slice(&buf[..k]);
+                if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    if got.len() > end + 4 {
+                        break;
+                    }
+                }
+            }
+            if !got.starts_with(b"HTTP/1.1 206") {
+                bail!(
+                    "idle connection: want 206, got {:?}",
+                    String::from_utf8_lossy(&got[..got.len().min(64)])
+                );
+            }
+        }
+        conns.extend(fresh);
+    }
+    Ok(conns)
+}
+
+/// The `idle` scenario's section: RSS per idle connection, and the active p99 beside the idle
+/// crowd over the `64k` scenario's p99 of the same server and round.
+fn idle_markdown(idle: &[IdleRound], results: &[Measurement]) -> String {
+    if idle.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "\n## Idle connections (per round)\n\n| server | round | idle connections | RSS before MiB | \
+         RSS with them MiB | KiB per idle connection | active p99 ms with them | `64k` p99 ms \
+         (same round) | ratio |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in idle {
+        let with = results
+            .iter()
+            .find(|m| m.scenario == "idle" && m.server == r.server && m.round == r.round);
+        let without = results
+            .iter()
+            .find(|m| m.scenario == "64k" && m.server == r.server && m.round == r.round);
+        let p = |m: Option<&Measurement>| m.map_or(f64::NAN, Measurement::p99);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {} | {} | {} |",
+            r.server,
+            r.round,
+            r.connections,
+            r.rss_before_kib as f64 / 1024.0,
+            r.rss_after_kib as f64 / 1024.0,
+            r.kib_per_connection(),
+            num(p(with), 2),
+            num(p(without), 2),
+            num(p(with) / p(without), 2),
+        );
+    }
+    s
 }
 
 /// Whether the reference server ("limit") can answer `scenario`: plain-HTTP range requests
@@ -677,6 +846,7 @@ fn load_config(
         Kind::Ranges { min, max, align } => {
             Workload::Ranges(vec![class("hot", 1.0, hot, min, max, align)])
         }
+        Kind::Idle => Workload::Ranges(vec![class("hot", 1.0, hot, 64 << 10, 64 << 10, 64 << 10)]),
         Kind::Mixed => Workload::Ranges(vec![
             class("hot", 0.9, hot, 64 << 10, 64 << 10, 64 << 10),
             class("cold", 0.1, cold, 256 << 10, 256 << 10, 256 << 10),
@@ -1346,13 +1516,20 @@ fn report_markdown(
     if !mixed.is_empty() {
         s.push_str(
             "\n## Hot and cold requests (per round)\n\n| scenario | server | round | hot req | hot p50 ms \
-             | hot p99 ms | cold req | cold p50 ms | cold p99 ms |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+             | hot p99 ms | cold req | cold p50 ms | cold p99 ms | hot p99 / `64k` p99 (same round; \
+             goal ≤ 2) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for m in mixed {
             let (h, c) = (&m.report.classes[0], &m.report.classes[1]);
+            // The same server's hot-only p99: the `64k` scenario (hot 64 KiB ranges, same
+            // connections) in the same round.
+            let alone = results
+                .iter()
+                .find(|o| o.scenario == "64k" && o.server == m.server && o.round == m.round)
+                .map_or(f64::NAN, Measurement::p99);
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} |",
+                "| {} | {} | {} | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {} |",
                 m.scenario,
                 m.server,
                 m.round,
@@ -1361,7 +1538,8 @@ fn report_markdown(
                 h.latency.p99_ms,
                 c.requests,
                 c.latency.p50_ms,
-                c.latency.p99_ms
+                c.latency.p99_ms,
+                num(h.latency.p99_ms / alone, 2)
             );
         }
     }
