@@ -53,7 +53,7 @@ cpu() { awk '{print $14 + $15}' "/proc/$srv/stat"; }
 before=$(reqs)
 cpu0=$(cpu)
 perf stat -x, -o "$dir/perf.txt" -p "$srv" \
-  -e syscalls:sys_enter_io_uring_enter,syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_sendfile64,raw_syscalls:sys_enter \
+  -e syscalls:sys_enter_io_uring_enter,io_uring:io_uring_submit_req,io_uring:io_uring_complete,syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_sendfile64,raw_syscalls:sys_enter \
   -- sleep "$secs"
 after=$(reqs)
 cpu1=$(cpu)
