@@ -100,6 +100,10 @@ pub(crate) struct BenchArgs {
     /// With --target: PEM certificate(s) to trust for HTTPS.
     #[arg(long)]
     pub(crate) ca: Option<PathBuf>,
+    /// Use this edgeplane binary instead of building one with --profile (e.g. a release build
+    /// made beforehand).
+    #[arg(long)]
+    pub(crate) edgeplane_bin: Option<PathBuf>,
     /// Instead of the bench: instructions per request of edgeplane under callgrind.
     #[arg(long)]
     pub(crate) callgrind: bool,
@@ -328,7 +332,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     }
     let setup = Setup {
         catalog: CatalogSpec::standard(false),
-        edgeplane: None,
+        edgeplane: args.edgeplane_bin.clone(),
     };
     let outcome = run_with(args, &setup)?;
     if !outcome.problems.is_empty() {
@@ -1753,6 +1757,7 @@ mod tests {
             https_url: None,
             ca: None,
             callgrind: false,
+            edgeplane_bin: None,
             callgrind_requests: 10,
         }
     }
