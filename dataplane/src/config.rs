@@ -656,6 +656,38 @@ pub struct IoConfig {
     /// the catalog until it passes again.
     #[serde(default = "default_tier_check_interval_ms")]
     pub tier_check_interval_ms: u64,
+    /// How the serving sockets wait until a request arrives (read at start).
+    #[serde(default)]
+    pub readiness: ReadinessSetting,
+}
+
+/// `io.readiness`: how a connection waits for its next request bytes (see docs/design.md,
+/// "Socket readiness").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadinessSetting {
+    /// `multishot` where the kernel has multishot poll (Linux 5.13+), else `read-first`.
+    #[default]
+    Auto,
+    /// Read first; on `EAGAIN` wait on one multishot io_uring poll armed for the socket's life.
+    Multishot,
+    /// Read first; on `EAGAIN` arm a one-shot io_uring poll.
+    ReadFirst,
+    /// glommio 0.9's own path: a one-shot poll armed after every read, waited on before the
+    /// next `recv`.
+    Legacy,
+}
+
+impl ReadinessSetting {
+    /// The config value, as written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadinessSetting::Auto => "auto",
+            ReadinessSetting::Multishot => "multishot",
+            ReadinessSetting::ReadFirst => "read-first",
+            ReadinessSetting::Legacy => "legacy",
+        }
+    }
 }
 
 impl IoConfig {
@@ -673,6 +705,7 @@ impl Default for IoConfig {
             io_memory_kib: 0,
             open_file_cache: default_open_file_cache(),
             tier_check_interval_ms: default_tier_check_interval_ms(),
+            readiness: ReadinessSetting::default(),
         }
     }
 }

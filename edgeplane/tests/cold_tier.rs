@@ -8,7 +8,8 @@
 //! FUSE delay and the hot requests queue behind it; with `= true`, cold ranges are read on the
 //! blocking pool first and hot requests go straight through. The test runs both and asserts the
 //! hot p99 with the check is at least 5× better (a ratio, never an absolute time). Every body is
-//! checked byte for byte.
+//! checked byte for byte. A first phase with the hot connections alone gives the baseline the
+//! output reports the mixed hot p99 against (issue #17's goal: ≤ 2×; printed, not asserted).
 //!
 //! Skips, printing why, where FUSE mounts cannot be made (no /dev/fuse, not root).
 
@@ -210,6 +211,14 @@ impl Drop for Server {
     }
 }
 
+/// `io.readiness` from EDGEPLANE_TEST_READINESS, as every test server gets it.
+fn readiness_line() -> String {
+    match std::env::var(edgeplane_test_support::server::READINESS_ENV) {
+        Ok(mode) if !mode.is_empty() => format!("readiness = \"{mode}\""),
+        _ => String::new(),
+    }
+}
+
 fn write_config(dir: &Path, residency_check: bool, flash: &Path, storage: &Path) -> PathBuf {
     let path = dir.join(format!("edgeplane-residency-{residency_check}.toml"));
     let text = format!(
@@ -223,6 +232,7 @@ enabled = false
 [io]
 residency_check = {residency_check}
 cold_read_threads = 4
+{readiness}
 [[tier]]
 name = "flash"
 kind = "flash"
@@ -233,7 +243,8 @@ kind = "storage"
 path = "{}"
 "#,
         flash.display(),
-        storage.display()
+        storage.display(),
+        readiness = readiness_line()
     );
     fs::write(&path, text).unwrap();
     path
@@ -322,7 +333,15 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn run(residency_check: bool, dir: &Path, flash: &Path, mount: &slowfs::MountGuard) -> RunResult {
+/// One phase: `cold_connections` clients on cold ranges (0: hot clients alone) beside the hot
+/// ones.
+fn run(
+    residency_check: bool,
+    cold_connections: usize,
+    dir: &Path,
+    flash: &Path,
+    mount: &slowfs::MountGuard,
+) -> RunResult {
     let storage = mount.mountpoint();
     // Every cold range must be cold in every run.
     for file in 0..COLD_FILES {
@@ -348,7 +367,7 @@ fn run(residency_check: bool, dir: &Path, flash: &Path, mount: &slowfs::MountGua
         assert_eq!(slowfs::residency(&path).unwrap().resident_pages, 0);
     }
 
-    let mut cold_clients: Vec<Client> = (0..COLD_CONNECTIONS)
+    let mut cold_clients: Vec<Client> = (0..cold_connections)
         .map(|_| Client::connect(addr))
         .collect();
     let mut hot_clients: Vec<Client> = (0..HOT_CONNECTIONS)
@@ -465,9 +484,33 @@ fn hot_requests_do_not_wait_for_cold_reads() {
     write_sources(&flash, &source);
     let mount = slowfs::mount(&source, &mnt, FUSE_DELAY).expect("mount slowfs");
 
+    // Hot clients alone first: the baseline the mixed phase's hot p99 is reported against.
+    let alone = {
+        let mut lat = run(true, 0, dir.path(), &flash, &mount).hot_latencies;
+        lat.sort();
+        assert!(
+            lat.len() >= MIN_HOT_SAMPLES,
+            "hot only: {} samples",
+            lat.len()
+        );
+        eprintln!(
+            "hot only: n={} p50={:?} p99={:?} max={:?}",
+            lat.len(),
+            percentile(&lat, 0.50),
+            percentile(&lat, 0.99),
+            lat[lat.len() - 1]
+        );
+        percentile(&lat, 0.99)
+    };
     let mut p99 = Vec::new();
     for residency_check in [true, false] {
-        let result = run(residency_check, dir.path(), &flash, &mount);
+        let result = run(
+            residency_check,
+            COLD_CONNECTIONS,
+            dir.path(),
+            &flash,
+            &mount,
+        );
         let mut lat = result.hot_latencies;
         lat.sort();
         assert!(
@@ -498,6 +541,12 @@ fn hot_requests_do_not_wait_for_cold_reads() {
         p99.push(percentile(&lat, 0.99));
     }
     let (with_check, without_check) = (p99[0], p99[1]);
+    // Reported, not asserted (no timed assertions): the issue's goal is <= 2x (issue #17).
+    eprintln!(
+        "hot p99 with {COLD_CONNECTIONS} cold clients {with_check:?} vs hot only {alone:?}: \
+         {:.2}x (goal <= 2x)",
+        with_check.as_secs_f64() / alone.as_secs_f64()
+    );
     let ratio = without_check.as_secs_f64() / with_check.as_secs_f64();
     eprintln!(
         "hot p99: with residency check {with_check:?}, without {without_check:?}; \

@@ -472,3 +472,88 @@ fn many_concurrent_clients_on_two_cores() {
         assert_partial(&r, &data, i, i + 1000, &format!("short connection {i}"));
     }
 }
+
+/// Every `io.readiness` path (issue #17) says at start which one runs, and serves what needs
+/// a connection to wait for bytes: keep-alive requests one after another, a request that
+/// arrives in pieces (each piece after the socket was found empty), many connections at once,
+/// and the idle timeout the sweeper enforces on a connection waiting for its next request.
+#[test]
+fn every_readiness_path_waits_for_requests_and_times_out_idle_ones() {
+    let data = pattern("ready.mp4", 1 << 20);
+    for mode in ["auto", "multishot", "read-first", "legacy"] {
+        let server = ServerBuilder::new(BIN)
+            .io("readiness", &format!("\"{mode}\""))
+            .limit("idle_timeout_ms", 1000)
+            .file("flash", "ready.mp4", &data)
+            .start();
+        let said = server
+            .output()
+            .lines()
+            .find(|l| l.contains("socket readiness:") && l.contains("setting="))
+            .map(str::to_owned);
+        let said = said.unwrap_or_else(|| {
+            panic!(
+                "{mode}: no `socket readiness:` line at start:\n{}",
+                server.output()
+            )
+        });
+        assert!(
+            said.contains(&format!("setting=\"{mode}\"")),
+            "{mode}: {said}"
+        );
+        let path = if mode == "legacy" {
+            "glommio's own path"
+        } else {
+            "read first"
+        };
+        assert!(said.contains(path), "{mode}: want {path:?} in {said}");
+
+        let mut rng = Rng::new(17);
+        let mut conn = server.connect();
+        for i in 0..100 {
+            let a = rng.below(1 << 20);
+            let b = (a + rng.below(70_000)).min((1 << 20) - 1);
+            let r = conn.request("GET", &format!("/ready.mp4/range/{a}-{b}"), &[]);
+            assert_partial(&r, &data, a, b, &format!("{mode}: keep-alive request {i}"));
+        }
+        let head = request_head("GET", "/ready.mp4", &[("Range", "bytes=5-500")]);
+        for piece in head.as_bytes().chunks(5) {
+            conn.send(piece);
+            thread::sleep(Duration::from_millis(3));
+        }
+        let r = conn.read_response(false);
+        assert_partial(&r, &data, 5, 500, &format!("{mode}: request in pieces"));
+
+        let clients: Vec<_> = (0..16u64)
+            .map(|c| {
+                let mut conn = server.connect();
+                let data = data.clone();
+                thread::spawn(move || {
+                    let mut rng = Rng::new(100 + c);
+                    for i in 0..20 {
+                        let a = rng.below(1 << 20);
+                        let b = (a + rng.below(65_536)).min((1 << 20) - 1);
+                        let r = conn.request(
+                            "GET",
+                            "/ready.mp4",
+                            &[("Range", &format!("bytes={a}-{b}"))],
+                        );
+                        assert_partial(&r, &data, a, b, &format!("client {c} request {i}"));
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join()
+                .unwrap_or_else(|_| panic!("{mode}: a concurrent client failed"));
+        }
+
+        conn.expect_eof(&format!(
+            "{mode}: idle keep-alive connection, idle_timeout_ms = 1000"
+        ));
+        server.wait_metrics("an idle timeout counted", |m| {
+            m.sum("edgeplane_timeouts_total", &[("kind", "idle")]) >= 1.0
+        });
+        server.assert_serving(&format!("{mode}: after an idle close"));
+    }
+}

@@ -28,6 +28,10 @@ use crate::ready::{parse_ready, strip_ansi};
 use crate::scratch::{temp_dir, write_file};
 use crate::{POLL_TIMEOUT, READY_TIMEOUT};
 
+/// Environment variable naming the `io.readiness` every test server gets (see
+/// [`ServerBuilder::config_text`]).
+pub const READINESS_ENV: &str = "EDGEPLANE_TEST_READINESS";
+
 /// Every server gets this object in its first tier, so any test can check "still serving".
 pub const CANARY: &str = "canary.bin";
 /// The canary's length.
@@ -247,9 +251,18 @@ impl ServerBuilder {
                 s.push_str(&format!("{k} = {v}\n"));
             }
         }
-        if !self.io.is_empty() {
+        // EDGEPLANE_TEST_READINESS: every server a test starts waits for request bytes this
+        // way (`io.readiness`), unless the test sets the key itself; `cargo xtask ci` runs the
+        // serving tests once with the default and once with `legacy` (glommio's own path).
+        let mut io = self.io.clone();
+        if let Ok(mode) = std::env::var(READINESS_ENV) {
+            if !mode.is_empty() && !io.iter().any(|(k, _)| k == "readiness") {
+                io.push(("readiness".into(), format!("\"{mode}\"")));
+            }
+        }
+        if !io.is_empty() {
             s.push_str("\n[io]\n");
-            for (k, v) in &self.io {
+            for (k, v) in &io {
                 s.push_str(&format!("{k} = {v}\n"));
             }
         }

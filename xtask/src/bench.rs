@@ -100,6 +100,10 @@ pub(crate) struct BenchArgs {
     /// With --target: PEM certificate(s) to trust for HTTPS.
     #[arg(long)]
     pub(crate) ca: Option<PathBuf>,
+    /// Use this edgeplane binary instead of building one with --profile (e.g. a release build
+    /// made beforehand).
+    #[arg(long)]
+    pub(crate) edgeplane_bin: Option<PathBuf>,
     /// Instead of the bench: instructions per request of edgeplane under callgrind.
     #[arg(long)]
     pub(crate) callgrind: bool,
@@ -123,6 +127,8 @@ pub(crate) enum ScenarioArg {
     FlashCrowd,
     /// Pull-through admission: Zipf + scan trace, TinyLFU vs LRU byte hit ratio (bench_pull).
     Trace,
+    /// 64 KiB ranges beside 10,000 idle keep-alive connections (not part of `all`).
+    Idle,
     All,
 }
 
@@ -141,7 +147,12 @@ enum Kind {
     Mixed,
     /// Viewers, Zipf over the files as titles, ladder and ABR.
     Player,
+    /// Hot 64 KiB ranges while [`IDLE_CONNECTIONS`] idle keep-alive connections stay open.
+    Idle,
 }
+
+/// Idle keep-alive connections the `idle` scenario opens (each answered once, then left idle).
+const IDLE_CONNECTIONS: u32 = 10_000;
 
 pub(crate) struct Scenario {
     name: &'static str,
@@ -151,7 +162,7 @@ pub(crate) struct Scenario {
     what: &'static str,
 }
 
-const SCENARIOS: [Scenario; 6] = [
+const SCENARIOS: [Scenario; 7] = [
     Scenario {
         name: "64k",
         arg: ScenarioArg::K64,
@@ -209,6 +220,14 @@ const SCENARIOS: [Scenario; 6] = [
         },
         tls: true,
         what: "1 MiB ranges over HTTPS (TLS in user space: rustls / OpenSSL)",
+    },
+    Scenario {
+        name: "idle",
+        arg: ScenarioArg::Idle,
+        kind: Kind::Idle,
+        tls: false,
+        what: "hot 64 KiB ranges beside 10,000 idle keep-alive connections (each answered once); \
+               server RSS per idle connection, active p99 against the `64k` scenario's",
     },
 ];
 
@@ -330,7 +349,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     }
     let setup = Setup {
         catalog: CatalogSpec::standard(false),
-        edgeplane: None,
+        edgeplane: args.edgeplane_bin.clone(),
     };
     let outcome = run_with(args, &setup)?;
     if !outcome.problems.is_empty() {
@@ -354,7 +373,7 @@ fn selected(args: &BenchArgs) -> Vec<&'static Scenario> {
         .filter(|s| {
             args.scenario
                 .iter()
-                .any(|&a| a == ScenarioArg::All || a == s.arg)
+                .any(|&a| (a == ScenarioArg::All && s.arg != ScenarioArg::Idle) || a == s.arg)
         })
         .collect()
 }
@@ -401,7 +420,10 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
     };
     let clk_tck = clk_tck()?;
 
-    let mut rig = Rig::prepare_with(&setup.catalog, "", args.connections)?;
+    // The servers' connection caps must admit the idle crowd beside the active connections.
+    let idle = scenarios.iter().any(|s| s.kind == Kind::Idle);
+    let rig_connections = args.connections + if idle { IDLE_CONNECTIONS } else { 0 };
+    let mut rig = Rig::prepare_with(&setup.catalog, "", rig_connections)?;
     let hot: Vec<Object> = rig
         .files
         .iter()
@@ -481,6 +503,12 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
     if let Some(nginx) = &nginx {
         endpoints.push(local_endpoint(rig.start_nginx(nginx)?));
     }
+    // The third column: the plain epoll + sendfile reference server, the least any server
+    // can spend per range request here (range scenarios over plain HTTP only).
+    if want_edgeplane && want_nginx && scenarios.iter().any(|s| limit_serves(s)) {
+        let refserver = crate::testbed::build_reference()?;
+        endpoints.push(local_endpoint(rig.start_reference(&refserver)?));
+    }
 
     // Generator threads go to the CPUs the local servers do not use (all CPUs for a remote
     // target), one pinned thread per CPU unless --load-threads says otherwise.
@@ -498,6 +526,7 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
             .progress_chars("=> "),
     );
     let mut results = Vec::new();
+    let mut idle_rounds: Vec<IdleRound> = Vec::new();
     let mut done_s = 0u64;
     for scenario in &scenarios {
         let make = |e: &Endpoint, seconds: u32| -> Result<LoadConfig> {
@@ -520,8 +549,9 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
                 &cold,
             )
         };
+        let takes_part = |e: &Endpoint| e.name != "limit" || limit_serves(scenario);
         if args.warmup > 0 {
-            for e in &mut endpoints {
+            for e in endpoints.iter_mut().filter(|e| takes_part(e)) {
                 bar.set_message(format!("{} {}: warm-up", scenario.name, e.name));
                 evict_cold(scenario, &rig, &cold);
                 drive(&make(e, args.warmup)?, args, &bar, done_s)?;
@@ -533,6 +563,9 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
         }
         for round in 1..=args.rounds {
             for i in round_order(endpoints.len(), round) {
+                if !takes_part(&endpoints[i]) {
+                    continue;
+                }
                 let e = &mut endpoints[i];
                 bar.set_message(format!(
                     "{} {}: round {round}/{}",
@@ -540,9 +573,30 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
                 ));
                 evict_cold(scenario, &rig, &cold);
                 let pids = e.local.as_ref().map(Target::pids);
+                let crowd = match (scenario.kind, &pids) {
+                    (Kind::Idle, Some(pids)) => {
+                        bar.set_message(format!(
+                            "{} {}: opening {IDLE_CONNECTIONS} idle connections",
+                            scenario.name, e.name
+                        ));
+                        let rss_before = rss_kib(pids)?;
+                        let conns = idle_crowd(&e.http, &hot[0].name, IDLE_CONNECTIONS)?;
+                        let rss_after = rss_kib(pids)?;
+                        idle_rounds.push(IdleRound {
+                            server: e.name.clone(),
+                            round,
+                            connections: conns.len(),
+                            rss_before_kib: rss_before,
+                            rss_after_kib: rss_after,
+                        });
+                        Some(conns)
+                    }
+                    _ => None,
+                };
                 let before = pids.as_deref().map(cpu_ticks).transpose()?;
                 let report = drive(&make(e, args.duration)?, args, &bar, done_s)?;
                 let after = pids.as_deref().map(cpu_ticks).transpose()?;
+                drop(crowd);
                 done_s += u64::from(args.duration);
                 if let Some(t) = &mut e.local {
                     t.server.check_running()?;
@@ -604,16 +658,18 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
         skipped,
     };
     let plots = write_plots(&rig.run_dir, &results)?;
-    let markdown = report_markdown(
+    let mut markdown = report_markdown(
         &context,
         &results,
         &shutdown_problems,
         baseline.as_ref(),
         &plots,
     );
+    markdown.push_str(&idle_markdown(&idle_rounds, &results));
     println!("\n{markdown}");
     fs::write(rig.run_dir.join("report.md"), &markdown)?;
-    let report = report_json(&context, &results, &shutdown_problems, baseline.as_ref());
+    let mut report = report_json(&context, &results, &shutdown_problems, baseline.as_ref());
+    report["idle"] = Value::Array(idle_rounds.iter().map(IdleRound::to_json).collect());
     fs::write(
         rig.run_dir.join("report.json"),
         serde_json::to_string_pretty(&report)? + "\n",
@@ -630,6 +686,139 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
         run_dir: rig.run_dir.clone(),
         problems,
     })
+}
+
+/// One server's idle crowd in one round of the `idle` scenario.
+struct IdleRound {
+    server: String,
+    round: u32,
+    connections: usize,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+}
+
+impl IdleRound {
+    fn kib_per_connection(&self) -> f64 {
+        self.rss_after_kib.saturating_sub(self.rss_before_kib) as f64
+            / self.connections.max(1) as f64
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "server": self.server,
+            "round": self.round,
+            "idle_connections": self.connections,
+            "rss_before_kib": self.rss_before_kib,
+            "rss_with_idle_kib": self.rss_after_kib,
+            "rss_kib_per_idle_connection": finite(self.kib_per_connection()),
+        })
+    }
+}
+
+/// Resident memory of `pids` together (VmRSS from /proc/PID/status), KiB.
+fn rss_kib(pids: &[u32]) -> Result<u64> {
+    let mut total = 0;
+    for pid in pids {
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("read /proc/{pid}/status"))?;
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// Opens `n` keep-alive connections to `url` (http://host:port), has each answered once (a
+/// one-byte range of `object`) and returns them, idle. Batches of 256, so the server's accept
+/// queue never overflows.
+fn idle_crowd(url: &str, object: &str, n: u32) -> Result<Vec<std::net::TcpStream>> {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let request = format!("GET /{object} HTTP/1.1\r\nHost: bench\r\nRange: bytes=0-0\r\n\r\n");
+    let mut conns = Vec::with_capacity(n as usize);
+    let mut buf = [0u8; 1024];
+    while conns.len() < n as usize {
+        let batch = (n as usize - conns.len()).min(256);
+        let mut fresh = Vec::with_capacity(batch);
+        for _ in 0..batch {
+            let mut c = std::net::TcpStream::connect(addr)
+                .with_context(|| format!("idle connection {} to {addr}", conns.len()))?;
+            c.set_read_timeout(Some(Duration::from_secs(10)))?;
+            c.write_all(request.as_bytes())?;
+            fresh.push(c);
+        }
+        for c in &mut fresh {
+            // The head and its one body byte: read until the head ends and one more byte came.
+            let mut got = Vec::new();
+            loop {
+                let k = c
+                    .read(&mut buf)
+                    .context("read an idle connection's response")?;
+                if k == 0 {
+                    bail!("the server closed an idle connection before answering it");
+                }
+                got.extend_from_slice(&buf[..k]);
+                if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    if got.len() > end + 4 {
+                        break;
+                    }
+                }
+            }
+            if !got.starts_with(b"HTTP/1.1 206") {
+                bail!(
+                    "idle connection: want 206, got {:?}",
+                    String::from_utf8_lossy(&got[..got.len().min(64)])
+                );
+            }
+        }
+        conns.extend(fresh);
+    }
+    Ok(conns)
+}
+
+/// The `idle` scenario's section: RSS per idle connection, and the active p99 beside the idle
+/// crowd over the `64k` scenario's p99 of the same server and round.
+fn idle_markdown(idle: &[IdleRound], results: &[Measurement]) -> String {
+    if idle.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "\n## Idle connections (per round)\n\n| server | round | idle connections | RSS before MiB | \
+         RSS with them MiB | KiB per idle connection | active p99 ms with them | `64k` p99 ms \
+         (same round) | ratio |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in idle {
+        let with = results
+            .iter()
+            .find(|m| m.scenario == "idle" && m.server == r.server && m.round == r.round);
+        let without = results
+            .iter()
+            .find(|m| m.scenario == "64k" && m.server == r.server && m.round == r.round);
+        let p = |m: Option<&Measurement>| m.map_or(f64::NAN, Measurement::p99);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {} | {} | {} |",
+            r.server,
+            r.round,
+            r.connections,
+            r.rss_before_kib as f64 / 1024.0,
+            r.rss_after_kib as f64 / 1024.0,
+            r.kib_per_connection(),
+            num(p(with), 2),
+            num(p(without), 2),
+            num(p(with) / p(without), 2),
+        );
+    }
+    s
+}
+
+/// Whether the reference server ("limit") can answer `scenario`: plain-HTTP range requests
+/// on the hot files (it knows nothing of TLS, cold tiers or players).
+fn limit_serves(scenario: &Scenario) -> bool {
+    matches!(scenario.kind, Kind::Ranges { .. }) && !scenario.tls
 }
 
 fn local_endpoint(t: Target) -> Endpoint {
@@ -678,6 +867,7 @@ fn load_config(
         Kind::Ranges { min, max, align } => {
             Workload::Ranges(vec![class("hot", 1.0, hot, min, max, align)])
         }
+        Kind::Idle => Workload::Ranges(vec![class("hot", 1.0, hot, 64 << 10, 64 << 10, 64 << 10)]),
         Kind::Mixed => Workload::Ranges(vec![
             class("hot", 0.9, hot, 64 << 10, 64 << 10, 64 << 10),
             class("cold", 0.1, cold, 256 << 10, 256 << 10, 256 << 10),
@@ -999,7 +1189,8 @@ impl Spread {
     }
 }
 
-/// edgeplane / nginx in one scenario, over the rounds that measured both.
+/// One server over another (edgeplane / nginx, or either / the limit) in one scenario, over
+/// the rounds that measured both.
 struct Ratio {
     scenario: &'static str,
     gbps: Spread,
@@ -1010,16 +1201,21 @@ struct Ratio {
 }
 
 fn ratios(results: &[Measurement]) -> Vec<Ratio> {
+    ratios_of(results, "edgeplane", "nginx")
+}
+
+/// `num` / `den` per scenario, from the rounds that measured both.
+fn ratios_of(results: &[Measurement], num: &str, den: &str) -> Vec<Ratio> {
     let mut out = Vec::new();
     for s in &SCENARIOS {
         let mut v: [Vec<f64>; 5] = Default::default();
         for e in results
             .iter()
-            .filter(|m| m.scenario == s.name && m.server == "edgeplane")
+            .filter(|m| m.scenario == s.name && m.server == num)
         {
             let Some(n) = results
                 .iter()
-                .find(|m| m.scenario == s.name && m.server == "nginx" && m.round == e.round)
+                .find(|m| m.scenario == s.name && m.server == den && m.round == e.round)
             else {
                 continue;
             };
@@ -1277,6 +1473,34 @@ fn report_markdown(
             );
         }
     }
+    let limit: Vec<(&str, Vec<Ratio>)> = ["edgeplane", "nginx"]
+        .into_iter()
+        .map(|server| (server, ratios_of(results, server, "limit")))
+        .filter(|(_, r)| !r.is_empty())
+        .collect();
+    if !limit.is_empty() {
+        s.push_str(
+            "\n## Against the limit (median of per-round ratios, min–max)\n\n\
+             `limit` is bench/refserver: one thread, one edge-triggered epoll registration per \
+             connection, the Range line parsed and nothing else, the head with `MSG_MORE` and the \
+             body with `sendfile` — the least a server can spend per request on this machine. \
+             1.00 = as efficient as it.\n\n\
+             | scenario | server | req per CPU-s / limit's (higher is better) | CPU-s per GiB / \
+             limit's (lower is better) | p99 / limit's |\n|---|---|---:|---:|---:|\n",
+        );
+        for (server, rs) in &limit {
+            for r in rs {
+                let _ = writeln!(
+                    s,
+                    "| {} | {server} | {} | {} | {} |",
+                    r.scenario,
+                    r.req_per_cpu_s.display(),
+                    r.cpu_s_per_gib.display(),
+                    r.p99.display()
+                );
+            }
+        }
+    }
     let players: Vec<&Measurement> = results
         .iter()
         .filter(|m| m.report.player.is_some())
@@ -1313,13 +1537,20 @@ fn report_markdown(
     if !mixed.is_empty() {
         s.push_str(
             "\n## Hot and cold requests (per round)\n\n| scenario | server | round | hot req | hot p50 ms \
-             | hot p99 ms | cold req | cold p50 ms | cold p99 ms |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+             | hot p99 ms | cold req | cold p50 ms | cold p99 ms | hot p99 / `64k` p99 (same round; \
+             goal ≤ 2) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for m in mixed {
             let (h, c) = (&m.report.classes[0], &m.report.classes[1]);
+            // The same server's hot-only p99: the `64k` scenario (hot 64 KiB ranges, same
+            // connections) in the same round.
+            let alone = results
+                .iter()
+                .find(|o| o.scenario == "64k" && o.server == m.server && o.round == m.round)
+                .map_or(f64::NAN, Measurement::p99);
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} |",
+                "| {} | {} | {} | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {} |",
                 m.scenario,
                 m.server,
                 m.round,
@@ -1328,7 +1559,8 @@ fn report_markdown(
                 h.latency.p99_ms,
                 c.requests,
                 c.latency.p50_ms,
-                c.latency.p99_ms
+                c.latency.p99_ms,
+                num(h.latency.p99_ms / alone, 2)
             );
         }
     }
@@ -1368,6 +1600,22 @@ fn report_json(
     baseline: Option<&Baseline>,
 ) -> Value {
     let a = ctx.args;
+    let over_limit: Vec<Value> = ["edgeplane", "nginx"]
+        .iter()
+        .flat_map(|server| {
+            ratios_of(results, server, "limit")
+                .into_iter()
+                .map(move |r| {
+                    json!({
+                        "scenario": r.scenario,
+                        "server": server,
+                        "req_per_cpu_s": r.req_per_cpu_s.to_json(),
+                        "cpu_s_per_gib": r.cpu_s_per_gib.to_json(),
+                        "latency_p99": r.p99.to_json(),
+                    })
+                })
+        })
+        .collect();
     json!({
         "timestamp": ctx.timestamp,
         "settings": {
@@ -1420,6 +1668,7 @@ fn report_json(
                 "cpu_s_per_gib": r.cpu_s_per_gib.to_json(),
             }))
             .collect::<Vec<_>>(),
+        "ratios_over_limit": over_limit,
         "baseline": baseline.map(|b| b.dir.display().to_string()),
         "shutdown_problems": shutdown,
     })
@@ -1525,6 +1774,7 @@ mod tests {
             https_url: None,
             ca: None,
             callgrind: false,
+            edgeplane_bin: None,
             callgrind_requests: 10,
         }
     }

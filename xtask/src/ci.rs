@@ -13,6 +13,19 @@ use anyhow::Result;
 
 use crate::util::{cargo, ebpf_toolchain, header, run_checked, workspace_root};
 
+/// The integration tests of the serving path (ranges, keep-alive and pipelining, timeouts,
+/// errors, HTTPS, cold tier, drain, reload), run again on each readiness path.
+const SERVING_TESTS: &[&str] = &[
+    "http_ranges",
+    "http_connections",
+    "http_errors",
+    "https",
+    "cold_tier",
+    "operations",
+    "lifecycle",
+    "admin",
+];
+
 pub(crate) fn run() -> Result<()> {
     header("scripts/setup.sh");
     let mut setup = std::process::Command::new("bash");
@@ -36,6 +49,21 @@ pub(crate) fn run() -> Result<()> {
         if i == 1 {
             ebpf_checks()?;
         }
+    }
+    // The serving tests once more on the other readiness paths (issue #17): the default run
+    // above takes `auto` (multishot poll on Linux 5.13+); `read-first` is what `auto` falls back
+    // to on an older kernel, `legacy` is glommio's own path. Each keeps every guarantee.
+    header("serving tests with io.readiness = \"legacy\", then \"read-first\"");
+    for mode in ["legacy", "read-first"] {
+        let mut cmd = cargo();
+        cmd.args(["test", "-p", "edgeplane"]);
+        for t in SERVING_TESTS {
+            cmd.args(["--test", t]);
+        }
+        run_checked(
+            cmd.env("EDGEPLANE_REQUIRE_EBPF", "1")
+                .env("EDGEPLANE_TEST_READINESS", mode),
+        )?;
     }
     // After the tests: HTTPS over kernel TLS in a VM (about a minute), and the testssl.sh scan
     // of the HTTPS listener (about a minute).

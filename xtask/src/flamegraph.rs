@@ -65,11 +65,11 @@ pub(crate) fn run(args: &FlamegraphArgs) -> Result<()> {
     let perf = check_perf()?;
     let nginx = match args.server {
         ServerKind::Nginx => Some(find_program("nginx")?),
-        ServerKind::Edgeplane => None,
+        ServerKind::Edgeplane | ServerKind::Limit => None,
     };
     let bin = match args.server {
         ServerKind::Edgeplane => Some(build_edgeplane(PROFILE)?),
-        ServerKind::Nginx => None,
+        ServerKind::Nginx | ServerKind::Limit => None,
     };
     let rig = Rig::prepare("flamegraph-", CONNECTIONS)?;
     let mut target = match (&bin, &nginx) {

@@ -70,6 +70,9 @@ impl ScenarioName {
 pub(crate) enum ServerKind {
     Edgeplane,
     Nginx,
+    /// bench/refserver: one thread, epoll, header + sendfile (the bench's "limit" column).
+    #[value(skip)]
+    Limit,
 }
 
 impl ServerKind {
@@ -77,8 +80,32 @@ impl ServerKind {
         match self {
             ServerKind::Edgeplane => "edgeplane",
             ServerKind::Nginx => "nginx",
+            ServerKind::Limit => "limit",
         }
     }
+}
+
+/// Builds bench/refserver/refserver.c (`cc -O2`) into the target directory; returns the binary.
+pub(crate) fn build_reference() -> Result<PathBuf> {
+    let src = crate::util::workspace_root().join("bench/refserver/refserver.c");
+    let out = target_dir().join("bench/refserver");
+    fs::create_dir_all(out.parent().expect("a parent"))?;
+    let cc = find_program("cc")?;
+    let mut cmd = Command::new(cc);
+    cmd.args(["-O2", "-Wall", "-o"]).arg(&out).arg(&src);
+    header(&format!(
+        "building the reference server: {}",
+        display_command(&cmd)
+    ));
+    let status = cmd.status().context("run cc")?;
+    if !status.success() {
+        bail!(
+            "cc {} failed: {}",
+            src.display(),
+            describe_status(Some(status))
+        );
+    }
+    Ok(out)
 }
 
 /// Fails unless the machine has the two CPUs the rig pins to.
@@ -266,6 +293,29 @@ impl Rig {
         })
     }
 
+    /// Starts the reference server (bench/refserver) on the catalog, pinned to the server CPU.
+    pub(crate) fn start_reference(&self, bin: &Path) -> Result<Target> {
+        header(&format!(
+            "starting the reference server (epoll + sendfile, pinned to CPU {SERVER_CPU})"
+        ));
+        let addr = free_port()?;
+        let mut cmd = Command::new(&self.taskset);
+        cmd.arg("-c")
+            .arg(SERVER_CPU)
+            .arg(bin)
+            .arg(&self.catalog)
+            .arg(addr.port().to_string());
+        let mut server = Server::spawn("limit", cmd, &self.run_dir.join("refserver.log"))?;
+        server.wait_for_port(addr, READY_TIMEOUT)?;
+        eprintln!("reference server ready: http={addr}");
+        Ok(Target {
+            kind: ServerKind::Limit,
+            server,
+            addr,
+            https_addr: None,
+        })
+    }
+
     /// Writes `wrk-<scenario>.lua` into the run directory and returns its path.
     pub(crate) fn write_wrk_script(&self, scenario: &Scenario) -> Result<PathBuf> {
         let script = self.run_dir.join(format!("wrk-{}.lua", scenario.name));
@@ -315,7 +365,7 @@ impl Target {
     pub(crate) fn shut_down(mut self) -> Result<()> {
         let signal = match self.kind {
             ServerKind::Nginx => libc::SIGQUIT,
-            ServerKind::Edgeplane => libc::SIGTERM,
+            ServerKind::Edgeplane | ServerKind::Limit => libc::SIGTERM,
         };
         let status = self.server.stop(signal, STOP_TIMEOUT)?;
         if !status.success() {

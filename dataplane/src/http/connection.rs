@@ -103,6 +103,9 @@ enum State {
     Closed(Close),
 }
 
+/// Bytes a connection's read buffer starts with (see [`Connection::new`]).
+pub const INITIAL_BUF: usize = 1024;
+
 /// One connection's request side. See the module docs.
 #[derive(Debug)]
 pub struct Connection {
@@ -121,11 +124,13 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A new connection under the head limits in effect at its accept (its buffer holds one
-    /// head of `limits.max_header_bytes`, the only allocation).
+    /// A new connection under the head limits in effect at its accept. Its buffer, the only
+    /// allocation, starts at [`INITIAL_BUF`] bytes (enough for the usual head) and grows up to
+    /// `limits.max_header_bytes` only for a head that does not fit: an idle keep-alive
+    /// connection holds 1 KiB, not the largest head allowed (issue #17, idle connections).
     pub fn new(limits: Limits) -> Connection {
         Connection {
-            buf: vec![0; limits.max_header_bytes],
+            buf: vec![0; INITIAL_BUF.min(limits.max_header_bytes)],
             start: 0,
             end: 0,
             limits,
@@ -208,6 +213,11 @@ impl Connection {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
+        }
+        if self.end == self.buf.len() && self.buf.len() < self.limits.max_header_bytes {
+            // A head longer than the buffer so far: grow, at most to the largest head allowed.
+            let len = (self.buf.len() * 4).min(self.limits.max_header_bytes);
+            self.buf.resize(len, 0);
         }
         &mut self.buf[self.end..]
     }
@@ -657,6 +667,30 @@ mod tests {
         let rest = &next.as_bytes()[LIMITS.max_header_bytes - first.len()..];
         let seen = drive(&mut c, &[&fill, rest, b"\r\n\r\n"], &POLICY, t0);
         assert_eq!(seen, vec![get("a"), get("b")]);
+    }
+
+    #[test]
+    fn the_buffer_starts_small_and_grows_only_for_a_long_head() {
+        let t0 = Instant::now();
+        let limits = Limits {
+            max_header_bytes: 16 * INITIAL_BUF,
+            ..LIMITS
+        };
+        let mut c = Connection::new(limits);
+        assert_eq!(
+            c.read_buf().len(),
+            INITIAL_BUF,
+            "an idle connection holds 1 KiB"
+        );
+        // A 10 KiB head, then a short one: both answered, the buffer never past the limit.
+        let long = format!(
+            "GET /big HTTP/1.1\r\nHost: h\r\nX: {}\r\n\r\n",
+            "v".repeat(10 << 10)
+        );
+        let short = b"GET /small HTTP/1.1\r\nHost: h\r\n\r\n";
+        let seen = drive(&mut c, &[long.as_bytes(), short], &POLICY, t0);
+        assert_eq!(seen, vec![get("big"), get("small")]);
+        assert!(c.buf.len() > INITIAL_BUF && c.buf.len() <= limits.max_header_bytes);
     }
 
     #[test]

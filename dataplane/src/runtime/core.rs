@@ -343,6 +343,7 @@ impl Core {
         glommio::executor()
             .spawn_blocking(move || {
                 sys::bind_thread_to(&cpus);
+                sys::lower_thread_priority();
                 sys::read_into_cache(&file, start, len)
             })
             .await

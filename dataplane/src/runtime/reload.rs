@@ -45,6 +45,7 @@ pub(crate) fn plan(old: &Config, mut new: Config, tier_capacity: usize) -> Plan 
     keep!("io.io_memory_kib", io.io_memory_kib);
     keep!("io.cold_read_threads", io.cold_read_threads);
     keep!("io.open_file_cache", io.open_file_cache);
+    keep!("io.readiness", io.readiness);
     keep!("limits.max_connections", limits.max_connections);
     keep!(
         "limits.max_connections_per_client",

@@ -177,6 +177,7 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> Result<
         }
         None => (None, None),
     };
+    set_readiness(config.io.readiness);
     let placement = place(&config)?;
     let cpus = placement.executor_cpus.clone();
     // XDP before the executors: the filter judges the port they are about to listen on.
@@ -476,6 +477,39 @@ fn detect_tls_mode(setting: crate::config::KtlsSetting) -> TlsMode {
             TlsMode::Userspace
         }
     }
+}
+
+/// How the serving sockets wait for request bytes (`io.readiness`), decided once at start
+/// for every executor, and the one log line that says so.
+fn set_readiness(setting: crate::config::ReadinessSetting) {
+    use crate::config::ReadinessSetting as S;
+    use glommio::net::Readiness;
+    let multishot = glommio::net::multishot_poll_supported();
+    let mode = match setting {
+        S::Auto | S::Multishot if multishot => Readiness::Multishot,
+        S::Auto => {
+            tracing::info!(
+                "socket readiness: this kernel has no multishot io_uring poll (Linux 5.13+):                  read first, then a one-shot poll per wait (io.readiness = \"auto\")"
+            );
+            Readiness::ReadFirst
+        }
+        S::Multishot => {
+            tracing::warn!(
+                "socket readiness: io.readiness = \"multishot\" but this kernel has no \
+                 multishot io_uring poll (Linux 5.13+): read first, then a one-shot poll per wait"
+            );
+            Readiness::ReadFirst
+        }
+        S::ReadFirst => Readiness::ReadFirst,
+        S::Legacy => Readiness::Eager,
+    };
+    let how = match mode {
+        Readiness::Multishot => "read first, one multishot poll per connection",
+        Readiness::ReadFirst => "read first, a one-shot poll per wait",
+        Readiness::Eager => "a one-shot poll after every read (glommio's own path)",
+    };
+    tracing::info!(setting = setting.as_str(), "socket readiness: {how}");
+    glommio::net::set_stream_readiness(mode);
 }
 
 fn reserve_port(

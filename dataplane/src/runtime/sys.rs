@@ -251,6 +251,38 @@ pub(crate) fn fs_space(path: &std::path::Path) -> io::Result<(u64, u64)> {
     Ok((st.f_bavail as u64 * unit, st.f_blocks as u64 * unit))
 }
 
+/// Nice value of the threads that read cold ranges: the lowest, so a cold-read thread that
+/// shares a CPU with an executor never preempts it when its read completes (the executor's hot
+/// requests would wait behind it), yet still gets a share of an executor that never idles
+/// (unlike `SCHED_IDLE`, which could starve cold reads on a saturated core).
+pub(crate) const COLD_READ_NICE: libc::c_int = 19;
+
+/// Lowers the calling thread to [`COLD_READ_NICE`], once per thread. A failure (a seccomp
+/// filter, say) leaves it as it was: the priority is an optimization, never a reason to fail a
+/// read.
+pub(crate) fn lower_thread_priority() {
+    thread_local! {
+        static DONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    DONE.with(|done| {
+        if done.replace(true) {
+            return;
+        }
+        // SAFETY: gettid has no arguments; setpriority with PRIO_PROCESS and a thread id
+        // changes that one thread's nice value (Linux), integer arguments only.
+        let rc = unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, COLD_READ_NICE)
+        };
+        if rc != 0 {
+            tracing::debug!(
+                "cold read: cannot lower the thread's priority: {}",
+                io::Error::last_os_error()
+            );
+        }
+    });
+}
+
 /// The soft `RLIMIT_MEMLOCK` in bytes (`u64::MAX` when unlimited).
 pub(crate) fn memlock_limit() -> u64 {
     let mut lim = libc::rlimit {
@@ -352,5 +384,33 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    fn nice_of_this_thread() -> libc::c_int {
+        // SAFETY: integer arguments only; errno is cleared first, as getpriority's -1 is valid.
+        unsafe {
+            *libc::__errno_location() = 0;
+            libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t)
+        }
+    }
+
+    #[test]
+    fn cold_read_threads_run_at_the_lowest_priority_and_only_they_do() {
+        let before = nice_of_this_thread();
+        let (first, again) = std::thread::spawn(|| {
+            lower_thread_priority();
+            let first = nice_of_this_thread();
+            lower_thread_priority();
+            (first, nice_of_this_thread())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(first, COLD_READ_NICE);
+        assert_eq!(again, COLD_READ_NICE);
+        assert_eq!(
+            nice_of_this_thread(),
+            before,
+            "other threads keep their priority"
+        );
     }
 }
