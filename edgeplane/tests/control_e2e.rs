@@ -1694,3 +1694,90 @@ fn held_set_digests_and_demand_follow_the_appliance() {
     assert!(emb.agent_metric("edgeplane_agent_held_full_reports_total") >= 2.0);
     drop(cloud.proc);
 }
+
+/// Local time now as (minute of the day, second), as the agent reads it.
+fn local_clock() -> (u32, u32) {
+    let out = Command::new("date").arg("+%H %M %S").output().unwrap();
+    let t: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (t[0] * 60 + t[1], t[2])
+}
+
+/// The fill window holds during a pass, not only at its start: with a window closed for one
+/// minute (`"HH:MM-HH:MM"` open all day but that minute) and a fill longer than a minute (rate
+/// capped), the pass stops at the window's end after the objects in flight — every object on
+/// disk whole — and the next window finishes the fill.
+#[test]
+fn the_fill_window_stops_a_pass_and_the_next_window_resumes_it() {
+    let root = temp_dir();
+    let moto = Moto::start(free_port());
+    let cloud = start_cloud(root.path(), &moto);
+    // 9.6 MB at 1 Mbit/s: about 77 s of fill, longer than the minute before the window closes.
+    let catalog = publish_catalog_scaled(&cloud, &root.path().join("catalog.json"), true, "1.0");
+    let objects: HashMap<String, String> = catalog
+        .titles
+        .iter()
+        .flat_map(|t| t.renditions.iter().flat_map(|r| r.objects.iter()))
+        .map(|o| (o.id.clone(), o.sha256.clone()))
+        .collect();
+    let mut emb = Appliance::new(
+        root.path(),
+        "emb",
+        "embedded",
+        &["127.0.0.0/8"],
+        &moto,
+        &cloud,
+        1,
+    );
+    emb.start_dataplane();
+    // Start in the first half of a minute, so the pass begins well before the window's end.
+    let (minute, _) = poll_within(
+        "the first half of a minute",
+        Duration::from_secs(70),
+        || {
+            let (m, s) = local_clock();
+            (s < 30).then_some((m, s))
+        },
+    );
+    let hhmm = |m: u32| format!("{:02}:{:02}", (m % 1440) / 60, m % 60);
+    let window = format!("{}-{}", hhmm(minute + 2), hhmm(minute + 1));
+    let text = std::fs::read_to_string(&emb.config).unwrap().replace(
+        "[agent.fill]\n",
+        &format!("[agent.fill]\nwindow = \"{window}\"\n"),
+    );
+    std::fs::write(&emb.config, text).unwrap();
+    emb.start_agent();
+    let log = |a: &Appliance| a.agent.as_ref().unwrap().output();
+    poll_within(
+        "the window to close during the pass",
+        Duration::from_secs(120),
+        || {
+            log(&emb)
+                .contains("fill window closed during the pass")
+                .then_some(())
+        },
+    );
+    let (present, wanted) = emb.fill_progress().unwrap();
+    assert!(
+        present < wanted,
+        "the pass ran on past the window: {present}/{wanted}"
+    );
+    for (id, bytes) in emb.files() {
+        assert_eq!(&sha256_hex(&bytes), &objects[&id], "{id} is not whole");
+    }
+    poll_within("the window to show closed", Duration::from_secs(30), || {
+        (emb.agent_metric("edgeplane_agent_fill_window_open") == 0.0).then_some(())
+    });
+    // The next window finishes the fill.
+    emb.wait_filled(Duration::from_secs(240));
+    assert_eq!(emb.agent_metric("edgeplane_agent_fill_window_open"), 1.0);
+    assert_eq!(emb.files().len(), objects.len());
+    assert_eq!(
+        log(&emb)
+            .matches("fill window closed during the pass")
+            .count(),
+        1
+    );
+}
