@@ -17,6 +17,24 @@
 //! then compare the MAC in constant time (`hmac`'s `verify_slice`). The early refusals reveal
 //! only what the URL itself says (its expiry and prefix), never anything about the key.
 //!
+//! **Per-title tokens.** Beside the per-object query form, a token signs a whole title (every
+//! object whose id starts with a prefix) for a client network, carried as a path segment so a
+//! player resolving relative URLs against `http://appliance/tok/<token>/` fetches
+//! `/tok/<token>/<content id>`:
+//!
+//! ```text
+//! /tok/<id-prefix>~<exp>~<client prefix, '/' written as '_'>~<kid>~<sig>/<content id>
+//! /tok/<token>/<content id>/range/<first>-<last>
+//! ```
+//!
+//! e.g. `/tok/t0007-~1800000600~203.0.113.0_24~k1~<43 chars>/t0007-720p-0003.m4s`. The MAC is
+//! HMAC-SHA256 under the key named by `kid` over
+//! `"edgeplane-prefix-token\0<id-prefix>\0<exp>\0<client prefix with '/'>"` (a different domain
+//! than the per-object form, so neither signature verifies as the other). [`sign_title`] makes
+//! the token, [`KeySet::verify_title`] checks it with the same checks and refusals as
+//! [`KeySet::verify`]; an object outside the id-prefix is refused as
+//! [`Reject::BadSignature`], as a per-object URL used for another object is.
+//!
 //! **Rotation.** A [`KeySet`] holds every key that may still verify; each key has a `not_after`
 //! after which it no longer verifies. The signer always uses the newest key
 //! ([`KeySet::signing_key`]) and keeps the previous one for at least the URL lifetime, so URLs
@@ -35,6 +53,15 @@ type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 /// Domain separation for the MAC input; bump with any change to the format.
 const CONTEXT: &str = "edgeplane-url-v1";
+
+/// Domain separation for the per-title token's MAC input.
+const TITLE_CONTEXT: &[u8] = b"edgeplane-prefix-token\0";
+
+/// Separator of the fields of a per-title token.
+pub const TITLE_TOKEN_SEP: char = '~';
+
+/// Longest accepted id-prefix of a per-title token (a content id's longest length).
+pub const MAX_ID_PREFIX: usize = 200;
 
 /// Longest accepted key id.
 pub const MAX_KEY_ID: usize = 64;
@@ -187,24 +214,127 @@ impl<'a> Token<'a> {
         if !valid_key_id(kid) {
             return Err(Reject::Malformed);
         }
-        if sig.len() != 43 {
-            return Err(Reject::Malformed);
-        }
-        let mut mac = [0u8; 32];
-        let n = URL_SAFE_NO_PAD
-            .decode_slice(sig, &mut mac)
-            .map_err(|_| Reject::Malformed)?;
-        if n != 32 {
-            return Err(Reject::Malformed);
-        }
         Ok(Token {
             exp,
             prefix_text: pfx,
             prefix,
             kid,
-            sig: mac,
+            sig: decode_sig(sig)?,
         })
     }
+}
+
+/// A per-title token, borrowed from a URL path segment
+/// (`<id-prefix>~<exp>~<client prefix, '/' as '_'>~<kid>~<sig>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TitleToken<'a> {
+    /// Every object whose id starts with this is covered.
+    pub id_prefix: &'a str,
+    /// Expiry, unix seconds.
+    pub exp: u64,
+    /// The address part of the client prefix as written (before `_`).
+    pub prefix_addr: &'a str,
+    /// The length part of the client prefix as written (after `_`).
+    pub prefix_len: &'a str,
+    /// The prefix, parsed.
+    pub prefix: IpNet,
+    /// Key id.
+    pub kid: &'a str,
+    /// The MAC.
+    pub sig: [u8; 32],
+}
+
+impl<'a> TitleToken<'a> {
+    /// Parses a token path segment. An empty one is [`Reject::Unsigned`], anything else not in
+    /// the form [`Reject::Malformed`].
+    pub fn parse(token: &'a str) -> Result<TitleToken<'a>, Reject> {
+        if token.is_empty() {
+            return Err(Reject::Unsigned);
+        }
+        let mut parts = token.split(TITLE_TOKEN_SEP);
+        let mut field = || {
+            parts
+                .next()
+                .filter(|f| !f.is_empty())
+                .ok_or(Reject::Malformed)
+        };
+        let id_prefix = field()?;
+        let exp = field()?;
+        let pfx = field()?;
+        let kid = field()?;
+        let sig = field()?;
+        if parts.next().is_some() {
+            return Err(Reject::Malformed);
+        }
+        if !valid_id_prefix(id_prefix) {
+            return Err(Reject::Malformed);
+        }
+        // Digits, without leading zeros: one expiry has one spelling.
+        if exp.len() > 20
+            || !exp.bytes().all(|b| b.is_ascii_digit())
+            || (exp.len() > 1 && exp.starts_with('0'))
+        {
+            return Err(Reject::Malformed);
+        }
+        let exp: u64 = exp.parse().map_err(|_| Reject::Malformed)?;
+        let (prefix_addr, prefix_len) = pfx.split_once('_').ok_or(Reject::Malformed)?;
+        if prefix_len.is_empty()
+            || prefix_len.len() > 3
+            || !prefix_len.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(Reject::Malformed);
+        }
+        let addr: IpAddr = prefix_addr.parse().map_err(|_| Reject::Malformed)?;
+        let len: u8 = prefix_len.parse().map_err(|_| Reject::Malformed)?;
+        let prefix = IpNet::new(addr, len).map_err(|_| Reject::Malformed)?;
+        // Only the canonical network form (no host bits), so one prefix has one spelling.
+        if prefix.trunc() != prefix {
+            return Err(Reject::Malformed);
+        }
+        if !valid_key_id(kid) {
+            return Err(Reject::Malformed);
+        }
+        Ok(TitleToken {
+            id_prefix,
+            exp,
+            prefix_addr,
+            prefix_len,
+            prefix,
+            kid,
+            sig: decode_sig(sig)?,
+        })
+    }
+}
+
+/// The 32-byte MAC from its 43 base64url characters.
+fn decode_sig(sig: &str) -> Result<[u8; 32], Reject> {
+    if sig.len() != 43 {
+        return Err(Reject::Malformed);
+    }
+    let mut mac = [0u8; 32];
+    let n = URL_SAFE_NO_PAD
+        .decode_slice(sig, &mut mac)
+        .map_err(|_| Reject::Malformed)?;
+    if n != 32 {
+        return Err(Reject::Malformed);
+    }
+    Ok(mac)
+}
+
+/// Whether `p` is a usable id-prefix of a per-title token: 1 to [`MAX_ID_PREFIX`] characters of
+/// a content id (`[A-Za-z0-9._-]`), not starting with `.`.
+pub fn valid_id_prefix(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= MAX_ID_PREFIX
+        && !p.starts_with('.')
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The title prefix of a content id: everything up to and including its first `-`
+/// (`t0007-720p-0003.m4s` → `t0007-`), or the whole id when it has none.
+pub fn title_id_prefix(id: &str) -> &str {
+    id.find('-').map_or(id, |i| &id[..=i])
 }
 
 /// Whether `id` is a usable key id.
@@ -216,17 +346,11 @@ pub fn valid_key_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-fn mac(key: &SigningKey, object: &str, exp: u64, prefix_text: &str) -> HmacSha256 {
-    // Infallible: HMAC takes keys of any length.
-    let mut m = <HmacSha256 as KeyInit>::new_from_slice(&key.secret).expect("HMAC key");
-    m.update(CONTEXT.as_bytes());
-    m.update(b"\n");
-    m.update(object.as_bytes());
-    m.update(b"\n");
-    // Decimal digits without allocating (this runs per request in the data plane).
+/// Feeds `v` in decimal without allocating (this runs per request in the data plane).
+fn update_decimal(m: &mut HmacSha256, v: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
-    let mut v = exp;
+    let mut v = v;
     loop {
         i -= 1;
         digits[i] = b'0' + (v % 10) as u8;
@@ -236,9 +360,61 @@ fn mac(key: &SigningKey, object: &str, exp: u64, prefix_text: &str) -> HmacSha25
         }
     }
     m.update(&digits[i..]);
+}
+
+fn hmac(key: &SigningKey) -> HmacSha256 {
+    // Infallible: HMAC takes keys of any length.
+    <HmacSha256 as KeyInit>::new_from_slice(&key.secret).expect("HMAC key")
+}
+
+fn mac(key: &SigningKey, object: &str, exp: u64, prefix_text: &str) -> HmacSha256 {
+    let mut m = hmac(key);
+    m.update(CONTEXT.as_bytes());
+    m.update(b"\n");
+    m.update(object.as_bytes());
+    m.update(b"\n");
+    update_decimal(&mut m, exp);
     m.update(b"\n");
     m.update(prefix_text.as_bytes());
     m
+}
+
+/// The per-title MAC; the prefix is `<addr>/<len>` as written (in the token `/` is `_`).
+fn title_mac(
+    key: &SigningKey,
+    id_prefix: &str,
+    exp: u64,
+    prefix_addr: &str,
+    prefix_len: &str,
+) -> HmacSha256 {
+    let mut m = hmac(key);
+    m.update(TITLE_CONTEXT);
+    m.update(id_prefix.as_bytes());
+    m.update(b"\0");
+    update_decimal(&mut m, exp);
+    m.update(b"\0");
+    m.update(prefix_addr.as_bytes());
+    m.update(b"/");
+    m.update(prefix_len.as_bytes());
+    m
+}
+
+/// The per-title token (a URL path segment) that lets clients in `prefix` fetch every object
+/// whose id starts with `id_prefix` until `exp`. `id_prefix` must pass [`valid_id_prefix`]
+/// (the caller's content ids do).
+pub fn sign_title(key: &SigningKey, id_prefix: &str, exp: u64, prefix: IpNet) -> String {
+    debug_assert!(valid_id_prefix(id_prefix), "{id_prefix:?}");
+    let prefix = prefix.trunc();
+    let addr = prefix.network().to_string();
+    let len = prefix.prefix_len().to_string();
+    let tag = title_mac(key, id_prefix, exp, &addr, &len)
+        .finalize()
+        .into_bytes();
+    format!(
+        "{id_prefix}~{exp}~{addr}_{len}~{}~{}",
+        key.id,
+        URL_SAFE_NO_PAD.encode(tag)
+    )
 }
 
 /// The query string (without `?`) that signs `object` for clients in `prefix` until `exp`.
@@ -309,6 +485,43 @@ impl KeySet {
         mac(key, object, token.exp, token.prefix_text)
             .verify_slice(&token.sig)
             .map_err(|_| Reject::BadSignature)
+    }
+
+    /// Checks a per-title token (the path segment after `/tok/`) for a request of `object`
+    /// from `client` at `now`: the same checks and refusals as [`KeySet::verify`], plus the
+    /// object's id must start with the token's id-prefix (else [`Reject::BadSignature`], as for
+    /// a per-object URL used for another object).
+    pub fn verify_title(
+        &self,
+        object: &str,
+        token: &str,
+        client: IpAddr,
+        now: u64,
+    ) -> Result<(), Reject> {
+        let token = TitleToken::parse(token)?;
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.id == token.kid)
+            .ok_or(Reject::UnknownKey)?;
+        if now > token.exp || now > key.not_after {
+            return Err(Reject::Expired);
+        }
+        if !token.prefix.contains(&canonical(client)) {
+            return Err(Reject::WrongPrefix);
+        }
+        if !object.starts_with(token.id_prefix) {
+            return Err(Reject::BadSignature);
+        }
+        title_mac(
+            key,
+            token.id_prefix,
+            token.exp,
+            token.prefix_addr,
+            token.prefix_len,
+        )
+        .verify_slice(&token.sig)
+        .map_err(|_| Reject::BadSignature)
     }
 }
 
@@ -487,7 +700,136 @@ mod tests {
         );
     }
 
+    #[test]
+    fn title_token_round_trip_and_every_refusal() {
+        let keys = KeySet {
+            keys: vec![key("old", 1, NOW + 10), key("k1", 2, NOW + 3600)],
+        };
+        let k = &keys.keys[1];
+        let pfx: IpNet = "203.0.113.0/24".parse().unwrap();
+        let tok = sign_title(k, "t0007-", NOW + 600, pfx);
+        let (head, sig) = tok.rsplit_once('~').unwrap();
+        assert_eq!(head, "t0007-~1800000600~203.0.113.0_24~k1");
+        assert_eq!(sig.len(), 43);
+        let c = ip("203.0.113.77");
+        let id = "t0007-720p-0003.m4s";
+        assert_eq!(keys.verify_title(id, &tok, c, NOW), Ok(()));
+        assert_eq!(
+            keys.verify_title("t0007-1080p-0999.m4s", &tok, ip("::ffff:203.0.113.1"), NOW),
+            Ok(())
+        );
+        // The MAC, recomputed plainly over the documented input.
+        let mut m = <HmacSha256 as KeyInit>::new_from_slice(&[2; 32]).unwrap();
+        m.update(b"edgeplane-prefix-token\0t0007-\01800000600\0203.0.113.0/24");
+        assert_eq!(URL_SAFE_NO_PAD.encode(m.finalize().into_bytes()), sig);
+        // Another title, another network, after exp, an unknown key.
+        assert_eq!(
+            keys.verify_title("t0008-720p-0003.m4s", &tok, c, NOW),
+            Err(Reject::BadSignature)
+        );
+        assert_eq!(
+            keys.verify_title("t0007", &tok, c, NOW),
+            Err(Reject::BadSignature)
+        );
+        assert_eq!(
+            keys.verify_title(id, &tok, ip("203.0.114.1"), NOW),
+            Err(Reject::WrongPrefix)
+        );
+        assert_eq!(
+            keys.verify_title(id, &tok, c, NOW + 601),
+            Err(Reject::Expired)
+        );
+        assert_eq!(
+            keys.verify_title(id, &tok.replace("~k1~", "~gone~"), c, NOW),
+            Err(Reject::UnknownKey)
+        );
+        // Tampered fields: a wider id-prefix, a later exp, a wider network, the other key.
+        for t in [
+            tok.replace("t0007-~", "t000~"),
+            tok.replace("~1800000600~", "~1800000999~"),
+            tok.replace("~203.0.113.0_24~", "~203.0.0.0_16~"),
+            tok.replace("~k1~", "~old~"),
+        ] {
+            assert_eq!(
+                keys.verify_title(id, &t, c, NOW),
+                Err(Reject::BadSignature),
+                "{t}"
+            );
+        }
+        // Not in the form.
+        assert_eq!(keys.verify_title(id, "", c, NOW), Err(Reject::Unsigned));
+        for t in [
+            "x".to_string(),
+            format!("{tok}~x"),
+            tok.replace("~1800000600~", "~01800000600~"),
+            tok.replace("~203.0.113.0_24~", "~203.0.113.0/24~"),
+            tok.replace("~203.0.113.0_24~", "~203.0.113.1_24~"),
+            tok.replace("~203.0.113.0_24~", "~203.0.113.0_33~"),
+            tok.replace("t0007-~", ".t~"),
+            tok.replace("t0007-~", "~"),
+            // The per-object query form is not a title token, nor the reverse.
+            sign(k, id, NOW + 600, pfx),
+        ] {
+            assert_eq!(
+                keys.verify_title(id, &t, c, NOW),
+                Err(Reject::Malformed),
+                "{t}"
+            );
+        }
+        assert_eq!(keys.verify(id, Some(&tok), c, NOW), Err(Reject::Malformed));
+        // IPv6.
+        let p6: IpNet = "2001:db8:7::/48".parse().unwrap();
+        let t6 = sign_title(k, "t1-", NOW + 60, p6);
+        assert!(t6.starts_with("t1-~1800000060~2001:db8:7::_48~k1~"), "{t6}");
+        assert_eq!(
+            keys.verify_title("t1-a", &t6, ip("2001:db8:7:1::5"), NOW),
+            Ok(())
+        );
+        assert_eq!(
+            keys.verify_title("t1-a", &t6, ip("2001:db8:8::5"), NOW),
+            Err(Reject::WrongPrefix)
+        );
+    }
+
+    #[test]
+    fn title_prefixes() {
+        assert_eq!(title_id_prefix("t0007-720p-0003.m4s"), "t0007-");
+        assert_eq!(title_id_prefix("master.m3u8"), "master.m3u8");
+        assert!(valid_id_prefix("t0007-") && !valid_id_prefix("") && !valid_id_prefix(".x"));
+        assert!(!valid_id_prefix("a~b") && !valid_id_prefix("a/b"));
+    }
+
     proptest! {
+        #[test]
+        fn title_token_any_tampered_byte_rejects(
+            host in any::<u32>(),
+            title in 0u32..100_000,
+            exp in NOW..NOW + 100_000,
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let keys = KeySet { keys: vec![key("k1", 3, u64::MAX), key("k2", 4, u64::MAX)] };
+            let client = IpAddr::V4(host.into());
+            let id_prefix = format!("t{title:04}-");
+            let id = format!("{id_prefix}720p-0001.m4s");
+            let tok = sign_title(&keys.keys[0], &id_prefix, exp, client_prefix(client, 24, 48));
+            prop_assert_eq!(keys.verify_title(&id, &tok, client, NOW), Ok(()));
+            let mut bytes = tok.clone().into_bytes();
+            let i = at.index(bytes.len());
+            prop_assume!(bytes[i] != byte);
+            bytes[i] = byte;
+            // Bytes that are not UTF-8 never reach verification (the path is a str).
+            if let Ok(t) = String::from_utf8(bytes) {
+                prop_assert!(keys.verify_title(&id, &t, client, NOW).is_err(), "{} accepted", t);
+            }
+        }
+
+        #[test]
+        fn no_panic_on_any_title_token(t in ".{0,200}", obj in "[a-z0-9.-]{1,20}") {
+            let keys = KeySet { keys: vec![key("k", 3, u64::MAX)] };
+            let _ = keys.verify_title(&obj, &t, ip("192.0.2.1"), NOW);
+        }
+
         #[test]
         fn no_panic_on_any_query(q in ".{0,200}", obj in "[a-z0-9.-]{1,20}") {
             let keys = KeySet { keys: vec![key("k", 3, u64::MAX)] };
