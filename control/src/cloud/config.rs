@@ -200,6 +200,22 @@ pub struct SteeringConfig {
     /// Most locations in an answer, the origin included (it is always the last one); default 3.
     #[serde(default = "default_max_locations")]
     pub max_locations: usize,
+    /// The `TTL` of content steering answers (`/v1/content-steering`): how often players ask
+    /// again, in seconds; default 10.
+    #[serde(default = "default_reload_secs")]
+    pub reload_secs: u64,
+    /// Where the player page's scripts are (`/player/assets/…`): the `node_modules` directory
+    /// scripts/setup.sh installs dashjs and hls.js into.
+    #[serde(default = "default_player_assets")]
+    pub player_assets: std::path::PathBuf,
+}
+
+fn default_reload_secs() -> u64 {
+    10
+}
+
+fn default_player_assets() -> std::path::PathBuf {
+    "/var/cache/edgeplane/npm/node_modules".into()
 }
 
 fn default_max_locations() -> usize {
@@ -210,6 +226,8 @@ impl Default for SteeringConfig {
     fn default() -> Self {
         SteeringConfig {
             max_locations: default_max_locations(),
+            reload_secs: default_reload_secs(),
+            player_assets: default_player_assets(),
         }
     }
 }
