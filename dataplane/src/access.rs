@@ -260,18 +260,25 @@ impl Access {
         !self.filtering.load(Ordering::Relaxed) || self.prefixes.load().contains(peer)
     }
 
-    /// Checks a request's signature (`Ok` when signing is off).
+    /// Checks a request's signature (`Ok` when signing is off): the per-title `token` of the
+    /// `/tok/<token>/<id>` form when present (the query is then ignored), else the per-object
+    /// signature in the query.
     pub fn verify(
         &self,
         object: &str,
         query: Option<&str>,
+        token: Option<&str>,
         peer: IpAddr,
         now: u64,
     ) -> Result<(), Reject> {
         if !self.signing() {
             return Ok(());
         }
-        self.keys.load().verify(object, query, peer, now)
+        let keys = self.keys.load();
+        match token {
+            Some(token) => keys.verify_title(object, token, peer, now),
+            None => keys.verify(object, query, peer, now),
+        }
     }
 
     /// Whether signed URLs are checked.

@@ -720,7 +720,7 @@ mod tests {
         );
         // The MAC, recomputed plainly over the documented input.
         let mut m = <HmacSha256 as KeyInit>::new_from_slice(&[2; 32]).unwrap();
-        m.update(b"edgeplane-prefix-token\0t0007-\01800000600\0203.0.113.0/24");
+        m.update(b"edgeplane-prefix-token\x00t0007-\x001800000600\x00203.0.113.0/24");
         assert_eq!(URL_SAFE_NO_PAD.encode(m.finalize().into_bytes()), sig);
         // Another title, another network, after exp, an unknown key.
         assert_eq!(

@@ -21,7 +21,7 @@ pub enum Method {
 /// What the request target names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target<'a> {
-    /// `/<id>` or `/<id>/range/<first>-<last>`.
+    /// `/<id>` or `/<id>/range/<first>-<last>`, each optionally behind `/tok/<token>`.
     Object {
         /// The content id (validated).
         id: &'a str,
@@ -30,6 +30,9 @@ pub enum Target<'a> {
         /// The query string after `?` (without it), as sent; `None` without `?`. Carries the
         /// signed-URL parameters (`exp`, `pfx`, `kid`, `sig`).
         query: Option<&'a str>,
+        /// The per-title token of the `/tok/<token>/<id>` form (unchecked here); when present
+        /// it is what is verified and the query is ignored.
+        token: Option<&'a str>,
     },
     /// `*` (only meaningful for OPTIONS).
     Asterisk,
@@ -241,7 +244,18 @@ fn route(target: &str) -> Route<'_> {
         None => (path, None),
     };
     let mut parts = path.split('/');
-    let id = parts.next().unwrap_or("");
+    let mut id = parts.next().unwrap_or("");
+    let mut token = None;
+    // `/tok/<token>/<id>…`: a per-title token as a path segment. `/tok/range/…` stays the path
+    // range of an object named `tok` (a token always holds `~`, so is never `range`).
+    if id == TOKEN_SEGMENT {
+        let mut ahead = parts.clone();
+        if let Some(t) = ahead.next().filter(|&t| t != "range") {
+            token = Some(t);
+            id = ahead.next().unwrap_or("");
+            parts = ahead;
+        }
+    }
     if !crate::content_id::is_valid(id) {
         return Route::Target(Target::NotFound);
     }
@@ -250,18 +264,23 @@ fn route(target: &str) -> Route<'_> {
             id,
             path_range: None,
             query,
+            token,
         }),
         (Some("range"), Some(r), None) => match range::parse_path_range(r) {
             Some(spec) => Route::Target(Target::Object {
                 id,
                 path_range: Some(spec),
                 query,
+                token,
             }),
             None => Route::BadRange,
         },
         _ => Route::Target(Target::NotFound),
     }
 }
+
+/// The first path segment of the per-title token form `/tok/<token>/<id>`.
+pub const TOKEN_SEGMENT: &str = "tok";
 
 /// The path of an origin-form target (`/a`), or of an absolute-form one
 /// (`http://host:port/a`), which RFC 9112 §3.2.2 says a server must accept. Without its
@@ -389,6 +408,7 @@ mod tests {
                 id: "a.m4s",
                 path_range: None,
                 query: None,
+                token: None,
             }
         );
         assert_eq!(r.range, Some(&b"bytes=0-9"[..]));
@@ -405,6 +425,7 @@ mod tests {
                 id: "v1.mp4",
                 path_range: Some(RangeSpec::FromTo(10, 19)),
                 query: Some("token=abc"),
+                token: None,
             }
         );
         let (r, _) = complete(b"GET /v.mp4? HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -414,10 +435,81 @@ mod tests {
                 id: "v.mp4",
                 path_range: None,
                 query: Some(""),
+                token: None,
             }
         );
         let (r, _) = complete(b"GET /v1.mp4/range/19-10 HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(r.bad_path_range);
+    }
+
+    #[test]
+    fn token_form() {
+        let (r, _) =
+            complete(b"GET /tok/t7-~9~10.0.0.0_8~k~s/t7-a.m4s HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(
+            r.target,
+            Target::Object {
+                id: "t7-a.m4s",
+                path_range: None,
+                query: None,
+                token: Some("t7-~9~10.0.0.0_8~k~s"),
+            }
+        );
+        let (r, _) =
+            complete(b"GET http://h/tok/T/t7-a.m4s/range/0-9?x=1 HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(
+            r.target,
+            Target::Object {
+                id: "t7-a.m4s",
+                path_range: Some(RangeSpec::FromTo(0, 9)),
+                query: Some("x=1"),
+                token: Some("T"),
+            }
+        );
+        // An empty token is still the token form (refused as unsigned by the access check).
+        let (r, _) = complete(b"GET /tok//a HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(matches!(
+            r.target,
+            Target::Object {
+                id: "a",
+                token: Some(""),
+                ..
+            }
+        ));
+        // An object named `tok`, whole and by path range.
+        let (r, _) = complete(b"GET /tok HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(matches!(
+            r.target,
+            Target::Object {
+                id: "tok",
+                token: None,
+                ..
+            }
+        ));
+        let (r, _) = complete(b"GET /tok/range/0-1 HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(matches!(
+            r.target,
+            Target::Object {
+                id: "tok",
+                token: None,
+                path_range: Some(_),
+                ..
+            }
+        ));
+        // No id, an invalid id, extra segments.
+        for raw in [
+            &b"GET /tok/T HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"GET /tok/T/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /tok/T/.hidden HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /tok/T/a/b HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            assert_eq!(complete(raw).0.target, Target::NotFound);
+        }
+        assert!(
+            complete(b"GET /tok/T/a/range/9-1 HTTP/1.1\r\nHost: x\r\n\r\n")
+                .0
+                .bad_path_range
+        );
     }
 
     #[test]
@@ -430,6 +522,7 @@ mod tests {
                 id: "v.mp4",
                 path_range: Some(RangeSpec::FromTo(0, 9)),
                 query: None,
+                token: None,
             }
         );
         let (r, _) = complete(b"GET HTTPS://h?x HTTP/1.1\r\nHost: x\r\n\r\n");

@@ -223,6 +223,7 @@ async fn respond_head(
         id,
         path_range,
         query,
+        token,
     } = req.target
     else {
         response::write_error(out, Status::NotFound, ctx, head, b"");
@@ -230,7 +231,11 @@ async fn respond_head(
     };
     // The signature first: a refused request never reaches the catalog or a disk, so an
     // unsigned client cannot even learn whether an object exists (403, never 404).
-    if let Err(why) = core.shared.access.verify(id, query, peer, core.unix_now()) {
+    if let Err(why) = core
+        .shared
+        .access
+        .verify(id, query, token, peer, core.unix_now())
+    {
         core.metrics().signed_url_reject(why);
         response::write_error(out, Status::Forbidden, ctx, head, b"");
         return Ok((Status::Forbidden, None));
