@@ -127,10 +127,10 @@ pub fn parse_steering_query(query: Option<&str>) -> Result<SteeringQuery, String
         match k.as_str() {
             "title" => title = Some(v),
             "client" => {
-                q.client = Some(
-                    v.parse()
-                        .map_err(|_| format!("query parameter client={v:?} is not an IP address"))?,
-                )
+                q.client =
+                    Some(v.parse().map_err(|_| {
+                        format!("query parameter client={v:?} is not an IP address")
+                    })?)
             }
             "pathways" => {
                 let list: Vec<String> = v.split(',').map(str::to_owned).collect();
@@ -386,11 +386,7 @@ async fn content_steering(
     let m = steering_manifest(&st, &q, client, &base)?;
     drop(st);
     Ok(cors(
-        (
-            [(header::CACHE_CONTROL, "no-store")],
-            axum::Json(m),
-        )
-            .into_response(),
+        ([(header::CACHE_CONTROL, "no-store")], axum::Json(m)).into_response(),
     ))
 }
 
@@ -435,10 +431,7 @@ async fn origin_object(
             StatusCode::NOT_FOUND,
             format!("{id:?} is not at the origin"),
         )),
-        Err(e) => Err(Fail(
-            StatusCode::BAD_GATEWAY,
-            format!("origin: {e}"),
-        )),
+        Err(e) => Err(Fail(StatusCode::BAD_GATEWAY, format!("origin: {e}"))),
     }
 }
 
@@ -454,7 +447,10 @@ mod tests {
         .unwrap();
         assert_eq!(q.title, "t0001");
         assert_eq!(q.client, Some("10.0.0.1".parse().unwrap()));
-        assert_eq!(q.known.as_deref(), Some(&["emb".to_owned(), "origin".to_owned()][..]));
+        assert_eq!(
+            q.known.as_deref(),
+            Some(&["emb".to_owned(), "origin".to_owned()][..])
+        );
         assert_eq!(q.current.as_deref(), Some("emb"));
         assert_eq!(q.throughput, Some(123456));
         let q = parse_steering_query(Some("title=t&_HLS_pathway=ix&_HLS_throughput=5")).unwrap();

@@ -3,7 +3,8 @@
 //! `steering.player_assets` (the npm packages scripts/setup.sh installs; never a CDN), and
 //! records what a viewer would see in `window.ep`: start-up time, stalls (`waiting` →
 //! `playing`), picture size changes (the bitrate climbing the ladder), player errors and the
-//! bytes fetched per host. `cargo xtask player-test` drives it in headless Chromium.
+//! bytes fetched per host. Both players keep about 8 s of buffer, so a pathway change shows
+//! within seconds. `cargo xtask player-test` drives it in headless Chromium.
 
 use std::sync::Arc;
 
@@ -28,10 +29,13 @@ pub enum Player {
     HlsJs,
 }
 
-/// `title` and `player` from the query; anything else is refused.
-pub fn page_query(query: Option<&str>) -> Result<(String, Player), String> {
+/// `title`, `player` and `start` (`auto`, the default, or `manual`: the page waits for
+/// `epStart(url)`, so a test can hand it another manifest) from the query; anything else is
+/// refused.
+pub fn page_query(query: Option<&str>) -> Result<(String, Player, bool), String> {
     let mut title = None;
     let mut player = None;
+    let mut auto = true;
     for (k, v) in form_pairs(query.unwrap_or("")) {
         match k.as_str() {
             "title" => title = Some(v),
@@ -42,18 +46,25 @@ pub fn page_query(query: Option<&str>) -> Result<(String, Player), String> {
                     _ => return Err("query parameter player must be dashjs or hlsjs".into()),
                 })
             }
-            _ => return Err("unknown query parameter (title and player only)".into()),
+            "start" => {
+                auto = match v.as_str() {
+                    "auto" => true,
+                    "manual" => false,
+                    _ => return Err("query parameter start must be auto or manual".into()),
+                }
+            }
+            _ => return Err("unknown query parameter (title, player and start only)".into()),
         }
     }
     let title = title
         .filter(|t| !t.is_empty())
         .ok_or("missing query parameter title")?;
-    Ok((title, player.ok_or("missing query parameter player")?))
+    Ok((title, player.ok_or("missing query parameter player")?, auto))
 }
 
 /// The page for a title known to exist (its id is a content-id-like name, but it is escaped
 /// anyway: as a JSON string with `<`, `>` and `&` as `\u` escapes).
-pub fn page_html(title: &str, player: Player) -> String {
+pub fn page_html(title: &str, player: Player, auto: bool) -> String {
     let js_title = serde_json::to_string(title)
         .unwrap_or_else(|_| "\"\"".into())
         .replace('<', "\\u003c")
@@ -66,6 +77,7 @@ pub fn page_html(title: &str, player: Player) -> String {
     PAGE.replace("@SCRIPT@", script)
         .replace("@PLAYER@", kind)
         .replace("@TITLE@", &js_title)
+        .replace("@AUTO@", if auto { "true" } else { "false" })
 }
 
 const PAGE: &str = r#"<!doctype html>
@@ -94,10 +106,14 @@ v.addEventListener("playing", () => {
 v.addEventListener("waiting", () => { if (ep.started !== null && ep.waiting === null) ep.waiting = now(); });
 v.addEventListener("resize", () => ep.sizes.push([now(), v.videoWidth, v.videoHeight]));
 v.addEventListener("error", () => ep.errors.push([now(), "video", String(v.error && v.error.message)]));
+const AUTO = @AUTO@;
+const DEFAULT = "/v1/play/" + encodeURIComponent(TITLE) + (PLAYER === "dashjs" ? ".mpd" : ".m3u8");
+window.epStart = (src) => {
 if (PLAYER === "dashjs") {
   const p = window.player = dashjs.MediaPlayer().create();
   p.updateSettings({ streaming: {
     applyContentSteering: true,
+    buffer: { stableBufferTime: 8, bufferTimeAtTopQuality: 8, bufferTimeAtTopQualityLongForm: 8 },
     abr: { initialBitrate: { video: 100 }, autoSwitchBitrate: { video: true } },
     retryAttempts: { MediaSegment: 1, InitializationSegment: 1 },
     retryIntervals: { MediaSegment: 200, InitializationSegment: 200 }
@@ -111,9 +127,10 @@ if (PLAYER === "dashjs") {
   if (E.CONTENT_STEERING_REQUEST_COMPLETED) {
     p.on(E.CONTENT_STEERING_REQUEST_COMPLETED, (e) => ep.steering.push([now(), JSON.stringify(e.currentSteeringResponseData || null)]));
   }
-  p.initialize(v, "/v1/play/" + encodeURIComponent(TITLE) + ".mpd", true);
+  p.initialize(v, src, true);
 } else {
   const h = window.player = new Hls({ startLevel: 0, capLevelToPlayerSize: false,
+    maxBufferLength: 8, maxMaxBufferLength: 10,
     fragLoadPolicy: { default: { maxTimeToFirstByteMs: 4000, maxLoadTimeMs: 8000,
       timeoutRetry: { maxNumRetry: 1, retryDelayMs: 0, maxRetryDelayMs: 0 },
       errorRetry: { maxNumRetry: 1, retryDelayMs: 200, maxRetryDelayMs: 200 } } } });
@@ -121,10 +138,12 @@ if (PLAYER === "dashjs") {
   h.on(Hls.Events.FRAG_LOADED, (_, d) => count(d.frag.url, d.frag.stats.loaded));
   h.on(Hls.Events.STEERING_MANIFEST_LOADED, (_, d) => ep.steering.push([now(), JSON.stringify(d.steeringManifest || null)]));
   h.on(Hls.Events.LEVEL_SWITCHED, (_, d) => ep.pathways.push([now(), h.pathwayPriority ? h.pathwayPriority.join(",") : ""]));
-  h.loadSource("/v1/play/" + encodeURIComponent(TITLE) + ".m3u8");
+  h.loadSource(src);
   h.attachMedia(v);
 }
 v.play().catch(() => {});
+};
+if (AUTO) window.epStart(DEFAULT);
 </script>
 </body></html>
 "#;
@@ -134,7 +153,7 @@ pub async fn page(
     State(app): State<Arc<App>>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Fail> {
-    let (title, player) = page_query(query.as_deref()).map_err(bad)?;
+    let (title, player, auto) = page_query(query.as_deref()).map_err(bad)?;
     if !app.state().catalog().titles.iter().any(|t| t.id == title) {
         // Not echoed: the page never reflects what it did not find.
         return Err(Fail(StatusCode::NOT_FOUND, "unknown title".into()));
@@ -144,7 +163,7 @@ pub async fn page(
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        page_html(&title, player),
+        page_html(&title, player, auto),
     )
         .into_response())
 }
@@ -182,20 +201,30 @@ mod tests {
     fn query_and_escaping() {
         assert_eq!(
             page_query(Some("title=t0001&player=hlsjs")).unwrap(),
-            ("t0001".into(), Player::HlsJs)
+            ("t0001".into(), Player::HlsJs, true)
         );
+        assert!(
+            !page_query(Some("title=t&player=dashjs&start=manual"))
+                .unwrap()
+                .2
+        );
+        assert!(page_query(Some("title=t&player=dashjs&start=x")).is_err());
         assert!(page_query(Some("title=t0001&player=vlc"))
             .unwrap_err()
             .contains("dashjs or hlsjs"));
-        assert!(page_query(Some("player=dashjs")).unwrap_err().contains("title"));
+        assert!(page_query(Some("player=dashjs"))
+            .unwrap_err()
+            .contains("title"));
         assert!(page_query(Some("title=t")).unwrap_err().contains("player"));
         assert!(page_query(Some("title=t&player=dashjs&x=<b>"))
             .unwrap_err()
             .contains("unknown"));
-        let html = page_html("</script><script>alert(1)</script>&", Player::DashJs);
+        let html = page_html("</script><script>alert(1)</script>&", Player::DashJs, true);
         assert!(!html.contains("</script><script>alert"));
-        assert!(html.contains(r#""\u003c/script\u003e\u003cscript\u003ealert(1)\u003c/script\u003e\u0026""#));
+        assert!(html.contains(
+            r#""\u003c/script\u003e\u003cscript\u003ealert(1)\u003c/script\u003e\u0026""#
+        ));
         assert!(html.contains("/player/assets/dash.all.min.js"));
-        assert!(page_html("t0001", Player::HlsJs).contains("const TITLE = \"t0001\";"));
+        assert!(page_html("t0001", Player::HlsJs, false).contains("const TITLE = \"t0001\";"));
     }
 }
