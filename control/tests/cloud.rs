@@ -904,7 +904,10 @@ async fn content_steering_manifests_tokens_and_bad_input() {
     cli::register_catalog(&c.base, "admin-secret", &catalog)
         .await
         .unwrap();
-    let get = |path: &str| c.call(reqwest::Method::GET, path, None, None);
+    let get = |path: &str| {
+        let (c, path) = (&c, path.to_owned());
+        async move { c.call(reqwest::Method::GET, &path, None, None).await }
+    };
 
     // Only the origin until an appliance holds the title.
     let (s, mpd) = get("/v1/play/t0000.mpd").await;

@@ -293,7 +293,7 @@ impl Browser {
         let v = self.js("const v = document.getElementById('v'); \
              return Object.assign({}, window.ep, {now: (performance.now() - 0) / 1000, \
              time: v.currentTime, paused: v.paused, readyState: v.readyState});")?;
-        Ok(serde_json::from_value(v).context("window.ep")?)
+        serde_json::from_value(v).context("window.ep")
     }
 
     fn screenshot(&self) -> Result<Vec<u8>> {

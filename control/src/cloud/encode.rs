@@ -66,7 +66,7 @@ impl EncodeSpec {
         if self.titles == 0 {
             return Err(EncodeError::Spec("at least one title".into()));
         }
-        if self.seconds == 0 || self.seconds % SEGMENT_SECS != 0 || self.seconds > 3600 {
+        if self.seconds == 0 || !self.seconds.is_multiple_of(SEGMENT_SECS) || self.seconds > 3600 {
             return Err(EncodeError::Spec(format!(
                 "--encode-seconds must be a multiple of {SEGMENT_SECS} from {SEGMENT_SECS} to 3600, not {}",
                 self.seconds

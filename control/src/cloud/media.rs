@@ -78,9 +78,12 @@ pub fn media_playlist_id(title: &str, rendition: &str) -> String {
     format!("{title}-{rendition}.m3u8")
 }
 
+/// A playable title's media renditions with their kinds, and its number of segments.
+pub type Playable<'a> = (Vec<(&'a Rendition, Kind)>, usize);
+
 /// A playable title's media renditions (video ascending by bitrate, then audio) and its number
 /// of segments, or why it is not playable.
-pub fn playable(title: &Title) -> Result<(Vec<(&Rendition, Kind)>, usize), String> {
+pub fn playable(title: &Title) -> Result<Playable<'_>, String> {
     let mut out: Vec<(&Rendition, Kind)> = Vec::new();
     let mut segments = None;
     for r in &title.renditions {
