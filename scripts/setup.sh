@@ -31,6 +31,12 @@
 #                                directory (/usr/lib/postgresql/15/bin: initdb, pg_ctl; as
 #                                `nobody` when run as root); the distro cluster is not used
 #   cargo-fuzz (cargo install)   `cargo xtask fuzz`: the fuzz targets under fuzz/; at the end
+#   ffmpeg                       `edgeplane cloud gen-catalog --encode` (playable titles)
+#   chromium, chromium-driver (chromedriver), npm
+#                                `cargo xtask player-test`: headless Chromium driven over WebDriver
+#   dashjs, hls.js (npm)         the players of `cargo xtask player-test`, into
+#                                /var/cache/edgeplane/npm (the control service's default
+#                                `steering.player_assets`); never fetched from a CDN at run time
 # and, through rustup, the pinned nightly that builds the eBPF programs (see the end).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -46,7 +52,8 @@ fi
 commands=(curl:curl openssl:openssl nginx:nginx wrk:wrk valgrind:valgrind perf:linux-perf fusermount3:fuse3 pkg-config:pkg-config taskset:util-linux
     ip:iproute2 nft:nftables ethtool:ethtool bird:bird2 gobgpd:gobgpd
     tmux:tmux systemd-analyze:systemd useradd:passwd
-    qemu-system-x86_64:qemu-system-x86 busybox:busybox-static cpio:cpio kmod:kmod testssl:testssl.sh)
+    qemu-system-x86_64:qemu-system-x86 busybox:busybox-static cpio:cpio kmod:kmod testssl:testssl.sh
+    ffmpeg:ffmpeg chromium:chromium chromedriver:chromium-driver npm:npm)
 # packages without a command to probe.
 libraries=(libfuse3-dev postgresql)
 
@@ -162,6 +169,28 @@ else
     $SUDO python3 -m venv "$venv"
     $SUDO "$venv/bin/pip" install -q 'moto[server]'
     $SUDO ln -sf "$venv/bin/moto_server" /usr/local/bin/moto_server
+fi
+
+# The players of `cargo xtask player-test` (dash.js is published as `dashjs`; the npm name
+# `dash.js` is an unrelated package), pinned, into a cache directory outside the repository so a
+# fresh clone or `cargo clean` does not fetch them again. Only when a pinned version is missing.
+npm_dir=/var/cache/edgeplane/npm
+npm_want=(dashjs@5.2.1 hls.js@1.7.4)
+npm_missing=0
+for spec in "${npm_want[@]}"; do
+    name=${spec%@*}
+    version=${spec##*@}
+    have=$(sed -n 's/^ *"version": *"\(.*\)".*/\1/p' "$npm_dir/node_modules/$name/package.json" 2>/dev/null | head -1)
+    if [[ $have != "$version" ]]; then
+        npm_missing=1
+    fi
+done
+if [[ $npm_missing -eq 1 ]]; then
+    echo "setup: installing ${npm_want[*]} into $npm_dir"
+    $SUDO mkdir -p "$npm_dir"
+    $SUDO npm install --silent --no-audit --no-fund --prefix "$npm_dir" "${npm_want[@]}"
+else
+    echo "setup: dashjs and hls.js present in $npm_dir"
 fi
 
 # The .deb (tests/package.rs, `cargo xtask deb`): cargo-deb, from crates.io, only when missing

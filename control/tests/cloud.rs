@@ -884,3 +884,235 @@ async fn gen_catalog_cli_uploads_and_registers() {
     running.shutdown().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A playable title as `gen-catalog --encode` names it (small stand-in bytes: the control
+/// service never parses media), and its objects.
+fn playable_title(t: &str) -> (edgeplane_api::Title, Vec<(String, bytes::Bytes)>) {
+    use edgeplane_control::cloud::media::{init_id, media_playlist_id, segment_id};
+    let mut objects = Vec::new();
+    let renditions = [("180p", 250_000), ("360p", 700_000), ("audio", 64_000)]
+        .iter()
+        .map(|(name, bitrate)| {
+            let ids = std::iter::once(init_id(t, name))
+                .chain((1..=2).map(|n| segment_id(t, name, n)))
+                .chain(std::iter::once(media_playlist_id(t, name)));
+            let infos = ids
+                .map(|id| {
+                    let data = bytes::Bytes::from(format!("bytes of {id}"));
+                    let info = edgeplane_api::ObjectInfo {
+                        id: id.clone(),
+                        size: data.len() as u64,
+                        sha256: hex::encode(Sha256::digest(&data)),
+                    };
+                    objects.push((id, data));
+                    info
+                })
+                .collect();
+            edgeplane_api::Rendition {
+                name: name.to_string(),
+                bitrate: *bitrate,
+                objects: infos,
+            }
+        })
+        .collect();
+    (
+        edgeplane_api::Title {
+            id: t.into(),
+            renditions,
+        },
+        objects,
+    )
+}
+
+/// Content steering over HTTP: the steered manifests name the pathways with per-title tokens,
+/// the steering JSON ranks them (and clones what the manifest did not name), the origin pathway
+/// serves the origin's bytes under the token and refuses tampered or foreign tokens, the player
+/// page, and the bad-input answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_steering_manifests_tokens_and_bad_input() {
+    origin::install_crypto_provider();
+    let moto = Moto::start();
+    let state = tempfile::tempdir().unwrap();
+    let cfg = config(&moto.endpoint, state.path());
+    origin::create_bucket(&cfg.origin).await.unwrap();
+    let (t0, o0) = playable_title("t0000");
+    let (t1, o1) = playable_title("t0001");
+    let (synthetic, _) = generate_catalog(&CatalogSpec::new(1, 1, 1));
+    let mut plain = synthetic.titles[0].clone();
+    plain.id = "plain".into();
+    for r in &mut plain.renditions {
+        for o in &mut r.objects {
+            o.id = format!("plain-{}", o.id);
+        }
+    }
+    let catalog = Catalog {
+        titles: vec![t0.clone(), t1, plain],
+    };
+    let store: Arc<dyn ObjectStore> = Arc::new(origin::build_store(&cfg.origin).unwrap());
+    upload(store, o0.iter().cloned().chain(o1).collect(), 4)
+        .await
+        .unwrap();
+    let running = server::start(cfg, Arc::new(SystemClock)).await.unwrap();
+    let c = Client {
+        http: reqwest::Client::new(),
+        base: format!("http://{}", running.addr),
+    };
+    cli::register_catalog(&c.base, "admin-secret", &catalog)
+        .await
+        .unwrap();
+    let get = |path: &str| {
+        let (c, path) = (&c, path.to_owned());
+        async move { c.call(reqwest::Method::GET, &path, None, None).await }
+    };
+
+    // Only the origin until an appliance holds the title.
+    let (s, mpd) = get("/v1/play/t0000.mpd").await;
+    assert_eq!(s, 200, "{mpd}");
+    assert_eq!(mpd.matches("<BaseURL").count(), 1, "{mpd}");
+    assert!(mpd.contains(&format!(
+        "<BaseURL serviceLocation=\"origin\">{}/tok/t0000-~",
+        c.base
+    )));
+
+    // An embedded appliance covering the client (the test, on 127.0.0.1) holding t0000.
+    let reg = registration(
+        Role::Embedded,
+        "http://emb.example:8080",
+        &["127.0.0.0/8"],
+        1 << 30,
+        1 << 30,
+    );
+    let _: RegistrationAck = c
+        .ok(
+            reqwest::Method::POST,
+            "/v1/appliances/emb-1/register",
+            Some("emb-secret"),
+            Some(serde_json::to_string(&reg).unwrap()),
+        )
+        .await;
+    c.health(
+        "emb-1",
+        "emb-secret",
+        &healthy(objects_of(&catalog, &["t0000"])),
+    )
+    .await;
+    let (s, mpd) = get("/v1/play/t0000.mpd").await;
+    assert_eq!(s, 200, "{mpd}");
+    let emb = mpd
+        .find("serviceLocation=\"emb-1\">http://emb.example:8080/tok/t0000-~")
+        .unwrap();
+    let org = mpd.find("serviceLocation=\"origin\">").unwrap();
+    assert!(emb < org, "{mpd}");
+    assert!(mpd.contains("<ContentSteering defaultServiceLocation=\"emb-1\""));
+    assert!(mpd.contains("title=t0000&amp;pathways=emb-1%2Corigin</ContentSteering>"));
+    let (s, m3u8) = get("/v1/play/t0000.m3u8?client=127.0.0.9").await;
+    assert_eq!(s, 200, "{m3u8}");
+    assert!(m3u8.contains("#EXT-X-CONTENT-STEERING:SERVER-URI=\""));
+    assert_eq!(m3u8.matches("PATHWAY-ID=\"emb-1\"").count(), 3, "{m3u8}");
+    assert_eq!(m3u8.matches("PATHWAY-ID=\"origin\"").count(), 2, "{m3u8}");
+    // A client outside the prefix: origin only.
+    let (_, far) = get("/v1/play/t0000.m3u8?client=203.0.113.1").await;
+    assert!(!far.contains("emb-1"), "{far}");
+
+    // The steering manifest.
+    let (s, text) = get("/v1/content-steering?title=t0000&pathways=origin&_HLS_pathway=origin&_HLS_throughput=123456").await;
+    assert_eq!(s, 200, "{text}");
+    let m: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(m["VERSION"], 1);
+    assert_eq!(m["TTL"], 10);
+    assert_eq!(
+        m["PATHWAY-PRIORITY"],
+        serde_json::json!(["emb-1", "origin"])
+    );
+    assert_eq!(
+        m["PATHWAY-CLONES"],
+        serde_json::json!([{"BASE-ID": "origin", "ID": "emb-1", "URI-REPLACEMENT": {"HOST": "emb.example:8080"}}])
+    );
+    assert!(m["RELOAD-URI"]
+        .as_str()
+        .unwrap()
+        .ends_with("/v1/content-steering?title=t0000&pathways=origin%2Cemb-1"));
+    // The appliance reports unhealthy: the next reload moves players to the origin.
+    let mut sick = healthy(objects_of(&catalog, &["t0000"]));
+    sick.healthy = false;
+    c.health("emb-1", "emb-secret", &sick).await;
+    let m: Value = serde_json::from_str(
+        &get("/v1/content-steering?title=t0000&_DASH_pathway=%22emb-1%22")
+            .await
+            .1,
+    )
+    .unwrap();
+    assert_eq!(m["PATHWAY-PRIORITY"], serde_json::json!(["origin"]));
+
+    // The origin pathway: the token's bytes, CORS, and refusals.
+    let base = mpd[org..]
+        .split('>')
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(base.ends_with('/'));
+    for (id, data) in &o0 {
+        let resp = c.http.get(format!("{base}{id}")).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{id}");
+        assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+        assert_eq!(resp.bytes().await.unwrap(), *data, "{id}");
+    }
+    let one = &o0[1].0;
+    let mut tampered = base.trim_end_matches('/').to_owned();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    for (what, url) in [
+        ("tampered", format!("{tampered}/{one}")),
+        ("another title", format!("{base}t0001-180p-0001.m4s")),
+        ("no token", format!("{}/tok/x/{one}", c.base)),
+    ] {
+        let resp = c.http.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 403, "{what}: {url}");
+        assert!(error_of(&resp.text().await.unwrap()).contains("token"));
+    }
+
+    // Bad input.
+    for (path, status, needle) in [
+        ("/v1/content-steering", 400, "title"),
+        ("/v1/content-steering?title=t0000&x=1", 400, "\"x\""),
+        (
+            "/v1/content-steering?title=t0000&client=nope",
+            400,
+            "client",
+        ),
+        (
+            "/v1/content-steering?title=t0000&_DASH_throughput=fast",
+            400,
+            "number",
+        ),
+        ("/v1/content-steering?title=nope", 404, "unknown title"),
+        ("/v1/play/nope.mpd", 404, "unknown title"),
+        ("/v1/play/t0000.txt", 400, ".mpd"),
+        ("/v1/play/t0000.mpd?client=1.2.3", 400, "client"),
+        ("/v1/play/plain.m3u8", 409, "not an encoded title"),
+        ("/player?title=t0000&player=vlc", 400, "dashjs or hlsjs"),
+        ("/player?player=dashjs", 400, "title"),
+        (
+            "/player?title=%3Cscript%3Ealert(1)%3C%2Fscript%3E&player=dashjs",
+            404,
+            "unknown title",
+        ),
+    ] {
+        let (s, text) = get(path).await;
+        assert_eq!(s, status, "{path}: {text}");
+        assert!(error_of(&text).contains(needle), "{path}: {text}");
+        assert!(
+            !text.contains("<script>"),
+            "{path} reflected its input: {text}"
+        );
+    }
+    let (s, page) = get("/player?title=t0000&player=hlsjs").await;
+    assert_eq!(s, 200);
+    assert!(page.contains("const TITLE = \"t0000\";"));
+    assert!(page.contains("<script src=\"/player/assets/hls.min.js\">"));
+    running.shutdown().await.unwrap();
+    drop(moto);
+}

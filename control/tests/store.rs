@@ -5,7 +5,6 @@
 //! rotation decided once across instances, and the control state on top of it: steering after
 //! a restart without the catalog being sent again, two instances on one database.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -343,20 +342,15 @@ fn steering_after_restart(b: &Backend, url: &str) {
         .iter()
         .map(|o| o.id.clone())
         .collect();
-    let (url0, kid, generation, epoch) = {
+    let (token0, kid, generation, epoch) = {
         let mut s = state(url, &clock, b);
         s.set_catalog(c.clone()).unwrap();
         s.register("emb", registration(Role::Embedded)).unwrap();
         let ack = s.health("emb", report(objects.clone())).unwrap();
-        let st = s.steer(client, "t0", &HashMap::new()).unwrap();
+        let st = s.steer(client, "t0", "http://control/v1/origin").unwrap();
         assert_eq!(st.locations[0].kind, LocationKind::Embedded);
         let kid = s.keys().signing_key(T0).unwrap().id.clone();
-        (
-            st.objects[0].urls[0].clone(),
-            kid,
-            ack.manifest_generation,
-            ack.epoch,
-        )
+        (st.token.clone(), kid, ack.manifest_generation, ack.epoch)
     };
     // A restart a few seconds later, the catalog not sent again.
     clock.advance(3);
@@ -368,12 +362,11 @@ fn steering_after_restart(b: &Backend, url: &str) {
         kid,
         "the signing key survives"
     );
-    let query = url0.split_once('?').unwrap().1;
     assert_eq!(
-        s.keys().verify(&objects[0], Some(query), client, T0 + 3),
+        s.keys().verify_title(&objects[0], &token0, client, T0 + 3),
         Ok(())
     );
-    let st = s.steer(client, "t0", &HashMap::new()).unwrap();
+    let st = s.steer(client, "t0", "http://control/v1/origin").unwrap();
     assert_eq!(st.locations[0].kind, LocationKind::Embedded, "{st:?}");
     assert_eq!(st.locations[0].appliance.as_deref(), Some("emb"));
     // Same plan, same generation; the appliance needs nothing new.
@@ -409,7 +402,11 @@ fn two_instances_one_store(b: &Backend, url: &str) {
     let ack = c.health("emb", report(objects)).unwrap();
     a.sync().unwrap();
     let st = a
-        .steer("10.9.9.9".parse().unwrap(), "t0", &HashMap::new())
+        .steer(
+            "10.9.9.9".parse().unwrap(),
+            "t0",
+            "http://control/v1/origin",
+        )
         .unwrap();
     assert_eq!(st.locations[0].appliance.as_deref(), Some("emb"));
     assert_eq!(

@@ -1,7 +1,8 @@
 //! `cargo xtask ci`: the checks CI runs, in order; stops at the first failure: the setup of
 //! what the tests need (`scripts/setup.sh`: idempotent, a quick no-op when everything is
 //! present), fmt, clippy, the workspace tests, every fuzz target for 20 s (`cargo xtask fuzz`),
-//! then `vmtest` (HTTPS over kernel TLS in a qemu VM) and `testssl`. It is the README's test
+//! then `vmtest` (HTTPS over kernel TLS in a qemu VM), `testssl` and `player-test` (dash.js and
+//! hls.js in headless Chromium). It is the README's test
 //! command and all that `.ci/run` does, so it must pass on a fresh machine with nothing run
 //! before it.
 //!
@@ -88,6 +89,8 @@ pub(crate) fn run() -> Result<()> {
     })?;
     header("cargo xtask testssl");
     crate::testssl::run(Some(&bin))?;
+    header("cargo xtask player-test");
+    crate::player_test::run()?;
     header("ci: all steps passed");
     Ok(())
 }

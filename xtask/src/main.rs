@@ -16,6 +16,7 @@ mod flamegraph;
 mod fuzz;
 mod hwtest;
 mod plan;
+mod player_test;
 mod server;
 mod svg;
 mod testbed;
@@ -73,6 +74,9 @@ enum Task {
     /// The real-hardware tests (hwtests/): XDP native, flow locality, kTLS offload, soak.
     /// Skipped, one line each, without EDGEPLANE_HW_* naming the hardware.
     Hwtest(hwtest::HwtestArgs),
+    /// dash.js and hls.js in headless Chromium play encoded titles through steering, an
+    /// appliance death (SIGKILL) and a drain (issue #15).
+    PlayerTest,
 }
 
 fn main() -> ExitCode {
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Plan(args) => plan::run(&args),
         Task::Hwtest(args) => hwtest::run(&args),
+        Task::PlayerTest => player_test::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -98,6 +98,7 @@ mod tests {
             prefixes: vec![],
             held_seq,
             send_full,
+            epoch: String::new(),
         }
     }
 

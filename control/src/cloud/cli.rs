@@ -8,7 +8,10 @@ use object_store::ObjectStore;
 
 use crate::cloud::clock::SystemClock;
 use crate::cloud::config::{CloudConfig, ConfigError};
-use crate::cloud::generate::{catalog_of, parse_rendition, upload_catalog, CatalogSpec, SpecError};
+use crate::cloud::encode::{encode_title, EncodeError, EncodeSpec};
+use crate::cloud::generate::{
+    catalog_of, parse_rendition, upload, upload_catalog, CatalogSpec, SpecError,
+};
 use crate::cloud::server::StartError;
 use crate::cloud::{origin, server};
 
@@ -37,6 +40,9 @@ pub enum CliError {
     /// The catalog spec on the command line.
     #[error("{0}")]
     Spec(#[from] SpecError),
+    /// `--encode` failed.
+    #[error("{0}")]
+    Encode(#[from] EncodeError),
     /// `--upload`, `--create-bucket` or `--register` without `--config`.
     #[error("--upload, --create-bucket and --register need --config")]
     NeedsConfig,
@@ -148,6 +154,17 @@ pub struct GenCatalogArgs {
     /// --config), e.g. `http://127.0.0.1:8700`.
     #[arg(long)]
     pub register: Option<String>,
+    /// Make playable titles with ffmpeg instead of synthetic bytes: an H.264 ladder (180p,
+    /// 360p, 540p) and AAC audio in 2-second CMAF segments, HLS playlists and a DASH MPD
+    /// (--renditions, --segments, --segment-secs, --scale and --seed do not apply).
+    #[arg(long)]
+    pub encode: bool,
+    /// With --encode: seconds per title (a multiple of 2).
+    #[arg(long, default_value_t = 30)]
+    pub encode_seconds: u32,
+    /// With --encode: the ffmpeg to run.
+    #[arg(long, default_value = "ffmpeg")]
+    pub ffmpeg: PathBuf,
 }
 
 /// Runs `edgeplane cloud …` on its own tokio runtime.
@@ -228,7 +245,12 @@ async fn gen_catalog(args: GenCatalogArgs) -> Result<(), CliError> {
     if (args.upload || args.register.is_some() || args.create_bucket) && cfg.is_none() {
         return Err(CliError::NeedsConfig);
     }
-    let catalog = catalog_of(&spec);
+    let (catalog, encoded) = if args.encode {
+        let (c, o) = encode_catalog(&args).await?;
+        (c, Some(o))
+    } else {
+        (catalog_of(&spec), None)
+    };
     let objects: usize = catalog
         .titles
         .iter()
@@ -259,9 +281,18 @@ async fn gen_catalog(args: GenCatalogArgs) -> Result<(), CliError> {
         if args.upload {
             let store: Arc<dyn ObjectStore> =
                 Arc::new(origin::build_store(&cfg.origin).map_err(CliError::Origin)?);
-            let n = upload_catalog(store, &catalog, spec.seed, args.concurrency)
-                .await
-                .map_err(CliError::Upload)?;
+            let n = match encoded {
+                Some(objects) => {
+                    let n = objects.len() as u64;
+                    upload(store, objects, args.concurrency)
+                        .await
+                        .map_err(CliError::Upload)?;
+                    n
+                }
+                None => upload_catalog(store, &catalog, spec.seed, args.concurrency)
+                    .await
+                    .map_err(CliError::Upload)?,
+            };
             eprintln!(
                 "edgeplane-cloud: uploaded {n} objects to bucket {}",
                 cfg.origin.bucket
@@ -273,6 +304,36 @@ async fn gen_catalog(args: GenCatalogArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// Encodes `--titles` titles with ffmpeg (one at a time, off the runtime's threads).
+async fn encode_catalog(
+    args: &GenCatalogArgs,
+) -> Result<(edgeplane_api::Catalog, Vec<(String, bytes::Bytes)>), CliError> {
+    let spec = EncodeSpec::small(args.titles, args.encode_seconds);
+    spec.validate()?;
+    let ffmpeg = args.ffmpeg.clone();
+    let started = std::time::Instant::now();
+    let result = tokio::task::spawn_blocking(move || {
+        let scratch = std::env::temp_dir().join(format!("edgeplane-encode-{}", std::process::id()));
+        let mut titles = Vec::new();
+        let mut objects = Vec::new();
+        for i in 0..spec.titles {
+            let (t, o) = encode_title(&ffmpeg, &scratch, i, &spec)?;
+            titles.push(t);
+            objects.extend(o);
+        }
+        Ok::<_, EncodeError>((edgeplane_api::Catalog { titles }, objects))
+    })
+    .await
+    .map_err(|e| CliError::Encode(EncodeError::Spec(format!("encoder thread: {e}"))))??;
+    eprintln!(
+        "edgeplane-cloud: encoded {} titles × {} s in {:.1} s",
+        args.titles,
+        args.encode_seconds,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(result)
 }
 
 /// `PUT <base>/v1/catalog` with the admin token.

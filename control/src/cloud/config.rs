@@ -265,6 +265,22 @@ pub struct SteeringConfig {
     /// `/v1/origin/tok/…` redirects); default: `http://` + the steering request's `Host`.
     #[serde(default)]
     pub public_url: Option<String>,
+    /// The `TTL` of content steering answers (`/v1/content-steering`): how often players ask
+    /// again, in seconds; default 10.
+    #[serde(default = "default_reload_secs")]
+    pub reload_secs: u64,
+    /// Where the player page's scripts are (`/player/assets/…`): the `node_modules` directory
+    /// scripts/setup.sh installs dashjs and hls.js into.
+    #[serde(default = "default_player_assets")]
+    pub player_assets: std::path::PathBuf,
+}
+
+fn default_reload_secs() -> u64 {
+    10
+}
+
+fn default_player_assets() -> std::path::PathBuf {
+    "/var/cache/edgeplane/npm/node_modules".into()
 }
 
 fn default_max_locations() -> usize {
@@ -277,6 +293,8 @@ impl Default for SteeringConfig {
             max_locations: default_max_locations(),
             viewer_bps: 0,
             public_url: None,
+            reload_secs: default_reload_secs(),
+            player_assets: default_player_assets(),
         }
     }
 }

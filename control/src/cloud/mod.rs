@@ -11,12 +11,16 @@
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod content_steering;
 pub mod demand;
+pub mod encode;
 pub mod fleet;
 pub mod generate;
 pub mod held;
+pub mod media;
 pub mod origin;
 pub mod placement;
+pub mod player;
 pub mod popularity;
 pub mod server;
 pub mod state;

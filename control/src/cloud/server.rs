@@ -107,7 +107,7 @@ async fn with_state<R: Send + 'static>(
     })?
 }
 
-fn bad(msg: impl Into<String>) -> Fail {
+pub(crate) fn bad(msg: impl Into<String>) -> Fail {
     Fail(StatusCode::BAD_REQUEST, msg.into())
 }
 
@@ -138,6 +138,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/keys/rotate", post(rotate))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
+        .merge(crate::cloud::content_steering::routes())
         .fallback(|| async { Fail(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             Fail(
@@ -235,7 +236,7 @@ fn steering_params(query: Option<&str>, peer: IpAddr) -> Result<(IpAddr, String)
 }
 
 /// Splits `a=b&c=d`, percent-decoding (`+` is a space).
-fn form_pairs(query: &str) -> Vec<(String, String)> {
+pub(crate) fn form_pairs(query: &str) -> Vec<(String, String)> {
     fn decode(s: &str) -> String {
         let bytes = s.as_bytes();
         let mut out = Vec::with_capacity(bytes.len());
