@@ -265,6 +265,21 @@ end
     )
 }
 
+/// Steering answers the service has given (its `edgeplane_cloud_steering_requests_total`).
+fn steered(app: &edgeplane_control::cloud::server::App) -> f64 {
+    app.state()
+        .metrics_text()
+        .lines()
+        .filter(|l| {
+            l.starts_with("edgeplane_cloud_steering_requests_total")
+                && ["embedded", "ix", "origin"]
+                    .iter()
+                    .any(|k| l.contains(&format!("\"{k}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn http_bench(secs: u64, connections: u32) {
     use edgeplane_control::cloud::clock::SystemClock;
     use edgeplane_control::cloud::config::CloudConfig;
@@ -306,6 +321,7 @@ fn http_bench(secs: u64, connections: u32) {
             }
         }
     }
+    let answered_before = steered(&app);
     let cpu_before = process_cpu_ns();
     let script = std::env::temp_dir().join(format!("bench-steering-{}.lua", std::process::id()));
     std::fs::write(&script, wrk_script(200)).unwrap();
@@ -335,17 +351,7 @@ fn http_bench(secs: u64, connections: u32) {
         .map(str::trim)
         .collect::<Vec<_>>()
         .join("; ");
-    let metrics = app.state().metrics_text();
-    let answered: f64 = metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("edgeplane_cloud_steering_requests_total")
-                && ["embedded", "ix", "origin"]
-                    .iter()
-                    .any(|k| l.contains(&format!("\"{k}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let answered = steered(&app) - answered_before;
     println!("### Over HTTP (the service on one current-thread runtime, wrk)\n");
     println!(
         "`wrk -t1 -c{connections} -d{secs}s --latency` against `GET /v1/steering?client=…&title=…` (random client /24 and title), the same fleet model brought in through `register` + `health`.\n"
