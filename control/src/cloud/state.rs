@@ -555,7 +555,11 @@ impl CloudState {
                     digest: h.digest.clone(),
                     ..HeldReport::default()
                 };
+                let changed = h.full.is_some() || !h.added.is_empty() || !h.removed.is_empty();
                 let answer = self.held.apply(id, &mut rec.held, h);
+                if changed {
+                    rec.held_digest = rec.held_digest.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                }
                 report.held = Some(summary);
                 Some(answer)
             }

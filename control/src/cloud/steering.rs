@@ -228,6 +228,11 @@ impl SiteGraph {
         self.dist[*i][*j]
     }
 
+    /// The index of a site in the graph.
+    fn index_of(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
     /// The site whose `prefixes` hold `addr` (longest match).
     pub fn site_of(&self, addr: IpAddr) -> Option<&str> {
         self.prefixes
@@ -256,6 +261,12 @@ struct ApplianceCache {
     report_at: Option<u64>,
     /// Prefixes it is indexed under (embedded).
     indexed: Vec<IpNet>,
+    /// Whether it is an IX appliance.
+    is_ix: bool,
+    /// Its site's index in the site graph.
+    site: Option<usize>,
+    /// The held-set digest `holds` was computed from.
+    held_digest: u64,
     /// Whether it holds every object of a title, by title index.
     holds: HashMap<usize, bool>,
     /// First-choice answers since its last report.
@@ -467,36 +478,46 @@ impl SteerCache {
                 continue;
             }
             c.fingerprint = fp;
-            c.holds.clear();
+            if c.held_digest != a.held_digest {
+                c.holds.clear();
+                c.held_digest = a.held_digest;
+            }
             let at = a.health.as_ref().map(|(_, at)| *at);
             if c.report_at != at {
                 c.report_at = at;
                 c.decisions = 0;
                 c.added_bps = 0;
             }
-            for p in std::mem::take(&mut c.indexed) {
-                if let Some(list) = self.embedded.get_mut(&p) {
-                    list.retain(|&x| x != i);
-                }
+            let role = a.registration.as_ref().map(|r| r.role);
+            c.site = a
+                .registration
+                .as_ref()
+                .and_then(|r| self.sites.index_of(&r.site));
+            let is_ix = role == Some(Role::Ix);
+            if c.is_ix != is_ix {
+                c.is_ix = is_ix;
+                ix_changed = true;
             }
-            match a.registration.as_ref().map(|r| r.role) {
-                Some(Role::Embedded) => {
-                    let prefixes = a.prefixes().to_vec();
-                    for p in &prefixes {
-                        self.embedded.entry(p).push(i);
+            let prefixes: &[IpNet] = if role == Some(Role::Embedded) {
+                a.prefixes()
+            } else {
+                &[]
+            };
+            if c.indexed.as_slice() != prefixes {
+                for p in std::mem::take(&mut c.indexed) {
+                    if let Some(list) = self.embedded.get_mut(&p) {
+                        list.retain(|&x| x != i);
                     }
-                    self.appliances[i].indexed = prefixes;
                 }
-                Some(Role::Ix) | None => {}
+                for p in prefixes {
+                    self.embedded.entry(p).push(i);
+                }
+                self.appliances[i].indexed = prefixes.to_vec();
             }
-            ix_changed = true;
         }
         if ix_changed {
-            self.ix = fleet
-                .iter()
-                .enumerate()
-                .filter(|(_, a)| a.registration.as_ref().is_some_and(|r| r.role == Role::Ix))
-                .map(|(i, _)| i)
+            self.ix = (0..fleet.len())
+                .filter(|&i| self.appliances[i].is_ix)
                 .collect();
         }
     }
@@ -614,32 +635,52 @@ pub fn steer(
     let client_site: Option<String> = client_site
         .map(str::to_owned)
         .or_else(|| cache.sites.site_of(client).map(str::to_owned));
+    let client_site_index = client_site.as_deref().and_then(|c| cache.sites.index_of(c));
     let mut ix: Vec<(u64, f64, usize)> = Vec::new();
     for n in 0..cache.ix.len() {
         let i = cache.ix[n];
-        let site = fleet[i]
-            .registration
-            .as_ref()
-            .map_or("", |r| r.site.as_str());
-        let distance = match &client_site {
-            Some(c) => match cache.sites.distance(c, site) {
+        let distance = match (&client_site, client_site_index, cache.appliances[i].site) {
+            (None, _, _) => 0,
+            (Some(_), Some(ci), Some(si)) => match cache.sites.dist[ci][si] {
                 Some(d) => d,
                 None => continue,
             },
-            None => 0,
+            // A site the graph does not know: only the same name is near.
+            (Some(c), _, _) => {
+                let site = fleet[i]
+                    .registration
+                    .as_ref()
+                    .map_or("", |r| r.site.as_str());
+                if c != site {
+                    continue;
+                }
+                0
+            }
         };
         if let Some(score) = eligible(cache, i) {
             ix.push((distance, score, i));
         }
     }
     let by_score = |x: f64, y: f64| y.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Equal);
+    let wanted = params.max_locations.max(1) - 1;
     embedded.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| by_score(a.1, b.1)));
-    ix.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| by_score(a.1, b.1)));
+    let ix_order = |a: &(u64, f64, usize), b: &(u64, f64, usize)| {
+        a.0.cmp(&b.0).then_with(|| by_score(a.1, b.1))
+    };
+    // Only the first few IX appliances can be in the answer: select them, then sort those.
+    let ix_wanted = wanted.saturating_sub(embedded.len());
+    if ix_wanted == 0 {
+        ix.clear();
+    } else if ix.len() > ix_wanted {
+        ix.select_nth_unstable_by(ix_wanted - 1, ix_order);
+        ix.truncate(ix_wanted);
+    }
+    ix.sort_by(ix_order);
     let ranked: Vec<(usize, LocationKind)> = embedded
         .iter()
         .map(|&(_, _, i)| (i, LocationKind::Embedded))
         .chain(ix.iter().map(|&(_, _, i)| (i, LocationKind::Ix)))
-        .take(params.max_locations.max(1) - 1)
+        .take(wanted)
         .collect();
 
     let expires = now + params.signing.url_ttl_secs;

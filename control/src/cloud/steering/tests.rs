@@ -73,6 +73,7 @@ fn app_at(id: &str, role: Role, site: &str, prefixes: &[&str]) -> ApplianceRecor
         }),
         health: None,
         held: Default::default(),
+        held_digest: 0,
     };
     a.set_health(
         HealthReport {
