@@ -305,7 +305,8 @@ fn measure(bin: &Path, root: &Path, tier: &Path, n: u64, args: &BenchCatalogArgs
     let t = Instant::now();
     let mut listed = 0u64;
     let mut after: Option<String> = None;
-    while !args.skip_listing {
+    let mut more = !args.skip_listing;
+    while more {
         let query = match &after {
             Some(a) => format!("/catalog?limit=1000000&after={a}"),
             None => "/catalog?limit=1000000".to_string(),
@@ -316,7 +317,7 @@ fn measure(bin: &Path, root: &Path, tier: &Path, n: u64, args: &BenchCatalogArgs
         }
         match page["next"].as_str() {
             Some(next) => after = Some(next.to_string()),
-            None => break,
+            None => more = false,
         }
     }
     let list_s = if args.skip_listing {
