@@ -55,6 +55,9 @@ pub(crate) struct BenchCatalogArgs {
     /// Skip the full paged listing (it sorts the ids once: tens of seconds at 10 M).
     #[arg(long)]
     skip_listing: bool,
+    /// How long to wait, from ready, for the size count before going on without it.
+    #[arg(long, default_value_t = 300)]
+    count_wait_s: u64,
     /// Measurements per size (medians reported).
     #[arg(long, default_value_t = 1)]
     repeat: u32,
@@ -340,8 +343,8 @@ fn measure(bin: &Path, root: &Path, tier: &Path, n: u64, args: &BenchCatalogArgs
         {
             break ready_at.elapsed().as_secs_f64();
         }
-        if ready_at.elapsed() > Duration::from_secs(300) {
-            eprintln!("sizes not counted 300 s after ready");
+        if ready_at.elapsed() > Duration::from_secs(args.count_wait_s) {
+            eprintln!("sizes not counted {} s after ready", args.count_wait_s);
             break f64::NAN;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -596,7 +599,7 @@ fn render(rows: &[Vec<Row>], args: &BenchCatalogArgs) -> String {
          averaged over the changes), including answering the polling GETs. RSS is measured \
          at ready, before any listing; the size count (low priority) adds nothing to it. \
          Sizes counted: from ready until `edgeplane_catalog_bytes_counted` is 1 (NaN: not \
-         within 300 s).",
+         within --count-wait-s).",
         1_000_000 / clock_ticks()
     );
     out
