@@ -613,7 +613,9 @@ impl SharedCatalog {
                 return;
             }
             let generation = snapshot.generation;
-            let base = snapshot.base.clone();
+            // Only a weak reference between batches: a rescan's new snapshot frees the base it
+            // replaces at once, not when this low-priority thread next runs.
+            let weak = Arc::downgrade(&snapshot.base);
             let dirs: Vec<Option<rustix::fd::OwnedFd>> = snapshot
                 .tiers
                 .iter()
@@ -629,24 +631,43 @@ impl SharedCatalog {
                 })
                 .collect();
             drop(snapshot);
-            for (i, slot) in base.table.iter().enumerate() {
-                if i % 4096 == 0 && self.current.load().generation != generation {
+            // Through the id buffer in order (resumable by offset), 1024 ids a batch.
+            let mut at = 0usize;
+            loop {
+                if self.current.load().generation != generation {
                     return;
                 }
-                if slot.size.load(Ordering::Relaxed) != SIZE_UNKNOWN {
-                    continue;
+                let Some(base) = weak.upgrade() else { return };
+                if at >= base.names.len() {
+                    break;
                 }
-                // Gone since the scan (a change removes it) or not a file any more: 0.
-                let size = dirs[usize::from(slot.tier)].as_ref().map_or(0, |dir| {
-                    rustix::fs::statat(
-                        dir,
-                        base.c_name(slot),
-                        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                    .map_or(0, |st| st.st_size as u64)
-                });
-                slot.size.store(size, Ordering::Relaxed);
+                for _ in 0..1024 {
+                    let Ok(offset) = u32::try_from(at) else { break };
+                    if at >= base.names.len() {
+                        break;
+                    }
+                    let id = base.name_at(offset);
+                    at += id.len() + 1;
+                    let hash = base.hasher.hash_one(id);
+                    let Some(slot) = base.table.find(hash, |s| base.name(s) == id) else {
+                        continue;
+                    };
+                    if slot.size.load(Ordering::Relaxed) != SIZE_UNKNOWN {
+                        continue;
+                    }
+                    // Gone since the scan (a change removes it) or not a file any more: 0.
+                    let size = dirs[usize::from(slot.tier)].as_ref().map_or(0, |dir| {
+                        rustix::fs::statat(
+                            dir,
+                            base.c_name(slot),
+                            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                        )
+                        .map_or(0, |st| st.st_size as u64)
+                    });
+                    slot.size.store(size, Ordering::Relaxed);
+                }
             }
+            let Some(base) = weak.upgrade() else { return };
             let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
             let current = self.current.load_full();
             if current.generation != generation {
