@@ -45,6 +45,11 @@ pub(crate) struct BenchIntakeArgs {
     /// Seconds of steady reporting measured.
     #[arg(long, default_value_t = 30)]
     secs: u64,
+    /// Titles of the catalog (2 renditions × 10 segments each, at most 50); 0: no catalog, so
+    /// the cost of placement (every report recomputes the appliance's manifest generation) is
+    /// left out.
+    #[arg(long, default_value_t = 50)]
+    titles: usize,
     /// Client threads.
     #[arg(long, default_value_t = 8)]
     threads: usize,
@@ -194,8 +199,8 @@ fn ids(objects: usize, i: usize) -> Vec<String> {
     v
 }
 
-fn catalog_json() -> String {
-    let titles: Vec<serde_json::Value> = (0..50)
+fn catalog_json(n: usize) -> String {
+    let titles: Vec<serde_json::Value> = (0..n.min(50))
         .map(|t| {
             serde_json::json!({
                 "id": format!("t{t:04}"),
@@ -298,7 +303,12 @@ pub(crate) fn run(args: &BenchIntakeArgs) -> Result<()> {
         addr: addr.clone(),
         stream: None,
     };
-    let (status, body) = admin.call("PUT", "/v1/catalog", TOKEN, catalog_json().as_bytes())?;
+    let (status, body) = admin.call(
+        "PUT",
+        "/v1/catalog",
+        TOKEN,
+        catalog_json(args.titles).as_bytes(),
+    )?;
     if status != 204 {
         bail!(
             "PUT /v1/catalog: {status} {}",
@@ -496,11 +506,12 @@ fn render(args: &BenchIntakeArgs, rows: &mut [Row], rss_kib: u64) -> String {
         writeln!(
         s,
         "`cargo xtask bench-intake --appliances {} --interval-secs {} --objects {} --demand {} \
-         --secs {} --threads {} --core {}` · {} · kernel {} · load {}\n",
+         --titles {} --secs {} --threads {} --core {}` · {} · kernel {} · load {}\n",
         args.appliances,
         args.interval_secs,
         args.objects,
         args.demand,
+        args.titles,
         args.secs,
         args.threads,
         args.core,
