@@ -131,6 +131,49 @@ pub struct ApplianceRow {
     pub registration: Option<Registration>,
     /// Its last health report and when it arrived.
     pub health: Option<(HealthReport, u64)>,
+    /// Its stored held set's summary (none before its first held-set change).
+    pub held: Option<HeldMeta>,
+}
+
+/// The summary of one appliance's stored held set (`held_meta`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldMeta {
+    /// The appliance's report sequence number that last changed the set.
+    pub seq: u64,
+    /// The number of objects.
+    pub count: u64,
+    /// The set's digest (hex, `HeldDigest`).
+    pub digest: String,
+    /// The store change (`appliances.seq`) that last changed the set: an instance whose copy
+    /// is older reloads the set.
+    pub changed: u64,
+}
+
+/// A change to an appliance's held set, written with its health report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeldChange<'a> {
+    /// The full list: replaces the stored set.
+    Full(&'a [String]),
+    /// Objects added and removed: the write costs rows in proportion to them.
+    Delta {
+        /// Added objects.
+        added: &'a [String],
+        /// Removed objects.
+        removed: &'a [String],
+    },
+}
+
+/// A held-set write: the change and the set's summary after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldWrite<'a> {
+    /// What changed.
+    pub change: HeldChange<'a>,
+    /// The appliance's report sequence number.
+    pub seq: u64,
+    /// The number of objects after the change.
+    pub count: u64,
+    /// The digest after the change (hex).
+    pub digest: &'a str,
 }
 
 /// The change counters: each grows whenever its part of the state changes.
@@ -344,6 +387,18 @@ impl Store {
     /// Records a health report received at `at`; the change's sequence number. Committed
     /// without waiting for the disk (the next report replaces it within an interval).
     pub fn put_health(&self, id: &str, report: &HealthReport, at: u64) -> Result<u64, StoreError> {
+        self.put_health_held(id, report, at, None)
+    }
+
+    /// [`Store::put_health`] with a change to the appliance's held set, in the same
+    /// transaction: a delta inserts and deletes its rows, a full list replaces the set.
+    pub fn put_health_held(
+        &self,
+        id: &str,
+        report: &HealthReport,
+        at: u64,
+        held: Option<&HeldWrite<'_>>,
+    ) -> Result<u64, StoreError> {
         let body = to_json(report);
         self.tx_with(true, |c| {
             let seq = bump(c, "fleet")?;
@@ -353,15 +408,47 @@ impl Store {
                  health_at = excluded.health_at",
                 &[t(id), i(seq), t(body), i(at)],
             )?;
+            if let Some(h) = held {
+                write_held(c, id, seq, h)?;
+            }
             Ok(seq)
         })
+    }
+
+    /// Appliance `id`'s stored held set, sorted, and its summary (`None` if none is stored).
+    pub fn held_set(&self, id: &str) -> Result<Option<(HeldMeta, Vec<String>)>, StoreError> {
+        let mut c = self.conn();
+        let meta = c.query(
+            "SELECT seq, count, digest, changed FROM held_meta WHERE appliance = $1",
+            &[t(id)],
+        )?;
+        let Some(m) = meta.first() else {
+            return Ok(None);
+        };
+        let meta = HeldMeta {
+            seq: u(m[0].int()?),
+            count: u(m[1].int()?),
+            digest: m[2].text()?.to_string(),
+            changed: u(m[3].int()?),
+        };
+        let rows = c.query(
+            "SELECT object FROM held WHERE appliance = $1 ORDER BY object",
+            &[t(id)],
+        )?;
+        let objects = rows
+            .iter()
+            .map(|r| r[0].text().map(str::to_string))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some((meta, objects)))
     }
 
     /// Appliances written after sequence number `after`, oldest change first.
     pub fn appliances_since(&self, after: u64) -> Result<Vec<ApplianceRow>, StoreError> {
         let rows = self.conn().query(
-            "SELECT id, seq, registration, health, health_at FROM appliances \
-             WHERE seq > $1 ORDER BY seq",
+            "SELECT a.id, a.seq, a.registration, a.health, a.health_at, \
+             m.seq, m.count, m.digest, m.changed FROM appliances a \
+             LEFT JOIN held_meta m ON m.appliance = a.id \
+             WHERE a.seq > $1 ORDER BY a.seq",
             &[i(after)],
         )?;
         rows.iter()
@@ -380,6 +467,15 @@ impl Store {
                         None
                     } else {
                         Some((json(&format!("health of {id}"), health)?, u(r[4].int()?)))
+                    },
+                    held: match &r[5] {
+                        Val::Null => None,
+                        _ => Some(HeldMeta {
+                            seq: u(r[5].int()?),
+                            count: u(r[6].int()?),
+                            digest: r[7].text()?.to_string(),
+                            changed: u(r[8].int()?),
+                        }),
                     },
                     id,
                 })
@@ -491,6 +587,53 @@ impl Store {
             Ok(Some(version))
         })
     }
+}
+
+/// Applies a held-set change inside the caller's transaction; `seq` is the write's change number.
+fn write_held(c: &mut dyn Backend, id: &str, seq: u64, h: &HeldWrite<'_>) -> Result<(), StoreError> {
+    match h.change {
+        HeldChange::Full(objects) => {
+            c.execute("DELETE FROM held WHERE appliance = $1", &[t(id)])?;
+            insert_held(c, id, objects)?;
+        }
+        HeldChange::Delta { added, removed } => {
+            for o in removed {
+                c.execute(
+                    "DELETE FROM held WHERE appliance = $1 AND object = $2",
+                    &[t(id), t(o.clone())],
+                )?;
+            }
+            insert_held(c, id, added)?;
+        }
+    }
+    c.execute(
+        "INSERT INTO held_meta (appliance, seq, count, digest, changed) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (appliance) DO UPDATE SET seq = excluded.seq, count = excluded.count, \
+         digest = excluded.digest, changed = excluded.changed",
+        &[t(id), i(h.seq), i(h.count), t(h.digest), i(seq)],
+    )?;
+    Ok(())
+}
+
+/// Inserts held rows, many per statement (a full list of millions is thousands of statements,
+/// not millions).
+fn insert_held(c: &mut dyn Backend, id: &str, objects: &[String]) -> Result<(), StoreError> {
+    const CHUNK: usize = 400;
+    for chunk in objects.chunks(CHUNK) {
+        let mut sql = String::from("INSERT INTO held (appliance, object) VALUES ");
+        let mut params = Vec::with_capacity(chunk.len() + 1);
+        params.push(t(id));
+        for (n, o) in chunk.iter().enumerate() {
+            if n > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("($1, ${})", n + 2));
+            params.push(t(o.clone()));
+        }
+        sql.push_str(" ON CONFLICT (appliance, object) DO NOTHING");
+        c.execute(&sql, &params)?;
+    }
+    Ok(())
 }
 
 /// Adds one to a counter inside the caller's transaction (locking its row until commit); the
