@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use edgeplane_api::{
-    Catalog, HealthReport, LocationKind, ObjectInfo, Registration, Rendition, Role, TierCapacity,
-    TierKind, Title,
+    Catalog, HealthReport, HeldDigest, HeldReport, LocationKind, ObjectInfo, Registration,
+    Rendition, Role, TierCapacity, TierKind, Title,
 };
 use edgeplane_control::cloud::clock::ManualClock;
 use edgeplane_control::cloud::config::CloudConfig;
@@ -134,6 +134,10 @@ const CASES: &[(&str, Case)] = &[
     ("keys_compare_and_set", keys_compare_and_set),
     ("steering_after_restart", steering_after_restart),
     ("two_instances_one_store", two_instances_one_store),
+    (
+        "held_sets_survive_and_follow_instances",
+        held_sets_survive_and_follow_instances,
+    ),
 ];
 
 fn run_suite(b: Backend) {
@@ -158,7 +162,7 @@ fn store_suite_on_postgres() {
 
 fn migrations_and_epoch(b: &Backend, url: &str) {
     let s = b.open(url);
-    assert_eq!(s.schema_version(), 1);
+    assert_eq!(s.schema_version(), 2);
     let epoch = s.epoch().to_string();
     assert_eq!(epoch.len(), 32, "{epoch}");
     drop(s);
@@ -204,7 +208,7 @@ fn a_newer_schema_is_refused(b: &Backend, url: &str) {
             e,
             StoreError::TooNew {
                 found: 99,
-                supported: 1
+                supported: 2
             }
         ),
         "{e:?}"
@@ -213,7 +217,7 @@ fn a_newer_schema_is_refused(b: &Backend, url: &str) {
     assert!(!line.contains('\n'));
     assert_eq!(
         line,
-        "store schema version 99 is newer than this edgeplane supports (1); run the newer edgeplane, or point [store] url at another database"
+        "store schema version 99 is newer than this edgeplane supports (2); run the newer edgeplane, or point [store] url at another database"
     );
 }
 
@@ -425,6 +429,114 @@ fn two_instances_one_store(b: &Backend, url: &str) {
     c.rotate_keys().unwrap();
     a.sync().unwrap();
     assert_eq!(a.keys(), c.keys());
+}
+
+/// A health report in the digest form: `now` is what the appliance holds after `added` and
+/// `removed`, `full` its full list when sent.
+fn held_report(
+    seq: u64,
+    now: &[&str],
+    added: &[&str],
+    removed: &[&str],
+    full: bool,
+) -> HealthReport {
+    let d = HeldDigest::of(now.iter().copied());
+    let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    HealthReport {
+        healthy: true,
+        serving_bps: 10,
+        held: Some(HeldReport {
+            seq,
+            count: d.count(),
+            digest: d.hex(),
+            added: v(added),
+            removed: v(removed),
+            full: full.then(|| v(now)),
+        }),
+        ..Default::default()
+    }
+}
+
+fn held_sets_survive_and_follow_instances(b: &Backend, url: &str) {
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut a = state(url, &clock, b);
+    let mut c = state(url, &clock, b);
+    a.register("emb", registration(Role::Embedded)).unwrap();
+    // The first report: the service knows nothing and asks for the list.
+    let ack = a
+        .health(
+            "emb",
+            held_report(1, &["o1", "o2"], &["o1", "o2"], &[], false),
+        )
+        .unwrap();
+    assert!(ack.send_full);
+    let ack = a
+        .health("emb", held_report(2, &["o1", "o2"], &[], &[], true))
+        .unwrap();
+    assert_eq!((ack.held_seq, ack.send_full), (Some(2), false));
+    // A delta through a: stored as rows, not as the list.
+    let ack = a
+        .health(
+            "emb",
+            held_report(3, &["o1", "o3"], &["o3"], &["o2"], false),
+        )
+        .unwrap();
+    assert_eq!(ack.held_seq, Some(3));
+    let (meta, objects) = a
+        .store()
+        .held_set("emb")
+        .unwrap()
+        .expect("a stored held set");
+    assert_eq!(objects, ["o1", "o3"]);
+    assert_eq!((meta.seq, meta.count), (3, 2));
+    assert_eq!(meta.digest, HeldDigest::of(["o1", "o3"]).hex());
+    // The other instance sees the set without any report of its own.
+    c.sync().unwrap();
+    let v = c.held("emb").unwrap();
+    assert_eq!(v.objects, ["o1", "o3"]);
+    assert!(v.in_sync);
+    // A report through c continues from there: a delta, no full list.
+    let ack = c
+        .health(
+            "emb",
+            held_report(4, &["o1", "o3", "o4"], &["o4"], &[], false),
+        )
+        .unwrap();
+    assert_eq!((ack.held_seq, ack.send_full), (Some(4), false));
+    a.sync().unwrap();
+    assert_eq!(a.held("emb").unwrap().objects, ["o1", "o3", "o4"]);
+    // A delta that does not match is not stored: the stored set stays the last confirmed one.
+    let ack = a
+        .health(
+            "emb",
+            held_report(5, &["o1", "o3", "o4", "zz"], &[], &[], false),
+        )
+        .unwrap();
+    assert!(ack.send_full);
+    assert_eq!(
+        a.store().held_set("emb").unwrap().unwrap().1,
+        ["o1", "o3", "o4"]
+    );
+    // A restart: the stored set is confirmed at once; the next delta needs no full list.
+    drop(a);
+    drop(c);
+    let mut r = state(url, &clock, b);
+    let v = r.held("emb").unwrap();
+    assert_eq!(v.objects, ["o1", "o3", "o4"]);
+    assert!(v.in_sync);
+    let ack = r
+        .health("emb", held_report(6, &["o3", "o4"], &[], &["o1"], false))
+        .unwrap();
+    assert_eq!((ack.held_seq, ack.send_full), (Some(6), false));
+    // A full list replaces the stored rows.
+    let ack = r
+        .health("emb", held_report(7, &["p1"], &[], &[], true))
+        .unwrap();
+    assert_eq!(ack.held_seq, Some(7));
+    assert_eq!(r.store().held_set("emb").unwrap().unwrap().1, ["p1"]);
+    drop(r);
+    let r = state(url, &clock, b);
+    assert_eq!(r.held("emb").unwrap().objects, ["p1"]);
 }
 
 /// Not a test: prints how fast each backend takes health reports and catalog writes (one

@@ -362,8 +362,7 @@ impl CloudState {
                     if meta.changed > loaded {
                         if let Some((meta, objects)) = self.store.held_set(&row.id)? {
                             rec.held = objects.into_iter().collect();
-                            rec.held_digest =
-                                rec.held_digest.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                            rec.held_digest = rec.held_digest.wrapping_add(0x9e37_79b9_7f4a_7c15);
                             self.held.load(&row.id, meta.seq, &meta.digest, &rec.held);
                             self.held_loaded.insert(row.id.clone(), meta.changed);
                         }
@@ -594,20 +593,24 @@ impl CloudState {
                 .map(|(seq, d)| (seq, d.count(), d.hex(), change)),
             _ => None,
         };
-        let write = write.as_ref().map(|(seq, count, digest, (full, added, removed))| {
-            crate::cloud::store::HeldWrite {
-                change: match full {
-                    Some(full) => crate::cloud::store::HeldChange::Full(full),
-                    None => crate::cloud::store::HeldChange::Delta { added, removed },
+        let write = write
+            .as_ref()
+            .map(
+                |(seq, count, digest, (full, added, removed))| crate::cloud::store::HeldWrite {
+                    change: match full {
+                        Some(full) => crate::cloud::store::HeldChange::Full(full),
+                        None => crate::cloud::store::HeldChange::Delta { added, removed },
+                    },
+                    seq: *seq,
+                    count: *count,
+                    digest,
                 },
-                seq: *seq,
-                count: *count,
-                digest,
-            }
-        });
+            );
         let answer = held.as_ref().map(|(a, _)| *a);
         self.demand.record(&site, &report.demand, now);
-        let seq = self.store.put_health_held(id, &report, now, write.as_ref())?;
+        let seq = self
+            .store
+            .put_health_held(id, &report, now, write.as_ref())?;
         if write.is_some() {
             self.held_loaded.insert(id.to_owned(), seq);
         }

@@ -18,9 +18,9 @@ pub struct Migration {
 /// Every migration, oldest first.
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
-    version: 1,
-    name: "catalog, fleet, manifests, signing keys",
-    sql: r#"
+        version: 1,
+        name: "catalog, fleet, manifests, signing keys",
+        sql: r#"
 CREATE TABLE store_meta (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL

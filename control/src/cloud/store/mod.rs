@@ -590,7 +590,12 @@ impl Store {
 }
 
 /// Applies a held-set change inside the caller's transaction; `seq` is the write's change number.
-fn write_held(c: &mut dyn Backend, id: &str, seq: u64, h: &HeldWrite<'_>) -> Result<(), StoreError> {
+fn write_held(
+    c: &mut dyn Backend,
+    id: &str,
+    seq: u64,
+    h: &HeldWrite<'_>,
+) -> Result<(), StoreError> {
     match h.change {
         HeldChange::Full(objects) => {
             c.execute("DELETE FROM held WHERE appliance = $1", &[t(id)])?;
