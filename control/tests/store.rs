@@ -431,6 +431,69 @@ fn two_instances_one_store(b: &Backend, url: &str) {
     assert_eq!(a.keys(), c.keys());
 }
 
+/// Runs `f` on a thread and waits for it at most 60 s: a hang detector (the calls return within
+/// the store's connect and statement timeouts, far below it), not a timing assertion.
+fn returns<R: Send + 'static>(what: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("{what}: the store call hung"))
+}
+
+/// A PostgreSQL restart under an open store: the next call connects again and succeeds (the
+/// transaction is retried once); with the server down a call fails cleanly with `Unavailable`
+/// (a 503 to the client) instead of hanging, and once the server is back the store works again.
+#[test]
+fn a_postgres_restart_does_not_hang_the_store() {
+    let pg = PgServer::start();
+    let url = pg.create_database("restart");
+    let store = Arc::new(Store::open(Some(&url), &PathBuf::from("/nonexistent")).unwrap());
+    let v1 = store.put_catalog(&catalog(1, "a")).unwrap();
+    store
+        .put_registration("emb", &registration(Role::Embedded))
+        .unwrap();
+
+    pg.restart();
+    let s = store.clone();
+    let v2 = returns("a write after a restart", move || {
+        s.put_catalog(&catalog(2, "b"))
+    })
+    .unwrap_or_else(|e| panic!("after a restart: {e}\n{}", pg.log()));
+    assert!(v2 > v1);
+    pg.restart();
+    let s = store.clone();
+    let (version, cat) = returns("a read after a restart", move || s.catalog())
+        .unwrap()
+        .expect("the catalog");
+    assert_eq!((version, cat), (v2, catalog(2, "b")));
+
+    pg.stop();
+    let s = store.clone();
+    let e = returns("a write with the server down", move || {
+        s.put_health("emb", &report(vec!["x".into()]), T0)
+    })
+    .expect_err("a write with the server down");
+    assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}");
+    let line = e.to_string();
+    assert!(line.starts_with("postgres unavailable: "), "{line}");
+    let s = store.clone();
+    let e = returns("a read with the server down", move || s.versions())
+        .expect_err("a read with the server down");
+    assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}");
+
+    pg.start_again();
+    let s = store.clone();
+    let seq = returns("a write after the server came back", move || {
+        s.put_health("emb", &report(vec!["y".into()]), T0)
+    })
+    .unwrap();
+    let rows = store.appliances_since(0).unwrap();
+    assert_eq!(rows[0].seq, seq);
+    assert_eq!(rows[0].health.as_ref().unwrap().0.objects, ["y"]);
+}
+
 /// A health report in the digest form: `now` is what the appliance holds after `added` and
 /// `removed`, `full` its full list when sent.
 fn held_report(

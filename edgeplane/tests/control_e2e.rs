@@ -1688,7 +1688,10 @@ fn held_set_digests_and_demand_follow_the_appliance() {
     let v = admin_json(&cloud, "/v1/appliances/emb/held").expect("the held view");
     assert_eq!(v["in_sync"], true, "{v}");
     let stored: Vec<String> = serde_json::from_value(v["objects"].clone()).unwrap();
-    assert_eq!(stored, held, "the view right after the restart is the stored one");
+    assert_eq!(
+        stored, held,
+        "the view right after the restart is the stored one"
+    );
     std::fs::write(emb.dir.join("flash/extra-after.m4s"), b"after").unwrap();
     let held = wait_held_view_matches(&cloud, &emb, "the held view after the restart");
     assert!(held.contains(&"extra-after.m4s".to_string()));

@@ -47,6 +47,9 @@ pub enum StateError {
     /// 500.
     #[error("{0}")]
     Internal(String),
+    /// 503: the store cannot be reached now (the client may retry).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A signing key without its secret: what `POST /v1/keys/rotate` answers with.
@@ -91,7 +94,10 @@ type CachedRanking = ((u64, u64), Arc<Vec<RankedObject>>);
 
 impl From<StoreError> for StateError {
     fn from(e: StoreError) -> StateError {
-        StateError::Internal(format!("store: {e}"))
+        match e {
+            StoreError::Unavailable { .. } => StateError::Unavailable(format!("store: {e}")),
+            e => StateError::Internal(format!("store: {e}")),
+        }
     }
 }
 
