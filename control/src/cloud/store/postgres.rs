@@ -32,24 +32,25 @@ pub struct Postgres {
 }
 
 fn err(e: postgres::Error) -> StoreError {
+    let message = match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    };
     // A closed connection, or the server going away (class 08: connection exception, 57:
     // operator intervention such as a shutdown or a statement timeout).
     let gone = e.is_closed()
         || e.as_db_error()
             .is_some_and(|d| matches!(&d.code().code()[..2], "08" | "57"));
     if gone {
-        return StoreError::Unavailable {
+        StoreError::Unavailable {
             backend: "postgres",
-            message: e.to_string(),
-        };
-    }
-    let message = match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
-    };
-    StoreError::Db {
-        backend: "postgres",
-        message,
+            message,
+        }
+    } else {
+        StoreError::Db {
+            backend: "postgres",
+            message,
+        }
     }
 }
 
