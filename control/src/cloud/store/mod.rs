@@ -652,10 +652,17 @@ fn write_held(
             insert_held(c, id, objects)?;
         }
         HeldChange::Delta { added, removed } => {
-            for o in removed {
+            for chunk in removed.chunks(HELD_CHUNK) {
+                let list = (0..chunk.len())
+                    .map(|n| format!("${}", n + 2))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let mut params = Vec::with_capacity(chunk.len() + 1);
+                params.push(t(id));
+                params.extend(chunk.iter().map(|o| t(o.as_str())));
                 c.execute(
-                    "DELETE FROM held WHERE appliance = $1 AND object = $2",
-                    &[t(id), t(o.clone())],
+                    &format!("DELETE FROM held WHERE appliance = $1 AND object IN ({list})"),
+                    &params,
                 )?;
             }
             insert_held(c, id, added)?;
@@ -670,11 +677,13 @@ fn write_held(
     Ok(())
 }
 
+/// Held ids per statement (well below SQLite's and PostgreSQL's parameter limits).
+const HELD_CHUNK: usize = 400;
+
 /// Inserts held rows, many per statement (a full list of millions is thousands of statements,
 /// not millions).
 fn insert_held(c: &mut dyn Backend, id: &str, objects: &[String]) -> Result<(), StoreError> {
-    const CHUNK: usize = 400;
-    for chunk in objects.chunks(CHUNK) {
+    for chunk in objects.chunks(HELD_CHUNK) {
         let mut sql = String::from("INSERT INTO held (appliance, object) VALUES ");
         let mut params = Vec::with_capacity(chunk.len() + 1);
         params.push(t(id));
