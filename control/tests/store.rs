@@ -431,6 +431,53 @@ fn two_instances_one_store(b: &Backend, url: &str) {
     assert_eq!(a.keys(), c.keys());
 }
 
+/// A database written by the binary before held sets were stored (schema 1) gains the held-set
+/// tables at start and keeps everything else.
+fn a_version_1_database_is_migrated(b: &Backend, url: &str) {
+    let v1 = &edgeplane_control::cloud::store::migrations::MIGRATIONS[0];
+    assert_eq!(v1.version, 1);
+    let setup = format!(
+        "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, \
+         applied_at BIGINT NOT NULL); {} \
+         INSERT INTO schema_migrations (version, name, applied_at) VALUES (1, 'v1', 0); \
+         INSERT INTO store_meta (name, value) VALUES ('epoch', 'e1'); \
+         UPDATE counters SET value = 7 WHERE name = 'fleet'; \
+         INSERT INTO appliances (id, seq, registration) VALUES ('emb', 7, '');",
+        v1.sql
+    );
+    match b {
+        Backend::Sqlite(_) => {
+            let path = url.strip_prefix("sqlite://").unwrap();
+            rusqlite::Connection::open(path)
+                .unwrap()
+                .execute_batch(&setup)
+                .unwrap();
+        }
+        Backend::Postgres(_) => {
+            postgres::Client::connect(url, postgres::NoTls)
+                .unwrap()
+                .batch_execute(&setup)
+                .unwrap();
+        }
+    }
+    let s = b.open(url);
+    assert_eq!((s.schema_version(), s.epoch()), (2, "e1"));
+    let rows = s.appliances_since(0).unwrap();
+    assert_eq!(
+        (rows.len(), rows[0].seq, rows[0].held.is_none()),
+        (1, 7, true)
+    );
+    assert_eq!(s.held_set("emb").unwrap(), None);
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut st = CloudState::open(config(url), clock, Arc::new(s)).unwrap();
+    st.register("emb", registration(Role::Embedded)).unwrap();
+    let ack = st
+        .health("emb", held_report(1, &["a"], &[], &[], true))
+        .unwrap();
+    assert_eq!(ack.held_seq, Some(1));
+    assert_eq!(st.store().held_set("emb").unwrap().unwrap().1, ["a"]);
+}
+
 /// Runs `f` on a thread and waits for it at most 60 s: a hang detector (the calls return within
 /// the store's connect and statement timeouts, far below it), not a timing assertion.
 fn returns<R: Send + 'static>(what: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
