@@ -138,6 +138,10 @@ const CASES: &[(&str, Case)] = &[
         "held_sets_survive_and_follow_instances",
         held_sets_survive_and_follow_instances,
     ),
+    (
+        "a_version_1_database_is_migrated",
+        a_version_1_database_is_migrated,
+    ),
 ];
 
 fn run_suite(b: Backend) {
