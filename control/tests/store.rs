@@ -3,7 +3,9 @@
 //! `postgresql` package). Migrations and the refusal of a newer schema, every kind of state
 //! surviving a reopen, monotonic manifest generations (also under concurrent writers), key
 //! rotation decided once across instances, and the control state on top of it: steering after
-//! a restart without the catalog being sent again, two instances on one database.
+//! a restart without the catalog being sent again, two instances on one database, held sets
+//! stored with the reports (surviving a restart, shared by instances, migrated into a schema-1
+//! database); and a PostgreSQL restart under an open store, which must never hang a call.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
