@@ -3,20 +3,22 @@
 //! `postgresql` package). Migrations and the refusal of a newer schema, every kind of state
 //! surviving a reopen, monotonic manifest generations (also under concurrent writers), key
 //! rotation decided once across instances, and the control state on top of it: steering after
-//! a restart without the catalog being sent again, two instances on one database.
+//! a restart without the catalog being sent again, two instances on one database, held sets
+//! stored with the reports (surviving a restart, shared by instances, migrated into a schema-1
+//! database); and a PostgreSQL restart under an open store, which must never hang a call.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use edgeplane_api::{
-    Catalog, HealthReport, LocationKind, ObjectInfo, Registration, Rendition, Role, TierCapacity,
-    TierKind, Title,
+    Catalog, HealthReport, HeldDigest, HeldReport, LocationKind, ObjectInfo, Registration,
+    Rendition, Role, TierCapacity, TierKind, Title,
 };
 use edgeplane_control::cloud::clock::ManualClock;
 use edgeplane_control::cloud::config::CloudConfig;
 use edgeplane_control::cloud::state::CloudState;
-use edgeplane_control::cloud::store::{Store, StoreError};
+use edgeplane_control::cloud::store::{HeldChange, HeldWrite, Store, StoreError};
 use edgeplane_signing::SigningKey;
 use edgeplane_test_support::pg::PgServer;
 use edgeplane_test_support::poll::check_all;
@@ -134,6 +136,14 @@ const CASES: &[(&str, Case)] = &[
     ("keys_compare_and_set", keys_compare_and_set),
     ("steering_after_restart", steering_after_restart),
     ("two_instances_one_store", two_instances_one_store),
+    (
+        "held_sets_survive_and_follow_instances",
+        held_sets_survive_and_follow_instances,
+    ),
+    (
+        "a_version_1_database_is_migrated",
+        a_version_1_database_is_migrated,
+    ),
 ];
 
 fn run_suite(b: Backend) {
@@ -158,7 +168,7 @@ fn store_suite_on_postgres() {
 
 fn migrations_and_epoch(b: &Backend, url: &str) {
     let s = b.open(url);
-    assert_eq!(s.schema_version(), 1);
+    assert_eq!(s.schema_version(), 2);
     let epoch = s.epoch().to_string();
     assert_eq!(epoch.len(), 32, "{epoch}");
     drop(s);
@@ -204,7 +214,7 @@ fn a_newer_schema_is_refused(b: &Backend, url: &str) {
             e,
             StoreError::TooNew {
                 found: 99,
-                supported: 1
+                supported: 2
             }
         ),
         "{e:?}"
@@ -213,7 +223,7 @@ fn a_newer_schema_is_refused(b: &Backend, url: &str) {
     assert!(!line.contains('\n'));
     assert_eq!(
         line,
-        "store schema version 99 is newer than this edgeplane supports (1); run the newer edgeplane, or point [store] url at another database"
+        "store schema version 99 is newer than this edgeplane supports (2); run the newer edgeplane, or point [store] url at another database"
     );
 }
 
@@ -427,6 +437,224 @@ fn two_instances_one_store(b: &Backend, url: &str) {
     assert_eq!(a.keys(), c.keys());
 }
 
+/// A database written by the binary before held sets were stored (schema 1) gains the held-set
+/// tables at start and keeps everything else.
+fn a_version_1_database_is_migrated(b: &Backend, url: &str) {
+    let v1 = &edgeplane_control::cloud::store::migrations::MIGRATIONS[0];
+    assert_eq!(v1.version, 1);
+    let setup = format!(
+        "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, \
+         applied_at BIGINT NOT NULL); {} \
+         INSERT INTO schema_migrations (version, name, applied_at) VALUES (1, 'v1', 0); \
+         INSERT INTO store_meta (name, value) VALUES ('epoch', 'e1'); \
+         UPDATE counters SET value = 7 WHERE name = 'fleet'; \
+         INSERT INTO appliances (id, seq, registration) VALUES ('emb', 7, '');",
+        v1.sql
+    );
+    match b {
+        Backend::Sqlite(_) => {
+            let path = url.strip_prefix("sqlite://").unwrap();
+            rusqlite::Connection::open(path)
+                .unwrap()
+                .execute_batch(&setup)
+                .unwrap();
+        }
+        Backend::Postgres(_) => {
+            postgres::Client::connect(url, postgres::NoTls)
+                .unwrap()
+                .batch_execute(&setup)
+                .unwrap();
+        }
+    }
+    let s = b.open(url);
+    assert_eq!((s.schema_version(), s.epoch()), (2, "e1"));
+    let rows = s.appliances_since(0).unwrap();
+    assert_eq!(
+        (rows.len(), rows[0].seq, rows[0].held.is_none()),
+        (1, 7, true)
+    );
+    assert_eq!(s.held_set("emb").unwrap(), None);
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut st = CloudState::open(config(url), clock, Arc::new(s)).unwrap();
+    st.register("emb", registration(Role::Embedded)).unwrap();
+    let ack = st
+        .health("emb", held_report(1, &["a"], &[], &[], true))
+        .unwrap();
+    assert_eq!(ack.held_seq, Some(1));
+    assert_eq!(st.store().held_set("emb").unwrap().unwrap().1, ["a"]);
+}
+
+/// Runs `f` on a thread and waits for it at most 60 s: a hang detector (the calls return within
+/// the store's connect and statement timeouts, far below it), not a timing assertion.
+fn returns<R: Send + 'static>(what: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("{what}: the store call hung"))
+}
+
+/// A PostgreSQL restart under an open store: the next call connects again and succeeds (the
+/// transaction is retried once); with the server down a call fails cleanly with `Unavailable`
+/// (a 503 to the client) instead of hanging, and once the server is back the store works again.
+#[test]
+fn a_postgres_restart_does_not_hang_the_store() {
+    let pg = PgServer::start();
+    let url = pg.create_database("restart");
+    let store = Arc::new(Store::open(Some(&url), &PathBuf::from("/nonexistent")).unwrap());
+    let v1 = store.put_catalog(&catalog(1, "a")).unwrap();
+    store
+        .put_registration("emb", &registration(Role::Embedded))
+        .unwrap();
+
+    pg.restart();
+    let s = store.clone();
+    let v2 = returns("a write after a restart", move || {
+        s.put_catalog(&catalog(2, "b"))
+    })
+    .unwrap_or_else(|e| panic!("after a restart: {e}\n{}", pg.log()));
+    assert!(v2 > v1);
+    pg.restart();
+    let s = store.clone();
+    let (version, cat) = returns("a read after a restart", move || s.catalog())
+        .unwrap()
+        .expect("the catalog");
+    assert_eq!((version, cat), (v2, catalog(2, "b")));
+
+    pg.stop();
+    let s = store.clone();
+    let e = returns("a write with the server down", move || {
+        s.put_health("emb", &report(vec!["x".into()]), T0)
+    })
+    .expect_err("a write with the server down");
+    assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}");
+    let line = e.to_string();
+    assert!(line.starts_with("postgres unavailable: "), "{line}");
+    let s = store.clone();
+    let e = returns("a read with the server down", move || s.versions())
+        .expect_err("a read with the server down");
+    assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}");
+
+    pg.start_again();
+    let s = store.clone();
+    let seq = returns("a write after the server came back", move || {
+        s.put_health("emb", &report(vec!["y".into()]), T0)
+    })
+    .unwrap();
+    let rows = store.appliances_since(0).unwrap();
+    assert_eq!(rows[0].seq, seq);
+    assert_eq!(rows[0].health.as_ref().unwrap().0.objects, ["y"]);
+}
+
+/// A health report in the digest form: `now` is what the appliance holds after `added` and
+/// `removed`, `full` its full list when sent.
+fn held_report(
+    seq: u64,
+    now: &[&str],
+    added: &[&str],
+    removed: &[&str],
+    full: bool,
+) -> HealthReport {
+    let d = HeldDigest::of(now.iter().copied());
+    let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    HealthReport {
+        healthy: true,
+        serving_bps: 10,
+        held: Some(HeldReport {
+            seq,
+            count: d.count(),
+            digest: d.hex(),
+            added: v(added),
+            removed: v(removed),
+            full: full.then(|| v(now)),
+        }),
+        ..Default::default()
+    }
+}
+
+fn held_sets_survive_and_follow_instances(b: &Backend, url: &str) {
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut a = state(url, &clock, b);
+    let mut c = state(url, &clock, b);
+    a.register("emb", registration(Role::Embedded)).unwrap();
+    // The first report: the service knows nothing and asks for the list.
+    let ack = a
+        .health(
+            "emb",
+            held_report(1, &["o1", "o2"], &["o1", "o2"], &[], false),
+        )
+        .unwrap();
+    assert!(ack.send_full);
+    let ack = a
+        .health("emb", held_report(2, &["o1", "o2"], &[], &[], true))
+        .unwrap();
+    assert_eq!((ack.held_seq, ack.send_full), (Some(2), false));
+    // A delta through a: stored as rows, not as the list.
+    let ack = a
+        .health(
+            "emb",
+            held_report(3, &["o1", "o3"], &["o3"], &["o2"], false),
+        )
+        .unwrap();
+    assert_eq!(ack.held_seq, Some(3));
+    let (meta, objects) = a
+        .store()
+        .held_set("emb")
+        .unwrap()
+        .expect("a stored held set");
+    assert_eq!(objects, ["o1", "o3"]);
+    assert_eq!((meta.seq, meta.count), (3, 2));
+    assert_eq!(meta.digest, HeldDigest::of(["o1", "o3"]).hex());
+    // The other instance sees the set without any report of its own.
+    c.sync().unwrap();
+    let v = c.held("emb").unwrap();
+    assert_eq!(v.objects, ["o1", "o3"]);
+    assert!(v.in_sync);
+    // A report through c continues from there: a delta, no full list.
+    let ack = c
+        .health(
+            "emb",
+            held_report(4, &["o1", "o3", "o4"], &["o4"], &[], false),
+        )
+        .unwrap();
+    assert_eq!((ack.held_seq, ack.send_full), (Some(4), false));
+    a.sync().unwrap();
+    assert_eq!(a.held("emb").unwrap().objects, ["o1", "o3", "o4"]);
+    // A delta that does not match is not stored: the stored set stays the last confirmed one.
+    let ack = a
+        .health(
+            "emb",
+            held_report(5, &["o1", "o3", "o4", "zz"], &[], &[], false),
+        )
+        .unwrap();
+    assert!(ack.send_full);
+    assert_eq!(
+        a.store().held_set("emb").unwrap().unwrap().1,
+        ["o1", "o3", "o4"]
+    );
+    // A restart: the stored set is confirmed at once; the next delta needs no full list.
+    drop(a);
+    drop(c);
+    let mut r = state(url, &clock, b);
+    let v = r.held("emb").unwrap();
+    assert_eq!(v.objects, ["o1", "o3", "o4"]);
+    assert!(v.in_sync);
+    let ack = r
+        .health("emb", held_report(6, &["o3", "o4"], &[], &["o1"], false))
+        .unwrap();
+    assert_eq!((ack.held_seq, ack.send_full), (Some(6), false));
+    // A full list replaces the stored rows.
+    let ack = r
+        .health("emb", held_report(7, &["p1"], &[], &[], true))
+        .unwrap();
+    assert_eq!(ack.held_seq, Some(7));
+    assert_eq!(r.store().held_set("emb").unwrap().unwrap().1, ["p1"]);
+    drop(r);
+    let r = state(url, &clock, b);
+    assert_eq!(r.held("emb").unwrap().objects, ["p1"]);
+}
+
 /// Not a test: prints how fast each backend takes health reports and catalog writes (one
 /// transaction each), for the report in docs. `cargo test -p edgeplane-control --test store --
 /// --ignored --nocapture write_rates`.
@@ -459,5 +687,42 @@ fn write_rates() {
             "{name}: {health:.0} health reports/s (100 objects each, relaxed commit), \
              {generations:.0} generation bumps/s (durable commit), {syncs:.0} change checks/s"
         );
+        // Held sets: a full list of 100,000 ids once, then reports whose delta is 10 ids in and
+        // 10 out, against the same reports on an appliance holding 1,000 ids: the delta's cost
+        // must not depend on the set's size.
+        let digest = "0".repeat(64);
+        for (app, size) in [("emb", 100_000usize), ("ix", 1_000)] {
+            let full: Vec<String> = (0..size).map(|i| format!("o{i:07}")).collect();
+            let t = std::time::Instant::now();
+            let w = HeldWrite {
+                change: HeldChange::Full(&full),
+                seq: 1,
+                count: size as u64,
+                digest: &digest,
+            };
+            s.put_health_held(app, &r, T0, Some(&w)).unwrap();
+            let full_secs = t.elapsed().as_secs_f64();
+            let n = 300;
+            let t = std::time::Instant::now();
+            for k in 0..n {
+                let added: Vec<String> = (0..10).map(|j| format!("n{k}-{j}")).collect();
+                let removed: Vec<String> = (0..10).map(|j| format!("o{:07}", k * 10 + j)).collect();
+                let w = HeldWrite {
+                    change: HeldChange::Delta {
+                        added: &added,
+                        removed: &removed,
+                    },
+                    seq: 2 + k as u64,
+                    count: size as u64,
+                    digest: &digest,
+                };
+                s.put_health_held(app, &r, T0, Some(&w)).unwrap();
+            }
+            let deltas = n as f64 / t.elapsed().as_secs_f64();
+            println!(
+                "{name}: held set of {size}: full list {full_secs:.2} s, \
+                 {deltas:.0} reports/s with a 10+10 delta"
+            );
+        }
     }
 }

@@ -1680,18 +1680,35 @@ fn held_set_digests_and_demand_follow_the_appliance() {
     );
     assert!(cloud_metric(&cloud, "edgeplane_cloud_demand_entries_total") >= 1.0);
 
-    // The control service restarts (its view is gone): it asks for the full list once and its
-    // view matches again.
+    // The control service restarts: the held view is in its store, so it has the view at
+    // once, before the appliance's next report, and the reports after the restart are changes
+    // applied to it: no full list is asked for or sent.
+    let agent_full_before = emb.agent_metric("edgeplane_agent_held_full_reports_total");
     cloud.restart(false);
+    let v = admin_json(&cloud, "/v1/appliances/emb/held").expect("the held view");
+    assert_eq!(v["in_sync"], true, "{v}");
+    let stored: Vec<String> = serde_json::from_value(v["objects"].clone()).unwrap();
+    assert_eq!(
+        stored, held,
+        "the view right after the restart is the stored one"
+    );
     std::fs::write(emb.dir.join("flash/extra-after.m4s"), b"after").unwrap();
     let held = wait_held_view_matches(&cloud, &emb, "the held view after the restart");
     assert!(held.contains(&"extra-after.m4s".to_string()));
     assert!(held.contains(&"extra-2.m4s".to_string()));
     assert_eq!(
         cloud_metric(&cloud, "edgeplane_cloud_held_full_lists_total"),
-        1.0
+        0.0
     );
-    assert!(emb.agent_metric("edgeplane_agent_held_full_reports_total") >= 2.0);
+    assert_eq!(
+        cloud_metric(&cloud, "edgeplane_cloud_held_full_requests_total"),
+        0.0
+    );
+    assert!(cloud_metric(&cloud, "edgeplane_cloud_held_deltas_total") >= 1.0);
+    assert_eq!(
+        emb.agent_metric("edgeplane_agent_held_full_reports_total"),
+        agent_full_before
+    );
     drop(cloud.proc);
 }
 

@@ -69,18 +69,59 @@ impl PgServer {
                 "UTF8",
             ],
         );
-        let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=on",
-            pg.dir.path().display()
-        );
-        let log = pg.dir.path().join("log").display().to_string();
-        pg.run(
+        pg.ctl_start();
+        pg
+    }
+
+    fn opts(&self) -> String {
+        format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on",
+            self.port,
+            self.dir.path().display()
+        )
+    }
+
+    #[track_caller]
+    fn ctl_start(&self) {
+        let log = self.dir.path().join("log").display().to_string();
+        self.run(
             "pg_ctl",
             &[
-                "-D", &data, "-l", &log, "-o", &opts, "-w", "-t", "60", "start",
+                "-D",
+                &self.data(),
+                "-l",
+                &log,
+                "-o",
+                &self.opts(),
+                "-w",
+                "-t",
+                "60",
+                "start",
             ],
         );
-        pg
+    }
+
+    /// Restarts the server (`pg_ctl restart -m fast`: open connections are closed), waiting
+    /// until it accepts connections again.
+    #[track_caller]
+    pub fn restart(&self) {
+        self.stop();
+        self.ctl_start();
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast`); [`PgServer::start_again`] starts it.
+    #[track_caller]
+    pub fn stop(&self) {
+        self.run(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "fast", "-w", "-t", "60", "stop"],
+        );
+    }
+
+    /// Starts a server stopped with [`PgServer::stop`].
+    #[track_caller]
+    pub fn start_again(&self) {
+        self.ctl_start();
     }
 
     fn data(&self) -> String {

@@ -126,6 +126,38 @@ impl HeldBook {
         }
     }
 
+    /// Appliance `id`'s acknowledged sequence number and digest, if its set is confirmed.
+    pub fn confirmed(&self, id: &str) -> Option<(u64, &HeldDigest)> {
+        self.sync
+            .get(id)
+            .filter(|s| s.known)
+            .map(|s| (s.seq, &s.digest))
+    }
+
+    /// Takes `set`, read from the store, as appliance `id`'s set acknowledged at `seq`: confirmed
+    /// when it has the stored digest (`digest`, hex), so the next report needs no full list.
+    /// Whether it was confirmed.
+    pub fn load(&mut self, id: &str, seq: u64, digest: &str, set: &HashSet<String>) -> bool {
+        let d = HeldDigest::of(set.iter().map(String::as_str));
+        let known = d.hex() == digest;
+        if !known {
+            tracing::warn!(
+                "appliance {id}: its stored held set ({} objects) does not match its stored \
+                 digest; asking for the full list",
+                d.count()
+            );
+        }
+        self.sync.insert(
+            id.to_owned(),
+            Sync {
+                seq,
+                digest: d,
+                known,
+            },
+        );
+        known
+    }
+
     /// A report in the old form (`objects`, no `held`): the set is whatever it listed, and the
     /// next digest report is checked against it.
     pub fn legacy(&mut self, id: &str, set: &HashSet<String>) {

@@ -81,6 +81,7 @@ impl From<StateError> for Fail {
             StateError::BadRequest(_) => StatusCode::BAD_REQUEST,
             StateError::Conflict(_) => StatusCode::CONFLICT,
             StateError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            StateError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         Fail(code, e.to_string())
     }

@@ -47,6 +47,9 @@ pub enum StateError {
     /// 500.
     #[error("{0}")]
     Internal(String),
+    /// 503: the store cannot be reached now (the client may retry).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A signing key without its secret: what `POST /v1/keys/rotate` answers with.
@@ -91,7 +94,10 @@ type CachedRanking = ((u64, u64), Arc<Vec<RankedObject>>);
 
 impl From<StoreError> for StateError {
     fn from(e: StoreError) -> StateError {
-        StateError::Internal(format!("store: {e}"))
+        match e {
+            StoreError::Unavailable { .. } => StateError::Unavailable(format!("store: {e}")),
+            e => StateError::Internal(format!("store: {e}")),
+        }
     }
 }
 
@@ -118,6 +124,8 @@ pub struct CloudState {
     steer_cache: SteerCache,
     /// The appliances' held sets: digests and the full-list protocol (`cloud::held`).
     held: HeldBook,
+    /// Per appliance, the store change of the held set this instance has (`HeldMeta::changed`).
+    held_loaded: HashMap<String, u64>,
     /// The fleet's reported demand per site (`cloud::demand`).
     demand: FleetDemand,
     /// Counters.
@@ -266,6 +274,7 @@ impl CloudState {
             applied: HashMap::new(),
             steer_cache: SteerCache::new(&cfg.sites),
             held: HeldBook::default(),
+            held_loaded: HashMap::new(),
             demand: FleetDemand::new(
                 cfg.popularity.demand_weight,
                 cfg.popularity.demand_half_life_secs,
@@ -350,6 +359,19 @@ impl CloudState {
                     None => {
                         rec.health = None;
                         rec.held.clear();
+                    }
+                }
+                // Another instance (or this one before a restart) changed the held set: reload
+                // that appliance's set only.
+                if let Some(meta) = &row.held {
+                    let loaded = self.held_loaded.get(&row.id).copied().unwrap_or(0);
+                    if meta.changed > loaded {
+                        if let Some((meta, objects)) = self.store.held_set(&row.id)? {
+                            rec.held = objects.into_iter().collect();
+                            rec.held_digest = rec.held_digest.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                            self.held.load(&row.id, meta.seq, &meta.digest, &rec.held);
+                            self.held_loaded.insert(row.id.clone(), meta.changed);
+                        }
                     }
                 }
                 self.applied.insert(row.id, row.seq);
@@ -556,24 +578,55 @@ impl CloudState {
                     ..HeldReport::default()
                 };
                 let changed = h.full.is_some() || !h.added.is_empty() || !h.removed.is_empty();
+                // What the store must write (cloned before `apply` consumes the report; as
+                // large as the change, not the set).
+                let change = changed.then(|| (h.full.clone(), h.added.clone(), h.removed.clone()));
                 let answer = self.held.apply(id, &mut rec.held, h);
                 if changed {
                     rec.held_digest = rec.held_digest.wrapping_add(0x9e37_79b9_7f4a_7c15);
                 }
                 report.held = Some(summary);
-                Some(answer)
+                Some((answer, change))
             }
             None => None,
         };
+        // A change the service accepted (its digest matched) is stored with the report; a
+        // rejected one is not (the stored set stays the last confirmed one).
+        let write = match &held {
+            Some((answer, Some(change))) if answer.seq.is_some() => self
+                .held
+                .confirmed(id)
+                .map(|(seq, d)| (seq, d.count(), d.hex(), change)),
+            _ => None,
+        };
+        let write = write
+            .as_ref()
+            .map(
+                |(seq, count, digest, (full, added, removed))| crate::cloud::store::HeldWrite {
+                    change: match full {
+                        Some(full) => crate::cloud::store::HeldChange::Full(full),
+                        None => crate::cloud::store::HeldChange::Delta { added, removed },
+                    },
+                    seq: *seq,
+                    count: *count,
+                    digest,
+                },
+            );
+        let answer = held.as_ref().map(|(a, _)| *a);
         self.demand.record(&site, &report.demand, now);
-        let seq = self.store.put_health(id, &report, now)?;
+        let seq = self
+            .store
+            .put_health_held(id, &report, now, write.as_ref())?;
+        if write.is_some() {
+            self.held_loaded.insert(id.to_owned(), seq);
+        }
         let rec = self
             .fleet
             .iter_mut()
             .find(|a| a.id == id)
             .ok_or_else(|| StateError::NotFound(format!("unknown appliance {id:?}")))?;
         rec.set_health(report, now);
-        if held.is_none() {
+        if answer.is_none() {
             self.held.legacy(id, &rec.held);
         }
         self.applied.insert(id.to_owned(), seq);
@@ -584,8 +637,8 @@ impl CloudState {
             manifest_generation: manifest.generation,
             prefixes: self.assigned_prefixes(id),
             epoch: self.store.epoch().to_owned(),
-            held_seq: held.and_then(|h| h.seq),
-            send_full: held.is_some_and(|h| h.send_full),
+            held_seq: answer.and_then(|h| h.seq),
+            send_full: answer.is_some_and(|h| h.send_full),
         })
     }
 

@@ -16,10 +16,11 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "catalog, fleet, manifests, signing keys",
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "catalog, fleet, manifests, signing keys",
+        sql: r#"
 CREATE TABLE store_meta (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -53,7 +54,26 @@ CREATE TABLE signing_keys (
     not_after BIGINT NOT NULL
 );
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "held sets",
+        sql: r#"
+CREATE TABLE held (
+    appliance TEXT NOT NULL,
+    object TEXT NOT NULL,
+    PRIMARY KEY (appliance, object)
+);
+CREATE TABLE held_meta (
+    appliance TEXT PRIMARY KEY,
+    seq BIGINT NOT NULL,
+    count BIGINT NOT NULL,
+    digest TEXT NOT NULL,
+    changed BIGINT NOT NULL
+);
+"#,
+    },
+];
 
 /// The newest schema version this binary knows.
 pub const LATEST: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;

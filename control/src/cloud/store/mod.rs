@@ -84,6 +84,15 @@ pub enum StoreError {
         /// Its message.
         message: String,
     },
+    /// The connection to the database broke and could not be made again (PostgreSQL
+    /// restarting or unreachable): nothing was written; answered with 503.
+    #[error("{backend} unavailable: {message}")]
+    Unavailable {
+        /// `postgres`.
+        backend: &'static str,
+        /// What failed.
+        message: String,
+    },
     /// A row that does not parse (written by hand, or by a broken binary).
     #[error("store holds a malformed value: {0}")]
     Corrupt(String),
@@ -118,6 +127,11 @@ pub trait Backend: Send {
     /// Inside a transaction: waits for the lock that makes migrations run one instance at a
     /// time (PostgreSQL: an advisory lock; SQLite: the write lock `begin` took already).
     fn lock_migrations(&mut self) -> Result<(), StoreError>;
+    /// After a failed call: if the connection is broken, connects again; whether it did (the
+    /// failed transaction is then run once more). SQLite's file never breaks that way.
+    fn recover(&mut self) -> bool {
+        false
+    }
 }
 
 /// One appliance's stored registry entry.
@@ -131,6 +145,49 @@ pub struct ApplianceRow {
     pub registration: Option<Registration>,
     /// Its last health report and when it arrived.
     pub health: Option<(HealthReport, u64)>,
+    /// Its stored held set's summary (none before its first held-set change).
+    pub held: Option<HeldMeta>,
+}
+
+/// The summary of one appliance's stored held set (`held_meta`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldMeta {
+    /// The appliance's report sequence number that last changed the set.
+    pub seq: u64,
+    /// The number of objects.
+    pub count: u64,
+    /// The set's digest (hex, `HeldDigest`).
+    pub digest: String,
+    /// The store change (`appliances.seq`) that last changed the set: an instance whose copy
+    /// is older reloads the set.
+    pub changed: u64,
+}
+
+/// A change to an appliance's held set, written with its health report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeldChange<'a> {
+    /// The full list: replaces the stored set.
+    Full(&'a [String]),
+    /// Objects added and removed: the write costs rows in proportion to them.
+    Delta {
+        /// Added objects.
+        added: &'a [String],
+        /// Removed objects.
+        removed: &'a [String],
+    },
+}
+
+/// A held-set write: the change and the set's summary after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldWrite<'a> {
+    /// What changed.
+    pub change: HeldChange<'a>,
+    /// The appliance's report sequence number.
+    pub seq: u64,
+    /// The number of objects after the change.
+    pub count: u64,
+    /// The digest after the change (hex).
+    pub digest: &'a str,
 }
 
 /// The change counters: each grows whenever its part of the state changes.
@@ -257,7 +314,7 @@ impl Store {
     /// Runs `f` in one write transaction: committed when it returns `Ok`, rolled back otherwise.
     fn tx<R>(
         &self,
-        f: impl FnOnce(&mut dyn Backend) -> Result<R, StoreError>,
+        f: impl Fn(&mut dyn Backend) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         self.tx_with(false, f)
     }
@@ -265,30 +322,41 @@ impl Store {
     fn tx_with<R>(
         &self,
         relaxed: bool,
-        f: impl FnOnce(&mut dyn Backend) -> Result<R, StoreError>,
+        f: impl Fn(&mut dyn Backend) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let mut c = self.conn();
         let c: &mut dyn Backend = c.as_mut();
-        if relaxed {
-            c.begin_relaxed()?;
-        } else {
-            c.begin()?;
+        match tx_once(c, relaxed, &f) {
+            // A broken connection (a restarted PostgreSQL): the transaction did not commit, or
+            // its commit was lost with the connection; every write here is safe to repeat, so
+            // it runs once more on a new connection.
+            Err(e) if c.recover() => {
+                tracing::warn!("store: {e}; connected again, retrying the transaction once");
+                tx_once(c, relaxed, &f)
+            }
+            r => r,
         }
+    }
+
+    /// Runs a read on the connection, once more on a new connection if it broke.
+    fn read<R>(
+        &self,
+        f: impl Fn(&mut dyn Backend) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut c = self.conn();
+        let c: &mut dyn Backend = c.as_mut();
         match f(c) {
-            Ok(r) => {
-                c.commit()?;
-                Ok(r)
+            Err(e) if c.recover() => {
+                tracing::warn!("store: {e}; connected again, reading once more");
+                f(c)
             }
-            Err(e) => {
-                let _ = c.rollback();
-                Err(e)
-            }
+            r => r,
         }
     }
 
     /// The change counters.
     pub fn versions(&self) -> Result<Versions, StoreError> {
-        let rows = self.conn().query("SELECT name, value FROM counters", &[])?;
+        let rows = self.read(|c| c.query("SELECT name, value FROM counters", &[]))?;
         let mut v = Versions::default();
         for r in rows {
             let n = u(r[1].int()?);
@@ -304,9 +372,7 @@ impl Store {
 
     /// The catalog and its version (`None` before the first upload).
     pub fn catalog(&self) -> Result<Option<(u64, Catalog)>, StoreError> {
-        let rows = self
-            .conn()
-            .query("SELECT version, body FROM catalog WHERE id = 1", &[])?;
+        let rows = self.read(|c| c.query("SELECT version, body FROM catalog WHERE id = 1", &[]))?;
         match rows.first() {
             None => Ok(None),
             Some(r) => Ok(Some((u(r[0].int()?), json("catalog", r[1].text()?)?))),
@@ -321,7 +387,7 @@ impl Store {
             c.execute(
                 "INSERT INTO catalog (id, version, body) VALUES (1, $1, $2) \
                  ON CONFLICT (id) DO UPDATE SET version = excluded.version, body = excluded.body",
-                &[i(version), t(body)],
+                &[i(version), t(body.as_str())],
             )?;
             Ok(version)
         })
@@ -335,7 +401,7 @@ impl Store {
             c.execute(
                 "INSERT INTO appliances (id, seq, registration) VALUES ($1, $2, $3) \
                  ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, registration = excluded.registration",
-                &[t(id), i(seq), t(body)],
+                &[t(id), i(seq), t(body.as_str())],
             )?;
             Ok(seq)
         })
@@ -344,6 +410,18 @@ impl Store {
     /// Records a health report received at `at`; the change's sequence number. Committed
     /// without waiting for the disk (the next report replaces it within an interval).
     pub fn put_health(&self, id: &str, report: &HealthReport, at: u64) -> Result<u64, StoreError> {
+        self.put_health_held(id, report, at, None)
+    }
+
+    /// [`Store::put_health`] with a change to the appliance's held set, in the same
+    /// transaction: a delta inserts and deletes its rows, a full list replaces the set.
+    pub fn put_health_held(
+        &self,
+        id: &str,
+        report: &HealthReport,
+        at: u64,
+        held: Option<&HeldWrite<'_>>,
+    ) -> Result<u64, StoreError> {
         let body = to_json(report);
         self.tx_with(true, |c| {
             let seq = bump(c, "fleet")?;
@@ -351,19 +429,54 @@ impl Store {
                 "INSERT INTO appliances (id, seq, health, health_at) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, health = excluded.health, \
                  health_at = excluded.health_at",
-                &[t(id), i(seq), t(body), i(at)],
+                &[t(id), i(seq), t(body.as_str()), i(at)],
             )?;
+            if let Some(h) = held {
+                write_held(c, id, seq, h)?;
+            }
             Ok(seq)
+        })
+    }
+
+    /// Appliance `id`'s stored held set, sorted, and its summary (`None` if none is stored).
+    pub fn held_set(&self, id: &str) -> Result<Option<(HeldMeta, Vec<String>)>, StoreError> {
+        self.read(|c| {
+            let meta = c.query(
+                "SELECT seq, count, digest, changed FROM held_meta WHERE appliance = $1",
+                &[t(id)],
+            )?;
+            let Some(m) = meta.first() else {
+                return Ok(None);
+            };
+            let meta = HeldMeta {
+                seq: u(m[0].int()?),
+                count: u(m[1].int()?),
+                digest: m[2].text()?.to_string(),
+                changed: u(m[3].int()?),
+            };
+            let rows = c.query(
+                "SELECT object FROM held WHERE appliance = $1 ORDER BY object",
+                &[t(id)],
+            )?;
+            let objects = rows
+                .iter()
+                .map(|r| r[0].text().map(str::to_string))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some((meta, objects)))
         })
     }
 
     /// Appliances written after sequence number `after`, oldest change first.
     pub fn appliances_since(&self, after: u64) -> Result<Vec<ApplianceRow>, StoreError> {
-        let rows = self.conn().query(
-            "SELECT id, seq, registration, health, health_at FROM appliances \
-             WHERE seq > $1 ORDER BY seq",
-            &[i(after)],
-        )?;
+        let rows = self.read(|c| {
+            c.query(
+                "SELECT a.id, a.seq, a.registration, a.health, a.health_at, \
+             m.seq, m.count, m.digest, m.changed FROM appliances a \
+             LEFT JOIN held_meta m ON m.appliance = a.id \
+             WHERE a.seq > $1 ORDER BY a.seq",
+                &[i(after)],
+            )
+        })?;
         rows.iter()
             .map(|r| {
                 let id = r[0].text()?.to_string();
@@ -380,6 +493,15 @@ impl Store {
                         None
                     } else {
                         Some((json(&format!("health of {id}"), health)?, u(r[4].int()?)))
+                    },
+                    held: match &r[5] {
+                        Val::Null => None,
+                        _ => Some(HeldMeta {
+                            seq: u(r[5].int()?),
+                            count: u(r[6].int()?),
+                            digest: r[7].text()?.to_string(),
+                            changed: u(r[8].int()?),
+                        }),
                     },
                     id,
                 })
@@ -415,46 +537,47 @@ impl Store {
 
     /// The stored key set.
     pub fn keys(&self) -> Result<StoredKeys, StoreError> {
-        let mut c = self.conn();
-        let version = c.query("SELECT value FROM counters WHERE name = 'keys'", &[])?;
-        let version = u(version
-            .first()
-            .ok_or_else(|| StoreError::Corrupt("no keys counter".into()))?[0]
-            .int()?);
-        let rows = c.query(
-            "SELECT id, secret, not_after FROM signing_keys ORDER BY not_after, id",
-            &[],
-        )?;
-        let keys = rows
-            .iter()
-            .map(|r| {
-                let id = r[0].text()?.to_string();
-                let mut secret = [0u8; 32];
-                hex::decode_to_slice(r[1].text()?, &mut secret)
-                    .map_err(|e| StoreError::Corrupt(format!("secret of key {id}: {e}")))?;
-                Ok(SigningKey {
-                    id,
-                    secret,
-                    not_after: u(r[2].int()?),
+        self.read(|c| {
+            let version = c.query("SELECT value FROM counters WHERE name = 'keys'", &[])?;
+            let version = u(version
+                .first()
+                .ok_or_else(|| StoreError::Corrupt("no keys counter".into()))?[0]
+                .int()?);
+            let rows = c.query(
+                "SELECT id, secret, not_after FROM signing_keys ORDER BY not_after, id",
+                &[],
+            )?;
+            let keys = rows
+                .iter()
+                .map(|r| {
+                    let id = r[0].text()?.to_string();
+                    let mut secret = [0u8; 32];
+                    hex::decode_to_slice(r[1].text()?, &mut secret)
+                        .map_err(|e| StoreError::Corrupt(format!("secret of key {id}: {e}")))?;
+                    Ok(SigningKey {
+                        id,
+                        secret,
+                        not_after: u(r[2].int()?),
+                    })
                 })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let next = c.query(
+                "SELECT value FROM store_meta WHERE name = 'next_rotation'",
+                &[],
+            )?;
+            let next_rotation = match next.first() {
+                None => None,
+                Some(r) => Some(
+                    r[0].text()?
+                        .parse()
+                        .map_err(|e| StoreError::Corrupt(format!("next_rotation: {e}")))?,
+                ),
+            };
+            Ok(StoredKeys {
+                version,
+                keys,
+                next_rotation,
             })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let next = c.query(
-            "SELECT value FROM store_meta WHERE name = 'next_rotation'",
-            &[],
-        )?;
-        let next_rotation = match next.first() {
-            None => None,
-            Some(r) => Some(
-                r[0].text()?
-                    .parse()
-                    .map_err(|e| StoreError::Corrupt(format!("next_rotation: {e}")))?,
-            ),
-        };
-        Ok(StoredKeys {
-            version,
-            keys,
-            next_rotation,
         })
     }
 
@@ -491,6 +614,90 @@ impl Store {
             Ok(Some(version))
         })
     }
+}
+
+/// One transaction: committed when `f` returns `Ok`, rolled back otherwise.
+fn tx_once<R>(
+    c: &mut dyn Backend,
+    relaxed: bool,
+    f: &impl Fn(&mut dyn Backend) -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
+    if relaxed {
+        c.begin_relaxed()?;
+    } else {
+        c.begin()?;
+    }
+    match f(c) {
+        Ok(r) => {
+            c.commit()?;
+            Ok(r)
+        }
+        Err(e) => {
+            let _ = c.rollback();
+            Err(e)
+        }
+    }
+}
+
+/// Applies a held-set change inside the caller's transaction; `seq` is the write's change number.
+fn write_held(
+    c: &mut dyn Backend,
+    id: &str,
+    seq: u64,
+    h: &HeldWrite<'_>,
+) -> Result<(), StoreError> {
+    match h.change {
+        HeldChange::Full(objects) => {
+            c.execute("DELETE FROM held WHERE appliance = $1", &[t(id)])?;
+            insert_held(c, id, objects)?;
+        }
+        HeldChange::Delta { added, removed } => {
+            for chunk in removed.chunks(HELD_CHUNK) {
+                let list = (0..chunk.len())
+                    .map(|n| format!("${}", n + 2))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let mut params = Vec::with_capacity(chunk.len() + 1);
+                params.push(t(id));
+                params.extend(chunk.iter().map(|o| t(o.as_str())));
+                c.execute(
+                    &format!("DELETE FROM held WHERE appliance = $1 AND object IN ({list})"),
+                    &params,
+                )?;
+            }
+            insert_held(c, id, added)?;
+        }
+    }
+    c.execute(
+        "INSERT INTO held_meta (appliance, seq, count, digest, changed) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (appliance) DO UPDATE SET seq = excluded.seq, count = excluded.count, \
+         digest = excluded.digest, changed = excluded.changed",
+        &[t(id), i(h.seq), i(h.count), t(h.digest), i(seq)],
+    )?;
+    Ok(())
+}
+
+/// Held ids per statement (well below SQLite's and PostgreSQL's parameter limits).
+const HELD_CHUNK: usize = 400;
+
+/// Inserts held rows, many per statement (a full list of millions is thousands of statements,
+/// not millions).
+fn insert_held(c: &mut dyn Backend, id: &str, objects: &[String]) -> Result<(), StoreError> {
+    for chunk in objects.chunks(HELD_CHUNK) {
+        let mut sql = String::from("INSERT INTO held (appliance, object) VALUES ");
+        let mut params = Vec::with_capacity(chunk.len() + 1);
+        params.push(t(id));
+        for (n, o) in chunk.iter().enumerate() {
+            if n > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("($1, ${})", n + 2));
+            params.push(t(o.clone()));
+        }
+        sql.push_str(" ON CONFLICT (appliance, object) DO NOTHING");
+        c.execute(&sql, &params)?;
+    }
+    Ok(())
 }
 
 /// Adds one to a counter inside the caller's transaction (locking its row until commit); the
