@@ -375,3 +375,84 @@ fn without_upstream_a_miss_stays_a_404() {
         .iter()
         .all(|s| !s.name.starts_with("edgeplane_pull_")));
 }
+
+#[test]
+fn a_wrong_upstream_sha256_installs_nothing_and_the_next_request_refetches() {
+    use edgeplane_test_support::origin::sha256;
+    let origin = Origin::start();
+    // Right digests, in each header style the upstream may use: installed, served whole.
+    let styles = [
+        ("repr.ts", DigestHeader::Repr),
+        ("legacy.ts", DigestHeader::Legacy),
+        ("amz.ts", DigestHeader::AmzMeta),
+    ];
+    for (id, kind) in styles {
+        let data = pattern(id, (2 << 20) + 17);
+        origin.put(id, data.clone());
+        origin.set_digest(id, kind, sha256(&data));
+    }
+    // A wrong one (the digest of other bytes).
+    let data = pattern("wrong", (3 << 20) + 5);
+    origin.put("wrong.ts", data.clone());
+    origin.set_digest("wrong.ts", DigestHeader::Repr, sha256(b"something else"));
+    let server = pull_server(&origin, "slice_size = \"1M\"\n");
+    let tier = server.tier_dir("flash");
+    for (id, _) in styles {
+        let r = curl(&[], &server.url(&format!("/{id}")));
+        assert_full(&r.response(), &pattern(id, (2 << 20) + 17), id);
+        poll("the verified object to be installed", || {
+            tier.join(id).exists().then_some(())
+        });
+    }
+    assert_eq!(
+        server
+            .metrics()
+            .sum("edgeplane_pull_verify_failures_total", &[]),
+        0.0
+    );
+    // Wrong digest: no client gets a complete-looking object (the last byte waits for the
+    // check), nothing is installed, the failure is counted.
+    let url = server.url("/wrong.ts");
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            thread::spawn(move || curl(&[], &url))
+        })
+        .collect();
+    for c in clients {
+        let r = c.join().unwrap();
+        let complete = r.exit_code == Some(0) && r.status == 200;
+        assert!(!complete, "a client got an object whose digest is wrong");
+        if r.exit_code == Some(0) {
+            assert!(matches!(r.status, 502 | 503 | 504), "status {}", r.status);
+        } else {
+            assert!(r.body.len() < data.len());
+            assert_bytes_eq(&r.body, &data[..r.body.len()], "the bytes before the cut");
+        }
+    }
+    poll("the failed pull to leave nothing", || {
+        temporaries(&tier).is_empty().then_some(())
+    });
+    assert!(
+        !tier.join("wrong.ts").exists(),
+        "a mismatched object was installed"
+    );
+    assert!(
+        server
+            .metrics()
+            .sum("edgeplane_pull_verify_failures_total", &[])
+            >= 1.0
+    );
+    // The upstream fixes its digest: the next request pulls again and gets it all.
+    let before = origin.requests_for("wrong.ts").len();
+    origin.set_digest("wrong.ts", DigestHeader::Repr, sha256(&data));
+    let r = curl(&[], &url);
+    assert_full(&r.response(), &data, "after the digest was fixed");
+    assert!(
+        origin.requests_for("wrong.ts").len() > before,
+        "no new upstream request"
+    );
+    poll("the fixed object to be installed", || {
+        tier.join("wrong.ts").exists().then_some(())
+    });
+}

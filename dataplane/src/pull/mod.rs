@@ -96,6 +96,11 @@ struct State {
     finished: bool,
     /// The first request (which learns the size) is queued or running.
     probing: bool,
+    /// The whole object's SHA-256 as the upstream gave it, checked before the rename.
+    sha256: Option<[u8; 32]>,
+    /// The digest matched: the object's last byte may go out (it is held back until then, so
+    /// no client gets a complete-looking wrong object).
+    verified: bool,
 }
 
 /// One object being pulled.
@@ -161,11 +166,14 @@ impl Object {
             return Poll::Ready(Err(PullError::Busy));
         }
         let start = k as u64 * slice;
-        let avail = match st.slices.get(k) {
+        let mut avail = match st.slices.get(k) {
             Some(Slice::Done) => (start + slice).min(head.size),
             Some(Slice::Fetching(w)) => start + w,
             _ => start,
         };
+        if st.sha256.is_some() && !st.verified {
+            avail = avail.min(head.size.saturating_sub(1));
+        }
         if avail > off {
             return Poll::Ready(Ok(avail.min(end)));
         }
@@ -362,6 +370,8 @@ impl Puller {
                 idle_since: Instant::now(),
                 finished: false,
                 probing: true,
+                sha256: None,
+                verified: false,
             }),
         });
         objects.insert(id.into(), obj.clone());
@@ -617,6 +627,16 @@ impl Puller {
                 Ok(h) => h,
                 Err(e) => return self.bad(obj, &e),
             };
+        if let Some(d) = upstream_sha256(&resp) {
+            let mut st = obj.lock();
+            match st.sha256 {
+                Some(prev) if prev != d => {
+                    drop(st);
+                    return self.bad(obj, "SHA-256 digest changed upstream");
+                }
+                _ => st.sha256 = Some(d),
+            }
+        }
         if total == 0 {
             self.breaker_result(true);
             self.maybe_complete(obj);
@@ -778,13 +798,13 @@ impl Puller {
 
     /// When every slice is written: fsync, admission, rename into the tier, catalog.
     fn maybe_complete(&self, obj: &Arc<Object>) {
-        let head = {
+        let (head, sha256) = {
             let mut st = obj.lock();
             if st.finished || st.failed.is_some() || st.slices.iter().any(|s| *s != Slice::Done) {
                 return;
             }
             st.finished = true;
-            st.head.clone()
+            (st.head.clone(), st.sha256)
         };
         let Some(head) = head else { return };
         let done = (|| -> io::Result<()> {
@@ -798,6 +818,23 @@ impl Puller {
                     "length {len}, expected {}",
                     head.size
                 )));
+            }
+            if let Some(want) = sha256 {
+                let got = file_sha256(&head.file)?;
+                if got != want {
+                    self.metrics.verify_failures.fetch_add(1, Relaxed);
+                    return Err(io::Error::other(format!(
+                        "SHA-256 {} differs from the upstream's {}",
+                        hex::encode(got),
+                        hex::encode(want)
+                    )));
+                }
+                let wakers = {
+                    let mut st = obj.lock();
+                    st.verified = true;
+                    std::mem::take(&mut st.wakers)
+                };
+                wakers.into_iter().for_each(Waker::wake);
             }
             Ok(())
         })();
@@ -930,6 +967,60 @@ fn is_timeout(t: &ureq::Transport) -> bool {
         source = e.source();
     }
     t.to_string().contains("timed out")
+}
+
+/// The whole object's SHA-256 an upstream answer states: RFC 9530 `Repr-Digest: sha-256=:b64:`,
+/// RFC 3230 `Digest: sha-256=b64` (the instance, i.e. the whole object, also on a 206), or S3's
+/// user metadata `x-amz-meta-sha256: hex`.
+fn upstream_sha256(resp: &ureq::Response) -> Option<[u8; 32]> {
+    use base64::Engine as _;
+    let b64 = |v: &str| -> Option<[u8; 32]> {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.trim())
+            .ok()?
+            .try_into()
+            .ok()
+    };
+    let member = |v: &str, strip: fn(&str) -> Option<&str>| {
+        v.split(',').find_map(|m| {
+            let (k, val) = m.split_once('=')?;
+            if k.trim().eq_ignore_ascii_case("sha-256") {
+                strip(val.trim()).and_then(b64)
+            } else {
+                None
+            }
+        })
+    };
+    if let Some(d) = resp
+        .header("Repr-Digest")
+        .and_then(|v| member(v, |x| x.strip_prefix(':')?.strip_suffix(':')))
+    {
+        return Some(d);
+    }
+    if let Some(d) = resp.header("Digest").and_then(|v| member(v, |x| Some(x))) {
+        return Some(d);
+    }
+    let h = resp.header("x-amz-meta-sha256")?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(h.trim(), &mut out).ok()?;
+    Some(out)
+}
+
+/// SHA-256 of a whole file (read with `pread`, the file's offset untouched).
+fn file_sha256(file: &File) -> io::Result<[u8; 32]> {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    loop {
+        let n = file.read_at(&mut buf, off)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(h.finalize().into())
 }
 
 /// `bytes a-b/total` → `(a, b + 1, total)`.
