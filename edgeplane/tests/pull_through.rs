@@ -456,3 +456,54 @@ fn a_wrong_upstream_sha256_installs_nothing_and_the_next_request_refetches() {
         tier.join("wrong.ts").exists().then_some(())
     });
 }
+
+#[test]
+fn after_a_restart_earlier_pulls_are_still_evictable_and_agent_files_are_not() {
+    let origin = Origin::start();
+    let first = pattern("first", 2 << 20);
+    let second = pattern("second", 2 << 20);
+    origin.put("first.ts", first.clone());
+    origin.put("second.ts", second.clone());
+    let tier = temp_dir();
+    // Room for one pulled object: the second pull must evict the first.
+    let config = format!(
+        "[[tier]]\nname = \"pulled\"\nkind = \"flash\"\npath = \"{}\"\n\n{}",
+        tier.path().display(),
+        upstream_to(
+            &origin,
+            "pulled",
+            "slice_size = \"1M\"\ncapacity = \"3M\"\n"
+        )
+    );
+    let mut server = ServerBuilder::new(BIN).cores(1).section(&config).start();
+    let r = curl(&[], &server.url("/first.ts"));
+    assert_full(&r.response(), &first, "the first pull");
+    poll("first.ts installed", || {
+        tier.path().join("first.ts").exists().then_some(())
+    });
+    server.signal("TERM");
+    server.wait_exit(Duration::from_secs(20));
+    // The agent places a file meanwhile (fill's: pull-through must never evict it).
+    let agent = pattern("agent", 1 << 20);
+    fs::write(tier.path().join("agent.ts"), &agent).unwrap();
+    let server = ServerBuilder::new(BIN).cores(1).section(&config).start();
+    assert_eq!(
+        server.metrics().sum("edgeplane_pull_used_bytes", &[]),
+        first.len() as f64,
+        "the restarted store does not count the earlier pull"
+    );
+    // second.ts becomes popular enough to push first.ts (not asked for since) out.
+    let url = server.url("/second.ts");
+    poll("second.ts to be admitted", || {
+        let r = curl(&[], &url);
+        assert_full(&r.response(), &second, "second.ts");
+        tier.path().join("second.ts").exists().then_some(())
+    });
+    poll("first.ts to be evicted", || {
+        (!tier.path().join("first.ts").exists()).then_some(())
+    });
+    assert_eq!(fs::read(tier.path().join("agent.ts")).unwrap(), agent);
+    let r = curl(&[], &server.url("/agent.ts"));
+    assert_full(&r.response(), &agent, "the agent's file");
+    assert!(server.metrics().sum("edgeplane_pull_evictions_total", &[]) >= 1.0);
+}

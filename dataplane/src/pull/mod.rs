@@ -38,6 +38,13 @@ use admission::{Admission, Sketch, Store};
 /// from fill's `.tmp-<id>`, so the clean-up at start cannot touch the agent's files.
 pub const TMP_PREFIX: &str = ".tmp-pull-";
 
+/// Extended attribute marking a file pull-through installed (value [`ORIGIN_PULL`]): the start
+/// scan rebuilds pull-through's store from it, so after a restart only pulled objects are
+/// eviction candidates (fill's files never carry it).
+pub const ORIGIN_XATTR: &str = "user.edgeplane.origin";
+/// [`ORIGIN_XATTR`]'s value on a pulled object.
+pub const ORIGIN_PULL: &[u8] = b"pull";
+
 /// How many slices ahead of its position a client asks for (the upstream fetches them in
 /// parallel, up to `max_upstream_fetches`).
 const READAHEAD: usize = 4;
@@ -270,6 +277,14 @@ impl Puller {
             Some(c) => c.0,
             None => default_capacity(&dir)?,
         };
+        let mut store = Store::new(capacity);
+        let pulled = scan_pulled(&dir)?;
+        if !pulled.is_empty() {
+            tracing::info!(tier = %cfg.tier, objects = pulled.len(), "pulled objects found from a previous run");
+        }
+        for (id, size) in &pulled {
+            store.insert(id, *size);
+        }
         let timeout = Duration::from_millis(cfg.timeout_ms);
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(timeout)
@@ -290,7 +305,7 @@ impl Puller {
             metrics: PullMetrics::default(),
             breaker: Mutex::default(),
             catalog,
-            store: Mutex::new(Store::new(capacity)),
+            store: Mutex::new(store),
             sketch: Sketch::new(((capacity / (4 << 20)) as usize).clamp(1024, 1 << 22)),
             agent,
             stop: AtomicBool::new(false),
@@ -298,6 +313,10 @@ impl Puller {
             janitor: Mutex::new(Instant::now()),
         });
         puller.metrics.capacity.store(capacity, Relaxed);
+        {
+            let store = puller.store.lock().unwrap_or_else(|p| p.into_inner());
+            puller.metrics.used_bytes.store(store.used(), Relaxed);
+        }
         for n in 0..cfg.max_upstream_fetches {
             let p = puller.clone();
             std::thread::Builder::new()
@@ -812,6 +831,17 @@ impl Puller {
             // Writes moved the mtime; put back the one the ETag was made from.
             let mtime = httpdate::parse_http_date(&head.last_modified).map_err(io::Error::other)?;
             head.file.set_modified(mtime)?;
+            // Marks the file as pull-through's, so the next start knows it may evict it
+            // (without user xattrs on the tier's filesystem, it is kept like a filled object
+            // after a restart).
+            if let Err(e) = rustix::fs::fsetxattr(
+                &*head.file,
+                ORIGIN_XATTR,
+                ORIGIN_PULL,
+                rustix::fs::XattrFlags::empty(),
+            ) {
+                tracing::warn!(id = %obj.id, "cannot mark the pulled object ({ORIGIN_XATTR}): {e}");
+            }
             let len = head.file.metadata()?.len();
             if len != head.size {
                 return Err(io::Error::other(format!(
@@ -1052,6 +1082,39 @@ fn clean_temporaries(dir: &Path) -> io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// The objects in `dir` pull-through installed ([`ORIGIN_XATTR`]), with their sizes, oldest
+/// installation (ctime: the rename) first, the order the CLOCK ring had them in.
+fn scan_pulled(dir: &Path) -> io::Result<Vec<(String, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('.') {
+            continue;
+        }
+        let Ok(md) = entry.metadata() else { continue };
+        if !md.is_file() {
+            continue;
+        }
+        let mut buf = [0u8; 16];
+        match rustix::fs::getxattr(entry.path(), ORIGIN_XATTR, &mut buf[..]) {
+            Ok(n) if &buf[..n] == ORIGIN_PULL => {
+                found.push(((md.ctime(), md.ctime_nsec()), name.to_owned(), md.len()))
+            }
+            _ => {}
+        }
+    }
+    found.sort();
+    Ok(found.into_iter().map(|(_, id, size)| (id, size)).collect())
 }
 
 /// Free space on the tier's filesystem minus 5 % of its size (a reserve for fill).
