@@ -72,7 +72,7 @@ pub(crate) fn run(args: &BenchArgs, flash: bool, trace: bool, storm: bool) -> Re
     if !flash {
         return Ok(());
     }
-    let bin = build_edgeplane(&args.profile)?;
+    let bin = edgeplane_bin(args)?;
     let nginx = find_program("nginx")?;
     let run_dir =
         std::env::temp_dir().join(format!("edgeplane-flash-crowd-{}", std::process::id()));
@@ -301,7 +301,7 @@ const HOT: usize = 64 << 10;
 const COLD: usize = 1 << 20;
 
 fn miss_storm(args: &BenchArgs) -> Result<()> {
-    let bin = build_edgeplane(&args.profile)?;
+    let bin = edgeplane_bin(args)?;
     let dir = std::env::temp_dir().join(format!("edgeplane-miss-storm-{}", std::process::id()));
     fs::create_dir_all(dir.join("tier"))?;
     let hot: Vec<u8> = (0..HOT).map(|i| (i * 7 % 253) as u8).collect();
@@ -492,4 +492,12 @@ fn drain_get(addr: SocketAddr, id: &str) -> Result<u16> {
         .parse()
         .unwrap_or(0);
     Ok(status)
+}
+
+/// `--edgeplane-bin` if given, else the binary built with `--profile`.
+fn edgeplane_bin(args: &BenchArgs) -> Result<std::path::PathBuf> {
+    match &args.edgeplane_bin {
+        Some(b) => Ok(b.clone()),
+        None => build_edgeplane(&args.profile),
+    }
 }
