@@ -375,3 +375,135 @@ fn without_upstream_a_miss_stays_a_404() {
         .iter()
         .all(|s| !s.name.starts_with("edgeplane_pull_")));
 }
+
+#[test]
+fn a_wrong_upstream_sha256_installs_nothing_and_the_next_request_refetches() {
+    use edgeplane_test_support::origin::sha256;
+    let origin = Origin::start();
+    // Right digests, in each header style the upstream may use: installed, served whole.
+    let styles = [
+        ("repr.ts", DigestHeader::Repr),
+        ("legacy.ts", DigestHeader::Legacy),
+        ("amz.ts", DigestHeader::AmzMeta),
+    ];
+    for (id, kind) in styles {
+        let data = pattern(id, (2 << 20) + 17);
+        origin.put(id, data.clone());
+        origin.set_digest(id, kind, sha256(&data));
+    }
+    // A wrong one (the digest of other bytes).
+    let data = pattern("wrong", (3 << 20) + 5);
+    origin.put("wrong.ts", data.clone());
+    origin.set_digest("wrong.ts", DigestHeader::Repr, sha256(b"something else"));
+    let server = pull_server(&origin, "slice_size = \"1M\"\n");
+    let tier = server.tier_dir("flash");
+    for (id, _) in styles {
+        let r = curl(&[], &server.url(&format!("/{id}")));
+        assert_full(&r.response(), &pattern(id, (2 << 20) + 17), id);
+        poll("the verified object to be installed", || {
+            tier.join(id).exists().then_some(())
+        });
+    }
+    assert_eq!(
+        server
+            .metrics()
+            .sum("edgeplane_pull_verify_failures_total", &[]),
+        0.0
+    );
+    // Wrong digest: no client gets a complete-looking object (the last byte waits for the
+    // check), nothing is installed, the failure is counted.
+    let url = server.url("/wrong.ts");
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            thread::spawn(move || curl(&[], &url))
+        })
+        .collect();
+    for c in clients {
+        let r = c.join().unwrap();
+        let complete = r.exit_code == Some(0) && r.status == 200;
+        assert!(!complete, "a client got an object whose digest is wrong");
+        if r.exit_code == Some(0) {
+            assert!(matches!(r.status, 502..=504), "status {}", r.status);
+        } else {
+            assert!(r.body.len() < data.len());
+            assert_bytes_eq(&r.body, &data[..r.body.len()], "the bytes before the cut");
+        }
+    }
+    poll("the failed pull to leave nothing", || {
+        temporaries(&tier).is_empty().then_some(())
+    });
+    assert!(
+        !tier.join("wrong.ts").exists(),
+        "a mismatched object was installed"
+    );
+    assert!(
+        server
+            .metrics()
+            .sum("edgeplane_pull_verify_failures_total", &[])
+            >= 1.0
+    );
+    // The upstream fixes its digest: the next request pulls again and gets it all.
+    let before = origin.requests_for("wrong.ts").len();
+    origin.set_digest("wrong.ts", DigestHeader::Repr, sha256(&data));
+    let r = curl(&[], &url);
+    assert_full(&r.response(), &data, "after the digest was fixed");
+    assert!(
+        origin.requests_for("wrong.ts").len() > before,
+        "no new upstream request"
+    );
+    poll("the fixed object to be installed", || {
+        tier.join("wrong.ts").exists().then_some(())
+    });
+}
+
+#[test]
+fn after_a_restart_earlier_pulls_are_still_evictable_and_agent_files_are_not() {
+    let origin = Origin::start();
+    let first = pattern("first", 2 << 20);
+    let second = pattern("second", 2 << 20);
+    origin.put("first.ts", first.clone());
+    origin.put("second.ts", second.clone());
+    let tier = temp_dir();
+    // Room for one pulled object: the second pull must evict the first.
+    let config = format!(
+        "[[tier]]\nname = \"pulled\"\nkind = \"flash\"\npath = \"{}\"\n\n{}",
+        tier.path().display(),
+        upstream_to(
+            &origin,
+            "pulled",
+            "slice_size = \"1M\"\ncapacity = \"3M\"\n"
+        )
+    );
+    let mut server = ServerBuilder::new(BIN).cores(1).section(&config).start();
+    let r = curl(&[], &server.url("/first.ts"));
+    assert_full(&r.response(), &first, "the first pull");
+    poll("first.ts installed", || {
+        tier.path().join("first.ts").exists().then_some(())
+    });
+    server.signal("TERM");
+    server.wait_exit(Duration::from_secs(20));
+    // The agent places a file meanwhile (fill's: pull-through must never evict it).
+    let agent = pattern("agent", 1 << 20);
+    fs::write(tier.path().join("agent.ts"), &agent).unwrap();
+    let server = ServerBuilder::new(BIN).cores(1).section(&config).start();
+    assert_eq!(
+        server.metrics().sum("edgeplane_pull_used_bytes", &[]),
+        first.len() as f64,
+        "the restarted store does not count the earlier pull"
+    );
+    // second.ts becomes popular enough to push first.ts (not asked for since) out.
+    let url = server.url("/second.ts");
+    poll("second.ts to be admitted", || {
+        let r = curl(&[], &url);
+        assert_full(&r.response(), &second, "second.ts");
+        tier.path().join("second.ts").exists().then_some(())
+    });
+    poll("first.ts to be evicted", || {
+        (!tier.path().join("first.ts").exists()).then_some(())
+    });
+    assert_eq!(fs::read(tier.path().join("agent.ts")).unwrap(), agent);
+    let r = curl(&[], &server.url("/agent.ts"));
+    assert_full(&r.response(), &agent, "the agent's file");
+    assert!(server.metrics().sum("edgeplane_pull_evictions_total", &[]) >= 1.0);
+}

@@ -76,7 +76,7 @@ pub mod prelude {
     };
     pub use crate::content::{assert_bytes_eq, pattern, sha256_hex, Rng};
     pub use crate::metrics::{Metrics, Sample};
-    pub use crate::origin::{Origin, OriginRequest};
+    pub use crate::origin::{DigestHeader, Origin, OriginRequest};
     pub use crate::pki::{pki, tls_client, Pki, PkiCert};
     pub use crate::poll::{check_all, poll, poll_within};
     pub use crate::process::describe_status;

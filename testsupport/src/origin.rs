@@ -20,9 +20,27 @@ pub struct OriginRequest {
     pub range: Option<String>,
 }
 
+/// How the origin states an object's SHA-256 (pull-through checks it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestHeader {
+    /// RFC 9530 `Repr-Digest: sha-256=:<base64>:`.
+    Repr,
+    /// RFC 3230 `Digest: sha-256=<base64>`.
+    Legacy,
+    /// S3 user metadata `x-amz-meta-sha256: <hex>`.
+    AmzMeta,
+}
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(data).into()
+}
+
 #[derive(Default)]
 struct State {
     objects: Mutex<HashMap<String, Arc<Vec<u8>>>>,
+    digests: Mutex<HashMap<String, String>>,
     log: Mutex<Vec<OriginRequest>>,
     delay_ms: AtomicU64,
     rate: AtomicU64,
@@ -71,6 +89,23 @@ impl Origin {
             .lock()
             .unwrap()
             .insert(id.to_owned(), Arc::new(data));
+    }
+
+    /// Sends `digest` as `id`'s SHA-256 in every answer for it (right or wrong: the test
+    /// decides), in the header style `kind`.
+    pub fn set_digest(&self, id: &str, kind: DigestHeader, digest: [u8; 32]) {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(digest);
+        let line = match kind {
+            DigestHeader::Repr => format!("Repr-Digest: sha-256=:{b64}:\r\n"),
+            DigestHeader::Legacy => format!("Digest: sha-256={b64}\r\n"),
+            DigestHeader::AmzMeta => format!("x-amz-meta-sha256: {}\r\n", hex::encode(digest)),
+        };
+        self.state
+            .digests
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), line);
     }
 
     /// Every request so far, in arrival order.
@@ -180,6 +215,9 @@ fn serve(conn: TcpStream, s: &State) {
         );
         if code == 206 {
             head.push_str(&format!("Content-Range: bytes {a}-{}/{total}\r\n", b - 1));
+        }
+        if let Some(line) = s.digests.lock().unwrap().get(&id) {
+            head.push_str(line);
         }
         head.push_str("\r\n");
         if out.write_all(head.as_bytes()).is_err() {

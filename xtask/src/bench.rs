@@ -127,6 +127,10 @@ pub(crate) enum ScenarioArg {
     FlashCrowd,
     /// Pull-through admission: Zipf + scan trace, TinyLFU vs LRU byte hit ratio (bench_pull).
     Trace,
+    /// Pull-through: hot-hit p99 with and without a miss storm against a slow origin, on the
+    /// same core (bench_pull).
+    #[value(name = "miss-storm")]
+    MissStorm,
     /// 64 KiB ranges beside 10,000 idle keep-alive connections (not part of `all`).
     Idle,
     All,
@@ -337,13 +341,15 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     }
     let flash = args.scenario.contains(&ScenarioArg::FlashCrowd);
     let trace = args.scenario.contains(&ScenarioArg::Trace);
-    if flash || trace {
-        crate::bench_pull::run(args, flash, trace)?;
-        if args
-            .scenario
-            .iter()
-            .all(|s| matches!(s, ScenarioArg::FlashCrowd | ScenarioArg::Trace))
-        {
+    let storm = args.scenario.contains(&ScenarioArg::MissStorm);
+    if flash || trace || storm {
+        crate::bench_pull::run(args, flash, trace, storm)?;
+        if args.scenario.iter().all(|s| {
+            matches!(
+                s,
+                ScenarioArg::FlashCrowd | ScenarioArg::Trace | ScenarioArg::MissStorm
+            )
+        }) {
             return Ok(());
         }
     }

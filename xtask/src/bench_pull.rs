@@ -10,6 +10,14 @@
 //! trace: replays a Zipf + scan trace through pull-through's admission policy
 //! (`edgeplane_dataplane::pull::admission::simulate`, in process) with a tier 10 % of the
 //! catalog's bytes; byte hit ratio of TinyLFU vs plain LRU.
+//!
+//! miss-storm: edgeplane on one core with `[upstream]` pointing at an origin that waits 200 ms
+//! before each head and sends 2 MB/s per response. 4 keep-alive clients fetch a 64 KiB object
+//! already in the tier (hot hits) for `STORM_SECONDS`, alone, then beside 32 clients that each
+//! ask for a new cold 1 MiB object as soon as the previous answer ended (a miss storm: every
+//! request a pull, the fetch queue full, some misses 503). Alternated over `--rounds` rounds;
+//! reported: hot-hit p50/p99 in each phase and the p99 ratio storm / quiet per round (median,
+//! min–max), the figure for "hits on the same core are not slowed by misses".
 
 use std::fs;
 use std::io::{Read, Write};
@@ -40,7 +48,10 @@ struct Crowd {
     errors: u64,
 }
 
-pub(crate) fn run(args: &BenchArgs, flash: bool, trace: bool) -> Result<()> {
+pub(crate) fn run(args: &BenchArgs, flash: bool, trace: bool, storm: bool) -> Result<()> {
+    if storm {
+        miss_storm(args)?;
+    }
     if trace {
         header("trace: Zipf + scan, tier = 10% of the catalog's bytes, TinyLFU vs LRU");
         println!("| scan share of requests | TinyLFU byte hit ratio | LRU byte hit ratio | difference (points) |");
@@ -61,7 +72,7 @@ pub(crate) fn run(args: &BenchArgs, flash: bool, trace: bool) -> Result<()> {
     if !flash {
         return Ok(());
     }
-    let bin = build_edgeplane(&args.profile)?;
+    let bin = edgeplane_bin(args)?;
     let nginx = find_program("nginx")?;
     let run_dir =
         std::env::temp_dir().join(format!("edgeplane-flash-crowd-{}", std::process::id()));
@@ -281,4 +292,212 @@ fn one_client(addr: SocketAddr, id: &str, range: Option<(u64, u64)>) -> Result<f
         bail!("body of {pos} bytes, expected {}", want.len());
     }
     Ok(ttfb)
+}
+
+const STORM_SECONDS: u64 = 5;
+const HOT_CLIENTS: usize = 4;
+const STORM_CLIENTS: usize = 32;
+const HOT: usize = 64 << 10;
+const COLD: usize = 1 << 20;
+
+fn miss_storm(args: &BenchArgs) -> Result<()> {
+    let bin = edgeplane_bin(args)?;
+    let dir = std::env::temp_dir().join(format!("edgeplane-miss-storm-{}", std::process::id()));
+    fs::create_dir_all(dir.join("tier"))?;
+    let hot: Vec<u8> = (0..HOT).map(|i| (i * 7 % 253) as u8).collect();
+    fs::write(dir.join("tier").join("hot.ts"), &hot)?;
+    let origin = Origin::start();
+    origin.set_delay(Duration::from_millis(200));
+    origin.set_rate(2_000_000);
+    let cold: Vec<u8> = (0..COLD).map(|i| (i * 13 % 251) as u8).collect();
+    let (mut proc, addr) = start_edgeplane_pull(&bin, &dir, &origin)?;
+    header(&format!(
+        "miss-storm: {HOT_CLIENTS} hot-hit clients, alone and beside {STORM_CLIENTS} cold-miss clients, {STORM_SECONDS} s each, {} round(s)",
+        args.rounds
+    ));
+    let next_cold = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut put = 0u64;
+    let mut rows = Vec::new();
+    for round in 0..args.rounds.max(1) {
+        let quiet = hot_phase(addr, &hot, None)?;
+        // The stormers' ids exist upstream before they ask (kept ahead during the phase).
+        let want = next_cold.load(std::sync::atomic::Ordering::Relaxed) + 2 * STORM_CLIENTS as u64;
+        while put < want {
+            origin.put(&format!("cold-{put}.ts"), cold.clone());
+            put += 1;
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stormers: Vec<_> = (0..STORM_CLIENTS)
+            .map(|_| {
+                let (stop, next) = (stop.clone(), next_cold.clone());
+                thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        // A 503 (fetch queue full) is retried with the same id.
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            match drain_get(addr, &format!("cold-{i}.ts")) {
+                                Ok(503) => thread::sleep(Duration::from_millis(10)),
+                                Ok(_) => {
+                                    n += 1;
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    n
+                })
+            })
+            .collect();
+        let loud = hot_phase(addr, &hot, Some((&origin, &cold, &next_cold, &mut put)))?;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let storm_answers: u64 = stormers.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+        proc.check_running()?;
+        let p = |v: &[f64], q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+        println!(
+            "round {round}: quiet p50 {:.3} ms p99 {:.3} ms ({} hits); storm p50 {:.3} ms p99 {:.3} ms ({} hits, {storm_answers} miss answers); p99 ratio {:.2}",
+            p(&quiet, 0.5), p(&quiet, 0.99), quiet.len(),
+            p(&loud, 0.5), p(&loud, 0.99), loud.len(),
+            p(&loud, 0.99) / p(&quiet, 0.99)
+        );
+        rows.push((p(&quiet, 0.99), p(&loud, 0.99)));
+    }
+    let mut ratios: Vec<f64> = rows.iter().map(|(q, l)| l / q).collect();
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "\n| hot-hit p99, quiet (median) | hot-hit p99, miss storm (median) | ratio storm / quiet (median of rounds) | min–max |\n|---|---|---|---|"
+    );
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "| {:.3} ms | {:.3} ms | {:.2} | {:.2}–{:.2} |",
+        med(rows.iter().map(|r| r.0).collect()),
+        med(rows.iter().map(|r| r.1).collect()),
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1]
+    );
+    println!(
+        "upstream: {} requests, {} body bytes",
+        origin.requests().len(),
+        origin.body_bytes()
+    );
+    drop(proc);
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// `HOT_CLIENTS` keep-alive clients GET hot.ts back to back for `STORM_SECONDS`; returns every
+/// request's latency (ms), sorted. With `storm`, keeps the origin supplied with cold objects
+/// for the stormers meanwhile.
+fn hot_phase(
+    addr: SocketAddr,
+    hot: &[u8],
+    storm: Option<(&Origin, &[u8], &std::sync::atomic::AtomicU64, &mut u64)>,
+) -> Result<Vec<f64>> {
+    let until = Instant::now() + Duration::from_secs(STORM_SECONDS);
+    let clients: Vec<_> = (0..HOT_CLIENTS)
+        .map(|_| {
+            let hot = hot.to_vec();
+            thread::spawn(move || -> Result<Vec<f64>> {
+                let mut s = TcpStream::connect(addr)?;
+                s.set_read_timeout(Some(Duration::from_secs(30)))?;
+                s.set_nodelay(true)?;
+                let mut lat = Vec::new();
+                let mut buf = vec![0u8; 256 * 1024];
+                while Instant::now() < until {
+                    let t = Instant::now();
+                    s.write_all(b"GET /hot.ts HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+                    let mut got = Vec::new();
+                    let want = loop {
+                        let n = s.read(&mut buf)?;
+                        if n == 0 {
+                            bail!("hot connection closed");
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                        if let Some(p) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            if !got.starts_with(b"HTTP/1.1 200") {
+                                bail!(
+                                    "hot hit answered {:?}",
+                                    String::from_utf8_lossy(&got[..12.min(got.len())])
+                                );
+                            }
+                            break p + 4 + hot.len();
+                        }
+                    };
+                    while got.len() < want {
+                        let n = s.read(&mut buf)?;
+                        if n == 0 {
+                            bail!("hot body cut short");
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    if got[want - hot.len()..want] != hot[..] {
+                        bail!("wrong hot bytes");
+                    }
+                }
+                Ok(lat)
+            })
+        })
+        .collect();
+    if let Some((origin, cold, next, put)) = storm {
+        // Stay ahead of the stormers' ids.
+        while Instant::now() < until {
+            let want = next.load(std::sync::atomic::Ordering::Relaxed) + 2 * STORM_CLIENTS as u64;
+            while *put < want {
+                origin.put(&format!("cold-{put}.ts"), cold.to_vec());
+                *put += 1;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let mut all = Vec::new();
+    for c in clients {
+        all.extend(
+            c.join()
+                .map_err(|_| anyhow::anyhow!("hot client panicked"))??,
+        );
+    }
+    if all.is_empty() {
+        bail!("no hot hits measured");
+    }
+    all.sort_by(f64::total_cmp);
+    Ok(all)
+}
+
+/// GET with `Connection: close`, body read to the end and dropped; returns the status.
+fn drain_get(addr: SocketAddr, id: &str) -> Result<u16> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(
+        s,
+        "GET /{id} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut first = Vec::new();
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if first.len() < 12 {
+            first.extend_from_slice(&buf[..n.min(12)]);
+        }
+    }
+    let status = String::from_utf8_lossy(first.get(9..12).unwrap_or_default())
+        .parse()
+        .unwrap_or(0);
+    Ok(status)
+}
+
+/// `--edgeplane-bin` if given, else the binary built with `--profile`.
+fn edgeplane_bin(args: &BenchArgs) -> Result<std::path::PathBuf> {
+    match &args.edgeplane_bin {
+        Some(b) => Ok(b.clone()),
+        None => build_edgeplane(&args.profile),
+    }
 }

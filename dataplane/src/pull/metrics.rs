@@ -47,6 +47,8 @@ pub struct PullMetrics {
     pub capacity: AtomicU64,
     /// Times the circuit breaker opened.
     pub breaker_opened: AtomicU64,
+    /// Pulled objects whose SHA-256 differed from the upstream's digest (not installed).
+    pub verify_failures: AtomicU64,
 }
 
 impl PullMetrics {
@@ -110,6 +112,12 @@ impl PullMetrics {
             "counter",
             "Upstream requests that failed (transport error, timeout, 5xx, bad answer).",
             self.upstream_errors.load(Relaxed),
+        );
+        one(
+            "edgeplane_pull_verify_failures_total",
+            "counter",
+            "Pulled objects not installed because their SHA-256 differed from the upstream's digest.",
+            self.verify_failures.load(Relaxed),
         );
         one(
             "edgeplane_pull_admitted_total",

@@ -38,6 +38,13 @@ use admission::{Admission, Sketch, Store};
 /// from fill's `.tmp-<id>`, so the clean-up at start cannot touch the agent's files.
 pub const TMP_PREFIX: &str = ".tmp-pull-";
 
+/// Extended attribute marking a file pull-through installed (value [`ORIGIN_PULL`]): the start
+/// scan rebuilds pull-through's store from it, so after a restart only pulled objects are
+/// eviction candidates (fill's files never carry it).
+pub const ORIGIN_XATTR: &str = "user.edgeplane.origin";
+/// [`ORIGIN_XATTR`]'s value on a pulled object.
+pub const ORIGIN_PULL: &[u8] = b"pull";
+
 /// How many slices ahead of its position a client asks for (the upstream fetches them in
 /// parallel, up to `max_upstream_fetches`).
 const READAHEAD: usize = 4;
@@ -96,6 +103,11 @@ struct State {
     finished: bool,
     /// The first request (which learns the size) is queued or running.
     probing: bool,
+    /// The whole object's SHA-256 as the upstream gave it, checked before the rename.
+    sha256: Option<[u8; 32]>,
+    /// The digest matched: the object's last byte may go out (it is held back until then, so
+    /// no client gets a complete-looking wrong object).
+    verified: bool,
 }
 
 /// One object being pulled.
@@ -161,11 +173,14 @@ impl Object {
             return Poll::Ready(Err(PullError::Busy));
         }
         let start = k as u64 * slice;
-        let avail = match st.slices.get(k) {
+        let mut avail = match st.slices.get(k) {
             Some(Slice::Done) => (start + slice).min(head.size),
             Some(Slice::Fetching(w)) => start + w,
             _ => start,
         };
+        if st.sha256.is_some() && !st.verified {
+            avail = avail.min(head.size.saturating_sub(1));
+        }
         if avail > off {
             return Poll::Ready(Ok(avail.min(end)));
         }
@@ -262,6 +277,14 @@ impl Puller {
             Some(c) => c.0,
             None => default_capacity(&dir)?,
         };
+        let mut store = Store::new(capacity);
+        let pulled = scan_pulled(&dir)?;
+        if !pulled.is_empty() {
+            tracing::info!(tier = %cfg.tier, objects = pulled.len(), "pulled objects found from a previous run");
+        }
+        for (id, size) in &pulled {
+            store.insert(id, *size);
+        }
         let timeout = Duration::from_millis(cfg.timeout_ms);
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(timeout)
@@ -282,7 +305,7 @@ impl Puller {
             metrics: PullMetrics::default(),
             breaker: Mutex::default(),
             catalog,
-            store: Mutex::new(Store::new(capacity)),
+            store: Mutex::new(store),
             sketch: Sketch::new(((capacity / (4 << 20)) as usize).clamp(1024, 1 << 22)),
             agent,
             stop: AtomicBool::new(false),
@@ -290,6 +313,10 @@ impl Puller {
             janitor: Mutex::new(Instant::now()),
         });
         puller.metrics.capacity.store(capacity, Relaxed);
+        {
+            let store = puller.store.lock().unwrap_or_else(|p| p.into_inner());
+            puller.metrics.used_bytes.store(store.used(), Relaxed);
+        }
         for n in 0..cfg.max_upstream_fetches {
             let p = puller.clone();
             std::thread::Builder::new()
@@ -362,6 +389,8 @@ impl Puller {
                 idle_since: Instant::now(),
                 finished: false,
                 probing: true,
+                sha256: None,
+                verified: false,
             }),
         });
         objects.insert(id.into(), obj.clone());
@@ -617,6 +646,16 @@ impl Puller {
                 Ok(h) => h,
                 Err(e) => return self.bad(obj, &e),
             };
+        if let Some(d) = upstream_sha256(&resp) {
+            let mut st = obj.lock();
+            match st.sha256 {
+                Some(prev) if prev != d => {
+                    drop(st);
+                    return self.bad(obj, "SHA-256 digest changed upstream");
+                }
+                _ => st.sha256 = Some(d),
+            }
+        }
         if total == 0 {
             self.breaker_result(true);
             self.maybe_complete(obj);
@@ -778,13 +817,13 @@ impl Puller {
 
     /// When every slice is written: fsync, admission, rename into the tier, catalog.
     fn maybe_complete(&self, obj: &Arc<Object>) {
-        let head = {
+        let (head, sha256) = {
             let mut st = obj.lock();
             if st.finished || st.failed.is_some() || st.slices.iter().any(|s| *s != Slice::Done) {
                 return;
             }
             st.finished = true;
-            st.head.clone()
+            (st.head.clone(), st.sha256)
         };
         let Some(head) = head else { return };
         let done = (|| -> io::Result<()> {
@@ -792,12 +831,40 @@ impl Puller {
             // Writes moved the mtime; put back the one the ETag was made from.
             let mtime = httpdate::parse_http_date(&head.last_modified).map_err(io::Error::other)?;
             head.file.set_modified(mtime)?;
+            // Marks the file as pull-through's, so the next start knows it may evict it
+            // (without user xattrs on the tier's filesystem, it is kept like a filled object
+            // after a restart).
+            if let Err(e) = rustix::fs::fsetxattr(
+                &*head.file,
+                ORIGIN_XATTR,
+                ORIGIN_PULL,
+                rustix::fs::XattrFlags::empty(),
+            ) {
+                tracing::warn!(id = %obj.id, "cannot mark the pulled object ({ORIGIN_XATTR}): {e}");
+            }
             let len = head.file.metadata()?.len();
             if len != head.size {
                 return Err(io::Error::other(format!(
                     "length {len}, expected {}",
                     head.size
                 )));
+            }
+            if let Some(want) = sha256 {
+                let got = file_sha256(&head.file)?;
+                if got != want {
+                    self.metrics.verify_failures.fetch_add(1, Relaxed);
+                    return Err(io::Error::other(format!(
+                        "SHA-256 {} differs from the upstream's {}",
+                        hex::encode(got),
+                        hex::encode(want)
+                    )));
+                }
+                let wakers = {
+                    let mut st = obj.lock();
+                    st.verified = true;
+                    std::mem::take(&mut st.wakers)
+                };
+                wakers.into_iter().for_each(Waker::wake);
             }
             Ok(())
         })();
@@ -932,6 +999,60 @@ fn is_timeout(t: &ureq::Transport) -> bool {
     t.to_string().contains("timed out")
 }
 
+/// The whole object's SHA-256 an upstream answer states: RFC 9530 `Repr-Digest: sha-256=:b64:`,
+/// RFC 3230 `Digest: sha-256=b64` (the instance, i.e. the whole object, also on a 206), or S3's
+/// user metadata `x-amz-meta-sha256: hex`.
+fn upstream_sha256(resp: &ureq::Response) -> Option<[u8; 32]> {
+    use base64::Engine as _;
+    let b64 = |v: &str| -> Option<[u8; 32]> {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.trim())
+            .ok()?
+            .try_into()
+            .ok()
+    };
+    let member = |v: &str, strip: fn(&str) -> Option<&str>| {
+        v.split(',').find_map(|m| {
+            let (k, val) = m.split_once('=')?;
+            if k.trim().eq_ignore_ascii_case("sha-256") {
+                strip(val.trim()).and_then(b64)
+            } else {
+                None
+            }
+        })
+    };
+    if let Some(d) = resp
+        .header("Repr-Digest")
+        .and_then(|v| member(v, |x| x.strip_prefix(':')?.strip_suffix(':')))
+    {
+        return Some(d);
+    }
+    if let Some(d) = resp.header("Digest").and_then(|v| member(v, |x| Some(x))) {
+        return Some(d);
+    }
+    let h = resp.header("x-amz-meta-sha256")?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(h.trim(), &mut out).ok()?;
+    Some(out)
+}
+
+/// SHA-256 of a whole file (read with `pread`, the file's offset untouched).
+fn file_sha256(file: &File) -> io::Result<[u8; 32]> {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    loop {
+        let n = file.read_at(&mut buf, off)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(h.finalize().into())
+}
+
 /// `bytes a-b/total` → `(a, b + 1, total)`.
 fn parse_content_range(v: &str) -> Option<(u64, u64, u64)> {
     let rest = v.trim().strip_prefix("bytes ")?;
@@ -961,6 +1082,39 @@ fn clean_temporaries(dir: &Path) -> io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// The objects in `dir` pull-through installed ([`ORIGIN_XATTR`]), with their sizes, oldest
+/// installation (ctime: the rename) first, the order the CLOCK ring had them in.
+fn scan_pulled(dir: &Path) -> io::Result<Vec<(String, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('.') {
+            continue;
+        }
+        let Ok(md) = entry.metadata() else { continue };
+        if !md.is_file() {
+            continue;
+        }
+        let mut buf = [0u8; 16];
+        match rustix::fs::getxattr(entry.path(), ORIGIN_XATTR, &mut buf[..]) {
+            Ok(n) if &buf[..n] == ORIGIN_PULL => {
+                found.push(((md.ctime(), md.ctime_nsec()), name.to_owned(), md.len()))
+            }
+            _ => {}
+        }
+    }
+    found.sort();
+    Ok(found.into_iter().map(|(_, id, size)| (id, size)).collect())
 }
 
 /// Free space on the tier's filesystem minus 5 % of its size (a reserve for fill).
