@@ -237,6 +237,17 @@ struct Browser {
     _driver: Server,
 }
 
+impl Drop for Browser {
+    /// Ends the WebDriver session first: chromedriver then quits Chromium (killing only the
+    /// driver would leave the browser's processes behind).
+    fn drop(&mut self) {
+        let client = self.client.clone();
+        if let Err(e) = self.rt.block_on(client.close()) {
+            eprintln!("closing the WebDriver session: {e}");
+        }
+    }
+}
+
 impl Browser {
     fn start(dir: &Path) -> Result<Browser> {
         let driver_bin = find_program("chromedriver")?;
