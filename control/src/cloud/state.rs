@@ -1063,6 +1063,39 @@ rotate_secs = 1000
     }
 
     #[test]
+    fn health_reuses_plans_shared_across_appliances() {
+        let (mut s, _clock) = state();
+        s.register("emb", reg(Role::Embedded, 20, 20)).unwrap();
+        s.register("ix", reg(Role::Ix, 20, 20)).unwrap();
+        s.set_catalog(catalog(5)).unwrap();
+        let down = || HealthReport {
+            healthy: false,
+            ..Default::default()
+        };
+        // The peer is not in steering: both appliances have the same inputs, so one plan.
+        let g_ix = s.health("ix", down()).unwrap().manifest_generation;
+        let g_emb = s.health("emb", down()).unwrap().manifest_generation;
+        assert_eq!((g_ix, g_emb), (1, 1));
+        assert_eq!(s.plans.plans.len(), 1);
+        assert!(Arc::ptr_eq(
+            &s.plans.generations["emb"].0,
+            &s.plans.generations["ix"].0
+        ));
+        let plan = s.plans.generations["emb"].0.clone();
+        // Further reports place nothing new and keep the generation.
+        for _ in 0..5 {
+            assert_eq!(s.health("emb", down()).unwrap().manifest_generation, 1);
+        }
+        assert!(Arc::ptr_eq(&s.plans.generations["emb"].0, &plan));
+        assert_eq!(s.manifest("emb").unwrap().objects, plan.entries);
+        // A new catalog is a new ranking: a new plan and the next generation.
+        s.set_catalog(catalog(3)).unwrap();
+        assert_eq!(s.health("emb", down()).unwrap().manifest_generation, 2);
+        assert!(!Arc::ptr_eq(&s.plans.generations["emb"].0, &plan));
+        assert_eq!(s.manifest("ix").unwrap().generation, 2);
+    }
+
+    #[test]
     fn register_health_manifest_generation_and_peer() {
         let (mut s, clock) = state();
         assert!(matches!(
