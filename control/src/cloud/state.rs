@@ -92,6 +92,26 @@ pub struct Counters {
 /// The ranking for (catalog version, day).
 type CachedRanking = ((u64, u64), Arc<Vec<RankedObject>>);
 
+/// A computed plan, shared by every appliance that gets the same one.
+struct Plan {
+    /// The ranking it was placed from (held so its address identifies it while cached).
+    ranking: Arc<Vec<RankedObject>>,
+    entries: Vec<ManifestEntry>,
+    digest: String,
+}
+
+/// What a plan depends on: the ranking (by identity: a new catalog, day or site demand
+/// blend is a new `Arc`), the tiers (as JSON) and the peer URL.
+type PlanKey = (usize, String, Option<String>);
+
+/// Plans cached by their inputs, and per appliance the plan its stored generation is for.
+#[derive(Default)]
+struct PlanCache {
+    plans: HashMap<PlanKey, Arc<Plan>>,
+    /// Per appliance: its last plan and that plan's generation in the store.
+    generations: HashMap<String, (Arc<Plan>, u64)>,
+}
+
 impl From<StoreError> for StateError {
     fn from(e: StoreError) -> StateError {
         match e {
@@ -128,6 +148,8 @@ pub struct CloudState {
     held_loaded: HashMap<String, u64>,
     /// The fleet's reported demand per site (`cloud::demand`).
     demand: FleetDemand,
+    /// Plans and generations, so a health report recomputes no placement (`manifest_inner`).
+    plans: PlanCache,
     /// Counters.
     pub counters: Counters,
 }
@@ -279,6 +301,7 @@ impl CloudState {
                 cfg.popularity.demand_weight,
                 cfg.popularity.demand_half_life_secs,
             ),
+            plans: PlanCache::default(),
             counters: Counters::default(),
             cfg,
             clock,
@@ -690,6 +713,18 @@ impl CloudState {
     }
 
     fn manifest_inner(&mut self, id: &str) -> Result<FillManifest, StateError> {
+        let (plan, generation) = self.plan(id)?;
+        Ok(FillManifest {
+            generation,
+            objects: plan.entries.clone(),
+            epoch: self.store.epoch().to_owned(),
+        })
+    }
+
+    /// The plan of `id` and its generation. Placement runs only when an input changed (the
+    /// ranking, the tiers or the peer); appliances with equal inputs share one plan; the store
+    /// is asked for the generation only when the appliance's plan is a different one.
+    fn plan(&mut self, id: &str) -> Result<(Arc<Plan>, u64), StateError> {
         let prior = self.ranking();
         let peer = self.peer_url(id);
         let (tiers, site) = self
@@ -704,13 +739,43 @@ impl CloudState {
         let ranking = self
             .demand
             .ranking(&site, &prior, key, now, self.cfg.health.interval_secs);
-        let entries = place(&ranking, &tiers, peer.as_deref());
-        let generation = self.store.manifest_generation(id, &plan_digest(&entries))?;
-        Ok(FillManifest {
-            generation,
-            objects: entries,
-            epoch: self.store.epoch().to_owned(),
-        })
+        let tiers_key = serde_json::to_string(&tiers).expect("serializable");
+        let plan_key = (Arc::as_ptr(&ranking) as usize, tiers_key, peer);
+        let plan = match self.plans.plans.get(&plan_key) {
+            Some(p) if Arc::ptr_eq(&p.ranking, &ranking) => p.clone(),
+            _ => {
+                let entries = place(&ranking, &tiers, plan_key.2.as_deref());
+                let digest = plan_digest(&entries);
+                let plan = Arc::new(Plan {
+                    ranking,
+                    entries,
+                    digest,
+                });
+                // Forget plans of rankings nobody else holds any more (old catalog, day or
+                // blend) before adding the new one.
+                if self.plans.plans.len() >= 64 {
+                    self.plans
+                        .plans
+                        .retain(|_, p| Arc::strong_count(&p.ranking) > 1);
+                }
+                self.plans.plans.insert(plan_key, plan.clone());
+                plan
+            }
+        };
+        if let Some((p, g)) = self.plans.generations.get(id) {
+            if Arc::ptr_eq(p, &plan) || p.digest == plan.digest {
+                let g = *g;
+                self.plans
+                    .generations
+                    .insert(id.to_owned(), (plan.clone(), g));
+                return Ok((plan, g));
+            }
+        }
+        let generation = self.store.manifest_generation(id, &plan.digest)?;
+        self.plans
+            .generations
+            .insert(id.to_owned(), (plan.clone(), generation));
+        Ok((plan, generation))
     }
 
     /// Replaces the catalog (admin).
@@ -1048,6 +1113,39 @@ rotate_secs = 1000
         let s = CloudState::new(cfg, Arc::new(ManualClock::new(T0)));
         assert_eq!(s.keys().signing_key(T0).unwrap().id, "given");
         assert_eq!(s.counters.rotations, 0);
+    }
+
+    #[test]
+    fn health_reuses_plans_shared_across_appliances() {
+        let (mut s, _clock) = state();
+        s.register("emb", reg(Role::Embedded, 20, 20)).unwrap();
+        s.register("ix", reg(Role::Ix, 20, 20)).unwrap();
+        s.set_catalog(catalog(5)).unwrap();
+        let down = || HealthReport {
+            healthy: false,
+            ..Default::default()
+        };
+        // The peer is not in steering: both appliances have the same inputs, so one plan.
+        let g_ix = s.health("ix", down()).unwrap().manifest_generation;
+        let g_emb = s.health("emb", down()).unwrap().manifest_generation;
+        assert_eq!((g_ix, g_emb), (1, 1));
+        assert_eq!(s.plans.plans.len(), 1);
+        assert!(Arc::ptr_eq(
+            &s.plans.generations["emb"].0,
+            &s.plans.generations["ix"].0
+        ));
+        let plan = s.plans.generations["emb"].0.clone();
+        // Further reports place nothing new and keep the generation.
+        for _ in 0..5 {
+            assert_eq!(s.health("emb", down()).unwrap().manifest_generation, 1);
+        }
+        assert!(Arc::ptr_eq(&s.plans.generations["emb"].0, &plan));
+        assert_eq!(s.manifest("emb").unwrap().objects, plan.entries);
+        // A new catalog is a new ranking: a new plan and the next generation.
+        s.set_catalog(catalog(3)).unwrap();
+        assert_eq!(s.health("emb", down()).unwrap().manifest_generation, 2);
+        assert!(!Arc::ptr_eq(&s.plans.generations["emb"].0, &plan));
+        assert_eq!(s.manifest("ix").unwrap().generation, 2);
     }
 
     #[test]
