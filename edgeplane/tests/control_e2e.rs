@@ -1532,7 +1532,10 @@ fn a_store_newer_than_the_binary_is_refused_with_one_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         stderr.trim_end(),
-        "edgeplane-cloud: error: store schema version 99 is newer than this edgeplane supports (1); run the newer edgeplane, or point [store] url at another database"
+        format!(
+            "edgeplane-cloud: error: store schema version 99 is newer than this edgeplane supports ({}); run the newer edgeplane, or point [store] url at another database",
+            edgeplane_control::cloud::store::migrations::LATEST
+        )
     );
 }
 
