@@ -422,6 +422,19 @@ struct Appliance {
 }
 
 impl Appliance {
+    /// The embedded appliance `emb` of most tests: it serves the test's players (127.0.0.0/8).
+    fn emb(dir: &Path, moto: &Moto, cloud: &Cloud, rate_mbps: u64) -> Appliance {
+        Appliance::new(
+            dir,
+            "emb",
+            "embedded",
+            &["127.0.0.0/8"],
+            moto,
+            cloud,
+            rate_mbps,
+        )
+    }
+
     fn new(
         root: &Path,
         id: &str,
@@ -649,15 +662,7 @@ fn fill_steer_play_fail_over() {
     moto.put(&bad_id, &corrupt);
 
     // The embedded appliance serves 127.0.0.0/8 (the test's players).
-    let mut emb = Appliance::new(
-        root.path(),
-        "emb",
-        "embedded",
-        &["127.0.0.0/8"],
-        &moto,
-        &cloud,
-        0,
-    );
+    let mut emb = Appliance::emb(root.path(), &moto, &cloud, 0);
     emb.start_dataplane();
     emb.start_agent();
     poll_within(
@@ -1000,15 +1005,7 @@ fn restarts_scenario(pg: Option<&edgeplane_test_support::pg::PgServer>) {
         .map(|o| (o.id.clone(), o.sha256.clone()))
         .collect();
     let total = objects.len();
-    let mut emb = Appliance::new(
-        root.path(),
-        "emb",
-        "embedded",
-        &["127.0.0.0/8"],
-        &moto,
-        &cloud,
-        1,
-    );
+    let mut emb = Appliance::emb(root.path(), &moto, &cloud, 1);
     emb.start_dataplane();
     emb.start_agent();
 
@@ -1270,15 +1267,7 @@ fn two_control_instances_share_one_postgres() {
         "the catalog sent to one instance is the other's"
     );
 
-    let mut emb = Appliance::new(
-        root.path(),
-        "emb",
-        "embedded",
-        &["127.0.0.0/8"],
-        &moto,
-        &a,
-        0,
-    );
+    let mut emb = Appliance::emb(root.path(), &moto, &a, 0);
     let mut ix = Appliance::new(root.path(), "ix", "ix", &[], &moto, &b, 0);
     emb.start_dataplane();
     emb.start_agent();
@@ -1391,15 +1380,7 @@ fn changed_and_rotten_objects_are_filled_again() {
     let moto = Moto::start(free_port());
     let cloud = start_cloud(root.path(), &moto);
     let catalog = publish_catalog(&cloud, &root.path().join("catalog.json"), true);
-    let mut emb = Appliance::new(
-        root.path(),
-        "emb",
-        "embedded",
-        &["127.0.0.0/8"],
-        &moto,
-        &cloud,
-        0,
-    );
+    let mut emb = Appliance::emb(root.path(), &moto, &cloud, 0);
     // Re-verify every object every second.
     let text = std::fs::read_to_string(&emb.config).unwrap().replace(
         "[agent.fill]\n",
@@ -1602,15 +1583,7 @@ fn held_set_digests_and_demand_follow_the_appliance() {
     let moto = Moto::start(free_port());
     let mut cloud = start_cloud_on(root.path(), &moto, "cloud", free_port(), None);
     publish_catalog(&cloud, &root.path().join("catalog.json"), true);
-    let mut emb = Appliance::new(
-        root.path(),
-        "emb",
-        "embedded",
-        &["127.0.0.0/8"],
-        &moto,
-        &cloud,
-        0,
-    );
+    let mut emb = Appliance::emb(root.path(), &moto, &cloud, 0);
     // Keep what the manifest does not name: the test adds and removes objects itself.
     let text = std::fs::read_to_string(&emb.config).unwrap();
     std::fs::write(
@@ -1742,15 +1715,7 @@ fn the_fill_window_stops_a_pass_and_the_next_window_resumes_it() {
         .flat_map(|t| t.renditions.iter().flat_map(|r| r.objects.iter()))
         .map(|o| (o.id.clone(), o.sha256.clone()))
         .collect();
-    let mut emb = Appliance::new(
-        root.path(),
-        "emb",
-        "embedded",
-        &["127.0.0.0/8"],
-        &moto,
-        &cloud,
-        1,
-    );
+    let mut emb = Appliance::emb(root.path(), &moto, &cloud, 1);
     emb.start_dataplane();
     // Start in the first half of a minute, so the pass begins well before the window's end.
     let (minute, _) = poll_within(
