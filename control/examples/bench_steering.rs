@@ -162,7 +162,7 @@ fn make_fleet(
                 }),
                 health: None,
                 held: Default::default(),
-                held_digest: 0,
+                held_version: 0,
             };
             let serving = if base_load { rng.below(cap / 2) } else { 0 };
             a.set_health(
@@ -401,6 +401,7 @@ fn main() {
         max_locations: 3,
         viewer_bps: 0,
         origin_base: "http://control.example:8700/v1/origin",
+        new_viewer: true,
     };
     let keys = keys();
     let site_cfg = sites();

@@ -958,18 +958,6 @@ fn fill_steer_play_fail_over() {
     drop(cloud.proc);
 }
 
-/// A small deterministic RNG (xorshift64), so the restart points are the same every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// Issue #12's operator scenario and more: the control service is restarted 10 times at points
 /// of a fill and of steady state chosen by a seeded RNG (by fill progress, not by time), half of
 /// them with SIGKILL while a client keeps writing the catalog; the appliance never loses an
@@ -998,12 +986,7 @@ fn restarts_scenario(pg: Option<&edgeplane_test_support::pg::PgServer>) {
     // Objects 4× the other test's: at 1 Mbit/s the fill takes about half a minute, so the
     // restart points below 24 objects land inside it.
     let catalog = publish_catalog_scaled(&cloud, &root.path().join("catalog.json"), true, "0.4");
-    let objects: HashMap<String, String> = catalog
-        .titles
-        .iter()
-        .flat_map(|t| t.renditions.iter().flat_map(|r| r.objects.iter()))
-        .map(|o| (o.id.clone(), o.sha256.clone()))
-        .collect();
+    let objects = object_map(&catalog);
     let total = objects.len();
     let mut emb = Appliance::emb(root.path(), &moto, &cloud, 1);
     emb.start_dataplane();
@@ -1035,14 +1018,15 @@ fn restarts_scenario(pg: Option<&edgeplane_test_support::pg::PgServer>) {
 
     let health_ok =
         |a: &Appliance| a.agent_metric("edgeplane_agent_health_reports_total{result=\"ok\"}");
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    // Seeded, so the restart points are the same every run.
+    let mut rng = edgeplane_test_support::content::Rng::new(0x9e37_79b9_7f4a_7c15);
     let mut last_generation = 0.0;
     let mut held_before: Vec<String> = Vec::new();
     let (mut mid_fill, mut kill9s) = (0, 0);
     // The points: after `target` objects are present (ascending, so each is ahead of the fill);
     // past the total, in steady state.
     let mut targets: Vec<usize> = (0..10)
-        .map(|_| (rng.next() % (total as u64 * 3 / 2)) as usize)
+        .map(|_| rng.below(total as u64 * 3 / 2) as usize)
         .collect();
     targets.sort();
     for (round, target) in targets.into_iter().enumerate() {
@@ -1147,9 +1131,8 @@ fn restarts_scenario(pg: Option<&edgeplane_test_support::pg::PgServer>) {
         LocationKind::Embedded,
         "steering right after the restart: {after:?}"
     );
-    let sizes = object_map(&catalog);
-    play(&before, 0, &sizes);
-    play(&after, 0, &sizes);
+    play(&before, 0, &objects);
+    play(&after, 0, &objects);
     // Both tokens verify under the keys the data plane holds now.
     let keys = emb.keys();
     for st in [&before, &after] {
@@ -1222,7 +1205,7 @@ fn restarts_scenario(pg: Option<&edgeplane_test_support::pg::PgServer>) {
         },
     );
     let key = keys.signing_key(now_unix()).unwrap();
-    for (id, sha) in &objects {
+    for (id, (_, sha)) in &objects {
         let u = format!(
             "{}/{id}?{}",
             emb.base(),
@@ -1709,12 +1692,7 @@ fn the_fill_window_stops_a_pass_and_the_next_window_resumes_it() {
     let cloud = start_cloud(root.path(), &moto);
     // 9.6 MB at 1 Mbit/s: about 77 s of fill, longer than the minute before the window closes.
     let catalog = publish_catalog_scaled(&cloud, &root.path().join("catalog.json"), true, "1.0");
-    let objects: HashMap<String, String> = catalog
-        .titles
-        .iter()
-        .flat_map(|t| t.renditions.iter().flat_map(|r| r.objects.iter()))
-        .map(|o| (o.id.clone(), o.sha256.clone()))
-        .collect();
+    let objects = object_map(&catalog);
     let mut emb = Appliance::emb(root.path(), &moto, &cloud, 1);
     emb.start_dataplane();
     // Start in the first half of a minute, so the pass begins well before the window's end.
@@ -1750,7 +1728,7 @@ fn the_fill_window_stops_a_pass_and_the_next_window_resumes_it() {
         "the pass ran on past the window: {present}/{wanted}"
     );
     for (id, bytes) in emb.files() {
-        assert_eq!(&sha256_hex(&bytes), &objects[&id], "{id} is not whole");
+        assert_eq!(sha256_hex(&bytes), objects[&id].1, "{id} is not whole");
     }
     poll_within("the window to show closed", Duration::from_secs(30), || {
         (emb.agent_metric("edgeplane_agent_fill_window_open") == 0.0).then_some(())

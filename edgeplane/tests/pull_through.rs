@@ -36,6 +36,17 @@ fn pull_server(origin: &Origin, extra: &str) -> Server {
 }
 
 /// The `.tmp-pull-*` files in `dir`.
+/// `n` curl GETs of `url` started together; their results, in start order.
+fn curl_at_once(url: &str, n: usize) -> Vec<CurlResult> {
+    let clients: Vec<_> = (0..n)
+        .map(|_| {
+            let url = url.to_owned();
+            thread::spawn(move || curl(&[], &url))
+        })
+        .collect();
+    clients.into_iter().map(|c| c.join().unwrap()).collect()
+}
+
 fn temporaries(dir: &Path) -> Vec<String> {
     fs::read_dir(dir)
         .unwrap()
@@ -224,14 +235,7 @@ fn upstream_dying_mid_object_gives_clean_errors_and_the_next_request_refetches()
     origin.die_after(200_000);
     let server = pull_server(&origin, "slice_size = \"1M\"\n");
     let url = server.url("/dies.ts");
-    let clients: Vec<_> = (0..8)
-        .map(|_| {
-            let url = url.clone();
-            thread::spawn(move || curl(&[], &url))
-        })
-        .collect();
-    for c in clients {
-        let r = c.join().unwrap();
+    for r in curl_at_once(&url, 8) {
         // Either an error status, or a 200 whose body was cut short (curl says so); never a
         // complete-looking wrong object.
         let complete = r.exit_code == Some(0) && r.status == 200;
@@ -413,14 +417,7 @@ fn a_wrong_upstream_sha256_installs_nothing_and_the_next_request_refetches() {
     // Wrong digest: no client gets a complete-looking object (the last byte waits for the
     // check), nothing is installed, the failure is counted.
     let url = server.url("/wrong.ts");
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let url = url.clone();
-            thread::spawn(move || curl(&[], &url))
-        })
-        .collect();
-    for c in clients {
-        let r = c.join().unwrap();
+    for r in curl_at_once(&url, 4) {
         let complete = r.exit_code == Some(0) && r.status == 200;
         assert!(!complete, "a client got an object whose digest is wrong");
         if r.exit_code == Some(0) {

@@ -202,15 +202,8 @@ impl<'a> Token<'a> {
         if parts.next().is_some() {
             return Err(Reject::Malformed);
         }
-        if exp.len() > 20 || !exp.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(Reject::Malformed);
-        }
-        let exp: u64 = exp.parse().map_err(|_| Reject::Malformed)?;
-        let prefix: IpNet = pfx.parse().map_err(|_| Reject::Malformed)?;
-        // Only the canonical network form (no host bits), so one prefix has one spelling.
-        if prefix.trunc() != prefix {
-            return Err(Reject::Malformed);
-        }
+        let exp = parse_exp(exp)?;
+        let prefix = canonical_prefix(pfx.parse().map_err(|_| Reject::Malformed)?)?;
         if !valid_key_id(kid) {
             return Err(Reject::Malformed);
         }
@@ -269,14 +262,11 @@ impl<'a> TitleToken<'a> {
         if !valid_id_prefix(id_prefix) {
             return Err(Reject::Malformed);
         }
-        // Digits, without leading zeros: one expiry has one spelling.
-        if exp.len() > 20
-            || !exp.bytes().all(|b| b.is_ascii_digit())
-            || (exp.len() > 1 && exp.starts_with('0'))
-        {
+        // Without leading zeros: one expiry has one spelling.
+        if exp.len() > 1 && exp.starts_with('0') {
             return Err(Reject::Malformed);
         }
-        let exp: u64 = exp.parse().map_err(|_| Reject::Malformed)?;
+        let exp = parse_exp(exp)?;
         let (prefix_addr, prefix_len) = pfx.split_once('_').ok_or(Reject::Malformed)?;
         if prefix_len.is_empty()
             || prefix_len.len() > 3
@@ -286,11 +276,7 @@ impl<'a> TitleToken<'a> {
         }
         let addr: IpAddr = prefix_addr.parse().map_err(|_| Reject::Malformed)?;
         let len: u8 = prefix_len.parse().map_err(|_| Reject::Malformed)?;
-        let prefix = IpNet::new(addr, len).map_err(|_| Reject::Malformed)?;
-        // Only the canonical network form (no host bits), so one prefix has one spelling.
-        if prefix.trunc() != prefix {
-            return Err(Reject::Malformed);
-        }
+        let prefix = canonical_prefix(IpNet::new(addr, len).map_err(|_| Reject::Malformed)?)?;
         if !valid_key_id(kid) {
             return Err(Reject::Malformed);
         }
@@ -303,6 +289,23 @@ impl<'a> TitleToken<'a> {
             kid,
             sig: decode_sig(sig)?,
         })
+    }
+}
+
+/// An expiry: decimal digits only (no sign, no spaces), at most 20 of them.
+fn parse_exp(exp: &str) -> Result<u64, Reject> {
+    if exp.len() > 20 || !exp.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Reject::Malformed);
+    }
+    exp.parse().map_err(|_| Reject::Malformed)
+}
+
+/// Only the canonical network form (no host bits), so one prefix has one spelling.
+fn canonical_prefix(prefix: IpNet) -> Result<IpNet, Reject> {
+    if prefix.trunc() == prefix {
+        Ok(prefix)
+    } else {
+        Err(Reject::Malformed)
     }
 }
 
@@ -461,6 +464,30 @@ impl KeySet {
         self.keys.retain(|k| k.not_after > now);
     }
 
+    /// The checks both URL forms make before their MAC, in this order: the key is known, neither
+    /// the URL nor the key has expired, and `client` is inside the signed prefix.
+    fn admit(
+        &self,
+        kid: &str,
+        exp: u64,
+        prefix: &IpNet,
+        client: IpAddr,
+        now: u64,
+    ) -> Result<&SigningKey, Reject> {
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.id == kid)
+            .ok_or(Reject::UnknownKey)?;
+        if now > exp || now > key.not_after {
+            return Err(Reject::Expired);
+        }
+        if !prefix.contains(&canonical(client)) {
+            return Err(Reject::WrongPrefix);
+        }
+        Ok(key)
+    }
+
     /// Checks the signature of a request for `object` from `client` at `now` (unix seconds).
     /// `query` is the URL's query string without `?` (`None` when the URL has none).
     pub fn verify(
@@ -471,17 +498,7 @@ impl KeySet {
         now: u64,
     ) -> Result<(), Reject> {
         let token = Token::parse(query.unwrap_or(""))?;
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.id == token.kid)
-            .ok_or(Reject::UnknownKey)?;
-        if now > token.exp || now > key.not_after {
-            return Err(Reject::Expired);
-        }
-        if !token.prefix.contains(&canonical(client)) {
-            return Err(Reject::WrongPrefix);
-        }
+        let key = self.admit(token.kid, token.exp, &token.prefix, client, now)?;
         mac(key, object, token.exp, token.prefix_text)
             .verify_slice(&token.sig)
             .map_err(|_| Reject::BadSignature)
@@ -499,17 +516,7 @@ impl KeySet {
         now: u64,
     ) -> Result<(), Reject> {
         let token = TitleToken::parse(token)?;
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.id == token.kid)
-            .ok_or(Reject::UnknownKey)?;
-        if now > token.exp || now > key.not_after {
-            return Err(Reject::Expired);
-        }
-        if !token.prefix.contains(&canonical(client)) {
-            return Err(Reject::WrongPrefix);
-        }
+        let key = self.admit(token.kid, token.exp, &token.prefix, client, now)?;
         if !object.starts_with(token.id_prefix) {
             return Err(Reject::BadSignature);
         }

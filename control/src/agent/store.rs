@@ -80,7 +80,32 @@ pub fn file_sha256(path: &Path) -> io::Result<String> {
 
 pub use edgeplane_api::valid_content_id as valid_id;
 
-/// Lists a tier's objects (regular files with valid ids) and removes leftover temporaries.
+/// The data plane's pull-through temporaries (`edgeplane_dataplane::pull::TMP_PREFIX`), in the
+/// same tiers: never the agent's to remove.
+const PULL_TMP_PREFIX: &str = ".tmp-pull-";
+
+/// Removes the download temporaries (`.tmp-<id>`) a previous run of the agent left in `dir`.
+/// Once, at start, before any download: later a temporary is a download in flight (a fill pass,
+/// a re-verification or a manifest check may scan the tier meanwhile).
+pub fn sweep_temporaries(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with(TMP_PREFIX)
+            && !name.starts_with(PULL_TMP_PREFIX)
+            && entry.file_type()?.is_file()
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Lists a tier's objects: regular files with valid ids (temporaries, whose names start with
+/// `.`, are not).
 pub fn scan(dir: &Path) -> io::Result<HashMap<String, Held>> {
     let mut out = HashMap::new();
     for entry in std::fs::read_dir(dir)? {
@@ -88,10 +113,6 @@ pub fn scan(dir: &Path) -> io::Result<HashMap<String, Held>> {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         let ft = entry.file_type()?;
-        if name.starts_with(TMP_PREFIX) && ft.is_file() {
-            let _ = std::fs::remove_file(entry.path());
-            continue;
-        }
         if !ft.is_file() || !valid_id(name) {
             continue;
         }
@@ -258,8 +279,12 @@ mod tests {
         assert!(!dir.path().join(".tmp-b.m4s").exists());
 
         std::fs::write(dir.path().join(".tmp-c"), b"partial").unwrap();
+        std::fs::write(dir.path().join(".tmp-pull-d"), b"pulling").unwrap();
         std::fs::write(dir.path().join("not valid"), b"x").unwrap();
         let held = scan(dir.path()).unwrap();
+        assert!(dir.path().join(".tmp-c").exists(), "a scan removes nothing");
+        assert_eq!(sweep_temporaries(dir.path()).unwrap(), 1);
+        assert!(dir.path().join(".tmp-pull-d").exists(), "the data plane's");
         assert_eq!(held.len(), 1);
         assert_eq!(held["a.m4s"].size, body.len() as u64);
         // The verified digest rides on the file (ext4 and tmpfs keep user xattrs).

@@ -36,7 +36,7 @@ use object_store::ObjectStoreExt;
 use serde::Serialize;
 
 use crate::cloud::media::{self, Pathway};
-use crate::cloud::server::{bad, form_pairs, App, Fail};
+use crate::cloud::server::{bad, check_title_token, form_pairs, public_url, with_state, App, Fail};
 use crate::cloud::state::{valid_object_id, CloudState};
 use crate::cloud::steering::canonical;
 use edgeplane_api::Title;
@@ -168,15 +168,17 @@ pub fn parse_steering_query(query: Option<&str>) -> Result<SteeringQuery, String
 /// The pathways for `client` and `title`, best first, origin last: (id, base URL without the
 /// token path). `origin_base` is this service's URL. The ranking is steering's own
 /// ([`CloudState::steer`]: embedded appliances covering the client, spread by rendezvous
-/// hashing, then IX appliances by site, at most `steering.max_locations - 1`), so a content
-/// steering answer counts as a steering decision like a `/v1/steering` answer.
+/// hashing, then IX appliances by site, at most `steering.max_locations - 1`). `new_viewer`:
+/// the manifest starts a viewer (its load counts, as for a `/v1/steering` answer); a steering
+/// reload re-ranks one already playing.
 pub fn ranked_pathways(
     st: &mut CloudState,
     title: &Title,
     client: IpAddr,
     origin_base: &str,
+    new_viewer: bool,
 ) -> Result<Vec<(String, String)>, Fail> {
-    let answer = st.steer(client, &title.id, "")?;
+    let answer = st.steer_as(client, &title.id, "", new_viewer)?;
     Ok(answer
         .locations
         .iter()
@@ -209,21 +211,6 @@ fn title_token(st: &CloudState, title: &Title, client: IpAddr) -> Result<String,
         now + s.url_ttl_secs,
         prefix,
     ))
-}
-
-/// This service's base URL as the player reached it (`Host`), else its peer-facing address.
-fn self_base(headers: &HeaderMap, local: SocketAddr) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| {
-            !h.is_empty()
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-        })
-        .map(str::to_owned)
-        .unwrap_or_else(|| local.to_string());
-    format!("http://{host}")
 }
 
 /// Percent-encodes a query value.
@@ -300,14 +287,16 @@ async fn play_manifest(
     };
     let given = play_client(query.as_deref())?;
     let client = given.unwrap_or(peer.ip());
-    let mut st = app.state();
-    st.sync()?;
-    let base = self_base(&headers, st.config().listen);
-    let title = find_title(&st, id)?;
-    media::playable(&title).map_err(|e| Fail(StatusCode::CONFLICT, e))?;
-    let token = title_token(&st, &title, client)?;
-    let ranked = ranked_pathways(&mut st, &title, client, &base)?;
-    drop(st);
+    let base = public_url(&app, &headers);
+    let (id, origin_base) = (id.to_owned(), base.clone());
+    let (title, token, ranked) = with_state(&app, move |st| {
+        let title = find_title(st, &id)?;
+        media::playable(&title).map_err(|e| Fail(StatusCode::CONFLICT, e))?;
+        let token = title_token(st, &title, client)?;
+        let ranked = ranked_pathways(st, &title, client, &origin_base, true)?;
+        Ok((title, token, ranked))
+    })
+    .await?;
     let known: Vec<String> = ranked.iter().map(|(id, _)| id.clone()).collect();
     let pathways: Vec<Pathway> = ranked
         .into_iter()
@@ -349,7 +338,7 @@ pub fn steering_manifest(
     base: &str,
 ) -> Result<SteeringManifest, Fail> {
     let title = find_title(st, &q.title)?;
-    let ranked = ranked_pathways(st, &title, client, base)?;
+    let ranked = ranked_pathways(st, &title, client, base, false)?;
     let priority: Vec<String> = ranked.iter().map(|(id, _)| id.clone()).collect();
     let clones = match &q.known {
         Some(known) => ranked
@@ -387,11 +376,8 @@ async fn content_steering(
 ) -> Result<Response, Fail> {
     let q = parse_steering_query(query.as_deref()).map_err(bad)?;
     let client = q.client.unwrap_or(peer.ip());
-    let mut st = app.state();
-    st.sync()?;
-    let base = self_base(&headers, st.config().listen);
-    let m = steering_manifest(&mut st, &q, client, &base)?;
-    drop(st);
+    let base = public_url(&app, &headers);
+    let m = with_state(&app, move |st| steering_manifest(st, &q, client, &base)).await?;
     Ok(cors(
         ([(header::CACHE_CONTROL, "no-store")], axum::Json(m)).into_response(),
     ))
@@ -416,12 +402,7 @@ async fn origin_object(
     if !valid_object_id(&id) {
         return Err(bad(format!("{id:?} is not a content id")));
     }
-    {
-        let st = app.state();
-        st.keys()
-            .verify_title(&id, &token, peer.ip(), st.now())
-            .map_err(|e| Fail(StatusCode::FORBIDDEN, format!("token refused: {e}")))?;
-    }
+    check_title_token(&app, token, id.clone(), peer.ip()).await?;
     let store = app.origin().clone();
     let got = store
         .get(&object_store::path::Path::from(id.as_str()))
@@ -510,13 +491,6 @@ mod tests {
             u,
             "http://h:1/v1/content-steering?title=t0001&client=2001%3Adb8%3A%3A1&pathways=a%2Corigin"
         );
-        let local: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let mut h = HeaderMap::new();
-        assert_eq!(self_base(&h, local), "http://127.0.0.1:9");
-        h.insert(header::HOST, "ctl.example:8700".parse().unwrap());
-        assert_eq!(self_base(&h, local), "http://ctl.example:8700");
-        h.insert(header::HOST, "evil\"host".parse().unwrap());
-        assert_eq!(self_base(&h, local), "http://127.0.0.1:9");
         assert_eq!(content_type("t-1-init.mp4"), "video/mp4");
         assert_eq!(content_type("t.mpd"), "application/dash+xml");
     }

@@ -22,23 +22,9 @@ pub struct ApplianceRecord {
     pub health: Option<(HealthReport, u64)>,
     /// The object ids of the last health report, for lookups.
     pub held: HashSet<String>,
-    /// Changes whenever `held` changes (steering recomputes what it derived from the held set
-    /// only then): a digest of the set for the old report form, bumped by `cloud::held` changes
-    /// otherwise.
-    pub held_digest: u64,
-}
-
-/// Order-independent digest of a set of ids: the sum of a fixed-key hash of each, and the count.
-pub fn digest_ids<'a>(ids: impl Iterator<Item = &'a str>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let (mut sum, mut n) = (0u64, 0u64);
-    for id in ids {
-        let mut h = std::hash::DefaultHasher::new();
-        id.hash(&mut h);
-        sum = sum.wrapping_add(h.finish());
-        n += 1;
-    }
-    sum ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    /// Counts the changes of `held`: steering recomputes what it derived from the held set only
+    /// when this moves ([`ApplianceRecord::held_changed`] after any change).
+    pub held_version: u64,
 }
 
 impl ApplianceRecord {
@@ -51,7 +37,7 @@ impl ApplianceRecord {
             registration: None,
             health: None,
             held: HashSet::new(),
-            held_digest: 0,
+            held_version: 0,
         }
     }
 
@@ -60,9 +46,14 @@ impl ApplianceRecord {
     pub fn set_health(&mut self, report: HealthReport, now: u64) {
         if report.held.is_none() {
             self.held = report.objects.iter().cloned().collect();
-            self.held_digest = digest_ids(self.held.iter().map(String::as_str));
+            self.held_changed();
         }
         self.health = Some((report, now));
+    }
+
+    /// Marks `held` changed (see [`ApplianceRecord::held_version`]).
+    pub fn held_changed(&mut self) {
+        self.held_version = self.held_version.wrapping_add(1);
     }
 
     /// Why steering does not use this appliance at `now`, or `None` when it does: it must be

@@ -22,6 +22,7 @@ use crate::cloud::origin;
 use crate::cloud::state::{CloudState, StateError};
 use crate::cloud::store::{Store, StoreError};
 use edgeplane_api::{ApiError, Catalog, HealthReport, Registration};
+use edgeplane_signing::Reject;
 
 /// Largest request body (a catalog or a health report listing many objects).
 pub const MAX_BODY: usize = 64 << 20;
@@ -32,6 +33,7 @@ pub struct App {
     origin: Arc<AmazonS3>,
     url_ttl: Duration,
     public_url: Option<String>,
+    listen: SocketAddr,
 }
 
 impl App {
@@ -42,12 +44,14 @@ impl App {
         let url_ttl = Duration::from_secs(cfg.signing.url_ttl_secs);
         let store = Arc::new(Store::open(cfg.store.url.as_deref(), &cfg.state_dir)?);
         let public_url = cfg.steering.public_url.clone();
+        let listen = cfg.listen;
         let state = CloudState::open(cfg, clock, store).map_err(StartError::State)?;
         Ok(App {
             state: Mutex::new(state),
             origin,
             url_ttl,
             public_url,
+            listen,
         })
     }
 
@@ -89,7 +93,7 @@ impl From<StateError> for Fail {
 
 /// Runs `f` on the state, synced with the store first, on a blocking thread (the store's calls
 /// block).
-async fn with_state<R: Send + 'static>(
+pub(crate) async fn with_state<R: Send + 'static>(
     app: &Arc<App>,
     f: impl FnOnce(&mut CloudState) -> Result<R, Fail> + Send + 'static,
 ) -> Result<R, Fail> {
@@ -292,18 +296,58 @@ async fn steering(
     Ok(Json(answer))
 }
 
-/// The control service's URL as the player reached it: `steering.public_url`, else
-/// `http://` + the request's `Host`.
-fn public_url(app: &App, headers: &HeaderMap) -> String {
-    if let Some(u) = &app.public_url {
+/// The control service's URL as players reach it (steering's origin location, the content
+/// steering manifests): `steering.public_url`, else `http://` + the request's `Host`, else its
+/// listen address.
+pub(crate) fn public_url(app: &App, headers: &HeaderMap) -> String {
+    base_url(app.public_url.as_deref(), headers, app.listen)
+}
+
+/// [`public_url`] from its parts. A `Host` is used only when it is a plain `host[:port]`
+/// (letters, digits, `.-:[]`): it is written into manifests and answers, never reflected as
+/// anything else.
+fn base_url(configured: Option<&str>, headers: &HeaderMap, listen: SocketAddr) -> String {
+    if let Some(u) = configured {
         return u.trim_end_matches('/').to_owned();
     }
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
-        .unwrap_or("localhost");
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| listen.to_string());
     format!("http://{host}")
+}
+
+/// Checks a per-title token for object `id` from `client`, as an appliance does: 403 when
+/// refused. With the keys this instance holds; a key it does not know yet (rotated through
+/// another instance) makes it read the store once and check again.
+pub(crate) async fn check_title_token(
+    app: &Arc<App>,
+    token: String,
+    id: String,
+    client: IpAddr,
+) -> Result<(), Fail> {
+    let refused = |why: Reject| Fail(StatusCode::FORBIDDEN, format!("token refused: {why}"));
+    let first = {
+        let st = app.state();
+        st.keys().verify_title(&id, &token, client, st.now())
+    };
+    match first {
+        Err(Reject::UnknownKey) => {
+            with_state(app, move |st| {
+                st.keys()
+                    .verify_title(&id, &token, client, st.now())
+                    .map_err(refused)
+            })
+            .await
+        }
+        other => other.map_err(refused),
+    }
 }
 
 /// `GET /v1/origin/tok/{token}/{id}`: the origin location of a steering answer. Checks the
@@ -317,12 +361,7 @@ async fn origin_redirect(
     if !edgeplane_api::valid_content_id(&id) {
         return Err(Fail(StatusCode::NOT_FOUND, format!("no object {id:?}")));
     }
-    {
-        let st = app.state();
-        st.keys()
-            .verify_title(&id, &token, peer.ip(), st.now())
-            .map_err(|why| Fail(StatusCode::FORBIDDEN, format!("token refused: {why}")))?;
-    }
+    check_title_token(&app, token, id.clone(), peer.ip()).await?;
     let urls = origin::presign(&app.origin, std::slice::from_ref(&id), app.url_ttl)
         .await
         .map_err(|e| {
@@ -472,6 +511,21 @@ pub async fn start(cfg: CloudConfig, clock: Arc<dyn Clock>) -> Result<Running, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base_url_is_the_configured_one_else_a_plain_host_else_the_listen_address() {
+        let local: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut h = HeaderMap::new();
+        assert_eq!(base_url(None, &h, local), "http://127.0.0.1:9");
+        h.insert(header::HOST, "ctl.example:8700".parse().unwrap());
+        assert_eq!(base_url(None, &h, local), "http://ctl.example:8700");
+        assert_eq!(
+            base_url(Some("https://control.example/"), &h, local),
+            "https://control.example"
+        );
+        h.insert(header::HOST, "evil\"host".parse().unwrap());
+        assert_eq!(base_url(None, &h, local), "http://127.0.0.1:9");
+    }
 
     #[test]
     fn steering_query() {

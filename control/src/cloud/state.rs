@@ -127,6 +127,8 @@ pub struct CloudState {
     clock: Arc<dyn Clock>,
     popularity: Popularity,
     fleet: Vec<ApplianceRecord>,
+    /// `fleet`'s index by appliance id (the provisioned set is fixed at start).
+    fleet_index: HashMap<String, usize>,
     catalog: Catalog,
     catalog_version: u64,
     /// The ranking for (catalog version, day), computed once.
@@ -285,6 +287,12 @@ impl CloudState {
                 .iter()
                 .map(ApplianceRecord::provisioned)
                 .collect(),
+            fleet_index: cfg
+                .appliances
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (a.id.clone(), i))
+                .collect(),
             catalog: Catalog::default(),
             catalog_version: 0,
             ranking: None,
@@ -372,16 +380,18 @@ impl CloudState {
                 if row.seq <= applied {
                     continue;
                 }
-                let Some(rec) = self.fleet.iter_mut().find(|a| a.id == row.id) else {
+                let Some(&i) = self.fleet_index.get(&row.id) else {
                     // No longer provisioned here.
                     continue;
                 };
+                let rec = &mut self.fleet[i];
                 rec.registration = row.registration;
                 match row.health {
                     Some((report, at)) => rec.set_health(report, at),
                     None => {
                         rec.health = None;
                         rec.held.clear();
+                        rec.held_changed();
                     }
                 }
                 // Another instance (or this one before a restart) changed the held set: reload
@@ -391,7 +401,7 @@ impl CloudState {
                     if meta.changed > loaded {
                         if let Some((meta, objects)) = self.store.held_set(&row.id)? {
                             rec.held = objects.into_iter().collect();
-                            rec.held_digest = rec.held_digest.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                            rec.held_changed();
                             self.held.load(&row.id, meta.seq, &meta.digest, &rec.held);
                             self.held_loaded.insert(row.id.clone(), meta.changed);
                         }
@@ -499,18 +509,21 @@ impl CloudState {
         }
     }
 
-    fn record(&self, id: &str) -> Result<&ApplianceRecord, StateError> {
-        self.fleet
-            .iter()
-            .find(|a| a.id == id)
+    /// Where appliance `id` is in `fleet`.
+    fn index(&self, id: &str) -> Result<usize, StateError> {
+        self.fleet_index
+            .get(id)
+            .copied()
             .ok_or_else(|| StateError::NotFound(format!("unknown appliance {id:?}")))
     }
 
+    fn record(&self, id: &str) -> Result<&ApplianceRecord, StateError> {
+        Ok(&self.fleet[self.index(id)?])
+    }
+
     fn record_mut(&mut self, id: &str) -> Result<&mut ApplianceRecord, StateError> {
-        self.fleet
-            .iter_mut()
-            .find(|a| a.id == id)
-            .ok_or_else(|| StateError::NotFound(format!("unknown appliance {id:?}")))
+        let i = self.index(id)?;
+        Ok(&mut self.fleet[i])
     }
 
     /// Checks an appliance's bearer secret: 404 for an unknown id, 401 for a wrong or missing
@@ -576,22 +589,14 @@ impl CloudState {
         if let Some(h) = &report.held {
             crate::cloud::held::validate(h).map_err(StateError::BadRequest)?;
         }
-        let Some(site) = self
-            .record(id)?
-            .registration
-            .as_ref()
-            .map(|r| r.site.clone())
-        else {
+        let i = self.index(id)?;
+        let rec = &mut self.fleet[i];
+        let Some(site) = rec.registration.as_ref().map(|r| r.site.clone()) else {
             return Err(StateError::Conflict(format!(
                 "appliance {id:?} must register before reporting health"
             )));
         };
         // The held set: applied here; the stored report keeps only its digest and count.
-        let rec = self
-            .fleet
-            .iter_mut()
-            .find(|a| a.id == id)
-            .ok_or_else(|| StateError::NotFound(format!("unknown appliance {id:?}")))?;
         let held = match report.held.take() {
             Some(h) => {
                 let summary = HeldReport {
@@ -606,7 +611,7 @@ impl CloudState {
                 let change = changed.then(|| (h.full.clone(), h.added.clone(), h.removed.clone()));
                 let answer = self.held.apply(id, &mut rec.held, h);
                 if changed {
-                    rec.held_digest = rec.held_digest.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                    rec.held_changed();
                 }
                 report.held = Some(summary);
                 Some((answer, change))
@@ -643,11 +648,7 @@ impl CloudState {
         if write.is_some() {
             self.held_loaded.insert(id.to_owned(), seq);
         }
-        let rec = self
-            .fleet
-            .iter_mut()
-            .find(|a| a.id == id)
-            .ok_or_else(|| StateError::NotFound(format!("unknown appliance {id:?}")))?;
+        let rec = &mut self.fleet[i];
         rec.set_health(report, now);
         if answer.is_none() {
             self.held.legacy(id, &rec.held);
@@ -841,13 +842,26 @@ impl CloudState {
         *self.counters.steering.entry(outcome).or_default() += 1;
     }
 
-    /// Steers `client` to `title`; `origin_base` is the control service's
+    /// Steers a new viewer, `client`, to `title`; `origin_base` is the control service's
     /// `<public url>/v1/origin` (the origin location redirects through it).
     pub fn steer(
         &mut self,
         client: IpAddr,
         title: &str,
         origin_base: &str,
+    ) -> Result<Steering, StateError> {
+        self.steer_as(client, title, origin_base, true)
+    }
+
+    /// [`CloudState::steer`], for a viewer that is new (`new_viewer`: its load counts against
+    /// the first location until that appliance reports) or already playing (a content steering
+    /// reload: the appliance reports its load).
+    pub fn steer_as(
+        &mut self,
+        client: IpAddr,
+        title: &str,
+        origin_base: &str,
+        new_viewer: bool,
     ) -> Result<Steering, StateError> {
         self.tick()?;
         let now = self.now();
@@ -857,6 +871,7 @@ impl CloudState {
             max_locations: self.cfg.steering.max_locations,
             viewer_bps: self.cfg.steering.viewer_bps,
             origin_base,
+            new_viewer,
         };
         let result = steer(
             &mut self.steer_cache,

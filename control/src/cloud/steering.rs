@@ -53,6 +53,10 @@ pub struct SteerParams<'a> {
     /// The origin location's URL prefix, e.g. `http://control:8700/v1/origin` (the answer's
     /// origin `base_url` is this + `/tok/<token>/`).
     pub origin_base: &'a str,
+    /// Whether the answer starts a viewer, whose load is counted against the first location
+    /// until that appliance's next report. False when a playing viewer asks again (content
+    /// steering reloads): the appliance reports that viewer's load already.
+    pub new_viewer: bool,
 }
 
 /// Why steering could not answer.
@@ -265,8 +269,8 @@ struct ApplianceCache {
     is_ix: bool,
     /// Its site's index in the site graph.
     site: Option<usize>,
-    /// The held-set digest `holds` was computed from.
-    held_digest: u64,
+    /// The held-set version `holds` was computed from.
+    held_version: u64,
     /// Whether it holds every object of a title, by title index.
     holds: HashMap<usize, bool>,
     /// First-choice answers since its last report.
@@ -478,9 +482,9 @@ impl SteerCache {
                 continue;
             }
             c.fingerprint = fp;
-            if c.held_digest != a.held_digest {
+            if c.held_version != a.held_version {
                 c.holds.clear();
-                c.held_digest = a.held_digest;
+                c.held_version = a.held_version;
             }
             let at = a.health.as_ref().map(|(_, at)| *at);
             if c.report_at != at {
@@ -705,7 +709,7 @@ pub fn steer(
         base_url: format!("{}/tok/{token}/", params.origin_base.trim_end_matches('/')),
     });
     // The viewer goes to the first location: count the load it adds until the next report.
-    if let Some(&(i, _)) = ranked.first() {
+    if let Some(&(i, _)) = ranked.first().filter(|_| params.new_viewer) {
         let c = &mut cache.appliances[i];
         c.decisions += 1;
         c.added_bps = c.added_bps.saturating_add(viewer_bps);

@@ -102,6 +102,15 @@ pub(crate) async fn fill_loop(agent: Arc<Agent>) {
         Duration::from_secs(agent.cfg.fill.breaker_open_secs),
     )));
     let retries: Arc<Mutex<HashMap<String, Retry>>> = Arc::default();
+    for t in &agent.dp.tiers {
+        let path = t.path.clone();
+        match tokio::task::spawn_blocking(move || store::sweep_temporaries(&path)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!("agent: tier {}: removed {n} unfinished downloads", t.name),
+            Ok(Err(e)) => tracing::warn!("agent: tier {} ({}): {e}", t.name, t.path.display()),
+            Err(e) => tracing::error!("agent: sweep task: {e}"),
+        }
+    }
     loop {
         let open = window.is_open(super::local_minute_now());
         agent.lock().window_open = open;
@@ -138,8 +147,8 @@ enum PassResult {
     Waiting(Duration),
 }
 
-/// What the tiers hold, by tier name (a scan also removes temporaries of a crashed run). A tier
-/// that cannot be read is left out (nothing is filled onto it this pass).
+/// What the tiers hold, by tier name. A tier that cannot be read is left out (nothing is filled
+/// onto it this pass).
 pub(crate) async fn scan_tiers(agent: &Agent) -> BTreeMap<String, HashMap<String, super::Held>> {
     let mut held = BTreeMap::new();
     for t in &agent.dp.tiers {

@@ -73,7 +73,7 @@ fn app_at(id: &str, role: Role, site: &str, prefixes: &[&str]) -> ApplianceRecor
         }),
         health: None,
         held: Default::default(),
-        held_digest: 0,
+        held_version: 0,
     };
     a.set_health(
         HealthReport {
@@ -120,6 +120,19 @@ fn run_with(
     title: &str,
     max: usize,
 ) -> Steering {
+    run_as(cache, fleet, cat, client, title, max, true)
+}
+
+/// [`run_with`] for a new viewer or for one already playing (`new_viewer`).
+fn run_as(
+    cache: &mut SteerCache,
+    fleet: &[ApplianceRecord],
+    cat: &Catalog,
+    client: &str,
+    title: &str,
+    max: usize,
+    new_viewer: bool,
+) -> Steering {
     let h = health();
     let s = signing();
     let params = SteerParams {
@@ -128,6 +141,7 @@ fn run_with(
         max_locations: max,
         viewer_bps: 0,
         origin_base: "http://control.example/v1/origin",
+        new_viewer,
     };
     steer(
         cache,
@@ -326,6 +340,7 @@ fn unknown_title_and_no_key() {
         max_locations: 3,
         viewer_bps: 0,
         origin_base: "http://c/v1/origin",
+        new_viewer: true,
     };
     let ip: IpAddr = "10.0.0.1".parse().unwrap();
     let mut cache = SteerCache::default();
@@ -379,6 +394,30 @@ fn equally_good_appliances_share_viewers() {
     }
     assert_eq!(counts.len(), 8, "{counts:?}");
     assert!(counts.values().all(|&c| c >= 50), "{counts:?}");
+}
+
+/// A playing viewer asking again (a content steering reload) gets the same ranking but adds no
+/// load: the appliance's report counts it already. A new viewer adds its bitrate.
+#[test]
+fn a_playing_viewer_asking_again_adds_no_load() {
+    let fleet = vec![app("e0", Role::Embedded, &["10.0.0.0/8"])];
+    let mut cache = SteerCache::default();
+    for _ in 0..3 {
+        let s = run_as(
+            &mut cache,
+            &fleet,
+            &catalog(),
+            "10.0.7.1",
+            "t0001",
+            2,
+            false,
+        );
+        assert_eq!(order(&s)[0], "e0");
+    }
+    assert_eq!((cache.decisions(0), cache.added_bps(0)), (0, 0));
+    run_as(&mut cache, &fleet, &catalog(), "10.0.7.1", "t0001", 2, true);
+    assert_eq!(cache.decisions(0), 1);
+    assert!(cache.added_bps(0) > 0);
 }
 
 /// A premiere: many viewers of one title in a short time, health reports only every 5 s (and
