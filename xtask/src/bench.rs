@@ -887,6 +887,7 @@ fn load_config(
             buffer_target_s: 12.0,
             startup_s: 4.0,
             ramp_s: f64::from(seconds).min(2.0) / 2.0,
+            steering: None,
         }),
     };
     Ok(LoadConfig {
