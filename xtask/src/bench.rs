@@ -75,6 +75,12 @@ pub(crate) struct BenchArgs {
     /// Viewers in the player scenario.
     #[arg(long, default_value_t = 100)]
     pub(crate) viewers: u64,
+    /// Steered viewers in the failover scenario.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) failover_viewers: u64,
+    /// Seconds of load in the failover scenario (the embedded appliance is killed at half).
+    #[arg(long, default_value_t = 40)]
+    pub(crate) failover_seconds: u32,
     /// Load generator threads, each pinned (default: one per CPU not given to the local
     /// servers, i.e. 1 on CPU 1 on a 2-CPU machine; with --target: one per allowed CPU). With
     /// --workers: threads per worker (default: each worker's own CPUs).
@@ -133,6 +139,9 @@ pub(crate) enum ScenarioArg {
     MissStorm,
     /// 64 KiB ranges beside 10,000 idle keep-alive connections (not part of `all`).
     Idle,
+    /// Steered viewers; the embedded appliance is SIGKILLed mid-run: rebuffer ratio and time
+    /// to recover (bench_failover; not part of `all`).
+    Failover,
     All,
 }
 
@@ -339,6 +348,12 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     if args.callgrind {
         return crate::callgrind::run(args);
     }
+    if args.scenario.contains(&ScenarioArg::Failover) {
+        crate::bench_failover::run(args)?;
+        if args.scenario.iter().all(|s| *s == ScenarioArg::Failover) {
+            return Ok(());
+        }
+    }
     let flash = args.scenario.contains(&ScenarioArg::FlashCrowd);
     let trace = args.scenario.contains(&ScenarioArg::Trace);
     let storm = args.scenario.contains(&ScenarioArg::MissStorm);
@@ -347,7 +362,10 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         if args.scenario.iter().all(|s| {
             matches!(
                 s,
-                ScenarioArg::FlashCrowd | ScenarioArg::Trace | ScenarioArg::MissStorm
+                ScenarioArg::FlashCrowd
+                    | ScenarioArg::Trace
+                    | ScenarioArg::MissStorm
+                    | ScenarioArg::Failover
             )
         }) {
             return Ok(());
@@ -1726,7 +1744,7 @@ fn write_plots(dir: &Path, results: &[Measurement]) -> Result<Vec<(String, Strin
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use edgeplane_load::stats::{histogram, ReportInput, Stats};
 
@@ -1773,6 +1791,8 @@ mod tests {
             profile: "release".to_owned(),
             rate: None,
             viewers: 10,
+            failover_viewers: 20,
+            failover_seconds: 20,
             load_threads: None,
             workers: Vec::new(),
             baseline: None,
@@ -1924,7 +1944,7 @@ mod tests {
 
     /// The debug edgeplane next to this test binary (target/debug/deps/xtask-… →
     /// target/debug/edgeplane), built first if `cargo test --workspace` did not.
-    fn debug_edgeplane() -> PathBuf {
+    pub(crate) fn debug_edgeplane() -> PathBuf {
         let exe = std::env::current_exe().unwrap();
         let bin = exe.parent().unwrap().parent().unwrap().join("edgeplane");
         if !bin.is_file() {

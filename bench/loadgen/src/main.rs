@@ -237,13 +237,7 @@ fn expected_objects(path: &Path) -> Result<BTreeMap<String, (u64, String)>> {
     let text = fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     let catalog: edgeplane_api::Catalog =
         serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
-    Ok(catalog
-        .titles
-        .into_iter()
-        .flat_map(|t| t.renditions)
-        .flat_map(|r| r.objects)
-        .map(|o| (o.id, (o.size, o.sha256)))
-        .collect())
+    Ok(edgeplane_load::steer::expected_objects(&catalog))
 }
 
 fn run_load(a: RunArgs) -> Result<bool> {

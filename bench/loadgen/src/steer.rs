@@ -6,7 +6,9 @@
 //! steering answer, skips to the next one when a request fails or times out, and reloads the
 //! steering answer periodically, moving to the answer's first pathway when the ranking changed.
 
-use edgeplane_api::{LocationKind, SteeredRendition, Steering};
+use std::collections::BTreeMap;
+
+use edgeplane_api::{Catalog, LocationKind, SteeredRendition, Steering};
 
 /// A location's identity across steering answers: the appliance id, or `origin`. (Base URLs
 /// carry a token that changes with every answer, so they do not identify a location.)
@@ -143,6 +145,18 @@ pub fn ladder(renditions: &[SteeredRendition]) -> Vec<(usize, u32)> {
         .collect();
     out.sort_by_key(|&(i, kbps)| (kbps, i));
     out
+}
+
+/// Object id → (size, SHA-256) of every object of `catalog`: what the steered player checks
+/// each segment against.
+pub fn expected_objects(catalog: &Catalog) -> BTreeMap<String, (u64, String)> {
+    catalog
+        .titles
+        .iter()
+        .flat_map(|t| &t.renditions)
+        .flat_map(|r| &r.objects)
+        .map(|o| (o.id.clone(), (o.size, o.sha256.clone())))
+        .collect()
 }
 
 /// Percentile `q` (0..=1) of `values` by nearest rank on the sorted values; 0 when empty.
