@@ -263,6 +263,9 @@ pub(crate) fn scenario(opts: &Options) -> Result<Outcome> {
                 reload_s: RELOAD_S,
                 segment_timeout_s: SEGMENT_TIMEOUT_S,
                 expect: edgeplane_load::steer::expected_objects(&catalog),
+                // One address per viewer, as on a network (the appliances cap connections per
+                // client address at 256 by default).
+                loopback_sources: true,
             }),
         }),
         validation: Validation::Full,

@@ -177,6 +177,11 @@ struct RunArgs {
     /// length and SHA-256 are checked against it.
     #[arg(long)]
     expect_catalog: Option<PathBuf>,
+    /// Steered player: each viewer connects from its own loopback address (127.0.1.0 + its
+    /// number) when the servers are on 127.0.0.0/8, so per-client caps and per-prefix tokens
+    /// see one client per viewer, as on a network.
+    #[arg(long)]
+    loopback_sources: bool,
     #[arg(long, value_enum, default_value_t = ValidateArg::Full)]
     validate: ValidateArg,
     /// Seconds before a request counts as a timeout.
@@ -252,6 +257,7 @@ fn run_load(a: RunArgs) -> Result<bool> {
             reload_s: a.steering_reload,
             segment_timeout_s: a.segment_timeout,
             expect,
+            loopback_sources: a.loopback_sources,
         };
         let titles = a
             .title

@@ -84,6 +84,11 @@ pub struct SteeringConfig {
     /// checked against them (empty: status and length framing only).
     #[serde(default)]
     pub expect: BTreeMap<String, (u64, String)>,
+    /// Each viewer connects from its own loopback address (127.0.1.0 + viewer number) when
+    /// the server is on loopback: a bench on one machine then looks like viewers on a network
+    /// (per-client connection caps and per-prefix tokens see one client per viewer).
+    #[serde(default)]
+    pub loopback_sources: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -8,13 +8,14 @@
 //! Plain HTTP only (the locations of a steering answer on a test bed); one redirect is followed
 //! (the origin location answers 302 to a presigned S3 URL).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use edgeplane_api::Steering;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use crate::http::{get_request, parse_get_head, GetHead};
@@ -44,8 +45,29 @@ fn location_targets(answer: &Steering) -> Vec<Option<Target>> {
         .collect()
 }
 
-async fn connect(ctx: &Ctx, addr: SocketAddr) -> Result<Box<dyn Io>, ErrorKind> {
-    let tcp = timeout(ctx.cfg.request_timeout, TcpStream::connect(addr))
+/// The loopback address viewer `viewer` connects from with
+/// [`SteeringConfig::loopback_sources`]: 127.0.1.0 + viewer (127.0.1.0 – 127.255.255.255).
+pub(crate) fn loopback_source(viewer: u64) -> IpAddr {
+    let offset = u32::try_from(viewer).unwrap_or(u32::MAX).min(0x00fe_feff);
+    IpAddr::V4(Ipv4Addr::from(0x7f00_0100 + offset))
+}
+
+async fn connect(
+    ctx: &Ctx,
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+) -> Result<Box<dyn Io>, ErrorKind> {
+    let open = async {
+        match source {
+            Some(ip) if addr.is_ipv4() && addr.ip().is_loopback() => {
+                let socket = TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(addr).await
+            }
+            _ => TcpStream::connect(addr).await,
+        }
+    };
+    let tcp = timeout(ctx.cfg.request_timeout, open)
         .await
         .map_err(|_| ErrorKind::Connect)?
         .map_err(|_| ErrorKind::Connect)?;
@@ -117,6 +139,8 @@ struct Viewer {
     walk: SteeredStats,
     buf: Vec<u8>,
     conn: Option<Conn>,
+    /// The address to connect from (None: the system's choice).
+    source: Option<IpAddr>,
 }
 
 impl Viewer {
@@ -137,7 +161,7 @@ impl Viewer {
             Some(c) => c,
             None => Conn {
                 addr: target.addr,
-                io: connect(ctx, target.addr).await?,
+                io: connect(ctx, target.addr, self.source).await?,
             },
         };
         let mut hasher = Sha256::new();
@@ -162,7 +186,7 @@ impl Viewer {
                     return Err(ErrorKind::Protocol);
                 }
                 let path = location_path(&location);
-                let mut io = connect(ctx, to.addr).await?;
+                let mut io = connect(ctx, to.addr, self.source).await?;
                 let mut hasher = Sha256::new();
                 let (head, len) = get(
                     ctx,
@@ -198,7 +222,7 @@ impl Viewer {
     /// Asks steering for `path` (a connection of its own, closed after the answer).
     async fn steering(&mut self, ctx: &Ctx, path: &str) -> Result<Steering, ErrorKind> {
         let target = &ctx.cfg.target;
-        let mut io = connect(ctx, target.addr).await?;
+        let mut io = connect(ctx, target.addr, self.source).await?;
         let mut body = Vec::new();
         let (head, _) = timeout(
             ctx.cfg.request_timeout,
@@ -268,10 +292,13 @@ pub(crate) async fn viewer_task(
         walk: SteeredStats::default(),
         buf: vec![0; BUF],
         conn: None,
+        source: s.loopback_sources.then(|| loopback_source(viewer)),
     };
     let mut playback = Playback::new(p.startup_s);
     let join = ctx.start + Duration::from_secs_f64(p.ramp_s * viewer as f64 / p.viewers as f64);
     sleep_until(join).await;
+    // The session starts now: the first steering request counts into the start-up time.
+    let mut last = Instant::now();
     let path = steering_path(&ctx.cfg.target, s, &title);
     let reload = Duration::from_secs_f64(s.reload_s.max(0.1));
     let segment_timeout = Duration::from_secs_f64(s.segment_timeout_s.max(0.01));
@@ -301,7 +328,7 @@ pub(crate) async fn viewer_task(
     let mut next_reload = Instant::now() + reload;
     // The start of the current outage's first failed request.
     let mut outage: Option<Instant> = None;
-    let (mut last, mut rung, mut index, mut segments) = (Instant::now(), 0usize, 0u64, 0u64);
+    let (mut rung, mut index, mut segments) = (0usize, 0u64, 0u64);
     loop {
         let now = Instant::now().min(ctx.deadline);
         playback.advance(now.duration_since(last).as_secs_f64());
@@ -376,6 +403,7 @@ pub(crate) async fn viewer_task(
                         .recover_s
                         .push(done.duration_since(began).as_secs_f64());
                 }
+                ctx.live.requests.fetch_add(1, Ordering::Relaxed);
                 ctx.record_live((secs * 1e6) as u64);
                 v.stats.success(
                     done.duration_since(ctx.start).as_secs_f64(),
@@ -443,10 +471,14 @@ mod tests {
             reload_s: 10.0,
             segment_timeout_s: 4.0,
             expect: Default::default(),
+            loopback_sources: false,
         };
         assert_eq!(
             steering_path(&t, &s, "t 1"),
             "/v1/steering?title=t%201&client=2001%3Adb8%3A%3A1"
         );
+        assert_eq!(loopback_source(0).to_string(), "127.0.1.0");
+        assert_eq!(loopback_source(999).to_string(), "127.0.4.231");
+        assert_eq!(loopback_source(u64::MAX).to_string(), "127.255.255.255");
     }
 }
