@@ -81,6 +81,11 @@ pub(crate) struct BenchArgs {
     /// Seconds of load in the failover scenario (the embedded appliance is killed at half).
     #[arg(long, default_value_t = 40)]
     pub(crate) failover_seconds: u32,
+    /// How the failover scenario fails the embedded appliance (data plane and agent): `kill`
+    /// (SIGKILL: connections reset, connects refused) or `stop` (SIGSTOP: a hung box, requests
+    /// time out).
+    #[arg(long, value_enum, default_value_t = crate::bench_failover::Failure::Kill)]
+    pub(crate) failover_signal: crate::bench_failover::Failure,
     /// Load generator threads, each pinned (default: one per CPU not given to the local
     /// servers, i.e. 1 on CPU 1 on a 2-CPU machine; with --target: one per allowed CPU). With
     /// --workers: threads per worker (default: each worker's own CPUs).
@@ -1793,6 +1798,7 @@ pub(crate) mod tests {
             viewers: 10,
             failover_viewers: 20,
             failover_seconds: 20,
+            failover_signal: crate::bench_failover::Failure::Kill,
             load_threads: None,
             workers: Vec::new(),
             baseline: None,

@@ -36,7 +36,7 @@ use serde_json::json;
 
 use crate::bench::BenchArgs;
 use crate::player_test::{get_json, poll, Appliance, Cloud, WAIT};
-use crate::server::send_signal;
+use crate::server::{send_signal, Server};
 use crate::util::{build_edgeplane, find_program, header, target_dir};
 
 /// Titles of the synthetic catalog, and their ladder (name:bit/s).
@@ -49,6 +49,24 @@ const RELOAD_S: f64 = 5.0;
 /// Seconds before a segment request counts as failed.
 const SEGMENT_TIMEOUT_S: f64 = 2.0;
 
+/// How the embedded appliance fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Failure {
+    /// SIGKILL: its connections are reset and new ones refused at once.
+    Kill,
+    /// SIGSTOP: it hangs; requests time out (the viewers' segment timeout).
+    Stop,
+}
+
+impl Failure {
+    fn signal(self) -> (libc::c_int, &'static str) {
+        match self {
+            Failure::Kill => (libc::SIGKILL, "SIGKILLed"),
+            Failure::Stop => (libc::SIGSTOP, "SIGSTOPped"),
+        }
+    }
+}
+
 /// What one failover run does.
 pub(crate) struct Options {
     pub(crate) bin: PathBuf,
@@ -58,6 +76,7 @@ pub(crate) struct Options {
     pub(crate) seconds: u32,
     /// Viewers join spread over this many seconds.
     pub(crate) ramp_s: f64,
+    pub(crate) failure: Failure,
 }
 
 /// What a run measured.
@@ -92,6 +111,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         viewers: args.failover_viewers,
         seconds: args.failover_seconds,
         ramp_s: 10.0_f64.min(f64::from(args.failover_seconds) / 4.0),
+        failure: args.failover_signal,
     };
     let out = scenario(&opts)?;
     let st = out.steering()?;
@@ -105,8 +125,12 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
     println!(
-        "{} viewers ({} started) for {:.0} s, embedded appliance SIGKILLed at {:.1} s",
-        p.viewers, p.started, out.report.duration_s, out.killed_at_s
+        "{} viewers ({} started) for {:.0} s, embedded appliance {} at {:.1} s",
+        p.viewers,
+        p.started,
+        out.report.duration_s,
+        opts.failure.signal().1,
+        out.killed_at_s
     );
     println!(
         "rebuffer ratio per viewer: p50 {:.4} p90 {:.4} p99 {:.4} max {:.4} ({} viewers stalled); \
@@ -153,6 +177,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     let json = json!({
         "viewers": opts.viewers,
         "seconds": opts.seconds,
+        "failure": opts.failure.signal().1,
         "killed_at_s": out.killed_at_s,
         "loadavg_before": out.load_before,
         "loadavg_after": out.load_after,
@@ -275,9 +300,10 @@ pub(crate) fn scenario(opts: &Options) -> Result<Outcome> {
         max_requests: None,
     };
     header(&format!(
-        "failover: {} steered viewers for {} s; the embedded appliance is SIGKILLed at {} s",
+        "failover: {} steered viewers for {} s; the embedded appliance is {} at {} s",
         opts.viewers,
         opts.seconds,
+        opts.failure.signal().1,
         f64::from(opts.seconds) / 2.0
     ));
     let load_before = loadavg();
@@ -292,9 +318,10 @@ pub(crate) fn scenario(opts: &Options) -> Result<Outcome> {
         Duration::from_millis(100) + Duration::from_secs_f64(f64::from(opts.seconds) / 2.0);
     thread::sleep(kill_at.saturating_sub(started.elapsed()));
     let killed_at_s = started.elapsed().as_secs_f64() - 0.1;
-    kill(&mut emb)?;
+    let mut failed = fail(&mut emb, opts.failure)?;
     eprintln!(
-        "failover: emb killed at {killed_at_s:.1} s ({} segments so far, {} failed requests)",
+        "failover: emb {} at {killed_at_s:.1} s ({} segments so far, {} failed requests)",
+        opts.failure.signal().1,
         live.requests.load(std::sync::atomic::Ordering::Relaxed),
         live.errors.load(std::sync::atomic::Ordering::Relaxed)
     );
@@ -304,6 +331,9 @@ pub(crate) fn scenario(opts: &Options) -> Result<Outcome> {
     let load_after = loadavg();
     eprintln!("edgeplane-load: {}", report.summary());
 
+    for p in &mut failed {
+        let _ = p.stop(libc::SIGKILL, Duration::from_secs(5));
+    }
     for s in [ix.agent.take(), ix.dataplane.take()].into_iter().flatten() {
         let mut s = s;
         let _ = s.stop(libc::SIGTERM, Duration::from_secs(10));
@@ -318,9 +348,10 @@ pub(crate) fn scenario(opts: &Options) -> Result<Outcome> {
     })
 }
 
-/// SIGKILLs the appliance's data plane and agent at the same moment.
-fn kill(a: &mut Appliance) -> Result<()> {
-    let mut procs: Vec<_> = [a.dataplane.take(), a.agent.take()]
+/// Signals the appliance's data plane and agent at the same moment; returns them (a stopped
+/// process is killed after the load).
+fn fail(a: &mut Appliance, failure: Failure) -> Result<Vec<Server>> {
+    let procs: Vec<Server> = [a.dataplane.take(), a.agent.take()]
         .into_iter()
         .flatten()
         .collect();
@@ -328,12 +359,9 @@ fn kill(a: &mut Appliance) -> Result<()> {
         bail!("{} is not running", a.id);
     }
     for p in &procs {
-        send_signal(p.pid(), libc::SIGKILL)?;
+        send_signal(p.pid(), failure.signal().0)?;
     }
-    for p in &mut procs {
-        let _ = p.stop(libc::SIGKILL, Duration::from_secs(5));
-    }
-    Ok(())
+    Ok(procs)
 }
 
 #[cfg(test)]
@@ -357,6 +385,7 @@ mod tests {
             viewers: 20,
             seconds: 24,
             ramp_s: 2.0,
+            failure: Failure::Kill,
         })
         .unwrap();
         let st = out.steering().unwrap();
