@@ -75,6 +75,13 @@ async fn connect(
     Ok(Box::new(tcp))
 }
 
+/// One GET: the Host header, the path, and whether to ask the server to close after it.
+struct Get<'a> {
+    host: &'a str,
+    path: &'a str,
+    close: bool,
+}
+
 /// One GET on `io`: the head, and the body passed to `sink` as it arrives. Returns the head and
 /// the body length.
 async fn get(
@@ -82,12 +89,10 @@ async fn get(
     stats: &mut Stats,
     io: &mut Box<dyn Io>,
     buf: &mut [u8],
-    host: &str,
-    path: &str,
-    close: bool,
+    req: Get<'_>,
     sink: &mut dyn FnMut(&[u8]),
 ) -> Result<(GetHead, u64), ErrorKind> {
-    io.write_all(&get_request(host, path, close))
+    io.write_all(&get_request(req.host, req.path, req.close))
         .await
         .map_err(|_| ErrorKind::Io)?;
     let mut filled = 0;
@@ -170,9 +175,11 @@ impl Viewer {
             &mut self.stats,
             &mut conn.io,
             &mut self.buf,
-            &target.host,
-            path,
-            false,
+            Get {
+                host: &target.host,
+                path,
+                close: false,
+            },
             &mut |b| hasher.update(b),
         )
         .await?;
@@ -193,9 +200,11 @@ impl Viewer {
                     &mut self.stats,
                     &mut io,
                     &mut self.buf,
-                    &to.host,
-                    &path,
-                    true,
+                    Get {
+                        host: &to.host,
+                        path: &path,
+                        close: true,
+                    },
                     &mut |b| hasher.update(b),
                 )
                 .await?;
@@ -231,9 +240,11 @@ impl Viewer {
                 &mut self.stats,
                 &mut io,
                 &mut self.buf,
-                &target.host,
-                path,
-                true,
+                Get {
+                    host: &target.host,
+                    path,
+                    close: true,
+                },
                 &mut |b| body.extend_from_slice(b),
             ),
         )
