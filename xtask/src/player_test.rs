@@ -34,13 +34,13 @@ use serde_json::{json, Value};
 use crate::server::Server;
 use crate::util::{build_edgeplane, find_program, header, target_dir};
 
-pub(crate) const ADMIN_TOKEN: &str = "player-test-admin";
+const ADMIN_TOKEN: &str = "player-test-admin";
 const TITLES: usize = 3;
 const TITLE_SECS: u32 = 60;
 const NPM_MODULES: &str = "/var/cache/edgeplane/npm/node_modules";
 pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
-pub(crate) fn free_port() -> Result<u16> {
+fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -585,7 +585,7 @@ pub(crate) fn run() -> Result<()> {
 }
 
 /// Waits until steering ranks `first` first for the local client.
-pub(crate) fn wait_priority(ctl: &str, title: &str, first: &str) -> Result<()> {
+fn wait_priority(ctl: &str, title: &str, first: &str) -> Result<()> {
     poll(&format!("steering to put {first} first"), WAIT, || {
         let m = get_json(&format!("{ctl}/v1/content-steering?title={title}"))?;
         Ok((m["PATHWAY-PRIORITY"][0] == first).then_some(()))
