@@ -48,7 +48,7 @@ fn location_targets(answer: &Steering) -> Vec<Option<Target>> {
 /// The loopback address viewer `viewer` connects from with
 /// [`SteeringConfig::loopback_sources`]: 127.0.1.0 + viewer (127.0.1.0 – 127.255.255.255).
 pub(crate) fn loopback_source(viewer: u64) -> IpAddr {
-    let offset = u32::try_from(viewer).unwrap_or(u32::MAX).min(0x00fe_feff);
+    let offset = u32::try_from(viewer).unwrap_or(u32::MAX).min(0x00ff_feff);
     IpAddr::V4(Ipv4Addr::from(0x7f00_0100 + offset))
 }
 
