@@ -75,6 +75,17 @@ pub(crate) struct BenchArgs {
     /// Viewers in the player scenario.
     #[arg(long, default_value_t = 100)]
     pub(crate) viewers: u64,
+    /// Steered viewers in the failover scenario.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) failover_viewers: u64,
+    /// Seconds of load in the failover scenario (the embedded appliance is killed at half).
+    #[arg(long, default_value_t = 40)]
+    pub(crate) failover_seconds: u32,
+    /// How the failover scenario fails the embedded appliance (data plane and agent): `kill`
+    /// (SIGKILL: connections reset, connects refused) or `stop` (SIGSTOP: a hung box, requests
+    /// time out).
+    #[arg(long, value_enum, default_value_t = crate::bench_failover::Failure::Kill)]
+    pub(crate) failover_signal: crate::bench_failover::Failure,
     /// Load generator threads, each pinned (default: one per CPU not given to the local
     /// servers, i.e. 1 on CPU 1 on a 2-CPU machine; with --target: one per allowed CPU). With
     /// --workers: threads per worker (default: each worker's own CPUs).
@@ -133,6 +144,9 @@ pub(crate) enum ScenarioArg {
     MissStorm,
     /// 64 KiB ranges beside 10,000 idle keep-alive connections (not part of `all`).
     Idle,
+    /// Steered viewers; the embedded appliance is SIGKILLed mid-run: rebuffer ratio and time
+    /// to recover (bench_failover; not part of `all`).
+    Failover,
     All,
 }
 
@@ -339,6 +353,12 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     if args.callgrind {
         return crate::callgrind::run(args);
     }
+    if args.scenario.contains(&ScenarioArg::Failover) {
+        crate::bench_failover::run(args)?;
+        if args.scenario.iter().all(|s| *s == ScenarioArg::Failover) {
+            return Ok(());
+        }
+    }
     let flash = args.scenario.contains(&ScenarioArg::FlashCrowd);
     let trace = args.scenario.contains(&ScenarioArg::Trace);
     let storm = args.scenario.contains(&ScenarioArg::MissStorm);
@@ -347,7 +367,10 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         if args.scenario.iter().all(|s| {
             matches!(
                 s,
-                ScenarioArg::FlashCrowd | ScenarioArg::Trace | ScenarioArg::MissStorm
+                ScenarioArg::FlashCrowd
+                    | ScenarioArg::Trace
+                    | ScenarioArg::MissStorm
+                    | ScenarioArg::Failover
             )
         }) {
             return Ok(());
@@ -887,6 +910,7 @@ fn load_config(
             buffer_target_s: 12.0,
             startup_s: 4.0,
             ramp_s: f64::from(seconds).min(2.0) / 2.0,
+            steering: None,
         }),
     };
     Ok(LoadConfig {
@@ -1725,7 +1749,7 @@ fn write_plots(dir: &Path, results: &[Measurement]) -> Result<Vec<(String, Strin
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use edgeplane_load::stats::{histogram, ReportInput, Stats};
 
@@ -1772,6 +1796,9 @@ mod tests {
             profile: "release".to_owned(),
             rate: None,
             viewers: 10,
+            failover_viewers: 20,
+            failover_seconds: 20,
+            failover_signal: crate::bench_failover::Failure::Kill,
             load_threads: None,
             workers: Vec::new(),
             baseline: None,
@@ -1923,7 +1950,7 @@ mod tests {
 
     /// The debug edgeplane next to this test binary (target/debug/deps/xtask-… →
     /// target/debug/edgeplane), built first if `cargo test --workspace` did not.
-    fn debug_edgeplane() -> PathBuf {
+    pub(crate) fn debug_edgeplane() -> PathBuf {
         let exe = std::env::current_exe().unwrap();
         let bin = exe.parent().unwrap().parent().unwrap().join("edgeplane");
         if !bin.is_file() {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_catalog;
+mod bench_failover;
 mod bench_intake;
 mod bench_pull;
 mod bench_steering;

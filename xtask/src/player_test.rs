@@ -38,7 +38,7 @@ const ADMIN_TOKEN: &str = "player-test-admin";
 const TITLES: usize = 3;
 const TITLE_SECS: u32 = 60;
 const NPM_MODULES: &str = "/var/cache/edgeplane/npm/node_modules";
-const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -52,14 +52,18 @@ fn get(url: &str) -> Result<(u16, String)> {
     }
 }
 
-fn get_json(url: &str) -> Result<Value> {
+pub(crate) fn get_json(url: &str) -> Result<Value> {
     let (status, body) = get(url)?;
     ensure!(status == 200, "GET {url}: {status} {body}");
     Ok(serde_json::from_str(&body)?)
 }
 
 /// Polls `f` every 200 ms until it gives `Some`, for at most `limit`.
-fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+pub(crate) fn poll<T>(
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = f()? {
@@ -82,18 +86,20 @@ fn metric_sum(admin: SocketAddr, prefix: &str) -> Result<f64> {
         .sum())
 }
 
-struct Appliance {
-    id: &'static str,
-    config: PathBuf,
-    http: SocketAddr,
-    admin: SocketAddr,
+/// One appliance of the test bed: a data plane and an agent (also `cargo xtask bench
+/// --scenario failover`).
+pub(crate) struct Appliance {
+    pub(crate) id: &'static str,
+    pub(crate) config: PathBuf,
+    pub(crate) http: SocketAddr,
+    pub(crate) admin: SocketAddr,
     dir: PathBuf,
-    dataplane: Option<Server>,
-    agent: Option<Server>,
+    pub(crate) dataplane: Option<Server>,
+    pub(crate) agent: Option<Server>,
 }
 
 impl Appliance {
-    fn new(
+    pub(crate) fn new(
         root: &Path,
         id: &'static str,
         role: &str,
@@ -182,7 +188,7 @@ allow_http = true
         })
     }
 
-    fn start_dataplane(&mut self, bin: &Path, n: usize) -> Result<()> {
+    pub(crate) fn start_dataplane(&mut self, bin: &Path, n: usize) -> Result<()> {
         let mut cmd = Command::new(bin);
         cmd.args(["serve", "--config"])
             .arg(&self.config)
@@ -198,7 +204,7 @@ allow_http = true
         Ok(())
     }
 
-    fn start_agent(&mut self, bin: &Path) -> Result<SocketAddr> {
+    pub(crate) fn start_agent(&mut self, bin: &Path) -> Result<SocketAddr> {
         let mut cmd = Command::new(bin);
         cmd.args(["agent", "--config"])
             .arg(&self.config)
@@ -217,7 +223,26 @@ allow_http = true
         Ok(status)
     }
 
-    fn bytes_sent(&self) -> f64 {
+    /// Starts the data plane and the agent and waits until the agent has filled every object
+    /// its manifest wants.
+    pub(crate) fn start_filled(&mut self, bin: &Path) -> Result<()> {
+        self.start_dataplane(bin, 0)?;
+        let status = self.start_agent(bin)?;
+        poll(
+            &format!("{} to fill", self.id),
+            Duration::from_secs(180),
+            || {
+                let s = get_json(&format!("http://{status}/status"))?;
+                let (p, w) = (
+                    s["fill"]["objects_present"].as_u64().unwrap_or(0),
+                    s["fill"]["objects_wanted"].as_u64().unwrap_or(0),
+                );
+                Ok((w > 0 && p == w).then_some(()))
+            },
+        )
+    }
+
+    pub(crate) fn bytes_sent(&self) -> f64 {
         metric_sum(self.admin, "edgeplane_response_bytes_total").unwrap_or(-1.0)
     }
 
@@ -360,39 +385,31 @@ struct Report {
     bytes: BTreeMap<String, f64>,
 }
 
-pub(crate) fn run() -> Result<()> {
-    let started = Instant::now();
-    for p in ["ffmpeg", "chromium", "chromedriver", "moto_server"] {
-        find_program(p).with_context(|| format!("{p} is missing: run scripts/setup.sh"))?;
-    }
-    let assets = PathBuf::from(NPM_MODULES);
-    for (_, rel) in [
-        ("dash.js", "dashjs/dist/modern/umd/dash.all.min.js"),
-        ("hls.js", "hls.js/dist/hls.min.js"),
-    ] {
-        ensure!(
-            assets.join(rel).is_file(),
-            "{} is missing: run scripts/setup.sh (npm installs dashjs and hls.js)",
-            assets.join(rel).display()
-        );
-    }
-    let bin = build_edgeplane("dev")?;
-    let dir = target_dir().join("player-test");
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir)?;
+/// The origin (moto_server) and the control service of the test bed, with appliances `emb` and
+/// `ix` provisioned, health reports every second (3 missed: out of steering) and per-title
+/// tokens valid an hour. `steering` is the body of the `[steering]` section.
+pub(crate) struct Cloud {
+    pub(crate) moto: Server,
+    pub(crate) cloud: Server,
+    pub(crate) api: SocketAddr,
+    /// The S3 endpoint, http://127.0.0.1:PORT.
+    pub(crate) origin: String,
+    pub(crate) config: PathBuf,
+}
 
-    header("origin (moto_server) and control service");
-    let moto_port = free_port()?;
-    let mut cmd = Command::new("moto_server");
-    cmd.args(["-H", "127.0.0.1", "-p", &moto_port.to_string()]);
-    let mut moto = Server::spawn("moto_server", cmd, &dir.join("moto.log"))?;
-    moto.wait_for_port(format!("127.0.0.1:{moto_port}").parse()?, WAIT)?;
-    let origin = format!("http://127.0.0.1:{moto_port}");
-    let cloud_cfg = dir.join("cloud.toml");
-    fs::write(
-        &cloud_cfg,
-        format!(
-            r#"listen = "127.0.0.1:0"
+impl Cloud {
+    pub(crate) fn start(dir: &Path, bin: &Path, steering: &str) -> Result<Cloud> {
+        let moto_port = free_port()?;
+        let mut cmd = Command::new("moto_server");
+        cmd.args(["-H", "127.0.0.1", "-p", &moto_port.to_string()]);
+        let mut moto = Server::spawn("moto_server", cmd, &dir.join("moto.log"))?;
+        moto.wait_for_port(format!("127.0.0.1:{moto_port}").parse()?, WAIT)?;
+        let origin = format!("http://127.0.0.1:{moto_port}");
+        let config = dir.join("cloud.toml");
+        fs::write(
+            &config,
+            format!(
+                r#"listen = "127.0.0.1:0"
 admin_token = "{ADMIN_TOKEN}"
 
 [origin]
@@ -419,21 +436,64 @@ missed_limit = 3
 url_ttl_secs = 3600
 
 [steering]
-reload_secs = 2
-player_assets = "{}"
-"#,
+{steering}"#
+            ),
+        )?;
+        let mut cmd = Command::new(bin);
+        cmd.args(["cloud", "serve", "--config"]).arg(&config);
+        let mut cloud = Server::spawn("cloud", cmd, &dir.join("cloud.log"))?;
+        let api: SocketAddr = cloud.wait_for_line("its ready line", WAIT, |l| {
+            l.strip_prefix("edgeplane-cloud: ready api=")?
+                .trim()
+                .parse()
+                .ok()
+        })?;
+        Ok(Cloud {
+            moto,
+            cloud,
+            api,
+            origin,
+            config,
+        })
+    }
+}
+
+pub(crate) fn run() -> Result<()> {
+    let started = Instant::now();
+    for p in ["ffmpeg", "chromium", "chromedriver", "moto_server"] {
+        find_program(p).with_context(|| format!("{p} is missing: run scripts/setup.sh"))?;
+    }
+    let assets = PathBuf::from(NPM_MODULES);
+    for (_, rel) in [
+        ("dash.js", "dashjs/dist/modern/umd/dash.all.min.js"),
+        ("hls.js", "hls.js/dist/hls.min.js"),
+    ] {
+        ensure!(
+            assets.join(rel).is_file(),
+            "{} is missing: run scripts/setup.sh (npm installs dashjs and hls.js)",
+            assets.join(rel).display()
+        );
+    }
+    let bin = build_edgeplane("dev")?;
+    let dir = target_dir().join("player-test");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+
+    header("origin (moto_server) and control service");
+    let Cloud {
+        mut moto,
+        mut cloud,
+        api,
+        origin,
+        config: cloud_cfg,
+    } = Cloud::start(
+        &dir,
+        &bin,
+        &format!(
+            "reload_secs = 2\nplayer_assets = \"{}\"\n",
             assets.display()
         ),
     )?;
-    let mut cmd = Command::new(&bin);
-    cmd.args(["cloud", "serve", "--config"]).arg(&cloud_cfg);
-    let mut cloud = Server::spawn("cloud", cmd, &dir.join("cloud.log"))?;
-    let api: SocketAddr = cloud.wait_for_line("its ready line", WAIT, |l| {
-        l.strip_prefix("edgeplane-cloud: ready api=")?
-            .trim()
-            .parse()
-            .ok()
-    })?;
     let ctl = format!("http://{api}");
 
     header(&format!(
@@ -455,20 +515,7 @@ player_assets = "{}"
     let mut emb = Appliance::new(&dir, "emb", "embedded", "\"127.0.0.0/8\"", &ctl, &origin)?;
     let mut ix = Appliance::new(&dir, "ix", "ix", "", &ctl, &origin)?;
     for a in [&mut emb, &mut ix] {
-        a.start_dataplane(&bin, 0)?;
-        let status = a.start_agent(&bin)?;
-        poll(
-            &format!("{} to fill", a.id),
-            Duration::from_secs(180),
-            || {
-                let s = get_json(&format!("http://{status}/status"))?;
-                let (p, w) = (
-                    s["fill"]["objects_present"].as_u64().unwrap_or(0),
-                    s["fill"]["objects_wanted"].as_u64().unwrap_or(0),
-                );
-                Ok((w > 0 && p == w).then_some(()))
-            },
-        )?;
+        a.start_filled(&bin)?;
     }
 
     let browser = Browser::start(&dir)?;

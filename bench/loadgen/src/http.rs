@@ -12,6 +12,66 @@ pub fn range_request(host: &str, prefix: &str, name: &str, first: u64, last: u64
     .into_bytes()
 }
 
+/// `GET <path>` of a whole object (the steered player: one object per segment).
+pub fn get_request(host: &str, path: &str, close: bool) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: edgeplane-load\r\n{}\r\n",
+        if close { "Connection: close\r\n" } else { "" }
+    )
+    .into_bytes()
+}
+
+/// What the head of a whole-object response says.
+#[derive(Debug, PartialEq, Eq)]
+pub struct GetHead {
+    /// Bytes of the head, up to and including the blank line.
+    pub len: usize,
+    pub status: u16,
+    /// None: the body runs to the end of the connection.
+    pub content_length: Option<u64>,
+    pub close: bool,
+    /// `Location` (redirects).
+    pub location: Option<String>,
+}
+
+/// Parses the head of a response to [`get_request`]. `Ok(None)`: incomplete, read more.
+/// Chunked bodies are refused (the servers here send a length).
+pub fn parse_get_head(buf: &[u8]) -> Result<Option<GetHead>, ErrorKind> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(ErrorKind::Protocol),
+    };
+    let status = resp.code.ok_or(ErrorKind::Protocol)?;
+    let (mut content_length, mut close, mut location) = (None, false, None);
+    for h in resp.headers.iter() {
+        let value = std::str::from_utf8(h.value).map_err(|_| ErrorKind::Protocol)?;
+        if h.name.eq_ignore_ascii_case("content-length") {
+            content_length = Some(
+                value
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| ErrorKind::Protocol)?,
+            );
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            close = value.trim().eq_ignore_ascii_case("close");
+        } else if h.name.eq_ignore_ascii_case("location") {
+            location = Some(value.trim().to_owned());
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(ErrorKind::Protocol);
+        }
+    }
+    Ok(Some(GetHead {
+        len,
+        status,
+        content_length,
+        close: close || content_length.is_none(),
+        location,
+    }))
+}
+
 /// What a valid response head says.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Head {
@@ -105,6 +165,35 @@ mod tests {
         let close = b"HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\n\
                       Content-Range: bytes 5-14/100\r\nConnection: close\r\n\r\n";
         assert!(parse_head(close, 5, 14).unwrap().unwrap().close);
+    }
+
+    #[test]
+    fn whole_object_heads() {
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nbody";
+        let h = parse_get_head(ok).unwrap().unwrap();
+        assert_eq!(
+            (h.status, h.content_length, h.close),
+            (200, Some(10), false)
+        );
+        assert_eq!(h.len, ok.len() - 4);
+        assert_eq!(parse_get_head(&ok[..10]), Ok(None));
+        let moved = b"HTTP/1.1 302 Found\r\nLocation: http://s3:9000/o/a?x=1\r\n\
+                      Content-Length: 0\r\n\r\n";
+        let h = parse_get_head(moved).unwrap().unwrap();
+        assert_eq!(h.status, 302);
+        assert_eq!(h.location.as_deref(), Some("http://s3:9000/o/a?x=1"));
+        let no_len = b"HTTP/1.1 200 OK\r\n\r\n";
+        assert!(
+            parse_get_head(no_len).unwrap().unwrap().close,
+            "body to EOF"
+        );
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(parse_get_head(chunked), Err(ErrorKind::Protocol));
+        assert_eq!(
+            get_request("h:80", "/tok/t/a.m4s", true),
+            b"GET /tok/t/a.m4s HTTP/1.1\r\nHost: h:80\r\nUser-Agent: edgeplane-load\r\n\
+              Connection: close\r\n\r\n"
+        );
     }
 
     #[test]

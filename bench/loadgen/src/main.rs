@@ -1,6 +1,7 @@
 //! `edgeplane-load`: drive any HTTP/1.1 or HTTPS range server with the bench catalog's objects
 //! and print a JSON report (stdout or `--json FILE`) and a summary line (stderr).
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,7 +15,7 @@ use edgeplane_load::player::DEFAULT_LADDER_KBPS;
 use edgeplane_load::remote::{serve, WorkerOptions};
 use edgeplane_load::{
     generator_cpus, run, run_distributed, Config, Distributed, Live, Object, PlayerConfig,
-    RangeClass, Target, Validation, Workload,
+    RangeClass, SteeringConfig, Target, Validation, Workload,
 };
 
 #[derive(Parser)]
@@ -86,8 +87,9 @@ enum ValidateArg {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// http://host:port[/prefix] or https://…
-    url: String,
+    /// http://host:port[/prefix] or https://… (not with --steering).
+    #[arg(required_unless_present = "steering", conflicts_with = "steering")]
+    url: Option<String>,
     /// Objects: a catalog directory (every regular file in it; the files must be the ones
     /// `edgeplane-load catalog` writes).
     #[arg(long)]
@@ -151,6 +153,35 @@ struct RunArgs {
     /// Viewers join spread over this many seconds.
     #[arg(long, default_value_t = 1.0)]
     ramp_s: f64,
+    /// Steered player (with --viewers): the control service's steering endpoint,
+    /// http://host:port/v1/steering. Each viewer asks it where to play a --title from, fetches
+    /// whole segments from the answer's first location, walks to the next location on an
+    /// error or a timeout, and reloads the answer every --steering-reload seconds.
+    #[arg(long, requires_all = ["viewers", "title"])]
+    steering: Option<String>,
+    /// Steered player: title ids (Zipf by --zipf in this order), comma-separated or repeated.
+    #[arg(long, value_delimiter = ',')]
+    title: Vec<String>,
+    /// Steered player: the client address to ask steering for (default: the connection's).
+    #[arg(long)]
+    client: Option<String>,
+    /// Steered player: seconds between steering reloads (the control service's
+    /// `steering.reload_secs` is 10 by default).
+    #[arg(long, default_value_t = 10.0)]
+    steering_reload: f64,
+    /// Steered player: seconds before a segment request counts as failed (then the next
+    /// location).
+    #[arg(long, default_value_t = 4.0)]
+    segment_timeout: f64,
+    /// Steered player: the catalog JSON (`edgeplane cloud gen-catalog --out`): every segment's
+    /// length and SHA-256 are checked against it.
+    #[arg(long)]
+    expect_catalog: Option<PathBuf>,
+    /// Steered player: each viewer connects from its own loopback address (127.0.1.0 + its
+    /// number) when the servers are on 127.0.0.0/8, so per-client caps and per-prefix tokens
+    /// see one client per viewer, as on a network.
+    #[arg(long)]
+    loopback_sources: bool,
     #[arg(long, value_enum, default_value_t = ValidateArg::Full)]
     validate: ValidateArg,
     /// Seconds before a request counts as a timeout.
@@ -206,7 +237,38 @@ fn catalog_objects(dir: &Path) -> Result<Vec<Object>> {
     Ok(out)
 }
 
+/// Object id → (size, SHA-256) of a catalog JSON file.
+fn expected_objects(path: &Path) -> Result<BTreeMap<String, (u64, String)>> {
+    let text = fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let catalog: edgeplane_api::Catalog =
+        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+    Ok(edgeplane_load::steer::expected_objects(&catalog))
+}
+
 fn run_load(a: RunArgs) -> Result<bool> {
+    if let Some(url) = &a.steering {
+        let expect = match &a.expect_catalog {
+            Some(path) => expected_objects(path)?,
+            None => BTreeMap::new(),
+        };
+        let steering = SteeringConfig {
+            url: url.clone(),
+            client: a.client.clone(),
+            reload_s: a.steering_reload,
+            segment_timeout_s: a.segment_timeout,
+            expect,
+            loopback_sources: a.loopback_sources,
+        };
+        let titles = a
+            .title
+            .iter()
+            .map(|t| Object {
+                name: t.clone(),
+                size: 0,
+            })
+            .collect();
+        return run_player(&a, url, titles, Some(steering));
+    }
     let mut objects = parse_objects(&a.objects)?;
     if let Some(dir) = &a.catalog {
         objects.extend(catalog_objects(dir)?);
@@ -214,17 +276,9 @@ fn run_load(a: RunArgs) -> Result<bool> {
     if objects.is_empty() {
         bail!("no objects: give --catalog DIR or --object NAME:BYTES");
     }
+    let url = a.url.clone().unwrap_or_default();
     let workload = match a.viewers {
-        Some(viewers) => Workload::Player(PlayerConfig {
-            viewers,
-            titles: objects,
-            zipf_s: a.zipf,
-            ladder_kbps: a.ladder.clone(),
-            segment_s: a.segment_s,
-            buffer_target_s: a.buffer_target_s,
-            startup_s: a.startup_s,
-            ramp_s: a.ramp_s,
-        }),
+        Some(_) => return run_player(&a, &url, objects, None),
         None => {
             let class = |name: &str, weight, objects| RangeClass {
                 name: name.to_owned(),
@@ -251,13 +305,37 @@ fn run_load(a: RunArgs) -> Result<bool> {
             Workload::Ranges(classes)
         }
     };
+    execute(&a, &url, workload)
+}
+
+fn run_player(
+    a: &RunArgs,
+    url: &str,
+    titles: Vec<Object>,
+    steering: Option<SteeringConfig>,
+) -> Result<bool> {
+    let workload = Workload::Player(PlayerConfig {
+        viewers: a.viewers.unwrap_or(1),
+        titles,
+        zipf_s: a.zipf,
+        ladder_kbps: a.ladder.clone(),
+        segment_s: a.segment_s,
+        buffer_target_s: a.buffer_target_s,
+        startup_s: a.startup_s,
+        ramp_s: a.ramp_s,
+        steering,
+    });
+    execute(a, url, workload)
+}
+
+fn execute(a: &RunArgs, url: &str, workload: Workload) -> Result<bool> {
     let cpus = if a.cpus.is_empty() {
         generator_cpus(&a.server_cpus)
     } else {
         a.cpus.clone()
     };
     let cfg = Config {
-        target: Target::parse(&a.url)?,
+        target: Target::parse(url)?,
         threads: a.threads.unwrap_or(cpus.len()).max(1),
         cpus,
         connections: a.connections,
@@ -269,8 +347,8 @@ fn run_load(a: RunArgs) -> Result<bool> {
             ValidateArg::Full => Validation::Full,
             ValidateArg::Length => Validation::Length,
         },
-        ca: a.ca,
-        sni: a.sni,
+        ca: a.ca.clone(),
+        sni: a.sni.clone(),
         seed: a.seed,
         max_requests: a.requests,
     };
@@ -292,7 +370,7 @@ fn run_load(a: RunArgs) -> Result<bool> {
         None => print!("{json}"),
     }
     eprintln!("edgeplane-load: {}", report.summary());
-    Ok(report.valid && report.errors_total == 0 && report.requests > 0)
+    Ok(report.succeeded())
 }
 
 fn main() -> ExitCode {

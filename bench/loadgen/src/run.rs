@@ -2,6 +2,7 @@
 //! share of the connections (or viewers); statistics are per task and merged at the end.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -59,6 +60,35 @@ pub struct PlayerConfig {
     pub startup_s: f64,
     /// Viewers join spread over this many seconds.
     pub ramp_s: f64,
+    /// Steered viewers: each asks the control service where to play from and walks the
+    /// answer's locations on failures ([`crate::steered`]); `titles` are then title ids (their
+    /// sizes unused) and the ladder is the answer's renditions.
+    #[serde(default)]
+    pub steering: Option<SteeringConfig>,
+}
+
+/// The steered player's settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SteeringConfig {
+    /// The steering endpoint, `http://host:port/v1/steering`; each viewer adds `?title=T`
+    /// (and `&client=IP` with [`SteeringConfig::client`]).
+    pub url: String,
+    /// The client address to ask for (default: the connection's, as the control service sees
+    /// it).
+    pub client: Option<String>,
+    /// Seconds between steering reloads.
+    pub reload_s: f64,
+    /// Seconds before a segment request counts as failed (then the next location).
+    pub segment_timeout_s: f64,
+    /// Expected objects, id → (size, SHA-256 lowercase hex), from the catalog: every body is
+    /// checked against them (empty: status and length framing only).
+    #[serde(default)]
+    pub expect: BTreeMap<String, (u64, String)>,
+    /// Each viewer connects from its own loopback address (127.0.1.0 + viewer number) when
+    /// the server is on loopback: a bench on one machine then looks like viewers on a network
+    /// (per-client connection caps and per-prefix tokens see one client per viewer).
+    #[serde(default)]
+    pub loopback_sources: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -288,23 +318,23 @@ fn thread_cpu_s() -> f64 {
 
 type Tls = tokio_rustls::TlsConnector;
 
-trait Io: AsyncRead + AsyncWrite + Unpin {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
 
 /// Everything a task needs, shared on its thread.
-struct Ctx {
-    cfg: Config,
+pub(crate) struct Ctx {
+    pub(crate) cfg: Config,
     tls: Option<(Tls, rustls::pki_types::ServerName<'static>)>,
-    start: Instant,
-    deadline: Instant,
-    live: Arc<Live>,
-    classes: usize,
+    pub(crate) start: Instant,
+    pub(crate) deadline: Instant,
+    pub(crate) live: Arc<Live>,
+    pub(crate) classes: usize,
     /// Latencies recorded on this thread since the last flush into `live.latency`.
     recent: RefCell<hdrhistogram::Histogram<u64>>,
 }
 
 impl Ctx {
-    fn record_live(&self, latency_us: u64) {
+    pub(crate) fn record_live(&self, latency_us: u64) {
         self.recent
             .borrow_mut()
             .saturating_record(latency_us.max(1));
@@ -466,7 +496,12 @@ pub fn run_part(
                                     Workload::Ranges(classes) => {
                                         range_task(&ctx, classes, unit, units).await
                                     }
-                                    Workload::Player(p) => viewer_task(&ctx, p, unit).await,
+                                    Workload::Player(p) => match &p.steering {
+                                        Some(s) => {
+                                            crate::steered::viewer_task(&ctx, p, s, unit).await
+                                        }
+                                        None => viewer_task(&ctx, p, unit).await,
+                                    },
                                 }
                             }));
                             j += threads as u64;
@@ -593,12 +628,12 @@ async fn exchange(
     Ok(!head.close)
 }
 
-fn record_bytes(ctx: &Ctx, stats: &mut Stats, n: usize) {
+pub(crate) fn record_bytes(ctx: &Ctx, stats: &mut Stats, n: usize) {
     stats.add_bytes(ctx.start.elapsed().as_secs_f64(), n as u64);
     ctx.live.bytes.fetch_add(n as u64, Ordering::Relaxed);
 }
 
-fn fail(ctx: &Ctx, stats: &mut Stats, kind: ErrorKind) {
+pub(crate) fn fail(ctx: &Ctx, stats: &mut Stats, kind: ErrorKind) {
     stats.error(kind);
     ctx.live.errors.fetch_add(1, Ordering::Relaxed);
 }
@@ -799,6 +834,7 @@ async fn viewer_task(ctx: &Ctx, p: &PlayerConfig, viewer: u64) -> Stats {
         delivered_kbps: playback.delivered_kbps(),
         switches: playback.switches,
         segments,
+        steered: None,
     });
     client.stats
 }

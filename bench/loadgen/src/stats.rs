@@ -1,6 +1,8 @@
 //! Counting and report math: error kinds, latency histograms, the open-loop schedule and its
 //! coordinated-omission correction, the per-second time series, and the JSON report.
 
+use std::collections::BTreeMap;
+
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
@@ -267,6 +269,43 @@ pub struct ViewerStats {
     pub delivered_kbps: f64,
     pub switches: u32,
     pub segments: u64,
+    /// The steered player's walk (None for the plain player).
+    #[serde(default)]
+    pub steered: Option<SteeredStats>,
+}
+
+impl ViewerStats {
+    /// This viewer's stalled share of the time since its playback started.
+    pub fn rebuffer_ratio(&self) -> f64 {
+        let watched = self.played_s + self.stall_s;
+        if watched > 0.0 {
+            self.stall_s / watched
+        } else {
+            0.0
+        }
+    }
+}
+
+/// What one steered viewer did with its steering answers.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SteeredStats {
+    /// Moves to the next location after a failed request.
+    pub failovers: u32,
+    /// Times every location of the answer had failed (the walk restarted at the first).
+    pub exhausted: u32,
+    /// Moves because a reloaded answer ranked another location first.
+    pub steering_moves: u32,
+    /// Steering requests that failed.
+    pub steering_errors: u32,
+    /// Per outage: seconds from the start of the first failed request to the end of the next
+    /// successful segment.
+    pub recover_s: Vec<f64>,
+    /// The last request failed and none succeeded after it before the run ended.
+    pub unrecovered: bool,
+    /// Where the viewer was at the end: an appliance id or `origin`.
+    pub location: Option<String>,
+    /// Body bytes of the segments received, per location.
+    pub location_bytes: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -339,6 +378,91 @@ pub struct PlayerReport {
     pub delivered_kbps_mean: f64,
     pub switches: u64,
     pub segments: u64,
+    /// Steered viewers only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steering: Option<SteeringReport>,
+}
+
+/// The steered player's results across viewers.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SteeringReport {
+    /// Per-viewer rebuffer ratio (stall / (played + stall)): percentiles across viewers.
+    pub rebuffer_ratio_p50: f64,
+    pub rebuffer_ratio_p90: f64,
+    pub rebuffer_ratio_p99: f64,
+    pub rebuffer_ratio_max: f64,
+    /// Viewers with any stall after their start.
+    pub viewers_stalled: u64,
+    /// Viewers that saw at least one failed segment request.
+    pub viewers_with_failures: u64,
+    /// Outages recovered from (a failed request, then a successful segment).
+    pub recoveries: u64,
+    /// Time to recover: from the start of an outage's first failed request to the end of the
+    /// next successful segment.
+    pub recover_p50_s: f64,
+    pub recover_p99_s: f64,
+    pub recover_max_s: f64,
+    /// Viewers that never started playing or were still failing at the end.
+    pub failed_viewers: u64,
+    pub failovers: u64,
+    pub exhausted: u64,
+    pub steering_moves: u64,
+    pub steering_errors: u64,
+    /// Segment body bytes per location (appliance id or `origin`).
+    pub bytes_per_location: BTreeMap<String, u64>,
+    /// Where the viewers were at the end of the run.
+    pub viewers_per_location: BTreeMap<String, u64>,
+}
+
+impl SteeringReport {
+    /// None when no viewer was steered.
+    pub fn of(viewers: &[ViewerStats]) -> Option<SteeringReport> {
+        use crate::steer::percentile;
+        let steered: Vec<(&ViewerStats, &SteeredStats)> = viewers
+            .iter()
+            .filter_map(|v| Some((v, v.steered.as_ref()?)))
+            .collect();
+        if steered.is_empty() {
+            return None;
+        }
+        let ratios: Vec<f64> = steered.iter().map(|(v, _)| v.rebuffer_ratio()).collect();
+        let recover: Vec<f64> = steered
+            .iter()
+            .flat_map(|(_, s)| s.recover_s.iter().copied())
+            .collect();
+        let mut r = SteeringReport {
+            rebuffer_ratio_p50: percentile(&ratios, 0.5),
+            rebuffer_ratio_p90: percentile(&ratios, 0.9),
+            rebuffer_ratio_p99: percentile(&ratios, 0.99),
+            rebuffer_ratio_max: percentile(&ratios, 1.0),
+            viewers_stalled: steered.iter().filter(|(v, _)| v.stall_s > 0.0).count() as u64,
+            viewers_with_failures: steered
+                .iter()
+                .filter(|(_, s)| s.failovers + s.exhausted > 0)
+                .count() as u64,
+            recoveries: recover.len() as u64,
+            recover_p50_s: percentile(&recover, 0.5),
+            recover_p99_s: percentile(&recover, 0.99),
+            recover_max_s: percentile(&recover, 1.0),
+            failed_viewers: steered
+                .iter()
+                .filter(|(v, s)| v.startup_s.is_none() || s.unrecovered)
+                .count() as u64,
+            ..SteeringReport::default()
+        };
+        for (_, s) in &steered {
+            r.failovers += u64::from(s.failovers);
+            r.exhausted += u64::from(s.exhausted);
+            r.steering_moves += u64::from(s.steering_moves);
+            r.steering_errors += u64::from(s.steering_errors);
+            for (loc, bytes) in &s.location_bytes {
+                *r.bytes_per_location.entry(loc.clone()).or_default() += bytes;
+            }
+            let at = s.location.clone().unwrap_or_else(|| "none".to_owned());
+            *r.viewers_per_location.entry(at).or_default() += 1;
+        }
+        Some(r)
+    }
 }
 
 impl PlayerReport {
@@ -381,6 +505,7 @@ impl PlayerReport {
             },
             switches: viewers.iter().map(|v| u64::from(v.switches)).sum(),
             segments: viewers.iter().map(|v| v.segments).sum(),
+            steering: SteeringReport::of(viewers),
         }
     }
 }
@@ -540,6 +665,26 @@ impl Report {
         }
     }
 
+    /// Whether the run went as it should: every response valid and at least one. Steered
+    /// viewers walk away from failing locations, so there connection errors, timeouts and
+    /// error statuses are expected; the run succeeds when no viewer failed (never started, or
+    /// still failing at the end) and no body was wrong.
+    pub fn succeeded(&self) -> bool {
+        if !self.valid || self.requests == 0 {
+            return false;
+        }
+        match self.player.as_ref().and_then(|p| p.steering.as_ref()) {
+            Some(st) => {
+                let wrong = ["protocol", "length", "content"]
+                    .iter()
+                    .map(|k| self.errors.get(*k).and_then(|v| v.as_u64()).unwrap_or(0))
+                    .sum::<u64>();
+                st.failed_viewers == 0 && wrong == 0
+            }
+            None => self.errors_total == 0,
+        }
+    }
+
     /// One line for humans.
     pub fn summary(&self) -> String {
         let mut s = format!(
@@ -582,6 +727,22 @@ impl Report {
                 p.rebuffer_ratio * 100.0,
                 p.delivered_kbps_mean
             );
+            if let Some(st) = &p.steering {
+                s += &format!(
+                    "; steered: rebuffer ratio p50 {:.4} p99 {:.4} max {:.4}, time to recover \
+                     p50 {:.3} s p99 {:.3} s ({} outages), {} failed viewers, bytes per location \
+                     {:?}, viewers at the end {:?}",
+                    st.rebuffer_ratio_p50,
+                    st.rebuffer_ratio_p99,
+                    st.rebuffer_ratio_max,
+                    st.recover_p50_s,
+                    st.recover_p99_s,
+                    st.recoveries,
+                    st.failed_viewers,
+                    st.bytes_per_location,
+                    st.viewers_per_location
+                );
+            }
         }
         s
     }
@@ -722,6 +883,12 @@ mod tests {
             delivered_kbps: 750.0,
             switches: 1,
             segments: 2,
+            steered: Some(SteeredStats {
+                recover_s: vec![0.25],
+                location: Some("ix".into()),
+                location_bytes: BTreeMap::from([("emb".into(), 10), ("ix".into(), 20)]),
+                ..SteeredStats::default()
+            }),
         });
         a.cpu_s = 0.5;
         let json = serde_json::to_string(&a.to_wire()).unwrap();
@@ -754,6 +921,7 @@ mod tests {
             delivered_kbps: kbps,
             switches: 1,
             segments: u64::from(kbps > 0.0) * 5,
+            steered: None,
         };
         let p = PlayerReport::of(&[
             v(Some(0.5), 0.0, 10.0, 3000.0),
@@ -766,5 +934,49 @@ mod tests {
         assert_eq!(p.delivered_kbps_mean, 2000.0);
         assert_eq!(p.startup_max_s, 1.5);
         assert_eq!(p.stalls, 1);
+        assert_eq!(p.steering, None, "no steered viewer");
+    }
+
+    #[test]
+    fn steering_report_aggregates_the_walks() {
+        let v = |stall: f64, steered: SteeredStats, started: bool| ViewerStats {
+            startup_s: started.then_some(0.5),
+            stall_s: stall,
+            stalls: u32::from(stall > 0.0),
+            played_s: 10.0 - stall,
+            delivered_kbps: 100.0,
+            switches: 0,
+            segments: 5,
+            steered: Some(steered),
+        };
+        let walked = |recover: &[f64], at: &str, emb: u64, ix: u64| SteeredStats {
+            failovers: u32::from(!recover.is_empty()),
+            recover_s: recover.to_vec(),
+            location: Some(at.into()),
+            location_bytes: BTreeMap::from([("emb".into(), emb), ("ix".into(), ix)]),
+            ..SteeredStats::default()
+        };
+        let mut stuck = walked(&[], "ix", 0, 0);
+        stuck.failovers = 1;
+        stuck.unrecovered = true;
+        let r = SteeringReport::of(&[
+            v(0.0, walked(&[0.1], "ix", 100, 50), true),
+            v(1.0, walked(&[0.3], "ix", 100, 50), true),
+            v(0.0, walked(&[], "emb", 150, 0), true),
+            v(0.0, stuck, true),
+            v(0.0, walked(&[], "emb", 0, 0), false),
+        ])
+        .unwrap();
+        assert_eq!(r.viewers_stalled, 1);
+        assert_eq!(r.rebuffer_ratio_max, 0.1);
+        assert_eq!(r.rebuffer_ratio_p50, 0.0);
+        assert_eq!(r.recoveries, 2);
+        assert_eq!((r.recover_p50_s, r.recover_max_s), (0.3, 0.3));
+        assert_eq!(r.viewers_with_failures, 3);
+        assert_eq!(r.failed_viewers, 2, "one never started, one still failing");
+        assert_eq!(r.bytes_per_location["emb"], 350);
+        assert_eq!(r.bytes_per_location["ix"], 100);
+        assert_eq!(r.viewers_per_location["ix"], 3);
+        assert_eq!(r.viewers_per_location["emb"], 2);
     }
 }
