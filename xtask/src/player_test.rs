@@ -602,6 +602,16 @@ fn play_until(b: &Browser, until: f64, limit: Duration) -> Result<Page> {
     })
 }
 
+/// `token` with one character of its signature (the last field, 43 base64url characters)
+/// changed so that the MAC's bits differ: a well-formed token with a wrong signature.
+fn tamper_signature(token: &str) -> Result<String> {
+    let mut chars: Vec<char> = token.chars().collect();
+    ensure!(chars.len() > 43, "not a per-title token: {token}");
+    let i = chars.len() - 2;
+    chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
+    Ok(chars.into_iter().collect())
+}
+
 fn host_bytes(p: &Page, a: &Appliance) -> f64 {
     p.bytes.get(&a.http.to_string()).copied().unwrap_or(0.0)
 }
@@ -632,10 +642,10 @@ fn play(
         + emb_base.len();
     let token_end = start + manifest[start..].find('/').unwrap_or(0);
     let token = &manifest[start..token_end];
-    // Flip the signature's last character.
-    let mut bad = token.to_owned();
-    let last = bad.pop().unwrap_or('A');
-    bad.push(if last == 'A' { 'B' } else { 'A' });
+    // Change the signature's second-to-last character. Not the last: of its 6 bits only 4 are
+    // the MAC's, so 'A' -> 'B' there flips a padding bit, which the decoder refuses as
+    // `malformed` (1 token in 16), not as the `bad_signature` this step counts.
+    let bad = tamper_signature(token)?;
     let tampered = manifest.replace(&format!("{emb_base}{token}/"), &format!("{emb_base}{bad}/"));
     let rejects = emb.bad_signatures();
     b.goto(&format!(
@@ -802,4 +812,45 @@ fn check_not_blank(png: &Path) -> Result<()> {
         png.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tamper_signature;
+    use edgeplane_signing::{sign_title, KeySet, Reject, SigningKey};
+
+    /// Every signature's last character carries two padding bits; a tamper there is refused as
+    /// `malformed` one time in 16, which once made the player test flaky. The tamper it uses
+    /// must give `bad_signature` for every token.
+    #[test]
+    fn a_tampered_token_is_always_a_bad_signature() {
+        let keys = KeySet {
+            keys: vec![SigningKey {
+                id: "k1".into(),
+                secret: [7; 32],
+                not_after: u64::MAX,
+            }],
+        };
+        let now = 1_800_000_000;
+        let prefix: ipnet::IpNet = "127.0.0.0/24".parse().unwrap();
+        let client = "127.0.0.1".parse().unwrap();
+        let mut last_chars = std::collections::BTreeSet::new();
+        for exp in now + 1..now + 400 {
+            let token = sign_title(&keys.keys[0], "t0001-", exp, prefix);
+            assert_eq!(
+                keys.verify_title("t0001-180p-0001.m4s", &token, client, now),
+                Ok(())
+            );
+            last_chars.insert(token.chars().last().unwrap());
+            let bad = tamper_signature(&token).unwrap();
+            assert_ne!(bad, token);
+            assert_eq!(
+                keys.verify_title("t0001-180p-0001.m4s", &bad, client, now),
+                Err(Reject::BadSignature),
+                "{token} -> {bad}"
+            );
+        }
+        // The loop saw signatures ending in 'A', the case the old tamper got wrong.
+        assert!(last_chars.contains(&'A'), "{last_chars:?}");
+    }
 }
