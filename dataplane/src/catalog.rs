@@ -188,16 +188,46 @@ impl Base {
     /// Adds `id` unless it is there already (an earlier tier holds it). Returns whether added.
     fn insert(&mut self, id: &str, size: u64, tier: u16) -> bool {
         let hash = self.hasher.hash_one(id);
+        let names = &self.names;
+        let name = |s: &Slot| &names[s.at as usize..s.at as usize + usize::from(s.len)];
+        if self
+            .table
+            .find(hash, |s| name(s) == id.as_bytes())
+            .is_some()
+        {
+            return false;
+        }
+        self.push(hash, id, size, tier)
+    }
+
+    /// Adds `id` found on `tier` during a scan, where tiers arrive in any order and the first
+    /// tier in config order wins: an id already there from a later tier moves to `tier`.
+    fn insert_ranked(&mut self, id: &str, tier: u16) -> Ranked {
+        let hash = self.hasher.hash_one(id);
+        let names = &self.names;
+        let name = |s: &Slot| &names[s.at as usize..s.at as usize + usize::from(s.len)];
+        if let Some(slot) = self.table.find_mut(hash, |s| name(s) == id.as_bytes()) {
+            if slot.tier <= tier {
+                return Ranked::Kept;
+            }
+            let from = std::mem::replace(&mut slot.tier, tier);
+            return Ranked::Moved(from);
+        }
+        if self.push(hash, id, SIZE_UNKNOWN, tier) {
+            Ranked::Added
+        } else {
+            Ranked::Kept
+        }
+    }
+
+    /// Appends `id` (not in the table) to the names and the table.
+    fn push(&mut self, hash: u64, id: &str, size: u64, tier: u16) -> bool {
         let Base {
             names,
             table,
             hasher,
             ..
         } = self;
-        let name = |s: &Slot| &names[s.at as usize..s.at as usize + usize::from(s.len)];
-        if table.find(hash, |s| name(s) == id.as_bytes()).is_some() {
-            return false;
-        }
         let Ok(at) = u32::try_from(names.len()) else {
             tracing::error!("catalog: more than 4 GiB of ids; {id} and later ids left out");
             return false;
@@ -220,31 +250,61 @@ impl Base {
         true
     }
 
+    /// Gives back what a generous capacity hint reserved beyond the ids found.
+    fn shrink(&mut self) {
+        let Base {
+            names,
+            table,
+            hasher,
+            ..
+        } = self;
+        names.shrink_to_fit();
+        let names = &*names;
+        table.shrink_to_fit(|s| {
+            hasher.hash_one(
+                std::str::from_utf8(&names[s.at as usize..s.at as usize + usize::from(s.len)])
+                    .unwrap_or(""),
+            )
+        });
+    }
+
     fn iter(&self) -> impl Iterator<Item = (&str, Entry)> + '_ {
         self.table.iter().map(|s| (self.name(s), Base::entry(s)))
     }
 }
 
-/// One tier's listing: its ids, each followed by a NUL.
-struct Found {
-    names: Vec<u8>,
-    objects: usize,
+/// What [`Base::insert_ranked`] did.
+enum Ranked {
+    Added,
+    /// The id was there from this later tier; it is now served from the new one.
+    Moved(u16),
+    Kept,
 }
 
-impl Found {
-    fn ids(&self) -> impl Iterator<Item = &str> + '_ {
-        self.names
-            .split(|&b| b == 0)
-            .filter(|n| !n.is_empty())
-            .map(|n| std::str::from_utf8(n).unwrap_or(""))
-    }
+/// A lister's message to the scan's builder.
+enum Listed {
+    /// Ids of tier `.0`, each followed by a NUL (about [`NAMES_PER_BATCH`] bytes).
+    Names(usize, Vec<u8>),
+    /// Tier `.0` is listed to its end, or failed.
+    Done(usize, std::io::Result<()>),
 }
 
-/// What one tier's listing found, or why it could not be listed.
-type Listing = std::io::Result<Found>;
+/// Bytes of ids a lister hands over at a time: the builder inserts one batch while the lister
+/// reads the next ones from the kernel.
+const NAMES_PER_BATCH: usize = 256 << 10;
+
+/// Batches in flight between the listers and the builder (bounds the memory between them).
+const BATCHES_IN_FLIGHT: usize = 16;
+
+/// Bytes of directory per object assumed for the table's first capacity (an ext4 entry of a
+/// 15-byte id takes ~35); an over-estimate is given back by [`Base::shrink`].
+const DIR_BYTES_PER_OBJECT: u64 = 32;
 
 impl Catalog {
-    /// Lists every tier directory (in parallel when there are several).
+    /// Lists every tier directory, one thread per tier, while the calling thread builds the
+    /// base from the batches of ids they hand over (listing, mostly the kernel's `getdents64`
+    /// and waits for the disk, and building overlap). A tier that cannot be listed to its end
+    /// is out of service: the base is built again without it.
     pub fn scan(tiers: &[TierConfig], generation: u64) -> Catalog {
         let tiers: Arc<[Tier]> = tiers
             .iter()
@@ -255,62 +315,43 @@ impl Catalog {
             })
             .collect();
         let started = std::time::Instant::now();
-        let listings: Vec<Listing> = if tiers.len() <= 1 {
-            tiers.iter().map(|t| list_tier(&t.path)).collect()
-        } else {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = tiers
-                    .iter()
-                    .map(|t| s.spawn(|| list_tier(&t.path)))
-                    .collect();
-                handles
+        let mut errors: Vec<Option<String>> = vec![None; tiers.len()];
+        loop {
+            let pass = scan_pass(&tiers, &errors);
+            if pass.failed.is_empty() {
+                let mut tier_states: Vec<TierState> = errors
                     .into_iter()
-                    .map(|h| {
-                        h.join()
-                            .unwrap_or_else(|_| Err(std::io::Error::other("scan thread panicked")))
+                    .zip(&pass.objects)
+                    .map(|(error, &objects)| TierState {
+                        objects,
+                        bytes: 0,
+                        error,
                     })
-                    .collect()
-            })
-        };
-        let (objects, name_bytes) = listings
-            .iter()
-            .flatten()
-            .fold((0, 0), |(o, b), f| (o + f.objects, b + f.names.len()));
-        let listed = started.elapsed();
-        let mut base = Base::with_capacity(objects, name_bytes);
-        let mut tier_states = Vec::with_capacity(tiers.len());
-        for (index, (tier, listing)) in tiers.iter().zip(listings).enumerate() {
-            let mut state = TierState::default();
-            match listing {
-                Ok(found) => {
-                    for id in found.ids() {
-                        if base.insert(id, SIZE_UNKNOWN, index as u16) {
-                            state.objects += 1;
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(tier = %tier.name, path = %tier.path.display(), "tier out of service: {e}");
-                    state.error = Some(format!("{}: {e}", tier.path.display()));
-                }
+                    .collect();
+                tier_states.shrink_to_fit();
+                tracing::info!(
+                    generation,
+                    objects = pass.base.table.len(),
+                    listing_ms = pass.listing.as_millis() as u64,
+                    building_ms = pass.building.as_millis() as u64,
+                    total_ms = started.elapsed().as_millis() as u64,
+                    "catalog scanned"
+                );
+                return Catalog {
+                    generation,
+                    tiers,
+                    tier_states,
+                    len: pass.base.table.len(),
+                    base: Arc::new(pass.base),
+                    overlay: imbl::HashMap::new(),
+                    bytes_counted: false,
+                };
             }
-            tier_states.push(state);
-        }
-        tracing::info!(
-            generation,
-            objects = base.table.len(),
-            listing_ms = listed.as_millis() as u64,
-            building_ms = (started.elapsed() - listed).as_millis() as u64,
-            "catalog scanned"
-        );
-        Catalog {
-            generation,
-            tiers,
-            tier_states,
-            len: base.table.len(),
-            base: Arc::new(base),
-            overlay: imbl::HashMap::new(),
-            bytes_counted: false,
+            for (index, e) in pass.failed {
+                let tier = &tiers[index];
+                tracing::error!(tier = %tier.name, path = %tier.path.display(), "tier out of service: {e}");
+                errors[index] = Some(format!("{}: {e}", tier.path.display()));
+            }
         }
     }
 
@@ -500,20 +541,105 @@ impl Catalog {
 /// Bytes of directory entries read per `getdents64` call: about 30 000 entries of short ids.
 const LIST_BATCH: usize = 1 << 20;
 
-/// Lists one tier directory: regular files with valid ids, packed (no allocation per object).
-/// Reads the directory in [`LIST_BATCH`] batches and takes each entry's type from `d_type`, so
-/// it `stat`s nothing (only an entry whose file system leaves `d_type` unknown is `lstat`ed).
-fn list_tier(path: &Path) -> Listing {
+/// One pass of [`Catalog::scan`] over the tiers without an error.
+struct Pass {
+    base: Base,
+    /// Objects served from each tier.
+    objects: Vec<u64>,
+    /// Tiers whose listing failed (their ids may be in `base`: the scan makes another pass).
+    failed: Vec<(usize, std::io::Error)>,
+    /// Until the last lister finished.
+    listing: std::time::Duration,
+    /// Spent inserting (overlapping the listing).
+    building: std::time::Duration,
+}
+
+fn scan_pass(tiers: &[Tier], errors: &[Option<String>]) -> Pass {
+    let started = std::time::Instant::now();
+    let live: Vec<usize> = (0..tiers.len()).filter(|&i| errors[i].is_none()).collect();
+    let hint: u64 = live
+        .iter()
+        .filter_map(|&i| std::fs::metadata(&tiers[i].path).ok())
+        .map(|m| m.len() / DIR_BYTES_PER_OBJECT)
+        .sum();
+    let mut pass = Pass {
+        base: Base::with_capacity(
+            usize::try_from(hint).unwrap_or(0).min(1 << 30),
+            usize::try_from(hint * 16)
+                .unwrap_or(0)
+                .min(u32::MAX as usize),
+        ),
+        objects: vec![0; tiers.len()],
+        failed: Vec::new(),
+        listing: std::time::Duration::ZERO,
+        building: std::time::Duration::ZERO,
+    };
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Listed>(BATCHES_IN_FLIGHT);
+    std::thread::scope(|s| {
+        for &index in &live {
+            let tx = tx.clone();
+            let path = &tiers[index].path;
+            let spawned = std::thread::Builder::new()
+                .name("edgeplane-scan".into())
+                .spawn_scoped(s, move || {
+                    let r = list_tier(path, |names| tx.send(Listed::Names(index, names)).is_ok());
+                    let _ = tx.send(Listed::Done(index, r));
+                });
+            if let Err(e) = spawned {
+                pass.failed.push((index, e));
+            }
+        }
+        drop(tx);
+        let mut listing = live.len();
+        for msg in rx {
+            match msg {
+                Listed::Names(index, names) => {
+                    let t = std::time::Instant::now();
+                    for id in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+                        let id = std::str::from_utf8(id).unwrap_or("");
+                        match pass.base.insert_ranked(id, index as u16) {
+                            Ranked::Added => pass.objects[index] += 1,
+                            Ranked::Moved(from) => {
+                                pass.objects[usize::from(from)] -= 1;
+                                pass.objects[index] += 1;
+                            }
+                            Ranked::Kept => {}
+                        }
+                    }
+                    pass.building += t.elapsed();
+                }
+                Listed::Done(index, r) => {
+                    listing -= 1;
+                    if listing == 0 {
+                        pass.listing = started.elapsed();
+                    }
+                    if let Err(e) = r {
+                        pass.failed.push((index, e));
+                    }
+                }
+            }
+        }
+    });
+    let t = std::time::Instant::now();
+    pass.base.shrink();
+    pass.building += t.elapsed();
+    pass
+}
+
+/// Lists one tier directory: regular files with valid ids, handed to `emit` in batches of
+/// about [`NAMES_PER_BATCH`] bytes, each id followed by a NUL (no allocation per object). Reads
+/// the directory in [`LIST_BATCH`] batches and takes each entry's type from `d_type`, so it
+/// `stat`s nothing (only an entry whose file system leaves `d_type` unknown is `lstat`ed).
+/// Stops early, without error, when `emit` returns false (nobody is listening any more).
+fn list_tier(path: &Path, mut emit: impl FnMut(Vec<u8>) -> bool) -> std::io::Result<()> {
     use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
     let dir = rustix::fs::open(
         path,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    let mut found = Found {
-        names: Vec::new(),
-        objects: 0,
-    };
+    let mut names: Vec<u8> = Vec::with_capacity(NAMES_PER_BATCH + 256);
+    let mut total = 0usize;
     let mut buf: Vec<u8> = Vec::with_capacity(LIST_BATCH);
     let mut entries = RawDir::new(&dir, buf.spare_capacity_mut());
     while let Some(entry) = entries.next() {
@@ -536,14 +662,25 @@ fn list_tier(path: &Path) -> Listing {
         if !regular {
             continue;
         }
-        if found.names.len() + name.len() >= u32::MAX as usize {
+        total += name.len() + 1;
+        if total >= u32::MAX as usize {
             return Err(std::io::Error::other("more than 4 GiB of ids in one tier"));
         }
-        found.names.extend_from_slice(name.as_bytes());
-        found.names.push(0);
-        found.objects += 1;
+        names.extend_from_slice(name.as_bytes());
+        names.push(0);
+        if names.len() >= NAMES_PER_BATCH
+            && !emit(std::mem::replace(
+                &mut names,
+                Vec::with_capacity(NAMES_PER_BATCH + 256),
+            ))
+        {
+            return Ok(());
+        }
     }
-    Ok(found)
+    if !names.is_empty() {
+        emit(names);
+    }
+    Ok(())
 }
 
 /// The catalog shared by every executor: rescanned whole on reload, changed name by name by the
@@ -895,6 +1032,48 @@ mod tests {
             kind,
             path: path.to_path_buf(),
             numa_node: None,
+        }
+    }
+
+    /// Listers hand ids over in batches while the base is built, in whatever order the tiers'
+    /// batches arrive: the first tier in config order still wins every duplicate, the counts
+    /// add up, and a tier that cannot be listed is out of service without losing the others.
+    #[test]
+    fn a_scan_over_many_batches_keeps_tier_order_and_counts() {
+        let flash = tempfile::tempdir().unwrap();
+        let hdd = tempfile::tempdir().unwrap();
+        // 40,000 ids of ~20 bytes: several NAMES_PER_BATCH batches per tier.
+        let n = 40_000usize;
+        assert!(n * 20 > 2 * NAMES_PER_BATCH);
+        for i in 0..n {
+            let id = format!("title-{i:08}.m4s");
+            // Flash holds the even ids, storage every id: the even ones twice.
+            if i % 2 == 0 {
+                std::fs::File::create(flash.path().join(&id)).unwrap();
+            }
+            std::fs::File::create(hdd.path().join(&id)).unwrap();
+        }
+        let gone = flash.path().join("no-such-tier");
+        for _ in 0..3 {
+            let cat = Catalog::scan(
+                &[
+                    tier("lost", TierKind::Flash, &gone),
+                    tier("nvme", TierKind::Flash, flash.path()),
+                    tier("hdd", TierKind::Storage, hdd.path()),
+                ],
+                2,
+            );
+            assert_eq!(cat.len(), n);
+            assert!(cat.tier_states[0].error.is_some(), "{:?}", cat.tier_states);
+            assert_eq!(cat.tier_states[0].objects, 0);
+            assert_eq!(cat.tier_states[1].objects, (n / 2) as u64);
+            assert_eq!(cat.tier_states[2].objects, (n / 2) as u64);
+            for i in [0, 1, 2, 3, n - 2, n - 1, n / 2, n / 2 + 1] {
+                let e = cat.get(&format!("title-{i:08}.m4s")).unwrap();
+                assert_eq!(usize::from(e.tier), if i % 2 == 0 { 1 } else { 2 }, "{i}");
+            }
+            assert_eq!(cat.ids(1).len(), n / 2);
+            assert_eq!(cat.ids(2).len(), n / 2);
         }
     }
 

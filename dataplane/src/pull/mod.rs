@@ -473,6 +473,9 @@ impl Puller {
     /// A fetch thread: takes slice jobs until the process stops; between jobs, drops partial
     /// objects nobody wants any more.
     fn worker(self: Arc<Self>) {
+        // Like the cold-read threads: a fetch thread that shares a CPU with an executor must not
+        // preempt it each time upstream bytes arrive (hits would wait behind a miss storm).
+        crate::runtime::sys::lower_thread_priority();
         loop {
             let job = {
                 let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());

@@ -276,7 +276,7 @@ pub(crate) fn lower_thread_priority() {
         };
         if rc != 0 {
             tracing::debug!(
-                "cold read: cannot lower the thread's priority: {}",
+                "cannot lower this thread's priority: {}",
                 io::Error::last_os_error()
             );
         }
