@@ -576,21 +576,26 @@ fn scan_pass(tiers: &[Tier], errors: &[Option<String>]) -> Pass {
     };
     let (tx, rx) = std::sync::mpsc::sync_channel::<Listed>(BATCHES_IN_FLIGHT);
     std::thread::scope(|s| {
+        let mut listing = 0usize;
         for &index in &live {
-            let tx = tx.clone();
             let path = &tiers[index].path;
-            let spawned = std::thread::Builder::new()
-                .name("edgeplane-scan".into())
-                .spawn_scoped(s, move || {
-                    let r = list_tier(path, |names| tx.send(Listed::Names(index, names)).is_ok());
-                    let _ = tx.send(Listed::Done(index, r));
-                });
-            if let Err(e) = spawned {
-                pass.failed.push((index, e));
+            for range in hash_ranges(path) {
+                let tx = tx.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("edgeplane-scan".into())
+                    .spawn_scoped(s, move || {
+                        let r = list_tier(path, range, |names| {
+                            tx.send(Listed::Names(index, names)).is_ok()
+                        });
+                        let _ = tx.send(Listed::Done(index, r));
+                    });
+                match spawned {
+                    Ok(_) => listing += 1,
+                    Err(e) => pass.failed.push((index, e)),
+                }
             }
         }
         drop(tx);
-        let mut listing = live.len();
         for msg in rx {
             match msg {
                 Listed::Names(index, names) => {
@@ -614,7 +619,9 @@ fn scan_pass(tiers: &[Tier], errors: &[Option<String>]) -> Pass {
                         pass.listing = started.elapsed();
                     }
                     if let Err(e) = r {
-                        pass.failed.push((index, e));
+                        if pass.failed.iter().all(|(i, _)| *i != index) {
+                            pass.failed.push((index, e));
+                        }
                     }
                 }
             }
@@ -626,24 +633,98 @@ fn scan_pass(tiers: &[Tier], errors: &[Option<String>]) -> Pass {
     pass
 }
 
+/// Listers per hash-indexed directory (see [`hash_ranges`]): reads of a cold directory's blocks
+/// wait for the disk one at a time per reader, so several readers keep several reads in flight.
+const HASH_LISTERS: u64 = 4;
+
+/// Below this many bytes of directory (~256 k objects) one lister is enough.
+const HASH_LISTING_MIN_BYTES: u64 = 8 << 20;
+
+/// How to split the listing of the directory at `path` between threads: parts of its position
+/// space, `[start, end)`. A hash-indexed ext4 directory (`FS_INDEX_FL`) returns its entries in
+/// hash order, and a position (`lseek`, `d_off`) is a hash: readers that each seek to their part
+/// of the space read disjoint sets of entries in parallel. Anything else (other file systems,
+/// small or linear directories) is read by one lister from the start: `[(0, u64::MAX)]`.
+fn hash_ranges(path: &Path) -> Vec<(u64, u64)> {
+    hash_ranges_from(path, HASH_LISTING_MIN_BYTES)
+}
+
+/// [`hash_ranges`] for directories of at least `min_bytes`.
+fn hash_ranges_from(path: &Path, min_bytes: u64) -> Vec<(u64, u64)> {
+    use rustix::fs::{Mode, OFlags, SeekFrom};
+    const EXT4_SUPER_MAGIC: i64 = 0xEF53;
+    const FS_INDEX_FL: u32 = 0x1000;
+    let whole = vec![(0, u64::MAX)];
+    let Ok(dir) = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return whole;
+    };
+    // `f_type`'s integer type differs between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    let indexed = rustix::fs::fstatfs(&dir).is_ok_and(|st| st.f_type as i64 == EXT4_SUPER_MAGIC)
+        && rustix::fs::fstat(&dir).is_ok_and(|st| st.st_size as u64 >= min_bytes)
+        && rustix::fs::ioctl_getflags(&dir).is_ok_and(|f| f.bits() & FS_INDEX_FL != 0);
+    if !indexed {
+        return whole;
+    }
+    // The end of a hash-indexed directory is the top of its position space (2^63 - 1 for a
+    // 64-bit reader, 2^31 - 1 for a 32-bit one).
+    let Ok(eof) = rustix::fs::seek(&dir, SeekFrom::End(0)) else {
+        return whole;
+    };
+    if eof < HASH_LISTERS {
+        return whole;
+    }
+    let step = eof / HASH_LISTERS;
+    (0..HASH_LISTERS)
+        .map(|i| {
+            let end = if i + 1 == HASH_LISTERS {
+                u64::MAX
+            } else {
+                (i + 1) * step
+            };
+            (i * step, end)
+        })
+        .collect()
+}
+
 /// Lists one tier directory: regular files with valid ids, handed to `emit` in batches of
 /// about [`NAMES_PER_BATCH`] bytes, each id followed by a NUL (no allocation per object). Reads
 /// the directory in [`LIST_BATCH`] batches and takes each entry's type from `d_type`, so it
 /// `stat`s nothing (only an entry whose file system leaves `d_type` unknown is `lstat`ed).
 /// Stops early, without error, when `emit` returns false (nobody is listening any more).
-fn list_tier(path: &Path, mut emit: impl FnMut(Vec<u8>) -> bool) -> std::io::Result<()> {
-    use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
+/// `range` is the part of the directory's position space to read ([`hash_ranges`]): from its
+/// start, the entries before the first whose position is at or past its end.
+fn list_tier(
+    path: &Path,
+    (start, end): (u64, u64),
+    mut emit: impl FnMut(Vec<u8>) -> bool,
+) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, SeekFrom};
     let dir = rustix::fs::open(
         path,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
+    if start > 0 {
+        rustix::fs::seek(&dir, SeekFrom::Start(start))?;
+    }
+    // The position of the next entry: the previous entry's `d_off` (the first one read is at
+    // or after `start`).
+    let mut at = start;
     let mut names: Vec<u8> = Vec::with_capacity(NAMES_PER_BATCH + 256);
     let mut total = 0usize;
     let mut buf: Vec<u8> = Vec::with_capacity(LIST_BATCH);
     let mut entries = RawDir::new(&dir, buf.spare_capacity_mut());
     while let Some(entry) = entries.next() {
         let entry = entry?;
+        if at >= end {
+            break;
+        }
+        at = entry.next_entry_cookie();
         let Ok(name) = entry.file_name().to_str() else {
             continue;
         };
@@ -1075,6 +1156,59 @@ mod tests {
             assert_eq!(cat.ids(1).len(), n / 2);
             assert_eq!(cat.ids(2).len(), n / 2);
         }
+    }
+
+    /// A hash-indexed ext4 directory read by several listers, each from its part of the hash
+    /// space, gives exactly what one lister reading from the start gives.
+    #[test]
+    fn listing_an_ext4_directory_in_hash_ranges_finds_every_id_once() {
+        // On the repository's file system (the tests' temporary directories may be tmpfs).
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp");
+        std::fs::create_dir_all(&root).unwrap();
+        let dir = tempfile::tempdir_in(&root).unwrap();
+        let n = 30_000usize;
+        for i in 0..n {
+            std::fs::File::create(dir.path().join(format!("seg-{i:06}.m4s"))).unwrap();
+        }
+        let ranges = hash_ranges_from(dir.path(), 0);
+        #[allow(clippy::unnecessary_cast)]
+        let is_ext4 = rustix::fs::statfs(dir.path()).is_ok_and(|st| st.f_type as i64 == 0xEF53);
+        assert_eq!(
+            ranges.len() > 1,
+            is_ext4,
+            "split only an indexed ext4 directory: {ranges:?}"
+        );
+        let list = |range| {
+            let mut ids = Vec::new();
+            list_tier(dir.path(), range, |names| {
+                ids.extend(
+                    names
+                        .split(|&b| b == 0)
+                        .filter(|n| !n.is_empty())
+                        .map(|n| String::from_utf8(n.to_vec()).unwrap()),
+                );
+                true
+            })
+            .unwrap();
+            ids
+        };
+        let mut whole = list((0, u64::MAX));
+        whole.sort();
+        assert_eq!(whole.len(), n);
+        let mut parts: Vec<String> = Vec::new();
+        for &range in &ranges {
+            let part = list(range);
+            if ranges.len() > 1 {
+                assert!(
+                    part.len() > n / 10 && part.len() < n / 2,
+                    "{range:?}: {} ids",
+                    part.len()
+                );
+            }
+            parts.extend(part);
+        }
+        parts.sort();
+        assert_eq!(parts, whole);
     }
 
     #[test]
