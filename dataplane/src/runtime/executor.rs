@@ -138,6 +138,12 @@ async fn accept_loop(
             drop(stream);
             continue;
         }
+        // Responses end with a partial segment (a head, then a body that is rarely a multiple of
+        // the MSS): with Nagle's algorithm that last segment would wait for the client to
+        // acknowledge the rest first. Heads go out with MSG_MORE, so nothing is sent early.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(core = core.index, "TCP_NODELAY: {e}");
+        }
         let c = core.clone();
         match core.shared.limits.acquire(peer) {
             Ok(guard) => {
