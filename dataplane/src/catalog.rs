@@ -99,6 +99,10 @@ pub struct Catalog {
     len: usize,
     /// Whether [`TierState::bytes`] are counted (the size count after a scan is done).
     bytes_counted: bool,
+    /// The change feed's sequence number of the last change this snapshot holds
+    /// ([`SharedCatalog::changes`]): a listing of this snapshot followed by the feed from this
+    /// number on misses nothing.
+    pub seq: u64,
 }
 
 /// The packed bulk of a catalog: ids back to back in one buffer (each followed by a NUL), and
@@ -311,6 +315,7 @@ impl Catalog {
             base: Arc::new(base),
             overlay: imbl::HashMap::new(),
             bytes_counted: false,
+            seq: 0,
         }
     }
 
@@ -442,11 +447,12 @@ impl Catalog {
     }
 
     /// Re-checks `id` on the tiers (first in service holding it as a regular file wins) and
-    /// updates this snapshot to match. Returns whether the entry changed. O(tiers) `lstat`s and
-    /// one persistent-map update, whatever the catalog's size.
-    fn refresh_one(&mut self, id: &str, stamp: u32) -> bool {
+    /// updates this snapshot to match. Returns the change for the feed when the entry changed
+    /// (added, replaced, moved to another tier, or removed). O(tiers) `lstat`s and one
+    /// persistent-map update, whatever the catalog's size.
+    fn refresh_one(&mut self, id: &str, stamp: u32) -> Option<FeedEntry> {
         if !crate::content_id::is_valid(id) {
-            return false;
+            return None;
         }
         let found = self
             .tiers
@@ -493,7 +499,19 @@ impl Catalog {
                 state.bytes += new.size;
             }
         }
-        old.is_some() || found.is_some()
+        match (old, found) {
+            (_, Some(new)) => Some(FeedEntry {
+                id: id.into(),
+                tier: new.tier,
+                removed: false,
+            }),
+            (Some(old), None) => Some(FeedEntry {
+                id: id.into(),
+                tier: old.tier,
+                removed: true,
+            }),
+            (None, None) => None,
+        }
     }
 }
 
@@ -546,6 +564,149 @@ fn list_tier(path: &Path) -> Listing {
     Ok(found)
 }
 
+/// Changes the feed keeps ([`SharedCatalog::changes`]): the ring's capacity. About 50 bytes a
+/// change (the id, its tier, a flag) once filled, so at most ~3 MiB; it grows as changes come
+/// and is emptied by a rescan. A client that falls further behind lists the catalog again.
+pub const FEED_CAPACITY: usize = 65_536;
+
+/// One change in the feed, as the ring stores it (its sequence number is its place).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FeedEntry {
+    id: Box<str>,
+    /// The tier serving the id after the change, or (removed) the one it was served from.
+    tier: u16,
+    removed: bool,
+}
+
+/// A change as [`SharedCatalog::changes`] answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Its sequence number (increasing by one per change within an epoch).
+    pub seq: u64,
+    /// The content id.
+    pub id: String,
+    /// Index into [`Catalog::tiers`]: the tier serving the id since this change, or, when
+    /// `removed`, the one it was served from.
+    pub tier: u16,
+    /// The id left the catalog (else it was added, replaced, or moved to `tier`).
+    pub removed: bool,
+}
+
+/// What the feed answers for `since` ([`SharedCatalog::changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// This process's feed: sequence numbers from another epoch mean nothing here.
+    pub epoch: String,
+    /// `since` cannot be followed (older than the ring, before a rescan, from the future or
+    /// from another epoch): list the catalog in full, then follow from `latest` (or from the
+    /// listing's own [`Catalog::seq`]).
+    pub reset: bool,
+    /// The changes after `since`, in order (empty on reset).
+    pub changes: Vec<Change>,
+    /// The number to ask from next: the last change answered, else `since` (on reset:
+    /// `latest`).
+    pub seq: u64,
+    /// The newest change's number.
+    pub latest: u64,
+}
+
+/// The change feed: a bounded ring of the latest changes, numbered within the process's epoch.
+#[derive(Debug)]
+struct Feed {
+    epoch: String,
+    /// Number of the newest change (0: none since start).
+    latest: u64,
+    /// Number of `ring[0]`.
+    first: u64,
+    /// Number of the last rescan: changes before it cannot be followed past it.
+    rescanned_at: u64,
+    ring: std::collections::VecDeque<FeedEntry>,
+    capacity: usize,
+}
+
+impl Feed {
+    fn new(capacity: usize) -> Feed {
+        Feed {
+            epoch: new_epoch(),
+            latest: 0,
+            first: 1,
+            rescanned_at: 0,
+            ring: std::collections::VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn push(&mut self, entry: FeedEntry) {
+        if self.ring.len() == self.capacity {
+            self.ring.pop_front();
+            self.first += 1;
+        }
+        self.ring.push_back(entry);
+        self.latest += 1;
+    }
+
+    /// A rescan: the catalog may differ from the last listing in any way, so every earlier
+    /// number resets.
+    fn rescanned(&mut self) {
+        self.latest += 1;
+        self.rescanned_at = self.latest;
+        self.ring = std::collections::VecDeque::new();
+        self.first = self.latest + 1;
+    }
+
+    fn after(&self, since: u64, epoch: Option<&str>, limit: usize) -> Changes {
+        let reset = epoch.is_some_and(|e| e != self.epoch)
+            || since < self.rescanned_at
+            || since > self.latest
+            || since + 1 < self.first;
+        let mut out = Changes {
+            epoch: self.epoch.clone(),
+            reset,
+            changes: Vec::new(),
+            seq: if reset { self.latest } else { since },
+            latest: self.latest,
+        };
+        if !reset {
+            let skip = (since + 1 - self.first) as usize;
+            out.changes = self
+                .ring
+                .iter()
+                .skip(skip)
+                .take(limit)
+                .zip(since + 1..)
+                .map(|(e, seq)| Change {
+                    seq,
+                    id: e.id.to_string(),
+                    tier: e.tier,
+                    removed: e.removed,
+                })
+                .collect();
+            out.seq = out.changes.last().map_or(since, |c| c.seq);
+        }
+        out
+    }
+}
+
+/// A fresh epoch for the change feed: 16 hex digits from the kernel's random source (the
+/// clock and pid if that cannot be read), so a restarted data plane never continues an old
+/// sequence.
+fn new_epoch() -> String {
+    let mut bytes = [0u8; 8];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .is_ok();
+    let n = if random {
+        u64::from_le_bytes(bytes)
+    } else {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        nanos ^ (u64::from(std::process::id()) << 32)
+    };
+    format!("{n:016x}")
+}
+
 /// The catalog shared by every executor: rescanned whole on reload, changed name by name by the
 /// watcher.
 #[derive(Debug)]
@@ -558,6 +719,9 @@ pub struct SharedCatalog {
     writer: Mutex<()>,
     /// The size-count thread, woken after each rescan.
     sizer: OnceLock<std::thread::Thread>,
+    /// The change feed (`GET /catalog/changes`); written under `writer`, read by the admin
+    /// thread.
+    feed: Mutex<Feed>,
 }
 
 impl SharedCatalog {
@@ -571,7 +735,24 @@ impl SharedCatalog {
             next_stamp: AtomicU32::new(1),
             writer: Mutex::new(()),
             sizer: OnceLock::new(),
+            feed: Mutex::new(Feed::new(FEED_CAPACITY)),
         }
+    }
+
+    /// The changes after `since` (at most `limit`), or a reset: see [`Changes`]. `epoch`, when
+    /// given, must be this process's ([`SharedCatalog::epoch`]). Cost: O(limit), whatever the
+    /// catalog's size.
+    pub fn changes(&self, since: u64, epoch: Option<&str>, limit: usize) -> Changes {
+        self.feed().after(since, epoch, limit)
+    }
+
+    /// The change feed's epoch (fixed for the life of the process).
+    pub fn epoch(&self) -> String {
+        self.feed().epoch.clone()
+    }
+
+    fn feed(&self) -> std::sync::MutexGuard<'_, Feed> {
+        self.feed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Starts the thread that counts the sizes of what each scan found (thread
@@ -631,40 +812,63 @@ impl SharedCatalog {
                 })
                 .collect();
             drop(snapshot);
-            // Through the id buffer in order (resumable by offset), 1024 ids a batch.
+            // Through the id buffer in order (resumable by offset), 1024 ids a batch. The base
+            // is held only to copy a batch's ids out and to store its sizes, never across the
+            // `stat`s (which may wait on the disk, and at nice 19 on a loaded machine may wait
+            // seconds for a CPU): a rescan meanwhile frees the base it replaces at once.
             let mut at = 0usize;
+            let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
+            let mut todo: Vec<(u16, usize)> = Vec::with_capacity(1024);
+            let mut sizes: Vec<u64> = Vec::with_capacity(1024);
             loop {
                 if self.current.load().generation != generation {
                     return;
                 }
-                let Some(base) = weak.upgrade() else { return };
-                if at >= base.names.len() {
-                    break;
-                }
-                for _ in 0..1024 {
-                    let Ok(offset) = u32::try_from(at) else { break };
+                batch.clear();
+                todo.clear();
+                {
+                    let Some(base) = weak.upgrade() else { return };
                     if at >= base.names.len() {
                         break;
                     }
-                    let id = base.name_at(offset);
-                    at += id.len() + 1;
-                    let hash = base.hasher.hash_one(id);
-                    let Some(slot) = base.table.find(hash, |s| base.name(s) == id) else {
+                    for _ in 0..1024 {
+                        let Ok(offset) = u32::try_from(at) else { break };
+                        if at >= base.names.len() {
+                            break;
+                        }
+                        let id = base.name_at(offset);
+                        at += id.len() + 1;
+                        let hash = base.hasher.hash_one(id);
+                        let Some(slot) = base.table.find(hash, |s| base.name(s) == id) else {
+                            continue;
+                        };
+                        if slot.size.load(Ordering::Relaxed) != SIZE_UNKNOWN {
+                            continue;
+                        }
+                        todo.push((slot.tier, batch.len()));
+                        batch.extend_from_slice(base.c_name(slot).to_bytes_with_nul());
+                    }
+                }
+                // Gone since the scan (a change removes it) or not a file any more: 0.
+                sizes.clear();
+                sizes.extend(todo.iter().map(|&(tier, from)| {
+                    let name =
+                        std::ffi::CStr::from_bytes_until_nul(&batch[from..]).unwrap_or_default();
+                    dirs[usize::from(tier)].as_ref().map_or(0, |dir| {
+                        rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                            .map_or(0, |st| st.st_size as u64)
+                    })
+                }));
+                let Some(base) = weak.upgrade() else { return };
+                for (&(_, from), &size) in todo.iter().zip(&sizes) {
+                    let Ok(name) = std::ffi::CStr::from_bytes_until_nul(&batch[from..]) else {
                         continue;
                     };
-                    if slot.size.load(Ordering::Relaxed) != SIZE_UNKNOWN {
-                        continue;
+                    let id = name.to_str().unwrap_or("");
+                    let hash = base.hasher.hash_one(id);
+                    if let Some(slot) = base.table.find(hash, |s| base.name(s) == id) {
+                        slot.size.store(size, Ordering::Relaxed);
                     }
-                    // Gone since the scan (a change removes it) or not a file any more: 0.
-                    let size = dirs[usize::from(slot.tier)].as_ref().map_or(0, |dir| {
-                        rustix::fs::statat(
-                            dir,
-                            base.c_name(slot),
-                            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-                        )
-                        .map_or(0, |st| st.st_size as u64)
-                    });
-                    slot.size.store(size, Ordering::Relaxed);
                 }
             }
             let Some(base) = weak.upgrade() else { return };
@@ -710,8 +914,15 @@ impl SharedCatalog {
     pub fn reload(&self) -> Arc<Catalog> {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let next = Arc::new(Catalog::scan(&self.tiers.load(), generation));
-        self.current.store(next.clone());
+        let mut next = Catalog::scan(&self.tiers.load(), generation);
+        let next = {
+            let mut feed = self.feed();
+            feed.rescanned();
+            next.seq = feed.latest;
+            let next = Arc::new(next);
+            self.current.store(next.clone());
+            next
+        };
         give_back_freed_memory();
         if let Some(sizer) = self.sizer.get() {
             sizer.unpark();
@@ -727,17 +938,26 @@ impl SharedCatalog {
     pub fn refresh<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> usize {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = Catalog::clone(&self.current.load());
-        let mut changed = 0;
+        let mut changes = Vec::new();
         for name in names {
             let stamp = self.next_stamp.fetch_add(1, Ordering::Relaxed).max(1);
-            changed += usize::from(next.refresh_one(name, stamp));
+            changes.extend(next.refresh_one(name, stamp));
         }
+        let changed = changes.len();
         if changed > 0 {
             let merged = next.merge_due();
             if merged {
                 next.merge();
             }
-            self.current.store(Arc::new(next));
+            {
+                // Numbered and published together: a snapshot's `seq` covers its changes.
+                let mut feed = self.feed();
+                for change in changes {
+                    feed.push(change);
+                }
+                next.seq = feed.latest;
+                self.current.store(Arc::new(next));
+            }
             if merged {
                 give_back_freed_memory();
             }
@@ -1193,5 +1413,92 @@ mod tests {
         assert_eq!(first.len(), 10);
         assert!(first.get("old-3.ts").is_some());
         assert_eq!(mid.len(), 109);
+    }
+
+    #[test]
+    fn the_feed_numbers_changes_and_resets_after_a_rescan_or_when_too_old() {
+        let flash = tempfile::tempdir().unwrap();
+        let hdd = tempfile::tempdir().unwrap();
+        std::fs::write(hdd.path().join("old.ts"), b"o").unwrap();
+        let shared = SharedCatalog::new(vec![
+            tier("nvme", TierKind::Flash, flash.path()),
+            tier("hdd", TierKind::Storage, hdd.path()),
+        ]);
+        let epoch = shared.epoch();
+        assert_eq!(epoch.len(), 16);
+        let start = shared.snapshot().seq;
+        let nothing = shared.changes(start, Some(&epoch), 100);
+        assert!(!nothing.reset && nothing.changes.is_empty());
+        assert_eq!((nothing.seq, nothing.latest), (start, start));
+
+        // Added on flash, moved (a flash copy of a storage object), removed; a name that
+        // changes nothing is not a change.
+        std::fs::write(flash.path().join("a.ts"), b"a").unwrap();
+        std::fs::write(flash.path().join("old.ts"), b"flash").unwrap();
+        shared.refresh(["a.ts", "old.ts", "none.ts"]);
+        std::fs::remove_file(flash.path().join("a.ts")).unwrap();
+        shared.refresh(["a.ts"]);
+        let got = shared.changes(start, Some(&epoch), 100);
+        assert!(!got.reset);
+        let seen: Vec<(u64, &str, u16, bool)> = got
+            .changes
+            .iter()
+            .map(|c| (c.seq, c.id.as_str(), c.tier, c.removed))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (start + 1, "a.ts", 0, false),
+                (start + 2, "old.ts", 0, false),
+                (start + 3, "a.ts", 0, true)
+            ]
+        );
+        assert_eq!((got.seq, got.latest), (start + 3, start + 3));
+        assert_eq!(
+            shared.snapshot().seq,
+            start + 3,
+            "the snapshot covers its changes"
+        );
+        // Paged by limit, from any point.
+        let page = shared.changes(start + 1, None, 1);
+        assert_eq!(page.changes.len(), 1);
+        assert_eq!((page.changes[0].seq, page.seq), (start + 2, start + 2));
+        // Another epoch, or a number from the future: reset.
+        assert!(shared.changes(start, Some("0123456789abcdef"), 100).reset);
+        assert!(shared.changes(start + 4, Some(&epoch), 100).reset);
+
+        // A rescan resets every earlier number; after it, changes follow again.
+        let rescanned = shared.reload();
+        let r = shared.changes(start + 3, Some(&epoch), 100);
+        assert!(r.reset && r.changes.is_empty());
+        assert_eq!(r.seq, rescanned.seq);
+        assert_eq!(r.latest, rescanned.seq);
+        std::fs::write(flash.path().join("b.ts"), b"b").unwrap();
+        shared.refresh(["b.ts"]);
+        let after = shared.changes(rescanned.seq, Some(&epoch), 100);
+        assert!(!after.reset);
+        assert_eq!(after.changes.len(), 1);
+        assert_eq!(after.changes[0].id, "b.ts");
+
+        // Further behind than the ring holds: reset.
+        let mut feed = Feed::new(2);
+        for id in ["x", "y", "z"] {
+            feed.push(FeedEntry {
+                id: id.into(),
+                tier: 0,
+                removed: false,
+            });
+        }
+        assert!(feed.after(0, None, 10).reset, "x fell out of the ring");
+        let tail = feed.after(1, None, 10);
+        assert!(!tail.reset);
+        assert_eq!(
+            tail.changes
+                .iter()
+                .map(|c| c.id.as_str())
+                .collect::<Vec<_>>(),
+            ["y", "z"]
+        );
+        assert_ne!(Feed::new(2).epoch, feed.epoch, "each process its own epoch");
     }
 }
