@@ -26,6 +26,11 @@
 //! thread ([`SharedCatalog::count_sizes_in_background`]); until it is done a snapshot says so
 //! ([`Catalog::bytes_counted`]) and its byte counts are 0.
 //!
+//! Every change a refresh publishes is numbered and kept in a bounded ring, the change feed
+//! ([`SharedCatalog::changes`], `GET /catalog/changes`): a client lists the catalog once and
+//! then follows the feed from the listing's [`Catalog::seq`]; a rescan, a number older than
+//! the ring or another process's epoch answers `reset` (list again).
+//!
 //! When the same id exists on several tiers, the first tier in config order wins (list flash
 //! first).
 
