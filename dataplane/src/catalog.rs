@@ -827,12 +827,13 @@ impl SharedCatalog {
                 return;
             }
             let generation = snapshot.generation;
-            // The base is held only (by a weak reference) to copy the next batch of ids out of
-            // it, a few microseconds; the sizes are stored in its size array, which this thread
-            // holds (8 bytes an object). So a rescan frees the base it replaces at once, even
-            // while this low-priority thread waits for a CPU or the disk.
+            // The base is held only by a weak reference: upgraded for the few microseconds it
+            // takes to copy the next batch of ids out of it, and its size array (apart from the
+            // rest) for the few it takes to store their sizes; never across the `stat`s. So a
+            // rescan frees the base it replaces at once, even while this low-priority thread
+            // waits for a CPU or the disk.
             let weak = Arc::downgrade(&snapshot.base);
-            let sizes = snapshot.base.sizes.clone();
+            let weak_sizes = Arc::downgrade(&snapshot.base.sizes);
             let tier_starts = snapshot.base.tier_starts.clone();
             let dirs: Vec<Option<rustix::fd::OwnedFd>> = snapshot
                 .tiers
@@ -853,11 +854,14 @@ impl SharedCatalog {
             let mut at = 0usize;
             let mut ordinal = 0u32;
             let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
+            let mut found: Vec<(u32, u64)> = Vec::with_capacity(1024);
+            let mut unknown: Vec<bool> = Vec::with_capacity(1024);
             loop {
                 if self.current.load().generation != generation {
                     return;
                 }
                 batch.clear();
+                found.clear();
                 {
                     let Some(base) = weak.upgrade() else { return };
                     let rest = &base.names[at.min(base.names.len())..];
@@ -871,15 +875,20 @@ impl SharedCatalog {
                         .nth(1023)
                         .map_or(rest.len(), |(i, _)| i + 1);
                     batch.extend_from_slice(&rest[..end]);
+                    // Which of them still need a size (a merge carries the sizes learnt).
+                    let n = batch.iter().filter(|&&b| b == 0).count();
+                    unknown.clear();
+                    unknown.extend((ordinal..ordinal + n as u32).map(|o| {
+                        base.sizes
+                            .get(o as usize)
+                            .is_some_and(|s| s.load(Ordering::Relaxed) == SIZE_UNKNOWN)
+                    }));
                 }
                 at += batch.len();
-                for name in batch.split_inclusive(|&b| b == 0) {
+                for (name, &unknown) in batch.split_inclusive(|&b| b == 0).zip(&unknown) {
                     let this = ordinal;
                     ordinal += 1;
-                    let Some(size) = sizes.get(this as usize) else {
-                        break;
-                    };
-                    if size.load(Ordering::Relaxed) != SIZE_UNKNOWN {
+                    if !unknown {
                         continue;
                     }
                     let Ok(name) = std::ffi::CStr::from_bytes_with_nul(name) else {
@@ -887,14 +896,28 @@ impl SharedCatalog {
                     };
                     // Gone since the scan (a change removes it) or not a file any more: 0.
                     let tier = Base::tier_of(&tier_starts, this);
-                    let found =
+                    let size =
                         dirs.get(usize::from(tier))
                             .and_then(Option::as_ref)
                             .map_or(0, |dir| {
                                 rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
                                     .map_or(0, |st| st.st_size as u64)
                             });
-                    size.store(found, Ordering::Relaxed);
+                    found.push((this, size));
+                }
+                let Some(sizes) = weak_sizes.upgrade() else {
+                    return;
+                };
+                // A size a change stored meanwhile (a merge carries the sizes learnt) stays.
+                for &(this, size) in &found {
+                    if let Some(slot) = sizes.get(this as usize) {
+                        let _ = slot.compare_exchange(
+                            SIZE_UNKNOWN,
+                            size,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        );
+                    }
                 }
             }
             let Some(base) = weak.upgrade() else { return };
