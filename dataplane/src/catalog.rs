@@ -124,7 +124,8 @@ struct Base {
     /// so that the size count holds only this (8 bytes an object), never the whole base, while
     /// it waits for the disk or, at nice 19 on a loaded machine, for a CPU: a rescan frees the
     /// base it replaces at once.
-    sizes: Arc<[AtomicU64]>,
+    /// (Boxed inside the `Arc`, so that a weak reference keeps none of it.)
+    sizes: Arc<Box<[AtomicU64]>>,
     /// Where each tier's ids start: `(first ordinal, tier)`, in order (ids are stored tier by
     /// tier).
     tier_starts: Vec<(u32, u16)>,
@@ -155,7 +156,7 @@ impl Base {
             names: Vec::with_capacity(name_bytes),
             table: hashbrown::HashTable::with_capacity(objects),
             hasher: hashbrown::DefaultHashBuilder::default(),
-            sizes: (0..objects).map(|_| AtomicU64::new(SIZE_UNKNOWN)).collect(),
+            sizes: Arc::new((0..objects).map(|_| AtomicU64::new(SIZE_UNKNOWN)).collect()),
             tier_starts: Vec::new(),
             sorted: OnceLock::new(),
         }
@@ -597,9 +598,10 @@ fn list_tier(path: &Path) -> Listing {
     Ok(found)
 }
 
-/// Changes the feed keeps ([`SharedCatalog::changes`]): the ring's capacity. About 50 bytes a
-/// change (the id, its tier, a flag) once filled, so at most ~3 MiB; it grows as changes come
-/// and is emptied by a rescan. A client that falls further behind lists the catalog again.
+/// Changes the feed keeps ([`SharedCatalog::changes`]): the ring's capacity. A change is the
+/// id, its tier and a flag: 24 bytes in the ring and the id on the heap, about 56 in all, so at
+/// most ~4 MiB; the ring grows as changes come and is emptied by a rescan. A client that falls
+/// further behind lists the catalog again.
 pub const FEED_CAPACITY: usize = 65_536;
 
 /// One change in the feed, as the ring stores it (its sequence number is its place).
@@ -752,6 +754,10 @@ pub struct SharedCatalog {
     writer: Mutex<()>,
     /// The size-count thread, woken after each rescan.
     sizer: OnceLock<std::thread::Thread>,
+    /// Held by the size count while it holds a base (a few microseconds at a time), and by a
+    /// writer while it replaces and drops a base: so the writer, not the low-priority count,
+    /// frees the base it replaces, at once.
+    sizer_window: Mutex<()>,
     /// The change feed (`GET /catalog/changes`); written under `writer`, read by the admin
     /// thread.
     feed: Mutex<Feed>,
@@ -768,6 +774,7 @@ impl SharedCatalog {
             next_stamp: AtomicU32::new(1),
             writer: Mutex::new(()),
             sizer: OnceLock::new(),
+            sizer_window: Mutex::new(()),
             feed: Mutex::new(Feed::new(FEED_CAPACITY)),
         }
     }
@@ -863,6 +870,7 @@ impl SharedCatalog {
                 batch.clear();
                 found.clear();
                 {
+                    let _window = self.sizer_window.lock().unwrap_or_else(|p| p.into_inner());
                     let Some(base) = weak.upgrade() else { return };
                     let rest = &base.names[at.min(base.names.len())..];
                     if rest.is_empty() {
@@ -905,6 +913,7 @@ impl SharedCatalog {
                             });
                     found.push((this, size));
                 }
+                let _window = self.sizer_window.lock().unwrap_or_else(|p| p.into_inner());
                 let Some(sizes) = weak_sizes.upgrade() else {
                     return;
                 };
@@ -920,12 +929,12 @@ impl SharedCatalog {
                     }
                 }
             }
-            let Some(base) = weak.upgrade() else { return };
             let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
             let current = self.current.load_full();
             if current.generation != generation {
                 return;
             }
+            let Some(base) = weak.upgrade() else { return };
             if !Arc::ptr_eq(&current.base, &base) {
                 // Changes were merged into a new base meanwhile (it kept the sizes learnt):
                 // count what it added.
@@ -937,6 +946,15 @@ impl SharedCatalog {
             tracing::info!(generation, "catalog sizes counted");
             return;
         }
+    }
+
+    /// Publishes `next`, which has a new base, and drops the previous snapshot while the size
+    /// count is outside its window: unless an in-flight lookup still holds it, the base it
+    /// replaces is freed here and now. (The wait is for the count's few microseconds with a
+    /// base, should the scheduler have stopped it there.)
+    fn replace(&self, next: Arc<Catalog>) {
+        let _window = self.sizer_window.lock().unwrap_or_else(|p| p.into_inner());
+        drop(self.current.swap(next));
     }
 
     /// The current snapshot (cheap; no lock).
@@ -969,7 +987,7 @@ impl SharedCatalog {
             feed.rescanned();
             next.seq = feed.latest;
             let next = Arc::new(next);
-            self.current.store(next.clone());
+            self.replace(next.clone());
             next
         };
         give_back_freed_memory();
@@ -1005,7 +1023,11 @@ impl SharedCatalog {
                     feed.push(change);
                 }
                 next.seq = feed.latest;
-                self.current.store(Arc::new(next));
+                if merged {
+                    self.replace(Arc::new(next));
+                } else {
+                    self.current.store(Arc::new(next));
+                }
             }
             if merged {
                 give_back_freed_memory();
