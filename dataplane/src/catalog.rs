@@ -110,9 +110,9 @@ pub struct Catalog {
     pub seq: u64,
 }
 
-/// The packed bulk of a catalog: ids back to back in one buffer (each followed by a NUL), tier
-/// by tier, an open-addressing table of 12-byte slots pointing into it, and the sizes by
-/// ordinal (the id's place in the buffer). About 12 / load + 8 + id length + 1 bytes per object
+/// The packed bulk of a catalog: ids back to back in one buffer (each followed by a NUL), an
+/// open-addressing table of 12-byte slots pointing into it, and the sizes by ordinal (the id's
+/// place in the buffer). About 12 / load + 8 + id length + 1 bytes per object
 /// (the load is 0.45 to 0.87, by where the count falls between two powers of two), plus 4 once
 /// something has listed the ids in order ([`Base::sorted`]).
 struct Base {
@@ -124,11 +124,9 @@ struct Base {
     /// so that the size count holds only this (8 bytes an object), never the whole base, while
     /// it waits for the disk or, at nice 19 on a loaded machine, for a CPU: a rescan frees the
     /// base it replaces at once.
-    /// (Boxed inside the `Arc`, so that a weak reference keeps none of it.)
-    sizes: Arc<Box<[AtomicU64]>>,
-    /// Where each tier's ids start: `(first ordinal, tier)`, in order (ids are stored tier by
-    /// tier).
-    tier_starts: Vec<(u32, u16)>,
+    /// (A `Vec` inside the `Arc`, so that a weak reference keeps none of it; grown only while
+    /// the base is built, when nothing else holds it.)
+    sizes: Arc<Vec<AtomicU64>>,
     /// Offsets of the ids in [`Base::names`], in id order; made at the first paged listing
     /// (`GET /catalog`), kept for the base's life.
     sorted: OnceLock<Box<[u32]>>,
@@ -156,8 +154,7 @@ impl Base {
             names: Vec::with_capacity(name_bytes),
             table: hashbrown::HashTable::with_capacity(objects),
             hasher: hashbrown::DefaultHashBuilder::default(),
-            sizes: Arc::new((0..objects).map(|_| AtomicU64::new(SIZE_UNKNOWN)).collect()),
-            tier_starts: Vec::new(),
+            sizes: Arc::new(Vec::with_capacity(objects)),
             sorted: OnceLock::new(),
         }
     }
@@ -190,12 +187,6 @@ impl Base {
             .map(|s| self.entry(s))
     }
 
-    /// The tier of the id with ordinal `ordinal`, from [`Base::tier_starts`].
-    fn tier_of(tier_starts: &[(u32, u16)], ordinal: u32) -> u16 {
-        let i = tier_starts.partition_point(|&(start, _)| start <= ordinal);
-        tier_starts.get(i.wrapping_sub(1)).map_or(0, |&(_, t)| t)
-    }
-
     /// Every id's offset, in id order (sorted once, on first use: O(n log n), then shared).
     fn sorted(&self) -> &[u32] {
         self.sorted.get_or_init(|| {
@@ -206,36 +197,59 @@ impl Base {
     }
 
     /// Adds `id` unless it is there already (an earlier tier holds it). Returns whether added.
-    /// Ids go in tier by tier (`tier` never decreases from one call to the next), at most as
-    /// many as the capacity.
     fn insert(&mut self, id: &str, size: u64, tier: u16) -> bool {
         let hash = self.hasher.hash_one(id);
+        let names = &self.names;
+        let name = |s: &Slot| &names[s.at as usize..s.at as usize + usize::from(s.len)];
+        if self
+            .table
+            .find(hash, |s| name(s) == id.as_bytes())
+            .is_some()
+        {
+            return false;
+        }
+        self.push(hash, id, size, tier)
+    }
+
+    /// Adds `id` found on `tier` during a scan, where tiers arrive in any order and the first
+    /// tier in config order wins: an id already there from a later tier moves to `tier`.
+    fn insert_ranked(&mut self, id: &str, tier: u16) -> Ranked {
+        let hash = self.hasher.hash_one(id);
+        let names = &self.names;
+        let name = |s: &Slot| &names[s.at as usize..s.at as usize + usize::from(s.len)];
+        if let Some(slot) = self.table.find_mut(hash, |s| name(s) == id.as_bytes()) {
+            if slot.tier <= tier {
+                return Ranked::Kept;
+            }
+            let from = std::mem::replace(&mut slot.tier, tier);
+            return Ranked::Moved(from);
+        }
+        if self.push(hash, id, SIZE_UNKNOWN, tier) {
+            Ranked::Added
+        } else {
+            Ranked::Kept
+        }
+    }
+
+    /// Appends `id` (not in the table) to the names and the table.
+    fn push(&mut self, hash: u64, id: &str, size: u64, tier: u16) -> bool {
         let ordinal = self.table.len();
         let Base {
             names,
             table,
             hasher,
             sizes,
-            tier_starts,
             ..
         } = self;
-        let name = |s: &Slot| &names[s.at as usize..s.at as usize + usize::from(s.len)];
-        if table.find(hash, |s| name(s) == id.as_bytes()).is_some() {
-            return false;
-        }
         let Ok(at) = u32::try_from(names.len()) else {
             tracing::error!("catalog: more than 4 GiB of ids; {id} and later ids left out");
             return false;
         };
-        let Some(slot_size) = sizes.get(ordinal) else {
-            tracing::error!("catalog: more ids than counted; {id} left out");
+        let Some(sizes) = Arc::get_mut(sizes) else {
+            tracing::error!("catalog: a base shared before it was built; {id} left out");
             return false;
         };
-        debug_assert!(tier_starts.last().is_none_or(|&(_, t)| t <= tier));
-        if tier_starts.last().is_none_or(|&(_, t)| t != tier) {
-            tier_starts.push((ordinal as u32, tier));
-        }
-        slot_size.store(size, Ordering::Relaxed);
+        sizes.push(AtomicU64::new(size));
         names.extend_from_slice(id.as_bytes());
         names.push(0);
         let slot = Slot {
@@ -254,31 +268,65 @@ impl Base {
         true
     }
 
+    /// Gives back what a generous capacity hint reserved beyond the ids found.
+    fn shrink(&mut self) {
+        let Base {
+            names,
+            table,
+            hasher,
+            sizes,
+            ..
+        } = self;
+        names.shrink_to_fit();
+        if let Some(sizes) = Arc::get_mut(sizes) {
+            sizes.shrink_to_fit();
+        }
+        let names = &*names;
+        table.shrink_to_fit(|s| {
+            hasher.hash_one(
+                std::str::from_utf8(&names[s.at as usize..s.at as usize + usize::from(s.len)])
+                    .unwrap_or(""),
+            )
+        });
+    }
+
     fn iter(&self) -> impl Iterator<Item = (&str, Entry)> + '_ {
         self.table.iter().map(|s| (self.name(s), self.entry(s)))
     }
 }
 
-/// One tier's listing: its ids, each followed by a NUL.
-struct Found {
-    names: Vec<u8>,
-    objects: usize,
+/// What [`Base::insert_ranked`] did.
+enum Ranked {
+    Added,
+    /// The id was there from this later tier; it is now served from the new one.
+    Moved(u16),
+    Kept,
 }
 
-impl Found {
-    fn ids(&self) -> impl Iterator<Item = &str> + '_ {
-        self.names
-            .split(|&b| b == 0)
-            .filter(|n| !n.is_empty())
-            .map(|n| std::str::from_utf8(n).unwrap_or(""))
-    }
+/// A lister's message to the scan's builder.
+enum Listed {
+    /// Ids of tier `.0`, each followed by a NUL (about [`NAMES_PER_BATCH`] bytes).
+    Names(usize, Vec<u8>),
+    /// Tier `.0` is listed to its end, or failed.
+    Done(usize, std::io::Result<()>),
 }
 
-/// What one tier's listing found, or why it could not be listed.
-type Listing = std::io::Result<Found>;
+/// Bytes of ids a lister hands over at a time: the builder inserts one batch while the lister
+/// reads the next ones from the kernel.
+const NAMES_PER_BATCH: usize = 256 << 10;
+
+/// Batches in flight between the listers and the builder (bounds the memory between them).
+const BATCHES_IN_FLIGHT: usize = 16;
+
+/// Bytes of directory per object assumed for the table's first capacity (an ext4 entry of a
+/// 15-byte id takes ~35); an over-estimate is given back by [`Base::shrink`].
+const DIR_BYTES_PER_OBJECT: u64 = 32;
 
 impl Catalog {
-    /// Lists every tier directory (in parallel when there are several).
+    /// Lists every tier directory, one thread per tier, while the calling thread builds the
+    /// base from the batches of ids they hand over (listing, mostly the kernel's `getdents64`
+    /// and waits for the disk, and building overlap). A tier that cannot be listed to its end
+    /// is out of service: the base is built again without it.
     pub fn scan(tiers: &[TierConfig], generation: u64) -> Catalog {
         let tiers: Arc<[Tier]> = tiers
             .iter()
@@ -289,63 +337,44 @@ impl Catalog {
             })
             .collect();
         let started = std::time::Instant::now();
-        let listings: Vec<Listing> = if tiers.len() <= 1 {
-            tiers.iter().map(|t| list_tier(&t.path)).collect()
-        } else {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = tiers
-                    .iter()
-                    .map(|t| s.spawn(|| list_tier(&t.path)))
-                    .collect();
-                handles
+        let mut errors: Vec<Option<String>> = vec![None; tiers.len()];
+        loop {
+            let pass = scan_pass(&tiers, &errors);
+            if pass.failed.is_empty() {
+                let mut tier_states: Vec<TierState> = errors
                     .into_iter()
-                    .map(|h| {
-                        h.join()
-                            .unwrap_or_else(|_| Err(std::io::Error::other("scan thread panicked")))
+                    .zip(&pass.objects)
+                    .map(|(error, &objects)| TierState {
+                        objects,
+                        bytes: 0,
+                        error,
                     })
-                    .collect()
-            })
-        };
-        let (objects, name_bytes) = listings
-            .iter()
-            .flatten()
-            .fold((0, 0), |(o, b), f| (o + f.objects, b + f.names.len()));
-        let listed = started.elapsed();
-        let mut base = Base::with_capacity(objects, name_bytes);
-        let mut tier_states = Vec::with_capacity(tiers.len());
-        for (index, (tier, listing)) in tiers.iter().zip(listings).enumerate() {
-            let mut state = TierState::default();
-            match listing {
-                Ok(found) => {
-                    for id in found.ids() {
-                        if base.insert(id, SIZE_UNKNOWN, index as u16) {
-                            state.objects += 1;
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(tier = %tier.name, path = %tier.path.display(), "tier out of service: {e}");
-                    state.error = Some(format!("{}: {e}", tier.path.display()));
-                }
+                    .collect();
+                tier_states.shrink_to_fit();
+                tracing::info!(
+                    generation,
+                    objects = pass.base.table.len(),
+                    listing_ms = pass.listing.as_millis() as u64,
+                    building_ms = pass.building.as_millis() as u64,
+                    total_ms = started.elapsed().as_millis() as u64,
+                    "catalog scanned"
+                );
+                return Catalog {
+                    generation,
+                    tiers,
+                    tier_states,
+                    len: pass.base.table.len(),
+                    base: Arc::new(pass.base),
+                    overlay: imbl::HashMap::new(),
+                    bytes_counted: false,
+                    seq: 0,
+                };
             }
-            tier_states.push(state);
-        }
-        tracing::info!(
-            generation,
-            objects = base.table.len(),
-            listing_ms = listed.as_millis() as u64,
-            building_ms = (started.elapsed() - listed).as_millis() as u64,
-            "catalog scanned"
-        );
-        Catalog {
-            generation,
-            tiers,
-            tier_states,
-            len: base.table.len(),
-            base: Arc::new(base),
-            overlay: imbl::HashMap::new(),
-            bytes_counted: false,
-            seq: 0,
+            for (index, e) in pass.failed {
+                let tier = &tiers[index];
+                tracing::error!(tier = %tier.name, path = %tier.path.display(), "tier out of service: {e}");
+                errors[index] = Some(format!("{}: {e}", tier.path.display()));
+            }
         }
     }
 
@@ -462,18 +491,15 @@ impl Catalog {
 
     /// Packs the base and the changes into a new base (same objects, same generation).
     fn merge(&mut self) {
-        // Tier by tier (the base stores ids so): one pass per tier.
         let mut base = Base::with_capacity(self.len, self.base.names.len());
-        for tier in 0..self.tiers.len() as u16 {
-            for (id, entry) in self.base.iter() {
-                if entry.tier == tier && !self.overlay.contains_key(id) {
-                    base.insert(id, entry.size, entry.tier);
-                }
+        for (id, entry) in self.base.iter() {
+            if !self.overlay.contains_key(id) {
+                base.insert(id, entry.size, entry.tier);
             }
-            for (id, entry) in self.overlay.iter() {
-                if let Some(e) = entry.filter(|e| e.tier == tier) {
-                    base.insert(id, e.size, e.tier);
-                }
+        }
+        for (id, entry) in self.overlay.iter() {
+            if let Some(e) = entry {
+                base.insert(id, e.size, e.tier);
             }
         }
         self.base = Arc::new(base);
@@ -552,24 +578,190 @@ impl Catalog {
 /// Bytes of directory entries read per `getdents64` call: about 30 000 entries of short ids.
 const LIST_BATCH: usize = 1 << 20;
 
-/// Lists one tier directory: regular files with valid ids, packed (no allocation per object).
-/// Reads the directory in [`LIST_BATCH`] batches and takes each entry's type from `d_type`, so
-/// it `stat`s nothing (only an entry whose file system leaves `d_type` unknown is `lstat`ed).
-fn list_tier(path: &Path) -> Listing {
-    use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
+/// One pass of [`Catalog::scan`] over the tiers without an error.
+struct Pass {
+    base: Base,
+    /// Objects served from each tier.
+    objects: Vec<u64>,
+    /// Tiers whose listing failed (their ids may be in `base`: the scan makes another pass).
+    failed: Vec<(usize, std::io::Error)>,
+    /// Until the last lister finished.
+    listing: std::time::Duration,
+    /// Spent inserting (overlapping the listing).
+    building: std::time::Duration,
+}
+
+fn scan_pass(tiers: &[Tier], errors: &[Option<String>]) -> Pass {
+    let started = std::time::Instant::now();
+    let live: Vec<usize> = (0..tiers.len()).filter(|&i| errors[i].is_none()).collect();
+    let hint: u64 = live
+        .iter()
+        .filter_map(|&i| std::fs::metadata(&tiers[i].path).ok())
+        .map(|m| m.len() / DIR_BYTES_PER_OBJECT)
+        .sum();
+    let mut pass = Pass {
+        base: Base::with_capacity(
+            usize::try_from(hint).unwrap_or(0).min(1 << 30),
+            usize::try_from(hint * 16)
+                .unwrap_or(0)
+                .min(u32::MAX as usize),
+        ),
+        objects: vec![0; tiers.len()],
+        failed: Vec::new(),
+        listing: std::time::Duration::ZERO,
+        building: std::time::Duration::ZERO,
+    };
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Listed>(BATCHES_IN_FLIGHT);
+    std::thread::scope(|s| {
+        let mut listing = 0usize;
+        for &index in &live {
+            let path = &tiers[index].path;
+            for range in hash_ranges(path) {
+                let tx = tx.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("edgeplane-scan".into())
+                    .spawn_scoped(s, move || {
+                        let r = list_tier(path, range, |names| {
+                            tx.send(Listed::Names(index, names)).is_ok()
+                        });
+                        let _ = tx.send(Listed::Done(index, r));
+                    });
+                match spawned {
+                    Ok(_) => listing += 1,
+                    Err(e) => pass.failed.push((index, e)),
+                }
+            }
+        }
+        drop(tx);
+        for msg in rx {
+            match msg {
+                Listed::Names(index, names) => {
+                    let t = std::time::Instant::now();
+                    for id in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+                        let id = std::str::from_utf8(id).unwrap_or("");
+                        match pass.base.insert_ranked(id, index as u16) {
+                            Ranked::Added => pass.objects[index] += 1,
+                            Ranked::Moved(from) => {
+                                pass.objects[usize::from(from)] -= 1;
+                                pass.objects[index] += 1;
+                            }
+                            Ranked::Kept => {}
+                        }
+                    }
+                    pass.building += t.elapsed();
+                }
+                Listed::Done(index, r) => {
+                    listing -= 1;
+                    if listing == 0 {
+                        pass.listing = started.elapsed();
+                    }
+                    if let Err(e) = r {
+                        if pass.failed.iter().all(|(i, _)| *i != index) {
+                            pass.failed.push((index, e));
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let t = std::time::Instant::now();
+    pass.base.shrink();
+    pass.building += t.elapsed();
+    pass
+}
+
+/// Listers per hash-indexed directory (see [`hash_ranges`]): reads of a cold directory's blocks
+/// wait for the disk one at a time per reader, so several readers keep several reads in flight.
+const HASH_LISTERS: u64 = 4;
+
+/// Below this many bytes of directory (~256 k objects) one lister is enough.
+const HASH_LISTING_MIN_BYTES: u64 = 8 << 20;
+
+/// How to split the listing of the directory at `path` between threads: parts of its position
+/// space, `[start, end)`. A hash-indexed ext4 directory (`FS_INDEX_FL`) returns its entries in
+/// hash order, and a position (`lseek`, `d_off`) is a hash: readers that each seek to their part
+/// of the space read disjoint sets of entries in parallel. Anything else (other file systems,
+/// small or linear directories) is read by one lister from the start: `[(0, u64::MAX)]`.
+fn hash_ranges(path: &Path) -> Vec<(u64, u64)> {
+    hash_ranges_from(path, HASH_LISTING_MIN_BYTES)
+}
+
+/// [`hash_ranges`] for directories of at least `min_bytes`.
+fn hash_ranges_from(path: &Path, min_bytes: u64) -> Vec<(u64, u64)> {
+    use rustix::fs::{Mode, OFlags, SeekFrom};
+    const EXT4_SUPER_MAGIC: i64 = 0xEF53;
+    const FS_INDEX_FL: u32 = 0x1000;
+    let whole = vec![(0, u64::MAX)];
+    let Ok(dir) = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return whole;
+    };
+    // `f_type`'s integer type differs between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    let indexed = rustix::fs::fstatfs(&dir).is_ok_and(|st| st.f_type as i64 == EXT4_SUPER_MAGIC)
+        && rustix::fs::fstat(&dir).is_ok_and(|st| st.st_size as u64 >= min_bytes)
+        && rustix::fs::ioctl_getflags(&dir).is_ok_and(|f| f.bits() & FS_INDEX_FL != 0);
+    if !indexed {
+        return whole;
+    }
+    // The end of a hash-indexed directory is the top of its position space (2^63 - 1 for a
+    // 64-bit reader, 2^31 - 1 for a 32-bit one).
+    let Ok(eof) = rustix::fs::seek(&dir, SeekFrom::End(0)) else {
+        return whole;
+    };
+    if eof < HASH_LISTERS {
+        return whole;
+    }
+    let step = eof / HASH_LISTERS;
+    (0..HASH_LISTERS)
+        .map(|i| {
+            let end = if i + 1 == HASH_LISTERS {
+                u64::MAX
+            } else {
+                (i + 1) * step
+            };
+            (i * step, end)
+        })
+        .collect()
+}
+
+/// Lists one tier directory: regular files with valid ids, handed to `emit` in batches of
+/// about [`NAMES_PER_BATCH`] bytes, each id followed by a NUL (no allocation per object). Reads
+/// the directory in [`LIST_BATCH`] batches and takes each entry's type from `d_type`, so it
+/// `stat`s nothing (only an entry whose file system leaves `d_type` unknown is `lstat`ed).
+/// Stops early, without error, when `emit` returns false (nobody is listening any more).
+/// `range` is the part of the directory's position space to read ([`hash_ranges`]): from its
+/// start, the entries before the first whose position is at or past its end.
+fn list_tier(
+    path: &Path,
+    (start, end): (u64, u64),
+    mut emit: impl FnMut(Vec<u8>) -> bool,
+) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, SeekFrom};
     let dir = rustix::fs::open(
         path,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    let mut found = Found {
-        names: Vec::new(),
-        objects: 0,
-    };
+    if start > 0 {
+        rustix::fs::seek(&dir, SeekFrom::Start(start))?;
+    }
+    // The position of the next entry: the previous entry's `d_off` (the first one read is at
+    // or after `start`).
+    let mut at = start;
+    let mut names: Vec<u8> = Vec::with_capacity(NAMES_PER_BATCH + 256);
+    let mut total = 0usize;
     let mut buf: Vec<u8> = Vec::with_capacity(LIST_BATCH);
     let mut entries = RawDir::new(&dir, buf.spare_capacity_mut());
     while let Some(entry) = entries.next() {
         let entry = entry?;
+        if at >= end {
+            break;
+        }
+        at = entry.next_entry_cookie();
         let Ok(name) = entry.file_name().to_str() else {
             continue;
         };
@@ -588,14 +780,25 @@ fn list_tier(path: &Path) -> Listing {
         if !regular {
             continue;
         }
-        if found.names.len() + name.len() >= u32::MAX as usize {
+        total += name.len() + 1;
+        if total >= u32::MAX as usize {
             return Err(std::io::Error::other("more than 4 GiB of ids in one tier"));
         }
-        found.names.extend_from_slice(name.as_bytes());
-        found.names.push(0);
-        found.objects += 1;
+        names.extend_from_slice(name.as_bytes());
+        names.push(0);
+        if names.len() >= NAMES_PER_BATCH
+            && !emit(std::mem::replace(
+                &mut names,
+                Vec::with_capacity(NAMES_PER_BATCH + 256),
+            ))
+        {
+            return Ok(());
+        }
     }
-    Ok(found)
+    if !names.is_empty() {
+        emit(names);
+    }
+    Ok(())
 }
 
 /// Changes the feed keeps ([`SharedCatalog::changes`]): the ring's capacity. A change is the
@@ -834,14 +1037,13 @@ impl SharedCatalog {
                 return;
             }
             let generation = snapshot.generation;
-            // The base is held only by a weak reference: upgraded for the few microseconds it
-            // takes to copy the next batch of ids out of it, and its size array (apart from the
+            // The base is held only by a weak reference: upgraded for the moment it takes to
+            // copy the next batch of ids out of it (with their tiers), and its size array (apart from the
             // rest) for the few it takes to store their sizes; never across the `stat`s. So a
             // rescan frees the base it replaces at once, even while this low-priority thread
             // waits for a CPU or the disk.
             let weak = Arc::downgrade(&snapshot.base);
             let weak_sizes = Arc::downgrade(&snapshot.base.sizes);
-            let tier_starts = snapshot.base.tier_starts.clone();
             let dirs: Vec<Option<rustix::fd::OwnedFd>> = snapshot
                 .tiers
                 .iter()
@@ -862,7 +1064,8 @@ impl SharedCatalog {
             let mut ordinal = 0u32;
             let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
             let mut found: Vec<(u32, u64)> = Vec::with_capacity(1024);
-            let mut unknown: Vec<bool> = Vec::with_capacity(1024);
+            // Per id of the batch: its tier, when its size is still unknown.
+            let mut todo: Vec<Option<u16>> = Vec::with_capacity(1024);
             loop {
                 if self.current.load().generation != generation {
                     return;
@@ -883,27 +1086,26 @@ impl SharedCatalog {
                         .nth(1023)
                         .map_or(rest.len(), |(i, _)| i + 1);
                     batch.extend_from_slice(&rest[..end]);
-                    // Which of them still need a size (a merge carries the sizes learnt).
-                    let n = batch.iter().filter(|&&b| b == 0).count();
-                    unknown.clear();
-                    unknown.extend((ordinal..ordinal + n as u32).map(|o| {
-                        base.sizes
-                            .get(o as usize)
-                            .is_some_and(|s| s.load(Ordering::Relaxed) == SIZE_UNKNOWN)
+                    // Which of them still need a size (a merge carries the sizes learnt), and
+                    // where to look.
+                    todo.clear();
+                    todo.extend(batch.split_inclusive(|&b| b == 0).map(|name| {
+                        let id = std::str::from_utf8(&name[..name.len() - 1]).unwrap_or("");
+                        let hash = base.hasher.hash_one(id);
+                        let slot = base.table.find(hash, |s| base.name(s) == id)?;
+                        let size = base.sizes.get(slot.ordinal as usize)?;
+                        (size.load(Ordering::Relaxed) == SIZE_UNKNOWN).then_some(slot.tier)
                     }));
                 }
                 at += batch.len();
-                for (name, &unknown) in batch.split_inclusive(|&b| b == 0).zip(&unknown) {
+                for (name, &tier) in batch.split_inclusive(|&b| b == 0).zip(&todo) {
                     let this = ordinal;
                     ordinal += 1;
-                    if !unknown {
-                        continue;
-                    }
+                    let Some(tier) = tier else { continue };
                     let Ok(name) = std::ffi::CStr::from_bytes_with_nul(name) else {
                         continue;
                     };
                     // Gone since the scan (a change removes it) or not a file any more: 0.
-                    let tier = Base::tier_of(&tier_starts, this);
                     let size =
                         dirs.get(usize::from(tier))
                             .and_then(Option::as_ref)
@@ -1209,6 +1411,101 @@ mod tests {
             path: path.to_path_buf(),
             numa_node: None,
         }
+    }
+
+    /// Listers hand ids over in batches while the base is built, in whatever order the tiers'
+    /// batches arrive: the first tier in config order still wins every duplicate, the counts
+    /// add up, and a tier that cannot be listed is out of service without losing the others.
+    #[test]
+    fn a_scan_over_many_batches_keeps_tier_order_and_counts() {
+        let flash = tempfile::tempdir().unwrap();
+        let hdd = tempfile::tempdir().unwrap();
+        // 40,000 ids of ~20 bytes: several NAMES_PER_BATCH batches per tier.
+        let n = 40_000usize;
+        assert!(n * 20 > 2 * NAMES_PER_BATCH);
+        for i in 0..n {
+            let id = format!("title-{i:08}.m4s");
+            // Flash holds the even ids, storage every id: the even ones twice.
+            if i % 2 == 0 {
+                std::fs::File::create(flash.path().join(&id)).unwrap();
+            }
+            std::fs::File::create(hdd.path().join(&id)).unwrap();
+        }
+        let gone = flash.path().join("no-such-tier");
+        for _ in 0..3 {
+            let cat = Catalog::scan(
+                &[
+                    tier("lost", TierKind::Flash, &gone),
+                    tier("nvme", TierKind::Flash, flash.path()),
+                    tier("hdd", TierKind::Storage, hdd.path()),
+                ],
+                2,
+            );
+            assert_eq!(cat.len(), n);
+            assert!(cat.tier_states[0].error.is_some(), "{:?}", cat.tier_states);
+            assert_eq!(cat.tier_states[0].objects, 0);
+            assert_eq!(cat.tier_states[1].objects, (n / 2) as u64);
+            assert_eq!(cat.tier_states[2].objects, (n / 2) as u64);
+            for i in [0, 1, 2, 3, n - 2, n - 1, n / 2, n / 2 + 1] {
+                let e = cat.get(&format!("title-{i:08}.m4s")).unwrap();
+                assert_eq!(usize::from(e.tier), if i % 2 == 0 { 1 } else { 2 }, "{i}");
+            }
+            assert_eq!(cat.ids(1).len(), n / 2);
+            assert_eq!(cat.ids(2).len(), n / 2);
+        }
+    }
+
+    /// A hash-indexed ext4 directory read by several listers, each from its part of the hash
+    /// space, gives exactly what one lister reading from the start gives.
+    #[test]
+    fn listing_an_ext4_directory_in_hash_ranges_finds_every_id_once() {
+        // On the repository's file system (the tests' temporary directories may be tmpfs).
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp");
+        std::fs::create_dir_all(&root).unwrap();
+        let dir = tempfile::tempdir_in(&root).unwrap();
+        let n = 30_000usize;
+        for i in 0..n {
+            std::fs::File::create(dir.path().join(format!("seg-{i:06}.m4s"))).unwrap();
+        }
+        let ranges = hash_ranges_from(dir.path(), 0);
+        #[allow(clippy::unnecessary_cast)]
+        let is_ext4 = rustix::fs::statfs(dir.path()).is_ok_and(|st| st.f_type as i64 == 0xEF53);
+        assert_eq!(
+            ranges.len() > 1,
+            is_ext4,
+            "split only an indexed ext4 directory: {ranges:?}"
+        );
+        let list = |range| {
+            let mut ids = Vec::new();
+            list_tier(dir.path(), range, |names| {
+                ids.extend(
+                    names
+                        .split(|&b| b == 0)
+                        .filter(|n| !n.is_empty())
+                        .map(|n| String::from_utf8(n.to_vec()).unwrap()),
+                );
+                true
+            })
+            .unwrap();
+            ids
+        };
+        let mut whole = list((0, u64::MAX));
+        whole.sort();
+        assert_eq!(whole.len(), n);
+        let mut parts: Vec<String> = Vec::new();
+        for &range in &ranges {
+            let part = list(range);
+            if ranges.len() > 1 {
+                assert!(
+                    part.len() > n / 10 && part.len() < n / 2,
+                    "{range:?}: {} ids",
+                    part.len()
+                );
+            }
+            parts.extend(part);
+        }
+        parts.sort();
+        assert_eq!(parts, whole);
     }
 
     #[test]
@@ -1609,15 +1906,12 @@ mod tests {
         }
         std::fs::write(hdd.path().join("f3.ts"), b"shadowed by flash").unwrap();
         let shared = SharedCatalog::new(tiers.clone());
-        // Changes on both tiers, then packed into a new base (ids stored tier by tier again).
+        // Changes on both tiers, then packed into a new base.
         std::fs::write(hdd.path().join("late.ts"), b"late").unwrap();
         std::fs::remove_file(flash.path().join("f3.ts")).unwrap();
         shared.refresh(["late.ts", "f3.ts"]);
         let mut merged = Catalog::clone(&shared.snapshot());
         merged.merge();
-        assert_eq!(merged.base.tier_starts, [(0, 0), (19, 1)]);
-        assert_eq!(Base::tier_of(&merged.base.tier_starts, 18), 0);
-        assert_eq!(Base::tier_of(&merged.base.tier_starts, 19), 1);
         shared.current.store(Arc::new(merged));
         shared.count_sizes();
         let cat = shared.snapshot();

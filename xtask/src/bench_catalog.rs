@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::server::{start_edgeplane, Server};
-use crate::util::{build_edgeplane, git_revision, header, kernel, target_dir, utc_timestamp};
+use crate::util::{
+    build_edgeplane, git_revision, header, kernel, run_checked, target_dir, utc_timestamp,
+};
 
 #[derive(clap::Args)]
 pub(crate) struct BenchCatalogArgs {
@@ -62,6 +64,14 @@ pub(crate) struct BenchCatalogArgs {
     /// Skip the full paged listing (it sorts the ids once: tens of seconds at 10 M).
     #[arg(long)]
     skip_listing: bool,
+    /// Start each size with the caches as the scan left them. By default (as root) the page,
+    /// dentry and inode caches are dropped before each start, so "ready" is a cold start, as
+    /// after a boot; rescans then show the warm case.
+    #[arg(long)]
+    warm: bool,
+    /// Measure this edgeplane binary instead of building one (`--release`).
+    #[arg(long)]
+    edgeplane_bin: Option<PathBuf>,
     /// How long to wait, from ready, for the size count before going on without it.
     #[arg(long, default_value_t = 300)]
     count_wait_s: u64,
@@ -112,7 +122,10 @@ pub(crate) fn run(args: &BenchCatalogArgs) -> Result<()> {
     if args.prepare_only {
         return Ok(());
     }
-    let bin = build_edgeplane("release")?;
+    let bin = match &args.edgeplane_bin {
+        Some(bin) => bin.clone(),
+        None => build_edgeplane("release")?,
+    };
     let mut rows = Vec::new();
     for (&n, tier) in sizes.iter().zip(&tiers) {
         let mut runs = Vec::new();
@@ -253,6 +266,9 @@ fn measure(bin: &Path, root: &Path, tier: &Path, n: u64, args: &BenchCatalogArgs
         ),
     )?;
     let log = root.join(format!("edgeplane-{n}.log"));
+    if !args.warm {
+        drop_caches()?;
+    }
     let spawned = Instant::now();
     let (mut server, ready) = start_edgeplane(bin, &config, &log, None, Duration::from_secs(600))?;
     let ready_s = spawned.elapsed().as_secs_f64();
@@ -613,6 +629,13 @@ impl Client {
     }
 }
 
+/// Writes dirty pages out, then drops the page, dentry and inode caches (root only).
+fn drop_caches() -> Result<()> {
+    run_checked(std::process::Command::new("sync").arg("-f").arg("/"))?;
+    fs::write("/proc/sys/vm/drop_caches", "3\n")
+        .context("dropping the caches needs root (or pass --warm)")
+}
+
 fn render(rows: &[Vec<Row>], args: &BenchCatalogArgs) -> String {
     let mut out = String::new();
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -620,7 +643,7 @@ fn render(rows: &[Vec<Row>], args: &BenchCatalogArgs) -> String {
     let _ = writeln!(
         out,
         "revision {}, kernel {}, {} CPUs, load average at the end: {}one flash tier of empty \
-         files, 1 executor, release build. Changes: {} objects renamed in one at a time, then \
+         files, 1 executor, release build. {} Changes: {} objects renamed in one at a time, then \
          deleted; hits: {} GETs of random objects on one keep-alive connection; {} rescans; \
          {} run(s) per size, medians (range in brackets).\n",
         git_revision(),
@@ -631,6 +654,11 @@ fn render(rows: &[Vec<Row>], args: &BenchCatalogArgs) -> String {
             .collect::<Vec<_>>()
             .join(" ")
             + " (1/5/15 min); ",
+        if args.warm {
+            "Started with warm caches."
+        } else {
+            "Each size started with cold caches (`drop_caches`), as after a boot; rescans are warm."
+        },
         args.changes,
         args.hits,
         args.reloads,

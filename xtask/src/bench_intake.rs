@@ -59,6 +59,9 @@ pub(crate) struct BenchIntakeArgs {
     /// Cargo profile of the server build.
     #[arg(long, default_value = "release")]
     profile: String,
+    /// Measure this edgeplane binary instead of building one with `--profile`.
+    #[arg(long)]
+    edgeplane_bin: Option<std::path::PathBuf>,
 }
 
 const SITES: usize = 50;
@@ -267,7 +270,10 @@ pub(crate) fn run(args: &BenchIntakeArgs) -> Result<()> {
         bail!("--appliances, --threads and --interval-secs must be at least 1");
     }
     raise_fd_limit(args.appliances as u64 + 1000)?;
-    let bin = build_edgeplane(&args.profile)?;
+    let bin = match &args.edgeplane_bin {
+        Some(bin) => bin.clone(),
+        None => build_edgeplane(&args.profile)?,
+    };
     let dir = target_dir().join("bench-intake");
     fs::create_dir_all(&dir)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?

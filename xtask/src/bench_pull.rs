@@ -49,6 +49,8 @@ struct Crowd {
 }
 
 pub(crate) fn run(args: &BenchArgs, flash: bool, trace: bool, storm: bool) -> Result<()> {
+    // The origin and the clients run in this process: on the client CPU, never the server's.
+    let _pinned = crate::testbed::pin_to_client_cpu()?;
     if storm {
         miss_storm(args)?;
     }

@@ -24,6 +24,41 @@ pub(crate) const FILES: u32 = 4;
 pub(crate) const FILE_SIZE: u64 = 64 << 20;
 pub(crate) const SERVER_CPU: &str = "0";
 pub(crate) const CLIENT_CPU: &str = "1";
+
+/// Pins the calling thread, and so every thread it spawns afterwards (origins, client threads),
+/// to [`CLIENT_CPU`] until the guard is dropped: the load the bench makes in process must not
+/// share the server's CPU, as wrk does not.
+pub(crate) fn pin_to_client_cpu() -> anyhow::Result<PinnedToClientCpu> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity/sched_setaffinity(0, ...) read or
+    // write the calling thread's mask from/into the local set of the size given.
+    unsafe {
+        let mut old: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut old) != 0 {
+            anyhow::bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(CLIENT_CPU.parse()?, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            anyhow::bail!(
+                "pinning the bench's clients to CPU {CLIENT_CPU}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(PinnedToClientCpu(old))
+    }
+}
+
+/// Restores the thread's CPU mask on drop (see [`pin_to_client_cpu`]).
+pub(crate) struct PinnedToClientCpu(libc::cpu_set_t);
+
+impl Drop for PinnedToClientCpu {
+    fn drop(&mut self) {
+        // SAFETY: as in pin_to_client_cpu, with the mask saved there.
+        unsafe {
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0);
+        }
+    }
+}
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests wrk's Lua script prepares up front and cycles through.
 const PREPARED_REQUESTS: u32 = 16_384;

@@ -654,11 +654,17 @@ impl CloudState {
             self.held.legacy(id, &rec.held);
         }
         self.applied.insert(id.to_owned(), seq);
+        // Nothing was written between the last change this instance has seen and its own
+        // (sequence numbers come from one counter): the next sync need not read it back.
+        if seq == self.fleet_seq + 1 {
+            self.fleet_seq = seq;
+        }
         self.counters.health_reports += 1;
-        let manifest = self.manifest_inner(id)?;
+        // The generation only: the plan's entries are cloned when the manifest is asked for.
+        let (_, manifest_generation) = self.plan(id)?;
         Ok(HealthAck {
             signing_keys: self.keys.keys.clone(),
-            manifest_generation: manifest.generation,
+            manifest_generation,
             prefixes: self.assigned_prefixes(id),
             epoch: self.store.epoch().to_owned(),
             held_seq: answer.and_then(|h| h.seq),

@@ -473,6 +473,10 @@ impl Puller {
     /// A fetch thread: takes slice jobs until the process stops; between jobs, drops partial
     /// objects nobody wants any more.
     fn worker(self: Arc<Self>) {
+        // A fetch thread that shares a CPU with an executor must not preempt it each time
+        // upstream bytes arrive (hits would wait behind a miss storm); not nice 19 as the
+        // cold-read threads, though: it shares the objects' locks with the executors.
+        crate::runtime::sys::batch_thread_policy();
         loop {
             let job = {
                 let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());

@@ -42,7 +42,7 @@ mod pull;
 mod reload;
 mod server;
 mod shared;
-mod sys;
+pub(crate) mod sys;
 mod tiers;
 mod tls;
 mod transport;

@@ -276,11 +276,30 @@ pub(crate) fn lower_thread_priority() {
         };
         if rc != 0 {
             tracing::debug!(
-                "cold read: cannot lower the thread's priority: {}",
+                "cannot lower this thread's priority: {}",
                 io::Error::last_os_error()
             );
         }
     });
+}
+
+/// Puts the calling thread under `SCHED_BATCH` (at its nice value): it never preempts a running
+/// thread when it wakes up (so an executor sharing its CPU is not interrupted each time the
+/// thread's socket has bytes), yet competes at full weight once runnable. For threads that share
+/// locks with the executors (pull-through's fetch threads): at nice 19 such a thread, holding a
+/// lock an executor waits for, would queue behind every other low-priority thread. A failure
+/// leaves the thread as it was (an optimization, never a reason to fail).
+pub(crate) fn batch_thread_policy() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid local (priority 0, as
+    // SCHED_BATCH requires).
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if rc != 0 {
+        tracing::debug!(
+            "cannot set SCHED_BATCH on this thread: {}",
+            io::Error::last_os_error()
+        );
+    }
 }
 
 /// The soft `RLIMIT_MEMLOCK` in bytes (`u64::MAX` when unlimited).
