@@ -2,7 +2,8 @@
 //! fill and pull-through install objects) is served, a deleted one answers 404 (even when a
 //! core had it open in its file cache), a replaced one is served in its new version; a watch
 //! queue overflow falls back to a full rescan; a tier directory replaced or mounted over under
-//! its watch is watched again and rescanned.
+//! its watch is watched again and rescanned. The change feed (`GET /catalog/changes`) numbers
+//! those changes and says `reset` when it cannot follow on.
 //!
 //! Everything here is real: inotify on real directories, a real queue overflow (the server is
 //! stopped with SIGSTOP while more changes than `fs.inotify.max_queued_events` happen), a real
@@ -149,6 +150,109 @@ fn objects_renamed_in_deleted_and_replaced_are_followed_without_a_reload() {
     server.reload();
     assert_eq!(generation(&server), start_generation + 1.0);
     wait_for(&server, "marker.ts", 200, Some(b"m"));
+}
+
+/// `GET path` on the admin listener, as JSON.
+#[track_caller]
+fn admin_json(server: &Server, path: &str) -> serde_json::Value {
+    let r = server.admin_get(path);
+    assert_eq!(
+        r.status,
+        200,
+        "GET {path}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+/// The changes after `since` in `epoch`, as `(op, id, tier)`, and the answer.
+fn changes_after(
+    server: &Server,
+    since: u64,
+    epoch: &str,
+) -> (Vec<(String, String, String)>, serde_json::Value) {
+    let body = admin_json(
+        server,
+        &format!("/catalog/changes?since={since}&epoch={epoch}"),
+    );
+    let changes = body["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap().to_string();
+            (s("op"), s("id"), s("tier"))
+        })
+        .collect();
+    (changes, body)
+}
+
+#[test]
+fn the_change_feed_follows_renames_and_deletes_and_resets_after_a_rescan() {
+    let builder = ServerBuilder::new(BIN)
+        .cores(1)
+        .tier("hdd", "storage")
+        .file("hdd", "kept.ts", b"kept");
+    let flash = builder.tier_dir("flash");
+    let server = builder.start();
+
+    // The listing says where to follow from.
+    let listing = admin_json(&server, "/catalog");
+    let epoch = listing["epoch"].as_str().unwrap().to_string();
+    let since = listing["seq"].as_u64().unwrap();
+    let (none, body) = changes_after(&server, since, &epoch);
+    assert!(none.is_empty(), "{body}");
+    assert_eq!(body["reset"], false);
+
+    // Renamed in: an add on flash; deleted: a remove. Both in order, numbered after `since`.
+    install(&flash, "fresh.ts", b"fresh");
+    wait_for(&server, "fresh.ts", 200, Some(b"fresh"));
+    fs::remove_file(flash.join("fresh.ts")).unwrap();
+    wait_for(&server, "fresh.ts", 404, None);
+    let (changes, body) = changes_after(&server, since, &epoch);
+    let want = |op: &str| (op.to_string(), "fresh.ts".to_string(), "flash".to_string());
+    assert_eq!(changes, [want("add"), want("remove")], "{body}");
+    assert_eq!(body["seq"].as_u64().unwrap(), since + 2);
+    assert_eq!(body["seq"], body["latest"]);
+    assert_eq!(body["more"], false);
+    assert_eq!(body["changes"][0]["seq"].as_u64().unwrap(), since + 1);
+    // Paged: one at a time.
+    let one = admin_json(&server, &format!("/catalog/changes?since={since}&limit=1"));
+    assert_eq!(one["changes"].as_array().unwrap().len(), 1);
+    assert_eq!(one["more"], true);
+    // Nothing new after the last answer; the tiers' counts come with it.
+    let (none, body) = changes_after(&server, since + 2, &epoch);
+    assert!(none.is_empty());
+    assert_eq!(body["tiers"][1]["name"], "hdd");
+    assert_eq!(body["tiers"][1]["objects"], 1);
+
+    // A rescan: everything before it must be listed again.
+    server.reload();
+    let (none, body) = changes_after(&server, since + 2, &epoch);
+    assert!(none.is_empty());
+    assert_eq!(body["reset"], true, "{body}");
+    let listing = admin_json(&server, "/catalog");
+    assert_eq!(
+        listing["seq"], body["latest"],
+        "the listing is where to follow from"
+    );
+    // Another epoch (a restarted data plane), a number from the future: reset too.
+    let (_, body) = changes_after(&server, 0, "0123456789abcdef");
+    assert_eq!(body["reset"], true);
+    let (_, body) = changes_after(&server, 1 << 40, &epoch);
+    assert_eq!(body["reset"], true);
+
+    // Bad queries: 400 with the reason.
+    for bad in [
+        "",
+        "?since=x",
+        "?since=1&limit=0",
+        "?since=1&epoch=nothex",
+        "?since=1&id=a",
+    ] {
+        let r = server.admin_get(&format!("/catalog/changes{bad}"));
+        assert_eq!(r.status, 400, "{bad}: {}", String::from_utf8_lossy(&r.body));
+    }
 }
 
 #[test]

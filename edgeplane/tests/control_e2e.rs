@@ -1579,6 +1579,32 @@ fn held_set_digests_and_demand_follow_the_appliance() {
     emb.wait_filled(Duration::from_secs(60));
     let filled = wait_held_view_matches(&cloud, &emb, "the held view after the fill");
     assert_eq!(filled.len(), 24);
+    // Full listings of the data plane's catalog so far: at start, and after each rescan (the
+    // agent's own reloads for the signing keys and prefixes at start rescan, and a rescan
+    // resets the change feed). Settled: no rescan during the last two reports.
+    let metric = |emb: &Appliance, name: &str| {
+        emb.agent_metric(&format!("edgeplane_agent_catalog_{name}_total"))
+    };
+    let rescans = |emb: &Appliance| {
+        emb.dataplane
+            .as_ref()
+            .unwrap()
+            .output()
+            .matches("catalog rescanned")
+            .count() as f64
+    };
+    let reports =
+        |emb: &Appliance| emb.agent_metric("edgeplane_agent_health_reports_total{result=\"ok\"}");
+    let (listings, rescanned, changes) = loop {
+        let (r, h) = (rescans(&emb), reports(&emb));
+        poll_within("two health reports", Duration::from_secs(30), || {
+            (reports(&emb) >= h + 2.0).then_some(())
+        });
+        if rescans(&emb) == r {
+            break (metric(&emb, "listings"), r, metric(&emb, "changes"));
+        }
+    };
+    assert!(listings >= 1.0, "{listings}");
 
     // Objects appear and disappear in the tiers (the data plane's watch sees them).
     for i in 0..3 {
@@ -1608,6 +1634,56 @@ fn held_set_digests_and_demand_follow_the_appliance() {
     let last = &fleet["appliances"][0]["last_health"];
     assert_eq!(last["held"]["count"], 25, "{last}");
     assert!(last["held"].get("full").is_none() && last["objects"] == serde_json::json!([]));
+
+    // No listing since (but one per rescan, should one have happened meanwhile): the five
+    // changes above came from the change feed.
+    let dataplane_output = |emb: &Appliance| {
+        format!(
+            "agent:\n{}\ndata plane:\n{}",
+            emb.agent.as_ref().unwrap().output(),
+            emb.dataplane.as_ref().unwrap().output()
+        )
+    };
+    assert!(
+        metric(&emb, "listings") - listings <= rescans(&emb) - rescanned,
+        "{}",
+        dataplane_output(&emb)
+    );
+    assert!(metric(&emb, "changes") >= changes + 5.0);
+    // The data plane restarts (a new feed epoch) and the tiers change while it is down: the
+    // agent lists the catalog once more, and the held view follows, by changes.
+    std::fs::write(emb.dir.join("flash/extra-3.m4s"), b"extra").unwrap();
+    wait_held_view_matches(&cloud, &emb, "the held view with extra-3");
+    let listings = metric(&emb, "listings");
+    emb.dataplane.take().unwrap().terminate();
+    std::fs::remove_file(emb.dir.join("flash/extra-3.m4s")).unwrap();
+    std::fs::write(emb.dir.join("flash/extra-down.m4s"), b"down").unwrap();
+    emb.start_dataplane();
+    let held = wait_held_view_matches(&cloud, &emb, "the held view after a data plane restart");
+    assert!(held.contains(&"extra-down.m4s".to_string()), "{held:?}");
+    assert!(!held.contains(&"extra-3.m4s".to_string()), "{held:?}");
+    let listed = metric(&emb, "listings") - listings;
+    assert!(
+        listed >= 1.0 && listed <= 1.0 + rescans(&emb),
+        "one full listing for the new epoch: {listed}\n{}",
+        dataplane_output(&emb)
+    );
+    // And it follows the new data plane's feed: no listing for a later change.
+    let (listings, rescanned, changes) = (
+        metric(&emb, "listings"),
+        rescans(&emb),
+        metric(&emb, "changes"),
+    );
+    std::fs::remove_file(emb.dir.join("flash/extra-down.m4s")).unwrap();
+    let held = wait_held_view_matches(&cloud, &emb, "the held view after a delete");
+    assert_eq!(held.len(), 25);
+    assert!(metric(&emb, "listings") - listings <= rescans(&emb) - rescanned);
+    assert!(metric(&emb, "changes") > changes);
+    assert_eq!(
+        cloud_metric(&cloud, "edgeplane_cloud_held_full_lists_total"),
+        full_before,
+        "the control service got changes, never the full list again"
+    );
 
     // Demand: the lowest-ranked object of the manifest is requested again and again.
     let before = manifest_ranks(&cloud, &emb);

@@ -7,7 +7,11 @@
 //!   ready, and RSS per object against the smallest size measured in the same run;
 //! - the time to list every id through the paged `GET /catalog` (pages of 1 000 000) and the
 //!   RSS after it (the listing keeps a sorted index, 4 bytes per object);
-//! - the mean time of a full rescan (`POST /reload`) and the RSS after 10 of them;
+//! - the cost of following the change feed instead: `--feed-changes` objects renamed in, then
+//!   the time and bytes of one `GET /catalog/changes` answering all of them (median of 5),
+//!   next to the full listing's;
+//! - the mean time of a full rescan (`POST /reload`) and the RSS right after each of them (the
+//!   largest, and the ratio to the RSS at ready);
 //! - a renamed-in object: time until it is served and the server's CPU per change, and the same
 //!   for a deleted object until it answers 404 (each over `--changes` objects, one at a time);
 //! - the p50/p99 of hits (GET of a random existing object, one keep-alive connection).
@@ -46,6 +50,9 @@ pub(crate) struct BenchCatalogArgs {
     /// Full rescans per size (`POST /reload`).
     #[arg(long, default_value_t = 10)]
     reloads: u32,
+    /// Changes read through the change feed per size (renamed in, then read in one answer).
+    #[arg(long, default_value_t = 1000)]
+    feed_changes: u32,
     /// Where the tiers of empty files are made (once) and kept; default
     /// `target/bench-catalog`. Use a directory outside the build tree to keep them across
     /// `cargo clean`.
@@ -79,10 +86,14 @@ struct Row {
     ready_cpu_s: f64,
     sized_s: f64,
     list_s: f64,
+    list_mib: f64,
     rss_after_list_mib: f64,
+    feed_ms: f64,
+    feed_kib: f64,
     rss_mib: f64,
     reload_s: f64,
     rss_after_reloads_mib: f64,
+    rss_max_after_reload_mib: f64,
     rss_after_changes_mib: f64,
     add_ms: f64,
     add_cpu_us: f64,
@@ -323,6 +334,7 @@ fn measure(bin: &Path, root: &Path, tier: &Path, n: u64, args: &BenchCatalogArgs
     // Every id through the paged listing (the first page sorts the ids once).
     let t = Instant::now();
     let mut listed = 0u64;
+    let mut list_bytes = 0usize;
     let mut after: Option<String> = None;
     let mut more = !args.skip_listing;
     while more {
@@ -330,7 +342,9 @@ fn measure(bin: &Path, root: &Path, tier: &Path, n: u64, args: &BenchCatalogArgs
             Some(a) => format!("/catalog?limit=1000000&after={a}"),
             None => "/catalog?limit=1000000".to_string(),
         };
-        let page: serde_json::Value = serde_json::from_str(&admin_get(ready.admin, &query)?)?;
+        let text = admin_get(ready.admin, &query)?;
+        list_bytes += text.len();
+        let page: serde_json::Value = serde_json::from_str(&text)?;
         for tier in page["tiers"].as_array().context("no tiers")? {
             listed += tier["ids"].as_array().map_or(0, |ids| ids.len() as u64);
         }
@@ -348,7 +362,21 @@ fn measure(bin: &Path, root: &Path, tier: &Path, n: u64, args: &BenchCatalogArgs
         bail!("GET /catalog listed {listed} ids, not {n}");
     }
     let rss_after_list_mib = rss_kib(pid)? as f64 / 1024.0;
-    eprintln!("listed {listed} ids in {list_s:.2} s; RSS {rss_after_list_mib:.1} MiB");
+    let list_mib = if args.skip_listing {
+        f64::NAN
+    } else {
+        list_bytes as f64 / (1 << 20) as f64
+    };
+    eprintln!(
+        "listed {listed} ids in {list_s:.2} s ({list_mib:.1} MiB); RSS {rss_after_list_mib:.1} MiB"
+    );
+
+    // The change feed: what a client following it pays for `feed_changes` changes.
+    let (feed_ms, feed_kib) = feed_cost(ready.admin, tier, args.feed_changes)?;
+    eprintln!(
+        "{} changes through the feed: {feed_ms:.2} ms, {feed_kib:.1} KiB",
+        args.feed_changes
+    );
 
     // The size count (nice 19, idle I/O class) runs from ready on; under load it waits.
     let sized_s = loop {
@@ -367,15 +395,25 @@ fn measure(bin: &Path, root: &Path, tier: &Path, n: u64, args: &BenchCatalogArgs
     };
     eprintln!("sizes counted {sized_s:.1} s after ready");
 
-    let t = Instant::now();
-    for _ in 0..args.reloads {
+    // RSS is read right after each rescan answers (the rescan is done, the old catalog
+    // replaced), not after a pause: what a reload costs at its worst moment.
+    let mut reload_time = Duration::ZERO;
+    let mut rss_max_after_reload_mib = 0f64;
+    for i in 0..args.reloads {
+        let t = Instant::now();
         admin_post(ready.admin, "/reload")?;
+        reload_time += t.elapsed();
+        let rss = rss_kib(pid)? as f64 / 1024.0;
+        eprintln!("  rescan {}: RSS {rss:.1} MiB right after", i + 1);
+        rss_max_after_reload_mib = rss_max_after_reload_mib.max(rss);
     }
-    let reload_s = t.elapsed().as_secs_f64() / f64::from(args.reloads.max(1));
+    let reload_s = reload_time.as_secs_f64() / f64::from(args.reloads.max(1));
     let rss_after_reloads_mib = rss_kib(pid)? as f64 / 1024.0;
     eprintln!(
-        "rescan: {reload_s:.2} s each; RSS after {} of them: {rss_after_reloads_mib:.1} MiB",
-        args.reloads
+        "rescan: {reload_s:.2} s each; RSS after {} of them: {rss_after_reloads_mib:.1} MiB \
+         (largest right after one: {rss_max_after_reload_mib:.1} MiB, {:.2}× ready)",
+        args.reloads,
+        rss_max_after_reload_mib / rss_mib
     );
     stop(&mut server)?;
     Ok(Row {
@@ -384,10 +422,14 @@ fn measure(bin: &Path, root: &Path, tier: &Path, n: u64, args: &BenchCatalogArgs
         ready_cpu_s,
         sized_s,
         list_s,
+        list_mib,
         rss_after_list_mib,
+        feed_ms,
+        feed_kib,
         rss_mib,
         reload_s,
         rss_after_reloads_mib,
+        rss_max_after_reload_mib,
         rss_after_changes_mib,
         add_ms,
         add_cpu_us,
@@ -396,6 +438,59 @@ fn measure(bin: &Path, root: &Path, tier: &Path, n: u64, args: &BenchCatalogArgs
         hit_p50_us,
         hit_p99_us,
     })
+}
+
+/// Renames `n` new objects into `tier`, waits until the change feed has them all, and then
+/// times `GET /catalog/changes` answering all `n` from the number before them (median of 5):
+/// `(ms, KiB)`. The objects are deleted again.
+fn feed_cost(admin: SocketAddr, tier: &Path, n: u32) -> Result<(f64, f64)> {
+    if n == 0 {
+        return Ok((f64::NAN, f64::NAN));
+    }
+    let head = |since: u64| -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&admin_get(
+            admin,
+            &format!("/catalog/changes?since={since}&limit=1"),
+        )?)?)
+    };
+    let start = head(0)?;
+    let epoch = start["epoch"].as_str().context("no epoch")?.to_string();
+    let since = start["latest"].as_u64().context("no latest")?;
+    let ids: Vec<String> = (0..n).map(|i| format!("feed-{i:06}.ts")).collect();
+    for id in &ids {
+        let tmp = tier.join(format!(".tmp-{id}"));
+        fs::write(&tmp, b"")?;
+        fs::rename(&tmp, tier.join(id))?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while head(since)?["latest"].as_u64().unwrap_or(0) < since + u64::from(n) {
+        if Instant::now() > deadline {
+            bail!("the feed did not show {n} changes within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let query = format!("/catalog/changes?since={since}&epoch={epoch}&limit={n}");
+    let mut runs = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let body = admin_get(admin, &query)?;
+        runs.push(t.elapsed().as_secs_f64() * 1e3);
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        let got = v["changes"].as_array().map_or(0, Vec::len);
+        if v["reset"] != false || got != n as usize {
+            bail!(
+                "the feed answered {got} changes (reset {}), not {n}",
+                v["reset"]
+            );
+        }
+        bytes = body.len();
+    }
+    runs.sort_by(f64::total_cmp);
+    for id in &ids {
+        fs::remove_file(tier.join(id))?;
+    }
+    Ok((runs[runs.len() / 2], bytes as f64 / 1024.0))
 }
 
 fn stop(server: &mut Server) -> Result<()> {
@@ -571,11 +666,12 @@ fn render(rows: &[Vec<Row>], args: &BenchCatalogArgs) -> String {
     );
     let _ = writeln!(
         out,
-        "| objects | ready (s) | CPU to ready (s) | sizes counted after (s) | RSS (MiB) | RSS / object (B) | full listing (s) | RSS after listing (MiB) | rescan (s) | RSS after rescans (MiB) | RSS after changes (MiB) | renamed in → served (ms) | CPU / add (µs) | deleted → 404 (ms) | CPU / delete (µs) | hit p50 (µs) | hit p99 (µs) |"
+        "| objects | ready (s) | CPU to ready (s) | sizes counted after (s) | RSS (MiB) | RSS / object (B) | full listing (s) | full listing (MiB) | {} changes by the feed (ms) | {} changes by the feed (KiB) | RSS after listing (MiB) | rescan (s) | RSS right after a rescan, largest (MiB) | × RSS at ready | RSS after rescans (MiB) | RSS after changes (MiB) | renamed in → served (ms) | CPU / add (µs) | deleted → 404 (ms) | CPU / delete (µs) | hit p50 (µs) | hit p99 (µs) |",
+        args.feed_changes, args.feed_changes
     );
     let _ = writeln!(
         out,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let base = rows.first().map(|runs| median(runs, |r| r.rss_mib).0);
     let base_n = rows
@@ -602,15 +698,20 @@ fn render(rows: &[Vec<Row>], args: &BenchCatalogArgs) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {:.1} | {per_object} | {} | {:.1} | {} | {:.1} | {:.1} | {} | {:.0} | {} | {:.0} | {} | {} |",
+            "| {} | {} | {} | {} | {:.1} | {per_object} | {} | {:.1} | {} | {:.1} | {:.1} | {} | {:.1} | {:.2} | {:.1} | {:.1} | {} | {:.0} | {} | {:.0} | {} | {} |",
             first.objects,
             ranged(|r| r.ready_s, 2),
             ranged(|r| r.ready_cpu_s, 2),
             ranged(|r| r.sized_s, 1),
             m(|r| r.rss_mib).0,
             ranged(|r| r.list_s, 2),
+            m(|r| r.list_mib).0,
+            ranged(|r| r.feed_ms, 2),
+            m(|r| r.feed_kib).0,
             m(|r| r.rss_after_list_mib).0,
             ranged(|r| r.reload_s, 2),
+            m(|r| r.rss_max_after_reload_mib).0,
+            m(|r| r.rss_max_after_reload_mib / r.rss_mib).0,
             m(|r| r.rss_after_reloads_mib).0,
             m(|r| r.rss_after_changes_mib).0,
             ranged(|r| r.add_ms, 1),
@@ -627,7 +728,10 @@ fn render(rows: &[Vec<Row>], args: &BenchCatalogArgs) -> String {
          averaged over the changes), including answering the polling GETs. RSS is measured \
          at ready, before any listing; the size count (low priority) adds nothing to it. \
          Sizes counted: from ready until `edgeplane_catalog_bytes_counted` is 1 (NaN: not \
-         within --count-wait-s).",
+         within --count-wait-s). The feed columns: one `GET /catalog/changes` answering \
+         --feed-changes renamed-in objects (median of 5), what a client following the feed \
+         pays instead of the full listing. RSS right after a rescan: read as each \
+         `POST /reload` answers; the largest of them, and its ratio to the RSS at ready.",
         1_000_000 / clock_ticks()
     );
     out

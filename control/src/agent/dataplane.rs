@@ -1,5 +1,5 @@
-//! The agent's view of its data plane: the admin listener's `/metrics`, `/catalog` and
-//! `/reload`, and the files the data plane reads on reload (signing keys, served prefixes).
+//! The agent's view of its data plane: the admin listener's `/metrics`, `/catalog`,
+//! `/catalog/changes`, `/demand` and `/reload`, and the files the data plane reads on reload (signing keys, served prefixes).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -92,10 +92,54 @@ pub struct CatalogView {
     /// The id the next page starts after; `None` on the last page.
     #[serde(default)]
     pub next: Option<String>,
+    /// The change feed's epoch (a data plane without the feed sends none).
+    #[serde(default)]
+    pub epoch: Option<String>,
+    /// The feed's number of the snapshot listed (of the first page, for a whole listing):
+    /// follow `GET /catalog/changes` from it.
+    #[serde(default)]
+    pub seq: u64,
+}
+
+/// One change in the data plane's `GET /catalog/changes`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CatalogChange {
+    /// Its number.
+    pub seq: u64,
+    /// `add` (added, replaced or moved to `tier`) or `remove`.
+    pub op: String,
+    /// The content id.
+    pub id: String,
+    /// The tier serving it since (for `remove`: the one it was served from).
+    pub tier: String,
+}
+
+/// The data plane's `GET /catalog/changes`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChangesView {
+    /// The feed's epoch: numbers from another epoch mean nothing.
+    pub epoch: String,
+    /// The feed cannot be followed from the number asked: list the catalog in full.
+    pub reset: bool,
+    /// The number to ask from next.
+    pub seq: u64,
+    /// More changes follow (ask again from `seq`).
+    #[serde(default)]
+    pub more: bool,
+    /// Catalog generation.
+    #[serde(default)]
+    pub generation: u64,
+    /// The tiers' counts (no ids).
+    pub tiers: Vec<CatalogTier>,
+    /// The changes after the number asked, in order.
+    #[serde(default)]
+    pub changes: Vec<CatalogChange>,
 }
 
 /// Ids asked for per `GET /catalog` page (the data plane allows up to 1 000 000).
 const CATALOG_PAGE: usize = 200_000;
+/// Changes asked for per `GET /catalog/changes` (the data plane allows up to 100 000).
+const CHANGES_PAGE: usize = 10_000;
 
 /// The numbers the agent reads from `/metrics`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -250,6 +294,33 @@ impl AdminClient {
             .map_err(AdminError::Catalog)?
             .json()
             .await
+            .map_err(AdminError::Catalog)
+    }
+
+    /// `GET /catalog/changes?since=SEQ&epoch=E`: the changes after `since` in the feed of
+    /// `epoch` (or `reset`). `None` when the data plane has no feed (an older one answers 404).
+    pub async fn changes(
+        &self,
+        since: u64,
+        epoch: &str,
+    ) -> Result<Option<ChangesView>, AdminError> {
+        let r = self
+            .http
+            .get(format!(
+                "{}/catalog/changes?since={since}&epoch={epoch}&limit={CHANGES_PAGE}",
+                self.base
+            ))
+            .send()
+            .await
+            .map_err(AdminError::Catalog)?;
+        if r.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        r.error_for_status()
+            .map_err(AdminError::Catalog)?
+            .json()
+            .await
+            .map(Some)
             .map_err(AdminError::Catalog)
     }
 

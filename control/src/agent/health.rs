@@ -1,14 +1,16 @@
 //! The health report: serving throughput and connections from the data plane's `/metrics`,
-//! tiers and held objects from its `/catalog` (sent as a digest and changes: `held`), requests
-//! per object from its `/demand`, host CPU, fill status and served prefixes.
+//! tiers and held objects from its catalog (one full `/catalog` listing, then its change feed:
+//! `follow`; sent as a digest and changes: `held`), requests per object from its `/demand`,
+//! host CPU, fill status and served prefixes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use edgeplane_api::{HealthReport, TierHealth};
 
 use super::dataplane::{CatalogView, Scrape, TierSpec};
 use super::demand::{DemandTracker, DEMAND_TOP};
+use super::follow::CatalogFollower;
 use super::held::HeldTracker;
 use super::state::Agent;
 
@@ -18,13 +20,18 @@ pub(crate) struct ReportState {
     pub(crate) last_bytes: Option<(f64, Instant)>,
     pub(crate) cpu: CpuSampler,
     pub(crate) held: HeldTracker,
+    pub(crate) follow: CatalogFollower,
     pub(crate) demand: DemandTracker,
 }
 
 /// Scrapes the data plane and builds the report.
 pub(crate) async fn health_report(agent: &Agent, st: &mut ReportState) -> HealthReport {
     let scrape = agent.admin.scrape().await.map_err(|e| e.to_string());
-    let catalog = agent.admin.catalog().await.map_err(|e| e.to_string());
+    let catalog = st
+        .follow
+        .sync(&agent.admin, &agent.dp.tiers, &mut st.held)
+        .await
+        .map_err(|e| e.to_string());
     let (last_bytes, cpu) = (&mut st.last_bytes, &mut st.cpu);
     let mut report = build_report(
         &agent.dp.tiers,
@@ -39,8 +46,7 @@ pub(crate) async fn health_report(agent: &Agent, st: &mut ReportState) -> Health
     // data plane's catalog there is nothing to say: no `held` (the control service then asks
     // for the full list once the catalog is back).
     if catalog.is_ok() {
-        let ids = std::mem::take(&mut report.objects);
-        report.held = Some(st.held.report(ids.into_iter().collect()));
+        report.held = Some(st.held.report());
     }
     match agent.admin.demand(DEMAND_TOP).await {
         Ok(view) => report.demand = st.demand.interval(&view),
@@ -86,13 +92,9 @@ fn build_report(
     }
     match catalog {
         Ok(c) => {
-            let mut ids = BTreeSet::new();
             for spec in tiers {
                 let t = c.tiers.iter().find(|t| t.name == spec.name);
                 let up = t.is_some_and(|t| t.up);
-                if up {
-                    ids.extend(t.into_iter().flat_map(|t| t.ids.iter().cloned()));
-                }
                 report.tiers.push(TierHealth {
                     name: spec.name.clone(),
                     up,
@@ -110,7 +112,6 @@ fn build_report(
                 report.healthy = false;
                 report.reason = Some("no tier is up".into());
             }
-            report.objects = ids.into_iter().collect();
         }
         Err(e) => {
             report.healthy = false;
@@ -195,11 +196,13 @@ mod tests {
                 tier("hdd", hdd_up, &["c"]),
             ],
             next: None,
+            epoch: None,
+            seq: 0,
         }
     }
 
     #[test]
-    fn a_report_carries_rate_tiers_and_the_objects_of_up_tiers() {
+    fn a_report_carries_rate_and_tiers() {
         let t0 = Instant::now();
         let mut last = None;
         let mut scrape = Scrape {
@@ -219,11 +222,6 @@ mod tests {
         scrape.draining = false;
         assert_eq!(r.serving_bps, 0, "no rate from the first scrape");
         assert_eq!((r.connections, r.tls_mode.as_str()), (3, "ktls"));
-        assert_eq!(
-            r.objects,
-            ["a", "b"],
-            "hdd is down: its objects are not offered"
-        );
         assert_eq!(r.tiers.len(), 2);
         assert_eq!(
             (r.tiers[0].capacity_bytes, r.tiers[0].used_bytes),

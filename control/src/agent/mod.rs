@@ -7,7 +7,8 @@
 //! plane keeps the last keys, prefixes and objects it was given.
 //!
 //! [`run`] starts it; each task lives in the module named for what it does: the control
-//! service (`register`: registration and the health cycle; `health`: the report; `manifest`),
+//! service (`register`: registration and the health cycle; `health`: the report, `follow`: the data
+//! plane's catalog, one listing then its change feed; `manifest`),
 //! the fill ([`fill`]: the pure plan, and its I/O in `fill/pass.rs`), what is handed to the data
 //! plane (`keys`, `prefixes`), and what the agent shows (`status`: `/metrics`, `/status`, the
 //! progress line). They share an `Agent` (`state`).
@@ -16,6 +17,7 @@ pub mod config;
 pub mod dataplane;
 pub mod demand;
 pub mod fill;
+mod follow;
 mod health;
 mod held;
 mod keys;

@@ -162,6 +162,11 @@ pub(crate) async fn control_loop(agent: Arc<Agent>) {
             }
         }
         let report = health_report(&agent, &mut report_state).await;
+        {
+            let mut s = agent.lock();
+            s.catalog_listings = report_state.follow.listings;
+            s.catalog_changes = report_state.follow.changes;
+        }
         let r: Result<HealthAck, ControlError> = agent
             .call(agent.http.post(agent.url("health")).json(&report), "health")
             .await;

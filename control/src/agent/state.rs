@@ -52,6 +52,10 @@ pub(crate) struct Shared {
     pub(crate) health_ok: u64,
     /// Health reports that carried the full held list (the control service asked for it).
     pub(crate) held_full_sent: u64,
+    /// Full listings of the data plane's catalog (at start, and when its feed reset).
+    pub(crate) catalog_listings: u64,
+    /// Changes applied from the data plane's catalog feed.
+    pub(crate) catalog_changes: u64,
     pub(crate) health_err: u64,
     /// The last failed call to the control service, for `/status`.
     pub(crate) last_error: Option<String>,

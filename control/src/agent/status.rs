@@ -191,6 +191,8 @@ pub(crate) fn render_metrics(s: &Shared) -> String {
         s.health_err
     );
     let _ = writeln!(o, "# HELP edgeplane_agent_held_full_reports_total Health reports that carried the full list of held objects (the control service asked for it).\n# TYPE edgeplane_agent_held_full_reports_total counter\nedgeplane_agent_held_full_reports_total {}", s.held_full_sent);
+    let _ = writeln!(o, "# HELP edgeplane_agent_catalog_listings_total Full listings of the data plane's catalog (at start, and when its change feed reset: a rescan or a restart).\n# TYPE edgeplane_agent_catalog_listings_total counter\nedgeplane_agent_catalog_listings_total {}", s.catalog_listings);
+    let _ = writeln!(o, "# HELP edgeplane_agent_catalog_changes_total Catalog changes read from the data plane's change feed.\n# TYPE edgeplane_agent_catalog_changes_total counter\nedgeplane_agent_catalog_changes_total {}", s.catalog_changes);
     o
 }
 
@@ -212,6 +214,8 @@ mod tests {
             health_ok: 10,
             health_err: 2,
             held_full_sent: 1,
+            catalog_listings: 2,
+            catalog_changes: 7,
             last_error: Some("health: HTTP 503 Service Unavailable: down".into()),
             served: ["198.51.100.0/24", "2001:db8::/32"]
                 .iter()
@@ -250,6 +254,8 @@ mod tests {
         for (series, want) in [
             ("edgeplane_agent_fill_objects_wanted", 24.0),
             ("edgeplane_agent_held_full_reports_total", 1.0),
+            ("edgeplane_agent_catalog_listings_total", 2.0),
+            ("edgeplane_agent_catalog_changes_total", 7.0),
             ("edgeplane_agent_fill_objects_present", 10.0),
             ("edgeplane_agent_fill_bytes_missing", 500_000.0),
             ("edgeplane_agent_fill_manifest_generation", 3.0),
@@ -298,7 +304,7 @@ mod tests {
             .filter(|l| !l.starts_with('#'))
             .map(|l| l.split(['{', ' ']).next().unwrap())
             .collect();
-        assert_eq!(families.len(), 20, "{families:?}");
+        assert_eq!(families.len(), 22, "{families:?}");
         for f in families {
             for kind in ["HELP", "TYPE"] {
                 let n = text

@@ -1,5 +1,5 @@
-//! The admin listener: `GET /metrics`, `GET /healthz`, `GET /catalog`, `GET /demand`,
-//! `POST /reload`, `POST /drain`.
+//! The admin listener: `GET /metrics`, `GET /healthz`, `GET /catalog`,
+//! `GET /catalog/changes`, `GET /demand`, `POST /reload`, `POST /drain`.
 //!
 //! One plain thread, off the serving cores, one request per connection. It reads the per-core
 //! counters (summing on scrape) and may swap the catalog; it never touches a client connection.
@@ -102,12 +102,25 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         }
         ("GET", "/catalog") => match CatalogQuery::parse(query) {
             Ok(q) => {
-                let body = catalog_json(&shared.catalog.load(), &q);
+                let body = catalog_json(&shared.catalog.load(), &shared.catalog.epoch(), &q);
                 let sent = respond(&mut stream, "200 OK", "application/json", &body);
                 // A page of a million ids is tens of MB, freed here: give it back.
                 drop(body);
                 crate::catalog::give_back_freed_memory();
                 sent
+            }
+            Err(e) => respond(
+                &mut stream,
+                "400 Bad Request",
+                "text/plain",
+                &format!("{e}\n"),
+            ),
+        },
+        ("GET", "/catalog/changes") => match ChangesQuery::parse(query) {
+            Ok(q) => {
+                let changes = shared.catalog.changes(q.since, q.epoch.as_deref(), q.limit);
+                let body = changes_json(&shared.catalog.load(), &changes);
+                respond(&mut stream, "200 OK", "application/json", &body)
             }
             Err(e) => respond(
                 &mut stream,
@@ -193,7 +206,11 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
             sent
         }
-        (_, "/metrics" | "/healthz" | "/reload" | "/catalog" | "/demand" | "/drain") => respond(
+        (
+            _,
+            "/metrics" | "/healthz" | "/reload" | "/catalog" | "/catalog/changes" | "/demand"
+            | "/drain",
+        ) => respond(
             &mut stream,
             "405 Method Not Allowed",
             "text/plain",
@@ -267,23 +284,150 @@ impl CatalogQuery {
     }
 }
 
-/// `GET /catalog`: what each tier serves, for the agent; one page of ids (in id order, after
-/// `after`), with the id to continue after in `next` (null on the last page).
-fn catalog_json(catalog: &crate::catalog::Catalog, query: &CatalogQuery) -> String {
+/// Changes per `GET /catalog/changes` answer unless `limit` says otherwise.
+const CHANGES_DEFAULT: usize = 10_000;
+/// Most changes one answer may carry.
+const CHANGES_MAX: usize = 100_000;
+
+/// `GET /catalog/changes?since=SEQ&epoch=E&limit=N`.
+#[derive(Debug, PartialEq)]
+struct ChangesQuery {
+    since: u64,
+    epoch: Option<String>,
+    limit: usize,
+}
+
+impl ChangesQuery {
+    fn parse(query: &str) -> Result<ChangesQuery, String> {
+        let mut since = None;
+        let mut q = ChangesQuery {
+            since: 0,
+            epoch: None,
+            limit: CHANGES_DEFAULT,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "since" => {
+                    since =
+                        Some(value.parse().map_err(|_| {
+                            format!("since: a change number (0 or more): {value:?}")
+                        })?)
+                }
+                "epoch" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    q.epoch = Some(value.into())
+                }
+                "epoch" => return Err(format!("epoch: hex digits, as answered: {value:?}")),
+                "limit" => {
+                    q.limit = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=CHANGES_MAX).contains(n))
+                        .ok_or_else(|| {
+                            format!("limit: a number from 1 to {CHANGES_MAX}: {value:?}")
+                        })?
+                }
+                _ => return Err(format!("unknown parameter {key:?} (since, epoch, limit)")),
+            }
+        }
+        q.since = since.ok_or("since: required (the `seq` of the last answer or listing)")?;
+        Ok(q)
+    }
+}
+
+/// A tier's summary, as `GET /catalog` and `GET /catalog/changes` give it.
+#[derive(serde::Serialize)]
+struct TierJson<'a> {
+    name: &'a str,
+    kind: &'a str,
+    up: bool,
+    objects: u64,
+    bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ids: Option<Vec<&'a str>>,
+}
+
+fn tiers_json<'a>(
+    catalog: &'a crate::catalog::Catalog,
+    mut ids: Option<Vec<Vec<&'a str>>>,
+) -> Vec<TierJson<'a>> {
+    catalog
+        .tiers
+        .iter()
+        .zip(&catalog.tier_states)
+        .enumerate()
+        .map(|(i, (t, s))| TierJson {
+            name: &t.name,
+            kind: t.kind.as_str(),
+            up: s.error.is_none(),
+            objects: s.objects,
+            bytes: s.bytes,
+            ids: ids.as_mut().map(|ids| std::mem::take(&mut ids[i])),
+        })
+        .collect()
+}
+
+/// `GET /catalog/changes`: the changes after `since` (ids added or removed, with their tier),
+/// or `reset`, with the tiers' counts from the current snapshot.
+fn changes_json(catalog: &crate::catalog::Catalog, changes: &crate::catalog::Changes) -> String {
     #[derive(serde::Serialize)]
-    struct Tier<'a> {
-        name: &'a str,
-        kind: &'a str,
-        up: bool,
-        objects: u64,
-        bytes: u64,
-        ids: Vec<&'a str>,
+    struct Change<'a> {
+        seq: u64,
+        op: &'a str,
+        id: &'a str,
+        tier: &'a str,
     }
     #[derive(serde::Serialize)]
     struct Body<'a> {
+        epoch: &'a str,
+        reset: bool,
+        seq: u64,
+        latest: u64,
+        more: bool,
         generation: u64,
         bytes_counted: bool,
-        tiers: Vec<Tier<'a>>,
+        tiers: Vec<TierJson<'a>>,
+        changes: Vec<Change<'a>>,
+    }
+    let body = Body {
+        epoch: &changes.epoch,
+        reset: changes.reset,
+        seq: changes.seq,
+        latest: changes.latest,
+        more: changes.seq < changes.latest,
+        generation: catalog.generation,
+        bytes_counted: catalog.bytes_counted(),
+        tiers: tiers_json(catalog, None),
+        changes: changes
+            .changes
+            .iter()
+            .map(|c| Change {
+                seq: c.seq,
+                op: if c.removed { "remove" } else { "add" },
+                id: &c.id,
+                tier: catalog
+                    .tiers
+                    .get(usize::from(c.tier))
+                    .map_or("", |t| t.name.as_str()),
+            })
+            .collect(),
+    };
+    let mut text = serde_json::to_string(&body).unwrap_or_else(|_| "{}".into());
+    text.push('\n');
+    text
+}
+
+/// `GET /catalog`: what each tier serves, for the agent; one page of ids (in id order, after
+/// `after`), with the id to continue after in `next` (null on the last page), and the change
+/// feed's `epoch` and `seq` of the snapshot listed (follow `GET /catalog/changes` from there).
+fn catalog_json(catalog: &crate::catalog::Catalog, epoch: &str, query: &CatalogQuery) -> String {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        generation: u64,
+        epoch: &'a str,
+        seq: u64,
+        bytes_counted: bool,
+        tiers: Vec<TierJson<'a>>,
         next: Option<&'a str>,
     }
     let (page, more) = catalog.page(query.after.as_deref(), query.limit);
@@ -293,26 +437,15 @@ fn catalog_json(catalog: &crate::catalog::Catalog, query: &CatalogQuery) -> Stri
     }
     let body = Body {
         generation: catalog.generation,
+        epoch,
+        seq: catalog.seq,
         bytes_counted: catalog.bytes_counted(),
         next: if more {
             page.last().map(|(id, _)| *id)
         } else {
             None
         },
-        tiers: catalog
-            .tiers
-            .iter()
-            .zip(&catalog.tier_states)
-            .zip(ids)
-            .map(|((t, s), ids)| Tier {
-                name: &t.name,
-                kind: t.kind.as_str(),
-                up: s.error.is_none(),
-                objects: s.objects,
-                bytes: s.bytes,
-                ids,
-            })
-            .collect(),
+        tiers: tiers_json(catalog, Some(ids)),
     };
     let mut text = serde_json::to_string(&body).unwrap_or_else(|_| "{}".into());
     text.push('\n');
@@ -337,6 +470,35 @@ fn respond(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changes_query_needs_since_and_checks_epoch_and_limit() {
+        assert_eq!(
+            ChangesQuery::parse("since=42&epoch=00ff&limit=5").unwrap(),
+            ChangesQuery {
+                since: 42,
+                epoch: Some("00ff".into()),
+                limit: 5
+            }
+        );
+        assert_eq!(
+            ChangesQuery::parse("since=0").unwrap().limit,
+            CHANGES_DEFAULT
+        );
+        for bad in [
+            "",
+            "limit=5",
+            "since=-1",
+            "since=x",
+            "since=1&limit=0",
+            "since=1&limit=100001",
+            "since=1&epoch=",
+            "since=1&epoch=zz",
+            "since=1&after=a",
+        ] {
+            assert!(ChangesQuery::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn catalog_query_takes_after_and_limit_and_refuses_the_rest() {

@@ -134,6 +134,9 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> Result<
     let drop_to = super::privileges::resolve(&config.process)
         .map_err(|e| ServeError::Process(e.to_string()))?;
     let io_memory = io_memory_per_core(&config, sys::memlock_limit())?;
+    // Before the first big allocation: buffers of 1 MiB and more get their own mappings,
+    // returned to the kernel when freed (a rescan's RSS: see the function).
+    crate::catalog::map_big_allocations();
     // Watches first, then the scan: a change during the scan is in the watch's queue.
     let watcher = super::watch::Watcher::new(&config.tiers).map_err(ServeError::Watch)?;
     let catalog = Arc::new(SharedCatalog::new(config.tiers.clone()));

@@ -52,16 +52,28 @@ pub(crate) fn start(shared: Arc<Shared>) -> std::io::Result<()> {
 
 /// Checks every tier; rescans the catalog when one changed state.
 fn check_all(shared: &Shared) {
-    let catalog = shared.catalog.snapshot();
+    // The tiers and their verdicts only, not the snapshot: the checks may block on a dying
+    // disk, and holding the snapshot would keep a catalog a rescan replaced alive meanwhile.
+    let (tiers, out_of_service): (_, Vec<bool>) = {
+        let catalog = shared.catalog.load();
+        (
+            catalog.tiers.clone(),
+            catalog
+                .tier_states
+                .iter()
+                .map(|s| s.error.is_some())
+                .collect(),
+        )
+    };
     let mut changed = false;
-    for (tier, state) in catalog.tiers.iter().zip(&catalog.tier_states) {
+    for (tier, &down) in tiers.iter().zip(&out_of_service) {
         let verdict = check_tier(&tier.path);
-        match (&verdict, &state.error) {
-            (Err(why), None) => {
+        match (&verdict, down) {
+            (Err(why), false) => {
                 tracing::error!(tier = %tier.name, "tier out of service: {why}");
                 changed = true;
             }
-            (Ok(()), Some(_)) => {
+            (Ok(()), true) => {
                 tracing::info!(tier = %tier.name, path = %tier.path.display(), "tier back in service");
                 changed = true;
             }
