@@ -49,7 +49,7 @@ pub(crate) async fn serve_transport<T: Transport>(
         deadline,
         core,
         t: transport,
-        out: Vec::with_capacity(512),
+        out: Vec::new(),
         peer,
     };
     let result = io.run(&mut conn).await;
@@ -72,10 +72,42 @@ struct Io<T> {
     deadline: DeadlineGuard,
     core: Rc<Core>,
     t: T,
-    /// Response head being written.
+    /// Response head being written; empty (no allocation) between requests.
     out: Vec<u8>,
     /// The client's address.
     peer: IpAddr,
+}
+
+/// Capacity of a response head buffer (a longer head grows it).
+const HEAD_BUF: usize = 512;
+/// Head buffers a core keeps for reuse; more are freed when given back.
+const HEAD_BUF_POOL: usize = 256;
+
+thread_local! {
+    /// This core's spare response head buffers (one executor per thread): a connection holds
+    /// one only while it answers, so an idle keep-alive connection holds none (issue #17).
+    static HEAD_BUFS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A response head buffer from this core's pool, or a new one.
+fn head_buf_take() -> Vec<u8> {
+    HEAD_BUFS
+        .with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(HEAD_BUF))
+}
+
+/// Gives a head buffer back to this core's pool (freed if the pool is full or it grew large).
+fn head_buf_give(mut buf: Vec<u8>) {
+    if buf.capacity() == 0 || buf.capacity() > 8 * HEAD_BUF {
+        return;
+    }
+    buf.clear();
+    HEAD_BUFS.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < HEAD_BUF_POOL {
+            p.push(buf);
+        }
+    });
 }
 
 /// Marks the core busy while a response is in flight (shutdown waits for these).
@@ -136,8 +168,23 @@ impl<T: Transport> Io<T> {
                         n => conn.received(n, Instant::now()),
                     }
                 }
-                Action::Respond(respond) => self.answer(&respond, cors).await?,
-                Action::Refuse { status, head } => self.refuse_request(status, head).await?,
+                // Boxed: an async fn's state is as large as its largest await point, and an
+                // answer's (catalog open, pull, body) is kilobytes; unboxed, every idle
+                // connection waiting at the read above would hold that much (issue #17).
+                // The head buffer too is held only while a request is answered: taken from
+                // this core's pool and given back after.
+                Action::Respond(respond) => {
+                    self.out = head_buf_take();
+                    let answered = Box::pin(self.answer(&respond, cors)).await;
+                    head_buf_give(std::mem::take(&mut self.out));
+                    answered?
+                }
+                Action::Refuse { status, head } => {
+                    self.out = head_buf_take();
+                    let refused = Box::pin(self.refuse_request(status, head)).await;
+                    head_buf_give(std::mem::take(&mut self.out));
+                    refused?
+                }
                 Action::Close(Close::Done) => return Ok(()),
                 Action::Close(Close::TimedOut(t)) => return Err(End::Timeout(timeout_metric(t))),
             }
@@ -335,4 +382,24 @@ pub(crate) async fn refuse(core: Rc<Core>, mut stream: TcpStream) {
     }
     let _ = stream.shutdown(std::net::Shutdown::Write).await;
     transport::drain(stream).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future an async fn of three arguments returns.
+    fn future_size<A, B, C, F: std::future::Future>(_: impl FnOnce(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// An idle keep-alive connection holds its task, whose size is its future's largest await
+    /// point: the request-handling branch is boxed so that the read it waits at stays small
+    /// (issue #17; unboxed, a debug build's plain connection future was 5.5 KiB).
+    #[test]
+    fn an_idle_connection_future_is_small() {
+        let plain = future_size(serve);
+        eprintln!("conn::serve future: {plain} bytes");
+        assert!(plain <= 2048, "conn::serve future is {plain} bytes");
+    }
 }

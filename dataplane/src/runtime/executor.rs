@@ -151,7 +151,10 @@ async fn accept_loop(
                 glommio::spawn_local(async move {
                     c.metrics().connection(1);
                     match tls {
-                        Some(config) => tls::serve(c.clone(), stream, config, peer).await,
+                        // Boxed: a TLS session's state (rustls, the handshake) is far larger than a
+                        // plain connection's, and an unboxed branch would make every plain
+                        // connection's task as large as a TLS one (issue #17, idle connections).
+                        Some(config) => Box::pin(tls::serve(c.clone(), stream, config, peer)).await,
                         None => conn::serve(c.clone(), stream, peer).await,
                     }
                     c.metrics().connection(-1);
