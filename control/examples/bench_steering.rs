@@ -3,8 +3,9 @@
 //! steering function ([`steer`]) answering in process on one thread.
 //!
 //! 1. **Throughput**: `--requests` answers for random (client /24, title), one health report
-//!    arriving every 100 answers (an appliance re-indexed), each answer serialized to JSON as
-//!    the server does; answers/s and latency percentiles.
+//!    arriving every 100 answers (an appliance re-indexed; the fleet's change stamp bumped, as
+//!    the service's state does at every change), each answer serialized to JSON as the server
+//!    does; answers/s and latency percentiles.
 //! 2. **Premiere**: one title, 100,000 viewers over one simulated minute, every appliance
 //!    reporting every 5 s (its load then is what it had been sent up to the report); checks
 //!    that no appliance goes over its cap while the fleet has room, and reports the max/mean
@@ -312,6 +313,9 @@ fn http_bench(secs: u64, connections: u32) {
             st.health(&a.id, a.health.clone().unwrap().0)
                 .expect("health");
         }
+        // Read the store once, as a running service has: its own writes do not advance the
+        // change number it has read up to, so the first read after them fetches every row.
+        st.sync().expect("sync");
         // Warm steering's caches as in the in-process part.
         for t in 0..200 {
             for s in 0..SITES {
@@ -411,6 +415,9 @@ fn main() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut fleet = make_fleet(&cat, 10_000_000_000, 40_000_000_000, &mut rng, true);
     let mut cache = SteerCache::new(&site_cfg);
+    // The fleet's change stamp, bumped with every change as the service's state does.
+    let mut stamp = 0u64;
+    cache.set_fleet_stamp(stamp);
     let titles: Vec<String> = cat.titles.iter().map(|t| t.id.clone()).collect();
     // Warm the caches (which titles each appliance holds) as a running service has them: one
     // answer per (title, site) evaluates every IX appliance and the site's embedded ones.
@@ -432,6 +439,8 @@ fn main() {
             let (mut h, _) = fleet[n].health.clone().unwrap();
             h.serving_bps = rng.below(fleet[n].load().1 / 2);
             fleet[n].set_health(h, NOW + (i / 20_000) as u64);
+            stamp += 1;
+            cache.set_fleet_stamp(stamp);
         }
         let (c, _) = client(&mut rng);
         let t = &titles[rng.below(titles.len() as u64) as usize];
@@ -504,6 +513,7 @@ fn main() {
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let mut fleet = make_fleet(&cat, emb_cap, ix_cap, &mut rng, false);
     let mut cache = SteerCache::new(&site_cfg);
+    let mut stamp = 0u64;
     let caps: Vec<u64> = fleet.iter().map(|a| a.load().1).collect();
     let total_room: u64 = caps.iter().map(|c| c / viewer_bps).sum();
     let mut viewers = vec![0u64; fleet.len()];
@@ -530,6 +540,8 @@ fn main() {
                     a.set_health(h, NOW + second);
                 }
             }
+            stamp += 1;
+            cache.set_fleet_stamp(stamp);
         }
         let (c, _) = client(&mut rng);
         let s = steer(

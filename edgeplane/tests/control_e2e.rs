@@ -1322,8 +1322,15 @@ fn two_control_instances_share_one_postgres() {
         .as_str()
         .unwrap()
         .to_string();
-    let st = steer(&a, "127.0.0.1", title);
-    assert_eq!(kid_of(&st.token), newest);
+    // Steering reads other instances' writes within `[store] sync_interval_ms`.
+    let st = poll_within(
+        "instance A to sign with the key rotated through B",
+        Duration::from_secs(20),
+        || {
+            let st = steer(&a, "127.0.0.1", title);
+            (kid_of(&st.token) == newest).then_some(st)
+        },
+    );
     poll_within("emb to hold the new key", Duration::from_secs(20), || {
         emb.keys().keys.iter().any(|k| k.id == newest).then_some(())
     });

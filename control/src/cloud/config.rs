@@ -83,13 +83,32 @@ fn default_state_dir() -> PathBuf {
 }
 
 /// `[store]`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// `sqlite:///path/to/file.db` or `postgres://user:password@host:port/db`; default: the
     /// SQLite file `state_dir/control.db`.
     #[serde(default)]
     pub url: Option<String>,
+    /// Read-only requests (steering, content steering, play manifests) read the store at most
+    /// once per this many milliseconds; between reads they answer from memory, which this
+    /// instance's own writes update at once. Other instances' writes are seen within this
+    /// bound. 0: every request reads the store first (default 250).
+    #[serde(default = "default_sync_interval_ms")]
+    pub sync_interval_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig {
+            url: None,
+            sync_interval_ms: default_sync_interval_ms(),
+        }
+    }
+}
+
+fn default_sync_interval_ms() -> u64 {
+    250
 }
 
 /// One `[[site]]`: a place appliances stand (their registration's `site`), the client prefixes
@@ -442,6 +461,12 @@ impl CloudConfig {
                 ));
             }
         }
+        if self.store.sync_interval_ms > 60_000 {
+            return bad(format!(
+                "store.sync_interval_ms = {} must be at most 60000 (a minute)",
+                self.store.sync_interval_ms
+            ));
+        }
         if self.steering.max_locations == 0 {
             return bad("steering.max_locations must be at least 1 (the origin)".into());
         }
@@ -533,6 +558,10 @@ secret = "s2"
         assert_eq!(c.signing.v6_prefix_len, 48);
         assert_eq!(c.steering.max_locations, 3);
         assert_eq!(c.origin.region, "us-east-1");
+        assert_eq!(c.store.sync_interval_ms, 250);
+        let c =
+            CloudConfig::from_toml(&format!("{GOOD}\n[store]\nsync_interval_ms = 0\n")).unwrap();
+        assert_eq!(c.store.sync_interval_ms, 0);
     }
 
     #[test]
@@ -614,6 +643,10 @@ admin_tokn = 1
             (
                 format!("{GOOD}\n[steering]\nmax_locations = 0\n"),
                 "steering.max_locations",
+            ),
+            (
+                format!("{GOOD}\n[store]\nsync_interval_ms = 60001\n"),
+                "store.sync_interval_ms",
             ),
             (
                 format!("{GOOD}\n[health]\ninterval_secs = 0\n"),

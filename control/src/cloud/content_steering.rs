@@ -36,7 +36,9 @@ use object_store::ObjectStoreExt;
 use serde::Serialize;
 
 use crate::cloud::media::{self, Pathway};
-use crate::cloud::server::{bad, check_title_token, form_pairs, public_url, with_state, App, Fail};
+use crate::cloud::server::{
+    bad, check_title_token, form_pairs, public_url, with_read_state, App, Fail,
+};
 use crate::cloud::state::{valid_object_id, CloudState};
 use crate::cloud::steering::canonical;
 use edgeplane_api::Title;
@@ -289,7 +291,7 @@ async fn play_manifest(
     let client = given.unwrap_or(peer.ip());
     let base = public_url(&app, &headers);
     let (id, origin_base) = (id.to_owned(), base.clone());
-    let (title, token, ranked) = with_state(&app, move |st| {
+    let (title, token, ranked) = with_read_state(&app, move |st| {
         let title = find_title(st, &id)?;
         media::playable(&title).map_err(|e| Fail(StatusCode::CONFLICT, e))?;
         let token = title_token(st, &title, client)?;
@@ -377,7 +379,7 @@ async fn content_steering(
     let q = parse_steering_query(query.as_deref()).map_err(bad)?;
     let client = q.client.unwrap_or(peer.ip());
     let base = public_url(&app, &headers);
-    let m = with_state(&app, move |st| steering_manifest(st, &q, client, &base)).await?;
+    let m = with_read_state(&app, move |st| steering_manifest(st, &q, client, &base)).await?;
     Ok(cors(
         ([(header::CACHE_CONTROL, "no-store")], axum::Json(m)).into_response(),
     ))

@@ -42,11 +42,15 @@ impl ApplianceRecord {
     }
 
     /// Records a health report received at `now`. A report in the old form (`objects`, no
-    /// `held`) replaces the held set; otherwise the held set is kept by `cloud::held`.
+    /// `held`) replaces the held set (marked changed only when it is another set, so what
+    /// steering derived from it stays); otherwise the held set is kept by `cloud::held`.
     pub fn set_health(&mut self, report: HealthReport, now: u64) {
         if report.held.is_none() {
-            self.held = report.objects.iter().cloned().collect();
-            self.held_changed();
+            let held: HashSet<String> = report.objects.iter().cloned().collect();
+            if held != self.held {
+                self.held = held;
+                self.held_changed();
+            }
         }
         self.health = Some((report, now));
     }

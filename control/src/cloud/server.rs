@@ -2,7 +2,7 @@
 //! [`edgeplane_api`]; errors are a status code and an [`ApiError`] body.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, RawQuery, State};
@@ -110,6 +110,38 @@ pub(crate) async fn with_state<R: Send + 'static>(
             format!("state task: {e}"),
         )
     })?
+}
+
+/// Runs `f` on the state for a request that writes nothing to the store (steering, content
+/// steering, play manifests). When the state is free and no store read is due
+/// ([`CloudState::store_due`]: `[store] sync_interval_ms`), `f` runs at once on this task, from
+/// memory: no blocking thread, no query. Otherwise as [`with_state`].
+pub(crate) async fn with_read_state<R: Send + 'static>(
+    app: &Arc<App>,
+    f: impl FnOnce(&mut CloudState) -> Result<R, Fail> + Send + 'static,
+) -> Result<R, Fail> {
+    match from_memory(app, f) {
+        Ok(answer) => answer,
+        Err(f) => with_state(app, f).await,
+    }
+}
+
+/// `f` on the state if it is free and no store read is due; else `f` back.
+fn from_memory<R, F: FnOnce(&mut CloudState) -> Result<R, Fail>>(
+    app: &App,
+    f: F,
+) -> Result<Result<R, Fail>, F> {
+    let mut st = match app.state.try_lock() {
+        Ok(st) => st,
+        Err(TryLockError::Poisoned(e)) => e.into_inner(),
+        // A write (or a sync) holds it, perhaps for a store round trip: wait on a blocking
+        // thread, not on this one.
+        Err(TryLockError::WouldBlock) => return Err(f),
+    };
+    if st.store_due() {
+        return Err(f);
+    }
+    Ok(f(&mut st))
 }
 
 pub(crate) fn bad(msg: impl Into<String>) -> Fail {
@@ -289,7 +321,7 @@ async fn steering(
         }
     };
     let origin_base = format!("{}/v1/origin", public_url(&app, &headers));
-    let answer = with_state(&app, move |st| {
+    let answer = with_read_state(&app, move |st| {
         Ok(st.steer(client, &title, &origin_base)?)
     })
     .await?;

@@ -10,6 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use edgeplane_signing::{valid_key_id, KeySet, SigningKey};
 use serde::{Deserialize, Serialize};
@@ -152,6 +153,11 @@ pub struct CloudState {
     demand: FleetDemand,
     /// Plans and generations, so a health report recomputes no placement (`manifest_inner`).
     plans: PlanCache,
+    /// When [`CloudState::sync`] last read the store (monotonic; `None`: never).
+    synced_at: Option<Instant>,
+    /// Bumped at every mutable access to `fleet` (steering's cache skips its per-appliance
+    /// comparison while it stays the same: `SteerCache::set_fleet_stamp`).
+    fleet_stamp: u64,
     /// Counters.
     pub counters: Counters,
 }
@@ -310,6 +316,8 @@ impl CloudState {
                 cfg.popularity.demand_half_life_secs,
             ),
             plans: PlanCache::default(),
+            synced_at: None,
+            fleet_stamp: 0,
             counters: Counters::default(),
             cfg,
             clock,
@@ -366,6 +374,7 @@ impl CloudState {
     /// Reads what changed in the store since the last call: catalog, appliance registrations
     /// and health, keys. One small query when nothing changed.
     pub fn sync(&mut self) -> Result<(), StateError> {
+        let started = Instant::now();
         let v = self.store.versions()?;
         if v.catalog != self.catalog_version {
             if let Some((version, catalog)) = self.store.catalog()? {
@@ -384,6 +393,7 @@ impl CloudState {
                     // No longer provisioned here.
                     continue;
                 };
+                self.fleet_stamp += 1;
                 let rec = &mut self.fleet[i];
                 rec.registration = row.registration;
                 match row.health {
@@ -415,7 +425,21 @@ impl CloudState {
             let next = stored.next_rotation.unwrap_or(self.next_rotation);
             self.load_keys(stored.version, KeySet { keys: stored.keys }, next);
         }
+        self.synced_at = Some(started);
         Ok(())
+    }
+
+    /// Whether a read-only request (steering, content steering, a play manifest) must go
+    /// through the store first: the last [`CloudState::sync`] began `[store] sync_interval_ms`
+    /// ago or longer (or never ran), or a key rotation is due (it writes). When false the
+    /// request may answer from memory: this instance's own writes are in it already, other
+    /// instances' are at most the interval old.
+    pub fn store_due(&self) -> bool {
+        let interval = Duration::from_millis(self.cfg.store.sync_interval_ms);
+        let stale = self
+            .synced_at
+            .is_none_or(|at| interval.is_zero() || at.elapsed() >= interval);
+        stale || self.now() >= self.next_rotation
     }
 
     /// Adds a new signing key at `now` to `keys`, capping the others at `now + url_ttl`.
@@ -523,6 +547,7 @@ impl CloudState {
 
     fn record_mut(&mut self, id: &str) -> Result<&mut ApplianceRecord, StateError> {
         let i = self.index(id)?;
+        self.fleet_stamp += 1;
         Ok(&mut self.fleet[i])
     }
 
@@ -590,6 +615,7 @@ impl CloudState {
             crate::cloud::held::validate(h).map_err(StateError::BadRequest)?;
         }
         let i = self.index(id)?;
+        self.fleet_stamp += 1;
         let rec = &mut self.fleet[i];
         let Some(site) = rec.registration.as_ref().map(|r| r.site.clone()) else {
             return Err(StateError::Conflict(format!(
@@ -648,6 +674,7 @@ impl CloudState {
         if write.is_some() {
             self.held_loaded.insert(id.to_owned(), seq);
         }
+        self.fleet_stamp += 1;
         let rec = &mut self.fleet[i];
         rec.set_health(report, now);
         if answer.is_none() {
@@ -879,6 +906,7 @@ impl CloudState {
             origin_base,
             new_viewer,
         };
+        self.steer_cache.set_fleet_stamp(self.fleet_stamp);
         let result = steer(
             &mut self.steer_cache,
             &self.fleet,

@@ -271,8 +271,9 @@ struct ApplianceCache {
     site: Option<usize>,
     /// The held-set version `holds` was computed from.
     held_version: u64,
-    /// Whether it holds every object of a title, by title index.
-    holds: HashMap<usize, bool>,
+    /// Whether it holds every object of a title, by title index: 0 not known yet, 1 yes,
+    /// 2 no.
+    holds: Vec<u8>,
     /// First-choice answers since its last report.
     decisions: u64,
     /// Load those answers add, bits per second.
@@ -294,6 +295,14 @@ pub struct SteerCache {
     appliances: Vec<ApplianceCache>,
     embedded: PrefixTable<Vec<usize>>,
     ix: Vec<usize>,
+    /// Per client site (graph index): the IX appliances at sites connected to it, as
+    /// (distance, appliance), nearest first. Made on first use; dropped when an IX appliance
+    /// comes, goes or moves.
+    ix_near: Vec<Option<Vec<(u64, usize)>>>,
+    /// The caller's fleet change stamp ([`SteerCache::set_fleet_stamp`]), and the one the
+    /// per-appliance indexes were last compared at.
+    fleet_stamp: Option<u64>,
+    compared_stamp: Option<u64>,
 }
 
 /// SplitMix64's finalizer: a cheap, well-mixed 64-bit hash step.
@@ -447,6 +456,15 @@ impl SteerCache {
         &self.sites
     }
 
+    /// Declares the fleet's change stamp: a number the caller changes whenever it changes any
+    /// appliance record (registration, report, held set). While the stamp stays what it was
+    /// at the last [`steer`], the fleet is taken as unchanged and the comparison of every
+    /// appliance with its cached fingerprint is skipped (at 1,000 appliances that scan was a
+    /// large part of an answer). Without a stamp every call compares every appliance.
+    pub fn set_fleet_stamp(&mut self, stamp: u64) {
+        self.fleet_stamp = Some(stamp);
+    }
+
     /// Brings the indexes up to date with `fleet` and `catalog` (version `catalog_version`).
     fn sync(&mut self, fleet: &[ApplianceRecord], catalog: &Catalog, catalog_version: u64) {
         if self.catalog_version != Some(catalog_version) {
@@ -462,6 +480,13 @@ impl SteerCache {
             }
             self.catalog_version = Some(catalog_version);
         }
+        if self.fleet_stamp.is_some()
+            && self.compared_stamp == self.fleet_stamp
+            && self.appliances.len() == fleet.len()
+        {
+            return;
+        }
+        self.compared_stamp = self.fleet_stamp;
         if self.appliances.len() != fleet.len() {
             self.appliances = fleet
                 .iter()
@@ -473,6 +498,7 @@ impl SteerCache {
                 .collect();
             self.embedded = PrefixTable::default();
             self.ix.clear();
+            self.ix_near.clear();
         }
         let mut ix_changed = false;
         for (i, a) in fleet.iter().enumerate() {
@@ -493,15 +519,16 @@ impl SteerCache {
                 c.added_bps = 0;
             }
             let role = a.registration.as_ref().map(|r| r.role);
-            c.site = a
+            let site = a
                 .registration
                 .as_ref()
                 .and_then(|r| self.sites.index_of(&r.site));
             let is_ix = role == Some(Role::Ix);
-            if c.is_ix != is_ix {
-                c.is_ix = is_ix;
+            if c.is_ix != is_ix || (is_ix && c.site != site) {
                 ix_changed = true;
             }
+            c.site = site;
+            c.is_ix = is_ix;
             let prefixes: &[IpNet] = if role == Some(Role::Embedded) {
                 a.prefixes()
             } else {
@@ -523,16 +550,8 @@ impl SteerCache {
             self.ix = (0..fleet.len())
                 .filter(|&i| self.appliances[i].is_ix)
                 .collect();
+            self.ix_near.clear();
         }
-    }
-
-    /// Whether appliance `i` holds every object of title `t` (cached per report).
-    fn holds(&mut self, fleet: &[ApplianceRecord], i: usize, t: usize) -> bool {
-        let objects = &self.title_info[t].objects;
-        *self.appliances[i]
-            .holds
-            .entry(t)
-            .or_insert_with(|| fleet[i].holds(objects.iter().map(String::as_str)))
     }
 
     /// Load steering sent appliance `i` since its last report, bits per second.
@@ -560,6 +579,45 @@ fn hrw_score(hash: u64, weight: f64) -> f64 {
     weight / -u.ln()
 }
 
+/// What deciding one appliance's eligibility needs.
+struct Judge<'a> {
+    fleet: &'a [ApplianceRecord],
+    params: &'a SteerParams<'a>,
+    objects: &'a [String],
+    titles: usize,
+    t: usize,
+    now: u64,
+    viewer_bps: u64,
+    request_hash: u64,
+}
+
+impl Judge<'_> {
+    /// Appliance `i`'s rendezvous score when it is eligible for this answer, else `None`.
+    fn score(&self, apps: &mut [ApplianceCache], i: usize) -> Option<f64> {
+        let a = &self.fleet[i];
+        if !a.in_steering(self.now, self.params.health) || a.draining() || a.base_url().is_none() {
+            return None;
+        }
+        let c = &mut apps[i];
+        let free = free_bps(a, c.added_bps);
+        if free < i128::from(self.viewer_bps.max(1)) {
+            return None;
+        }
+        // Whether it holds every object of the title, cached per report.
+        if c.holds.len() != self.titles {
+            c.holds = vec![0; self.titles];
+        }
+        if c.holds[self.t] == 0 {
+            let yes = a.holds(self.objects.iter().map(String::as_str));
+            c.holds[self.t] = if yes { 1 } else { 2 };
+        }
+        if c.holds[self.t] != 1 {
+            return None;
+        }
+        Some(hrw_score(mix(self.request_hash ^ c.id_hash), free as f64))
+    }
+}
+
 /// The steering answer.
 #[allow(clippy::too_many_arguments)]
 pub fn steer(
@@ -579,10 +637,19 @@ pub fn steer(
         .get(title_id)
         .ok_or_else(|| SteerError::UnknownTitle(title_id.to_owned()))?;
     let key = keys.signing_key(now).ok_or(SteerError::NoKey)?;
-    let info = &cache.title_info[t];
+    let SteerCache {
+        sites,
+        title_info,
+        appliances,
+        embedded: embedded_index,
+        ix: ix_all,
+        ix_near,
+        ..
+    } = cache;
+    let info = &title_info[t];
     let id_prefix = info
         .id_prefix
-        .clone()
+        .as_deref()
         .ok_or_else(|| SteerError::NoIdPrefix(title_id.to_owned()))?;
     let viewer_bps = if params.viewer_bps > 0 {
         params.viewer_bps
@@ -595,21 +662,15 @@ pub fn steer(
         params.signing.v4_prefix_len,
         params.signing.v6_prefix_len,
     );
-    let request_hash = hash_of(&(title_id, prefix));
-
-    let eligible = |cache: &mut SteerCache, i: usize| -> Option<f64> {
-        let a = &fleet[i];
-        if !a.in_steering(now, params.health) || a.draining() || a.base_url().is_none() {
-            return None;
-        }
-        let free = free_bps(a, cache.appliances[i].added_bps);
-        if free < i128::from(viewer_bps.max(1)) || !cache.holds(fleet, i, t) {
-            return None;
-        }
-        Some(hrw_score(
-            mix(request_hash ^ cache.appliances[i].id_hash),
-            free as f64,
-        ))
+    let judge = Judge {
+        fleet,
+        params,
+        objects: &info.objects,
+        titles: title_info.len(),
+        t,
+        now,
+        viewer_bps,
+        request_hash: hash_of(&(title_id, prefix)),
     };
 
     // Embedded: every appliance whose prefixes hold the client, at its longest match. The
@@ -617,13 +678,8 @@ pub fn steer(
     let mut client_site: Option<&str> = None;
     let mut seen: Vec<usize> = Vec::new();
     let mut embedded: Vec<(u8, f64, usize)> = Vec::new();
-    let matches: Vec<(u8, Vec<usize>)> = cache
-        .embedded
-        .matches(client)
-        .map(|(len, list)| (len, list.clone()))
-        .collect();
-    for (len, list) in matches {
-        for i in list {
+    for (len, list) in embedded_index.matches(client) {
+        for &i in list {
             if seen.contains(&i) {
                 continue;
             }
@@ -631,51 +687,77 @@ pub fn steer(
             if client_site.is_none() {
                 client_site = fleet[i].registration.as_ref().map(|r| r.site.as_str());
             }
-            if let Some(score) = eligible(cache, i) {
+            if let Some(score) = judge.score(appliances, i) {
                 embedded.push((len, score, i));
             }
-        }
-    }
-    let client_site: Option<String> = client_site
-        .map(str::to_owned)
-        .or_else(|| cache.sites.site_of(client).map(str::to_owned));
-    let client_site_index = client_site.as_deref().and_then(|c| cache.sites.index_of(c));
-    let mut ix: Vec<(u64, f64, usize)> = Vec::new();
-    for n in 0..cache.ix.len() {
-        let i = cache.ix[n];
-        let distance = match (&client_site, client_site_index, cache.appliances[i].site) {
-            (None, _, _) => 0,
-            (Some(_), Some(ci), Some(si)) => match cache.sites.dist[ci][si] {
-                Some(d) => d,
-                None => continue,
-            },
-            // A site the graph does not know: only the same name is near.
-            (Some(c), _, _) => {
-                let site = fleet[i]
-                    .registration
-                    .as_ref()
-                    .map_or("", |r| r.site.as_str());
-                if c != site {
-                    continue;
-                }
-                0
-            }
-        };
-        if let Some(score) = eligible(cache, i) {
-            ix.push((distance, score, i));
         }
     }
     let by_score = |x: f64, y: f64| y.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Equal);
     let wanted = params.max_locations.max(1) - 1;
     embedded.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| by_score(a.1, b.1)));
+    // Only the first few IX appliances can be in the answer: none when the embedded ones fill
+    // it; else those of the nearest distances that hold enough eligible ones.
+    let ix_wanted = wanted.saturating_sub(embedded.len());
+    let mut ix: Vec<(u64, f64, usize)> = Vec::new();
+    if ix_wanted > 0 {
+        let client_site = client_site.or_else(|| sites.site_of(client));
+        let client_site_index = client_site.and_then(|c| sites.index_of(c));
+        match (client_site, client_site_index) {
+            // Every IX appliance is equally near.
+            (None, _) => {
+                for &i in ix_all.iter() {
+                    if let Some(score) = judge.score(appliances, i) {
+                        ix.push((0, score, i));
+                    }
+                }
+            }
+            // Those at sites the graph connects to the client's, nearest first: stop after
+            // the distance that brings enough.
+            (Some(_), Some(ci)) => {
+                if ix_near.len() != sites.names.len() {
+                    *ix_near = vec![None; sites.names.len()];
+                }
+                let near = ix_near[ci].get_or_insert_with(|| {
+                    let mut near: Vec<(u64, usize)> = ix_all
+                        .iter()
+                        .filter_map(|&i| Some((sites.dist[ci][appliances[i].site?]?, i)))
+                        .collect();
+                    near.sort_unstable();
+                    near
+                });
+                let mut k = 0;
+                while k < near.len() && ix.len() < ix_wanted {
+                    let distance = near[k].0;
+                    while k < near.len() && near[k].0 == distance {
+                        let i = near[k].1;
+                        if let Some(score) = judge.score(appliances, i) {
+                            ix.push((distance, score, i));
+                        }
+                        k += 1;
+                    }
+                }
+            }
+            // A site the graph does not know: only the same name is near.
+            (Some(c), None) => {
+                for &i in ix_all.iter() {
+                    let site = fleet[i]
+                        .registration
+                        .as_ref()
+                        .map_or("", |r| r.site.as_str());
+                    if c != site {
+                        continue;
+                    }
+                    if let Some(score) = judge.score(appliances, i) {
+                        ix.push((0, score, i));
+                    }
+                }
+            }
+        }
+    }
     let ix_order = |a: &(u64, f64, usize), b: &(u64, f64, usize)| {
         a.0.cmp(&b.0).then_with(|| by_score(a.1, b.1))
     };
-    // Only the first few IX appliances can be in the answer: select them, then sort those.
-    let ix_wanted = wanted.saturating_sub(embedded.len());
-    if ix_wanted == 0 {
-        ix.clear();
-    } else if ix.len() > ix_wanted {
+    if ix.len() > ix_wanted && ix_wanted > 0 {
         ix.select_nth_unstable_by(ix_wanted - 1, ix_order);
         ix.truncate(ix_wanted);
     }
@@ -688,20 +770,18 @@ pub fn steer(
         .collect();
 
     let expires = now + params.signing.url_ttl_secs;
-    let token = sign_title(key, &id_prefix, expires, prefix);
-    let mut locations: Vec<Location> = ranked
-        .iter()
-        .map(|&(i, kind)| {
-            let a = &fleet[i];
-            Location {
-                kind,
-                appliance: Some(a.id.clone()),
-                site: a.registration.as_ref().map(|r| r.site.clone()),
-                // Eligible appliances have a base URL.
-                base_url: format!("{}/tok/{token}/", a.base_url().unwrap_or_default()),
-            }
-        })
-        .collect();
+    let token = sign_title(key, id_prefix, expires, prefix);
+    let mut locations: Vec<Location> = Vec::with_capacity(ranked.len() + 1);
+    for &(i, kind) in &ranked {
+        let a = &fleet[i];
+        locations.push(Location {
+            kind,
+            appliance: Some(a.id.clone()),
+            site: a.registration.as_ref().map(|r| r.site.clone()),
+            // Eligible appliances have a base URL.
+            base_url: format!("{}/tok/{token}/", a.base_url().unwrap_or_default()),
+        });
+    }
     locations.push(Location {
         kind: LocationKind::Origin,
         appliance: None,
@@ -710,16 +790,15 @@ pub fn steer(
     });
     // The viewer goes to the first location: count the load it adds until the next report.
     if let Some(&(i, _)) = ranked.first().filter(|_| params.new_viewer) {
-        let c = &mut cache.appliances[i];
+        let c = &mut appliances[i];
         c.decisions += 1;
         c.added_bps = c.added_bps.saturating_add(viewer_bps);
     }
-    let info = &cache.title_info[t];
     Ok(Steering {
         title: info.id.clone(),
         client,
         expires,
-        id_prefix,
+        id_prefix: id_prefix.to_owned(),
         token,
         locations,
         renditions: info.renditions.clone(),

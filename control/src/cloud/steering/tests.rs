@@ -420,6 +420,51 @@ fn a_playing_viewer_asking_again_adds_no_load() {
     assert!(cache.added_bps(0) > 0);
 }
 
+/// With a fleet stamp, a changed fleet is looked at again when the stamp changes (and, as
+/// promised by the caller, only then); without one, at every call.
+#[test]
+fn a_new_fleet_stamp_brings_fleet_changes_in() {
+    let mut fleet = vec![
+        app("e0", Role::Embedded, &["10.0.0.0/8"]),
+        app("ix0", Role::Ix, &[]),
+    ];
+    let first = |cache: &mut SteerCache, fleet: &[ApplianceRecord]| {
+        order(&run_with(cache, fleet, &catalog(), "10.0.7.1", "t0001", 2))[0].clone()
+    };
+    let mut cache = SteerCache::default();
+    cache.set_fleet_stamp(1);
+    assert_eq!(first(&mut cache, &fleet), "e0");
+    // e0 reports itself unhealthy: a new report, but the caller has not bumped the stamp yet.
+    let mut h = fleet[0].health.as_ref().unwrap().0.clone();
+    h.healthy = false;
+    h.objects = Vec::new();
+    fleet[0].set_health(h, NOW);
+    // Health is read per answer; what changes is the index: e0 held nothing now.
+    let held_before = first(&mut cache, &fleet);
+    assert_eq!(held_before, "ix0", "in_steering is checked per answer");
+    // Back to healthy with nothing held: with the old stamp the cached holdings still say
+    // it holds t0001; the new stamp brings the report in.
+    let mut h = fleet[0].health.as_ref().unwrap().0.clone();
+    h.healthy = true;
+    fleet[0].set_health(h, NOW);
+    assert_eq!(
+        first(&mut cache, &fleet),
+        "e0",
+        "the old stamp: the cache as it was"
+    );
+    cache.set_fleet_stamp(2);
+    assert_eq!(
+        first(&mut cache, &fleet),
+        "ix0",
+        "the new stamp: e0 holds nothing"
+    );
+    // Without a stamp every call compares the fleet.
+    let mut cache = SteerCache::default();
+    assert_eq!(first(&mut cache, &fleet), "ix0");
+    fleet[0] = app("e0", Role::Embedded, &["10.0.0.0/8"]);
+    assert_eq!(first(&mut cache, &fleet), "e0");
+}
+
 /// A premiere: many viewers of one title in a short time, health reports only every 5 s (and
 /// the load they carry is that of 5 s ago). With the load added since each report counted, no
 /// appliance goes over its cap while the fleet has room, and the load spreads.
