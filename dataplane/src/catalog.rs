@@ -1404,6 +1404,17 @@ pub fn etag_for(size: u64, mtime: SystemTime, ino: u64) -> String {
 mod tests {
     use super::*;
 
+    /// A flash tier `nvme` and a storage tier `hdd`, in that order, in fresh directories.
+    fn two_tiers() -> (tempfile::TempDir, tempfile::TempDir, Vec<TierConfig>) {
+        let flash = tempfile::tempdir().unwrap();
+        let hdd = tempfile::tempdir().unwrap();
+        let tiers = vec![
+            tier("nvme", TierKind::Flash, flash.path()),
+            tier("hdd", TierKind::Storage, hdd.path()),
+        ];
+        (flash, hdd, tiers)
+    }
+
     fn tier(name: &str, kind: TierKind, path: &Path) -> TierConfig {
         TierConfig {
             name: name.into(),
@@ -1603,12 +1614,7 @@ mod tests {
 
     #[test]
     fn sizes_are_counted_after_the_scan_and_changes_meanwhile_are_kept() {
-        let flash = tempfile::tempdir().unwrap();
-        let hdd = tempfile::tempdir().unwrap();
-        let tiers = vec![
-            tier("nvme", TierKind::Flash, flash.path()),
-            tier("hdd", TierKind::Storage, hdd.path()),
-        ];
+        let (flash, hdd, tiers) = two_tiers();
         std::fs::write(flash.path().join("a.ts"), b"aaaa").unwrap();
         std::fs::write(flash.path().join("gone.ts"), b"gone").unwrap();
         std::fs::write(hdd.path().join("a.ts"), b"storage copy").unwrap();
@@ -1650,12 +1656,7 @@ mod tests {
 
     #[test]
     fn pages_list_every_id_once_in_order_across_base_and_changes() {
-        let flash = tempfile::tempdir().unwrap();
-        let hdd = tempfile::tempdir().unwrap();
-        let tiers = vec![
-            tier("nvme", TierKind::Flash, flash.path()),
-            tier("hdd", TierKind::Storage, hdd.path()),
-        ];
+        let (flash, hdd, tiers) = two_tiers();
         for i in 0..50 {
             let dir = if i % 3 == 0 { &hdd } else { &flash };
             std::fs::write(dir.path().join(format!("id-{i:03}.ts")), b"x").unwrap();
@@ -1699,12 +1700,7 @@ mod tests {
 
     #[test]
     fn refresh_follows_changes_name_by_name_and_matches_a_rescan() {
-        let flash = tempfile::tempdir().unwrap();
-        let hdd = tempfile::tempdir().unwrap();
-        let tiers = vec![
-            tier("nvme", TierKind::Flash, flash.path()),
-            tier("hdd", TierKind::Storage, hdd.path()),
-        ];
+        let (flash, hdd, tiers) = two_tiers();
         std::fs::write(hdd.path().join("a.ts"), b"storage").unwrap();
         let shared = SharedCatalog::new(tiers.clone());
         shared.count_sizes();
@@ -1894,12 +1890,7 @@ mod tests {
 
     #[test]
     fn sizes_are_counted_by_tier_on_a_merged_base_too() {
-        let flash = tempfile::tempdir().unwrap();
-        let hdd = tempfile::tempdir().unwrap();
-        let tiers = vec![
-            tier("nvme", TierKind::Flash, flash.path()),
-            tier("hdd", TierKind::Storage, hdd.path()),
-        ];
+        let (flash, hdd, tiers) = two_tiers();
         for i in 0..20 {
             std::fs::write(hdd.path().join(format!("h{i}.ts")), vec![0; i]).unwrap();
             std::fs::write(flash.path().join(format!("f{i}.ts")), vec![0; 2 * i]).unwrap();

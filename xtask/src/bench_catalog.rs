@@ -644,7 +644,7 @@ impl Client {
 
 /// Writes dirty pages out, then drops the page, dentry and inode caches (root only).
 fn drop_caches() -> Result<()> {
-    run_checked(std::process::Command::new("sync").arg("-f").arg("/"))?;
+    run_checked(&mut std::process::Command::new("sync"))?;
     fs::write("/proc/sys/vm/drop_caches", "3\n")
         .context("dropping the caches needs root (or pass --warm)")
 }

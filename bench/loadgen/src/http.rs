@@ -37,38 +37,15 @@ pub struct GetHead {
 /// Parses the head of a response to [`get_request`]. `Ok(None)`: incomplete, read more.
 /// Chunked bodies are refused (the servers here send a length).
 pub fn parse_get_head(buf: &[u8]) -> Result<Option<GetHead>, ErrorKind> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(ErrorKind::Protocol),
+    let Some(r) = parse_response(buf, |_| Ok(()))? else {
+        return Ok(None);
     };
-    let status = resp.code.ok_or(ErrorKind::Protocol)?;
-    let (mut content_length, mut close, mut location) = (None, false, None);
-    for h in resp.headers.iter() {
-        let value = std::str::from_utf8(h.value).map_err(|_| ErrorKind::Protocol)?;
-        if h.name.eq_ignore_ascii_case("content-length") {
-            content_length = Some(
-                value
-                    .trim()
-                    .parse::<u64>()
-                    .map_err(|_| ErrorKind::Protocol)?,
-            );
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            close = value.trim().eq_ignore_ascii_case("close");
-        } else if h.name.eq_ignore_ascii_case("location") {
-            location = Some(value.trim().to_owned());
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(ErrorKind::Protocol);
-        }
-    }
     Ok(Some(GetHead {
-        len,
-        status,
-        content_length,
-        close: close || content_length.is_none(),
-        location,
+        len: r.len,
+        status: r.status,
+        content_length: r.content_length,
+        close: r.close || r.content_length.is_none(),
+        location: r.location,
     }))
 }
 
@@ -86,6 +63,48 @@ pub struct Head {
 /// read more. Checks: status 206, `Content-Length` equal to the range's length, and
 /// `Content-Range: bytes first-last/…`.
 pub fn parse_head(buf: &[u8], first: u64, last: u64) -> Result<Option<Head>, ErrorKind> {
+    let status = |code| {
+        if code == 206 {
+            Ok(())
+        } else {
+            Err(ErrorKind::Status)
+        }
+    };
+    let Some(r) = parse_response(buf, status)? else {
+        return Ok(None);
+    };
+    let content_length = r.content_length.ok_or(ErrorKind::Protocol)?;
+    if content_length != last - first + 1 {
+        return Err(ErrorKind::Length);
+    }
+    let range = r.content_range.ok_or(ErrorKind::Protocol)?;
+    let want = format!("bytes {first}-{last}/");
+    if !range.starts_with(&want) {
+        return Err(ErrorKind::Protocol);
+    }
+    Ok(Some(Head {
+        len: r.len,
+        content_length,
+        close: r.close,
+    }))
+}
+
+/// The fields of a response head both parsers read.
+struct Response {
+    len: usize,
+    status: u16,
+    content_length: Option<u64>,
+    content_range: Option<String>,
+    close: bool,
+    location: Option<String>,
+}
+
+/// Parses a response head (`Ok(None)`: incomplete); `accept` checks the status before the
+/// headers are read. A `Transfer-Encoding` (chunked) or an unreadable header is a protocol error.
+fn parse_response(
+    buf: &[u8],
+    accept: impl Fn(u16) -> Result<(), ErrorKind>,
+) -> Result<Option<Response>, ErrorKind> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(buf) {
@@ -93,41 +112,32 @@ pub fn parse_head(buf: &[u8], first: u64, last: u64) -> Result<Option<Head>, Err
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(ErrorKind::Protocol),
     };
-    if resp.code != Some(206) {
-        return Err(ErrorKind::Status);
-    }
-    let (mut content_length, mut content_range, mut close) = (None, None, false);
+    let status = resp.code.ok_or(ErrorKind::Protocol)?;
+    accept(status)?;
+    let mut r = Response {
+        len,
+        status,
+        content_length: None,
+        content_range: None,
+        close: false,
+        location: None,
+    };
     for h in resp.headers.iter() {
         let value = std::str::from_utf8(h.value).map_err(|_| ErrorKind::Protocol)?;
+        let value = value.trim();
         if h.name.eq_ignore_ascii_case("content-length") {
-            content_length = Some(
-                value
-                    .trim()
-                    .parse::<u64>()
-                    .map_err(|_| ErrorKind::Protocol)?,
-            );
+            r.content_length = Some(value.parse::<u64>().map_err(|_| ErrorKind::Protocol)?);
         } else if h.name.eq_ignore_ascii_case("content-range") {
-            content_range = Some(value.trim().to_owned());
+            r.content_range = Some(value.to_owned());
         } else if h.name.eq_ignore_ascii_case("connection") {
-            close = value.trim().eq_ignore_ascii_case("close");
+            r.close = value.eq_ignore_ascii_case("close");
+        } else if h.name.eq_ignore_ascii_case("location") {
+            r.location = Some(value.to_owned());
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(ErrorKind::Protocol);
         }
     }
-    let content_length = content_length.ok_or(ErrorKind::Protocol)?;
-    if content_length != last - first + 1 {
-        return Err(ErrorKind::Length);
-    }
-    let range = content_range.ok_or(ErrorKind::Protocol)?;
-    let want = format!("bytes {first}-{last}/");
-    if !range.starts_with(&want) {
-        return Err(ErrorKind::Protocol);
-    }
-    Ok(Some(Head {
-        len,
-        content_length,
-        close,
-    }))
+    Ok(Some(r))
 }
 
 #[cfg(test)]

@@ -161,12 +161,7 @@ impl Playback {
 
     /// Stalled share of the time since playback started: stall / (played + stall).
     pub fn rebuffer_ratio(&self) -> f64 {
-        let watched = self.played_s + self.stall_s;
-        if watched > 0.0 {
-            self.stall_s / watched
-        } else {
-            0.0
-        }
+        rebuffer_ratio(self.played_s, self.stall_s)
     }
 
     /// Mean bitrate of the media received, weighted by duration, kbit/s.
@@ -195,6 +190,16 @@ pub fn segment_range(object_len: u64, index: u64, seg_bytes: u64) -> (u64, u64) 
     let len = seg_bytes.min(object_len).max(1);
     let slots = (object_len / len).max(1);
     ((index % slots) * len, len)
+}
+
+/// Stalled share of the time since playback started: `stall / (played + stall)`, 0 before any.
+pub fn rebuffer_ratio(played_s: f64, stall_s: f64) -> f64 {
+    let watched = played_s + stall_s;
+    if watched > 0.0 {
+        stall_s / watched
+    } else {
+        0.0
+    }
 }
 
 #[cfg(test)]

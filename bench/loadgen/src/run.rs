@@ -586,24 +586,7 @@ async fn exchange(
         last,
     );
     io.write_all(&req).await.map_err(|_| ErrorKind::Io)?;
-    let mut filled = 0;
-    let head = loop {
-        let n = io
-            .read(&mut buf[filled..])
-            .await
-            .map_err(|_| ErrorKind::Io)?;
-        if n == 0 {
-            return Err(ErrorKind::Io);
-        }
-        record_bytes(ctx, stats, n);
-        filled += n;
-        if let Some(head) = parse_head(&buf[..filled], first, last)? {
-            break head;
-        }
-        if filled == buf.len() {
-            return Err(ErrorKind::Protocol);
-        }
-    };
+    let (head, filled) = read_head(ctx, stats, io, buf, |b| parse_head(b, first, last)).await?;
     let pattern = Pattern::for_name(&object.name);
     let check = ctx.cfg.validation == Validation::Full;
     let mut got = (filled - head.len) as u64;
@@ -626,6 +609,36 @@ async fn exchange(
         got += n as u64;
     }
     Ok(!head.close)
+}
+
+/// Reads from `io` into `buf` until `parse` finds a whole response head; returns it and how many
+/// bytes of `buf` were read (the head and the first body bytes). A head that does not fit in
+/// `buf` is a protocol error.
+pub(crate) async fn read_head<H>(
+    ctx: &Ctx,
+    stats: &mut Stats,
+    io: &mut Box<dyn Io>,
+    buf: &mut [u8],
+    parse: impl Fn(&[u8]) -> Result<Option<H>, ErrorKind>,
+) -> Result<(H, usize), ErrorKind> {
+    let mut filled = 0;
+    loop {
+        let n = io
+            .read(&mut buf[filled..])
+            .await
+            .map_err(|_| ErrorKind::Io)?;
+        if n == 0 {
+            return Err(ErrorKind::Io);
+        }
+        record_bytes(ctx, stats, n);
+        filled += n;
+        if let Some(head) = parse(&buf[..filled])? {
+            return Ok((head, filled));
+        }
+        if filled == buf.len() {
+            return Err(ErrorKind::Protocol);
+        }
+    }
 }
 
 pub(crate) fn record_bytes(ctx: &Ctx, stats: &mut Stats, n: usize) {

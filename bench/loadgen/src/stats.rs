@@ -277,12 +277,7 @@ pub struct ViewerStats {
 impl ViewerStats {
     /// This viewer's stalled share of the time since its playback started.
     pub fn rebuffer_ratio(&self) -> f64 {
-        let watched = self.played_s + self.stall_s;
-        if watched > 0.0 {
-            self.stall_s / watched
-        } else {
-            0.0
-        }
+        crate::player::rebuffer_ratio(self.played_s, self.stall_s)
     }
 }
 

@@ -20,7 +20,7 @@ use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use crate::http::{get_request, parse_get_head, GetHead};
 use crate::player::{Abr, Playback};
-use crate::run::{fail, record_bytes, Ctx, Io, PlayerConfig, SteeringConfig, Target};
+use crate::run::{fail, read_head, record_bytes, Ctx, Io, PlayerConfig, SteeringConfig, Target};
 use crate::stats::{ErrorKind, Stats, SteeredStats, ViewerStats};
 use crate::steer::{answer_keys, ladder, segment_id, Move, Pathways};
 use crate::zipf::{Rng, Zipf};
@@ -95,24 +95,7 @@ async fn get(
     io.write_all(&get_request(req.host, req.path, req.close))
         .await
         .map_err(|_| ErrorKind::Io)?;
-    let mut filled = 0;
-    let head = loop {
-        let n = io
-            .read(&mut buf[filled..])
-            .await
-            .map_err(|_| ErrorKind::Io)?;
-        if n == 0 {
-            return Err(ErrorKind::Io);
-        }
-        record_bytes(ctx, stats, n);
-        filled += n;
-        if let Some(head) = parse_get_head(&buf[..filled])? {
-            break head;
-        }
-        if filled == buf.len() {
-            return Err(ErrorKind::Protocol);
-        }
-    };
+    let (head, filled) = read_head(ctx, stats, io, buf, parse_get_head).await?;
     let mut got = (filled - head.len) as u64;
     if head.content_length.is_some_and(|len| got > len) {
         return Err(ErrorKind::Protocol);
