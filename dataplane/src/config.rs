@@ -659,6 +659,11 @@ pub struct IoConfig {
     /// How the serving sockets wait until a request arrives (read at start).
     #[serde(default)]
     pub readiness: ReadinessSetting,
+    /// A plain-HTTP keep-alive connection idle this long (ms) is parked: its task, buffers and
+    /// io_uring poll are freed and its socket waits in the core's epoll set until the client
+    /// sends again (docs/design.md, "Idle connections stay cheap"). `0`: never park.
+    #[serde(default = "default_park_idle_after_ms")]
+    pub park_idle_after_ms: u64,
 }
 
 /// `io.readiness`: how a connection waits for its next request bytes (see docs/design.md,
@@ -695,6 +700,10 @@ impl IoConfig {
     pub fn tier_check_interval(&self) -> Duration {
         Duration::from_millis(self.tier_check_interval_ms)
     }
+    /// [`Self::park_idle_after_ms`] as a duration; `None` when parking is off.
+    pub fn park_idle_after(&self) -> Option<Duration> {
+        (self.park_idle_after_ms > 0).then(|| Duration::from_millis(self.park_idle_after_ms))
+    }
 }
 
 impl Default for IoConfig {
@@ -706,6 +715,7 @@ impl Default for IoConfig {
             open_file_cache: default_open_file_cache(),
             tier_check_interval_ms: default_tier_check_interval_ms(),
             readiness: ReadinessSetting::default(),
+            park_idle_after_ms: default_park_idle_after_ms(),
         }
     }
 }
@@ -792,6 +802,9 @@ fn default_cold_read_threads() -> usize {
 }
 fn default_open_file_cache() -> usize {
     4096
+}
+fn default_park_idle_after_ms() -> u64 {
+    1000
 }
 fn default_tier_check_interval_ms() -> u64 {
     1000

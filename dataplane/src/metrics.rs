@@ -228,6 +228,8 @@ pub struct CoreMetrics {
     cold_read_bytes: Box<[AtomicU64]>,
     open_connections: AtomicI64,
     connections: AtomicU64,
+    parked_connections: AtomicI64,
+    parks: AtomicU64,
     rejected: [AtomicU64; Rejection::ALL.len()],
     signed_url_rejects: [AtomicU64; Reject::ALL.len()],
     /// Per tier, per [`TierIoError`] kind.
@@ -273,6 +275,8 @@ impl CoreMetrics {
             cold_read_bytes: zeros(),
             open_connections: AtomicI64::new(0),
             connections: AtomicU64::new(0),
+            parked_connections: AtomicI64::new(0),
+            parks: AtomicU64::new(0),
             rejected: Default::default(),
             signed_url_rejects: Default::default(),
             tier_io_errors: (0..tiers * TierIoError::ALL.len())
@@ -313,6 +317,13 @@ impl CoreMetrics {
             self.connections.fetch_add(1, Relaxed);
         }
         self.open_connections.fetch_add(delta, Relaxed);
+    }
+    /// An idle connection was parked (`+1`), or left the parked set (`-1`: woken or closed).
+    pub fn parked(&self, delta: i64) {
+        if delta > 0 {
+            self.parks.fetch_add(1, Relaxed);
+        }
+        self.parked_connections.fetch_add(delta, Relaxed);
     }
     /// A connection was refused over a cap.
     pub fn rejected(&self, why: Rejection) {
@@ -599,6 +610,32 @@ pub fn render(metrics: &Metrics, catalog: &Catalog) -> String {
         out,
         "edgeplane_open_connections {}",
         metrics.open_connections()
+    );
+    header(
+        &mut out,
+        "edgeplane_parked_connections",
+        "gauge",
+        "Idle keep-alive connections parked now (no task, no buffers; waiting in the epoll set).",
+    );
+    let _ = writeln!(
+        out,
+        "edgeplane_parked_connections {}",
+        metrics
+            .cores
+            .iter()
+            .map(|c| c.parked_connections.load(Relaxed))
+            .sum::<i64>()
+    );
+    header(
+        &mut out,
+        "edgeplane_connections_parked_total",
+        "counter",
+        "Times an idle keep-alive connection was parked.",
+    );
+    let _ = writeln!(
+        out,
+        "edgeplane_connections_parked_total {}",
+        sum(&|c| c.parks.load(Relaxed))
     );
     header(
         &mut out,

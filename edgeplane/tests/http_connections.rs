@@ -557,3 +557,87 @@ fn every_readiness_path_waits_for_requests_and_times_out_idle_ones() {
         server.assert_serving(&format!("{mode}: after an idle close"));
     }
 }
+
+/// Idle keep-alive connections are parked (task and buffers freed, socket in the core's epoll
+/// set) and served again when the client sends: ranges stay exact, the request count
+/// (`max_requests_per_connection`) carries over, a partial head is never parked, a client that
+/// leaves a parked connection frees it, and the idle timeout still closes one.
+#[test]
+fn idle_connections_are_parked_and_woken_with_their_state() {
+    let data = pattern("park.mp4", 1 << 20);
+    let server = ServerBuilder::new(BIN)
+        .io("park_idle_after_ms", "200")
+        .limit("idle_timeout_ms", 4000)
+        .limit("max_requests_per_connection", 3)
+        .file("flash", "park.mp4", &data)
+        .start();
+    let parked = |m: &Metrics| m.sum("edgeplane_parked_connections", &[]);
+    let open = |m: &Metrics| m.sum("edgeplane_open_connections", &[]);
+
+    // Twenty connections, one request each, then idle: all parked.
+    let mut conns: Vec<Conn> = (0..20).map(|_| server.connect()).collect();
+    let mut rng = Rng::new(23);
+    let mut ask = |c: &mut Conn, what: &str| {
+        let a = rng.below(1 << 20);
+        let b = (a + rng.below(300_000)).min((1 << 20) - 1);
+        let r = c.request("GET", &format!("/park.mp4/range/{a}-{b}"), &[]);
+        assert_partial(&r, &data, a, b, what);
+        r
+    };
+    for (i, c) in conns.iter_mut().enumerate() {
+        let r = ask(c, &format!("connection {i}, first request"));
+        assert!(!r.says_close(), "{r:?}");
+    }
+    server.wait_metrics("20 idle connections parked", |m| {
+        parked(m) == 20.0 && open(m) == 20.0
+    });
+
+    // Each one asks again: woken, answered exactly, and parked again afterwards.
+    for (i, c) in conns.iter_mut().enumerate() {
+        let r = ask(c, &format!("connection {i}, after parking"));
+        assert!(!r.says_close(), "second of three requests: {r:?}");
+    }
+    let m = server.wait_metrics("all parked again", |m| parked(m) == 20.0);
+    assert!(
+        m.sum("edgeplane_connections_parked_total", &[]) >= 40.0,
+        "each connection parked twice"
+    );
+
+    // The third request is the last allowed: the count survived two parkings.
+    let r = ask(&mut conns[0], "connection 0, third request");
+    assert!(r.says_close(), "third request with max 3: {r:?}");
+    conns[0].expect_eof("after max_requests_per_connection, across parkings");
+
+    // A partial head is never parked (it is under the header timeout, not idle): wait until a
+    // connection that went idle after it has been parked, then finish the head.
+    let mut partial = server.connect();
+    partial.send(b"GET /park.mp4 HTTP/1.1\r\nHost: t\r\n");
+    let mut later = server.connect();
+    ask(&mut later, "a connection idle after the partial head");
+    server.wait_metrics("the later idle connection parked", |m| parked(m) == 20.0);
+    partial.send(b"Range: bytes=10-20\r\n\r\n");
+    let r = partial.read_response(false);
+    assert_partial(
+        &r,
+        &data,
+        10,
+        20,
+        "the partial head, finished after parking ran",
+    );
+
+    // Clients that leave parked connections free them (caps and gauge).
+    for c in conns.drain(10..) {
+        drop(c);
+    }
+    server.wait_metrics("ten parked connections left by their clients", |m| {
+        parked(m) <= 11.0 && open(m) <= 12.0
+    });
+
+    // The idle timeout still closes a parked connection, counted as an idle timeout.
+    conns[1].expect_eof("parked connection past idle_timeout_ms");
+    let m = server.wait_metrics("every parked connection timed out", |m| {
+        parked(m) == 0.0 && m.sum("edgeplane_timeouts_total", &[("kind", "idle")]) >= 10.0
+    });
+    assert!(open(&m) <= 1.0, "open connections: {}", open(&m));
+    server.assert_serving("after parking, waking and timing out");
+}

@@ -171,6 +171,8 @@ enum Kind {
 
 /// Idle keep-alive connections the `idle` scenario opens (each answered once, then left idle).
 const IDLE_CONNECTIONS: u32 = 10_000;
+/// How long the idle crowd sits before the server's RSS is taken (again) with it.
+const IDLE_SETTLE: Duration = Duration::from_secs(3);
 
 pub(crate) struct Scenario {
     name: &'static str,
@@ -610,12 +612,18 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
                         ));
                         let rss_before = rss_kib(pids)?;
                         let conns = idle_crowd(&e.http, &hot[0].name, IDLE_CONNECTIONS)?;
+                        let rss_opened = rss_kib(pids)?;
+                        // Idle connections are idle for seconds to minutes between a player's
+                        // requests: the steady figure is the one after they have sat a while
+                        // (edgeplane parks them after `io.park_idle_after_ms`, 1 s by default).
+                        std::thread::sleep(IDLE_SETTLE);
                         let rss_after = rss_kib(pids)?;
                         idle_rounds.push(IdleRound {
                             server: e.name.clone(),
                             round,
                             connections: conns.len(),
                             rss_before_kib: rss_before,
+                            rss_opened_kib: rss_opened,
                             rss_after_kib: rss_after,
                         });
                         Some(conns)
@@ -723,12 +731,22 @@ struct IdleRound {
     round: u32,
     connections: usize,
     rss_before_kib: u64,
+    /// Right after the last connection was answered.
+    rss_opened_kib: u64,
+    /// After the crowd sat idle for [`IDLE_SETTLE`].
     rss_after_kib: u64,
 }
 
 impl IdleRound {
+    /// KiB per idle connection, after they sat idle for [`IDLE_SETTLE`].
     fn kib_per_connection(&self) -> f64 {
         self.rss_after_kib.saturating_sub(self.rss_before_kib) as f64
+            / self.connections.max(1) as f64
+    }
+
+    /// KiB per idle connection right after they were opened and answered.
+    fn kib_per_connection_opened(&self) -> f64 {
+        self.rss_opened_kib.saturating_sub(self.rss_before_kib) as f64
             / self.connections.max(1) as f64
     }
 
@@ -738,6 +756,9 @@ impl IdleRound {
             "round": self.round,
             "idle_connections": self.connections,
             "rss_before_kib": self.rss_before_kib,
+            "rss_just_opened_kib": self.rss_opened_kib,
+            "rss_kib_per_connection_just_opened": finite(self.kib_per_connection_opened()),
+            "idle_settle_s": IDLE_SETTLE.as_secs_f64(),
             "rss_with_idle_kib": self.rss_after_kib,
             "rss_kib_per_idle_connection": finite(self.kib_per_connection()),
         })
@@ -815,9 +836,12 @@ fn idle_markdown(idle: &[IdleRound], results: &[Measurement]) -> String {
         return String::new();
     }
     let mut s = String::from(
-        "\n## Idle connections (per round)\n\n| server | round | idle connections | RSS before MiB | \
-         RSS with them MiB | KiB per idle connection | active p99 ms with them | `64k` p99 ms \
-         (same round) | ratio |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "\n## Idle connections (per round)\n\nRSS is taken before the crowd, right after its last \
+         connection was answered, and after it sat idle for 3 s (the steady figure: KiB per idle \
+         connection).\n\n| server | round | idle connections | RSS before MiB | RSS just opened MiB \
+         | RSS after 3 s idle MiB | KiB per connection, just opened | KiB per idle connection | \
+         active p99 ms with them | `64k` p99 ms (same round) | ratio |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in idle {
         let with = results
@@ -829,12 +853,14 @@ fn idle_markdown(idle: &[IdleRound], results: &[Measurement]) -> String {
         let p = |m: Option<&Measurement>| m.map_or(f64::NAN, Measurement::p99);
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {} | {} | {} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {} | {} |",
             r.server,
             r.round,
             r.connections,
             r.rss_before_kib as f64 / 1024.0,
+            r.rss_opened_kib as f64 / 1024.0,
             r.rss_after_kib as f64 / 1024.0,
+            r.kib_per_connection_opened(),
             r.kib_per_connection(),
             num(p(with), 2),
             num(p(without), 2),

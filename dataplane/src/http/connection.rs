@@ -141,6 +141,15 @@ impl Connection {
         }
     }
 
+    /// A connection that has already served `served` requests (one woken from the parked set:
+    /// `limits.max_requests_per_connection` keeps counting), otherwise as [`Connection::new`].
+    pub fn resume(limits: Limits, served: u64) -> Connection {
+        Connection {
+            served,
+            ..Connection::new(limits)
+        }
+    }
+
     /// What to do next, as of `now`.
     pub fn poll(&mut self, now: Instant, policy: &Policy) -> Action<'_> {
         match self.state {

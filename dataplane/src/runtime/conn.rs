@@ -16,6 +16,8 @@ use std::time::Instant;
 use glommio::net::TcpStream;
 
 use super::core::{Core, DeadlineGuard};
+use super::park;
+use super::shared::ConnGuard;
 use super::sys;
 use super::transport::{self, End, Plain, Transport};
 use crate::catalog::OpenObject;
@@ -25,26 +27,62 @@ use crate::http::response::{self, HeadContext};
 use crate::http::Status;
 use crate::metrics::Timeout;
 
-/// Serves one accepted plain-HTTP connection to completion.
-pub(crate) async fn serve(core: Rc<Core>, stream: TcpStream, peer: IpAddr) {
+/// Serves one plain-HTTP connection until it ends or is parked: just accepted (`served` 0) or
+/// woken from the parked set (`runtime::park`). `guard`: its place under the connection caps,
+/// released when it closes.
+pub(crate) async fn serve(
+    core: Rc<Core>,
+    stream: TcpStream,
+    peer: IpAddr,
+    guard: ConnGuard,
+    served: u64,
+) {
     let fd = stream.as_raw_fd();
-    if sys::set_nonblocking(fd).is_err() {
-        return;
+    if sys::set_nonblocking(fd).is_ok() {
+        let _ = stream.set_write_timeout(Some(core.config().limits.send_timeout()));
+        let deadline = core.register_deadline(fd);
+        let plain = Plain::new(stream, fd);
+        if let Some(idle) = serve_transport(core.clone(), plain, deadline, peer, served).await {
+            let Idle {
+                transport,
+                served,
+                idle_until_ms,
+            } = idle;
+            return park::park(
+                &core,
+                transport.into_stream(),
+                peer,
+                guard,
+                served,
+                idle_until_ms,
+            );
+        }
     }
-    let _ = stream.set_write_timeout(Some(core.config().limits.send_timeout()));
-    let deadline = core.register_deadline(fd);
-    serve_transport(core, Plain::new(stream, fd), deadline, peer).await;
+    drop(guard);
+    core.metrics().connection(-1);
 }
 
-/// The request loop over any transport, until the connection ends. `peer`: the client's
-/// address, which signed URLs are checked against.
+/// A connection given up for parking by [`serve_transport`].
+pub(crate) struct Idle<T> {
+    pub(crate) transport: T,
+    /// Requests served on it so far.
+    pub(crate) served: u64,
+    /// When its idle timeout ends (core-local ms).
+    pub(crate) idle_until_ms: u64,
+}
+
+/// The request loop over any transport, until the connection ends (`None`) or, for a
+/// transport that can park ([`Transport::PARKABLE`]), until it has been idle for
+/// `io.park_idle_after_ms` (`Some`, nothing buffered: the caller parks it). `peer`: the client's
+/// address, which signed URLs are checked against. `served`: requests already served on it.
 pub(crate) async fn serve_transport<T: Transport>(
     core: Rc<Core>,
     transport: T,
     deadline: DeadlineGuard,
     peer: IpAddr,
-) {
-    let mut conn = Connection::new(core.request_limits());
+    served: u64,
+) -> Option<Idle<T>> {
+    let mut conn = Connection::resume(core.request_limits(), served);
     let mut io = Io {
         deadline,
         core,
@@ -55,7 +93,14 @@ pub(crate) async fn serve_transport<T: Transport>(
     let result = io.run(&mut conn).await;
     let clean = !matches!(result, Err(End::Object(_) | End::Timeout(Timeout::Send)));
     match result {
-        Ok(()) | Err(End::Client) => {}
+        Ok(Ended::Park(idle_until_ms)) => {
+            return Some(Idle {
+                transport: io.t,
+                served: conn.served(),
+                idle_until_ms,
+            })
+        }
+        Ok(Ended::Done) | Err(End::Client) => {}
         Err(End::Timeout(t)) => io.core.metrics().timeout(t),
         Err(End::Object(e)) => {
             io.core.metrics().io_error();
@@ -63,6 +108,15 @@ pub(crate) async fn serve_transport<T: Transport>(
         }
     }
     io.t.close(clean).await;
+    None
+}
+
+/// How [`Io::run`] ended without an error.
+enum Ended {
+    /// The connection is done (closed by the protocol, or by the client between requests).
+    Done,
+    /// Idle long enough to be parked; its idle timeout ends at this core-local ms.
+    Park(u64),
 }
 
 /// Everything a connection writes with. Kept apart from the [`Connection`] so a parsed request
@@ -135,8 +189,14 @@ fn timeout_metric(t: ReadTimeout) -> Timeout {
 }
 
 impl<T: Transport> Io<T> {
-    /// Carries out the connection's actions until it ends.
-    async fn run(&mut self, conn: &mut Connection) -> Result<(), End> {
+    /// Carries out the connection's actions until it ends or is to be parked.
+    async fn run(&mut self, conn: &mut Connection) -> Result<Ended, End> {
+        // Parking asked for by the sweeper ends an idle read (nothing buffered) of a transport
+        // that can park; `None`: this connection never parks.
+        let park_after = match self.core.config().io.park_idle_after() {
+            Some(after) if T::PARKABLE && park::available() => Some(after),
+            _ => None,
+        };
         loop {
             // One look at the config in effect per step (a reload may swap it at any await).
             let (policy, cors) = {
@@ -157,7 +217,33 @@ impl<T: Transport> Io<T> {
                     // `Core::sweep_deadlines`).
                     self.deadline
                         .arm(self.core.deadline_ms(deadline), timeout_metric(timeout));
-                    let read = self.t.read(conn.read_buf()).await;
+                    let read = match park_after {
+                        Some(after) if timeout == ReadTimeout::Idle => {
+                            self.deadline
+                                .arm_park(self.core.deadline_ms(Instant::now() + after));
+                            // The read first: a request that is there wins over parking, and a
+                            // read given up before `recv` succeeded has consumed nothing.
+                            let (t, deadline) = (&mut self.t, &self.deadline);
+                            let buf = conn.read_buf();
+                            let read = async { Some(t.read(buf).await) };
+                            let park = async {
+                                deadline.parked().await;
+                                None
+                            };
+                            futures_lite::future::or(read, park).await
+                        }
+                        _ => Some(self.t.read(conn.read_buf()).await),
+                    };
+                    let read = match read {
+                        Some(read) => read,
+                        // The idle timeout fired after parking was asked for: it wins.
+                        None if self.deadline.fired().is_some() => Ok(0),
+                        None => {
+                            let idle_until = self.deadline.at_ms();
+                            self.deadline.disarm();
+                            return Ok(Ended::Park(idle_until));
+                        }
+                    };
                     self.deadline.disarm();
                     match read? {
                         0 => match self.deadline.fired() {
@@ -185,7 +271,7 @@ impl<T: Transport> Io<T> {
                     head_buf_give(std::mem::take(&mut self.out));
                     refused?
                 }
-                Action::Close(Close::Done) => return Ok(()),
+                Action::Close(Close::Done) => return Ok(Ended::Done),
                 Action::Close(Close::TimedOut(t)) => return Err(End::Timeout(timeout_metric(t))),
             }
         }
@@ -388,8 +474,10 @@ pub(crate) async fn refuse(core: Rc<Core>, mut stream: TcpStream) {
 mod tests {
     use super::*;
 
-    /// The size of the future an async fn of three arguments returns.
-    fn future_size<A, B, C, F: std::future::Future>(_: impl FnOnce(A, B, C) -> F) -> usize {
+    /// The size of the future an async fn of five arguments returns.
+    fn future_size<A, B, C, D, E, F: std::future::Future>(
+        _: impl FnOnce(A, B, C, D, E) -> F,
+    ) -> usize {
         std::mem::size_of::<F>()
     }
 

@@ -34,12 +34,17 @@ pub(crate) struct Core {
 }
 
 /// A connection's read deadline, in core-local milliseconds (0 = not reading).
-#[derive(Debug)]
 pub(crate) struct Deadline {
     fd: std::os::fd::RawFd,
     at_ms: Cell<u64>,
     kind: Cell<Timeout>,
     fired: Cell<Option<Timeout>>,
+    /// When the idle read in progress should give its connection up for parking (core-local
+    /// ms; 0 = not parkable), and whether the sweeper asked for it.
+    park_at_ms: Cell<u64>,
+    park: Cell<bool>,
+    /// The reading task, woken when the sweeper asks it to park.
+    park_waker: Cell<Option<std::task::Waker>>,
 }
 
 /// A connection's registration with the sweeper; unregisters on drop.
@@ -59,6 +64,34 @@ impl DeadlineGuard {
     /// No read in progress.
     pub(crate) fn disarm(&self) {
         self.deadline.at_ms.set(0);
+        self.deadline.park_at_ms.set(0);
+    }
+
+    /// The idle read in progress may be given up at `at_ms` so the connection can be parked
+    /// (call after [`Self::arm`]).
+    pub(crate) fn arm_park(&self, at_ms: u64) {
+        self.deadline.park.set(false);
+        self.deadline.park_at_ms.set(at_ms.max(1));
+    }
+
+    /// The idle read's deadline (core-local ms), for a connection being parked.
+    pub(crate) fn at_ms(&self) -> u64 {
+        self.deadline.at_ms.get()
+    }
+
+    /// Resolves when the sweeper asks this connection's idle read to give up for parking.
+    pub(crate) fn parked(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.deadline.park.get() {
+                return std::task::Poll::Ready(());
+            }
+            let waker = match self.deadline.park_waker.take() {
+                Some(w) if w.will_wake(cx.waker()) => w,
+                _ => cx.waker().clone(),
+            };
+            self.deadline.park_waker.set(Some(waker));
+            std::task::Poll::Pending
+        })
     }
 
     /// Which timeout the sweeper enforced, if it did.
@@ -269,6 +302,9 @@ impl Core {
             at_ms: Cell::new(0),
             kind: Cell::new(Timeout::Idle),
             fired: Cell::new(None),
+            park_at_ms: Cell::new(0),
+            park: Cell::new(false),
+            park_waker: Cell::new(None),
         });
         let key = self.deadlines.borrow_mut().insert(deadline.clone());
         DeadlineGuard {
@@ -286,7 +322,9 @@ impl Core {
     /// Ends every read whose deadline has passed: marks it and shuts the socket's read side,
     /// so the pending read completes with EOF and the connection answers 408 or closes. This
     /// replaces a timer per read (measured: ~5% of CPU at 64 KiB ranges) with one task per core.
-    pub(crate) fn sweep_deadlines(&self) {
+    /// It also asks idle reads past `io.park_idle_after_ms` to give their connections up for
+    /// parking (`runtime::park`). Returns the time it swept at (core-local ms).
+    pub(crate) fn sweep_deadlines(&self) -> u64 {
         let now = self.deadline_ms(Instant::now());
         for (_, d) in self.deadlines.borrow().iter() {
             let at = d.at_ms.get();
@@ -295,16 +333,30 @@ impl Core {
                 // SAFETY: shutdown(2) on a descriptor owned by a live connection (it
                 // unregisters before closing); integer arguments only.
                 unsafe { libc::shutdown(d.fd, libc::SHUT_RD) };
+                continue;
+            }
+            // A timeout due at the same sweep wins over parking (above).
+            let park_at = d.park_at_ms.get();
+            if park_at != 0 && park_at <= now && !d.park.get() && d.fired.get().is_none() {
+                d.park.set(true);
+                if let Some(w) = d.park_waker.take() {
+                    w.wake();
+                }
             }
         }
+        now
     }
 
-    /// How often the sweeper runs: a quarter of the shortest read timeout, 10 ms to 1 s.
+    /// How often the sweeper runs: a quarter of the shortest read timeout (half the park
+    /// delay, if shorter), 10 ms to 1 s.
     pub(crate) fn sweep_interval(&self) -> Duration {
         let config = self.config();
         let l = &config.limits;
-        (l.header_read_timeout().min(l.idle_timeout()) / 4)
-            .clamp(Duration::from_millis(10), Duration::from_secs(1))
+        let mut every = l.header_read_timeout().min(l.idle_timeout()) / 4;
+        if let Some(park) = config.io.park_idle_after() {
+            every = every.min(park / 2);
+        }
+        every.clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
 
     /// Milliseconds since this core started (wraps after 49 days; only compared over a TTL).

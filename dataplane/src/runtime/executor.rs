@@ -5,7 +5,7 @@
 //! The top of the per-core runtime: it spawns each accepted connection into `conn` (plain HTTP)
 //! or `tls` (HTTPS); nothing below imports it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use glommio::net::TcpListener;
 
 use super::core::Core;
+use super::shared::ConnGuard;
 use super::shared::Shared;
-use super::{conn, sys, tls};
+use super::{conn, park, sys, tls};
 use crate::metrics::Rejection;
 
 /// Messages to the main thread.
@@ -60,6 +61,8 @@ pub(crate) async fn run(
     let _ = ready.send(Event::Ready);
     let core = Rc::new(Core::new(index, shared.clone()));
 
+    park::start(&core, resume_parked);
+
     let flusher = core.clone();
     glommio::spawn_local(async move {
         loop {
@@ -74,7 +77,10 @@ pub(crate) async fn run(
         loop {
             glommio::timer::sleep(interval).await;
             match sweeper.upgrade() {
-                Some(core) => core.sweep_deadlines(),
+                Some(core) => {
+                    let now = core.sweep_deadlines();
+                    park::expire(&core, now);
+                }
                 None => break,
             }
         }
@@ -112,6 +118,17 @@ pub(crate) async fn run(
     Ok(())
 }
 
+/// Serves a parked connection that turned readable (`runtime::park`).
+fn resume_parked(
+    core: Rc<Core>,
+    stream: glommio::net::TcpStream,
+    peer: IpAddr,
+    guard: ConnGuard,
+    served: u64,
+) {
+    glommio::spawn_local(conn::serve(core, stream, peer, guard, served)).detach();
+}
+
 /// Accepts connections until dropped. `tls`: this is the HTTPS listener.
 async fn accept_loop(
     core: &Rc<Core>,
@@ -147,20 +164,21 @@ async fn accept_loop(
         let c = core.clone();
         match core.shared.limits.acquire(peer) {
             Ok(guard) => {
-                let tls = tls.clone();
-                glommio::spawn_local(async move {
-                    c.metrics().connection(1);
-                    match tls {
-                        // Boxed: a TLS session's state (rustls, the handshake) is far larger than a
-                        // plain connection's, and an unboxed branch would make every plain
-                        // connection's task as large as a TLS one (issue #17, idle connections).
-                        Some(config) => Box::pin(tls::serve(c.clone(), stream, config, peer)).await,
-                        None => conn::serve(c.clone(), stream, peer).await,
-                    }
-                    c.metrics().connection(-1);
-                    drop(guard);
-                })
-                .detach();
+                c.metrics().connection(1);
+                match tls.clone() {
+                    // Boxed: a TLS session's state (rustls, the handshake) is far larger than a
+                    // plain connection's, and an unboxed branch would make every plain
+                    // connection's task as large as a TLS one (issue #17, idle connections).
+                    Some(config) => glommio::spawn_local(async move {
+                        Box::pin(tls::serve(c.clone(), stream, config, peer)).await;
+                        c.metrics().connection(-1);
+                        drop(guard);
+                    })
+                    .detach(),
+                    // A plain connection leaves the caps and the gauge itself when it closes:
+                    // its task may end earlier, when it is parked (`runtime::park`).
+                    None => glommio::spawn_local(conn::serve(c, stream, peer, guard, 0)).detach(),
+                };
             }
             Err(why) => {
                 c.metrics().rejected(why);

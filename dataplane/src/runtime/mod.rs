@@ -18,6 +18,8 @@
 //!   for each range's bytes without blocking, then `sendfile` from the partly written file.
 //! - `conn`: the request loop: drives an `http::connection::Connection` (bytes and `now` in,
 //!   actions out) over any transport, answering with the catalog and the response heads.
+//! - `park`: idle plain connections parked out of their tasks in a per-core epoll set, and
+//!   handed back to a new `conn` task (named by the executor) when they turn readable.
 //! - `ktls`: kernel TLS: the syscalls, the crypto state, the `KernelTls` transport.
 //! - `transport`: the `Transport` trait, the plain transport, the `sendfile` body path,
 //!   `send_all` and the bounded drain.
@@ -37,6 +39,7 @@ mod conn;
 mod core;
 mod executor;
 mod ktls;
+mod park;
 mod privileges;
 mod pull;
 mod reload;

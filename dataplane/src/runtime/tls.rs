@@ -80,7 +80,7 @@ pub(crate) async fn serve(
             tls = match tls.into_kernel(&core, kernel_tls) {
                 Handoff::Kernel(k) => {
                     core.metrics().tls_connection(TlsMode::Kernel);
-                    conn::serve_transport(core, k, deadline, peer).await;
+                    conn::serve_transport(core, k, deadline, peer, 0).await;
                     return;
                 }
                 Handoff::Userspace(tls, None) => *tls,
@@ -98,7 +98,7 @@ pub(crate) async fn serve(
             core.metrics().tls_connection(TlsMode::Userspace);
             // Body writes are flushed after every batch, so rustls never holds more than one.
             tls.conn.set_buffer_limit(None);
-            conn::serve_transport(core, tls, deadline, peer).await;
+            conn::serve_transport(core, tls, deadline, peer, 0).await;
         }
         Err(why) => {
             core.metrics().tls_handshake_failure(why);

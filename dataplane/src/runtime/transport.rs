@@ -50,6 +50,9 @@ impl End {
 /// What differs between plain HTTP and HTTPS: how request bytes arrive and how response bytes
 /// leave. Implementations must never block the executor.
 pub(crate) trait Transport {
+    /// Whether an idle connection over this transport can be parked (`runtime::park`): its
+    /// whole state is the socket.
+    const PARKABLE: bool = false;
     /// Reads request bytes into `buf`; `Ok(0)` at the end of the stream, which is also how a
     /// read ends when the core's deadline sweeper shuts the socket's read side.
     async fn read(&mut self, buf: &mut [u8]) -> Result<usize, End>;
@@ -81,9 +84,16 @@ impl Plain {
     pub(crate) fn new(stream: TcpStream, fd: RawFd) -> Plain {
         Plain { stream, fd }
     }
+
+    /// The stream back, to park it.
+    pub(crate) fn into_stream(self) -> TcpStream {
+        self.stream
+    }
 }
 
 impl Transport for Plain {
+    const PARKABLE: bool = true;
+
     async fn read(&mut self, buf: &mut [u8]) -> Result<usize, End> {
         self.stream.read(buf).await.map_err(|_| End::Client)
     }

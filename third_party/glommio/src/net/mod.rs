@@ -106,6 +106,15 @@ fn yolo_sendmsg(
     }
 }
 
+/// Waits until `fd` is readable (or has an error or a hang-up): one one-shot `POLL_ADD` on
+/// the executor's main ring, cancelled if the future is dropped first. For descriptors glommio
+/// does not own, such as an epoll set in which the caller keeps its own registrations (edgeplane
+/// parks idle keep-alive connections in one). [edgeplane patch 5]
+pub async fn readable(fd: RawFd) -> io::Result<()> {
+    let source = crate::executor().reactor().poll_read_ready(fd);
+    source.collect_rw().await.map(|_| ())
+}
+
 mod datagram;
 mod stream;
 mod tcp_socket;
