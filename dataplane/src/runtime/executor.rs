@@ -80,6 +80,7 @@ pub(crate) async fn run(
                 Some(core) => {
                     let now = core.sweep_deadlines();
                     park::expire(&core, now);
+                    park::release_memory();
                 }
                 None => break,
             }

@@ -95,6 +95,34 @@ pub(crate) fn expire(core: &Core, now_ms: u64) {
     }
 }
 
+/// Parkings after which [`release_memory`] asks the allocator to give free memory back.
+const TRIM_AFTER: usize = 256;
+
+/// Gives the memory freed by parking back to the kernel, once at least [`TRIM_AFTER`]
+/// connections were parked since the last time. Called by the sweeper after it asked idle
+/// reads to park. Why: glibc returns freed memory only from the top of a heap, and the freed
+/// tasks and buffers of a crowd of idle connections sit below memory still in use (the parked
+/// set itself), so without `malloc_trim` the process's RSS would not shrink when they park.
+pub(crate) fn release_memory() {
+    let Some(p) = parker() else { return };
+    if p.parked_since_trim.get() < TRIM_AFTER {
+        return;
+    }
+    p.parked_since_trim.set(0);
+    let started = std::time::Instant::now();
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes an integer (bytes to leave at the top) and only releases free
+    // pages of glibc's heaps.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    tracing::debug!(
+        parked = p.slots.borrow().len(),
+        micros = started.elapsed().as_micros() as u64,
+        "parked connections: memory given back"
+    );
+}
+
 /// This core's parked connections.
 struct Parker {
     /// The epoll set; `None` when it could not be created (parking is then off on this core).
@@ -102,6 +130,8 @@ struct Parker {
     slots: RefCell<slab::Slab<Parked>>,
     next_tag: Cell<u32>,
     resume: Resume,
+    /// Connections parked since the allocator last gave free memory back ([`release_memory`]).
+    parked_since_trim: Cell<usize>,
 }
 
 /// Events taken from the epoll set per `epoll_wait`.
@@ -127,6 +157,7 @@ impl Parker {
             slots: RefCell::new(slab::Slab::new()),
             next_tag: Cell::new(0),
             resume,
+            parked_since_trim: Cell::new(0),
         }
     }
 
@@ -179,6 +210,7 @@ impl Parker {
             tag,
         });
         drop(slots);
+        this.parked_since_trim.set(this.parked_since_trim.get() + 1);
         core.metrics().parked(1);
     }
 
