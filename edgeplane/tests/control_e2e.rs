@@ -579,11 +579,30 @@ allow_http = true
         ))
     }
 
+    /// Waits until the agent's fill has every wanted object; on failure the panic carries the
+    /// agent's status and the end of its log (a fill that stalls is otherwise a bare timeout).
     fn wait_filled(&self, limit: Duration) {
-        poll_within(&format!("{} to fill", self.id), limit, || {
-            let (p, w) = self.fill_progress()?;
-            (w > 0 && p == w).then_some(())
-        });
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some((p, w)) = self.fill_progress() {
+                if w > 0 && p == w {
+                    return;
+                }
+            }
+            if Instant::now() >= deadline {
+                let log = self.agent.as_ref().map(Proc::output).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                panic!(
+                    "gave up after {} s waiting for {} to fill; agent status: {}\n\
+                     agent log (last 150 lines):\n{}",
+                    limit.as_secs(),
+                    self.id,
+                    self.status().map_or("unreachable".into(), |s| s.to_string()),
+                    lines[lines.len().saturating_sub(150)..].join("\n")
+                );
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn base(&self) -> String {
