@@ -26,9 +26,10 @@ use inferno::flamegraph::color::MultiPalette;
 use inferno::flamegraph::{self, Options as FlamegraphOptions, Palette};
 
 use crate::testbed::{
-    check_cpus, log_wrk_result, Rig, ScenarioName, ServerKind, Target, CLIENT_CPU, SERVER_CPU,
+    check_cpus, log_wrk_result, Readiness, Rig, ScenarioName, ServerKind, Target, CLIENT_CPU,
+    SERVER_CPU,
 };
-use crate::util::{build_edgeplane, display_command, find_program, git_revision, header};
+use crate::util::{display_command, edgeplane_bin_or_build, find_program, git_revision, header};
 
 /// Release plus full debug info (root Cargo.toml).
 const PROFILE: &str = "profiling";
@@ -55,11 +56,24 @@ pub(crate) struct FlamegraphArgs {
     /// Which server to profile.
     #[arg(long, value_enum, default_value_t = ServerKind::Edgeplane)]
     server: ServerKind,
+    /// Use this edgeplane binary instead of building one with the `profiling` profile (e.g. a
+    /// release build made beforehand).
+    #[arg(long)]
+    edgeplane_bin: Option<PathBuf>,
+    /// edgeplane's `io.readiness` (default: the server's own, `auto`): `legacy` is glommio's
+    /// one-shot poll per read, `multishot` one poll per connection.
+    #[arg(long, value_enum)]
+    readiness: Option<Readiness>,
 }
 
 pub(crate) fn run(args: &FlamegraphArgs) -> Result<()> {
     if args.duration == 0 {
         bail!("--duration must be at least 1");
+    }
+    if args.server != ServerKind::Edgeplane
+        && (args.edgeplane_bin.is_some() || args.readiness.is_some())
+    {
+        bail!("--edgeplane-bin and --readiness apply to --server edgeplane only");
     }
     check_cpus()?;
     let perf = check_perf()?;
@@ -68,12 +82,24 @@ pub(crate) fn run(args: &FlamegraphArgs) -> Result<()> {
         ServerKind::Edgeplane | ServerKind::Limit => None,
     };
     let bin = match args.server {
-        ServerKind::Edgeplane => Some(build_edgeplane(PROFILE)?),
+        ServerKind::Edgeplane => Some(edgeplane_bin_or_build(
+            args.edgeplane_bin.as_deref(),
+            PROFILE,
+        )?),
         ServerKind::Nginx | ServerKind::Limit => None,
     };
-    let rig = Rig::prepare("flamegraph-", CONNECTIONS)?;
+    let mut rig = Rig::prepare("flamegraph-", CONNECTIONS)?;
+    rig.readiness = args.readiness;
     let mut target = match (&bin, &nginx) {
-        (Some(bin), _) => rig.start_edgeplane(bin)?,
+        (Some(bin), _) => {
+            let target = rig.start_edgeplane(bin)?;
+            // The path the server chose, as it logged it once at start.
+            let log = fs::read_to_string(rig.run_dir.join("edgeplane.log")).unwrap_or_default();
+            if let Some(line) = log.lines().find(|l| l.contains("socket readiness:")) {
+                eprintln!("{}", line.trim());
+            }
+            target
+        }
         (None, Some(nginx)) => rig.start_nginx(nginx)?,
         (None, None) => unreachable!("one server is chosen"),
     };
@@ -122,7 +148,14 @@ pub(crate) fn run(args: &FlamegraphArgs) -> Result<()> {
     );
 
     header("stopping the server");
-    let name = target.name();
+    let name = match args.readiness {
+        Some(r) => format!(
+            "{} (io.readiness = {})",
+            target.name(),
+            r.setting().as_str()
+        ),
+        None => target.name().to_owned(),
+    };
     target.shut_down()?;
 
     header("perf script | inferno-collapse-perf");
