@@ -37,7 +37,9 @@ use crate::testbed::{
     check_cpus, nginx_version, read_stat, write_catalog, CatalogSpec, HttpsFiles, Rig, Target,
     CLIENT_CPU, SERVER_CPU,
 };
-use crate::util::{build_edgeplane, find_program, git_revision, header, kernel, run_checked};
+use crate::util::{
+    edgeplane_bin_or_build, find_program, git_revision, header, kernel, run_checked,
+};
 
 const GIB: f64 = (1u64 << 30) as f64;
 /// slowfs's delay per read that reaches it: a disk seek.
@@ -444,10 +446,13 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
     } else {
         None
     };
-    let bin = match (&setup.edgeplane, want_edgeplane) {
-        (Some(bin), true) => Some(bin.clone()),
-        (None, true) => Some(build_edgeplane(&args.profile)?),
-        _ => None,
+    let bin = if want_edgeplane {
+        Some(edgeplane_bin_or_build(
+            setup.edgeplane.as_deref(),
+            &args.profile,
+        )?)
+    } else {
+        None
     };
     let clk_tck = clk_tck()?;
 

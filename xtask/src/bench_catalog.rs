@@ -32,7 +32,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::server::{start_edgeplane, Server};
 use crate::util::{
-    build_edgeplane, git_revision, header, kernel, run_checked, target_dir, utc_timestamp,
+    edgeplane_bin_or_build, git_revision, header, kernel, run_checked, target_dir, utc_timestamp,
 };
 
 #[derive(clap::Args)]
@@ -126,10 +126,7 @@ pub(crate) fn run(args: &BenchCatalogArgs) -> Result<()> {
     if args.prepare_only {
         return Ok(());
     }
-    let bin = match &args.edgeplane_bin {
-        Some(bin) => bin.clone(),
-        None => build_edgeplane("release")?,
-    };
+    let bin = edgeplane_bin_or_build(args.edgeplane_bin.as_deref(), "release")?;
     let mut rows = Vec::new();
     for (&n, tier) in sizes.iter().zip(&tiers) {
         let mut runs = Vec::new();

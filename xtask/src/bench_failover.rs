@@ -37,7 +37,7 @@ use serde_json::json;
 use crate::bench::BenchArgs;
 use crate::player_test::{get_json, poll, Appliance, Cloud, WAIT};
 use crate::server::{send_signal, Server};
-use crate::util::{build_edgeplane, find_program, header, target_dir};
+use crate::util::{edgeplane_bin_or_build, find_program, header, target_dir};
 
 /// Titles of the synthetic catalog, and their ladder (name:bit/s).
 const TITLES: usize = 4;
@@ -100,10 +100,7 @@ impl Outcome {
 }
 
 pub(crate) fn run(args: &BenchArgs) -> Result<()> {
-    let bin = match &args.edgeplane_bin {
-        Some(b) => b.clone(),
-        None => build_edgeplane(&args.profile)?,
-    };
+    let bin = edgeplane_bin_or_build(args.edgeplane_bin.as_deref(), &args.profile)?;
     let dir = target_dir().join("bench-failover");
     let opts = Options {
         bin,

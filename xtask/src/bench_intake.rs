@@ -26,7 +26,9 @@ use edgeplane_api::{DemandEntry, HealthReport, HeldDigest, HeldReport, TierHealt
 
 use crate::bench_catalog::{clock_ticks, cpu_ticks, rss_kib};
 use crate::server::Server;
-use crate::util::{build_edgeplane, git_revision, header, kernel, target_dir, utc_timestamp};
+use crate::util::{
+    edgeplane_bin_or_build, git_revision, header, kernel, target_dir, utc_timestamp,
+};
 
 #[derive(clap::Args)]
 pub(crate) struct BenchIntakeArgs {
@@ -270,10 +272,7 @@ pub(crate) fn run(args: &BenchIntakeArgs) -> Result<()> {
         bail!("--appliances, --threads and --interval-secs must be at least 1");
     }
     raise_fd_limit(args.appliances as u64 + 1000)?;
-    let bin = match &args.edgeplane_bin {
-        Some(bin) => bin.clone(),
-        None => build_edgeplane(&args.profile)?,
-    };
+    let bin = edgeplane_bin_or_build(args.edgeplane_bin.as_deref(), &args.profile)?;
     let dir = target_dir().join("bench-intake");
     fs::create_dir_all(&dir)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?

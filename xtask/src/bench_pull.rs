@@ -34,7 +34,7 @@ use edgeplane_test_support::origin::Origin;
 use crate::bench::BenchArgs;
 use crate::server::{start_edgeplane, Server};
 use crate::testbed::{free_port, READY_TIMEOUT, SERVER_CPU};
-use crate::util::{build_edgeplane, find_program, header};
+use crate::util::{edgeplane_bin_or_build, find_program, header};
 
 const OBJECT: usize = 8 << 20;
 const CLIENTS: u64 = 500;
@@ -74,7 +74,7 @@ pub(crate) fn run(args: &BenchArgs, flash: bool, trace: bool, storm: bool) -> Re
     if !flash {
         return Ok(());
     }
-    let bin = edgeplane_bin(args)?;
+    let bin = edgeplane_bin_or_build(args.edgeplane_bin.as_deref(), &args.profile)?;
     let nginx = find_program("nginx")?;
     let run_dir =
         std::env::temp_dir().join(format!("edgeplane-flash-crowd-{}", std::process::id()));
@@ -303,7 +303,7 @@ const HOT: usize = 64 << 10;
 const COLD: usize = 1 << 20;
 
 fn miss_storm(args: &BenchArgs) -> Result<()> {
-    let bin = edgeplane_bin(args)?;
+    let bin = edgeplane_bin_or_build(args.edgeplane_bin.as_deref(), &args.profile)?;
     let dir = std::env::temp_dir().join(format!("edgeplane-miss-storm-{}", std::process::id()));
     fs::create_dir_all(dir.join("tier"))?;
     let hot: Vec<u8> = (0..HOT).map(|i| (i * 7 % 253) as u8).collect();
@@ -494,12 +494,4 @@ fn drain_get(addr: SocketAddr, id: &str) -> Result<u16> {
         .parse()
         .unwrap_or(0);
     Ok(status)
-}
-
-/// `--edgeplane-bin` if given, else the binary built with `--profile`.
-fn edgeplane_bin(args: &BenchArgs) -> Result<std::path::PathBuf> {
-    match &args.edgeplane_bin {
-        Some(b) => Ok(b.clone()),
-        None => build_edgeplane(&args.profile),
-    }
 }

@@ -32,7 +32,10 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     let bin = build_edgeplane(&args.profile)?;
     let rig = Rig::prepare_with(&CatalogSpec::standard(false), "callgrind-", 64)?;
     let config = rig.run_dir.join("edgeplane.toml");
-    fs::write(&config, edgeplane_config(&rig.catalog, 64, None, None))?;
+    fs::write(
+        &config,
+        edgeplane_config(&rig.catalog, 64, None, None, None),
+    )?;
     let out_file = rig.run_dir.join("callgrind.out");
     let mut cmd = Command::new(&valgrind);
     cmd.arg("--tool=callgrind")

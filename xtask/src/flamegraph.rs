@@ -26,9 +26,10 @@ use inferno::flamegraph::color::MultiPalette;
 use inferno::flamegraph::{self, Options as FlamegraphOptions, Palette};
 
 use crate::testbed::{
-    check_cpus, log_wrk_result, Rig, ScenarioName, ServerKind, Target, CLIENT_CPU, SERVER_CPU,
+    check_cpus, log_wrk_result, Readiness, Rig, ScenarioName, ServerKind, Target, CLIENT_CPU,
+    SERVER_CPU,
 };
-use crate::util::{build_edgeplane, display_command, find_program, git_revision, header};
+use crate::util::{display_command, edgeplane_bin_or_build, find_program, git_revision, header};
 
 /// Release plus full debug info (root Cargo.toml).
 const PROFILE: &str = "profiling";
@@ -55,11 +56,35 @@ pub(crate) struct FlamegraphArgs {
     /// Which server to profile.
     #[arg(long, value_enum, default_value_t = ServerKind::Edgeplane)]
     server: ServerKind,
+    /// Use this edgeplane binary instead of building one with the `profiling` profile (e.g. a
+    /// release build made beforehand).
+    #[arg(long)]
+    edgeplane_bin: Option<PathBuf>,
+    /// edgeplane's `io.readiness` (default: the server's own, `auto`): `legacy` is glommio's
+    /// one-shot poll per read, `multishot` one poll per connection.
+    #[arg(long, value_enum)]
+    readiness: Option<Readiness>,
+    /// Record nothing: print the self-time summary and readiness share of an earlier run's
+    /// `stacks.folded`.
+    #[arg(long, value_name = "STACKS_FOLDED")]
+    from_folded: Option<PathBuf>,
 }
 
 pub(crate) fn run(args: &FlamegraphArgs) -> Result<()> {
+    if let Some(path) = &args.from_folded {
+        let folded =
+            fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        println!("{}", SelfTimes::from_folded(&folded).report(TOP));
+        println!("{}", Shares::from_folded(&folded).report());
+        return Ok(());
+    }
     if args.duration == 0 {
         bail!("--duration must be at least 1");
+    }
+    if args.server != ServerKind::Edgeplane
+        && (args.edgeplane_bin.is_some() || args.readiness.is_some())
+    {
+        bail!("--edgeplane-bin and --readiness apply to --server edgeplane only");
     }
     check_cpus()?;
     let perf = check_perf()?;
@@ -68,12 +93,24 @@ pub(crate) fn run(args: &FlamegraphArgs) -> Result<()> {
         ServerKind::Edgeplane | ServerKind::Limit => None,
     };
     let bin = match args.server {
-        ServerKind::Edgeplane => Some(build_edgeplane(PROFILE)?),
+        ServerKind::Edgeplane => Some(edgeplane_bin_or_build(
+            args.edgeplane_bin.as_deref(),
+            PROFILE,
+        )?),
         ServerKind::Nginx | ServerKind::Limit => None,
     };
-    let rig = Rig::prepare("flamegraph-", CONNECTIONS)?;
+    let mut rig = Rig::prepare("flamegraph-", CONNECTIONS)?;
+    rig.readiness = args.readiness;
     let mut target = match (&bin, &nginx) {
-        (Some(bin), _) => rig.start_edgeplane(bin)?,
+        (Some(bin), _) => {
+            let target = rig.start_edgeplane(bin)?;
+            // The path the server chose, as it logged it once at start.
+            let log = fs::read_to_string(rig.run_dir.join("edgeplane.log")).unwrap_or_default();
+            if let Some(line) = log.lines().find(|l| l.contains("socket readiness:")) {
+                eprintln!("{}", line.trim());
+            }
+            target
+        }
         (None, Some(nginx)) => rig.start_nginx(nginx)?,
         (None, None) => unreachable!("one server is chosen"),
     };
@@ -122,7 +159,14 @@ pub(crate) fn run(args: &FlamegraphArgs) -> Result<()> {
     );
 
     header("stopping the server");
-    let name = target.name();
+    let name = match args.readiness {
+        Some(r) => format!(
+            "{} (io.readiness = {})",
+            target.name(),
+            r.setting().as_str()
+        ),
+        None => target.name().to_owned(),
+    };
     target.shut_down()?;
 
     header("perf script | inferno-collapse-perf");
@@ -159,6 +203,7 @@ pub(crate) fn run(args: &FlamegraphArgs) -> Result<()> {
         .with_context(|| format!("render {}", svg.display()))?;
 
     println!("\n{}", times.report(TOP));
+    println!("{}", Shares::from_folded(&folded).report());
     eprintln!("flame graph: {}", svg.display());
     eprintln!("folded stacks: {}", folded_path.display());
     eprintln!(
@@ -402,6 +447,249 @@ impl SelfTimes {
     }
 }
 
+/// Where a sample was, for the readiness share ([`Shares`]).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Bucket {
+    /// Inside `io_uring_enter`: submitting (poll adds, glommio's timers and their
+    /// cancellations), reaping, and waiting in the ring.
+    IoUringEnter,
+    /// io_uring task work (poll completions, `io_poll_task_func`) outside `io_uring_enter`: run
+    /// on the way back from another system call or from an interrupt.
+    IoUringTaskWork,
+    /// A reschedule IPI with no task work under it: how io_uring's task work reaches a thread
+    /// that is running in user space (`TWA_SIGNAL`: `task_work_add` kicks the CPU) unless the
+    /// ring has `IORING_SETUP_COOP_TASKRUN`; the task work itself runs on the way out
+    /// ([`Bucket::IoUringTaskWork`]). The scheduler sends these too, for wake-ups on a busy CPU.
+    ReschedIpi,
+    /// nginx's readiness: `epoll_wait`, `epoll_pwait`, `epoll_ctl`.
+    Epoll,
+    /// User-space glommio reactor: arming and consuming sources, the completion queue, waking
+    /// the tasks that wait on them.
+    Reactor,
+    Sendfile,
+    /// `recvfrom`, `recvmsg`, `read`, `readv`.
+    Recv,
+    /// `sendto`, `sendmsg`, `write`, `writev` (the response heads).
+    Send,
+    /// Any other system call, by name.
+    OtherSyscall,
+    /// Kernel work in no system call: interrupts, IPIs, page faults, syscall entry and exit.
+    OtherKernel,
+    /// User space outside glommio's reactor.
+    User,
+}
+
+/// Kernel frames of io_uring task work and of its poll requests (arming, waking, completing).
+const IO_URING_POLL_PREFIXES: &[&str] = &[
+    "io_poll",
+    "__io_poll",
+    "io_arm_poll_handler",
+    "__io_arm_poll_handler",
+    "io_apoll",
+    "io_async_wake",
+    "io_pollfree_wake",
+];
+/// Task work: io_uring's (`tctx_task_work`), and `task_work_run` itself, whose other users
+/// (the deferred `fput` of a closed file) are rare under keep-alive load.
+const IO_URING_TASK_WORK_PREFIXES: &[&str] = &[
+    "tctx_task_work",
+    "io_handle_tw_list",
+    "io_run_task_work",
+    "task_work_run",
+];
+/// The interrupt a reschedule IPI enters the kernel through.
+const RESCHED_IPI: &str = "asm_sysvec_reschedule_ipi";
+/// Prefixes of the kernel's per-system-call entry points (`__x64_sys_sendfile64`,
+/// `__do_sys_io_uring_enter`, ...).
+const SYSCALL_PREFIXES: &[&str] = &["__x64_sys_", "__do_sys_", "__se_sys_", "__ia32_sys_"];
+/// Entry points the kernel inlines its `__x64_sys_` wrapper into.
+const INLINED_SYSCALLS: &[(&str, &str)] = &[
+    ("do_writev", "writev"),
+    ("do_readv", "readv"),
+    ("do_epoll_wait", "epoll_wait"),
+    ("do_sendfile", "sendfile64"),
+];
+/// User frames of glommio's reactor (names of inlined frames carry these in their type
+/// parameters, e.g. `consume_completion_queue<glommio::sys::uring::SleepableRing>`).
+const REACTOR_MARKS: &[&str] = &["glommio::sys::", "glommio::reactor::", "glommio::parking::"];
+
+/// The system call a kernel frame is the entry point of.
+fn syscall_name(frame: &str) -> Option<&str> {
+    SYSCALL_PREFIXES
+        .iter()
+        .find_map(|p| frame.strip_prefix(p))
+        .or_else(|| {
+            INLINED_SYSCALLS
+                .iter()
+                .find(|(f, _)| *f == frame)
+                .map(|(_, name)| *name)
+        })
+}
+
+/// Classifies one folded stack (root first, kernel frames with [`KERNEL_SUFFIX`]). Rules, first
+/// match wins:
+/// 1. a kernel frame of io_uring poll or task work ([`IO_URING_POLL_PREFIXES`],
+///    [`IO_URING_TASK_WORK_PREFIXES`]): inside `io_uring_enter` → [`Bucket::IoUringEnter`], else
+///    [`Bucket::IoUringTaskWork`];
+/// 2. the system call (the first kernel frame naming one): `io_uring_enter`, `epoll_*`,
+///    `sendfile*`, the receives, the sends, or another;
+/// 3. a reschedule IPI ([`RESCHED_IPI`]) → [`Bucket::ReschedIpi`], any other kernel frame →
+///    [`Bucket::OtherKernel`];
+/// 4. user space: a glommio reactor frame ([`REACTOR_MARKS`]) → [`Bucket::Reactor`], else
+///    [`Bucket::User`].
+///
+/// Also returns the system call's name and whether the stack holds an explicit poll frame
+/// (io_uring poll, or an epoll system call).
+fn classify(stack: &str) -> (Bucket, Option<&str>, bool) {
+    let kernel: Vec<&str> = stack
+        .split(';')
+        .filter_map(|f| f.strip_suffix(KERNEL_SUFFIX))
+        .collect();
+    let has = |prefixes: &[&str]| {
+        kernel
+            .iter()
+            .any(|f| prefixes.iter().any(|p| f.starts_with(p)))
+    };
+    let syscall = kernel.iter().find_map(|f| syscall_name(f));
+    let io_uring_poll = has(IO_URING_POLL_PREFIXES);
+    let in_enter = syscall == Some("io_uring_enter");
+    if io_uring_poll || has(IO_URING_TASK_WORK_PREFIXES) {
+        let bucket = if in_enter {
+            Bucket::IoUringEnter
+        } else {
+            Bucket::IoUringTaskWork
+        };
+        return (bucket, syscall, io_uring_poll);
+    }
+    let bucket = match syscall {
+        Some("io_uring_enter") => Bucket::IoUringEnter,
+        Some(s) if s.starts_with("epoll_") => return (Bucket::Epoll, syscall, true),
+        Some(s) if s.starts_with("sendfile") => Bucket::Sendfile,
+        Some("recvfrom" | "recvmsg" | "recvmmsg" | "read" | "readv") => Bucket::Recv,
+        Some("sendto" | "sendmsg" | "sendmmsg" | "write" | "writev") => Bucket::Send,
+        Some(_) => Bucket::OtherSyscall,
+        None if kernel.contains(&RESCHED_IPI) => Bucket::ReschedIpi,
+        None if !kernel.is_empty() => Bucket::OtherKernel,
+        None if REACTOR_MARKS.iter().any(|m| stack.contains(m)) => Bucket::Reactor,
+        None => Bucket::User,
+    };
+    (bucket, syscall, false)
+}
+
+/// The server's samples by what it was doing, for the readiness share: how much of its CPU goes
+/// to learning that a socket has bytes (docs/benchmarking.md, "Readiness share").
+#[derive(Debug, PartialEq)]
+struct Shares {
+    by_bucket: BTreeMap<Bucket, u64>,
+    /// Samples of [`Bucket::OtherSyscall`] by system call.
+    other_syscalls: BTreeMap<String, u64>,
+    /// Samples with an explicit poll frame: io_uring poll, or an epoll system call.
+    poll_frames: u64,
+    total: u64,
+}
+
+impl Shares {
+    fn from_folded(folded: &str) -> Shares {
+        let mut shares = Shares {
+            by_bucket: BTreeMap::new(),
+            other_syscalls: BTreeMap::new(),
+            poll_frames: 0,
+            total: 0,
+        };
+        for line in folded.lines() {
+            let Some((stack, count)) = line.trim().rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            let (bucket, syscall, poll) = classify(stack);
+            *shares.by_bucket.entry(bucket).or_default() += count;
+            if bucket == Bucket::OtherSyscall {
+                let name = syscall.unwrap_or("?").to_owned();
+                *shares.other_syscalls.entry(name).or_default() += count;
+            }
+            shares.poll_frames += if poll { count } else { 0 };
+            shares.total += count;
+        }
+        shares
+    }
+
+    fn get(&self, bucket: Bucket) -> u64 {
+        self.by_bucket.get(&bucket).copied().unwrap_or(0)
+    }
+
+    /// Samples in socket readiness: io_uring (the syscall, its task work and the IPIs that
+    /// deliver it), epoll, and glommio's user-space reactor.
+    fn readiness(&self) -> u64 {
+        [
+            Bucket::IoUringEnter,
+            Bucket::IoUringTaskWork,
+            Bucket::ReschedIpi,
+            Bucket::Epoll,
+            Bucket::Reactor,
+        ]
+        .iter()
+        .map(|&b| self.get(b))
+        .sum()
+    }
+
+    /// The terminal table.
+    fn report(&self) -> String {
+        let pct = |n: u64| 100.0 * n as f64 / self.total.max(1) as f64;
+        let p = |b: Bucket| pct(self.get(b));
+        let mut others: Vec<(&String, &u64)> = self.other_syscalls.iter().collect();
+        others.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        let others = others
+            .iter()
+            .take(4)
+            .map(|(name, n)| format!("{name} {:.1}%", pct(**n)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut s = format!(
+            "readiness share ({} samples; docs/benchmarking.md, \"Readiness share\")\n",
+            self.total
+        );
+        let _ = writeln!(
+            s,
+            "  readiness       {:5.1}%  = io_uring_enter {:.1}% + io_uring task work {:.1}% + \
+             reschedule IPIs {:.1}% + epoll {:.1}% + glommio reactor (user) {:.1}%",
+            pct(self.readiness()),
+            p(Bucket::IoUringEnter),
+            p(Bucket::IoUringTaskWork),
+            p(Bucket::ReschedIpi),
+            p(Bucket::Epoll),
+            p(Bucket::Reactor)
+        );
+        let _ = writeln!(
+            s,
+            "    poll frames   {:5.1}%  (io_uring poll: io_poll_*, __io_arm_poll_handler, \
+             io_apoll_*, io_async_wake; epoll system calls)",
+            pct(self.poll_frames)
+        );
+        for (name, bucket) in [
+            ("sendfile", Bucket::Sendfile),
+            ("recv", Bucket::Recv),
+            ("send", Bucket::Send),
+        ] {
+            let _ = writeln!(s, "  {name:<15} {:5.1}%", p(bucket));
+        }
+        let _ = writeln!(
+            s,
+            "  other syscalls  {:5.1}%  ({})",
+            p(Bucket::OtherSyscall),
+            if others.is_empty() { "none" } else { &others }
+        );
+        let _ = writeln!(
+            s,
+            "  other kernel    {:5.1}%  (other interrupts, faults, syscall entry and exit)",
+            p(Bucket::OtherKernel)
+        );
+        let _ = writeln!(s, "  user space      {:5.1}%", p(Bucket::User));
+        s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -479,5 +767,77 @@ edgeplane-0-1;glommio::executor::run 0
                  edgeplane-1;clone3;read_into_cache 1\n"
             )
         );
+    }
+
+    /// One stack per rule of [`classify`], shaped like real ones (`cargo xtask flamegraph` on
+    /// Linux 6.18), with counts that add up to 100.
+    const SHARES_FOLDED: &str = "\
+edgeplane-0-1;sendfile_body;__GI_sendfile64;entry_SYSCALL_64_after_hwframe_[k];do_syscall_64_[k];__x64_sys_sendfile64_[k];do_sendfile_[k];tcp_sendmsg_[k];__netif_receive_skb_one_core_[k];sock_def_readable_[k];ep_poll_callback_[k] 50
+edgeplane-0-1;poll_read<glommio::net::stream::NonBuffered>;io_uring_submit;syscall;entry_SYSCALL_64_after_hwframe_[k];do_syscall_64_[k];__do_sys_io_uring_enter_[k];io_submit_sqes_[k];io_issue_sqe_[k];__io_issue_sqe_[k];io_poll_add_[k];__io_arm_poll_handler_[k];sock_poll_[k] 6
+edgeplane-0-1;glommio::sys::uring::Reactor::link_rings_and_sleep;syscall;entry_SYSCALL_64_after_hwframe_[k];do_syscall_64_[k];__do_sys_io_uring_enter_[k];io_cqring_wait_[k];schedule_[k] 4
+edgeplane-0-1;__libc_send;entry_SYSCALL_64_after_hwframe_[k];do_syscall_64_[k];exit_to_user_mode_loop_[k];arch_do_signal_or_restart_[k];get_signal_[k];task_work_run_[k];tctx_task_work_[k];tctx_task_work_run_[k];io_handle_tw_list_[k];io_poll_task_func_[k] 3
+edgeplane-0-1;consume_completion_queue<glommio::sys::uring::SleepableRing>;glommio::sys::uring::process_one_event 5
+edgeplane-0-1;yolo_recv;__libc_recv;entry_SYSCALL_64_after_hwframe_[k];do_syscall_64_[k];__x64_sys_recvfrom_[k];tcp_recvmsg_[k] 4
+edgeplane-0-1;__libc_send;entry_SYSCALL_64_after_hwframe_[k];do_syscall_64_[k];__x64_sys_sendto_[k];tcp_sendmsg_[k] 6
+nginx;ngx_writev;entry_SYSCALL_64_after_hwframe_[k];do_syscall_64_[k];do_writev_[k];sock_write_iter_[k] 1
+nginx;ngx_process_events_and_timers;epoll_wait;entry_SYSCALL_64_after_hwframe_[k];do_syscall_64_[k];__x64_sys_epoll_wait_[k];do_epoll_wait_[k] 2
+nginx;ngx_tcp_push;entry_SYSCALL_64_after_hwframe_[k];do_syscall_64_[k];__x64_sys_setsockopt_[k];tcp_push_[k] 3
+edgeplane-0-1;ensure_resident;entry_SYSCALL_64_after_hwframe_[k];do_syscall_64_[k];x64_sys_call_[k];__x64_sys_cachestat_[k] 1
+edgeplane-0-1;f;asm_sysvec_reschedule_ipi_[k];irqentry_exit_to_user_mode_[k] 2
+edgeplane-0-1;f;asm_sysvec_apic_timer_interrupt_[k];sysvec_apic_timer_interrupt_[k] 3
+edgeplane-0-1;edgeplane_dataplane::http::request::route 10
+";
+
+    #[test]
+    fn stacks_classified() {
+        let buckets: Vec<(Bucket, Option<&str>, bool)> = SHARES_FOLDED
+            .lines()
+            .map(|l| classify(l.rsplit_once(' ').unwrap().0))
+            .collect();
+        assert_eq!(
+            buckets,
+            [
+                // The client's epoll wake-up under the server's sendfile is the client's.
+                (Bucket::Sendfile, Some("sendfile64"), false),
+                (Bucket::IoUringEnter, Some("io_uring_enter"), true),
+                (Bucket::IoUringEnter, Some("io_uring_enter"), false),
+                (Bucket::IoUringTaskWork, None, true),
+                (Bucket::Reactor, None, false),
+                (Bucket::Recv, Some("recvfrom"), false),
+                (Bucket::Send, Some("sendto"), false),
+                (Bucket::Send, Some("writev"), false),
+                (Bucket::Epoll, Some("epoll_wait"), true),
+                (Bucket::OtherSyscall, Some("setsockopt"), false),
+                (Bucket::OtherSyscall, Some("cachestat"), false),
+                (Bucket::ReschedIpi, None, false),
+                (Bucket::OtherKernel, None, false),
+                (Bucket::User, None, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn readiness_share() {
+        let shares = Shares::from_folded(SHARES_FOLDED);
+        assert_eq!(shares.total, 100);
+        // io_uring_enter 10 + task work 3 + IPIs 2 + epoll 2 + reactor 5.
+        assert_eq!(shares.readiness(), 22);
+        assert_eq!(shares.poll_frames, 6 + 3 + 2);
+        let report = shares.report();
+        let lines: Vec<&str> = report.lines().collect();
+        assert_eq!(
+            lines[1],
+            "  readiness        22.0%  = io_uring_enter 10.0% + io_uring task work 3.0% + \
+             reschedule IPIs 2.0% + epoll 2.0% + glommio reactor (user) 5.0%"
+        );
+        assert!(lines[2].starts_with("    poll frames    11.0%"), "{report}");
+        assert_eq!(lines[3], "  sendfile         50.0%");
+        assert_eq!(lines[5], "  send              7.0%");
+        assert_eq!(
+            lines[6],
+            "  other syscalls    4.0%  (setsockopt 3.0%, cachestat 1.0%)"
+        );
+        assert!(lines[7].starts_with("  other kernel      3.0%"), "{report}");
+        assert_eq!(lines[8], "  user space       10.0%");
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::ValueEnum;
+use edgeplane_dataplane::config::ReadinessSetting;
 use serde_json::Value;
 
 use crate::catalog::ensure_object;
@@ -120,6 +121,29 @@ impl ServerKind {
     }
 }
 
+/// `io.readiness` for the edgeplane under test (docs/config.md): how a connection waits for its
+/// next request bytes. Unset, the server's default (`auto`) applies.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+pub(crate) enum Readiness {
+    /// glommio's stock path: a one-shot io_uring poll armed after every read (the "before").
+    Legacy,
+    /// Read first; on `EAGAIN` arm a one-shot poll.
+    ReadFirst,
+    /// Read first; on `EAGAIN` wait on one multishot poll armed for the connection's life (what
+    /// `auto` picks on Linux 5.13+).
+    Multishot,
+}
+
+impl Readiness {
+    pub(crate) fn setting(self) -> ReadinessSetting {
+        match self {
+            Readiness::Legacy => ReadinessSetting::Legacy,
+            Readiness::ReadFirst => ReadinessSetting::ReadFirst,
+            Readiness::Multishot => ReadinessSetting::Multishot,
+        }
+    }
+}
+
 /// Builds bench/refserver/refserver.c (`cc -O2`) into the target directory; returns the binary.
 pub(crate) fn build_reference() -> Result<PathBuf> {
     let src = crate::util::workspace_root().join("bench/refserver/refserver.c");
@@ -170,6 +194,8 @@ pub(crate) struct Rig {
     /// A second, slow directory (the slowfs mount): edgeplane's `storage` tier, nginx's
     /// fallback location.
     pub(crate) cold: Option<PathBuf>,
+    /// edgeplane's `io.readiness`; `None`: its default.
+    pub(crate) readiness: Option<Readiness>,
 }
 
 #[derive(Clone)]
@@ -239,6 +265,7 @@ impl Rig {
             connections,
             https: None,
             cold: None,
+            readiness: None,
         })
     }
 
@@ -263,7 +290,13 @@ impl Rig {
         let https = self.https.as_ref().zip(https_addr);
         fs::write(
             &config,
-            edgeplane_config(&self.catalog, self.connections, https, self.cold.as_deref()),
+            edgeplane_config(
+                &self.catalog,
+                self.connections,
+                https,
+                self.cold.as_deref(),
+                self.readiness.map(Readiness::setting),
+            ),
         )?;
         let (server, ready) = start_edgeplane(
             bin,
@@ -461,6 +494,7 @@ pub(crate) fn edgeplane_config(
     connections: u32,
     https: Option<(&HttpsFiles, SocketAddr)>,
     cold: Option<&Path>,
+    readiness: Option<ReadinessSetting>,
 ) -> String {
     let per_client = connections.saturating_add(64).max(256);
     let total = per_client.saturating_mul(2).max(10_000);
@@ -479,6 +513,9 @@ pub(crate) fn edgeplane_config(
             "\n[[tier]]\nname = \"slow\"\nkind = \"storage\"\npath = {}\n",
             toml_string(cold)
         );
+    }
+    if let Some(readiness) = readiness {
+        let _ = write!(extra, "\n[io]\nreadiness = \"{}\"\n", readiness.as_str());
     }
     let base = format!(
         "# Written by `cargo xtask bench`.\n\
@@ -867,7 +904,9 @@ mod tests {
             64,
             Some((&files, "127.0.0.1:8443".parse().unwrap())),
             Some(Path::new("/slow")),
+            Some(ReadinessSetting::ReadFirst),
         );
+        assert!(ep.contains("[io]\nreadiness = \"read-first\""), "{ep}");
         assert!(ep.contains("[https]\nlisten = \"127.0.0.1:8443\""), "{ep}");
         assert!(ep.contains("kind = \"storage\""), "{ep}");
         assert!(ep.contains("[signing]\nenabled = false"), "{ep}");

@@ -82,6 +82,16 @@ pub(crate) fn build_edgeplane(profile: &str) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The edgeplane binary a task runs: `given` (its `--edgeplane-bin`, e.g. a release build made
+/// beforehand) if set, else the one built with `profile`. A given path must be a file.
+pub(crate) fn edgeplane_bin_or_build(given: Option<&Path>, profile: &str) -> Result<PathBuf> {
+    match given {
+        Some(bin) if bin.is_file() => Ok(bin.to_path_buf()),
+        Some(bin) => bail!("--edgeplane-bin {}: no such file", bin.display()),
+        None => build_edgeplane(profile),
+    }
+}
+
 /// Finds `name` on PATH, then in the sbin directories (nginx lives in /usr/sbin, which is not on
 /// every user's PATH).
 pub(crate) fn find_program(name: &str) -> Result<PathBuf> {
