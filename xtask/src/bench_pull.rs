@@ -66,10 +66,13 @@ struct Client {
 
 /// CPU counters at one instant: ticks of the server's processes and of this process, and
 /// busy/total jiffies of CPU 0 and CPU 1 (/proc/stat: everything on them, other sessions too).
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 struct CpuSample {
     t: f64,
     server: u64,
+    /// Per thread of the server (`/proc/PID/task/TID/schedstat`): id, nanoseconds on a CPU,
+    /// nanoseconds runnable but waiting for one.
+    server_threads: Vec<(u32, u64, u64)>,
     bench: u64,
     cpu: [(u64, u64); 2],
 }
@@ -88,6 +91,34 @@ struct Crowd {
     server_ttfb: Vec<(String, f64)>,
 }
 
+/// The server thread that ran longest over `samples` (edgeplane's executor, nginx's worker).
+fn busiest_thread(samples: &[CpuSample]) -> Option<u32> {
+    let (first, last) = (samples.first()?, samples.last()?);
+    last.server_threads
+        .iter()
+        .map(|&(tid, run, _)| {
+            let before = first
+                .server_threads
+                .iter()
+                .find(|t| t.0 == tid)
+                .map_or(0, |t| t.1);
+            (run - before, tid)
+        })
+        .max()
+        .map(|(_, tid)| tid)
+}
+
+/// Seconds thread `tid` waited for a CPU between samples `a` and `b`.
+fn waited(tid: u32, a: &CpuSample, b: &CpuSample) -> f64 {
+    let w = |s: &CpuSample| {
+        s.server_threads
+            .iter()
+            .find(|t| t.0 == tid)
+            .map_or(0, |t| t.2)
+    };
+    w(b).saturating_sub(w(a)) as f64 / 1e9
+}
+
 /// `p`-quantile of sorted values (NaN when empty).
 fn quantile(sorted: &[f64], p: f64) -> f64 {
     sorted
@@ -96,8 +127,10 @@ fn quantile(sorted: &[f64], p: f64) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// The finite values, sorted (a client without a kernel timestamp or without a body byte has
+/// NaN there).
 fn sorted(v: impl Iterator<Item = f64>) -> Vec<f64> {
-    let mut v: Vec<f64> = v.collect();
+    let mut v: Vec<f64> = v.filter(|x| x.is_finite()).collect();
     v.sort_by(f64::total_cmp);
     v
 }
@@ -211,9 +244,9 @@ fn load_average() -> String {
 /// TTFB view.
 fn report_crowds(results: &[(u32, Crowd)]) {
     println!(
-        "\n| server | round | upstream requests | upstream bytes (× object) | TTFB p50 | TTFB p99 | TTFB max | errors | pull done at | server CPU-s | bench CPU-s |"
+        "\n| server | round | upstream requests | upstream bytes (× object) | TTFB p50 | TTFB p99 | TTFB max | errors | pull done at | server CPU-s | server's busiest thread waiting for a CPU | bench CPU-s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let tck = crate::bench_catalog::clock_ticks() as f64;
     for (round, r) in results {
         let t = sorted(r.clients.iter().map(|c| c.ttfb));
@@ -223,7 +256,7 @@ fn report_crowds(results: &[(u32, Crowd)]) {
             _ => f64::NAN,
         };
         println!(
-            "| {} | {round} | {} | {} ({:.2}×) | {:.1} ms | {:.1} ms | {:.1} ms | {} | {} | {:.2} | {:.2} |",
+            "| {} | {round} | {} | {} ({:.2}×) | {:.1} ms | {:.1} ms | {:.1} ms | {} | {} | {:.2} | {:.2} s | {:.2} |",
             r.server,
             r.upstream_requests,
             r.upstream_bytes,
@@ -234,6 +267,10 @@ fn report_crowds(results: &[(u32, Crowd)]) {
             r.errors,
             r.pull_done.map_or("?".into(), |d| format!("{d:.0} ms")),
             cpu_s(|c| c.server),
+            match (busiest_thread(&r.cpu), first, last) {
+                (Some(tid), Some(a), Some(b)) => waited(tid, a, b),
+                _ => f64::NAN,
+            },
             cpu_s(|c| c.bench),
         );
     }
@@ -287,8 +324,8 @@ fn report_crowds(results: &[(u32, Crowd)]) {
             }
         }
         println!("\n{server}: per 100 ms of arrival, all rounds: clients' TTFB; CPU busy in that interval (mean over rounds; server = its processes, bench = this process: clients + origin; CPU 0/1 = everything on them)\n");
-        println!("| arrival (ms) | clients | TTFB p50 | TTFB p99 | TTFB max | in socket p99 | server CPU | bench CPU | CPU 0 busy | CPU 1 busy |");
-        println!("|---|---|---|---|---|---|---|---|---|---|");
+        println!("| arrival (ms) | clients | TTFB p50 | TTFB p99 | TTFB max | in socket p99 | server CPU | its busiest thread waiting for a CPU | bench CPU | CPU 0 busy | CPU 1 busy |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
         let end = rounds
             .iter()
             .flat_map(|r| r.clients.iter().map(|c| c.at + c.done))
@@ -303,7 +340,7 @@ fn report_crowds(results: &[(u32, Crowd)]) {
                 .collect();
             let t = sorted(sel.iter().map(|c| c.ttfb));
             let kt = sorted(sel.iter().map(|c| c.ttfb_kernel));
-            let mut usage = [0.0f64; 4];
+            let mut usage = [0.0f64; 5];
             let mut n = 0.0;
             for r in &rounds {
                 let at = |ms: f64| r.cpu.iter().rev().find(|s| s.t <= ms).or(r.cpu.first());
@@ -316,6 +353,9 @@ fn report_crowds(results: &[(u32, Crowd)]) {
                 }
                 usage[0] += (z.server - a.server) as f64 / tck / secs;
                 usage[1] += (z.bench - a.bench) as f64 / tck / secs;
+                if let Some(tid) = busiest_thread(&r.cpu) {
+                    usage[4] += waited(tid, a, z) / secs;
+                }
                 for i in 0..2 {
                     let (busy, total) = (z.cpu[i].0 - a.cpu[i].0, z.cpu[i].1 - a.cpu[i].1);
                     usage[2 + i] += busy as f64 / (total.max(1)) as f64;
@@ -330,13 +370,14 @@ fn report_crowds(results: &[(u32, Crowd)]) {
                 }
             };
             println!(
-                "| {lo:.0}–{hi:.0} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
+                "| {lo:.0}–{hi:.0} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
                 t.len(),
                 quantile(&t, 0.5),
                 quantile(&t, 0.99),
                 t.last().copied().unwrap_or(f64::NAN),
                 quantile(&kt, 0.99),
                 pct(usage[0]),
+                pct(usage[4]),
                 pct(usage[1]),
                 pct(usage[2]),
                 pct(usage[3]),
@@ -521,6 +562,17 @@ fn cpu_sample(t: f64, pids: &[u32]) -> CpuSample {
         .filter_map(|&p| crate::testbed::read_stat(p).ok())
         .map(|s| s.ticks)
         .sum();
+    let server_threads = pids
+        .iter()
+        .filter_map(|p| fs::read_dir(format!("/proc/{p}/task")).ok())
+        .flat_map(|d| d.flatten())
+        .filter_map(|t| {
+            let tid = t.file_name().to_str()?.parse().ok()?;
+            let l = fs::read_to_string(t.path().join("schedstat")).ok()?;
+            let mut f = l.split_whitespace().map(|x| x.parse::<u64>().ok());
+            Some((tid, f.next()??, f.next()??))
+        })
+        .collect();
     let bench = crate::bench_catalog::cpu_ticks(std::process::id()).unwrap_or(0);
     let mut cpu = [(0, 0); 2];
     if let Ok(stat) = fs::read_to_string("/proc/stat") {
@@ -544,6 +596,7 @@ fn cpu_sample(t: f64, pids: &[u32]) -> CpuSample {
     CpuSample {
         t,
         server,
+        server_threads,
         bench,
         cpu,
     }
