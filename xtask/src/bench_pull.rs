@@ -5,7 +5,15 @@
 //! same cold 8 MiB object (half whole, half a 64 KiB–1 MiB range somewhere in it), against
 //! edgeplane with `[upstream]` and against nginx with `proxy_cache` + `proxy_cache_lock on` +
 //! `slice 2m`, each on a fresh cache and its own copy of the object, both pinned to the server
-//! CPU. Reported: upstream requests and bytes, clients' TTFB p50/p99, errors.
+//! CPU. Reported per round: upstream requests and bytes, clients' TTFB p50/p99, errors, when
+//! the pull ended, CPU of the server and of this process, and how long the server's busiest
+//! thread waited for a CPU. Then, per server over the rounds, the TTFB broken down by client
+//! kind (whole / ranged) and arrival (during the pull / after it: a hit), with the kernel's
+//! receive timestamp of the first byte (`SO_TIMESTAMPNS`: the server's part of the TTFB; the
+//! rest is the client thread waiting for its CPU); a timeline per 100 ms of arrival with the CPU
+//! use of both sides; and edgeplane's own `edgeplane_ttfb_seconds`. Whole-object clients
+//! compare one 128 KiB block in 8 and let the kernel discard the rest (`--crowd-verify all`
+//! compares everything), the same for both servers.
 //!
 //! trace: replays a Zipf + scan trace through pull-through's admission policy
 //! (`edgeplane_dataplane::pull::admission::simulate`, in process) with a tier 10 % of the
