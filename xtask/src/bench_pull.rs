@@ -252,19 +252,20 @@ fn load_average() -> String {
 /// TTFB view.
 fn report_crowds(results: &[(u32, Crowd)]) {
     println!(
-        "\n| server | round | upstream requests | upstream bytes (× object) | TTFB p50 | TTFB p99 | TTFB max | errors | pull done at | server CPU-s | server's busiest thread waiting for a CPU | bench CPU-s |"
+        "\n| server | round | upstream requests | upstream bytes (× object) | TTFB p50 | TTFB p99 | TTFB max | first byte in the socket p99 | errors | pull done at | server CPU-s | server's busiest thread waiting for a CPU | bench CPU-s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let tck = crate::bench_catalog::clock_ticks() as f64;
     for (round, r) in results {
         let t = sorted(r.clients.iter().map(|c| c.ttfb));
+        let kt = sorted(r.clients.iter().map(|c| c.ttfb_kernel));
         let (first, last) = (r.cpu.first(), r.cpu.last());
         let cpu_s = |f: fn(&CpuSample) -> u64| match (first, last) {
             (Some(a), Some(b)) => (f(b) - f(a)) as f64 / tck,
             _ => f64::NAN,
         };
         println!(
-            "| {} | {round} | {} | {} ({:.2}×) | {:.1} ms | {:.1} ms | {:.1} ms | {} | {} | {:.2} | {:.2} s | {:.2} |",
+            "| {} | {round} | {} | {} ({:.2}×) | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {} | {} | {:.2} | {:.2} s | {:.2} |",
             r.server,
             r.upstream_requests,
             r.upstream_bytes,
@@ -272,6 +273,7 @@ fn report_crowds(results: &[(u32, Crowd)]) {
             quantile(&t, 0.5),
             quantile(&t, 0.99),
             t.last().copied().unwrap_or(f64::NAN),
+            quantile(&kt, 0.99),
             r.errors,
             r.pull_done.map_or("?".into(), |d| format!("{d:.0} ms")),
             cpu_s(|c| c.server),
