@@ -117,6 +117,11 @@ pub(crate) struct BenchArgs {
     /// made beforehand).
     #[arg(long)]
     pub(crate) edgeplane_bin: Option<PathBuf>,
+    /// flash-crowd: whole-object clients compare every body byte (`all`: copying and comparing
+    /// 250 × 8 MiB within a second keeps the client CPU busy) or one 128 KiB block in 8,
+    /// discarding the rest in the kernel (`sampled`). Ranged clients always compare all.
+    #[arg(long, default_value = "sampled", value_parser = ["sampled", "all"])]
+    pub(crate) crowd_verify: String,
     /// Instead of the bench: instructions per request of edgeplane under callgrind.
     #[arg(long)]
     pub(crate) callgrind: bool,
@@ -1840,6 +1845,7 @@ pub(crate) mod tests {
             callgrind: false,
             edgeplane_bin: None,
             callgrind_requests: 10,
+            crowd_verify: "sampled".to_owned(),
         }
     }
 

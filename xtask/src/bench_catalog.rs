@@ -552,7 +552,7 @@ pub(crate) fn clock_ticks() -> u64 {
 }
 
 /// `GET path` on the admin listener; the body.
-fn admin_get(addr: SocketAddr, path: &str) -> Result<String> {
+pub(crate) fn admin_get(addr: SocketAddr, path: &str) -> Result<String> {
     let mut s = TcpStream::connect(addr)?;
     write!(
         s,

@@ -5,7 +5,15 @@
 //! same cold 8 MiB object (half whole, half a 64 KiB–1 MiB range somewhere in it), against
 //! edgeplane with `[upstream]` and against nginx with `proxy_cache` + `proxy_cache_lock on` +
 //! `slice 2m`, each on a fresh cache and its own copy of the object, both pinned to the server
-//! CPU. Reported: upstream requests and bytes, clients' TTFB p50/p99, errors.
+//! CPU. Reported per round: upstream requests and bytes, clients' TTFB p50/p99, errors, when
+//! the pull ended, CPU of the server and of this process, and how long the server's busiest
+//! thread waited for a CPU. Then, per server over the rounds, the TTFB broken down by client
+//! kind (whole / ranged) and arrival (during the pull / after it: a hit), with the kernel's
+//! receive timestamp of the first byte (`SO_TIMESTAMPNS`: the server's part of the TTFB; the
+//! rest is the client thread waiting for its CPU); a timeline per 100 ms of arrival with the CPU
+//! use of both sides; and edgeplane's own `edgeplane_ttfb_seconds`. Whole-object clients
+//! compare one 128 KiB block in 8 and let the kernel discard the rest (`--crowd-verify all`
+//! compares everything), the same for both servers.
 //!
 //! trace: replays a Zipf + scan trace through pull-through's admission policy
 //! (`edgeplane_dataplane::pull::admission::simulate`, in process) with a tier 10 % of the
@@ -22,13 +30,15 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use edgeplane_dataplane::pull::admission::{simulate, zipf_scan_trace};
+use edgeplane_test_support::metrics::Metrics;
 use edgeplane_test_support::origin::Origin;
 
 use crate::bench::BenchArgs;
@@ -39,13 +49,98 @@ use crate::util::{edgeplane_bin_or_build, find_program, header};
 const OBJECT: usize = 8 << 20;
 const CLIENTS: u64 = 500;
 
-/// One server's flash-crowd result.
+/// One client's measurements, in ms; `at` counts from the crowd's start (the first client).
+#[derive(Clone, Copy)]
+struct Client {
+    whole: bool,
+    /// When the request went out.
+    at: f64,
+    /// `connect()` (the kernel's handshake; the server's accept comes later).
+    connect: f64,
+    /// Request sent → first response byte (when `read` returned it to the client thread).
+    ttfb: f64,
+    /// Request sent → the first response byte's arrival in the client's socket (the kernel's
+    /// receive timestamp, `SO_TIMESTAMPNS`): the server's part of `ttfb`; the rest is the
+    /// client thread waiting for its CPU.
+    ttfb_kernel: f64,
+    /// The first read returned only head bytes (the head did not wait to share a packet with
+    /// the body).
+    head_alone: bool,
+    /// Request sent → first body byte.
+    first_body: f64,
+    /// Request sent → last body byte.
+    done: f64,
+}
+
+/// CPU counters at one instant: ticks of the server's processes and of this process, and
+/// busy/total jiffies of CPU 0 and CPU 1 (/proc/stat: everything on them, other sessions too).
+#[derive(Clone, Default)]
+struct CpuSample {
+    t: f64,
+    server: u64,
+    /// Per thread of the server (`/proc/PID/task/TID/schedstat`): id, nanoseconds on a CPU,
+    /// nanoseconds runnable but waiting for one.
+    server_threads: Vec<(u32, u64, u64)>,
+    bench: u64,
+    cpu: [(u64, u64); 2],
+}
+
+/// One server's flash-crowd result (one round).
 struct Crowd {
     server: &'static str,
     upstream_requests: usize,
     upstream_bytes: u64,
-    ttfb_ms: Vec<f64>,
+    clients: Vec<Client>,
     errors: u64,
+    /// When the origin had sent the whole object (ms from the crowd's start): the pull's end.
+    pull_done: Option<f64>,
+    cpu: Vec<CpuSample>,
+    /// edgeplane's own `edgeplane_ttfb_seconds` quantiles after the round (ms).
+    server_ttfb: Vec<(String, f64)>,
+}
+
+/// The server thread that ran longest over `samples` (edgeplane's executor, nginx's worker).
+fn busiest_thread(samples: &[CpuSample]) -> Option<u32> {
+    let (first, last) = (samples.first()?, samples.last()?);
+    last.server_threads
+        .iter()
+        .map(|&(tid, run, _)| {
+            let before = first
+                .server_threads
+                .iter()
+                .find(|t| t.0 == tid)
+                .map_or(0, |t| t.1);
+            (run - before, tid)
+        })
+        .max()
+        .map(|(_, tid)| tid)
+}
+
+/// Seconds thread `tid` waited for a CPU between samples `a` and `b`.
+fn waited(tid: u32, a: &CpuSample, b: &CpuSample) -> f64 {
+    let w = |s: &CpuSample| {
+        s.server_threads
+            .iter()
+            .find(|t| t.0 == tid)
+            .map_or(0, |t| t.2)
+    };
+    w(b).saturating_sub(w(a)) as f64 / 1e9
+}
+
+/// `p`-quantile of sorted values (NaN when empty).
+fn quantile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// The finite values, sorted (a client without a kernel timestamp or without a body byte has
+/// NaN there).
+fn sorted(v: impl Iterator<Item = f64>) -> Vec<f64> {
+    let mut v: Vec<f64> = v.filter(|x| x.is_finite()).collect();
+    v.sort_by(f64::total_cmp);
+    v
 }
 
 pub(crate) fn run(args: &BenchArgs, flash: bool, trace: bool, storm: bool) -> Result<()> {
@@ -82,60 +177,242 @@ pub(crate) fn run(args: &BenchArgs, flash: bool, trace: bool, storm: bool) -> Re
     let origin = Origin::start();
     origin.set_delay(Duration::from_millis(50));
     origin.set_rate(25_000_000);
-    let mut results = Vec::new();
-    for server in ["edgeplane", "nginx"] {
-        let id = format!("crowd-{server}.ts");
-        origin.put(&id, object().to_vec());
-        let dir = run_dir.join(server);
-        fs::create_dir_all(&dir)?;
-        let before_bytes = origin.body_bytes();
-        let (mut proc, addr) = match server {
-            "edgeplane" => start_edgeplane_pull(&bin, &dir, &origin)?,
-            _ => start_nginx_cache(&nginx, &dir, &origin)?,
-        };
-        header(&format!(
-            "flash-crowd: {CLIENTS} clients within 1 s against {server}"
-        ));
-        let (ttfb_ms, errors) = crowd(addr, &id);
-        proc.check_running()?;
-        results.push(Crowd {
-            server,
-            upstream_requests: origin.requests_for(&id).len(),
-            upstream_bytes: origin.body_bytes() - before_bytes,
-            ttfb_ms,
-            errors,
-        });
-        drop(proc);
+    let mut results: Vec<(u32, Crowd)> = Vec::new();
+    for round in 0..args.rounds.max(1) {
+        let mut order = ["edgeplane", "nginx"];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for server in order {
+            let id = format!("crowd-{server}-{round}.ts");
+            origin.put(&id, object().to_vec());
+            let dir = run_dir.join(format!("{server}-{round}"));
+            fs::create_dir_all(&dir)?;
+            let before_bytes = origin.body_bytes();
+            let (mut proc, addr, admin) = match server {
+                "edgeplane" => {
+                    let (p, a, m) = start_edgeplane_pull(&bin, &dir, &origin)?;
+                    (p, a, Some(m))
+                }
+                _ => {
+                    let (p, a) = start_nginx_cache(&nginx, &dir, &origin)?;
+                    (p, a, None)
+                }
+            };
+            header(&format!(
+                "flash-crowd round {round}: {CLIENTS} clients within 1 s against {server}, whole bodies verified: {} (load average {})",
+                args.crowd_verify,
+                load_average()
+            ));
+            let pids = crate::testbed::process_tree(proc.pid());
+            let mut c = crowd(
+                addr,
+                &id,
+                &origin,
+                before_bytes,
+                &pids,
+                args.crowd_verify == "sampled",
+            );
+            proc.check_running()?;
+            c.server = server;
+            c.upstream_requests = origin.requests_for(&id).len();
+            c.upstream_bytes = origin.body_bytes() - before_bytes;
+            if let Some(admin) = admin {
+                // Each core publishes its latency summary once a second.
+                thread::sleep(Duration::from_millis(1_200));
+                let m = Metrics::parse(&crate::bench_catalog::admin_get(admin, "/metrics")?);
+                c.server_ttfb = m
+                    .matching("edgeplane_ttfb_seconds", &[])
+                    .map(|s| {
+                        (
+                            s.labels.get("quantile").cloned().unwrap_or_default(),
+                            s.value * 1000.0,
+                        )
+                    })
+                    .collect();
+            }
+            results.push((round, c));
+            drop(proc);
+        }
     }
-    println!(
-        "\n| server | upstream requests | upstream bytes (× object) | TTFB p50 | TTFB p99 | TTFB max | errors |"
-    );
-    println!("|---|---|---|---|---|---|---|");
-    for r in &results {
-        let mut t = r.ttfb_ms.clone();
-        t.sort_by(f64::total_cmp);
-        let q = |p: f64| {
-            t.get(((t.len() as f64 * p) as usize).min(t.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or(f64::NAN)
-        };
-        println!(
-            "| {} | {} | {} ({:.2}×) | {:.1} ms | {:.1} ms | {:.1} ms | {} |",
-            r.server,
-            r.upstream_requests,
-            r.upstream_bytes,
-            r.upstream_bytes as f64 / OBJECT as f64,
-            q(0.5),
-            q(0.99),
-            t.last().copied().unwrap_or(f64::NAN),
-            r.errors
-        );
-    }
+    report_crowds(&results);
     let _ = fs::remove_dir_all(&run_dir);
     Ok(())
 }
 
-fn start_edgeplane_pull(bin: &Path, dir: &Path, origin: &Origin) -> Result<(Server, SocketAddr)> {
+/// `/proc/loadavg`'s first three fields.
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Prints the flash-crowd tables: per round, the TTFB breakdown (client kind × arrival during
+/// or after the pull), the timeline (TTFB and CPU per 100 ms of arrival) and the server's own
+/// TTFB view.
+fn report_crowds(results: &[(u32, Crowd)]) {
+    println!(
+        "\n| server | round | upstream requests | upstream bytes (× object) | TTFB p50 | TTFB p99 | TTFB max | first byte in the socket p99 | errors | pull done at | server CPU-s | server's busiest thread waiting for a CPU | bench CPU-s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let tck = crate::bench_catalog::clock_ticks() as f64;
+    for (round, r) in results {
+        let t = sorted(r.clients.iter().map(|c| c.ttfb));
+        let kt = sorted(r.clients.iter().map(|c| c.ttfb_kernel));
+        let (first, last) = (r.cpu.first(), r.cpu.last());
+        let cpu_s = |f: fn(&CpuSample) -> u64| match (first, last) {
+            (Some(a), Some(b)) => (f(b) - f(a)) as f64 / tck,
+            _ => f64::NAN,
+        };
+        println!(
+            "| {} | {round} | {} | {} ({:.2}×) | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {} | {} | {:.2} | {:.2} s | {:.2} |",
+            r.server,
+            r.upstream_requests,
+            r.upstream_bytes,
+            r.upstream_bytes as f64 / OBJECT as f64,
+            quantile(&t, 0.5),
+            quantile(&t, 0.99),
+            t.last().copied().unwrap_or(f64::NAN),
+            quantile(&kt, 0.99),
+            r.errors,
+            r.pull_done.map_or("?".into(), |d| format!("{d:.0} ms")),
+            cpu_s(|c| c.server),
+            match (busiest_thread(&r.cpu), first, last) {
+                (Some(tid), Some(a), Some(b)) => waited(tid, a, b),
+                _ => f64::NAN,
+            },
+            cpu_s(|c| c.bench),
+        );
+    }
+    for server in ["edgeplane", "nginx"] {
+        let rounds: Vec<&Crowd> = results
+            .iter()
+            .filter(|(_, r)| r.server == server)
+            .map(|(_, r)| r)
+            .collect();
+        if rounds.is_empty() {
+            continue;
+        }
+        println!(
+            "\n{server}: TTFB by client kind and arrival (during = request sent before the origin had sent the whole object), all rounds\n"
+        );
+        println!("| clients | n | TTFB p50 | TTFB p99 | TTFB max | first byte in the client's socket p50 / p99 / max | head alone in first read | first body byte p50 / p99 | connect p99 |");
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for whole in [true, false] {
+            for during in [true, false] {
+                let sel: Vec<Client> = rounds
+                    .iter()
+                    .flat_map(|r| {
+                        let done = r.pull_done.unwrap_or(f64::INFINITY);
+                        r.clients
+                            .iter()
+                            .filter(move |c| c.whole == whole && (c.at < done) == during)
+                            .copied()
+                    })
+                    .collect();
+                let t = sorted(sel.iter().map(|c| c.ttfb));
+                let b = sorted(sel.iter().map(|c| c.first_body));
+                let k = sorted(sel.iter().map(|c| c.connect));
+                let kt = sorted(sel.iter().map(|c| c.ttfb_kernel));
+                println!(
+                    "| {} {} | {} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} / {:.1} | {}/{} | {:.1} / {:.1} | {:.1} |",
+                    if whole { "whole" } else { "ranged" },
+                    if during { "during the pull" } else { "after (hits)" },
+                    sel.len(),
+                    quantile(&t, 0.5),
+                    quantile(&t, 0.99),
+                    t.last().copied().unwrap_or(f64::NAN),
+                    quantile(&kt, 0.5),
+                    quantile(&kt, 0.99),
+                    kt.last().copied().unwrap_or(f64::NAN),
+                    sel.iter().filter(|c| c.head_alone).count(),
+                    sel.len(),
+                    quantile(&b, 0.5),
+                    quantile(&b, 0.99),
+                    quantile(&k, 0.99),
+                );
+            }
+        }
+        println!("\n{server}: per 100 ms of arrival, all rounds: clients' TTFB; CPU busy in that interval (mean over rounds; server = its processes, bench = this process: clients + origin; CPU 0/1 = everything on them)\n");
+        println!("| arrival (ms) | clients | TTFB p50 | TTFB p99 | TTFB max | in socket p99 | server CPU | its busiest thread waiting for a CPU | bench CPU | CPU 0 busy | CPU 1 busy |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        let end = rounds
+            .iter()
+            .flat_map(|r| r.clients.iter().map(|c| c.at + c.done))
+            .fold(0.0f64, f64::max);
+        let buckets = ((end / 100.0).ceil() as usize).clamp(1, 40);
+        for b in 0..buckets {
+            let (lo, hi) = (b as f64 * 100.0, (b + 1) as f64 * 100.0);
+            let sel: Vec<&Client> = rounds
+                .iter()
+                .flat_map(|r| r.clients.iter())
+                .filter(|c| c.at >= lo && c.at < hi)
+                .collect();
+            let t = sorted(sel.iter().map(|c| c.ttfb));
+            let kt = sorted(sel.iter().map(|c| c.ttfb_kernel));
+            let mut usage = [0.0f64; 5];
+            let mut n = 0.0;
+            for r in &rounds {
+                let at = |ms: f64| r.cpu.iter().rev().find(|s| s.t <= ms).or(r.cpu.first());
+                let (Some(a), Some(z)) = (at(lo), at(hi)) else {
+                    continue;
+                };
+                let secs = (z.t - a.t) / 1000.0;
+                if secs <= 0.0 {
+                    continue;
+                }
+                usage[0] += (z.server - a.server) as f64 / tck / secs;
+                usage[1] += (z.bench - a.bench) as f64 / tck / secs;
+                if let Some(tid) = busiest_thread(&r.cpu) {
+                    usage[4] += waited(tid, a, z) / secs;
+                }
+                for i in 0..2 {
+                    let (busy, total) = (z.cpu[i].0 - a.cpu[i].0, z.cpu[i].1 - a.cpu[i].1);
+                    usage[2 + i] += busy as f64 / (total.max(1)) as f64;
+                }
+                n += 1.0;
+            }
+            let pct = |v: f64| {
+                if n > 0.0 {
+                    format!("{:.0} %", v / n * 100.0)
+                } else {
+                    "?".into()
+                }
+            };
+            println!(
+                "| {lo:.0}–{hi:.0} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
+                t.len(),
+                quantile(&t, 0.5),
+                quantile(&t, 0.99),
+                t.last().copied().unwrap_or(f64::NAN),
+                quantile(&kt, 0.99),
+                pct(usage[0]),
+                pct(usage[4]),
+                pct(usage[1]),
+                pct(usage[2]),
+                pct(usage[3]),
+            );
+        }
+        for (i, r) in rounds.iter().enumerate() {
+            if !r.server_ttfb.is_empty() {
+                println!(
+                    "\n{server} round {i}, its own view (edgeplane_ttfb_seconds: request head complete → response head handed to the kernel): {}",
+                    r.server_ttfb
+                        .iter()
+                        .map(|(q, v)| format!("q{q} {v:.2} ms"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+    }
+}
+
+fn start_edgeplane_pull(
+    bin: &Path,
+    dir: &Path,
+    origin: &Origin,
+) -> Result<(Server, SocketAddr, SocketAddr)> {
     let tier = dir.join("tier");
     fs::create_dir_all(&tier)?;
     let config = dir.join("edgeplane.toml");
@@ -157,7 +434,7 @@ fn start_edgeplane_pull(bin: &Path, dir: &Path, origin: &Origin) -> Result<(Serv
         Some(SERVER_CPU),
         READY_TIMEOUT,
     )?;
-    Ok((server, ready.http))
+    Ok((server, ready.http, ready.admin))
 }
 
 fn start_nginx_cache(nginx: &Path, dir: &Path, origin: &Origin) -> Result<(Server, SocketAddr)> {
@@ -198,40 +475,141 @@ fn start_nginx_cache(nginx: &Path, dir: &Path, origin: &Origin) -> Result<(Serve
     Ok((server, addr))
 }
 
-/// 500 clients spread over one second; returns their TTFBs (ms) and the number of errors
-/// (connection failures, unexpected status, short or wrong bodies).
-fn crowd(addr: SocketAddr, id: &str) -> (Vec<f64>, u64) {
+/// 500 clients spread over one second, with a sampler of CPU use (every 50 ms) and a watch
+/// on the origin for the end of the pull; returns every client's timings and the number of
+/// errors (connection failures, unexpected status, short or wrong bodies).
+fn crowd(
+    addr: SocketAddr,
+    id: &str,
+    origin: &Origin,
+    before_bytes: u64,
+    pids: &[u32],
+    sampled: bool,
+) -> Crowd {
     let start = Instant::now() + Duration::from_millis(100);
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|i| {
-            let id = id.to_owned();
-            thread::spawn(move || {
-                let at = start + Duration::from_micros(i * 1_000_000 / CLIENTS);
-                if let Some(d) = at.checked_duration_since(Instant::now()) {
-                    thread::sleep(d);
-                }
-                let range = (i % 2 == 1).then(|| {
-                    let len = (64u64 << 10) + (i * 7919 % (960 << 10));
-                    let first = (i * 104_729 * 13) % (OBJECT as u64 - len);
-                    (first, first + len - 1)
-                });
-                one_client(addr, &id, range)
-            })
-        })
-        .collect();
+    let ms = move |t: Instant| {
+        t.checked_duration_since(start).map_or_else(
+            || -(start - t).as_secs_f64() * 1000.0,
+            |d| d.as_secs_f64() * 1000.0,
+        )
+    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
     let mut ttfb = Vec::new();
     let mut errors = 0;
-    for c in clients {
-        match c.join() {
-            Ok(Ok(ms)) => ttfb.push(ms),
-            Ok(Err(e)) => {
-                errors += 1;
-                eprintln!("client error: {e:#}");
+    let (pull_done, cpu) = thread::scope(|scope| {
+        let stop = &stop;
+        let watch = scope.spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if origin.body_bytes() >= before_bytes + OBJECT as u64 {
+                    return Some(ms(Instant::now()));
+                }
+                thread::sleep(Duration::from_millis(1));
             }
-            Err(_) => errors += 1,
+            None
+        });
+        let sampler = scope.spawn(move || {
+            let mut v = Vec::new();
+            loop {
+                let done = stop.load(std::sync::atomic::Ordering::Relaxed);
+                v.push(cpu_sample(ms(Instant::now()), pids));
+                if done {
+                    return v;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let id = id.to_owned();
+                thread::spawn(move || {
+                    let at = start + Duration::from_micros(i * 1_000_000 / CLIENTS);
+                    if let Some(d) = at.checked_duration_since(Instant::now()) {
+                        thread::sleep(d);
+                    }
+                    let range = (i % 2 == 1).then(|| {
+                        let len = (64u64 << 10) + (i * 7919 % (960 << 10));
+                        let first = (i * 104_729 * 13) % (OBJECT as u64 - len);
+                        (first, first + len - 1)
+                    });
+                    let sample =
+                        (sampled && range.is_none()).then_some((i as usize / 2) % SAMPLE_EVERY);
+                    one_client(addr, &id, range, sample, start)
+                })
+            })
+            .collect();
+        for c in clients {
+            match c.join() {
+                Ok(Ok(c)) => ttfb.push(c),
+                Ok(Err(e)) => {
+                    errors += 1;
+                    eprintln!("client error: {e:#}");
+                }
+                Err(_) => errors += 1,
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (
+            watch.join().ok().flatten(),
+            sampler.join().unwrap_or_default(),
+        )
+    });
+    Crowd {
+        server: "",
+        upstream_requests: 0,
+        upstream_bytes: 0,
+        clients: ttfb,
+        errors,
+        pull_done,
+        cpu,
+        server_ttfb: Vec::new(),
+    }
+}
+
+/// CPU counters now (see [`CpuSample`]); zeros where /proc cannot be read.
+fn cpu_sample(t: f64, pids: &[u32]) -> CpuSample {
+    let server = pids
+        .iter()
+        .filter_map(|&p| crate::testbed::read_stat(p).ok())
+        .map(|s| s.ticks)
+        .sum();
+    let server_threads = pids
+        .iter()
+        .filter_map(|p| fs::read_dir(format!("/proc/{p}/task")).ok())
+        .flat_map(|d| d.flatten())
+        .filter_map(|t| {
+            let tid = t.file_name().to_str()?.parse().ok()?;
+            let l = fs::read_to_string(t.path().join("schedstat")).ok()?;
+            let mut f = l.split_whitespace().map(|x| x.parse::<u64>().ok());
+            Some((tid, f.next()??, f.next()??))
+        })
+        .collect();
+    let bench = crate::bench_catalog::cpu_ticks(std::process::id()).unwrap_or(0);
+    let mut cpu = [(0, 0); 2];
+    if let Ok(stat) = fs::read_to_string("/proc/stat") {
+        for (i, name) in ["cpu0", "cpu1"].iter().enumerate() {
+            if let Some(line) = stat
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(name))
+            {
+                // user nice system idle iowait irq softirq steal ...
+                let f: Vec<u64> = line
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                let total: u64 = f.iter().take(8).sum();
+                let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+                cpu[i] = (total - idle, total);
+            }
         }
     }
-    (ttfb, errors)
+    CpuSample {
+        t,
+        server,
+        server_threads,
+        bench,
+        cpu,
+    }
 }
 
 /// The object's bytes (the same for every server's copy).
@@ -240,12 +618,34 @@ fn object() -> &'static [u8] {
     DATA.get_or_init(|| (0..OBJECT).map(|i| (i * 31 % 251) as u8).collect())
 }
 
-/// One client: GET (whole or ranged), time to the first response byte, then the body read and
-/// compared with the object as it arrives (memcmp per read, no buffering of the body).
-fn one_client(addr: SocketAddr, id: &str, range: Option<(u64, u64)>) -> Result<f64> {
+/// Whole-object clients compare the body in blocks of this size, one in [`SAMPLE_EVERY`].
+const SAMPLE_BLOCK: usize = 128 << 10;
+/// One block in this many is compared by a whole-object client; client `i` compares blocks
+/// `b` with `b % SAMPLE_EVERY == (i / 2) % SAMPLE_EVERY`, so over the crowd's 250 whole-object
+/// clients every block is compared by about 31 of them.
+const SAMPLE_EVERY: usize = 8;
+
+/// One client: GET (whole or ranged), time to the first response byte, then the body read as
+/// it arrives (no buffering of the body): a ranged body compared byte for byte with the object;
+/// a whole one's first read and the blocks `sample` picks compared, the rest discarded by the
+/// kernel without a copy (`recv(MSG_TRUNC)`), its length checked exactly. Copying and
+/// comparing 250 × 8 MiB within a second kept the client CPU busy enough to delay the clients'
+/// own reads (docs/benchmarks.md, flash-crowd); every byte pull-through serves is checked by
+/// the pull-through tests.
+fn one_client(
+    addr: SocketAddr,
+    id: &str,
+    range: Option<(u64, u64)>,
+    sample: Option<usize>,
+    crowd_start: Instant,
+) -> Result<Client> {
+    let before_connect = Instant::now();
     let mut s = TcpStream::connect(addr)?;
+    let connect = before_connect.elapsed().as_secs_f64() * 1000.0;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    stamp_arrivals(&s)?;
     let extra = range.map_or(String::new(), |(a, b)| format!("Range: bytes={a}-{b}\r\n"));
+    let sent_wall = SystemTime::now();
     let sent = Instant::now();
     write!(
         s,
@@ -253,11 +653,16 @@ fn one_client(addr: SocketAddr, id: &str, range: Option<(u64, u64)>) -> Result<f
     )?;
     let mut buf = vec![0u8; 256 * 1024];
     let mut got = Vec::new();
-    let n = s.read(&mut buf)?;
+    // One byte first: its receive timestamp is the first segment's.
+    let (n, arrived) = read_stamped(&s, &mut buf[..1])?;
     let ttfb = sent.elapsed().as_secs_f64() * 1000.0;
     if n == 0 {
         bail!("closed before the head");
     }
+    let ttfb_kernel = arrived
+        .and_then(|t| t.duration_since(sent_wall).ok())
+        .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
+    let n = n + s.read(&mut buf[1..])?;
     got.extend_from_slice(&buf[..n]);
     let end = loop {
         if let Some(p) = got.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -269,6 +674,7 @@ fn one_client(addr: SocketAddr, id: &str, range: Option<(u64, u64)>) -> Result<f
         }
         got.extend_from_slice(&buf[..n]);
     };
+    let head_alone = n <= end;
     let head = String::from_utf8_lossy(&got[..end]).to_string();
     let want_status = if range.is_some() { " 206 " } else { " 200 " };
     if !head.lines().next().unwrap_or("").contains(want_status) {
@@ -280,20 +686,119 @@ fn one_client(addr: SocketAddr, id: &str, range: Option<(u64, u64)>) -> Result<f
     if pos > want.len() || got[end..] != want[..pos] {
         bail!("wrong bytes in the first read");
     }
-    loop {
-        let n = s.read(&mut buf)?;
+    let mut first_body = (pos > 0).then(|| sent.elapsed());
+    while pos < want.len() {
+        // A whole-object client compares one block in SAMPLE_EVERY (which one depends on
+        // `sample`) and lets the kernel discard the others uncopied (`MSG_TRUNC`); a ranged
+        // one compares every byte.
+        let block_end = ((pos / SAMPLE_BLOCK + 1) * SAMPLE_BLOCK).min(want.len());
+        let compare = sample.is_none_or(|k| (pos / SAMPLE_BLOCK) % SAMPLE_EVERY == k);
+        let room = (block_end - pos).min(buf.len());
+        let n = if compare {
+            s.read(&mut buf[..room])?
+        } else {
+            discard(&s, &mut buf[..room])?
+        };
         if n == 0 {
             break;
         }
-        if pos + n > want.len() || buf[..n] != want[pos..pos + n] {
-            bail!("wrong or extra bytes at {}", a as usize + pos);
+        first_body.get_or_insert_with(|| sent.elapsed());
+        if compare && buf[..n] != want[pos..pos + n] {
+            bail!("wrong bytes at {}", a as usize + pos);
         }
         pos += n;
     }
     if pos != want.len() {
         bail!("body of {pos} bytes, expected {}", want.len());
     }
-    Ok(ttfb)
+    if s.read(&mut buf[..1])? != 0 {
+        bail!("bytes after the body's {} bytes", want.len());
+    }
+    let at = sent
+        .checked_duration_since(crowd_start)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    Ok(Client {
+        whole: range.is_none(),
+        at,
+        connect,
+        ttfb,
+        ttfb_kernel,
+        head_alone,
+        first_body: first_body.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0),
+        done: sent.elapsed().as_secs_f64() * 1000.0,
+    })
+}
+
+/// Receives into `buf`'s length worth of bytes and discards them in the kernel
+/// (`recv(MSG_TRUNC)` on TCP: no copy to user space); returns how many.
+fn discard(s: &TcpStream, buf: &mut [u8]) -> Result<usize> {
+    // SAFETY: `buf` is valid for its length (the kernel does not even write it with MSG_TRUNC).
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_TRUNC,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(n as usize)
+}
+
+/// Asks the kernel to stamp received data with its arrival time (`SO_TIMESTAMPNS`).
+fn stamp_arrivals(s: &TcpStream) -> Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket and a c_int option value of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        bail!("SO_TIMESTAMPNS: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `recvmsg` into `buf`; also returns the receive timestamp of the last segment read
+/// (`SCM_TIMESTAMPNS`), if the kernel gave one.
+fn read_stamped(s: &TcpStream, buf: &mut [u8]) -> Result<(usize, Option<SystemTime>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 16];
+    // SAFETY: msghdr is plain data; every pointer in it refers to a live local above, with its
+    // length; the cmsg walk stays inside `control` (CMSG_* check msg_controllen).
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        let n = libc::recvmsg(s.as_raw_fd(), &mut msg, 0);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let mut stamp = None;
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                stamp = Some(
+                    SystemTime::UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32),
+                );
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+        Ok((n as usize, stamp))
+    }
 }
 
 const STORM_SECONDS: u64 = 5;
@@ -312,7 +817,7 @@ fn miss_storm(args: &BenchArgs) -> Result<()> {
     origin.set_delay(Duration::from_millis(200));
     origin.set_rate(2_000_000);
     let cold: Vec<u8> = (0..COLD).map(|i| (i * 13 % 251) as u8).collect();
-    let (mut proc, addr) = start_edgeplane_pull(&bin, &dir, &origin)?;
+    let (mut proc, addr, _) = start_edgeplane_pull(&bin, &dir, &origin)?;
     header(&format!(
         "miss-storm: {HOT_CLIENTS} hot-hit clients, alone and beside {STORM_CLIENTS} cold-miss clients, {STORM_SECONDS} s each, {} round(s)",
         args.rounds

@@ -172,20 +172,22 @@ impl Object {
         if !want.is_empty() && !puller.enqueue_many(self, &mut st, &want) {
             return Poll::Ready(Err(PullError::Busy));
         }
-        let start = k as u64 * slice;
-        let mut avail = match st.slices.get(k) {
-            Some(Slice::Done) => (start + slice).min(head.size),
-            Some(Slice::Fetching(w)) => start + w,
-            _ => start,
-        };
-        if st.sha256.is_some() && !st.verified {
-            avail = avail.min(head.size.saturating_sub(1));
-        }
+        let avail = written_end(&st, head.size, slice, off);
         if avail > off {
             return Poll::Ready(Ok(avail.min(end)));
         }
         st.wakers.push(cx.waker().clone());
         Poll::Pending
+    }
+
+    /// Whether the byte at `off` is written and may go out now (what [`Object::poll_available`]
+    /// would be ready with), without asking for any slice or registering a waker.
+    pub fn available_now(&self, puller: &Puller, off: u64) -> bool {
+        let st = self.lock();
+        match (&st.failed, &st.head) {
+            (None, Some(head)) => written_end(&st, head.size, puller.slice, off) > off,
+            _ => false,
+        }
     }
 
     /// Counts a client reading this object; [`Object::leave`] when it is done.
@@ -201,6 +203,23 @@ impl Object {
         if st.waiters == 0 {
             st.idle_since = Instant::now();
         }
+    }
+}
+
+/// The end of the bytes written from `off`'s slice start on (`off` is available when this is
+/// past it); the object's last byte is held back until its SHA-256, when given, matched.
+fn written_end(st: &State, size: u64, slice: u64, off: u64) -> u64 {
+    let k = (off / slice) as usize;
+    let start = k as u64 * slice;
+    let avail = match st.slices.get(k) {
+        Some(Slice::Done) => (start + slice).min(size),
+        Some(Slice::Fetching(w)) => start + w,
+        _ => start,
+    };
+    if st.sha256.is_some() && !st.verified {
+        avail.min(size.saturating_sub(1))
+    } else {
+        avail
     }
 }
 

@@ -320,7 +320,11 @@ impl<T: Transport> Io<T> {
         )
         .await?;
         core.metrics().response(status);
-        self.t.send_head(&self.out, body.is_some()).await?;
+        let more = match (&body, &core.shared.pull) {
+            (Some(Body::Pull(b)), Some(pull)) => b.follows_at_once(pull),
+            (b, _) => b.is_some(),
+        };
+        self.t.send_head(&self.out, more).await?;
         let ttfb = received.elapsed();
         match body {
             Some(Body::Hit(obj, start, n)) => {

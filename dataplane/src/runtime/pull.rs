@@ -180,6 +180,15 @@ impl PullBody {
         Ok(())
     }
 
+    /// Whether the body's first bytes are on disk now, so they follow the head at once and the
+    /// head may wait to share a packet with them (`MSG_MORE`). When they are not, the head must
+    /// go out alone, at once: a head sent with `MSG_MORE` stays in the kernel until more bytes
+    /// follow or its probe timer fires (~200 ms later), so a waiter whose range is still on the
+    /// way would see its head late, not when the upstream's head arrived.
+    pub(crate) fn follows_at_once(&self, pull: &Puller) -> bool {
+        self.member.0.available_now(pull, self.start)
+    }
+
     /// Body length.
     pub(crate) fn len(&self) -> u64 {
         self.len
