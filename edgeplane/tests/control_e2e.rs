@@ -597,7 +597,8 @@ allow_http = true
                      agent log (last 150 lines):\n{}",
                     limit.as_secs(),
                     self.id,
-                    self.status().map_or("unreachable".into(), |s| s.to_string()),
+                    self.status()
+                        .map_or("unreachable".into(), |s| s.to_string()),
                     lines[lines.len().saturating_sub(150)..].join("\n")
                 );
             }
