@@ -24,14 +24,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use edgeplane_api::{Catalog, LocationKind, Steering};
 use edgeplane_signing::{sign, KeySet};
 use edgeplane_test_support::content::sha256_hex;
+use edgeplane_test_support::moto::Moto;
 use edgeplane_test_support::poll::poll_within;
 use edgeplane_test_support::scratch::temp_dir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgeplane");
 const ADMIN_TOKEN: &str = "admin-token-e2e";
 const BUCKET: &str = "origin";
-const MOTO_AUTH: &str = "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, \
-    SignedHeaders=host, Signature=0000";
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -193,68 +192,6 @@ fn curl(url: &str) -> (u16, Vec<u8>) {
         .unwrap_or(0);
     body.truncate(nl);
     (code, body)
-}
-
-struct Moto {
-    proc: Option<Proc>,
-    port: u16,
-}
-
-impl Moto {
-    fn start(port: u16) -> Moto {
-        let which = Command::new("sh")
-            .args(["-c", "command -v moto_server"])
-            .output()
-            .expect("sh");
-        assert!(
-            which.status.success(),
-            "moto_server is not installed: run scripts/setup.sh (pip install 'moto[server]')"
-        );
-        let p = Proc::spawn(
-            "moto_server",
-            "moto_server",
-            &["-H", "127.0.0.1", "-p", &port.to_string()],
-        );
-        let m = Moto {
-            proc: Some(p),
-            port,
-        };
-        poll_within("moto_server to listen", Duration::from_secs(30), || {
-            TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        m
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill9();
-        }
-    }
-
-    /// Replaces an object at the origin (moto takes any credentials and, by default, does not
-    /// check SigV4 signatures, so a well-formed header is enough).
-    fn put(&self, key: &str, body: &[u8]) {
-        let url = format!("{}/{BUCKET}/{key}", self.url());
-        let r = ureq::put(&url)
-            .set("Authorization", MOTO_AUTH)
-            .send_bytes(body);
-        assert!(r.is_ok(), "PUT {url}: {r:?}");
-    }
-
-    fn get(&self, key: &str) -> Vec<u8> {
-        let url = format!("{}/{BUCKET}/{key}", self.url());
-        let r = ureq::get(&url)
-            .set("Authorization", MOTO_AUTH)
-            .call()
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-        let mut body = Vec::new();
-        std::io::Read::read_to_end(&mut r.into_reader(), &mut body).unwrap();
-        body
-    }
 }
 
 struct Cloud {
@@ -675,11 +612,11 @@ fn fill_steer_play_fail_over() {
     // A corrupt object at the origin (same size, one byte flipped).
     let (bad_id, (bad_size, _)) = objects.iter().min_by_key(|(id, _)| (*id).clone()).unwrap();
     let bad_id = bad_id.clone();
-    let good_bytes = moto.get(&bad_id);
+    let good_bytes = moto.get(BUCKET, &bad_id);
     assert_eq!(good_bytes.len() as u64, *bad_size);
     let mut corrupt = good_bytes.clone();
     corrupt[0] ^= 0xff;
-    moto.put(&bad_id, &corrupt);
+    moto.put(BUCKET, &bad_id, &corrupt);
 
     // The embedded appliance serves 127.0.0.0/8 (the test's players).
     let mut emb = Appliance::emb(root.path(), &moto, &cloud, 0);
@@ -1446,7 +1383,7 @@ fn changed_and_rotten_objects_are_filled_again() {
     // New content under the same id (another length too), announced by the catalog.
     let changed = &objects[5];
     let new_bytes = b"a new encode of this segment ".repeat(500);
-    moto.put(&changed.id, &new_bytes);
+    moto.put(BUCKET, &changed.id, &new_bytes);
     let mut catalog2 = catalog.clone();
     for t in &mut catalog2.titles {
         for r in &mut t.renditions {

@@ -504,3 +504,112 @@ fn after_a_restart_earlier_pulls_are_still_evictable_and_agent_files_are_not() {
     assert_full(&r.response(), &agent, "the agent's file");
     assert!(server.metrics().sum("edgeplane_pull_evictions_total", &[]) >= 1.0);
 }
+
+/// An S3 bucket as the upstream (moto_server, a real S3 API; objects written `public-read`, so
+/// anonymous GETs are answered as S3 answers them): ranged slices across boundaries,
+/// `x-amz-meta-sha256` checked (right: installed; wrong: nothing installed, no complete-looking
+/// body), a missing key a 404, a private object (403 upstream) a 502.
+#[test]
+fn an_s3_bucket_as_the_upstream() {
+    use edgeplane_test_support::moto::Moto;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let moto = Moto::start(port);
+    moto.create_bucket("media");
+    let data = pattern("s3obj", 300_001);
+    let len = data.len() as u64;
+    moto.put_with(
+        "media",
+        "title-a.ts",
+        &data,
+        &[
+            ("x-amz-acl", "public-read"),
+            ("x-amz-meta-sha256", &sha256_hex(&data)),
+        ],
+    );
+    moto.put_with(
+        "media",
+        "title-b.ts",
+        &data,
+        &[("x-amz-acl", "public-read")],
+    );
+    // Private (the default ACL): an anonymous GET is refused with 403.
+    moto.put("media", "private.ts", &data);
+    let wrong = pattern("s3wrong", 200_003);
+    moto.put_with(
+        "media",
+        "title-c.ts",
+        &wrong,
+        &[
+            ("x-amz-acl", "public-read"),
+            ("x-amz-meta-sha256", &sha256_hex(b"other bytes")),
+        ],
+    );
+    let server = ServerBuilder::new(BIN)
+        .cores(2)
+        .section(&format!(
+            "[upstream]\nurl = \"{}/media\"\ntier = \"flash\"\nslice_size = \"64K\"\n",
+            moto.url()
+        ))
+        .start();
+    let tier = server.tier_dir("flash");
+
+    // Ranges across slice boundaries, cold, then the whole object, then hits from the tier.
+    for (id, (a, b)) in [
+        ("title-a.ts", (65_530, 131_100)),
+        ("title-b.ts", (1, len - 2)),
+    ] {
+        let url = server.url(&format!("/{id}"));
+        let r = curl(&["-H", &format!("Range: bytes={a}-{b}")], &url);
+        assert_partial(&r.response(), &data, a, b, &format!("{id}: cold {a}-{b}"));
+        assert!(
+            r.header("Cache-Status")
+                .unwrap_or_default()
+                .contains("fwd=miss"),
+            "{id}: {:?}",
+            r.header("Cache-Status")
+        );
+        let r = curl(&[], &url);
+        assert_full(&r.response(), &data, &format!("{id}: whole"));
+        poll("the pulled object to be installed", || {
+            tier.join(id).exists().then_some(())
+        });
+        let r = curl(&["-H", "Range: bytes=70000-70099"], &url);
+        assert_partial(&r.response(), &data, 70_000, 70_099, &format!("{id}: hot"));
+        assert_eq!(r.header("Cache-Status"), Some("edgeplane; hit"));
+    }
+    assert_eq!(
+        server
+            .metrics()
+            .sum("edgeplane_pull_verify_failures_total", &[]),
+        0.0,
+        "the right x-amz-meta-sha256 verified"
+    );
+
+    // A wrong x-amz-meta-sha256: no complete-looking body, nothing installed, counted.
+    let r = curl(&[], &server.url("/title-c.ts"));
+    let complete = r.exit_code == Some(0) && r.status == 200;
+    assert!(!complete, "a client got an object whose digest is wrong");
+    poll("the failed pull to leave nothing", || {
+        temporaries(&tier).is_empty().then_some(())
+    });
+    assert!(
+        !tier.join("title-c.ts").exists(),
+        "a mismatched object was installed"
+    );
+    assert!(
+        server
+            .metrics()
+            .sum("edgeplane_pull_verify_failures_total", &[])
+            >= 1.0
+    );
+
+    // A key the bucket does not have: the upstream's 404 is the client's. A private object
+    // (the pull sends no credentials; S3 answers 403): an upstream error, 502, nothing stored.
+    assert_eq!(curl(&[], &server.url("/no-such-key.ts")).status, 404);
+    assert_eq!(curl(&[], &server.url("/private.ts")).status, 502);
+    assert!(!tier.join("private.ts").exists());
+    server.assert_serving("after pulls from S3");
+}

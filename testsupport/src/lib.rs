@@ -41,6 +41,8 @@ pub mod client;
 #[cfg(feature = "harness")]
 pub mod content;
 #[cfg(feature = "harness")]
+pub mod moto;
+#[cfg(feature = "harness")]
 pub mod origin;
 #[cfg(feature = "postgres")]
 pub mod pg;
