@@ -55,6 +55,21 @@ fn temporaries(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// After a pull whose digest did not match: no temporary left, `id` not installed, the
+/// failure counted.
+fn assert_digest_failure_left_nothing(server: &Server, tier: &Path, id: &str) {
+    poll("the failed pull to leave nothing", || {
+        temporaries(tier).is_empty().then_some(())
+    });
+    assert!(!tier.join(id).exists(), "a mismatched object was installed");
+    assert!(
+        server
+            .metrics()
+            .sum("edgeplane_pull_verify_failures_total", &[])
+            >= 1.0
+    );
+}
+
 /// Slice index of each upstream request for `id` (`Range: bytes=a-b`), sorted.
 fn slices_requested(origin: &Origin, id: &str, slice: u64) -> Vec<u64> {
     let mut s: Vec<u64> = origin
@@ -427,19 +442,7 @@ fn a_wrong_upstream_sha256_installs_nothing_and_the_next_request_refetches() {
             assert_bytes_eq(&r.body, &data[..r.body.len()], "the bytes before the cut");
         }
     }
-    poll("the failed pull to leave nothing", || {
-        temporaries(&tier).is_empty().then_some(())
-    });
-    assert!(
-        !tier.join("wrong.ts").exists(),
-        "a mismatched object was installed"
-    );
-    assert!(
-        server
-            .metrics()
-            .sum("edgeplane_pull_verify_failures_total", &[])
-            >= 1.0
-    );
+    assert_digest_failure_left_nothing(&server, &tier, "wrong.ts");
     // The upstream fixes its digest: the next request pulls again and gets it all.
     let before = origin.requests_for("wrong.ts").len();
     origin.set_digest("wrong.ts", DigestHeader::Repr, sha256(&data));
@@ -592,19 +595,7 @@ fn an_s3_bucket_as_the_upstream() {
     let r = curl(&[], &server.url("/title-c.ts"));
     let complete = r.exit_code == Some(0) && r.status == 200;
     assert!(!complete, "a client got an object whose digest is wrong");
-    poll("the failed pull to leave nothing", || {
-        temporaries(&tier).is_empty().then_some(())
-    });
-    assert!(
-        !tier.join("title-c.ts").exists(),
-        "a mismatched object was installed"
-    );
-    assert!(
-        server
-            .metrics()
-            .sum("edgeplane_pull_verify_failures_total", &[])
-            >= 1.0
-    );
+    assert_digest_failure_left_nothing(&server, &tier, "title-c.ts");
 
     // A key the bucket does not have: the upstream's 404 is the client's. A private object
     // (the pull sends no credentials; S3 answers 403): an upstream error, 502, nothing stored.
