@@ -195,12 +195,6 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 /// Waits until steering answers `emb` first for every title (the local client).
 fn wait_embedded_first(ctl: &str) -> Result<()> {
     for t in 0..TITLES {
@@ -303,7 +297,7 @@ pub(crate) fn scenario(opts: &Options) -> Result<Outcome> {
         opts.failure.signal().1,
         f64::from(opts.seconds) / 2.0
     ));
-    let load_before = loadavg();
+    let load_before = crate::util::load_average();
     let live = Arc::new(Live::default());
     let started = Instant::now();
     let load = {
@@ -325,7 +319,7 @@ pub(crate) fn scenario(opts: &Options) -> Result<Outcome> {
     let report = load
         .join()
         .map_err(|_| anyhow!("the load thread panicked"))??;
-    let load_after = loadavg();
+    let load_after = crate::util::load_average();
     eprintln!("edgeplane-load: {}", report.summary());
 
     for p in &mut failed {

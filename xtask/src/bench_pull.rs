@@ -44,7 +44,7 @@ use edgeplane_test_support::origin::Origin;
 use crate::bench::BenchArgs;
 use crate::server::{start_edgeplane, Server};
 use crate::testbed::{free_port, READY_TIMEOUT, SERVER_CPU};
-use crate::util::{edgeplane_bin_or_build, find_program, header};
+use crate::util::{edgeplane_bin_or_build, find_program, header, load_average};
 
 const OBJECT: usize = 8 << 20;
 const CLIENTS: u64 = 500;
@@ -238,13 +238,6 @@ pub(crate) fn run(args: &BenchArgs, flash: bool, trace: bool, storm: bool) -> Re
     report_crowds(&results);
     let _ = fs::remove_dir_all(&run_dir);
     Ok(())
-}
-
-/// `/proc/loadavg`'s first three fields.
-fn load_average() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 /// Prints the flash-crowd tables: per round, the TTFB breakdown (client kind × arrival during

@@ -156,6 +156,13 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// The load averages (1, 5 and 15 minutes) from `/proc/loadavg`; empty if it cannot be read.
+pub(crate) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::civil_from_days;

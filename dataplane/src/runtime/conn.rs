@@ -17,7 +17,7 @@ use glommio::net::TcpStream;
 
 use super::core::{Core, DeadlineGuard};
 use super::park;
-use super::shared::ConnGuard;
+use super::shared::Admitted;
 use super::sys;
 use super::transport::{self, End, Plain, Transport};
 use crate::catalog::OpenObject;
@@ -28,38 +28,34 @@ use crate::http::Status;
 use crate::metrics::Timeout;
 
 /// Serves one plain-HTTP connection until it ends or is parked: just accepted (`served` 0) or
-/// woken from the parked set (`runtime::park`). `guard`: its place under the connection caps,
-/// released when it closes.
+/// woken from the parked set (`runtime::park`). `admitted`: its place under the connection caps
+/// and in the open-connections gauge, given back when it closes.
 pub(crate) async fn serve(
     core: Rc<Core>,
     stream: TcpStream,
     peer: IpAddr,
-    guard: ConnGuard,
+    admitted: Admitted,
     served: u64,
 ) {
     let fd = stream.as_raw_fd();
-    if sys::set_nonblocking(fd).is_ok() {
-        let _ = stream.set_write_timeout(Some(core.config().limits.send_timeout()));
-        let deadline = core.register_deadline(fd);
-        let plain = Plain::new(stream, fd);
-        if let Some(idle) = serve_transport(core.clone(), plain, deadline, peer, served).await {
-            let Idle {
-                transport,
-                served,
-                idle_until_ms,
-            } = idle;
-            return park::park(
-                &core,
-                transport.into_stream(),
-                peer,
-                guard,
-                served,
-                idle_until_ms,
-            );
-        }
+    if sys::set_nonblocking(fd).is_err() {
+        return;
     }
-    drop(guard);
-    core.metrics().connection(-1);
+    let _ = stream.set_write_timeout(Some(core.config().limits.send_timeout()));
+    let deadline = core.register_deadline(fd);
+    let plain = Plain::new(stream, fd);
+    // `admitted` goes with the connection: into the parked set, or dropped when it closes.
+    if let Some(idle) = serve_transport(core.clone(), plain, deadline, peer, served).await {
+        let stream = idle.transport.into_stream();
+        park::park(
+            &core,
+            stream,
+            peer,
+            admitted,
+            idle.served,
+            idle.idle_until_ms,
+        );
+    }
 }
 
 /// A connection given up for parking by [`serve_transport`].
@@ -219,8 +215,11 @@ impl<T: Transport> Io<T> {
                         .arm(self.core.deadline_ms(deadline), timeout_metric(timeout));
                     let read = match park_after {
                         Some(after) if timeout == ReadTimeout::Idle => {
+                            // An idle read's deadline is its start plus the idle timeout: no
+                            // second clock read on the request path.
+                            let idle_since = deadline - policy.idle_timeout;
                             self.deadline
-                                .arm_park(self.core.deadline_ms(Instant::now() + after));
+                                .arm_park(self.core.deadline_ms(idle_since + after));
                             // The read first: a request that is there wins over parking, and a
                             // read given up before `recv` succeeded has consumed nothing.
                             let (t, deadline) = (&mut self.t, &self.deadline);

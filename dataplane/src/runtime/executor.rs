@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 use glommio::net::TcpListener;
 
 use super::core::Core;
-use super::shared::ConnGuard;
-use super::shared::Shared;
+use super::shared::{Admitted, Shared};
 use super::{conn, park, sys, tls};
 use crate::metrics::Rejection;
 
@@ -124,10 +123,10 @@ fn resume_parked(
     core: Rc<Core>,
     stream: glommio::net::TcpStream,
     peer: IpAddr,
-    guard: ConnGuard,
+    admitted: Admitted,
     served: u64,
 ) {
-    glommio::spawn_local(conn::serve(core, stream, peer, guard, served)).detach();
+    glommio::spawn_local(conn::serve(core, stream, peer, admitted, served)).detach();
 }
 
 /// Accepts connections until dropped. `tls`: this is the HTTPS listener.
@@ -165,20 +164,21 @@ async fn accept_loop(
         let c = core.clone();
         match core.shared.limits.acquire(peer) {
             Ok(guard) => {
-                c.metrics().connection(1);
+                let admitted = Admitted::new(guard, c.shared.metrics.clone(), c.index);
                 match tls.clone() {
                     // Boxed: a TLS session's state (rustls, the handshake) is far larger than a
                     // plain connection's, and an unboxed branch would make every plain
                     // connection's task as large as a TLS one (issue #17, idle connections).
                     Some(config) => glommio::spawn_local(async move {
-                        Box::pin(tls::serve(c.clone(), stream, config, peer)).await;
-                        c.metrics().connection(-1);
-                        drop(guard);
+                        Box::pin(tls::serve(c, stream, config, peer)).await;
+                        drop(admitted);
                     })
                     .detach(),
-                    // A plain connection leaves the caps and the gauge itself when it closes:
-                    // its task may end earlier, when it is parked (`runtime::park`).
-                    None => glommio::spawn_local(conn::serve(c, stream, peer, guard, 0)).detach(),
+                    // A plain connection's task may end before the connection does, when it is
+                    // parked (`runtime::park`): it carries `admitted` on.
+                    None => {
+                        glommio::spawn_local(conn::serve(c, stream, peer, admitted, 0)).detach()
+                    }
                 };
             }
             Err(why) => {

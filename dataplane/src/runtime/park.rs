@@ -26,7 +26,7 @@ use std::rc::Rc;
 use glommio::net::TcpStream;
 
 use super::core::Core;
-use super::shared::ConnGuard;
+use super::shared::Admitted;
 use crate::metrics::Timeout;
 
 /// One parked connection.
@@ -34,8 +34,8 @@ struct Parked {
     /// The socket (a duplicate of the descriptor the connection's stream had).
     fd: OwnedFd,
     peer: IpAddr,
-    /// Its place under `limits.max_connections` and `max_connections_per_client`.
-    guard: ConnGuard,
+    /// Its place under the connection caps and in the open-connections gauge.
+    admitted: Admitted,
     /// Requests served on it so far (`limits.max_requests_per_connection` still counts them).
     served: u64,
     /// When its idle timeout ends, in core-local milliseconds (`Core::deadline_ms`).
@@ -45,7 +45,7 @@ struct Parked {
 }
 
 /// Serves a woken connection: spawns its new connection task (`served`: requests so far).
-pub(crate) type Resume = fn(Rc<Core>, TcpStream, IpAddr, ConnGuard, u64);
+pub(crate) type Resume = fn(Rc<Core>, TcpStream, IpAddr, Admitted, u64);
 
 thread_local! {
     /// This executor's parker, once [`start`]ed.
@@ -55,10 +55,9 @@ thread_local! {
 /// Starts parking on this executor's thread: the epoll set and the task that waits on it.
 /// Without it (or when the set cannot be created) [`available`] is false.
 pub(crate) fn start(core: &Rc<Core>, resume: Resume) {
-    let parker = Rc::new(Parker::new(core.index, resume));
-    if parker.epoll.is_none() {
+    let Some(parker) = Parker::new(core.index, resume).map(Rc::new) else {
         return;
-    }
+    };
     PARKER.with(|p| *p.borrow_mut() = Some(parker.clone()));
     glommio::spawn_local(wake_loop(Rc::downgrade(core), parker)).detach();
 }
@@ -75,16 +74,16 @@ pub(crate) fn available() -> bool {
 
 /// Parks the idle connection `stream` (see [`Parker::park`]).
 pub(crate) fn park(
-    core: &Rc<Core>,
+    core: &Core,
     stream: TcpStream,
     peer: IpAddr,
-    guard: ConnGuard,
+    admitted: Admitted,
     served: u64,
     idle_until_ms: u64,
 ) {
     match parker() {
-        Some(p) => p.park(core, stream, peer, guard, served, idle_until_ms),
-        None => close_idle(core, stream.as_raw_fd(), guard),
+        Some(p) => p.park(core, stream, peer, admitted, served, idle_until_ms),
+        None => close_idle(stream.as_raw_fd(), admitted),
     }
 }
 
@@ -125,8 +124,8 @@ pub(crate) fn release_memory() {
 
 /// This core's parked connections.
 struct Parker {
-    /// The epoll set; `None` when it could not be created (parking is then off on this core).
-    epoll: Option<OwnedFd>,
+    /// The epoll set the parked sockets wait in.
+    epoll: OwnedFd,
     slots: RefCell<slab::Slab<Parked>>,
     next_tag: Cell<u32>,
     resume: Resume,
@@ -138,27 +137,26 @@ struct Parker {
 const EVENTS: usize = 64;
 
 impl Parker {
-    fn new(core: usize, resume: Resume) -> Parker {
+    /// `None` (logged) when the epoll set cannot be created: the core does not park.
+    fn new(core: usize, resume: Resume) -> Option<Parker> {
         // SAFETY: epoll_create1 takes an integer flag and returns a new descriptor or -1.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        let epoll = if fd < 0 {
+        if fd < 0 {
             tracing::warn!(
                 core,
                 "idle connections will not be parked: epoll_create1: {}",
                 io::Error::last_os_error()
             );
-            None
-        } else {
+            return None;
+        }
+        Some(Parker {
             // SAFETY: a descriptor just returned to us, owned by nothing else.
-            Some(unsafe { OwnedFd::from_raw_fd(fd) })
-        };
-        Parker {
-            epoll,
+            epoll: unsafe { OwnedFd::from_raw_fd(fd) },
             slots: RefCell::new(slab::Slab::new()),
             next_tag: Cell::new(0),
             resume,
             parked_since_trim: Cell::new(0),
-        }
+        })
     }
 
     /// Parks the idle connection `stream` (nothing buffered, no response in flight). On
@@ -169,56 +167,52 @@ impl Parker {
         core: &Core,
         stream: TcpStream,
         peer: IpAddr,
-        guard: ConnGuard,
+        admitted: Admitted,
         served: u64,
         idle_until_ms: u64,
     ) {
-        let this = self;
-        let Some(epoll) = &this.epoll else {
-            return close_idle(core, stream.as_raw_fd(), guard);
-        };
         // A duplicate outlives the stream, whose drop cancels its io_uring poll and closes the
         // descriptor it was accepted with.
         // SAFETY: fcntl(F_DUPFD_CLOEXEC) on the live stream's descriptor; integer arguments.
         let dup = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
         if dup < 0 {
-            return close_idle(core, stream.as_raw_fd(), guard);
+            return close_idle(stream.as_raw_fd(), admitted);
         }
         drop(stream);
         // SAFETY: `dup` is a new descriptor owned by nothing else.
         let fd = unsafe { OwnedFd::from_raw_fd(dup) };
-        let tag = this.next_tag.get().wrapping_add(1);
-        this.next_tag.set(tag);
-        let mut slots = this.slots.borrow_mut();
+        let tag = self.next_tag.get().wrapping_add(1);
+        self.next_tag.set(tag);
+        let mut slots = self.slots.borrow_mut();
         let entry = slots.vacant_entry();
         let mut event = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
             u64: (entry.key() as u64) | (u64::from(tag) << 32),
         };
         // SAFETY: both descriptors are live; `event` is a valid epoll_event.
-        if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, dup, &mut event) } != 0
-        {
-            drop(slots);
-            return close_idle(core, fd.as_raw_fd(), guard);
+        let added = unsafe {
+            libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, dup, &mut event)
+        };
+        if added != 0 {
+            return close_idle(fd.as_raw_fd(), admitted);
         }
         entry.insert(Parked {
             fd,
             peer,
-            guard,
+            admitted,
             served,
             idle_until_ms,
             tag,
         });
         drop(slots);
-        this.parked_since_trim.set(this.parked_since_trim.get() + 1);
+        self.parked_since_trim.set(self.parked_since_trim.get() + 1);
         core.metrics().parked(1);
     }
 
     /// Closes every parked connection whose idle timeout has passed (`now_ms`: core-local
     /// milliseconds). Called by the core's deadline sweeper.
     fn expire(&self, core: &Core, now_ms: u64) {
-        let this = self;
-        let expired: Vec<usize> = this
+        let expired: Vec<usize> = self
             .slots
             .borrow()
             .iter()
@@ -226,36 +220,41 @@ impl Parker {
             .map(|(k, _)| k)
             .collect();
         for key in expired {
-            let p = this.unregister(key);
+            let p = self.unregister(key);
             core.metrics().parked(-1);
             core.metrics().timeout(Timeout::Idle);
-            close_idle(core, p.fd.as_raw_fd(), p.guard);
+            close_idle(p.fd.as_raw_fd(), p.admitted);
         }
     }
 
     /// Takes slot `key` out of the set and the slab.
     fn unregister(&self, key: usize) -> Parked {
         let p = self.slots.borrow_mut().remove(key);
-        if let Some(epoll) = &self.epoll {
-            // SAFETY: live descriptors; EPOLL_CTL_DEL ignores the event argument.
-            unsafe {
-                libc::epoll_ctl(
-                    epoll.as_raw_fd(),
-                    libc::EPOLL_CTL_DEL,
-                    p.fd.as_raw_fd(),
-                    std::ptr::null_mut(),
-                )
-            };
-        }
+        // SAFETY: live descriptors; EPOLL_CTL_DEL ignores the event argument.
+        unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                p.fd.as_raw_fd(),
+                std::ptr::null_mut(),
+            )
+        };
         p
     }
 
     /// Hands every parked connection that turned readable to a new connection task. Returns
     /// how many events were taken.
-    fn wake_ready(&self, core: &Rc<Core>, epoll: RawFd) -> usize {
+    fn wake_ready(&self, core: &Rc<Core>) -> usize {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS];
         // SAFETY: `events` has room for EVENTS entries; timeout 0 never blocks.
-        let n = unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), EVENTS as i32, 0) };
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                EVENTS as i32,
+                0,
+            )
+        };
         if n <= 0 {
             return 0;
         }
@@ -270,34 +269,31 @@ impl Parker {
             core.metrics().parked(-1);
             // SAFETY: the descriptor is ours (taken out of the entry), a connected TCP socket.
             let stream = unsafe { TcpStream::from_raw_fd(p.fd.into_raw_fd()) };
-            (self.resume)(core.clone(), stream, p.peer, p.guard, p.served);
+            (self.resume)(core.clone(), stream, p.peer, p.admitted, p.served);
         }
         n as usize
     }
 }
 
 /// Ends a parked (or about-to-be-parked) connection whose idle time ran out, as an idle read's
-/// timeout does: our FIN, then the close; the connection leaves the caps and the gauge.
-fn close_idle(core: &Core, fd: RawFd, guard: ConnGuard) {
+/// timeout does: our FIN, then (when the caller drops the descriptor) the close; dropping
+/// `admitted` gives back its place under the caps and in the gauge.
+fn close_idle(fd: RawFd, admitted: Admitted) {
     // SAFETY: shutdown(2) on a live descriptor the caller still owns; integer arguments.
     unsafe { libc::shutdown(fd, libc::SHUT_WR) };
-    drop(guard);
-    core.metrics().connection(-1);
+    drop(admitted);
 }
 
 /// The core's waiting task: sleeps on the epoll set's readability, hands the ready sockets to
 /// new connection tasks, and ends with the core.
 async fn wake_loop(core: std::rc::Weak<Core>, parker: Rc<Parker>) {
-    let Some(epoll) = parker.epoll.as_ref().map(|e| e.as_raw_fd()) else {
-        return;
-    };
     loop {
-        if let Err(e) = glommio::net::readable(epoll).await {
+        if let Err(e) = glommio::net::readable(parker.epoll.as_raw_fd()).await {
             tracing::warn!("parked connections: waiting on the epoll set: {e}");
             glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         }
         let Some(core) = core.upgrade() else { return };
-        while parker.wake_ready(&core, epoll) == EVENTS {}
+        while parker.wake_ready(&core) == EVENTS {}
     }
 }

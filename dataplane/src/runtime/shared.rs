@@ -195,6 +195,34 @@ impl Drop for ConnGuard {
     }
 }
 
+/// An open client connection: its place under the connection caps ([`ConnGuard`]) and in its
+/// core's `edgeplane_open_connections` gauge, both given back when it is dropped — whichever
+/// task or parked entry holds it last (`runtime::conn`, `runtime::tls`, `runtime::park`).
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    _guard: ConnGuard,
+    metrics: Arc<Metrics>,
+    core: usize,
+}
+
+impl Admitted {
+    /// Counts `guard`'s connection as open on `core`.
+    pub(crate) fn new(guard: ConnGuard, metrics: Arc<Metrics>, core: usize) -> Admitted {
+        metrics.core(core).connection(1);
+        Admitted {
+            _guard: guard,
+            metrics,
+            core,
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.metrics.core(self.core).connection(-1);
+    }
+}
+
 /// The handle executors use to wake the watcher.
 #[derive(Debug, Default)]
 pub(crate) struct TierWatch {
