@@ -1499,8 +1499,8 @@ fn wait_held_view_matches(cloud: &Cloud, app: &Appliance, what: &str) -> Vec<Str
     })
 }
 
-/// The appliance's manifest: `(object id, rank)` in rank order.
-fn manifest_ranks(cloud: &Cloud, app: &Appliance) -> Vec<(String, u64)> {
+/// The appliance's manifest entries, as the control service serves them.
+fn manifest_entries(cloud: &Cloud, app: &Appliance) -> Vec<serde_json::Value> {
     let m: serde_json::Value =
         ureq::get(&format!("{}/v1/appliances/{}/manifest", cloud.api, app.id))
             .set("Authorization", &format!("Bearer {}-secret", app.id))
@@ -1508,15 +1508,35 @@ fn manifest_ranks(cloud: &Cloud, app: &Appliance) -> Vec<(String, u64)> {
             .expect("manifest")
             .into_json()
             .expect("manifest JSON");
-    m["objects"]
-        .as_array()
-        .unwrap()
+    m["objects"].as_array().expect("objects").clone()
+}
+
+/// The appliance's manifest: `(object id, rank)` in rank order.
+fn manifest_ranks(cloud: &Cloud, app: &Appliance) -> Vec<(String, u64)> {
+    manifest_entries(cloud, app)
         .iter()
         .map(|e| {
             (
                 e["id"].as_str().unwrap().to_string(),
                 e["rank"].as_u64().unwrap(),
             )
+        })
+        .collect()
+}
+
+/// Objects the manifest places on another tier than the one holding them: `(id, manifest's
+/// tier, tiers holding it)`.
+fn misplaced(cloud: &Cloud, app: &Appliance) -> Vec<(String, String, Vec<&'static str>)> {
+    manifest_entries(cloud, app)
+        .iter()
+        .filter_map(|e| {
+            let id = e["id"].as_str()?;
+            let tier = e["tier"].as_str()?;
+            let on: Vec<&'static str> = ["flash", "storage"]
+                .into_iter()
+                .filter(|t| app.dir.join(t).join(id).exists())
+                .collect();
+            (on != [tier]).then(|| (id.to_string(), tier.to_string(), on))
         })
         .collect()
 }
@@ -1529,7 +1549,7 @@ fn held_set_digests_and_demand_follow_the_appliance() {
     let root = temp_dir();
     let moto = Moto::start(free_port());
     let mut cloud = start_cloud_on(root.path(), &moto, "cloud", free_port(), None);
-    publish_catalog(&cloud, &root.path().join("catalog.json"), true);
+    let catalog = publish_catalog(&cloud, &root.path().join("catalog.json"), true);
     let mut emb = Appliance::emb(root.path(), &moto, &cloud, 0);
     // Keep what the manifest does not name: the test adds and removes objects itself.
     let text = std::fs::read_to_string(&emb.config).unwrap();
@@ -1570,14 +1590,16 @@ fn held_set_digests_and_demand_follow_the_appliance() {
     };
     assert!(listings >= 1.0, "{listings}");
 
-    // Objects appear and disappear in the tiers (the data plane's watch sees them).
+    // Objects appear and disappear in the tiers (the data plane's watch sees them). On
+    // storage: with `evict = false` they stay, and on flash they would take the room the
+    // demand part below needs.
     for i in 0..3 {
-        std::fs::write(emb.dir.join(format!("flash/extra-{i}.m4s")), b"extra").unwrap();
+        std::fs::write(emb.dir.join(format!("storage/extra-{i}.m4s")), b"extra").unwrap();
     }
     let held = wait_held_view_matches(&cloud, &emb, "the held view after adds");
     assert_eq!(held.len(), 27);
     for i in 0..2 {
-        std::fs::remove_file(emb.dir.join(format!("flash/extra-{i}.m4s"))).unwrap();
+        std::fs::remove_file(emb.dir.join(format!("storage/extra-{i}.m4s"))).unwrap();
     }
     let held = wait_held_view_matches(&cloud, &emb, "the held view after removes");
     assert_eq!(held.len(), 25);
@@ -1616,12 +1638,12 @@ fn held_set_digests_and_demand_follow_the_appliance() {
     assert!(metric(&emb, "changes") >= changes + 5.0);
     // The data plane restarts (a new feed epoch) and the tiers change while it is down: the
     // agent lists the catalog once more, and the held view follows, by changes.
-    std::fs::write(emb.dir.join("flash/extra-3.m4s"), b"extra").unwrap();
+    std::fs::write(emb.dir.join("storage/extra-3.m4s"), b"extra").unwrap();
     wait_held_view_matches(&cloud, &emb, "the held view with extra-3");
     let listings = metric(&emb, "listings");
     emb.dataplane.take().unwrap().terminate();
-    std::fs::remove_file(emb.dir.join("flash/extra-3.m4s")).unwrap();
-    std::fs::write(emb.dir.join("flash/extra-down.m4s"), b"down").unwrap();
+    std::fs::remove_file(emb.dir.join("storage/extra-3.m4s")).unwrap();
+    std::fs::write(emb.dir.join("storage/extra-down.m4s"), b"down").unwrap();
     emb.start_dataplane();
     let held = wait_held_view_matches(&cloud, &emb, "the held view after a data plane restart");
     assert!(held.contains(&"extra-down.m4s".to_string()), "{held:?}");
@@ -1638,7 +1660,7 @@ fn held_set_digests_and_demand_follow_the_appliance() {
         rescans(&emb),
         metric(&emb, "changes"),
     );
-    std::fs::remove_file(emb.dir.join("flash/extra-down.m4s")).unwrap();
+    std::fs::remove_file(emb.dir.join("storage/extra-down.m4s")).unwrap();
     let held = wait_held_view_matches(&cloud, &emb, "the held view after a delete");
     assert_eq!(held.len(), 25);
     assert!(metric(&emb, "listings") - listings <= rescans(&emb) - rescanned);
@@ -1653,6 +1675,10 @@ fn held_set_digests_and_demand_follow_the_appliance() {
     let before = manifest_ranks(&cloud, &emb);
     let (low, low_rank) = before.last().cloned().unwrap();
     assert!(low_rank >= 20, "{before:?}");
+    assert!(
+        emb.dir.join("storage").join(&low).exists() && misplaced(&cloud, &emb).is_empty(),
+        "{low} is on storage at rank {low_rank}, everything on its manifest's tier"
+    );
     let keys = emb.keys();
     let key = keys.signing_key(now_unix()).expect("a signing key");
     let url = format!(
@@ -1678,6 +1704,30 @@ fn held_set_digests_and_demand_follow_the_appliance() {
         "the only object with real demand leads its site"
     );
     assert!(cloud_metric(&cloud, "edgeplane_cloud_demand_entries_total") >= 1.0);
+    // Rank 0 is on flash now, and the object it displaced from flash's last place goes to
+    // storage: the agent moves both (copied, verified, then removed from the old tier; the
+    // demotion first, as flash is full), and the object serves throughout.
+    let object = object_map(&catalog)[&low].clone();
+    poll_within(
+        "every object on its manifest's tier",
+        Duration::from_secs(60),
+        || {
+            let (status, body) = curl(&url);
+            assert_eq!(status, 200, "{low} stops serving while it moves");
+            assert_eq!(sha256_hex(&body), object.1, "{low} served wrong bytes");
+            misplaced(&cloud, &emb).is_empty().then_some(())
+        },
+    );
+    assert_eq!(
+        sha256_hex(&std::fs::read(emb.dir.join("flash").join(&low)).unwrap()),
+        object.1
+    );
+    assert!(emb.agent_metric("edgeplane_agent_fill_relocated_total") >= 2.0);
+    assert_eq!(
+        emb.agent_metric("edgeplane_agent_fill_checksum_failures_total"),
+        0.0
+    );
+    assert_eq!(emb.fill_progress(), Some((24, 24)));
 
     // The control service restarts: the held view is in its store, so it has the view at
     // once, before the appliance's next report, and the reports after the restart are changes
@@ -1691,7 +1741,7 @@ fn held_set_digests_and_demand_follow_the_appliance() {
         stored, held,
         "the view right after the restart is the stored one"
     );
-    std::fs::write(emb.dir.join("flash/extra-after.m4s"), b"after").unwrap();
+    std::fs::write(emb.dir.join("storage/extra-after.m4s"), b"after").unwrap();
     let held = wait_held_view_matches(&cloud, &emb, "the held view after the restart");
     assert!(held.contains(&"extra-after.m4s".to_string()));
     assert!(held.contains(&"extra-2.m4s".to_string()));

@@ -123,6 +123,9 @@ pub struct Plan {
     pub replace: Vec<String>,
     /// Entries that do not fit in their tier's capacity even after eviction.
     pub no_room: Vec<String>,
+    /// `(from tier, entry)`: objects held (and served) from another tier than the manifest's,
+    /// in rank order, that fit on theirs now: copied there, verified, then removed from `from`.
+    pub relocate: Vec<(String, ManifestEntry)>,
     /// Objects of the manifest already held.
     pub present: u64,
     /// Bytes the downloads add.
@@ -130,8 +133,14 @@ pub struct Plan {
 }
 
 /// Plans a pass: `held` maps tier name → id → held object; `capacity` tier name → bytes.
-/// An object held on any tier counts as present (it is served from there); the manifest's tier
-/// only decides where a missing one goes.
+///
+/// An object held on any tier counts as present (it is served from there). The manifest's tier
+/// decides where a missing one goes, and where a held one should move: popularity changes move
+/// objects between flash and storage, so a copy on the other tier is relocated when its own
+/// tier has room (in rank order, competing with missing objects). A copy is only removed once
+/// its relocation is installed, so the room it frees counts from the next pass; two tiers full of
+/// each other's objects stay as they are (still served) until something else makes room.
+/// When an id is held twice, the copy on the manifest's tier is kept and the other evicted.
 pub fn plan(
     manifest: &FillManifest,
     held: &BTreeMap<String, HashMap<String, Held>>,
@@ -144,6 +153,25 @@ pub fn plan(
         .iter()
         .map(|e| (e.object.id.as_str(), e))
         .collect();
+    let same = |e: &ManifestEntry, h: &Held| {
+        e.object.size == h.size
+            && h.sha256
+                .as_deref()
+                .is_none_or(|s| s.eq_ignore_ascii_case(&e.object.sha256))
+    };
+    // The copy kept of each wanted id held with the manifest's content: on the manifest's tier
+    // if there is one there, else on the first tier holding it.
+    let mut kept: HashMap<&str, &str> = HashMap::new();
+    for (tier, objects) in held {
+        for (id, h) in objects {
+            let Some(e) = wanted.get(id.as_str()) else {
+                continue;
+            };
+            if same(e, h) && (*tier == e.tier || !kept.contains_key(id.as_str())) {
+                kept.insert(id.as_str(), tier.as_str());
+            }
+        }
+    }
     let mut used: BTreeMap<&str, u64> = BTreeMap::new();
     let mut present: HashSet<&str> = HashSet::new();
     for (tier, objects) in held {
@@ -156,9 +184,18 @@ pub fn plan(
                     .as_deref()
                     .is_some_and(|s| !s.eq_ignore_ascii_case(&e.object.sha256))
             };
+            let keep = kept.get(id.as_str()) == Some(&tier.as_str());
             match wanted.get(id.as_str()) {
+                Some(_) if keep => {
+                    present.insert(id.as_str());
+                    tier_used += h.size;
+                }
                 // New content under the same id: replaced in place (it serves until then).
-                Some(e) if changed(e) && !present.contains(id.as_str()) => {
+                Some(e)
+                    if changed(e)
+                        && !kept.contains_key(id.as_str())
+                        && !present.contains(id.as_str()) =>
+                {
                     present.insert(id.as_str());
                     tier_used += h.size.max(e.object.size);
                     out.replace.push(id.clone());
@@ -167,10 +204,6 @@ pub fn plan(
                         tier: tier.clone(),
                         ..(*e).clone()
                     });
-                }
-                Some(e) if e.object.size == h.size && !present.contains(id.as_str()) => {
-                    present.insert(id.as_str());
-                    tier_used += h.size;
                 }
                 // Unwanted, a wrong size (cannot be what the manifest means), or a second copy.
                 _ if evict || wanted.contains_key(id.as_str()) => {
@@ -185,18 +218,27 @@ pub fn plan(
     let mut entries: Vec<&ManifestEntry> = manifest.objects.iter().collect();
     entries.sort_by_key(|e| e.rank);
     for e in entries {
-        if present.contains(e.object.id.as_str()) {
+        let id = e.object.id.as_str();
+        let from = kept.get(id).copied();
+        if present.contains(id) && from.is_none_or(|t| t == e.tier) {
             continue;
         }
         let cap = capacity.get(&e.tier).copied().unwrap_or(0);
         let u = used.entry(e.tier.as_str()).or_insert(0);
         if *u + e.object.size > cap {
-            out.no_room.push(e.object.id.clone());
+            if from.is_none() {
+                out.no_room.push(e.object.id.clone());
+            }
             continue;
         }
         *u += e.object.size;
-        out.bytes_missing += e.object.size;
-        out.download.push(e.clone());
+        match from {
+            Some(from) => out.relocate.push((from.to_string(), e.clone())),
+            None => {
+                out.bytes_missing += e.object.size;
+                out.download.push(e.clone());
+            }
+        }
     }
     out
 }
@@ -472,6 +514,112 @@ mod tests {
         )]);
         let p = plan(&m, &held, &BTreeMap::new(), true);
         assert_eq!((p.present, p.download.len(), p.evict.len()), (1, 0, 0));
+    }
+
+    #[test]
+    fn objects_follow_their_tier_when_popularity_moves_them() {
+        // Generation 1 put a and j on flash (full: 20 bytes); generation 2 demotes j to hdd
+        // and promotes k, held on hdd, to flash; m is missing and wanted on flash too.
+        let m = FillManifest {
+            generation: 2,
+            objects: vec![
+                entry("a", 10, "flash", 0),
+                entry("k", 10, "flash", 1),
+                entry("m", 10, "flash", 2),
+                entry("j", 10, "hdd", 3),
+            ],
+            ..Default::default()
+        };
+        let mut held = BTreeMap::from([
+            (
+                "flash".to_string(),
+                HashMap::from([
+                    ("a".to_string(), Held::sized(10)),
+                    ("j".to_string(), Held::sized(10)),
+                ]),
+            ),
+            (
+                "hdd".to_string(),
+                HashMap::from([("k".to_string(), Held::sized(10))]),
+            ),
+        ]);
+        let cap = BTreeMap::from([("flash".to_string(), 30), ("hdd".to_string(), 100)]);
+        let moves = |p: &Plan| -> Vec<(String, String, String)> {
+            p.relocate
+                .iter()
+                .map(|(f, e)| (e.object.id.clone(), f.clone(), e.tier.clone()))
+                .collect()
+        };
+        let mv = |id: &str, from: &str, to: &str| (id.into(), from.into(), to.into());
+        // Pass 1: flash has room for one more; rank order gives it to k's move, not to m's
+        // download; j goes down to hdd. Everything held counts as present.
+        let p = plan(&m, &held, &cap, true);
+        assert_eq!(
+            moves(&p),
+            [mv("k", "hdd", "flash"), mv("j", "flash", "hdd")]
+        );
+        assert!(p.download.is_empty() && p.evict.is_empty(), "{p:?}");
+        assert_eq!(p.no_room, ["m"]);
+        assert_eq!((p.present, p.bytes_missing), (3, 0));
+        // The moves done (copy installed, old copy removed): m now fits.
+        held.get_mut("flash").unwrap().remove("j");
+        held.get_mut("flash")
+            .unwrap()
+            .insert("k".into(), Held::sized(10));
+        held.get_mut("hdd").unwrap().remove("k");
+        held.get_mut("hdd")
+            .unwrap()
+            .insert("j".into(), Held::sized(10));
+        let p = plan(&m, &held, &cap, true);
+        assert!(p.relocate.is_empty(), "{p:?}");
+        let ids: Vec<&str> = p.download.iter().map(|e| e.object.id.as_str()).collect();
+        assert_eq!((ids, p.present), (vec!["m"], 3));
+        // Held twice (a move interrupted between install and removal): the copy on the
+        // manifest's tier stays, the other is evicted, whatever the tiers' order.
+        held.get_mut("flash")
+            .unwrap()
+            .insert("j".into(), Held::sized(10));
+        let p = plan(&m, &held, &cap, false);
+        assert_eq!(p.evict, [("flash".to_string(), "j".to_string())]);
+        assert!(p.relocate.is_empty() && p.present == 3, "{p:?}");
+    }
+
+    #[test]
+    fn a_move_waits_while_its_tier_is_full_and_the_object_serves_where_it_is() {
+        // Two full tiers holding each other's objects: nothing can move (nothing is evicted to
+        // make room, the objects are wanted), both count as present.
+        let m = FillManifest {
+            generation: 1,
+            objects: vec![entry("a", 10, "flash", 0), entry("b", 10, "hdd", 1)],
+            ..Default::default()
+        };
+        let held = BTreeMap::from([
+            (
+                "flash".to_string(),
+                HashMap::from([("b".to_string(), Held::sized(10))]),
+            ),
+            (
+                "hdd".to_string(),
+                HashMap::from([("a".to_string(), Held::sized(10))]),
+            ),
+        ]);
+        let cap = BTreeMap::from([("flash".to_string(), 10), ("hdd".to_string(), 10)]);
+        let p = plan(&m, &held, &cap, true);
+        assert!(p.relocate.is_empty() && p.download.is_empty() && p.evict.is_empty());
+        assert!(
+            p.no_room.is_empty(),
+            "held objects are not 'no room': {p:?}"
+        );
+        assert_eq!(p.present, 2);
+        // With room on flash, a goes up; b then has room on hdd only once a has left.
+        let cap = BTreeMap::from([("flash".to_string(), 20), ("hdd".to_string(), 10)]);
+        let p = plan(&m, &held, &cap, true);
+        let moved: Vec<&str> = p
+            .relocate
+            .iter()
+            .map(|(_, e)| e.object.id.as_str())
+            .collect();
+        assert_eq!(moved, ["a"]);
     }
 
     #[test]

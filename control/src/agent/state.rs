@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     /// Failed downloads by source (`origin`, `peer`).
     pub(crate) failures: BTreeMap<&'static str, u64>,
     pub(crate) evicted: u64,
+    /// Objects moved to the tier their manifest entry names.
+    pub(crate) relocated: u64,
     /// Stored objects re-read and checked against their SHA-256.
     pub(crate) verified: u64,
     /// Of those, the ones whose bytes had changed on disk (removed and filled again).

@@ -168,6 +168,7 @@ pub(crate) fn render_metrics(s: &Shared) -> String {
     }
     let _ = writeln!(o, "# HELP edgeplane_agent_fill_checksum_failures_total Downloads rejected on size or sha256.\n# TYPE edgeplane_agent_fill_checksum_failures_total counter\nedgeplane_agent_fill_checksum_failures_total {}", s.fill.checksum_failures);
     let _ = writeln!(o, "# HELP edgeplane_agent_fill_evicted_total Objects removed because they left the manifest.\n# TYPE edgeplane_agent_fill_evicted_total counter\nedgeplane_agent_fill_evicted_total {}", s.evicted);
+    let _ = writeln!(o, "# HELP edgeplane_agent_fill_relocated_total Objects moved to the tier their manifest entry names (popularity moved them between flash and storage): copied, verified, then removed from the old tier.\n# TYPE edgeplane_agent_fill_relocated_total counter\nedgeplane_agent_fill_relocated_total {}", s.relocated);
     let _ = writeln!(o, "# HELP edgeplane_agent_fill_verified_total Stored objects re-read in idle time and checked against their SHA-256.\n# TYPE edgeplane_agent_fill_verified_total counter\nedgeplane_agent_fill_verified_total {}", s.verified);
     let _ = writeln!(o, "# HELP edgeplane_agent_fill_bit_rot_total Stored objects whose bytes no longer matched their SHA-256 (removed and filled again).\n# TYPE edgeplane_agent_fill_bit_rot_total counter\nedgeplane_agent_fill_bit_rot_total {}", s.bit_rot);
     let _ = writeln!(o, "# HELP edgeplane_agent_fill_content_replaced_total Objects replaced (verified, swapped atomically) because the manifest named new content under their id.\n# TYPE edgeplane_agent_fill_content_replaced_total counter\nedgeplane_agent_fill_content_replaced_total {}", s.content_replaced);
@@ -206,6 +207,7 @@ mod tests {
             breaker: "half_open",
             window_open: true,
             evicted: 4,
+            relocated: 3,
             manifests_refused: [("evict_fraction", 2)].into_iter().collect(),
             verified: 30,
             bit_rot: 1,
@@ -279,6 +281,7 @@ mod tests {
             ),
             ("edgeplane_agent_fill_checksum_failures_total", 1.0),
             ("edgeplane_agent_fill_evicted_total", 4.0),
+            ("edgeplane_agent_fill_relocated_total", 3.0),
             (
                 "edgeplane_agent_manifest_refused_total{reason=\"evict_fraction\"}",
                 2.0,

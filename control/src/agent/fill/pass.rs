@@ -180,7 +180,7 @@ async fn fill_pass(
         s.fill.objects_wanted = manifest.objects.len() as u64;
         s.fill.objects_present = plan.present;
         s.fill.bytes_missing = plan.bytes_missing;
-        s.fill.state = if plan.download.is_empty() {
+        s.fill.state = if plan.download.is_empty() && plan.relocate.is_empty() {
             "idle".into()
         } else {
             "filling".into()
@@ -200,7 +200,7 @@ async fn fill_pass(
             Err(e) => tracing::warn!("agent: evicting {id} from {tier}: {e}"),
         }
     }
-    if plan.download.is_empty() {
+    if plan.download.is_empty() && plan.relocate.is_empty() {
         return if changed {
             PassResult::Progress
         } else {
@@ -208,23 +208,27 @@ async fn fill_pass(
         };
     }
     let now = Instant::now();
-    let due: Vec<ManifestEntry> = {
+    // Relocations first: local copies, and a demotion frees room on the faster tier.
+    let work = plan
+        .relocate
+        .into_iter()
+        .map(|(from, entry)| Work::Relocate { from, entry })
+        .chain(plan.download.into_iter().map(Work::Download));
+    let due: Vec<Work> = {
         let r = retries.lock().unwrap_or_else(|e| e.into_inner());
-        plan.download
-            .into_iter()
-            .filter(|e| {
-                r.get(&e.object.id)
-                    .and_then(|x| x.next)
-                    .is_none_or(|t| t <= now)
-            })
-            .collect()
+        work.filter(|w| {
+            r.get(&w.entry().object.id)
+                .and_then(|x| x.next)
+                .is_none_or(|t| t <= now)
+        })
+        .collect()
     };
     let installed = Arc::new(AtomicU64::new(0));
     let window_closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let replace: Arc<std::collections::HashSet<String>> =
         Arc::new(plan.replace.iter().cloned().collect());
     futures::stream::iter(due)
-        .for_each_concurrent(agent.cfg.fill.concurrency, |entry| {
+        .for_each_concurrent(agent.cfg.fill.concurrency, |work| {
             let agent = agent.clone();
             let breaker = breaker.clone();
             let retries = retries.clone();
@@ -232,6 +236,40 @@ async fn fill_pass(
             let window_closed = window_closed.clone();
             let replace = replace.clone();
             async move {
+                let entry = match work {
+                    Work::Download(entry) => entry,
+                    Work::Relocate { from, entry } => {
+                        if window_closed.load(Ordering::Relaxed)
+                            || !window.is_open(super::local_minute_now())
+                        {
+                            window_closed.store(true, Ordering::Relaxed);
+                            return;
+                        }
+                        let id = &entry.object.id;
+                        match relocate(&agent, &from, &entry).await {
+                            Ok(()) => {
+                                tracing::info!("agent: {id} moved from {from} to {}", entry.tier);
+                                agent.lock().relocated += 1;
+                                installed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                tracing::warn!(
+                                    "agent: moving {id} from {from} to {}: {e}",
+                                    entry.tier
+                                );
+                                let backoff = Backoff {
+                                    base: Duration::from_millis(agent.cfg.fill.retry_base_ms),
+                                    max: Duration::from_millis(agent.cfg.fill.retry_max_ms),
+                                };
+                                let mut r = retries.lock().unwrap_or_else(|e| e.into_inner());
+                                let x = r.entry(id.clone()).or_default();
+                                x.failures += 1;
+                                x.next = Some(Instant::now() + backoff.delay(x.failures));
+                            }
+                        }
+                        return;
+                    }
+                };
                 let id = entry.object.id.clone();
                 // The window is checked before each object, not only at the pass's start: at
                 // its end the objects in flight finish and no new one starts.
@@ -313,6 +351,79 @@ async fn fill_pass(
 enum Skip {
     BreakerOpen,
     Failed(FillError),
+}
+
+/// One item of a pass.
+enum Work {
+    /// Fetch a missing (or changed) object.
+    Download(ManifestEntry),
+    /// Move a held object from tier `from` to `entry.tier`.
+    Relocate { from: String, entry: ManifestEntry },
+}
+
+impl Work {
+    fn entry(&self) -> &ManifestEntry {
+        match self {
+            Work::Download(e) | Work::Relocate { entry: e, .. } => e,
+        }
+    }
+}
+
+/// Moves a held object to the manifest's tier: copied into `<to>/.tmp-<id>` and verified
+/// against the manifest like a download, renamed into place, then removed from `from` (the
+/// data plane serves the copy it finds first meanwhile, so the object never stops serving).
+/// A source copy whose bytes fail the manifest's digest has rotted: it is removed (the next
+/// pass fetches the object again) and counted as a checksum failure.
+async fn relocate(agent: &Agent, from: &str, entry: &ManifestEntry) -> Result<(), FillError> {
+    use tokio::io::AsyncReadExt;
+    let tier = |name: &str| {
+        agent
+            .dp
+            .tiers
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.path.clone())
+            .ok_or_else(|| FillError::UnknownTier(name.to_string()))
+    };
+    let (src, dst) = (tier(from)?, tier(&entry.tier)?);
+    let id = &entry.object.id;
+    if !store::valid_id(id) {
+        return Err(FillError::InvalidId(id.clone()));
+    }
+    let local = |dir: &Path| {
+        let dir = dir.to_path_buf();
+        move |source| FillError::Local { dir, source }
+    };
+    let mut file = tokio::fs::File::open(src.join(id))
+        .await
+        .map_err(local(&src))?;
+    let mut w = Incoming::create(&dst, id).await.map_err(local(&dst))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match file.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                w.abandon().await;
+                return Err(local(&src)(e));
+            }
+        };
+        if let Err(e) = w.write(&buf[..n]).await {
+            w.abandon().await;
+            return Err(local(&dst)(e));
+        }
+    }
+    match w.install(&entry.object.sha256, entry.object.size).await {
+        Ok(()) => {}
+        Err(e @ InstallError::Mismatch { .. }) => {
+            tracing::error!("agent: {id} on {from} fails its digest: removed, to be fetched again");
+            agent.lock().fill.checksum_failures += 1;
+            store::evict(&src, id).map_err(local(&src))?;
+            return Err(FillError::Checksum(e));
+        }
+        Err(InstallError::Io(e)) => return Err(FillError::Install(e)),
+    }
+    store::evict(&src, id).map_err(local(&src))
 }
 
 /// Downloads one object: from the manifest's peer first, then the origin (behind the breaker).
