@@ -307,7 +307,7 @@ mod tests {
             .filter(|l| !l.starts_with('#'))
             .map(|l| l.split(['{', ' ']).next().unwrap())
             .collect();
-        assert_eq!(families.len(), 22, "{families:?}");
+        assert_eq!(families.len(), 23, "{families:?}");
         for f in families {
             for kind in ["HELP", "TYPE"] {
                 let n = text
