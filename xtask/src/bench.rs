@@ -34,8 +34,8 @@ use serde_json::{json, Value};
 
 use crate::svg;
 use crate::testbed::{
-    check_cpus, nginx_version, read_stat, write_catalog, CatalogSpec, HttpsFiles, Rig, Target,
-    CLIENT_CPU, SERVER_CPU,
+    check_cpus, machine_busy_ticks, nginx_version, read_stat, write_catalog, CatalogSpec,
+    HttpsFiles, Rig, Target, CLIENT_CPU, SERVER_CPU,
 };
 use crate::util::{
     edgeplane_bin_or_build, find_program, git_revision, header, kernel, run_checked,
@@ -267,6 +267,9 @@ pub(crate) struct Measurement {
     report: Report,
     /// Server CPU seconds; None for a remote target.
     cpu_s: Option<f64>,
+    /// The whole machine's busy CPU seconds over the run (server, generator, softirq and
+    /// ksoftirqd on both CPUs); None for a remote target.
+    machine_cpu_s: Option<f64>,
 }
 
 impl Measurement {
@@ -296,6 +299,9 @@ impl Measurement {
     }
     fn req_per_cpu_s(&self) -> f64 {
         self.report.requests as f64 / self.cpu()
+    }
+    fn machine_cpu_s_per_gib(&self) -> f64 {
+        self.machine_cpu_s.unwrap_or(f64::NAN) / (self.report.bytes as f64 / GIB)
     }
     /// Why this run does not count, if it does not.
     fn problems(&self) -> Vec<String> {
@@ -329,6 +335,8 @@ impl Measurement {
             "server_cpu_s": self.cpu_s,
             "cpu_s_per_gib": finite(self.cpu_s_per_gib()),
             "req_per_cpu_s": finite(self.req_per_cpu_s()),
+            "machine_cpu_s": self.machine_cpu_s,
+            "machine_cpu_s_per_gib": finite(self.machine_cpu_s_per_gib()),
             "problems": self.problems(),
             "load": self.report,
         })
@@ -641,7 +649,9 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
                     _ => None,
                 };
                 let before = pids.as_deref().map(cpu_ticks).transpose()?;
+                let machine_before = pids.as_ref().map(|_| machine_busy_ticks()).transpose()?;
                 let report = drive(&make(e, args.duration)?, args, &bar, done_s)?;
+                let machine_after = pids.as_ref().map(|_| machine_busy_ticks()).transpose()?;
                 let after = pids.as_deref().map(cpu_ticks).transpose()?;
                 drop(crowd);
                 done_s += u64::from(args.duration);
@@ -651,12 +661,16 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
                 let cpu_s = before
                     .zip(after)
                     .map(|(b, a)| a.saturating_sub(b) as f64 / clk_tck as f64);
+                let machine_cpu_s = machine_before
+                    .zip(machine_after)
+                    .map(|(b, a)| a.saturating_sub(b) as f64 / clk_tck as f64);
                 let m = Measurement {
                     scenario: scenario.name,
                     server: e.name.clone(),
                     round,
                     report,
                     cpu_s,
+                    machine_cpu_s,
                 };
                 bar.println(format!(
                     "{} {} round {round}: {}{}",
@@ -701,6 +715,7 @@ pub(crate) fn run_with(args: &BenchArgs, setup: &Setup) -> Result<Outcome> {
         nginx_version: nginx.as_deref().map(nginx_version).unwrap_or_default(),
         revision: git_revision(),
         kernel: kernel(),
+        tcp: tcp_settings(),
         threads,
         skipped,
     };
@@ -1074,6 +1089,20 @@ fn clk_tck() -> Result<u64> {
         .ok_or_else(|| anyhow!("getconf CLK_TCK printed {text:?}"))
 }
 
+/// `bbr, qdisc pfifo_fast`: the sysctls that decide how loopback TCP paces large responses.
+fn tcp_settings() -> String {
+    let read = |p: &str| {
+        fs::read_to_string(p)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".to_owned())
+    };
+    format!(
+        "{}, qdisc {}",
+        read("/proc/sys/net/ipv4/tcp_congestion_control"),
+        read("/proc/sys/net/core/default_qdisc")
+    )
+}
+
 fn cpu_ticks(pids: &[u32]) -> Result<u64> {
     let mut total = 0;
     for &pid in pids {
@@ -1264,6 +1293,7 @@ struct Ratio {
     p99: Spread,
     req_per_cpu_s: Spread,
     cpu_s_per_gib: Spread,
+    machine_cpu_s_per_gib: Spread,
 }
 
 fn ratios(results: &[Measurement]) -> Vec<Ratio> {
@@ -1274,7 +1304,7 @@ fn ratios(results: &[Measurement]) -> Vec<Ratio> {
 fn ratios_of(results: &[Measurement], num: &str, den: &str) -> Vec<Ratio> {
     let mut out = Vec::new();
     for s in &SCENARIOS {
-        let mut v: [Vec<f64>; 5] = Default::default();
+        let mut v: [Vec<f64>; 6] = Default::default();
         for e in results
             .iter()
             .filter(|m| m.scenario == s.name && m.server == num)
@@ -1290,9 +1320,10 @@ fn ratios_of(results: &[Measurement], num: &str, den: &str) -> Vec<Ratio> {
             v[2].push(e.p99() / n.p99());
             v[3].push(e.req_per_cpu_s() / n.req_per_cpu_s());
             v[4].push(e.cpu_s_per_gib() / n.cpu_s_per_gib());
+            v[5].push(e.machine_cpu_s_per_gib() / n.machine_cpu_s_per_gib());
         }
         if !v[0].is_empty() {
-            let [a, b, c, d, e] = v;
+            let [a, b, c, d, e, f] = v;
             out.push(Ratio {
                 scenario: s.name,
                 gbps: Spread::of(a),
@@ -1300,6 +1331,7 @@ fn ratios_of(results: &[Measurement], num: &str, den: &str) -> Vec<Ratio> {
                 p99: Spread::of(c),
                 req_per_cpu_s: Spread::of(d),
                 cpu_s_per_gib: Spread::of(e),
+                machine_cpu_s_per_gib: Spread::of(f),
             });
         }
     }
@@ -1379,6 +1411,8 @@ pub(crate) struct RunContext<'a> {
     nginx_version: String,
     revision: String,
     kernel: String,
+    /// The TCP congestion control and default qdisc (`bbr, qdisc pfifo_fast`).
+    tcp: String,
     threads: usize,
     skipped: Vec<String>,
 }
@@ -1457,13 +1491,22 @@ fn report_markdown(
         s.push_str(
             "- server CPU = utime + stime of the server's processes from /proc/PID/stat; \
              CPU util = server CPU-s / wall-clock s (well below 100%: the load generator was \
-             the bottleneck, so compare req/CPU-s and CPU-s/GiB)\n",
+             the bottleneck, so compare req/CPU-s and CPU-s/GiB)\n\
+             - whole machine's CPU = busy ticks of both CPUs from /proc/stat (user, nice, \
+             system, irq, softirq) over the run: server, generator, ksoftirqd, everything. On \
+             loopback the kernel runs part of a sender's TCP work in the receiver's context (data \
+             pushed out while processing the generator's ACKs, on the generator's CPU), so where \
+             large responses are charged varies from run to run; the whole machine's figure does \
+             not depend on it, and the generator's share is the same for every server\n",
         );
     }
     let _ = writeln!(
         s,
-        "- Gbps = 10^9 bits/s received by the generator (headers included); kernel {}",
-        ctx.kernel
+        "- Gbps = 10^9 bits/s received by the generator (headers included); kernel {}; TCP \
+         congestion control {} (on loopback, BBR settles in one of two modes per run, and \
+         responses over about 1 MiB cost twice as much CPU per byte in the slower one: see \
+         docs/benchmarking.md)",
+        ctx.kernel, ctx.tcp
     );
     s.push_str("\nScenarios:\n\n");
     for sc in SCENARIOS
@@ -1524,18 +1567,20 @@ fn report_markdown(
         s.push_str(
             "\n## edgeplane / nginx (median of per-round ratios, min–max)\n\n\
              | scenario | Gbps | req/s | p99 latency (lower is better) | req per CPU-s (higher is \
-             better) | CPU-s per GiB (lower is better) |\n|---|---:|---:|---:|---:|---:|\n",
+             better) | CPU-s per GiB (lower is better) | whole machine's CPU-s per GiB |\n\
+             |---|---:|---:|---:|---:|---:|---:|\n",
         );
         for r in &ratios {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 r.scenario,
                 r.gbps.display(),
                 r.req_s.display(),
                 r.p99.display(),
                 r.req_per_cpu_s.display(),
-                r.cpu_s_per_gib.display()
+                r.cpu_s_per_gib.display(),
+                r.machine_cpu_s_per_gib.display()
             );
         }
     }
@@ -1552,16 +1597,18 @@ fn report_markdown(
              body with `sendfile` — the least a server can spend per request on this machine. \
              1.00 = as efficient as it.\n\n\
              | scenario | server | req per CPU-s / limit's (higher is better) | CPU-s per GiB / \
-             limit's (lower is better) | p99 / limit's |\n|---|---|---:|---:|---:|\n",
+             limit's (lower is better) | whole machine's CPU-s per GiB / limit's | p99 / limit's \
+             |\n|---|---|---:|---:|---:|---:|\n",
         );
         for (server, rs) in &limit {
             for r in rs {
                 let _ = writeln!(
                     s,
-                    "| {} | {server} | {} | {} | {} |",
+                    "| {} | {server} | {} | {} | {} | {} |",
                     r.scenario,
                     r.req_per_cpu_s.display(),
                     r.cpu_s_per_gib.display(),
+                    r.machine_cpu_s_per_gib.display(),
                     r.p99.display()
                 );
             }
@@ -1677,6 +1724,7 @@ fn report_json(
                         "server": server,
                         "req_per_cpu_s": r.req_per_cpu_s.to_json(),
                         "cpu_s_per_gib": r.cpu_s_per_gib.to_json(),
+                        "machine_cpu_s_per_gib": r.machine_cpu_s_per_gib.to_json(),
                         "latency_p99": r.p99.to_json(),
                     })
                 })
@@ -1703,6 +1751,7 @@ fn report_json(
             "edgeplane_revision": ctx.revision,
             "nginx_version": ctx.nginx_version,
             "kernel": ctx.kernel,
+            "tcp": ctx.tcp,
             "skipped": ctx.skipped,
         },
         // Per server and scenario: the median of each metric over the rounds.
@@ -1732,6 +1781,7 @@ fn report_json(
                 "latency_p99": r.p99.to_json(),
                 "req_per_cpu_s": r.req_per_cpu_s.to_json(),
                 "cpu_s_per_gib": r.cpu_s_per_gib.to_json(),
+                "machine_cpu_s_per_gib": r.machine_cpu_s_per_gib.to_json(),
             }))
             .collect::<Vec<_>>(),
         "ratios_over_limit": over_limit,
@@ -1789,7 +1839,8 @@ pub(crate) mod tests {
     use super::*;
     use edgeplane_load::stats::{histogram, ReportInput, Stats};
 
-    /// A 10 s run: `requests` of 64 KiB, `cpu_s` of server CPU.
+    /// A 10 s run: `requests` of 64 KiB, `cpu_s` of server CPU; the whole machine spends 5 s
+    /// more (the generator).
     fn run_64k(server: &str, round: u32, requests: u64, cpu_s: f64) -> Measurement {
         let mut stats = Stats::new(1);
         for i in 0..requests {
@@ -1818,6 +1869,7 @@ pub(crate) mod tests {
             round,
             report,
             cpu_s: Some(cpu_s),
+            machine_cpu_s: Some(cpu_s + 5.0),
         }
     }
 
@@ -1869,6 +1921,7 @@ pub(crate) mod tests {
             nginx_version: "nginx/1.22.1".to_owned(),
             revision: "abc".to_owned(),
             kernel: "6.1".to_owned(),
+            tcp: "cubic, qdisc fq_codel".to_owned(),
             threads: 1,
             skipped: vec![],
         }
@@ -1902,6 +1955,14 @@ pub(crate) mod tests {
         assert!((per_cpu.min - 0.8).abs() < 1e-9);
         assert!((per_cpu.max - 1.0).abs() < 1e-9);
         assert_eq!(per_cpu.display(), "0.90 (0.80–1.00)");
+        // Per GiB, the whole machine: the generator's 5 s dilutes round 2's 1.25 to 1.125;
+        // round 3 moved 10 % fewer bytes for the same CPU.
+        let machine = &r[0].machine_cpu_s_per_gib.per_round;
+        let server = &r[0].cpu_s_per_gib.per_round;
+        for (got, want) in machine.iter().zip([1.0, 1.125, 10.0 / 9.0]) {
+            assert!((got - want).abs() < 1e-9, "{machine:?}");
+        }
+        assert!((server[1] - 1.25).abs() < 1e-9, "{server:?}");
 
         let groups = by_server(&results);
         assert_eq!(groups.len(), 2);

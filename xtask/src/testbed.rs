@@ -816,6 +816,28 @@ pub(crate) fn process_tree(pid: u32) -> Vec<u32> {
     tree
 }
 
+/// Busy clock ticks of the whole machine, all CPUs, from the `cpu` line of /proc/stat: user,
+/// nice, system, irq and softirq (idle, iowait and steal left out). Unlike a process's utime +
+/// stime it does not depend on which context the kernel charges work to (a loopback TCP
+/// sender's transmissions run partly in the receiver's ACK processing, in softirq or
+/// ksoftirqd), but it includes the load generator and anything else running.
+pub(crate) fn machine_busy_ticks() -> Result<u64> {
+    let text = fs::read_to_string("/proc/stat")?;
+    parse_machine_busy(&text).ok_or_else(|| anyhow!("cannot parse the cpu line of /proc/stat"))
+}
+
+fn parse_machine_busy(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    // user nice system idle iowait irq softirq steal ...
+    Some(f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)?)
+}
+
 pub(crate) struct Stat {
     ppid: u32,
     /// utime + stime, in clock ticks (all threads of the process).
@@ -845,6 +867,15 @@ fn parse_stat(text: &str) -> Option<Stat> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn machine_busy_is_user_nice_system_irq_softirq() {
+        let text = "cpu  100 20 30 5000 70 0 9 4 0 0\ncpu0 50 10 15 2500 35 0 4 2 0 0\n";
+        assert_eq!(parse_machine_busy(text), Some(100 + 20 + 30 + 9));
+        assert_eq!(parse_machine_busy("cpu0 1 2 3\n"), None);
+        assert_eq!(parse_machine_busy("cpu  1 2 x 4 5 6 7\n"), None);
+        assert!(machine_busy_ticks().unwrap() > 0);
+    }
 
     #[test]
     fn stat_with_awkward_command_name() {
