@@ -1563,9 +1563,8 @@ fn held_set_digests_and_demand_follow_the_appliance() {
     emb.wait_filled(Duration::from_secs(60));
     let filled = wait_held_view_matches(&cloud, &emb, "the held view after the fill");
     assert_eq!(filled.len(), 24);
-    // Full listings of the data plane's catalog so far: at start, and after each rescan (the
-    // agent's own reloads for the signing keys and prefixes at start rescan, and a rescan
-    // resets the change feed). Settled: no rescan during the last two reports.
+    // Full listings of the data plane's catalog so far: at start, and after each rescan (a
+    // rescan resets the change feed). Settled: no rescan during the last two reports.
     let metric = |emb: &Appliance, name: &str| {
         emb.agent_metric(&format!("edgeplane_agent_catalog_{name}_total"))
     };
@@ -1589,6 +1588,18 @@ fn held_set_digests_and_demand_follow_the_appliance() {
         }
     };
     assert!(listings >= 1.0, "{listings}");
+    // The agent's own reloads (signing keys at registration, prefixes) use `rescan=0`: the
+    // fill and those reloads never rebuilt the catalog, so it was listed once.
+    assert!(
+        emb.agent_metric("edgeplane_agent_signing_keys") >= 1.0,
+        "keys were loaded by a reload"
+    );
+    assert_eq!(
+        (rescanned, listings),
+        (0.0, 1.0),
+        "{}",
+        emb.dataplane.as_ref().unwrap().output()
+    );
 
     // Objects appear and disappear in the tiers (the data plane's watch sees them). On
     // storage: with `evict = false` they stay, and on flash they would take the room the

@@ -124,6 +124,80 @@ fn sighup_rereads_the_config_file() {
     assert_eq!(server.get("/added.bin", &[]).status, 404);
 }
 
+/// `POST /reload?rescan=0` (the agent's, for new signing keys or prefixes) applies the config
+/// without rebuilding the catalog, unless the reload changed the tiers; a plain `POST /reload`
+/// and SIGHUP still rescan.
+#[test]
+fn reload_without_rescan_keeps_the_catalog_unless_the_tiers_change() {
+    let server = ServerBuilder::new(BIN).start();
+    let path = config_path(&server);
+    let original = std::fs::read_to_string(&path).unwrap();
+    let generation = |s: &Server| s.metrics().sum("edgeplane_catalog_generation", &[]);
+    let admin = |p: &str| {
+        let r = server.admin_post(p);
+        (r.status, String::from_utf8_lossy(&r.body).into_owned())
+    };
+    let g0 = generation(&server);
+
+    // A live key changes (CORS off); the catalog is not rebuilt.
+    let text = original.replace(
+        "[http]\nlisten = \"127.0.0.1:0\"\n",
+        "[http]\nlisten = \"127.0.0.1:0\"\ncors = false\n",
+    );
+    assert_ne!(text, original, "the harness's [http] section changed shape");
+    std::fs::write(&path, &text).unwrap();
+    let (status, body) = admin("/reload?rescan=0");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("config: reloaded\n"), "{body}");
+    assert!(
+        body.contains(&format!(
+            "catalog: not rescanned (tiers unchanged), generation {g0} with 1 objects\n"
+        )),
+        "{body}"
+    );
+    assert!(cors_header(&server).is_none(), "the live key applied");
+    assert_eq!(generation(&server), g0);
+    // The tier watch keeps the catalog current meanwhile.
+    let dir = server.tier_dir("flash");
+    write_file(&dir.join("watched.bin"), b"seen by the watch");
+    poll("the watch to serve a new file", || {
+        (server.get("/watched.bin", &[]).status == 200).then_some(())
+    });
+    assert_eq!(generation(&server), g0);
+
+    // A tier added: rescanned, even with rescan=0.
+    let extra = server.root().join("tier-extra");
+    std::fs::create_dir_all(&extra).unwrap();
+    write_file(&extra.join("added.bin"), b"from the added tier");
+    let with_tier = format!(
+        "{text}\n[[tier]]\nname = \"extra\"\nkind = \"storage\"\npath = \"{}\"\n",
+        extra.display()
+    );
+    std::fs::write(&path, &with_tier).unwrap();
+    let (status, body) = admin("/reload?rescan=0");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("reloaded: generation"), "{body}");
+    assert!(generation(&server) > g0);
+    assert_eq!(server.get("/added.bin", &[]).body, b"from the added tier");
+
+    // A plain reload always rescans; so does rescan=1.
+    for p in ["/reload", "/reload?rescan=1"] {
+        let g = generation(&server);
+        let (status, body) = admin(p);
+        assert_eq!(status, 200, "{p}: {body}");
+        assert!(body.contains("reloaded: generation"), "{p}: {body}");
+        assert_eq!(generation(&server), g + 1.0, "{p}");
+    }
+    // Anything else is refused and changes nothing.
+    let g = generation(&server);
+    for bad in ["/reload?rescan=no", "/reload?scan=0"] {
+        let (status, body) = admin(bad);
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains("rescan=0 or rescan=1") || body.contains("must be 0 or 1"));
+    }
+    assert_eq!(generation(&server), g);
+}
+
 /// A limit changed by reload applies to new connections without a restart.
 #[test]
 fn reload_applies_new_limits() {

@@ -567,10 +567,15 @@ impl Server {
     /// `POST /reload` on the admin listener (raw socket, `Connection: close`), whatever it
     /// answers.
     pub fn post_reload(&self) -> Response {
+        self.admin_post("/reload")
+    }
+
+    /// POST `path` (query included) on the admin listener, empty body, whatever it answers.
+    pub fn admin_post(&self, path: &str) -> Response {
         let mut c = self.connect_admin();
         c.request(
             "POST",
-            "/reload",
+            path,
             &[("Content-Length", "0"), ("Connection", "close")],
         )
     }

@@ -227,11 +227,13 @@ impl AdminClient {
         }
     }
 
-    /// `POST /reload`: rescans tiers and rereads the keys and prefixes files.
+    /// `POST /reload?rescan=0`: rereads the config, the keys and the prefixes files. The
+    /// catalog is not rebuilt (the data plane's tier watch keeps it current; a rescan would
+    /// cost seconds at millions of objects and reset the change feed the agent follows).
     pub async fn reload(&self) -> Result<(), AdminError> {
         let r = self
             .http
-            .post(format!("{}/reload", self.base))
+            .post(format!("{}/reload?rescan=0", self.base))
             .send()
             .await
             .map_err(AdminError::Reload)?;

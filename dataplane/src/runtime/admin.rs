@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::shared::Shared;
+use super::shared::{Rescan, Shared};
 use crate::metrics;
 
 /// Starts the admin thread on an already bound listener.
@@ -139,7 +139,11 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             Err(e) => respond(&mut stream, "400 Bad Request", "text/plain", &e),
         },
         ("POST", "/reload") => {
-            let reloaded = shared.reload();
+            let rescan = match reload_rescan(query) {
+                Ok(r) => r,
+                Err(e) => return respond(&mut stream, "400 Bad Request", "text/plain", &e),
+            };
+            let reloaded = shared.reload(rescan);
             let mut body = String::new();
             let mut ok = reloaded.access.ok();
             match &reloaded.config {
@@ -157,11 +161,18 @@ fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                     ));
                 }
             }
-            body.push_str(&format!(
-                "reloaded: generation {} with {} objects\n",
-                reloaded.catalog.generation,
-                reloaded.catalog.len()
-            ));
+            body.push_str(&match &reloaded.catalog {
+                Ok(c) => format!(
+                    "reloaded: generation {} with {} objects\n",
+                    c.generation,
+                    c.len()
+                ),
+                Err(c) => format!(
+                    "catalog: not rescanned (tiers unchanged), generation {} with {} objects\n",
+                    c.generation,
+                    c.len()
+                ),
+            });
             match &reloaded.access.keys {
                 None => {}
                 Some(Ok(n)) => body.push_str(&format!("signing keys: {n} loaded\n")),
@@ -242,6 +253,25 @@ fn demand_top(query: &str) -> Result<usize, String> {
         }
     }
     Ok(top)
+}
+
+/// `POST /reload?rescan=0|1`: 1 (the default) rescans the catalog; 0 only when the reloaded
+/// config changed the tiers.
+fn reload_rescan(query: &str) -> Result<Rescan, String> {
+    let mut rescan = Rescan::Always;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        rescan = match pair.split_once('=') {
+            Some(("rescan", "1")) => Rescan::Always,
+            Some(("rescan", "0")) => Rescan::IfTiersChanged,
+            Some(("rescan", v)) => return Err(format!("rescan={v:?}: must be 0 or 1\n")),
+            _ => {
+                return Err(format!(
+                    "unknown query parameter {pair:?} (only rescan=0 or rescan=1)\n"
+                ))
+            }
+        };
+    }
+    Ok(rescan)
 }
 
 /// Ids per `GET /catalog` page unless `limit` says otherwise.

@@ -15,7 +15,7 @@ use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use super::executor::{self, Event};
-use super::shared::{ConnLimits, Https, Shared};
+use super::shared::{ConnLimits, Https, Rescan, Shared};
 use super::{ktls, sys};
 use crate::catalog::SharedCatalog;
 use crate::config::Config;
@@ -336,7 +336,7 @@ pub fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> Result<
                 }
             }
             Event::Signal(SIGHUP) => {
-                shared.reload();
+                shared.reload(Rescan::Always);
             }
             Event::Signal(_) => {
                 if !stopping {

@@ -63,7 +63,8 @@ pub(crate) struct Reloaded {
     /// `None` without a config file; else the keys waiting for a restart, or why the new file
     /// was not applied (the running config stays).
     pub(crate) config: Option<Result<Vec<String>, ConfigError>>,
-    pub(crate) catalog: Arc<Catalog>,
+    /// `Ok`: the rescanned catalog; `Err`: the current one, kept (no rescan was needed).
+    pub(crate) catalog: Result<Arc<Catalog>, Arc<Catalog>>,
     /// Signing keys and served prefixes.
     pub(crate) access: crate::access::AccessReload,
     /// `None` without HTTPS; `Some(Err)` when the certificates could not be read (the previous
@@ -71,18 +72,36 @@ pub(crate) struct Reloaded {
     pub(crate) certificates: Option<Result<(), ConfigError>>,
 }
 
+/// Whether a reload rescans the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rescan {
+    /// SIGHUP and `POST /reload`: an operator's reload also rebuilds the catalog from the tiers.
+    Always,
+    /// `POST /reload?rescan=0` (the agent's, for new signing keys or prefixes): only when the
+    /// reloaded config changed the tiers. The tier watch keeps the catalog current otherwise, and
+    /// a rescan costs seconds of CPU at millions of objects and resets the change feed.
+    IfTiersChanged,
+}
+
 impl Shared {
     /// SIGHUP and `POST /reload`: re-read the config file (applying what can change live),
     /// the signing keys and prefixes files, rescan the tiers and re-read the TLS certificates.
     /// New handshakes use the new certificates; open connections keep what they negotiated.
-    pub(crate) fn reload(&self) -> Reloaded {
+    pub(crate) fn reload(&self, rescan: Rescan) -> Reloaded {
         let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let tiers_before = format!("{:?}", self.config.load().tiers);
         let config = self
             .config_path
             .as_ref()
             .map(|path| self.reload_config(path));
         let access = self.access.reload();
-        let catalog = self.catalog.reload();
+        let tiers_changed = format!("{:?}", self.config.load().tiers) != tiers_before;
+        let catalog = match rescan {
+            Rescan::Always => Some(self.catalog.reload()),
+            Rescan::IfTiersChanged if tiers_changed => Some(self.catalog.reload()),
+            Rescan::IfTiersChanged => None,
+        };
+        let catalog = catalog.ok_or_else(|| self.catalog.snapshot());
         let certificates = self.https.as_ref().map(|https| {
             let result = https.resolver.reload();
             match &result {
