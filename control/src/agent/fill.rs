@@ -427,6 +427,14 @@ mod tests {
         }
     }
 
+    fn manifest(generation: u64, objects: Vec<ManifestEntry>) -> FillManifest {
+        FillManifest {
+            generation,
+            objects,
+            ..Default::default()
+        }
+    }
+
     fn entry(id: &str, size: u64, tier: &str, rank: u64) -> ManifestEntry {
         ManifestEntry {
             object: ObjectInfo {
@@ -442,16 +450,15 @@ mod tests {
 
     #[test]
     fn plan_downloads_missing_in_rank_order_and_evicts_the_rest() {
-        let m = FillManifest {
-            generation: 1,
-            objects: vec![
+        let m = manifest(
+            1,
+            vec![
                 entry("c", 30, "flash", 2),
                 entry("a", 10, "flash", 0),
                 entry("b", 20, "hdd", 1),
                 entry("d", 40, "hdd", 3),
             ],
-            ..Default::default()
-        };
+        );
         let mut held = BTreeMap::new();
         held.insert(
             "flash".to_string(),
@@ -482,11 +489,10 @@ mod tests {
 
     #[test]
     fn plan_respects_capacity_and_keeps_unwanted_without_evict() {
-        let m = FillManifest {
-            generation: 1,
-            objects: vec![entry("a", 10, "flash", 0), entry("b", 10, "flash", 1)],
-            ..Default::default()
-        };
+        let m = manifest(
+            1,
+            vec![entry("a", 10, "flash", 0), entry("b", 10, "flash", 1)],
+        );
         let held = BTreeMap::from([(
             "flash".to_string(),
             HashMap::from([("x".to_string(), Held::sized(5))]),
@@ -503,11 +509,7 @@ mod tests {
 
     #[test]
     fn an_object_held_on_another_tier_is_present() {
-        let m = FillManifest {
-            generation: 1,
-            objects: vec![entry("a", 10, "flash", 0)],
-            ..Default::default()
-        };
+        let m = manifest(1, vec![entry("a", 10, "flash", 0)]);
         let held = BTreeMap::from([(
             "hdd".to_string(),
             HashMap::from([("a".to_string(), Held::sized(10))]),
@@ -520,16 +522,15 @@ mod tests {
     fn objects_follow_their_tier_when_popularity_moves_them() {
         // Generation 1 put a and j on flash (full: 20 bytes); generation 2 demotes j to hdd
         // and promotes k, held on hdd, to flash; m is missing and wanted on flash too.
-        let m = FillManifest {
-            generation: 2,
-            objects: vec![
+        let m = manifest(
+            2,
+            vec![
                 entry("a", 10, "flash", 0),
                 entry("k", 10, "flash", 1),
                 entry("m", 10, "flash", 2),
                 entry("j", 10, "hdd", 3),
             ],
-            ..Default::default()
-        };
+        );
         let mut held = BTreeMap::from([
             (
                 "flash".to_string(),
@@ -588,11 +589,10 @@ mod tests {
     fn a_move_waits_while_its_tier_is_full_and_the_object_serves_where_it_is() {
         // Two full tiers holding each other's objects: nothing can move (nothing is evicted to
         // make room, the objects are wanted), both count as present.
-        let m = FillManifest {
-            generation: 1,
-            objects: vec![entry("a", 10, "flash", 0), entry("b", 10, "hdd", 1)],
-            ..Default::default()
-        };
+        let m = manifest(
+            1,
+            vec![entry("a", 10, "flash", 0), entry("b", 10, "hdd", 1)],
+        );
         let held = BTreeMap::from([
             (
                 "flash".to_string(),
@@ -624,11 +624,10 @@ mod tests {
 
     #[test]
     fn changed_content_is_replaced_in_place_not_evicted() {
-        let mut m = FillManifest {
-            generation: 1,
-            objects: vec![entry("a", 10, "flash", 0), entry("b", 10, "flash", 1)],
-            ..Default::default()
-        };
+        let mut m = manifest(
+            1,
+            vec![entry("a", 10, "flash", 0), entry("b", 10, "flash", 1)],
+        );
         m.objects[1].object.sha256 = "11".repeat(32);
         let sha = |s: &str| Held {
             size: 10,
@@ -677,12 +676,13 @@ mod tests {
             )])
         };
         let cap = BTreeMap::from([("flash".to_string(), 1_000)]);
-        let keep = |n: usize| FillManifest {
-            generation: 2,
-            objects: (0..n)
-                .map(|i| entry(&format!("o{i}"), 10, "flash", i as u64))
-                .collect(),
-            ..Default::default()
+        let keep = |n: usize| {
+            manifest(
+                2,
+                (0..n)
+                    .map(|i| entry(&format!("o{i}"), 10, "flash", i as u64))
+                    .collect(),
+            )
         };
         // Nothing held: anything goes, even an empty manifest.
         assert_eq!(judge(&keep(0), &held(0), &cap, true, 0.1), Ok(()));
