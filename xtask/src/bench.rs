@@ -1089,18 +1089,12 @@ fn clk_tck() -> Result<u64> {
         .ok_or_else(|| anyhow!("getconf CLK_TCK printed {text:?}"))
 }
 
-/// `bbr, qdisc pfifo_fast`: the sysctls that decide how loopback TCP paces large responses.
+/// The TCP congestion control (`bbr`): it decides how loopback TCP paces large responses
+/// (loopback has no qdisc, so BBR paces inside TCP).
 fn tcp_settings() -> String {
-    let read = |p: &str| {
-        fs::read_to_string(p)
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| "unknown".to_owned())
-    };
-    format!(
-        "{}, qdisc {}",
-        read("/proc/sys/net/ipv4/tcp_congestion_control"),
-        read("/proc/sys/net/core/default_qdisc")
-    )
+    fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 fn cpu_ticks(pids: &[u32]) -> Result<u64> {
@@ -1411,7 +1405,7 @@ pub(crate) struct RunContext<'a> {
     nginx_version: String,
     revision: String,
     kernel: String,
-    /// The TCP congestion control and default qdisc (`bbr, qdisc pfifo_fast`).
+    /// The TCP congestion control (`bbr`).
     tcp: String,
     threads: usize,
     skipped: Vec<String>,
@@ -1921,7 +1915,7 @@ pub(crate) mod tests {
             nginx_version: "nginx/1.22.1".to_owned(),
             revision: "abc".to_owned(),
             kernel: "6.1".to_owned(),
-            tcp: "cubic, qdisc fq_codel".to_owned(),
+            tcp: "cubic".to_owned(),
             threads: 1,
             skipped: vec![],
         }
