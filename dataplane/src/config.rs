@@ -741,7 +741,7 @@ impl TierKind {
 }
 
 /// `[[tier]]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TierConfig {
     /// Name used in metrics and logs (`[A-Za-z0-9_-]`, unique).

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use edgeplane_api::{Catalog, LocationKind, Steering};
 use edgeplane_signing::{sign, KeySet};
 use edgeplane_test_support::content::sha256_hex;
+use edgeplane_test_support::free_port;
 use edgeplane_test_support::moto::Moto;
 use edgeplane_test_support::poll::poll_within;
 use edgeplane_test_support::scratch::temp_dir;
@@ -31,13 +32,6 @@ use edgeplane_test_support::scratch::temp_dir;
 const BIN: &str = env!("CARGO_BIN_EXE_edgeplane");
 const ADMIN_TOKEN: &str = "admin-token-e2e";
 const BUCKET: &str = "origin";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
-}
 
 fn now_unix() -> u64 {
     SystemTime::now()

@@ -515,11 +515,7 @@ fn after_a_restart_earlier_pulls_are_still_evictable_and_agent_files_are_not() {
 #[test]
 fn an_s3_bucket_as_the_upstream() {
     use edgeplane_test_support::moto::Moto;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
-    let moto = Moto::start(port);
+    let moto = Moto::start(free_port());
     moto.create_bucket("media");
     let data = pattern("s3obj", 300_001);
     let len = data.len() as u64;

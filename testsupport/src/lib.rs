@@ -69,6 +69,15 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long polling loops (metrics, reloads, connection slots) wait before giving up.
 pub const POLL_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// A loopback TCP port free right now (the kernel's pick), for servers the tests start by port
+/// (moto_server, PostgreSQL, the control service).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
 /// What most integration tests use: the harness, its clients and assertions.
 #[cfg(feature = "harness")]
 pub mod prelude {
@@ -87,5 +96,5 @@ pub mod prelude {
     pub use crate::scratch::{temp_dir, write_file};
     pub use crate::server::{canary_data, run_to_exit, Server, ServerBuilder, CANARY, CANARY_LEN};
     pub use crate::tls::tls_client_any_cert;
-    pub use crate::{IO_TIMEOUT, POLL_TIMEOUT, READY_TIMEOUT};
+    pub use crate::{free_port, IO_TIMEOUT, POLL_TIMEOUT, READY_TIMEOUT};
 }

@@ -3,7 +3,6 @@
 //! and removed on drop. PostgreSQL refuses to run as root, so as root (CI) the server runs as
 //! `nobody` through `runuser`.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -36,11 +35,7 @@ impl PgServer {
             .prefix("edgeplane-pg-")
             .tempdir_in(std::env::temp_dir())
             .expect("temp dir");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::free_port();
         let pg = PgServer {
             dir,
             port,

@@ -580,18 +580,9 @@ fn cpu_sample(t: f64, pids: &[u32]) -> CpuSample {
     let mut cpu = [(0, 0); 2];
     if let Ok(stat) = fs::read_to_string("/proc/stat") {
         for (i, name) in ["cpu0", "cpu1"].iter().enumerate() {
-            if let Some(line) = stat
-                .lines()
-                .find(|l| l.split_whitespace().next() == Some(name))
-            {
-                // user nice system idle iowait irq softirq steal ...
-                let f: Vec<u64> = line
-                    .split_whitespace()
-                    .skip(1)
-                    .filter_map(|x| x.parse().ok())
-                    .collect();
-                let total: u64 = f.iter().take(8).sum();
-                let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+            if let Some(f) = crate::testbed::proc_stat_cpu(&stat, name) {
+                let total: u64 = f.iter().sum();
+                let idle = f[3] + f[4];
                 cpu[i] = (total - idle, total);
             }
         }

@@ -823,19 +823,27 @@ pub(crate) fn process_tree(pid: u32) -> Vec<u32> {
 /// ksoftirqd), but it includes the load generator and anything else running.
 pub(crate) fn machine_busy_ticks() -> Result<u64> {
     let text = fs::read_to_string("/proc/stat")?;
-    parse_machine_busy(&text).ok_or_else(|| anyhow!("cannot parse the cpu line of /proc/stat"))
+    machine_busy(&text).ok_or_else(|| anyhow!("cannot parse the cpu line of /proc/stat"))
 }
 
-fn parse_machine_busy(text: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with("cpu "))?;
-    let f: Vec<u64> = line
+fn machine_busy(stat: &str) -> Option<u64> {
+    let [user, nice, system, _idle, _iowait, irq, softirq, _steal] = proc_stat_cpu(stat, "cpu")?;
+    Some(user + nice + system + irq + softirq)
+}
+
+/// The first eight counters of /proc/stat's line `name` (`cpu` for the whole machine, `cpu0`,
+/// `cpu1`, ...), in clock ticks: user, nice, system, idle, iowait, irq, softirq, steal.
+pub(crate) fn proc_stat_cpu(stat: &str, name: &str) -> Option<[u64; 8]> {
+    let mut fields = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))?
         .split_whitespace()
-        .skip(1)
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .ok()?;
-    // user nice system idle iowait irq softirq steal ...
-    Some(f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)?)
+        .skip(1);
+    let mut out = [0; 8];
+    for v in &mut out {
+        *v = fields.next()?.parse().ok()?;
+    }
+    Some(out)
 }
 
 pub(crate) struct Stat {
@@ -871,9 +879,20 @@ mod tests {
     #[test]
     fn machine_busy_is_user_nice_system_irq_softirq() {
         let text = "cpu  100 20 30 5000 70 0 9 4 0 0\ncpu0 50 10 15 2500 35 0 4 2 0 0\n";
-        assert_eq!(parse_machine_busy(text), Some(100 + 20 + 30 + 9));
-        assert_eq!(parse_machine_busy("cpu0 1 2 3\n"), None);
-        assert_eq!(parse_machine_busy("cpu  1 2 x 4 5 6 7\n"), None);
+        assert_eq!(machine_busy(text), Some(100 + 20 + 30 + 9));
+        assert_eq!(machine_busy("cpu0 1 2 3\n"), None);
+        assert_eq!(machine_busy("cpu  1 2 x 4 5 6 7\n"), None);
+        assert_eq!(
+            proc_stat_cpu(text, "cpu"),
+            Some([100, 20, 30, 5000, 70, 0, 9, 4])
+        );
+        assert_eq!(
+            proc_stat_cpu(text, "cpu0"),
+            Some([50, 10, 15, 2500, 35, 0, 4, 2])
+        );
+        assert_eq!(proc_stat_cpu(text, "cpu1"), None);
+        assert_eq!(proc_stat_cpu("cpu0 1 2 3\n", "cpu0"), None);
+        assert_eq!(proc_stat_cpu("cpu  1 2 x 4 5 6 7 8\n", "cpu"), None);
         assert!(machine_busy_ticks().unwrap() > 0);
     }
 

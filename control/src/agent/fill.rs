@@ -173,7 +173,8 @@ pub fn plan(
         }
     }
     let mut used: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut present: HashSet<&str> = HashSet::new();
+    // Ids held only with other content: swapped in place on the first tier holding them.
+    let mut replaced: HashSet<&str> = HashSet::new();
     for (tier, objects) in held {
         let mut tier_used = 0;
         let mut ids: Vec<(&String, &Held)> = objects.iter().collect();
@@ -184,19 +185,15 @@ pub fn plan(
                     .as_deref()
                     .is_some_and(|s| !s.eq_ignore_ascii_case(&e.object.sha256))
             };
-            let keep = kept.get(id.as_str()) == Some(&tier.as_str());
             match wanted.get(id.as_str()) {
-                Some(_) if keep => {
-                    present.insert(id.as_str());
-                    tier_used += h.size;
-                }
+                Some(_) if kept.get(id.as_str()) == Some(&tier.as_str()) => tier_used += h.size,
                 // New content under the same id: replaced in place (it serves until then).
                 Some(e)
                     if changed(e)
                         && !kept.contains_key(id.as_str())
-                        && !present.contains(id.as_str()) =>
+                        && !replaced.contains(id.as_str()) =>
                 {
-                    present.insert(id.as_str());
+                    replaced.insert(id.as_str());
                     tier_used += h.size.max(e.object.size);
                     out.replace.push(id.clone());
                     out.bytes_missing += e.object.size;
@@ -214,15 +211,18 @@ pub fn plan(
         }
         used.insert(tier.as_str(), tier_used);
     }
-    out.present = (present.len() - out.replace.len()) as u64;
+    out.present = kept.len() as u64;
     let mut entries: Vec<&ManifestEntry> = manifest.objects.iter().collect();
     entries.sort_by_key(|e| e.rank);
     for e in entries {
         let id = e.object.id.as_str();
-        let from = kept.get(id).copied();
-        if present.contains(id) && from.is_none_or(|t| t == e.tier) {
-            continue;
-        }
+        // Where a held copy would move from; nothing to do for one in place or being replaced.
+        let from = match kept.get(id) {
+            Some(&t) if t == e.tier => continue,
+            Some(&t) => Some(t),
+            None if replaced.contains(id) => continue,
+            None => None,
+        };
         let cap = capacity.get(&e.tier).copied().unwrap_or(0);
         let u = used.entry(e.tier.as_str()).or_insert(0);
         if *u + e.object.size > cap {

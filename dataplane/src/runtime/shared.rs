@@ -89,19 +89,17 @@ impl Shared {
     /// New handshakes use the new certificates; open connections keep what they negotiated.
     pub(crate) fn reload(&self, rescan: Rescan) -> Reloaded {
         let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let tiers_before = format!("{:?}", self.config.load().tiers);
+        let tiers_before = self.catalog.tier_configs();
         let config = self
             .config_path
             .as_ref()
             .map(|path| self.reload_config(path));
         let access = self.access.reload();
-        let tiers_changed = format!("{:?}", self.config.load().tiers) != tiers_before;
-        let catalog = match rescan {
-            Rescan::Always => Some(self.catalog.reload()),
-            Rescan::IfTiersChanged if tiers_changed => Some(self.catalog.reload()),
-            Rescan::IfTiersChanged => None,
+        let catalog = if rescan == Rescan::Always || self.catalog.tier_configs() != tiers_before {
+            Ok(self.catalog.reload())
+        } else {
+            Err(self.catalog.snapshot())
         };
-        let catalog = catalog.ok_or_else(|| self.catalog.snapshot());
         let certificates = self.https.as_ref().map(|https| {
             let result = https.resolver.reload();
             match &result {

@@ -188,10 +188,10 @@ async fn fill_pass(
     }
     let mut changed = false;
     for (tier, id) in &plan.evict {
-        let Some(spec) = agent.dp.tiers.iter().find(|t| &t.name == tier) else {
+        let Ok(dir) = tier_dir(agent, tier) else {
             continue;
         };
-        match store::evict(&spec.path, id) {
+        match store::evict(dir, id) {
             Ok(()) => {
                 tracing::info!("agent: evicted {id} from {tier}");
                 agent.lock().evicted += 1;
@@ -236,41 +236,7 @@ async fn fill_pass(
             let window_closed = window_closed.clone();
             let replace = replace.clone();
             async move {
-                let entry = match work {
-                    Work::Download(entry) => entry,
-                    Work::Relocate { from, entry } => {
-                        if window_closed.load(Ordering::Relaxed)
-                            || !window.is_open(super::local_minute_now())
-                        {
-                            window_closed.store(true, Ordering::Relaxed);
-                            return;
-                        }
-                        let id = &entry.object.id;
-                        match relocate(&agent, &from, &entry).await {
-                            Ok(()) => {
-                                tracing::info!("agent: {id} moved from {from} to {}", entry.tier);
-                                agent.lock().relocated += 1;
-                                installed.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                tracing::warn!(
-                                    "agent: moving {id} from {from} to {}: {e}",
-                                    entry.tier
-                                );
-                                let backoff = Backoff {
-                                    base: Duration::from_millis(agent.cfg.fill.retry_base_ms),
-                                    max: Duration::from_millis(agent.cfg.fill.retry_max_ms),
-                                };
-                                let mut r = retries.lock().unwrap_or_else(|e| e.into_inner());
-                                let x = r.entry(id.clone()).or_default();
-                                x.failures += 1;
-                                x.next = Some(Instant::now() + backoff.delay(x.failures));
-                            }
-                        }
-                        return;
-                    }
-                };
-                let id = entry.object.id.clone();
+                let id = work.entry().object.id.clone();
                 // The window is checked before each object, not only at the pass's start: at
                 // its end the objects in flight finish and no new one starts.
                 if window_closed.load(Ordering::Relaxed)
@@ -279,14 +245,16 @@ async fn fill_pass(
                     window_closed.store(true, Ordering::Relaxed);
                     return;
                 }
-                match download(&agent, &entry, &breaker).await {
-                    Ok(source) => {
-                        retries
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&id);
-                        installed.fetch_add(1, Ordering::Relaxed);
-                        {
+                let result = match work {
+                    Work::Relocate { from, entry } => {
+                        let moved = relocate(&agent, &from, &entry).await;
+                        moved.map_err(Skip::Failed).map(|()| {
+                            tracing::info!("agent: {id} moved from {from} to {}", entry.tier);
+                            agent.lock().relocated += 1;
+                        })
+                    }
+                    Work::Download(entry) => {
+                        download(&agent, &entry, &breaker).await.map(|source| {
                             let mut s = agent.lock();
                             if replace.contains(&id) {
                                 tracing::info!(
@@ -299,8 +267,17 @@ async fn fill_pass(
                             s.fill.objects_present += 1;
                             s.fill.bytes_missing =
                                 s.fill.bytes_missing.saturating_sub(entry.object.size);
-                        }
-                        // The data plane's tier watch serves it from here on: no reload.
+                            // The data plane's tier watch serves it from here on: no reload.
+                        })
+                    }
+                };
+                match result {
+                    Ok(()) => {
+                        retries
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&id);
+                        installed.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(Skip::BreakerOpen) => {}
                     Err(Skip::Failed(e)) => {
@@ -376,16 +353,7 @@ impl Work {
 /// pass fetches the object again) and counted as a checksum failure.
 async fn relocate(agent: &Agent, from: &str, entry: &ManifestEntry) -> Result<(), FillError> {
     use tokio::io::AsyncReadExt;
-    let tier = |name: &str| {
-        agent
-            .dp
-            .tiers
-            .iter()
-            .find(|t| t.name == name)
-            .map(|t| t.path.clone())
-            .ok_or_else(|| FillError::UnknownTier(name.to_string()))
-    };
-    let (src, dst) = (tier(from)?, tier(&entry.tier)?);
+    let (src, dst) = (tier_dir(agent, from)?, tier_dir(agent, &entry.tier)?);
     let id = &entry.object.id;
     if !store::valid_id(id) {
         return Err(FillError::InvalidId(id.clone()));
@@ -396,8 +364,8 @@ async fn relocate(agent: &Agent, from: &str, entry: &ManifestEntry) -> Result<()
     };
     let mut file = tokio::fs::File::open(src.join(id))
         .await
-        .map_err(local(&src))?;
-    let mut w = Incoming::create(&dst, id).await.map_err(local(&dst))?;
+        .map_err(local(src))?;
+    let mut w = Incoming::create(dst, id).await.map_err(local(dst))?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = match file.read(&mut buf).await {
@@ -405,12 +373,12 @@ async fn relocate(agent: &Agent, from: &str, entry: &ManifestEntry) -> Result<()
             Ok(n) => n,
             Err(e) => {
                 w.abandon().await;
-                return Err(local(&src)(e));
+                return Err(local(src)(e));
             }
         };
         if let Err(e) = w.write(&buf[..n]).await {
             w.abandon().await;
-            return Err(local(&dst)(e));
+            return Err(local(dst)(e));
         }
     }
     match w.install(&entry.object.sha256, entry.object.size).await {
@@ -418,12 +386,23 @@ async fn relocate(agent: &Agent, from: &str, entry: &ManifestEntry) -> Result<()
         Err(e @ InstallError::Mismatch { .. }) => {
             tracing::error!("agent: {id} on {from} fails its digest: removed, to be fetched again");
             agent.lock().fill.checksum_failures += 1;
-            store::evict(&src, id).map_err(local(&src))?;
+            store::evict(src, id).map_err(local(src))?;
             return Err(FillError::Checksum(e));
         }
         Err(InstallError::Io(e)) => return Err(FillError::Install(e)),
     }
-    store::evict(&src, id).map_err(local(&src))
+    store::evict(src, id).map_err(local(src))
+}
+
+/// The directory of the data plane's tier `name`.
+fn tier_dir<'a>(agent: &'a Agent, name: &str) -> Result<&'a Path, FillError> {
+    agent
+        .dp
+        .tiers
+        .iter()
+        .find(|t| t.name == name)
+        .map(|t| t.path.as_path())
+        .ok_or_else(|| FillError::UnknownTier(name.to_string()))
 }
 
 /// Downloads one object: from the manifest's peer first, then the origin (behind the breaker).
@@ -433,16 +412,14 @@ async fn download(
     breaker: &Mutex<Breaker>,
 ) -> Result<&'static str, Skip> {
     let id = &entry.object.id;
-    let Some(spec) = agent.dp.tiers.iter().find(|t| t.name == entry.tier) else {
-        return Err(Skip::Failed(FillError::UnknownTier(entry.tier.clone())));
-    };
+    let dir = tier_dir(agent, &entry.tier).map_err(Skip::Failed)?;
     if !store::valid_id(id) {
         return Err(Skip::Failed(FillError::InvalidId(id.clone())));
     }
     if let Some(peer) = &entry.peer {
         match peer_url(agent, peer, id) {
             Some(url) => match peer_get(&agent.peer_http, &url).await {
-                Ok(stream) => match receive(agent, &spec.path, entry, stream, "peer").await {
+                Ok(stream) => match receive(agent, dir, entry, stream, "peer").await {
                     Ok(()) => return Ok("peer"),
                     Err(e) => {
                         tracing::info!("agent: fill {id} from peer {peer}: {e}; trying the origin")
@@ -470,7 +447,7 @@ async fn download(
         }
     }
     let result = match agent.origin.get(id).await {
-        Ok(stream) => receive(agent, &spec.path, entry, stream, "origin").await,
+        Ok(stream) => receive(agent, dir, entry, stream, "origin").await,
         Err(e) => Err(FillError::Source(e)),
     };
     let mut b = breaker.lock().unwrap_or_else(|e| e.into_inner());
